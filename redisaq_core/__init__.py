@@ -1,0 +1,59 @@
+"""redisaq-core: partitioned topics, consumer groups and dead letters on Redis Streams.
+
+::
+
+    async with Producer("orders", redis_url=url, init_partitions=6) as producer:
+        await producer.enqueue({"order": 1, "user": "u1"}, partition_key="user")
+
+    consumer = Consumer("orders", group_name="billing", redis_url=url)
+    await consumer.process(handle)          # until `await consumer.stop()`
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .assignment import assign, partition_for_key
+from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
+from .dlq import DeadLetter, DeadLetters
+from .embedded import EmbeddedRedis
+from .errors import (
+    ConfigurationError,
+    ConnectionFailedError,
+    ConsumerError,
+    DuplicateConsumerError,
+    EmbeddedRedisError,
+    NotConnectedError,
+    PartitionError,
+    PartitionKeyError,
+    RedisaqError,
+    SerializationError,
+)
+from .message import Message
+from .producer import Producer
+
+__all__ = [
+    "BatchCallback",
+    "Callback",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "Consumer",
+    "ConsumerError",
+    "ConsumerStats",
+    "DeadLetter",
+    "DeadLetters",
+    "DuplicateConsumerError",
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "Message",
+    "NotConnectedError",
+    "PartitionError",
+    "PartitionKeyError",
+    "Producer",
+    "RedisaqError",
+    "SerializationError",
+    "assign",
+    "partition_for_key",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

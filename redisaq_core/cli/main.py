@@ -1,0 +1,81 @@
+"""Entry point of the ``redisaq`` command: global options, sub-commands, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from ..errors import RedisaqError
+from . import dlq, server
+from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
+
+__all__ = ["build_parser", "main"]
+
+# Each module adds its sub-commands; a sub-command's ``func(args)`` returns an exit code
+# or an awaitable of one.
+COMMAND_MODULES = [server, dlq]
+
+
+def _version() -> str:
+    try:
+        return version("redisaq-core")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="redisaq",
+        description="Partitioned topics, consumer groups, dead letters and a service "
+        "registry on Redis Streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"redisaq {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug); LOG_LEVEL sets it too")  # fmt: skip
+    add_redis_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.add_commands(sub)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level: int | str = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``redisaq`` with ``argv`` and return the exit code (0 ok, 1 failed, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        result = args.func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except UsageError as exc:
+        print(f"redisaq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RedisaqError as exc:
+        print(f"redisaq: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Dead letters: entries that failed ``max_deliveries`` times or could not be decoded.
+
+Each partition has its own dead-letter stream, in the partition's hash slot,
+so that moving an entry there and acknowledging it is one atomic script. A
+dead-letter entry keeps the original entry's fields (prefixed ``f:``) beside
+its origin record: ``topic``, ``partition``, ``group``, ``msg_id``,
+``deliveries``, ``error``, ``error_type``, ``consumer`` and ``failed_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import Deserializer, decode_payload, default_deserializer
+from .connection import AnyRedis, RedisComponent
+from .errors import SerializationError
+from .keys import TopicKeys
+from .scripts import REPLAY
+
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
+
+log = logging.getLogger(__name__)
+
+_ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
+
+
+def dead_letter_fields(
+    *,
+    topic: str,
+    partition: int,
+    group: str,
+    msg_id: str,
+    deliveries: int,
+    error: BaseException | str,
+    consumer: str,
+    original: dict[bytes, bytes] | None,
+) -> list[Any]:
+    """Flat field/value list of a dead-letter entry (the origin record and original fields)."""
+    if isinstance(error, BaseException):
+        error_type, text = type(error).__name__, str(error)
+    else:
+        error_type, text = "Error", error
+    out: list[Any] = [
+        "topic", topic,
+        "partition", partition,
+        "group", group,
+        "msg_id", msg_id,
+        "deliveries", deliveries,
+        "error", text[:4000],
+        "error_type", error_type,
+        "consumer", consumer,
+        "failed_at", repr(time.time()),
+    ]  # fmt: skip
+    for name, value in (original or {}).items():
+        out += [b"f:" + name, value]
+    return out
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-letter record, with where it came from and why it failed."""
+
+    id: str
+    topic: str
+    partition: int
+    group: str
+    msg_id: str
+    deliveries: int
+    error: str
+    error_type: str
+    consumer: str
+    failed_at: float
+    fields: dict[bytes, bytes] = field(repr=False)
+    payload: Any = None
+    payload_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (the payload as decoded, or the decoding error)."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "group": self.group,
+            "msg_id": self.msg_id,
+            "deliveries": self.deliveries,
+            "error": self.error,
+            "error_type": self.error_type,
+            "consumer": self.consumer,
+            "failed_at": self.failed_at,
+            "payload": self.payload,
+            "payload_error": self.payload_error,
+        }
+
+
+def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer) -> DeadLetter:
+    text = {k.decode(): v.decode(errors="replace") for k, v in raw.items() if not k.startswith(b"f:")}
+    original = {k[2:]: v for k, v in raw.items() if k.startswith(b"f:")}
+    payload, payload_error = None, None
+    try:
+        payload = decode_payload(deserializer, original)
+    except SerializationError as exc:
+        payload_error = str(exc)
+
+    def number(name: str, kind: type[int] | type[float]) -> Any:
+        try:
+            return kind(text.get(name, 0))
+        except ValueError:
+            return kind(0)
+
+    return DeadLetter(
+        id=entry_id.decode(),
+        partition=number("partition", int),
+        deliveries=number("deliveries", int),
+        failed_at=number("failed_at", float),
+        fields=original,
+        payload=payload,
+        payload_error=payload_error,
+        **{name: text.get(name, "") for name in _ORIGIN},
+    )
+
+
+class DeadLetters(RedisComponent):
+    """Read, count, replay and purge a topic's dead letters (all partitions)."""
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        redis: AnyRedis | None = None,
+        redis_url: str | None = None,
+        deserializer: Deserializer | None = None,
+    ) -> None:
+        super().__init__(redis=redis, redis_url=redis_url)
+        self.topic = topic
+        self.keys = TopicKeys(topic)
+        self.deserializer = deserializer or default_deserializer
+
+    async def _partitions(self) -> int:
+        redis = await self._ensure()
+        raw = await redis.hget(self.keys.meta, "partitions")
+        return int(raw or 0)
+
+    async def count(self) -> int:
+        """How many dead letters the topic has."""
+        redis = await self._ensure()
+        n = await self._partitions()
+        if not n:
+            return 0
+        pipe = redis.pipeline(transaction=False)
+        for p in range(n):
+            pipe.xlen(self.keys.dead_letters(p))
+        return sum(int(x) for x in await pipe.execute())
+
+    async def list(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first within each partition, partitions in order."""
+        redis = await self._ensure()
+        out: list[DeadLetter] = []
+        for p in range(await self._partitions()):
+            remaining = None if limit is None else limit - len(out)
+            if remaining is not None and remaining <= 0:
+                break
+            entries = await redis.xrange(self.keys.dead_letters(p), count=remaining)
+            out += [_parse(i, f, self.deserializer) for i, f in entries]
+        return out
+
+    async def replay(self, ids: Iterable[str] | None = None) -> int:
+        """Put dead letters (all, or those with the given ids) back on their partitions.
+
+        Each replayed entry is appended to its original partition as a new
+        entry and removed from the dead-letter stream in one atomic step.
+        Returns how many were replayed.
+        """
+        redis = await self._ensure()
+        wanted = None if ids is None else set(ids)
+        total = 0
+        for p in range(await self._partitions()):
+            dlq = self.keys.dead_letters(p)
+            if wanted is None:
+                found = [i.decode() for i, _ in await redis.xrange(dlq)]
+            else:
+                found = [i for i in wanted if await redis.xrange(dlq, i, i, count=1)]
+            if found:
+                total += int(await REPLAY(redis, [dlq, self.keys.stream(p)], found))
+        return total
+
+    async def purge(self) -> int:
+        """Delete every dead letter of the topic; return how many there were."""
+        redis = await self._ensure()
+        n = await self.count()
+        for p in range(await self._partitions()):
+            await redis.delete(self.keys.dead_letters(p))
+        return n

@@ -1,0 +1,70 @@
+"""Every error the library raises, under one base class.
+
+The hierarchy::
+
+    RedisaqError
+    ├── ConfigurationError      an argument or setting is invalid
+    │   └── PartitionKeyError   partition_key names a field the payload lacks
+    ├── SerializationError      a payload can't be encoded or decoded
+    ├── NotConnectedError       a component is used before connect() or after close()
+    ├── ConnectionFailedError   the Redis server can't be reached
+    ├── PartitionError          a partition count change that isn't allowed
+    ├── ConsumerError
+    │   └── DuplicateConsumerError  another live member of the group has this name
+    └── EmbeddedRedisError      an embedded redis-server can't be found or started
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "ConsumerError",
+    "DuplicateConsumerError",
+    "EmbeddedRedisError",
+    "NotConnectedError",
+    "PartitionError",
+    "PartitionKeyError",
+    "RedisaqError",
+    "SerializationError",
+]
+
+
+class RedisaqError(Exception):
+    """Base class of every error raised by redisaq-core."""
+
+
+class ConfigurationError(RedisaqError, ValueError):
+    """An argument or setting is invalid; the message names it and what it accepts."""
+
+
+class PartitionKeyError(ConfigurationError):
+    """``partition_key`` names a field that the payload does not have (or it is no mapping)."""
+
+
+class SerializationError(RedisaqError, ValueError):
+    """A payload could not be serialized, or stored data could not be decoded."""
+
+
+class NotConnectedError(RedisaqError, RuntimeError):
+    """A component was used before ``connect()`` or after ``close()``."""
+
+
+class ConnectionFailedError(RedisaqError, ConnectionError):
+    """The Redis server could not be reached; the message names the URL, never a password."""
+
+
+class PartitionError(RedisaqError, ValueError):
+    """A partition count change that is not allowed (partitions are never removed)."""
+
+
+class ConsumerError(RedisaqError):
+    """A consumer could not join or keep its place in its group."""
+
+
+class DuplicateConsumerError(ConsumerError):
+    """Another live member of the same group already uses this consumer name."""
+
+
+class EmbeddedRedisError(RedisaqError, RuntimeError):
+    """An embedded redis-server could not be found, started or stopped."""

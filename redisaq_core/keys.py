@@ -1,0 +1,105 @@
+"""Every Redis key name the library uses is built here, and only here.
+
+Each key carries a hash tag so that it runs unchanged on Redis Cluster:
+
+* topic-level keys (metadata, group membership, assignment) share the topic's
+  tag ``{t:<topic>}``;
+* a partition's stream and everything written atomically with it (its
+  dead-letter stream, its per-group leases) share the partition's tag
+  ``{p:<topic>:<n>}``, so the partitions of one topic spread over the slots.
+
+Layout (``redisaq`` is the fixed namespace)::
+
+    redisaq:{topics}                          set   every known topic
+    redisaq:{t:T}:meta                        hash  partitions, created_at
+    redisaq:{t:T}:groups                      set   group names of topic T
+    redisaq:{t:T}:g:G:members                 zset  member name -> last heartbeat (ms, server time)
+    redisaq:{t:T}:g:G:tokens                  hash  member name -> instance token
+    redisaq:{t:T}:g:G:assignment              hash  partition -> member name, "_v" -> version
+    redisaq:{p:T:N}:stream                    stream the partition's entries
+    redisaq:{p:T:N}:dlq                       stream the partition's dead letters
+    redisaq:{p:T:N}:lease:G                   string owner token of partition N for group G
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+
+__all__ = ["NAMESPACE", "TopicKeys", "validate_name"]
+
+NAMESPACE = "redisaq"
+_BAD_NAME = re.compile(r"[{}\s]")
+
+
+def validate_name(value: object, argument: str) -> str:
+    """Return ``value`` if it is a usable topic or group name, else raise ``ConfigurationError``.
+
+    A name must be a non-empty string without braces (they would break the
+    hash tags) or whitespace.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{argument} must be a non-empty string, got {value!r}")
+    if _BAD_NAME.search(value):
+        raise ConfigurationError(
+            f"{argument} must not contain braces or whitespace, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class TopicKeys:
+    """Key names of one topic (and, through ``group``, of one of its consumer groups)."""
+
+    topic: str
+
+    def __post_init__(self) -> None:
+        validate_name(self.topic, "topic")
+
+    @staticmethod
+    def topic_index() -> str:
+        """The set of every topic name."""
+        return f"{NAMESPACE}:{{topics}}"
+
+    @property
+    def _tag(self) -> str:
+        return f"{NAMESPACE}:{{t:{self.topic}}}"
+
+    @property
+    def meta(self) -> str:
+        """Hash with the topic's partition count."""
+        return f"{self._tag}:meta"
+
+    @property
+    def groups(self) -> str:
+        """Set of the topic's consumer group names."""
+        return f"{self._tag}:groups"
+
+    def members(self, group: str) -> str:
+        """Sorted set of a group's members scored by last heartbeat (server ms)."""
+        return f"{self._tag}:g:{group}:members"
+
+    def tokens(self, group: str) -> str:
+        """Hash of a group's member names to their instance tokens."""
+        return f"{self._tag}:g:{group}:tokens"
+
+    def assignment(self, group: str) -> str:
+        """Hash of partition number to owning member, plus a ``_v`` version field."""
+        return f"{self._tag}:g:{group}:assignment"
+
+    def _partition_tag(self, partition: int) -> str:
+        return f"{NAMESPACE}:{{p:{self.topic}:{partition}}}"
+
+    def stream(self, partition: int) -> str:
+        """The stream that holds a partition's entries."""
+        return f"{self._partition_tag(partition)}:stream"
+
+    def dead_letters(self, partition: int) -> str:
+        """The dead-letter stream of a partition."""
+        return f"{self._partition_tag(partition)}:dlq"
+
+    def lease(self, partition: int, group: str) -> str:
+        """The key whose value is the token of the member holding a partition for a group."""
+        return f"{self._partition_tag(partition)}:lease:{group}"

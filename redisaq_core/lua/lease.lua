@@ -1,0 +1,15 @@
+-- Take or renew a partition lease.
+-- KEYS: lease
+-- ARGV: token, ttl_ms, previous_token (may be empty: a static member's earlier instance)
+-- Returns 1 renewed (it was ours), 2 acquired (it was free or our earlier instance's),
+-- 0 held by another member.
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if (not cur) or (ARGV[3] ~= '' and cur == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0

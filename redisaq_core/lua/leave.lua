@@ -1,0 +1,9 @@
+-- Remove a member from its group, if this instance still holds the name.
+-- KEYS: members (zset), tokens (hash)
+-- ARGV: name, token
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0

@@ -1,0 +1,138 @@
+"""Group membership: heartbeats, the shared assignment, and partition leases.
+
+The protocol, run by every member on each heartbeat:
+
+1. The heartbeat script records the member in the group's sorted set with
+   the Redis server's time, drops members silent for longer than the TTL, and
+   returns the live members, the partition count and the stored assignment.
+2. The member computes :func:`~redisaq_core.assignment.assign` from those
+   inputs. Every member computes the same result; when it differs from the
+   stored one, it is written with a compare-and-set on its version.
+3. The member takes or renews the lease of each partition assigned to it. A
+   partition is read only while its lease is held, and acknowledgements check
+   the lease in the same script, so a member that lost its lease (paused
+   longer than the TTL) can no longer acknowledge for that partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .assignment import assign
+from .connection import AnyRedis
+from .errors import DuplicateConsumerError
+from .keys import TopicKeys
+from .scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
+
+__all__ = ["GroupView", "LeaseState", "Membership"]
+
+log = logging.getLogger(__name__)
+
+
+class LeaseState:
+    """What the lease script reports for one partition."""
+
+    LOST = 0
+    RENEWED = 1
+    ACQUIRED = 2
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """One heartbeat's view of the group."""
+
+    now_ms: int
+    partitions: int
+    members: tuple[str, ...]
+    assignment: dict[int, str] = field(default_factory=dict)
+
+    def owned_by(self, member: str) -> set[int]:
+        """Partitions the assignment gives to ``member``."""
+        return {p for p, m in self.assignment.items() if m == member}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Membership:
+    """One member's side of the group protocol (heartbeat, assignment, leases)."""
+
+    def __init__(
+        self,
+        redis: AnyRedis,
+        keys: TopicKeys,
+        group: str,
+        name: str,
+        token: str,
+        ttl: float,
+        *,
+        static: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.name = name
+        self.token = token
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.static = static
+        self.previous_token = ""
+
+    async def beat(self) -> GroupView:
+        """Heartbeat, then return the group's view with an up-to-date assignment."""
+        k, g = self.keys, self.group
+        keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g)]
+        args = [self.name, self.token, self.ttl_ms, "1" if self.static else "0"]
+        for _ in range(5):
+            now, partitions, members, flat, version, other = await HEARTBEAT(self.redis, keys, args)
+            if int(partitions) < 0:
+                raise DuplicateConsumerError(
+                    f"consumer name {self.name!r} is already used by a live member of group "
+                    f"{g!r} on topic {k.topic!r}; pick another consumer_name"
+                    + ("" if self.static else " or pass static=True for a restart")
+                )
+            if other:
+                self.previous_token = _text(other)
+            stored = {int(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+            live = tuple(_text(m) for m in members)
+            wanted = assign(live, int(partitions), stored)
+            if wanted == stored:
+                return GroupView(int(now), int(partitions), live, wanted)
+            pairs: list[object] = [version]
+            for p, m in wanted.items():
+                pairs += [p, m]
+            if await COMMIT_ASSIGNMENT(self.redis, [k.assignment(g)], pairs):
+                log.info(
+                    "group %s of %s: %d member(s), %d partition(s), assignment v%d",
+                    g, k.topic, len(live), int(partitions), int(version) + 1,
+                )  # fmt: skip
+                return GroupView(int(now), int(partitions), live, wanted)
+        # Members keep racing to commit; they all computed from fresh inputs, so use ours.
+        return GroupView(int(now), int(partitions), live, wanted)
+
+    async def leases(self, partitions: list[int]) -> dict[int, int]:
+        """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`."""
+        if not partitions:
+            return {}
+        args = [self.token, self.ttl_ms, self.previous_token]
+        results = await run_pipelined(
+            self.redis, [(LEASE, [self.keys.lease(p, self.group)], args) for p in partitions]
+        )
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return {p: int(r) for p, r in zip(partitions, results, strict=True)}
+
+    async def release(self, partitions: list[int]) -> None:
+        """Give up the leases of ``partitions`` (those still ours)."""
+        if not partitions:
+            return
+        await run_pipelined(
+            self.redis, [(RELEASE, [self.keys.lease(p, self.group)], [self.token]) for p in partitions]
+        )
+
+    async def leave(self) -> None:
+        """Leave the group at once, so that peers rebalance on their next heartbeat."""
+        k, g = self.keys, self.group
+        await LEAVE(self.redis, [k.members(g), k.tokens(g)], [self.name, self.token])

@@ -1,0 +1,42 @@
+"""The ``Message`` type handed to handlers and accepted by ``Producer.enqueue``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Message"]
+
+
+@dataclass(slots=True, kw_only=True)
+class Message:
+    """One message of a topic.
+
+    Build one to enqueue it with options (``partition_key``, ``timeout``), or
+    receive one in a handler, where every field is filled in:
+
+    * ``msg_id``: the stream entry id (unique within its partition);
+    * ``partition``: the partition the message was read from;
+    * ``partition_key``: the payload field whose value picked the partition;
+    * ``created_at``: when the ``Message`` object was made (seconds since the
+      epoch, the producer's clock), or ``enqueued_at`` when the producer was
+      given a bare payload;
+    * ``enqueued_at``: when Redis stored the entry (the server's clock, from the
+      entry id);
+    * ``timeout``: seconds a handler may take (enforced with the jobs features);
+    * ``deliveries``: how many times this entry has been handed out, this time
+      included;
+    * ``group``: the consumer group that received it.
+    """
+
+    topic: str
+    payload: Any
+    msg_id: str | None = None
+    partition_key: str | None = None
+    partition: int | None = None
+    created_at: float = field(default_factory=time.time)
+    enqueued_at: float | None = None
+    timeout: float | None = None
+    deliveries: int = 1
+    group: str | None = None

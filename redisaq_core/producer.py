@@ -1,0 +1,260 @@
+"""``Producer``: put messages on a topic's partitions.
+
+Concurrent ``enqueue`` calls share round trips: while one XADD is in flight,
+calls made meanwhile wait in a queue and go out together in the next
+pipeline, each caller still getting its own id or its own error. A lone
+caller pays one plain XADD. ``batch_enqueue`` sends its whole list in one
+pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from .assignment import partition_for_key
+from .codec import F_CREATED, F_KEY, F_TIMEOUT, Serializer, default_serializer, encode_payload
+from .connection import AnyRedis, RedisComponent
+from .errors import ConfigurationError, PartitionError, PartitionKeyError
+from .keys import TopicKeys
+from .message import Message
+from .scripts import ENSURE_PARTITIONS
+
+__all__ = ["Producer"]
+
+log = logging.getLogger(__name__)
+
+_Pending = tuple[list[Any], "asyncio.Future[str]"]
+
+
+def _positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{argument} must be an integer >= 1, got {value!r}")
+
+
+class Producer(RedisComponent):
+    """Enqueue messages on a partitioned topic.
+
+    ``init_partitions`` is the partition count a new topic starts with (an
+    existing topic with fewer is raised to it, never lowered). ``maxlen`` caps
+    each partition stream on every XADD (``approximate=True`` lets Redis trim
+    in whole nodes, which is much cheaper). ``serializer`` turns a payload into
+    ``bytes`` or ``str`` (default: orjson). The partition count is re-read every
+    ``refresh_interval`` seconds, so partitions added by
+    :meth:`request_partition_increase` elsewhere are used without a restart.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        redis_url: str | None = None,
+        redis: AnyRedis | None = None,
+        maxlen: int | None = None,
+        approximate: bool = True,
+        init_partitions: int = 1,
+        serializer: Serializer | None = None,
+        refresh_interval: float = 3.0,
+    ) -> None:
+        super().__init__(redis=redis, redis_url=redis_url)
+        self.keys = TopicKeys(topic)
+        self.topic = topic
+        _positive_int(maxlen, "maxlen", allow_none=True)
+        _positive_int(init_partitions, "init_partitions")
+        if not isinstance(refresh_interval, (int, float)) or refresh_interval <= 0:
+            raise ConfigurationError(
+                f"refresh_interval must be a number > 0, got {refresh_interval!r}"
+            )
+        if serializer is not None and not callable(serializer):
+            raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
+        self.maxlen = maxlen
+        self.approximate = approximate
+        self.init_partitions = init_partitions
+        self.serializer: Serializer = serializer or default_serializer
+        self.refresh_interval = float(refresh_interval)
+        self._partitions = 0
+        self._heads: list[list[Any]] = []
+        self._round_robin = itertools.count()
+        self._queue: list[_Pending] = []
+        self._busy = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def partitions(self) -> int:
+        """The topic's partition count as last seen (0 before ``connect()``)."""
+        return self._partitions
+
+    async def _on_connect(self, client: AnyRedis) -> None:
+        count = await ENSURE_PARTITIONS(client, [self.keys.meta], [self.init_partitions, 0])
+        await client.sadd(TopicKeys.topic_index(), self.topic)
+        self._set_partitions(int(count))
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="redisaq-producer-refresh")
+
+    async def _on_close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    def _set_partitions(self, count: int) -> None:
+        if count == self._partitions:
+            return
+        if self._partitions:
+            log.info("topic %s: partitions %d -> %d", self.topic, self._partitions, count)
+        trim: list[Any] = []
+        if self.maxlen is not None:
+            trim = ["MAXLEN", "~" if self.approximate else "=", self.maxlen]
+        self._heads = [["XADD", self.keys.stream(p), *trim, "*"] for p in range(count)]
+        self._partitions = count
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                raw = await self.redis.hget(self.keys.meta, "partitions")
+            except (RedisError, OSError) as exc:
+                log.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
+                continue
+            if raw is not None and int(raw) > self._partitions:
+                self._set_partitions(int(raw))
+
+    def _command(self, item: Any, partition_key: str | None) -> list[Any]:
+        """The XADD arguments for one payload or ``Message`` (raises before anything is sent)."""
+        extra: list[Any] = []
+        if isinstance(item, Message):
+            if item.topic != self.topic:
+                raise ConfigurationError(
+                    f"message topic {item.topic!r} differs from producer topic {self.topic!r}"
+                )
+            payload = item.payload
+            partition_key = partition_key or item.partition_key
+            extra += [F_CREATED, repr(item.created_at)]
+            if item.timeout is not None:
+                extra += [F_TIMEOUT, repr(float(item.timeout))]
+        else:
+            payload = item
+        if partition_key is None:
+            partition = next(self._round_robin) % self._partitions
+        else:
+            partition = partition_for_key(self._key_value(payload, partition_key), self._partitions)
+            extra += [F_KEY, partition_key]
+        field, data = encode_payload(self.serializer, payload)
+        return [*self._heads[partition], field, data, *extra]
+
+    @staticmethod
+    def _key_value(payload: Any, partition_key: str) -> Any:
+        if not isinstance(partition_key, str) or not partition_key:
+            raise ConfigurationError(
+                f"partition_key must be a non-empty field name, got {partition_key!r}"
+            )
+        if not isinstance(payload, Mapping):
+            raise PartitionKeyError(
+                f"partition_key {partition_key!r} needs a mapping payload, "
+                f"got {type(payload).__name__}"
+            )
+        try:
+            return payload[partition_key]
+        except KeyError:
+            raise PartitionKeyError(
+                f"partition_key {partition_key!r} is not a field of the payload "
+                f"(fields: {', '.join(map(str, list(payload)[:10]))})"
+            ) from None
+
+    async def enqueue(self, message: Any, partition_key: str | None = None) -> str:
+        """Put one payload (or ``Message``) on the topic and return its stream entry id.
+
+        ``partition_key`` names a payload field; messages with equal values of
+        that field go to the same partition, in order. Without it messages
+        are spread over the partitions in turn.
+        """
+        redis = self._redis or await self._ensure()
+        command = self._command(message, partition_key)
+        if self._busy:
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._queue.append((command, future))
+            return await future
+        self._busy = True
+        try:
+            raw = await redis.execute_command(*command)
+        finally:
+            if self._queue:
+                self._flusher = asyncio.create_task(self._flush(redis))
+            else:
+                self._busy = False
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def _flush(self, redis: AnyRedis) -> None:
+        """Send queued enqueues, one pipeline per round trip, until none are left."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    pipe = redis.pipeline(transaction=False)
+                    for command, _ in batch:
+                        pipe.execute_command(*command)
+                    results = await pipe.execute(raise_on_error=False)
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result.decode())
+        finally:
+            self._busy = False
+            self._flusher = None
+
+    async def batch_enqueue(
+        self, payloads: Iterable[Any], partition_key: str | None = None
+    ) -> list[str]:
+        """Enqueue many payloads in one round trip; return their ids in input order.
+
+        Every payload is serialized before anything is sent, so a payload that
+        can't be encoded raises ``SerializationError`` with nothing enqueued.
+        """
+        redis = self._redis or await self._ensure()
+        commands = [self._command(item, partition_key) for item in payloads]
+        if not commands:
+            return []
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        results = await pipe.execute()
+        return [r.decode() for r in results]
+
+    async def request_partition_increase(self, partitions: int) -> int:
+        """Raise the topic's partition count to ``partitions`` and return it.
+
+        Partitions are never removed: a lower count raises ``PartitionError``.
+        Consumers pick the new partitions up on their next heartbeat, other
+        producers within ``refresh_interval``. Keys map to partitions by
+        ``crc32(key) % partitions``, so after an increase some keys move to a
+        new partition: order per key holds from then on, not across the change.
+        """
+        _positive_int(partitions, "partitions")
+        redis = self._redis or await self._ensure()
+        try:
+            count = await ENSURE_PARTITIONS(redis, [self.keys.meta], [partitions, 1])
+        except ResponseError as exc:
+            raise PartitionError(
+                f"topic {self.topic!r}: {str(exc).removeprefix('PARTITIONS ')}"
+            ) from None
+        self._set_partitions(int(count))
+        return int(count)
