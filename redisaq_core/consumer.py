@@ -18,6 +18,7 @@ dead-letter stream and the partition goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -88,7 +89,7 @@ def _default_name() -> str:
 
 
 def _check_number(value: Any, argument: str, *, minimum: float, integer: bool = False) -> None:
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    kinds: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
         kind = "an integer" if integer else "a number"
         raise ConfigurationError(f"{argument} must be {kind} >= {minimum}, got {value!r}")
@@ -196,7 +197,9 @@ class Consumer(RedisComponent):
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._wake = asyncio.Event()
-        self._reading: asyncio.Task[Any] | None = None
+        self._reading: asyncio.Future[Any] | None = None
+        self._read_started = False
+        self._read_interrupted = False
         self._runner: asyncio.Task[Any] | None = None
         self._fatal: BaseException | None = None
         self._redis_down = False
@@ -242,16 +245,16 @@ class Consumer(RedisComponent):
         if not self._running:
             return
         self._stopping.set()
-        self._wake.set()
-        if self._reading is not None:
-            self._reading.cancel()
+        self._interrupt_read()
         if self._runner is asyncio.current_task():
             return
         deadline = self.shutdown_timeout if timeout is None else timeout
         try:
             await asyncio.wait_for(asyncio.shield(self._stopped.wait()), deadline)
         except asyncio.TimeoutError:
-            log.warning("consumer %s: handlers still running after %.1fs, cancelling", self.name, deadline)
+            log.warning(
+                "consumer %s: handlers still running after %.1fs, cancelling", self.name, deadline
+            )
             if self._runner is not None:
                 self._runner.cancel()
             await self._stopped.wait()
@@ -262,14 +265,21 @@ class Consumer(RedisComponent):
     async def _run(self, handler: Callable[[Any], Awaitable[Any]], *, batch: bool) -> None:
         if not callable(handler):
             raise ConfigurationError(f"callback must be an async callable, got {handler!r}")
-        redis = await self._ensure()
         if self._running:
             raise ConsumerError(f"consumer {self.name} is already running")
+        # Running from here on, so that a stop() issued while connecting is not lost.
         self._running = True
         self._stopping.clear()
         self._stopped.clear()
         self._fatal = None
         self._runner = asyncio.current_task()
+        try:
+            redis = await self._ensure()
+        except BaseException:
+            self._running = False
+            self._runner = None
+            self._stopped.set()
+            raise
         self._membership = Membership(
             redis, self.keys, self.group, self.name, self.token, self.heartbeat_ttl,
             static=self.static,
@@ -278,7 +288,9 @@ class Consumer(RedisComponent):
         try:
             await redis.sadd(self.keys.groups, self.group)
             await self._sync()
-            heart = asyncio.create_task(self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}")
+            heart = asyncio.create_task(
+                self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
+            )
             while not self._stopping.is_set():
                 await self._release_revoked()
                 try:
@@ -286,10 +298,6 @@ class Consumer(RedisComponent):
                     if messages:
                         await self._dispatch(redis, handler, messages, batch)
                     self._connection_restored()
-                except asyncio.CancelledError:
-                    if self._stopping.is_set() and not self._runner_cancelling():
-                        continue
-                    raise
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                     await self._connection_lost(exc)
                 except ResponseError as exc:
@@ -308,10 +316,20 @@ class Consumer(RedisComponent):
             self._runner = None
             self._stopped.set()
 
-    def _runner_cancelling(self) -> bool:
-        task = asyncio.current_task()
-        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-        return bool(cancelling is not None and cancelling())
+    def _interrupt_read(self) -> None:
+        """End a blocking read early (stop, or partitions gained or revoked)."""
+        self._wake.set()
+        self._read_interrupted = True
+        if self._reading is not None and self._read_started:
+            self._reading.cancel()
+
+    async def _read(self, redis: AnyRedis, streams: dict[Any, Any], block_ms: int) -> Any:
+        self._read_started = True
+        if self._read_interrupted:
+            return None
+        return await redis.xreadgroup(
+            self.group, self.name, streams, count=self.batch_size, block=block_ms
+        )
 
     async def _leave(self) -> None:
         membership, owned = self._membership, list(self._owned)
@@ -343,8 +361,7 @@ class Consumer(RedisComponent):
                 self._fatal = exc
                 self._owned.clear()
                 self._stopping.set()
-                if self._reading is not None:
-                    self._reading.cancel()
+                self._interrupt_read()
                 return
             except (RedisError, OSError) as exc:
                 if not failing:
@@ -358,8 +375,11 @@ class Consumer(RedisComponent):
         self._members = view.members
         self._partition_count = view.partitions
         mine = view.owned_by(self.name)
-        for p in set(self._owned) - mine:
-            self._owned[p].revoking = True
+        revoked = [s for p, s in self._owned.items() if p not in mine and not s.revoking]
+        for part in revoked:
+            part.revoking = True
+        if revoked:
+            self._interrupt_read()
         states = await self._membership.leases(sorted(mine | set(self._owned)))
         loop = asyncio.get_running_loop()
         valid_until = loop.time() + self.heartbeat_ttl * 0.8
@@ -382,7 +402,7 @@ class Consumer(RedisComponent):
         if gained:
             await self._create_groups(gained)
             log.info("consumer %s: assigned partitions %s", self.name, gained)
-            self._wake.set()
+            self._interrupt_read()
             if self.on_assign is not None:
                 await self._call_hook(self.on_assign, gained)
 
@@ -425,10 +445,8 @@ class Consumer(RedisComponent):
         if not self._redis_down:
             log.warning("consumer %s: Redis unreachable (%s); retrying", self.name, exc)
         self._redis_down = True
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, 1.0))
-        except asyncio.TimeoutError:
-            pass
 
     def _connection_restored(self) -> None:
         if self._redis_down:
@@ -454,19 +472,23 @@ class Consumer(RedisComponent):
             wait = max(0.001, min(wait, *waiting))
         if not reading:
             self._wake.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
             return []
-        streams = {s.stream: ">" for s in reading}
-        self._reading = asyncio.ensure_future(
-            redis.xreadgroup(
-                self.group, self.name, streams, count=self.batch_size, block=int(wait * 1000)
-            )
-        )
+        streams: dict[Any, Any] = {s.stream: ">" for s in reading}
+        self._read_interrupted = self._read_started = False
+        self._reading = asyncio.ensure_future(self._read(redis, streams, int(wait * 1000)))
         try:
-            response = await self._reading
+            response = await asyncio.shield(self._reading)
+        except asyncio.CancelledError:
+            if not self._reading.cancelled():
+                self._reading.cancel()
+                raise  # this task itself is being cancelled
+            # The read was ended on purpose. Entries it may have been handed stay in our
+            # pending list: claim them back before reading new ones.
+            for s in reading:
+                s.claiming, s.cursor = True, "0-0"
+            return []
         finally:
             self._reading = None
         if not response:
@@ -517,7 +539,7 @@ class Consumer(RedisComponent):
         """Claim again the failed message at the head of each paused partition (delivery +1)."""
         pipe = redis.pipeline(transaction=False)
         for s in parts:
-            pipe.xclaim(s.stream, self.group, self.name, 0, [s.held[0].msg_id])
+            pipe.xclaim(s.stream, self.group, self.name, 0, [s.held[0].msg_id or "0-0"])
         results = await pipe.execute()
         out: list[Message] = []
         for s, claimed in zip(parts, results, strict=True):
@@ -683,7 +705,9 @@ class Consumer(RedisComponent):
         calls = []
         for f in failures:
             m = f.message
-            part = self._owned[m.partition or 0]
+            part = self._owned.get(m.partition or 0)
+            if part is None:
+                continue
             raw = m.fields if isinstance(m, _Undecodable) else await self._raw(redis, part, m)
             fields = dead_letter_fields(
                 topic=self.topic, partition=part.number, group=self.group, msg_id=m.msg_id or "",
@@ -707,7 +731,7 @@ class Consumer(RedisComponent):
             )  # fmt: skip
 
     async def _raw(self, redis: AnyRedis, part: _Partition, m: Message) -> dict[bytes, bytes]:
-        found = await redis.xrange(part.stream, m.msg_id or "-", m.msg_id or "+", count=1)
+        found: Any = await redis.xrange(part.stream, m.msg_id or "-", m.msg_id or "+", count=1)
         return dict(found[0][1]) if found else {}
 
 

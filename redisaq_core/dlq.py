@@ -10,6 +10,7 @@ its origin record: ``topic``, ``partition``, ``group``, ``msg_id``,
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from .codec import Deserializer, decode_payload, default_deserializer
 from .connection import AnyRedis, RedisComponent
-from .errors import SerializationError
+from .errors import ConfigurationError, SerializationError
 from .keys import TopicKeys
 from .scripts import REPLAY
 
@@ -25,6 +26,7 @@ __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 
 log = logging.getLogger(__name__)
 
+_ENTRY_ID = re.compile(r"^\d+-\d+$")
 _ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
 
 
@@ -97,7 +99,9 @@ class DeadLetter:
 
 
 def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer) -> DeadLetter:
-    text = {k.decode(): v.decode(errors="replace") for k, v in raw.items() if not k.startswith(b"f:")}
+    text = {
+        k.decode(): v.decode(errors="replace") for k, v in raw.items() if not k.startswith(b"f:")
+    }
     original = {k[2:]: v for k, v in raw.items() if k.startswith(b"f:")}
     payload, payload_error = None, None
     try:
@@ -163,7 +167,7 @@ class DeadLetters(RedisComponent):
             remaining = None if limit is None else limit - len(out)
             if remaining is not None and remaining <= 0:
                 break
-            entries = await redis.xrange(self.keys.dead_letters(p), count=remaining)
+            entries: Any = await redis.xrange(self.keys.dead_letters(p), count=remaining)
             out += [_parse(i, f, self.deserializer) for i, f in entries]
         return out
 
@@ -176,13 +180,19 @@ class DeadLetters(RedisComponent):
         """
         redis = await self._ensure()
         wanted = None if ids is None else set(ids)
+        for i in wanted or ():
+            if not _ENTRY_ID.match(i):
+                raise ConfigurationError(
+                    f"ids must be stream entry ids like 1700000000000-0, got {i!r}"
+                )
         total = 0
         for p in range(await self._partitions()):
             dlq = self.keys.dead_letters(p)
             if wanted is None:
-                found = [i.decode() for i, _ in await redis.xrange(dlq)]
+                entries: Any = await redis.xrange(dlq)
+                found = [i.decode() for i, _ in entries]
             else:
-                found = [i for i in wanted if await redis.xrange(dlq, i, i, count=1)]
+                found = sorted(wanted)
             if found:
                 total += int(await REPLAY(redis, [dlq, self.keys.stream(p)], found))
         return total

@@ -29,7 +29,7 @@ _E = TypeVar("_E", bound="EmbeddedRedis")
 
 
 def find_redis_server() -> str:
-    """Return the path of a redis-server binary, or raise ``EmbeddedRedisError`` listing the ways."""
+    """Return a redis-server binary's path, or raise ``EmbeddedRedisError`` listing the ways."""
     env = os.environ.get("REDISAQ_REDIS_SERVER")
     if env:
         if not (os.path.isfile(env) and os.access(env, os.X_OK)):
@@ -137,7 +137,11 @@ class EmbeddedRedis:
                 *self._extra,
             ]  # fmt: skip
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C at the terminal is for us, not the server
             )
             deadline = time.monotonic() + self._timeout
             while time.monotonic() < deadline:

@@ -129,7 +129,8 @@ class Membership:
         if not partitions:
             return
         await run_pipelined(
-            self.redis, [(RELEASE, [self.keys.lease(p, self.group)], [self.token]) for p in partitions]
+            self.redis,
+            [(RELEASE, [self.keys.lease(p, self.group)], [self.token]) for p in partitions],
         )
 
     async def leave(self) -> None:

@@ -38,3 +38,31 @@ def wait_sync(condition: Callable[[], Any], timeout: float = 10.0, message: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {message or condition}")
         time.sleep(0.02)
+
+
+class Running:
+    """``async with Running(consumer, handler):`` runs ``consumer.process`` in a task.
+
+    On exit the consumer is stopped and the task awaited, so that an error in
+    the consumer fails the test.
+    """
+
+    def __init__(self, consumer: Any, handler: Any, *, batch: bool = False) -> None:
+        self.consumer = consumer
+        self.handler = handler
+        self.batch = batch
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Any:
+        run = self.consumer.process_batch if self.batch else self.consumer.process
+        self.task = asyncio.create_task(run(self.handler))
+        await eventually(
+            lambda: self.consumer.running or self.task.done(), timeout=5, message="consumer start"
+        )
+        return self.consumer
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        await self.consumer.stop(timeout=10)
+        await asyncio.wait_for(self.task, 15)
+        await self.consumer.close()

@@ -46,19 +46,39 @@ def add_redis_options(parser: argparse.ArgumentParser, *, leaf: bool = False) ->
         for flag in ("--redis-port", "--redis-db"):
             g.add_argument(flag, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return
-    g.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
-                   help="full URL, e.g. redis://host:6379/0 or redis+cluster://host:7000 "
-                        "(env REDIS_URL; overrides the options below)")
-    g.add_argument("--redis-host", default=os.environ.get("REDIS_HOST", "localhost"),
-                   help="host (env REDIS_HOST, default localhost)")
-    g.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", "6379")),
-                   help="port (env REDIS_PORT, default 6379)")
-    g.add_argument("--redis-db", type=int, default=int(os.environ.get("REDIS_DB", "0")),
-                   help="database number (env REDIS_DB, default 0)")
-    g.add_argument("--redis-password", default=os.environ.get("REDIS_PASSWORD"),
-                   help="password (env REDIS_PASSWORD)")
-    g.add_argument("--key-prefix", default=os.environ.get("REDISAQ_KEY_PREFIX", ""),
-                   help="prefix of the service registry's keys (env REDISAQ_KEY_PREFIX)")  # fmt: skip
+    g.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="full URL, e.g. redis://host:6379/0 or redis+cluster://host:7000 "
+        "(env REDIS_URL; overrides the options below)",
+    )
+    g.add_argument(
+        "--redis-host",
+        default=os.environ.get("REDIS_HOST", "localhost"),
+        help="host (env REDIS_HOST, default localhost)",
+    )
+    g.add_argument(
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("REDIS_PORT", "6379")),
+        help="port (env REDIS_PORT, default 6379)",
+    )
+    g.add_argument(
+        "--redis-db",
+        type=int,
+        default=int(os.environ.get("REDIS_DB", "0")),
+        help="database number (env REDIS_DB, default 0)",
+    )
+    g.add_argument(
+        "--redis-password",
+        default=os.environ.get("REDIS_PASSWORD"),
+        help="password (env REDIS_PASSWORD)",
+    )
+    g.add_argument(
+        "--key-prefix",
+        default=os.environ.get("REDISAQ_KEY_PREFIX", ""),
+        help="prefix of the service registry's keys (env REDISAQ_KEY_PREFIX)",
+    )
 
 
 def leaf_parent() -> argparse.ArgumentParser:
@@ -76,7 +96,9 @@ def redis_url(args: argparse.Namespace) -> str:
     return f"redis://{auth}{args.redis_host}:{args.redis_port}/{args.redis_db}"
 
 
-def add_format(parser: argparse.ArgumentParser, *, choices: Sequence[str] = ("text", "json")) -> None:
+def add_format(
+    parser: argparse.ArgumentParser, *, choices: Sequence[str] = ("text", "json")
+) -> None:
     """Add ``--format`` (``text`` is an aligned table, ``json`` is JSON only on stdout)."""
     parser.add_argument("--format", choices=list(choices), default=choices[0],
                         help="output format (default %(default)s)")  # fmt: skip

@@ -1,0 +1,309 @@
+"""Consumer against a real Redis: delivery, groups, rebalancing, retries, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import (
+    ConfigurationError,
+    Consumer,
+    DeadLetters,
+    DuplicateConsumerError,
+    Message,
+    Producer,
+)
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+
+async def _produce(redis_url: str, topic: str, n: int, partitions: int = 4, **kw: Any) -> list[str]:
+    async with Producer(topic, redis_url=redis_url, init_partitions=partitions) as producer:
+        return await producer.batch_enqueue([{"n": i, "k": i % 13} for i in range(n)], **kw)
+
+
+async def _pending(redis: Redis, topic: str, group: str, partitions: int) -> int:
+    keys = TopicKeys(topic)
+    total = 0
+    for p in range(partitions):
+        info: Any = await redis.xpending(keys.stream(p), group)
+        total += int(info["pending"])
+    return total
+
+
+async def test_process_handles_every_message_and_acks(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    await _produce(redis_url, topic, 500, partition_key="k")
+    seen: list[Message] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=50, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(seen) == 500)
+        assert consumer.assigned_partitions == [0, 1, 2, 3]
+    assert sorted(m.payload["n"] for m in seen) == list(range(500))
+    assert await _pending(redis, topic, "default", 4) == 0
+    first = seen[0]
+    assert first.topic == topic and first.group == "default" and first.deliveries == 1
+    assert first.partition_key == "k" and first.enqueued_at and first.created_at
+    # per key, handled in the order produced
+    for key in range(13):
+        ns = [m.payload["n"] for m in seen if m.payload["k"] == key]
+        assert ns == sorted(ns)
+
+
+async def test_process_batch_gets_lists_of_at_most_batch_size(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 300, partitions=3)
+    sizes: list[int] = []
+
+    async def handle(batch: list[Message]) -> None:
+        sizes.append(len(batch))
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=25, **FAST)
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: sum(sizes) == 300)
+    assert max(sizes) <= 25
+
+
+async def test_each_group_gets_every_message(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 100)
+    got: dict[str, list[int]] = {"a": [], "b": []}
+
+    def collector(name: str) -> Any:
+        async def handle(m: Message) -> None:
+            got[name].append(m.payload["n"])
+
+        return handle
+
+    ca = Consumer(topic, group_name="a", redis_url=redis_url, **FAST)
+    cb = Consumer(topic, group_name="b", redis_url=redis_url, **FAST)
+    async with Running(ca, collector("a")), Running(cb, collector("b")):
+        await eventually(lambda: len(got["a"]) == 100 and len(got["b"]) == 100)
+    assert sorted(got["a"]) == sorted(got["b"]) == list(range(100))
+
+
+async def test_start_latest_skips_earlier_messages(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 20, partitions=1)
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, start="latest", **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions == [0])
+        async with Producer(topic, redis_url=redis_url) as producer:
+            await producer.enqueue({"n": 999})
+        await eventually(lambda: seen == [999])
+
+
+async def test_members_split_partitions_and_rebalance_when_one_leaves(
+    redis_url: str, topic: str
+) -> None:
+    await _produce(redis_url, topic, 0, partitions=6)
+    handled: Counter[str] = Counter()
+
+    def handler(name: str) -> Any:
+        async def handle(m: Message) -> None:
+            handled[name] += 1
+
+        return handle
+
+    consumers = [
+        Consumer(topic, consumer_name=f"c{i}", redis_url=redis_url, **FAST) for i in range(3)
+    ]
+    runs = [Running(c, handler(c.name)) for c in consumers]
+    for r in runs:
+        await r.__aenter__()
+    try:
+        await eventually(lambda: [len(c.assigned_partitions) for c in consumers] == [2, 2, 2])
+        owned = [p for c in consumers for p in c.assigned_partitions]
+        assert sorted(owned) == list(range(6))
+        before = {c.name: set(c.assigned_partitions) for c in consumers}
+        await runs[2].__aexit__(None, None, None)
+        await eventually(lambda: [len(c.assigned_partitions) for c in consumers[:2]] == [3, 3])
+        for c in consumers[:2]:
+            assert before[c.name] <= set(c.assigned_partitions)  # sticky: kept what it had
+        await _produce(redis_url, topic, 60, partitions=6)
+        await eventually(lambda: handled["c0"] + handled["c1"] == 60)
+    finally:
+        for r in runs[:2]:
+            await r.__aexit__(None, None, None)
+
+
+async def test_more_members_than_partitions_idle_but_stay(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 0, partitions=2)
+
+    async def handle(m: Message) -> None:
+        return None
+
+    consumers = [Consumer(topic, redis_url=redis_url, **FAST) for _ in range(3)]
+    runs = [Running(c, handle) for c in consumers]
+    for r in runs:
+        await r.__aenter__()
+    try:
+        await eventually(lambda: sorted(len(c.assigned_partitions) for c in consumers) == [0, 1, 1])
+        assert all(len(c.members) == 3 for c in consumers)
+    finally:
+        for r in runs:
+            await r.__aexit__(None, None, None)
+
+
+async def test_partition_increase_reaches_running_consumers(redis_url: str, topic: str) -> None:
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.partition or 0)
+
+    consumer = Consumer(topic, redis_url=redis_url, **FAST)
+    producer = Producer(topic, redis_url=redis_url, init_partitions=2)
+    async with producer, Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions == [0, 1])
+        await producer.request_partition_increase(5)
+        await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3, 4])
+        await producer.batch_enqueue([{"n": i} for i in range(10)])
+        await eventually(lambda: set(seen) == {0, 1, 2, 3, 4})
+
+
+async def test_duplicate_live_name_is_refused(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 0, partitions=1)
+
+    async def handle(m: Message) -> None:
+        return None
+
+    first = Consumer(topic, consumer_name="worker-1", redis_url=redis_url, **FAST)
+    async with Running(first, handle):
+        second = Consumer(topic, consumer_name="worker-1", redis_url=redis_url, **FAST)
+        with pytest.raises(DuplicateConsumerError, match="'worker-1' is already used"):
+            await second.process(handle)
+        await second.close()
+        assert first.assigned_partitions == [0]
+
+
+async def test_failed_message_is_retried_in_order_then_succeeds(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    await _produce(redis_url, topic, 5, partitions=1)
+    calls: list[tuple[int, int]] = []
+
+    async def handle(m: Message) -> None:
+        calls.append((m.payload["n"], m.deliveries))
+        if m.payload["n"] == 2 and m.deliveries < 3:
+            raise RuntimeError("not yet")
+
+    consumer = Consumer(topic, redis_url=redis_url, retry_backoff=0.01, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(calls) == 7)
+    assert calls == [(0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (3, 1), (4, 1)]
+    assert consumer.stats.retried == 2 and consumer.stats.failed == 2
+    assert await _pending(redis, topic, "default", 1) == 0
+
+
+async def test_poison_message_goes_to_dead_letters(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    ids = await _produce(redis_url, topic, 4, partitions=1)
+    ok: list[int] = []
+
+    async def handle(m: Message) -> None:
+        if m.payload["n"] == 1:
+            raise ValueError("bad order")
+        ok.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.01, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: ok == [0, 2, 3])
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        records = await dl.list()
+        assert await dl.count() == 1
+        (record,) = records
+        assert record.msg_id == ids[1] and record.deliveries == 3
+        assert record.error == "bad order" and record.error_type == "ValueError"
+        assert record.payload == {"n": 1, "k": 1} and record.group == "default"
+        assert record.consumer == consumer.name and record.partition == 0
+        assert await _pending(redis, topic, "default", 1) == 0
+        assert await dl.replay([record.id]) == 1
+        assert await dl.count() == 0
+    entries: Any = await redis.xrange(TopicKeys(topic).stream(0))
+    assert len(entries) == 5  # the replayed copy is a new entry
+
+
+async def test_undecodable_entry_goes_to_dead_letters_at_once(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    await _produce(redis_url, topic, 0, partitions=1)
+    stream = TopicKeys(topic).stream(0)
+    await redis.xadd(stream, {b"p": b"{not json"})
+    await redis.xadd(stream, {b"junk": b"\xff"})
+    await _produce(redis_url, topic, 1, partitions=1)
+    ok: list[Any] = []
+
+    async def handle(m: Message) -> None:
+        ok.append(m.payload)
+
+    consumer = Consumer(topic, redis_url=redis_url, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: ok == [{"n": 0, "k": 0}])
+        await eventually(lambda: consumer.stats.dead_lettered == 2)
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        records = await dl.list()
+    assert [r.deliveries for r in records] == [1, 1]
+    assert all(r.error_type == "SerializationError" for r in records)
+    assert records[1].fields == {b"junk": b"\xff"}
+
+
+async def test_handler_timeout_counts_as_failure(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue(Message(topic=topic, payload={"slow": True}, timeout=0.05))
+    attempts: list[int] = []
+
+    async def handle(m: Message) -> None:
+        attempts.append(m.deliveries)
+        await asyncio.sleep(10)
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=2, retry_backoff=0.01, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.stats.dead_lettered == 1)
+    assert attempts == [1, 2]
+
+
+async def test_stop_is_idempotent_and_leaves_the_group(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    await _produce(redis_url, topic, 0, partitions=2)
+
+    async def handle(m: Message) -> None:
+        return None
+
+    consumer = Consumer(topic, consumer_name="solo", redis_url=redis_url, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions == [0, 1])
+    await consumer.stop()
+    keys = TopicKeys(topic)
+    assert await redis.zscore(keys.members("default"), "solo") is None
+    assert await redis.exists(keys.lease(0, "default"), keys.lease(1, "default")) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"heartbeat_interval": 2, "heartbeat_ttl": 1}, "heartbeat_ttl must be greater"),
+        ({"group_name": "a b"}, "group_name must not contain"),
+        ({"start": "middle"}, "start must be 'earliest' or 'latest'"),
+        ({"max_deliveries": 0}, "max_deliveries must be an integer >= 1"),
+        ({"concurrency": 0}, "concurrency must be an integer >= 1"),
+    ],
+)
+def test_bad_consumer_configuration(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        Consumer("t", **kwargs)

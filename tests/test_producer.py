@@ -1,0 +1,194 @@
+"""Producer against a real Redis: ids, routing, batching, partitions, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import (
+    ConfigurationError,
+    ConnectionFailedError,
+    Message,
+    NotConnectedError,
+    PartitionError,
+    PartitionKeyError,
+    Producer,
+    SerializationError,
+    partition_for_key,
+)
+from redisaq_core.keys import TopicKeys
+from tests.helpers import eventually
+
+
+async def _lengths(redis: Redis, topic: str, n: int) -> list[int]:
+    keys = TopicKeys(topic)
+    return [int(await redis.xlen(keys.stream(p))) for p in range(n)]
+
+
+async def test_enqueue_returns_entry_ids_and_spreads_evenly(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=4) as producer:
+        ids = [await producer.enqueue({"n": i}) for i in range(40)]
+    assert all("-" in i for i in ids)
+    assert await _lengths(redis, topic, 4) == [10, 10, 10, 10]
+
+
+async def test_partition_key_keeps_a_key_on_one_partition_in_order(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=5) as producer:
+        for i in range(30):
+            await producer.enqueue({"user": f"u{i % 3}", "seq": i}, partition_key="user")
+    keys = TopicKeys(topic)
+    for user in ("u0", "u1", "u2"):
+        p = partition_for_key(user, 5)
+        entries: Any = await redis.xrange(keys.stream(p))
+        payloads = [orjson.loads(f[b"p"]) for _, f in entries]
+        seqs = [d["seq"] for d in payloads if d["user"] == user]
+        assert seqs == sorted(seqs) and len(seqs) == 10
+
+
+async def test_batch_enqueue_ids_in_input_order(redis_url: str, redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        ids = await producer.batch_enqueue([{"n": i} for i in range(100)])
+    entries: Any = await redis.xrange(TopicKeys(topic).stream(0))
+    assert [e[0].decode() for e in entries] == ids
+    assert await producer_empty_batch(redis_url, topic) == []
+
+
+async def producer_empty_batch(redis_url: str, topic: str) -> list[str]:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        return await producer.batch_enqueue([])
+
+
+async def test_concurrent_enqueues_share_round_trips(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=3) as producer:
+        before = await redis.info("stats")
+        ids = await asyncio.gather(*(producer.enqueue({"n": i}) for i in range(1000)))
+        after = await redis.info("stats")
+    assert len(ids) == 1000
+    assert sum(await _lengths(redis, topic, 3)) == 1000
+    # 1,000 separate awaits on redis-py would open up to 1,000 connections;
+    # coalesced into pipelines they need one or two.
+    opened = after["total_connections_received"] - before["total_connections_received"]
+    assert opened <= 3
+
+
+async def test_concurrent_enqueue_errors_reach_their_own_caller(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        results = await asyncio.gather(
+            *(producer.enqueue({"n": i} if i % 2 else {"bad": {1, 2}}) for i in range(10)),
+            return_exceptions=True,
+        )
+    assert [isinstance(r, SerializationError) for r in results] == [i % 2 == 0 for i in range(10)]
+    assert all(isinstance(r, str) for r in results[1::2])
+
+
+async def test_message_objects_keep_their_options(redis_url: str, redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=3) as producer:
+        msg = Message(topic=topic, payload={"user_id": "123"}, partition_key="user_id", timeout=2.5)
+        await producer.enqueue(msg)
+        with pytest.raises(ConfigurationError, match="differs from producer topic"):
+            await producer.enqueue(Message(topic="other", payload={}))
+    entries: Any = await redis.xrange(TopicKeys(topic).stream(partition_for_key("123", 3)))
+    fields = entries[0][1]
+    assert fields[b"k"] == b"user_id" and float(fields[b"o"]) == 2.5
+    assert float(fields[b"c"]) == pytest.approx(msg.created_at)
+
+
+async def test_maxlen_trims_each_partition(redis_url: str, redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, maxlen=10, approximate=False) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(50)])
+    assert await _lengths(redis, topic, 1) == [10]
+
+
+async def test_partition_increase_is_seen_by_other_producers(redis_url: str, topic: str) -> None:
+    a = Producer(topic, redis_url=redis_url, init_partitions=2, refresh_interval=0.05)
+    b = Producer(topic, redis_url=redis_url, init_partitions=1)
+    async with a, b:
+        assert a.partitions == 2 and b.partitions == 2
+        assert await b.request_partition_increase(4) == 4
+        with pytest.raises(PartitionError, match="cannot lower partitions from 4 to 3"):
+            await b.request_partition_increase(3)
+        await eventually(lambda: a.partitions == 4, timeout=5)
+
+
+async def test_unserializable_payload_sends_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        with pytest.raises(SerializationError, match="type set"):
+            await producer.batch_enqueue([{"ok": 1}, {1, 2}, {"ok": 2}])
+        with pytest.raises(SerializationError, match="type object"):
+            await producer.enqueue(object())
+    assert await redis.exists(TopicKeys(topic).stream(0)) == 0
+
+
+async def test_partition_key_errors_name_the_field(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        with pytest.raises(PartitionKeyError, match="'user' is not a field"):
+            await producer.enqueue({"id": 1}, partition_key="user")
+        with pytest.raises(PartitionKeyError, match="needs a mapping payload"):
+            await producer.enqueue([1, 2], partition_key="user")
+
+
+async def test_custom_str_serializer_round_trip(redis_url: str, redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, serializer=lambda v: f"<{v}>") as producer:
+        await producer.enqueue("x")
+    entries: Any = await redis.xrange(TopicKeys(topic).stream(0))
+    assert entries[0][1] == {b"s": b"<x>"}
+    with pytest.raises(ConfigurationError, match="serializer must be callable"):
+        Producer(topic, serializer=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"topic": ""}, "topic must be a non-empty string"),
+        ({"topic": "a{b}"}, "topic must not contain braces"),
+        ({"topic": "a b"}, "topic must not contain braces or whitespace"),
+        ({"topic": "t", "init_partitions": 0}, "init_partitions must be an integer >= 1"),
+        ({"topic": "t", "maxlen": -1}, "maxlen must be an integer >= 1"),
+        ({"topic": "t", "redis": object(), "redis_url": "redis://x"}, "either redis or redis_url"),
+        ({"topic": "t", "redis_url": "http://x"}, "redis_url must start with"),
+    ],
+)
+async def test_bad_configuration_names_the_argument(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        producer = Producer(**kwargs)
+        await producer.connect()
+
+
+async def test_use_after_close_is_a_clear_error(redis_url: str, topic: str) -> None:
+    producer = Producer(topic, redis_url=redis_url)
+    await producer.enqueue({"auto": "connects"})
+    await producer.close()
+    await producer.close()  # idempotent
+    with pytest.raises(NotConnectedError, match="Producer is closed"):
+        await producer.enqueue({"n": 1})
+    fresh = Producer(topic, redis_url=redis_url)
+    with pytest.raises(NotConnectedError, match="not connected"):
+        _ = fresh.redis
+
+
+async def test_unreachable_redis_names_url_without_password(topic: str) -> None:
+    from redisaq_core.embedded import free_port
+
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConnectionFailedError) as info:
+        await Producer(topic, redis_url=url).connect()
+    assert "s3cret" not in str(info.value)
+    assert "redis://user:***@127.0.0.1" in str(info.value)
+
+
+async def test_given_client_is_not_closed(redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis=redis) as producer:
+        await producer.enqueue({"n": 1})
+    assert await redis.ping()
