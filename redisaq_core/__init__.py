@@ -23,14 +23,19 @@ from .errors import (
     ConsumerError,
     DuplicateConsumerError,
     EmbeddedRedisError,
+    MalformedServiceError,
     NotConnectedError,
     PartitionError,
     PartitionKeyError,
     RedisaqError,
+    RegistryError,
     SerializationError,
+    ServiceNotFoundError,
 )
+from .health import HealthMonitor, Keepalive, StatusChange
 from .message import Message
 from .producer import Producer
+from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
 
 __all__ = [
     "BatchCallback",
@@ -45,13 +50,23 @@ __all__ = [
     "DuplicateConsumerError",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "HealthMonitor",
+    "Keepalive",
+    "MalformedServiceError",
     "Message",
     "NotConnectedError",
     "PartitionError",
     "PartitionKeyError",
     "Producer",
     "RedisaqError",
+    "RegistryError",
     "SerializationError",
+    "ServiceInfo",
+    "ServiceNotFoundError",
+    "ServiceRegistry",
+    "ServiceStatus",
+    "StatusChange",
+    "WorkerStatus",
     "assign",
     "partition_for_key",
 ]

@@ -11,6 +11,9 @@ The hierarchy::
     ├── PartitionError          a partition count change that isn't allowed
     ├── ConsumerError
     │   └── DuplicateConsumerError  another live member of the group has this name
+    ├── RegistryError           a service registry operation failed
+    │   ├── ServiceNotFoundError    no service is registered under this id
+    │   └── MalformedServiceError   a stored service record can't be read
     └── EmbeddedRedisError      an embedded redis-server can't be found or started
 """
 
@@ -22,11 +25,14 @@ __all__ = [
     "ConsumerError",
     "DuplicateConsumerError",
     "EmbeddedRedisError",
+    "MalformedServiceError",
     "NotConnectedError",
     "PartitionError",
     "PartitionKeyError",
     "RedisaqError",
+    "RegistryError",
     "SerializationError",
+    "ServiceNotFoundError",
 ]
 
 
@@ -64,6 +70,18 @@ class ConsumerError(RedisaqError):
 
 class DuplicateConsumerError(ConsumerError):
     """Another live member of the same group already uses this consumer name."""
+
+
+class RegistryError(RedisaqError):
+    """A service registry operation failed."""
+
+
+class ServiceNotFoundError(RegistryError, LookupError):
+    """No service is registered under the given id; the message names it."""
+
+
+class MalformedServiceError(RegistryError, ValueError):
+    """A stored service record is malformed (junk written into it); the message names the id."""
 
 
 class EmbeddedRedisError(RedisaqError, RuntimeError):

@@ -103,3 +103,68 @@ class TopicKeys:
     def lease(self, partition: int, group: str) -> str:
         """The key whose value is the token of the member holding a partition for a group."""
         return f"{self._partition_tag(partition)}:lease:{group}"
+
+
+@dataclass(frozen=True)
+class RegistryKeys:
+    """Key names of one service registry, i.e. of one ``key_prefix``.
+
+    Every key of a registry starts with its ``prefix`` and shares the hash
+    tag ``{<prefix>registry}``, so that the registry's scripts, which touch
+    several of its keys at once, run on one Redis Cluster slot; registries
+    with different prefixes spread over the slots and never share a key.
+    Layout (``B`` is :attr:`base`, ``<prefix>redisaq:{<prefix>registry}``)::
+
+        B:active            zset   service id -> last_seen (server time, seconds)
+        B:types             set    service types that have at least one service
+        B:type:TYPE         set    ids of the services of one type
+        B:service:ID        hash   the service record (fields of ServiceInfo)
+        B:alive:ID          string liveness key of a keepalive session (expires)
+        B:worker_status     hash   service id -> WorkerStatus, kept by HealthMonitor
+
+    The Lua scripts build the ``service``, ``type`` and ``alive`` names from
+    ``base`` the same way as the methods here.
+    """
+
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise ConfigurationError(f"key_prefix must be a string, got {self.prefix!r}")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ConfigurationError(
+                f"key_prefix must not contain braces (they would break the hash tag), "
+                f"got {self.prefix!r}"
+            )
+
+    @property
+    def base(self) -> str:
+        """The start of every key name of this registry, hash tag included."""
+        return f"{self.prefix}{NAMESPACE}:{{{self.prefix}registry}}"
+
+    @property
+    def active(self) -> str:
+        """Sorted set of registered service ids scored by last_seen (server seconds)."""
+        return f"{self.base}:active"
+
+    @property
+    def types(self) -> str:
+        """Set of the service types that have at least one registered service."""
+        return f"{self.base}:types"
+
+    @property
+    def worker_status(self) -> str:
+        """Hash of service id to the worker status a HealthMonitor last gave it."""
+        return f"{self.base}:worker_status"
+
+    def service(self, service_id: str) -> str:
+        """Hash holding one service's record."""
+        return f"{self.base}:service:{service_id}"
+
+    def service_type(self, service_type: str) -> str:
+        """Set of the ids of the services of one type."""
+        return f"{self.base}:type:{service_type}"
+
+    def alive(self, service_id: str) -> str:
+        """Expiring key that exists while a keepalive session of the service renews it."""
+        return f"{self.base}:alive:{service_id}"

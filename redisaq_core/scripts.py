@@ -26,6 +26,14 @@ __all__ = [
     "HEARTBEAT",
     "LEASE",
     "LEAVE",
+    "REGISTRY_CLEANUP",
+    "REGISTRY_CLEAR",
+    "REGISTRY_DEREGISTER",
+    "REGISTRY_HEARTBEAT",
+    "REGISTRY_MARK",
+    "REGISTRY_READ",
+    "REGISTRY_REGISTER",
+    "REGISTRY_UPDATE",
     "RELEASE",
     "REPLAY",
     "Script",
@@ -80,5 +88,13 @@ ENSURE_PARTITIONS = Script("ensure_partitions")
 HEARTBEAT = Script("heartbeat")
 LEASE = Script("lease")
 LEAVE = Script("leave")
+REGISTRY_CLEANUP = Script("registry_cleanup")
+REGISTRY_CLEAR = Script("registry_clear")
+REGISTRY_DEREGISTER = Script("registry_deregister")
+REGISTRY_HEARTBEAT = Script("registry_heartbeat")
+REGISTRY_MARK = Script("registry_mark")
+REGISTRY_READ = Script("registry_read")
+REGISTRY_REGISTER = Script("registry_register")
+REGISTRY_UPDATE = Script("registry_update")
 RELEASE = Script("release")
 REPLAY = Script("replay")

@@ -1,0 +1,38 @@
+-- Delete every key of one registry (one key_prefix) in one step.
+-- The services are found through the registry's own indexes, never by scanning keys.
+-- KEYS: active (zset), types (set), worker_status (hash)
+-- ARGV: base
+-- Returns the number of services that were registered.
+local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
+local base = ARGV[1]
+local registered = redis.call('ZCARD', active)
+local seen, ids = {}, {}
+local function add(list)
+  for _, id in ipairs(list) do
+    if not seen[id] then
+      seen[id] = true
+      ids[#ids + 1] = id
+    end
+  end
+end
+add(redis.call('ZRANGE', active, 0, -1))
+add(redis.call('HKEYS', wstatus))
+local typekeys = {}
+for _, ty in ipairs(redis.call('SMEMBERS', types)) do
+  local tkey = base .. ':type:' .. ty
+  typekeys[#typekeys + 1] = tkey
+  add(redis.call('SMEMBERS', tkey))
+end
+for i = 1, #ids, 500 do
+  local keys = {}
+  for j = i, math.min(i + 499, #ids) do
+    keys[#keys + 1] = base .. ':service:' .. ids[j]
+    keys[#keys + 1] = base .. ':alive:' .. ids[j]
+  end
+  redis.call('DEL', unpack(keys))
+end
+for i = 1, #typekeys, 500 do
+  redis.call('DEL', unpack(typekeys, i, math.min(i + 499, #typekeys)))
+end
+redis.call('DEL', active, types, wstatus)
+return registered

@@ -1,0 +1,19 @@
+-- Remove a service: its record, liveness key, worker status and every index entry.
+-- KEYS: active (zset), types (set), worker_status (hash)
+-- ARGV: base, service_id
+-- Returns 1 when the service had a record or an index entry, else 0.
+local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
+local base, id = ARGV[1], ARGV[2]
+local found = redis.call('DEL', base .. ':service:' .. id) + redis.call('ZREM', active, id)
+redis.call('DEL', base .. ':alive:' .. id)
+redis.call('HDEL', wstatus, id)
+for _, ty in ipairs(redis.call('SMEMBERS', types)) do
+  local tkey = base .. ':type:' .. ty
+  if redis.call('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
+    redis.call('SREM', types, ty)
+  end
+end
+if found > 0 then
+  return 1
+end
+return 0

@@ -1,0 +1,27 @@
+-- Record a heartbeat (last_seen := server time) of a registered service.
+-- KEYS: active (zset), types (set)
+-- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
+-- Returns the last_seen written ("seconds.micros"), or nil when the service has no record;
+-- its liveness key is then deleted, so a keepalive whose record was removed stops counting
+-- as connected.
+local active, types = KEYS[1], KEYS[2]
+local base, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local skey = base .. ':service:' .. id
+local akey = base .. ':alive:' .. id
+if redis.call('EXISTS', skey) == 0 then
+  redis.call('DEL', akey)
+  return false
+end
+local t = redis.call('TIME')
+local seen = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+redis.call('HSET', skey, 'last_seen', seen)
+redis.call('ZADD', active, seen, id)
+local stype = redis.call('HGET', skey, 'service_type')
+if stype and stype ~= '' then
+  redis.call('SADD', base .. ':type:' .. stype, id)
+  redis.call('SADD', types, stype)
+end
+if ttl > 0 then
+  redis.call('SET', akey, seen, 'PX', ttl)
+end
+return seen

@@ -1,0 +1,38 @@
+-- Read services and their records as one consistent snapshot, with the server's time.
+-- KEYS: active (zset), index (the active zset again, or one type's set)
+-- ARGV: base, max_age_seconds ('' for no age limit: every indexed service)
+-- Returns {now_seconds, now_micros, id, last_seen_score, alive (0/1), {field, value, ...}, ...}
+-- Ids without a record, or not in the active index, are left out.
+local active, index = KEYS[1], KEYS[2]
+local base = ARGV[1]
+local t = redis.call('TIME')
+local cutoff = nil
+if ARGV[2] ~= '' then
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  cutoff = string.format('%.6f', now - tonumber(ARGV[2]))
+end
+local ids
+if index == active then
+  if cutoff then
+    ids = redis.call('ZRANGEBYSCORE', active, cutoff, '+inf')
+  else
+    ids = redis.call('ZRANGE', active, 0, -1)
+  end
+else
+  ids = redis.call('SMEMBERS', index)
+end
+local limit = cutoff and tonumber(cutoff)
+local out = {t[1], t[2]}
+for _, id in ipairs(ids) do
+  local score = redis.call('ZSCORE', active, id)
+  if score and ((not limit) or tonumber(score) >= limit) then
+    local fields = redis.call('HGETALL', base .. ':service:' .. id)
+    if #fields > 0 then
+      out[#out + 1] = id
+      out[#out + 1] = score
+      out[#out + 1] = redis.call('EXISTS', base .. ':alive:' .. id)
+      out[#out + 1] = fields
+    end
+  end
+end
+return out

@@ -1,0 +1,650 @@
+"""Service registry with health tracking: registration, heartbeats, discovery, cleanup.
+
+::
+
+    async with ServiceRegistry(redis_url=url, key_prefix="prod:") as registry:
+        await registry.register_service(
+            ServiceInfo("vllm-node-001", "10.0.0.1", 8000, "inference", metadata={"gpu": "A100"})
+        )
+        await registry.heartbeat("vllm-node-001")
+        nodes = await registry.get_healthy_services(service_type="inference")
+
+Storage (key names in :class:`~redisaq_core.keys.RegistryKeys`): one hash per
+service holding the fields of :class:`ServiceInfo` (``metadata`` as a JSON
+string, plus ``registered_at``), a sorted set of the registered ids scored by
+``last_seen``, one set of ids per service type and a set of the type names.
+Every write that touches a record and its indexes is one Lua script, so the
+indexes never disagree with the records, and every key of one registry shares
+one hash tag, so the scripts run unchanged on Redis Cluster. Nothing is found
+by ``SCAN`` or ``KEYS``.
+
+Time is the Redis server's: ``last_seen`` is stamped inside the scripts with
+``TIME``, and ages (``get_healthy_services``, ``cleanup_stale_services``) are
+measured against the same clock, so hosts with skewed clocks agree.
+
+A record that is not what this module writes (someone put junk into the hash)
+is skipped with a warning by the listings and makes :meth:`ServiceRegistry.get_service`
+raise :class:`~redisaq_core.errors.MalformedServiceError` naming the id.
+
+Self-registration: ``async with registry.keepalive(info, interval=5):``
+registers the service, renews it (a heartbeat plus an expiring liveness key)
+every ``interval``, and deregisters it on exit. When the record is deleted from
+outside (``redisaq registry deregister ID``), the keepalive notices at its next
+renewal, sets :attr:`Keepalive.shutdown` and calls ``on_shutdown``, so the
+owner can stop gracefully. Worker liveness tracking (``not_responding``,
+``disconnected``) is :class:`~redisaq_core.health.HealthMonitor`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .connection import AnyRedis, RedisComponent
+from .errors import (
+    ConfigurationError,
+    MalformedServiceError,
+    RegistryError,
+    ServiceNotFoundError,
+)
+from .keys import RegistryKeys
+
+if TYPE_CHECKING:
+    from .health import Keepalive
+
+from .scripts import (
+    REGISTRY_CLEANUP,
+    REGISTRY_CLEAR,
+    REGISTRY_DEREGISTER,
+    REGISTRY_HEARTBEAT,
+    REGISTRY_MARK,
+    REGISTRY_READ,
+    REGISTRY_REGISTER,
+    REGISTRY_UPDATE,
+)
+
+__all__ = [
+    "RegistrySnapshot",
+    "ServiceInfo",
+    "ServiceRecord",
+    "ServiceRegistry",
+    "ServiceStatus",
+    "ShutdownCallback",
+    "WorkerStatus",
+]
+
+log = logging.getLogger(__name__)
+
+_BAD_TOKEN = re.compile(r"[\s\x00-\x1f\x7f]")
+_REQUIRED = ("host", "port", "service_type", "status", "last_seen")
+_MERGE_ATTEMPTS = 100
+
+ShutdownCallback = Callable[[], "Awaitable[Any] | None"]
+"""``on_shutdown`` of a keepalive: a plain function or a coroutine function, no arguments."""
+
+
+class ServiceStatus(str, Enum):
+    """Health status a service reports about itself."""
+
+    HEALTHY = "healthy"
+    """The service is healthy and operational."""
+    UNHEALTHY = "unhealthy"
+    """The service is experiencing issues."""
+    STARTING = "starting"
+    """The service is starting up."""
+    STOPPING = "stopping"
+    """The service is shutting down."""
+    UNKNOWN = "unknown"
+    """The status is unknown."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkerStatus(str, Enum):
+    """Liveness of a worker as judged by a :class:`~redisaq_core.health.HealthMonitor`."""
+
+    REGISTERED = "registered"
+    """Registered, no heartbeat since."""
+    CONNECTED = "connected"
+    """A keepalive session holds the service's liveness key; no heartbeat since registering."""
+    ALIVE = "alive"
+    """Heartbeats arrive within the monitor's timeout."""
+    NOT_RESPONDING = "not_responding"
+    """No heartbeat for longer than the monitor's timeout."""
+    DISCONNECTED = "disconnected"
+    """No heartbeat for longer than the disconnect timeout, or the record was removed."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _check_token(value: object, argument: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{argument} must be a non-empty string, got {value!r}")
+    if _BAD_TOKEN.search(value):
+        raise ConfigurationError(
+            f"{argument} must not contain whitespace or control characters, got {value!r}"
+        )
+    return value
+
+
+def _check_port(value: object, argument: str = "port", *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 65535:
+        raise ConfigurationError(
+            f"{argument} must be an integer from {minimum} to 65535, got {value!r}"
+        )
+    return value
+
+
+def _check_seconds(value: object, argument: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{argument} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        bound = "greater than 0" if positive else "0 or more"
+        raise ConfigurationError(f"{argument} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _status_value(value: object, argument: str = "status") -> str:
+    """The string value of a :class:`ServiceStatus` given as the enum or its value."""
+    try:
+        return ServiceStatus(value).value
+    except ValueError:
+        allowed = ", ".join(s.value for s in ServiceStatus)
+        raise ConfigurationError(f"{argument} must be one of {allowed}; got {value!r}") from None
+
+
+def _encode_metadata(metadata: Mapping[str, Any], argument: str = "metadata") -> str:
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise ConfigurationError(f"{argument} must be a dict with string keys, got {metadata!r}")
+    try:
+        return json.dumps(
+            dict(metadata), sort_keys=True, separators=(",", ":"), allow_nan=False,
+            ensure_ascii=False,
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{argument} must be JSON-serializable: {exc}") from None
+
+
+@dataclass
+class ServiceInfo:
+    """One service's registration: where it is, what it is, how it is doing.
+
+    ``status`` is a :class:`ServiceStatus` value (the enum or its string, kept
+    as the string). ``last_seen`` is the server time (Unix seconds) of the last
+    registration, heartbeat or health update; it is set by the registry and
+    ignored when registering. ``metadata`` is any JSON object.
+    """
+
+    service_id: str
+    host: str
+    port: int
+    service_type: str
+    status: str = ServiceStatus.HEALTHY.value
+    last_seen: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (normalizing ``status`` and ``metadata``); ``ConfigurationError``."""
+        _check_token(self.service_id, "service_id")
+        _check_token(self.host, "host")
+        _check_port(self.port)
+        _check_token(self.service_type, "service_type")
+        self.status = _status_value(self.status)
+        if self.last_seen is not None:
+            if isinstance(self.last_seen, bool) or not isinstance(self.last_seen, (int, float)):
+                raise ConfigurationError(f"last_seen must be a number, got {self.last_seen!r}")
+            self.last_seen = float(self.last_seen)
+        if self.metadata is None:  # the seed's dataclass defaults it to None
+            self.metadata = {}
+        _encode_metadata(self.metadata)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return {
+            "service_id": self.service_id,
+            "host": self.host,
+            "port": self.port,
+            "service_type": self.service_type,
+            "status": self.status,
+            "last_seen": self.last_seen,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceInfo:
+        """Build from a dict such as :meth:`as_dict` returns (unknown keys are ignored)."""
+        names = ("service_id", "host", "port", "service_type", "status", "last_seen", "metadata")
+        return cls(**{k: data[k] for k in names if k in data})
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """A stored service with what the registry keeps beside its :class:`ServiceInfo`."""
+
+    info: ServiceInfo
+    registered_at: float
+    """Server time of the registration (``last_seen`` equals it until the first heartbeat)."""
+    alive: bool
+    """Whether a keepalive session's liveness key exists for the service."""
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """Services read in one consistent step, with the server's clock at that moment."""
+
+    now: float
+    records: list[ServiceRecord]
+    malformed: list[str]
+    """Ids whose records could not be read (they are logged and left out of ``records``)."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_record(service_id: str, raw: Mapping[Any, Any]) -> tuple[ServiceInfo, float]:
+    """``(info, registered_at)`` from a service hash; ``MalformedServiceError`` naming the id."""
+
+    def bad(reason: str) -> MalformedServiceError:
+        return MalformedServiceError(f"service {service_id!r} has a malformed record: {reason}")
+
+    try:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+    except UnicodeDecodeError:
+        raise bad("a field is not UTF-8 text") from None
+    missing = [name for name in _REQUIRED if name not in fields]
+    if missing:
+        raise bad(f"missing field(s) {', '.join(missing)}")
+    if fields.get("service_id", service_id) != service_id:
+        raise bad(f"service_id field is {fields['service_id'][:60]!r}")
+    try:
+        port = int(fields["port"])
+    except ValueError:
+        raise bad(f"port is not an integer: {fields['port'][:60]!r}") from None
+    try:
+        last_seen = float(fields["last_seen"])
+        if not math.isfinite(last_seen):
+            raise ValueError
+    except ValueError:
+        raise bad(f"last_seen is not a number: {fields['last_seen'][:60]!r}") from None
+    try:
+        metadata = json.loads(fields.get("metadata") or "{}")
+    except ValueError:
+        raise bad(f"metadata is not JSON: {fields['metadata'][:60]!r}") from None
+    if not isinstance(metadata, dict):
+        raise bad(f"metadata is not a JSON object: {fields['metadata'][:60]!r}")
+    try:
+        registered_at = float(fields.get("registered_at", last_seen))
+    except ValueError:
+        registered_at = last_seen
+    try:
+        info = ServiceInfo(
+            service_id=service_id, host=fields["host"], port=port,
+            service_type=fields["service_type"], status=fields["status"],
+            last_seen=last_seen, metadata=metadata,
+        )  # fmt: skip
+    except ConfigurationError as exc:
+        raise bad(str(exc)) from None
+    return info, registered_at
+
+
+def _ttl_ms(liveness_ttl: float | None) -> int:
+    if liveness_ttl is None:
+        return 0
+    return max(1, math.ceil(_check_seconds(liveness_ttl, "liveness_ttl", positive=True) * 1000))
+
+
+def _seen(value: Any) -> float | None:
+    """A script's ``last_seen`` reply as a float, or ``None`` for "no record"."""
+    if value is None or isinstance(value, int):
+        return None
+    return float(_text(value))
+
+
+class ServiceRegistry(RedisComponent):
+    """Registry of services and their health, kept in Redis under ``key_prefix``.
+
+    Connect with ``redis=`` (a client shared with producers and consumers,
+    never closed here), ``redis_url=``, or the seed's ``redis_host``,
+    ``redis_port``, ``redis_db`` and ``redis_password`` (used only when neither
+    of the first two is given). ``key_prefix`` isolates registries, e.g.
+    ``"prod:"`` and ``"staging:"``; no method touches another prefix's keys.
+    The registry connects on first use, or with ``connect()`` / ``async with``.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_host: str = "localhost",
+        redis_port: int = 6379,
+        redis_db: int = 0,
+        redis_password: str | None = None,
+        key_prefix: str = "",
+        redis_url: str | None = None,
+        redis: AnyRedis | None = None,
+    ) -> None:
+        if redis is None and redis_url is None:
+            _check_token(redis_host, "redis_host")
+            _check_port(redis_port, "redis_port", minimum=1)
+            if isinstance(redis_db, bool) or not isinstance(redis_db, int) or redis_db < 0:
+                raise ConfigurationError(f"redis_db must be an integer >= 0, got {redis_db!r}")
+            if redis_password is not None and not isinstance(redis_password, str):
+                raise ConfigurationError("redis_password must be a string or None")
+            auth = f":{quote(redis_password, safe='')}@" if redis_password else ""
+            host = f"[{redis_host}]" if ":" in redis_host else redis_host
+            redis_url = f"redis://{auth}{host}:{redis_port}/{redis_db}"
+        super().__init__(redis=redis, redis_url=redis_url)
+        self.keys = RegistryKeys(key_prefix)
+        self.key_prefix = key_prefix
+        self._warned: set[str] = set()
+
+    # ---- writes --------------------------------------------------------------------
+
+    async def register_service(
+        self, service_info: ServiceInfo, *, liveness_ttl: float | None = None
+    ) -> bool:
+        """Register a new service or replace an existing registration; returns ``True``.
+
+        All fields are replaced (metadata too); ``last_seen`` is the server
+        time. ``liveness_ttl`` (seconds) also sets the service's liveness key,
+        which expires unless renewed by ``heartbeat(..., liveness_ttl=...)``;
+        :class:`~redisaq_core.health.Keepalive` does both.
+        """
+        info = service_info
+        if not isinstance(info, ServiceInfo):
+            raise ConfigurationError(f"service_info must be a ServiceInfo, got {info!r}")
+        info.validate()  # fields may have been changed since construction
+        redis = await self._ensure()
+        k = self.keys
+        seen = await REGISTRY_REGISTER(
+            redis,
+            [k.active, k.types, k.worker_status],
+            [k.base, info.service_id, info.service_type, info.host, info.port,
+             info.status, _encode_metadata(info.metadata), _ttl_ms(liveness_ttl)],
+        )  # fmt: skip
+        log.debug("registered service %s (%s) at %s", info.service_id, info.service_type, seen)
+        return True
+
+    async def deregister_service(self, service_id: str) -> bool:
+        """Remove a service and its index entries; ``False`` if it was not registered."""
+        _check_token(service_id, "service_id")
+        redis = await self._ensure()
+        k = self.keys
+        found = await REGISTRY_DEREGISTER(
+            redis, [k.active, k.types, k.worker_status], [k.base, service_id]
+        )
+        if found:
+            log.debug("deregistered service %s", service_id)
+        return bool(found)
+
+    async def update_health(
+        self,
+        service_id: str,
+        status: ServiceStatus | str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Set a service's status, merge ``metadata`` into its metadata, refresh ``last_seen``.
+
+        The merge is shallow (top-level keys of ``metadata`` replace the stored
+        ones) and atomic against concurrent updates. Returns ``False`` when the
+        service is not registered.
+        """
+        _check_token(service_id, "service_id")
+        value = _status_value(status)
+        redis = await self._ensure()
+        k = self.keys
+        if metadata is None:
+            result = await REGISTRY_UPDATE(
+                redis, [k.active], [k.base, service_id, value, "", "", "0"]
+            )
+            return _seen(result) is not None
+        _encode_metadata(metadata)
+        for _ in range(_MERGE_ATTEMPTS):
+            current: bytes | str | None = await redis.hget(k.service(service_id), "metadata")
+            merged = self._stored_metadata(service_id, current)
+            merged.update(metadata)
+            result = await REGISTRY_UPDATE(
+                redis,
+                [k.active],
+                [k.base, service_id, value, current or b"", _encode_metadata(merged), "1"],
+            )
+            if result != -1:
+                return _seen(result) is not None
+        raise RegistryError(
+            f"could not merge the metadata of service {service_id!r}: it kept changing"
+        )
+
+    @staticmethod
+    def _stored_metadata(service_id: str, raw: bytes | str | None) -> dict[str, Any]:
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        log.warning("service %s: stored metadata is not a JSON object; replacing it", service_id)
+        return {}
+
+    async def heartbeat(self, service_id: str, *, liveness_ttl: float | None = None) -> bool:
+        """Set ``last_seen`` to the server time; ``False`` if the service is not registered.
+
+        ``liveness_ttl`` (seconds) also renews the service's liveness key. A
+        service without a record loses its liveness key.
+        """
+        _check_token(service_id, "service_id")
+        redis = await self._ensure()
+        k = self.keys
+        seen = await REGISTRY_HEARTBEAT(
+            redis, [k.active, k.types], [k.base, service_id, _ttl_ms(liveness_ttl)]
+        )
+        return _seen(seen) is not None
+
+    async def cleanup_stale_services(self, timeout_seconds: float = 300) -> int:
+        """Remove services without a heartbeat for over ``timeout_seconds``; return how many.
+
+        One atomic step on the server: a service that heartbeats concurrently
+        is either fresh when the cleanup runs or finds itself removed, never
+        half-removed.
+        """
+        timeout = _check_seconds(timeout_seconds, "timeout_seconds")
+        redis = await self._ensure()
+        k = self.keys
+        removed = int(
+            await REGISTRY_CLEANUP(
+                redis, [k.active, k.types, k.worker_status], [k.base, repr(timeout)]
+            )
+        )
+        if removed:
+            log.info("removed %d stale service(s) from registry %r", removed, self.key_prefix)
+        return removed
+
+    async def clear_all(self) -> bool:
+        """Delete every service and index of this ``key_prefix`` (only); returns ``True``."""
+        redis = await self._ensure()
+        k = self.keys
+        n = await REGISTRY_CLEAR(redis, [k.active, k.types, k.worker_status], [k.base])
+        log.info("cleared registry %r (%d service(s))", self.key_prefix, n)
+        return True
+
+    # ---- reads ---------------------------------------------------------------------
+
+    async def get_service(self, service_id: str) -> ServiceInfo | None:
+        """The service's record, or ``None`` if it is not registered.
+
+        Raises :class:`~redisaq_core.errors.MalformedServiceError` naming the id
+        when the stored record is malformed.
+        """
+        _check_token(service_id, "service_id")
+        redis = await self._ensure()
+        raw: dict[Any, Any] = await redis.hgetall(self.keys.service(service_id))
+        if not raw:
+            return None
+        return _parse_record(service_id, raw)[0]
+
+    async def require_service(self, service_id: str) -> ServiceInfo:
+        """Like :meth:`get_service`, but raises ``ServiceNotFoundError`` instead of ``None``."""
+        info = await self.get_service(service_id)
+        if info is None:
+            raise ServiceNotFoundError(f"service {service_id!r} is not registered")
+        return info
+
+    async def snapshot(
+        self, service_type: str | None = None, *, max_age: float | None = None
+    ) -> RegistrySnapshot:
+        """Every registered service (of one type, or seen within ``max_age`` s) in one read.
+
+        Malformed records are logged (a warning the first time for each id)
+        and listed by id in ``malformed``.
+        """
+        if service_type is not None:
+            _check_token(service_type, "service_type")
+        age = "" if max_age is None else repr(_check_seconds(max_age, "max_age"))
+        redis = await self._ensure()
+        k = self.keys
+        index = k.active if service_type is None else k.service_type(service_type)
+        reply = await REGISTRY_READ(redis, [k.active, index], [k.base, age])
+        now = int(reply[0]) + int(reply[1]) / 1_000_000
+        records: list[ServiceRecord] = []
+        malformed: list[str] = []
+        for i in range(2, len(reply), 4):
+            service_id = _text(reply[i])
+            fields = reply[i + 3]
+            raw = dict(zip(fields[::2], fields[1::2], strict=True))
+            try:
+                info, registered_at = _parse_record(service_id, raw)
+            except MalformedServiceError as exc:
+                malformed.append(service_id)
+                if service_id in self._warned:
+                    log.debug("skipping %s", exc)
+                else:
+                    self._warned.add(service_id)
+                    log.warning("skipping %s", exc)
+                continue
+            if service_type is not None and info.service_type != service_type:
+                continue
+            records.append(ServiceRecord(info, registered_at, bool(reply[i + 2])))
+        records.sort(key=lambda r: r.info.service_id)
+        return RegistrySnapshot(now=now, records=records, malformed=sorted(malformed))
+
+    async def list_services(
+        self,
+        service_type: str | None = None,
+        status_filter: ServiceStatus | str | None = None,
+    ) -> list[ServiceInfo]:
+        """Registered services, optionally of one type and/or status, sorted by id.
+
+        Malformed records are skipped with a warning.
+        """
+        wanted = None if status_filter is None else _status_value(status_filter, "status_filter")
+        snap = await self.snapshot(service_type)
+        return [r.info for r in snap.records if wanted is None or r.info.status == wanted]
+
+    async def get_healthy_services(
+        self, service_type: str | None = None, timeout_seconds: float = 30
+    ) -> list[ServiceInfo]:
+        """Services with status ``healthy`` and a heartbeat within ``timeout_seconds``."""
+        timeout = _check_seconds(timeout_seconds, "timeout_seconds")
+        snap = await self.snapshot(service_type, max_age=timeout)
+        return [r.info for r in snap.records if r.info.status == ServiceStatus.HEALTHY.value]
+
+    async def get_service_count(self, service_type: str | None = None) -> int:
+        """How many services are registered (of ``service_type``, if given)."""
+        redis = await self._ensure()
+        if service_type is None:
+            return int(await redis.zcard(self.keys.active))
+        _check_token(service_type, "service_type")
+        return int(await redis.scard(self.keys.service_type(service_type)))
+
+    async def get_service_types(self) -> list[str]:
+        """The types that have at least one registered service, sorted."""
+        redis = await self._ensure()
+        return sorted(_text(t) for t in await redis.smembers(self.keys.types))
+
+    async def get_worker_statuses(self) -> dict[str, WorkerStatus]:
+        """The worker status a :class:`~redisaq_core.health.HealthMonitor` last stored, by id."""
+        redis = await self._ensure()
+        raw: dict[Any, Any] = await redis.hgetall(self.keys.worker_status)
+        out: dict[str, WorkerStatus] = {}
+        for key, value in raw.items():
+            try:
+                out[_text(key)] = WorkerStatus(_text(value))
+            except ValueError:
+                log.warning("ignoring unknown worker status %r of %r", value, key)
+        return out
+
+    async def store_worker_statuses(self, statuses: Mapping[str, WorkerStatus | str]) -> int:
+        """Store worker statuses of services that are still registered; return how many."""
+        if not statuses:
+            return 0
+        args: list[str] = [self.keys.base]
+        for service_id, status in statuses.items():
+            args += [_check_token(service_id, "service_id"), WorkerStatus(status).value]
+        redis = await self._ensure()
+        return int(await REGISTRY_MARK(redis, [self.keys.worker_status], args))
+
+    async def server_time(self) -> float:
+        """The Redis server's clock (Unix seconds), the one ``last_seen`` is measured by."""
+        redis = await self._ensure()
+        sec, usec = await redis.time()
+        return int(sec) + int(usec) / 1_000_000
+
+    # ---- self-registration ---------------------------------------------------------
+
+    def keepalive(
+        self,
+        service_info: ServiceInfo,
+        *,
+        interval: float = 10.0,
+        ttl: float | None = None,
+        on_shutdown: ShutdownCallback | None = None,
+    ) -> Keepalive:
+        """A :class:`~redisaq_core.health.Keepalive` for ``service_info``; use ``async with``.
+
+        It registers the service, renews it every ``interval`` seconds with a
+        liveness key expiring after ``ttl`` (default three intervals), notices
+        a remote deregistration within one interval (``shutdown`` event and
+        ``on_shutdown``), and deregisters the service on exit.
+        """
+        from .health import Keepalive
+
+        return Keepalive(self, service_info, interval=interval, ttl=ttl, on_shutdown=on_shutdown)
+
+    async def register_consumer(
+        self,
+        *,
+        topic: str,
+        group: str,
+        consumer_name: str,
+        partitions: Iterable[int] = (),
+        interval: float = 3.0,
+        ttl: float | None = None,
+        on_shutdown: ShutdownCallback | None = None,
+    ) -> Keepalive:
+        """Register a consumer (service type ``consumer``) and keep it alive; returns it started.
+
+        The service id is ``topic/group/consumer_name``. Call
+        :meth:`Keepalive.set_partitions` when the owned partitions change and
+        :meth:`Keepalive.stop` when the consumer stops.
+        """
+        from .health import consumer_service_info
+
+        info = consumer_service_info(
+            topic=topic, group=group, consumer_name=consumer_name, partitions=partitions
+        )
+        ka = self.keepalive(info, interval=interval, ttl=ttl, on_shutdown=on_shutdown)
+        await ka.start()
+        return ka
