@@ -173,6 +173,7 @@ class Keepalive:
     or ``DEL`` of its key), the next renewal notices: :attr:`shutdown` is set,
     ``on_shutdown`` is called (a coroutine function runs as a task), and
     renewing stops, so the owner can shut down gracefully within one interval.
+    A Redis that restarted without its data looks the same: the record is gone.
     """
 
     def __init__(

@@ -55,10 +55,6 @@ from .errors import (
     ServiceNotFoundError,
 )
 from .keys import RegistryKeys
-
-if TYPE_CHECKING:
-    from .health import Keepalive
-
 from .scripts import (
     REGISTRY_CLEANUP,
     REGISTRY_CLEAR,
@@ -69,6 +65,9 @@ from .scripts import (
     REGISTRY_REGISTER,
     REGISTRY_UPDATE,
 )
+
+if TYPE_CHECKING:  # health imports this module; the registry builds its objects lazily
+    from .health import Keepalive
 
 __all__ = [
     "RegistrySnapshot",

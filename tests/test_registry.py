@@ -384,16 +384,25 @@ async def test_clear_all_touches_only_its_prefix(
             await redis.delete(unrelated)
 
 
-async def test_heartbeat_after_clear_finds_nothing(registry: ServiceRegistry) -> None:
+async def test_clear_during_heartbeats_leaves_nothing_behind(
+    registry: ServiceRegistry, redis: Redis
+) -> None:
     await registry.register_service(_info())
-    results = await asyncio.gather(
-        *(registry.heartbeat("svc-1") for _ in range(20)),
-        registry.clear_all(),
-        *(registry.heartbeat("svc-1") for _ in range(20)),
-    )
-    assert results[20] is True
-    assert all(results[:20]) and not any(results[21:])
-    assert await registry.get_service_count() == 0
+    results: list[bool] = []
+
+    async def beat() -> None:
+        while len(results) < 2000 and (not results or results[-1] or len(results) < 40):
+            results.append(await registry.heartbeat("svc-1"))
+
+    beater = asyncio.create_task(beat())
+    await eventually(lambda: len(results) >= 20, timeout=10)
+    assert await registry.clear_all() is True
+    await beater
+    first_false = results.index(False)
+    assert all(results[:first_false]) and not any(results[first_false:])
+    k = registry.keys
+    keys = [k.service("svc-1"), k.alive("svc-1"), k.active, k.types, k.service_type("inference")]
+    assert await redis.exists(*keys) == 0
     assert await registry.get_service("svc-1") is None
 
 

@@ -23,6 +23,7 @@ from redisaq_core import (
     StatusChange,
     WorkerStatus,
 )
+from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.health import CONSUMER_SERVICE_TYPE, classify, consumer_service_info
 from redisaq_core.keys import RegistryKeys
 from tests.helpers import eventually
@@ -322,3 +323,30 @@ def test_monitor_validates(redis_url: str) -> None:
         HealthMonitor(RegistryKeys(), timeout=5)  # type: ignore[arg-type]
     monitor = HealthMonitor(reg)
     assert (monitor.timeout, monitor.disconnect_timeout, monitor.interval) == (15, 60, 5)
+
+
+# ---- a Redis restart -------------------------------------------------------------------------
+
+
+async def test_keepalive_and_monitor_ride_out_a_redis_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = EmbeddedRedis(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    await asyncio.to_thread(server.start)
+    try:
+        async with ServiceRegistry(redis_url=server.url, key_prefix="r:") as reg:
+            monitor = HealthMonitor(reg, timeout=30, interval=0.05)
+            with caplog.at_level(logging.INFO, logger="redisaq_core.health"):
+                async with monitor, reg.keepalive(_info("survivor"), interval=0.05) as ka:
+                    await eventually(
+                        lambda: monitor.statuses.get("survivor") == WorkerStatus.ALIVE, timeout=10
+                    )
+                    await asyncio.to_thread(server.restart)
+                    await eventually(lambda: "renewal restored" in caplog.text, timeout=20)
+                    before = await _last_seen(reg, "survivor")
+                    await eventually(lambda: _advanced(reg, "survivor", before), timeout=10)
+                    assert not ka.shutdown_requested and ka.running and monitor.running
+            assert "renewal failed" in caplog.text
+            assert await reg.get_service("survivor") is None
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -180,7 +180,7 @@ def test_registry_matches_the_model(redis_url: str) -> None:
     run_state_machine_as_test(
         RegistryMachine,
         settings=settings(
-            max_examples=25,
+            max_examples=40,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import socket
 import sys
@@ -19,8 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from ..errors import ConfigurationError, ServiceNotFoundError
-from ..health import HealthMonitor, StatusChange
+from redis.exceptions import RedisError
+
+from ..errors import ConfigurationError, RedisaqError, ServiceNotFoundError
+from ..health import HealthMonitor, Keepalive, StatusChange
 from ..registry import ServiceInfo, ServiceRegistry, ServiceStatus
 from .common import (
     EXIT_OK,
@@ -33,6 +36,8 @@ from .common import (
 )
 
 __all__ = ["add_commands"]
+
+log = logging.getLogger(__name__)
 
 _STATUSES = ", ".join(s.value for s in ServiceStatus)
 Action = Callable[[argparse.Namespace, ServiceRegistry], Awaitable[int]]
@@ -350,6 +355,14 @@ async def _clear(args: argparse.Namespace, registry: ServiceRegistry) -> int:
     return EXIT_OK
 
 
+async def _try_update(keepalive: Keepalive, **changes: Any) -> None:
+    """Update the registration; a Redis failure is logged, never fatal to the command."""
+    try:
+        await keepalive.update(**changes)
+    except (RedisError, OSError, RedisaqError) as exc:
+        log.warning("could not update %s: %s", keepalive.service_id, exc)
+
+
 async def _run(args: argparse.Namespace, registry: ServiceRegistry) -> int:
     cmd = list(args.cmd)
     if not cmd:
@@ -369,14 +382,14 @@ async def _run(args: argparse.Namespace, registry: ServiceRegistry) -> int:
         def forward(sig: signal.Signals) -> None:
             if proc.returncode is None:
                 proc.send_signal(sig)
-            task = asyncio.ensure_future(keepalive.update(status=ServiceStatus.STOPPING))
+            task = asyncio.ensure_future(_try_update(keepalive, status=ServiceStatus.STOPPING))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, forward, sig)
         try:
-            await keepalive.update(status=ServiceStatus.HEALTHY, metadata={"pid": proc.pid})
+            await _try_update(keepalive, status=ServiceStatus.HEALTHY, metadata={"pid": proc.pid})
             exited = asyncio.ensure_future(proc.wait())
             remote = asyncio.ensure_future(keepalive.wait_shutdown())
             await asyncio.wait({exited, remote}, return_when=asyncio.FIRST_COMPLETED)
@@ -392,7 +405,7 @@ async def _run(args: argparse.Namespace, registry: ServiceRegistry) -> int:
                 await proc.wait()
         await asyncio.gather(*pending, return_exceptions=True)
         if not keepalive.shutdown_requested:
-            await keepalive.update(status=ServiceStatus.STOPPING)
+            await _try_update(keepalive, status=ServiceStatus.STOPPING)
     return returncode if returncode >= 0 else 128 - returncode
 
 
