@@ -39,7 +39,7 @@ from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
 from .retry import backoff_delay
-from .scripts import ACK, DEAD_LETTER, run_pipelined
+from .scripts import ACK, DEAD_LETTER, ENSURE_PARTITIONS, run_pipelined
 
 __all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats"]
 
@@ -82,6 +82,10 @@ class _Failure:
     message: Message
     error: BaseException | str
     rest: list[Message]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _default_name() -> str:
@@ -190,6 +194,8 @@ class Consumer(RedisComponent):
         self.token = uuid.uuid4().hex
         self.stats = ConsumerStats()
         self._owned: dict[int, _Partition] = {}
+        # Held while the heartbeat changes ownership, and while revoked partitions are released.
+        self._ownership = asyncio.Lock()
         self._members: tuple[str, ...] = ()
         self._partition_count = 0
         self._membership: Membership | None = None
@@ -370,8 +376,20 @@ class Consumer(RedisComponent):
 
     async def _sync(self) -> None:
         """Heartbeat, then take, renew or give up partition leases to match the assignment."""
+        async with self._ownership:
+            await self._sync_locked()
+
+    async def _sync_locked(self) -> None:
         assert self._membership is not None
         view = await self._membership.beat()
+        if view.partitions < self._partition_count:
+            # The topic's metadata is gone (flushed or restarted Redis): put it back.
+            log.warning(
+                "consumer %s: topic %s lost its metadata; restoring %d partitions",
+                self.name, self.topic, self._partition_count,
+            )  # fmt: skip
+            await ENSURE_PARTITIONS(self.redis, [self.keys.meta], [self._partition_count, 0])
+            view = await self._membership.beat()
         self._members = view.members
         self._partition_count = view.partitions
         mine = view.owned_by(self.name)
@@ -380,10 +398,11 @@ class Consumer(RedisComponent):
             part.revoking = True
         if revoked:
             self._interrupt_read()
-        states = await self._membership.leases(sorted(mine | set(self._owned)))
         loop = asyncio.get_running_loop()
         valid_until = loop.time() + self.heartbeat_ttl * 0.8
+        states = await self._membership.leases(sorted(mine | set(self._owned)))
         gained: list[int] = []
+        fresh: list[int] = []
         for p, state in states.items():
             current = self._owned.get(p)
             if state == LeaseState.LOST:
@@ -391,20 +410,51 @@ class Consumer(RedisComponent):
                     log.warning("consumer %s: lease of partition %d lost", self.name, p)
                     del self._owned[p]
                 continue
-            if current is None or (state == LeaseState.ACQUIRED and not current.revoking):
-                if current is None:
-                    gained.append(p)
-                self._owned[p] = _Partition(
-                    p, self.keys.stream(p), self.keys.lease(p, self.group), valid_until=valid_until
-                )
-            else:
+            if current is not None and (state == LeaseState.RENEWED or current.revoking):
                 current.valid_until = valid_until
-        if gained:
-            await self._create_groups(gained)
-            log.info("consumer %s: assigned partitions %s", self.name, gained)
+                if p in mine:
+                    current.revoking = False  # assigned back before it was released
+                continue
+            if p not in mine:
+                continue
+            # Newly ours, or ours again after the lease lapsed: start from the pending entries.
+            (fresh if current is not None else gained).append(p)
+            self._owned[p] = _Partition(
+                p, self.keys.stream(p), self.keys.lease(p, self.group), valid_until=valid_until
+            )
+        if gained or fresh:
+            await self._create_groups(gained + fresh)
             self._interrupt_read()
+        await self._sweep()
+        if gained:
+            log.info("consumer %s: assigned partitions %s", self.name, gained)
             if self.on_assign is not None:
                 await self._call_hook(self.on_assign, gained)
+
+    async def _sweep(self) -> None:
+        """Claim entries that other consumers hold pending on partitions we own.
+
+        A previous owner's read that was already under way when it gave a partition up
+        can still hand it entries after we took over; they would wait in its pending
+        list for ever. One XPENDING summary per owned partition finds them.
+        """
+        parts = [s for s in self._owned.values() if not s.revoking and not s.claiming]
+        if not parts:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for s in parts:
+            pipe.xpending(s.stream, self.group)
+        for s, summary in zip(parts, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(summary, Exception):
+                continue
+            others = [c for c in summary.get("consumers") or () if _text(c["name"]) != self.name]
+            if others:
+                log.info(
+                    "consumer %s: partition %d has entries pending with %s; claiming them",
+                    self.name, s.number, ", ".join(_text(c["name"]) for c in others),
+                )  # fmt: skip
+                s.claiming, s.cursor = True, "0-0"
+                self._interrupt_read()
 
     async def _create_groups(self, partitions: Iterable[int]) -> None:
         redis = self.redis
@@ -423,12 +473,13 @@ class Consumer(RedisComponent):
         await self._create_groups(list(self._owned))
 
     async def _release_revoked(self) -> None:
-        revoked = [p for p, s in self._owned.items() if s.revoking]
-        if not revoked or self._membership is None:
+        if self._membership is None or not any(s.revoking for s in self._owned.values()):
             return
-        for p in revoked:
-            del self._owned[p]
-        await self._membership.release(revoked)
+        async with self._ownership:
+            revoked = [p for p, s in self._owned.items() if s.revoking]
+            for p in revoked:
+                del self._owned[p]
+            await self._membership.release(revoked)
         log.info("consumer %s: released partitions %s", self.name, revoked)
         if self.on_revoke is not None:
             await self._call_hook(self.on_revoke, revoked)
@@ -481,11 +532,14 @@ class Consumer(RedisComponent):
         try:
             response = await asyncio.shield(self._reading)
         except asyncio.CancelledError:
-            if not self._reading.cancelled():
-                self._reading.cancel()
+            read = self._reading
+            if not read.cancelled():
+                read.cancel()
                 raise  # this task itself is being cancelled
-            # The read was ended on purpose. Entries it may have been handed stay in our
-            # pending list: claim them back before reading new ones.
+            # The read was ended on purpose. Let it wind down before any lease is released;
+            # entries it may have been handed stay in our pending list: claim them back
+            # before reading new ones.
+            await asyncio.wait([read])
             for s in reading:
                 s.claiming, s.cursor = True, "0-0"
             return []
@@ -542,6 +596,7 @@ class Consumer(RedisComponent):
             pipe.xclaim(s.stream, self.group, self.name, 0, [s.held[0].msg_id or "0-0"])
         results = await pipe.execute()
         out: list[Message] = []
+        gone: dict[_Partition, list[str]] = {}
         for s, claimed in zip(parts, results, strict=True):
             held, s.held = s.held, []
             head = held[0]
@@ -550,8 +605,11 @@ class Consumer(RedisComponent):
                 out.append(head)
                 self.stats.retried += 1
             else:
-                self.stats.trimmed += 1
+                gone.setdefault(s, []).append(head.msg_id or "")
             out += held[1:]
+        if gone:
+            self.stats.trimmed += len(gone)
+            await self._ack(redis, gone)
         return out
 
     def _message(
@@ -636,7 +694,13 @@ class Consumer(RedisComponent):
         self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Message]
     ) -> tuple[list[str], _Failure | None]:
         ok: list[str] = []
+        loop = asyncio.get_running_loop()
         for i, m in enumerate(msgs):
+            part = self._owned.get(m.partition or 0)
+            if part is None or part.valid_until <= loop.time():
+                # The lease may have passed to another member (this process was paused or
+                # cut off): leave the rest pending for the new owner.
+                return ok, None
             try:
                 if m.timeout:
                     await asyncio.wait_for(handler(m), m.timeout)

@@ -43,9 +43,7 @@ def validate_name(value: object, argument: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{argument} must be a non-empty string, got {value!r}")
     if _BAD_NAME.search(value):
-        raise ConfigurationError(
-            f"{argument} must not contain braces or whitespace, got {value!r}"
-        )
+        raise ConfigurationError(f"{argument} must not contain braces or whitespace, got {value!r}")
     return value
 
 

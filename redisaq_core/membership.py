@@ -78,20 +78,28 @@ class Membership:
         self.ttl_ms = max(1, int(ttl * 1000))
         self.static = static
         self.previous_token = ""
+        self._joined = False
 
     async def beat(self) -> GroupView:
         """Heartbeat, then return the group's view with an up-to-date assignment."""
         k, g = self.keys, self.group
         keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g)]
-        args = [self.name, self.token, self.ttl_ms, "1" if self.static else "0"]
+        mode = "beat" if self._joined else ("static-join" if self.static else "join")
+        args = [self.name, self.token, self.ttl_ms, mode]
         for _ in range(5):
             now, partitions, members, flat, version, other = await HEARTBEAT(self.redis, keys, args)
             if int(partitions) < 0:
+                if self._joined:
+                    raise DuplicateConsumerError(
+                        f"consumer {self.name!r} of group {g!r} on topic {k.topic!r} was "
+                        "replaced by a newer instance with the same name"
+                    )
                 raise DuplicateConsumerError(
                     f"consumer name {self.name!r} is already used by a live member of group "
                     f"{g!r} on topic {k.topic!r}; pick another consumer_name"
                     + ("" if self.static else " or pass static=True for a restart")
                 )
+            self._joined = True
             if other:
                 self.previous_token = _text(other)
             stored = {int(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}

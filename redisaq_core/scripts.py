@@ -55,10 +55,10 @@ class Script:
     ) -> Any:
         """Run the script on ``client`` (loading it first if the server lacks it)."""
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]
@@ -71,9 +71,11 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = {c[0] for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)}
+        missing = {
+            c[0] for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)
+        }
         if not missing or attempt:
             return results
         for script in missing:

@@ -1,6 +1,7 @@
 -- Record a group member's heartbeat and return the group's view.
 -- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash)
--- ARGV: name, token, ttl_ms, static ("1" lets this token replace a live one of the same name)
+-- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
+--       restart: this token replaces a live earlier instance of the same name)
 -- Returns {now_ms, partitions, {member...}, {partition, owner, ...}, version, replaced_token}
 -- or {now_ms, -1, {}, {}, 0, holder_token} when another live instance holds the name.
 local members, tokens, meta, assignment = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -17,7 +18,7 @@ end
 local replaced = ''
 local holder = redis.call('HGET', tokens, name)
 if holder and holder ~= token then
-  if ARGV[4] ~= '1' then
+  if ARGV[4] ~= 'static-join' then
     return {now, -1, {}, {}, 0, holder}
   end
   replaced = holder

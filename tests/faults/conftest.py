@@ -1,0 +1,63 @@
+"""Fixtures for fault tests: worker processes running ``redisaq worker`` with the recorder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Workers:
+    """Starts ``redisaq worker`` processes and makes sure none outlives the test."""
+
+    def __init__(self, record_file: Path) -> None:
+        self.record_file = record_file
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        redis_url: str,
+        topic: str,
+        *extra: str,
+        delay: float = 0.0,
+        name: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            sys.executable, "-m", "redisaq_core.cli.main", "-v",
+            "worker", "tests.faults.recorder:handle",
+            "--redis-url", redis_url, "--topic", topic,
+            "--heartbeat-interval", "0.3", "--heartbeat-ttl", "1.2", "--poll-interval", "0.2",
+            "--retry-backoff", "0.05", *extra,
+        ]  # fmt: skip
+        if name:
+            args += ["--name", name]
+        env = dict(os.environ, RECORD_FILE=str(self.record_file), HANDLER_DELAY=str(delay))
+        log = open(self.record_file.with_suffix(f".{len(self.procs)}.log"), "wb")  # noqa: SIM115
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(tmp_path / "records.txt")
+    w.record_file.touch()
+    try:
+        yield w
+    finally:
+        w.stop_all()

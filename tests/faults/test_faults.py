@@ -1,0 +1,316 @@
+"""Fault tests: real worker processes, real signals, a real Redis (restarted too).
+
+Every test records each handler call (tests/faults/recorder.py) and checks
+with tests/faults/checker.py: nothing lost, duplicates only where allowed,
+per-partition order kept, no partition handled by two processes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import DeadLetters, Producer
+from redisaq_core.embedded import EmbeddedRedis
+from redisaq_core.keys import TopicKeys
+from tests.faults.checker import Report, check, load
+from tests.faults.conftest import Workers
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.slow
+
+
+def _done(workers: Workers) -> set[int]:
+    return {e.n for e in load(workers.record_file) if e.kind == "end"}
+
+
+async def _produce(url: str, topic: str, payloads: list[dict[str, Any]], partitions: int) -> None:
+    async with Producer(topic, redis_url=url, init_partitions=partitions) as producer:
+        for i in range(0, len(payloads), 500):
+            await producer.batch_enqueue(payloads[i : i + 500], partition_key="k")
+
+
+async def _pending(url: str, topic: str, partitions: int, group: str = "default") -> int:
+    client = Redis.from_url(url)
+    try:
+        total = 0
+        for p in range(partitions):
+            info: Any = await client.xpending(TopicKeys(topic).stream(p), group)
+            total += int(info["pending"])
+        return total
+    finally:
+        await client.aclose()
+
+
+def _assert_clean(report: Report) -> None:
+    assert not report.lost, f"lost: {sorted(report.lost)[:20]}"
+    assert not report.order_violations, report.order_violations
+    assert not report.overlaps, report.overlaps[:5]
+
+
+async def test_sigkill_one_of_three_mid_run(redis_url: str, topic: str, workers: Workers) -> None:
+    n, batch = 20_000, 50
+    await _produce(redis_url, topic, [{"n": i, "k": i % 97} for i in range(n)], partitions=8)
+    procs = [workers.start(redis_url, topic, "--batch-size", str(batch)) for _ in range(3)]
+    await eventually(lambda: len(_done(workers)) >= n // 2, timeout=60, message="half handled")
+    victim = procs[1]
+    victim.kill()
+    victim.wait(timeout=10)
+    await eventually(lambda: len(_done(workers)) == n, timeout=90, message="all handled")
+    report = check(load(workers.record_file), set(range(n)))
+    _assert_clean(report)
+    # Only the killed member's unacknowledged batch can come again: at most one
+    # read of batch_size per partition it owned (8 partitions over 3 members: 3).
+    assert report.duplicates <= batch * 3
+    for p in procs:
+        if p is not victim:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait(timeout=30) in (0, -signal.SIGKILL)
+    assert await _pending(redis_url, topic, 8) == 0
+
+
+async def test_join_and_leave_during_a_run(redis_url: str, topic: str, workers: Workers) -> None:
+    n = 3000
+    expected = set(range(n))
+    await _produce(redis_url, topic, [], partitions=6)
+    first = [workers.start(redis_url, topic, delay=0.001) for _ in range(2)]
+
+    async def produce() -> None:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            for i in range(0, n, 50):
+                await producer.batch_enqueue(
+                    [{"n": j, "k": j % 31} for j in range(i, i + 50)], partition_key="k"
+                )
+                await asyncio.sleep(0.02)
+
+    producing = asyncio.create_task(produce())
+    await eventually(lambda: len(_done(workers)) >= n // 4, timeout=30)
+    joiner = workers.start(redis_url, topic, delay=0.001)
+    await eventually(lambda: len(_done(workers)) >= n // 2, timeout=30)
+    first[0].send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(first[0].wait, 30) == 0
+    await producing
+    await eventually(lambda: _done(workers) == expected, timeout=60)
+    report = check(load(workers.record_file), expected)
+    _assert_clean(report)
+    # A graceful leave hands over acknowledged work only: no duplicates at all.
+    assert report.duplicates == 0
+    pids = {e.pid for e in load(workers.record_file)}
+    assert joiner.pid in pids
+
+
+async def test_always_failing_ids_end_in_dead_letters(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    n, failing = 200, {13, 77, 150}
+    payloads = [{"n": i, "k": i % 5, "fail": i in failing} for i in range(n)]
+    await _produce(redis_url, topic, payloads, partitions=4)
+    workers.start(redis_url, topic, "--max-deliveries", "3")
+    expected = set(range(n)) - failing
+    await eventually(lambda: _done(workers) == expected, timeout=30)
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        await eventually(dl.count, timeout=10)
+        await eventually(lambda: _count_is(dl, 3), timeout=10)
+        records = await dl.list()
+    assert sorted(r.payload["n"] for r in records) == sorted(failing)
+    for r in records:
+        assert r.deliveries == 3 and r.error_type == "RuntimeError"
+        assert r.topic == topic and r.group == "default" and "refusing message" in r.error
+    starts = [e for e in load(workers.record_file) if e.kind == "start" and e.n in failing]
+    assert sorted(e.deliveries for e in starts) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    report = check(load(workers.record_file), expected)
+    _assert_clean(report)
+    assert report.duplicates == 0
+    assert await _pending(redis_url, topic, 4) == 0
+
+
+async def _count_is(dl: DeadLetters, n: int) -> bool:
+    return await dl.count() == n
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def test_garbage_entries_go_to_dead_letters(
+    redis_url: str, redis: Redis, topic: str, workers: Workers
+) -> None:
+    await _produce(redis_url, topic, [{"n": i, "k": 0} for i in range(10)], partitions=1)
+    stream = TopicKeys(topic).stream(0)
+    await redis.xadd(stream, {b"p": b"\x00garbage"})
+    await redis.xadd(stream, {b"unknown": b"field"})
+    await _produce(redis_url, topic, [{"n": i, "k": 0} for i in range(10, 20)], partitions=1)
+    workers.start(redis_url, topic)
+    await eventually(lambda: _done(workers) == set(range(20)), timeout=30)
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        await eventually(lambda: _count_is(dl, 2), timeout=10)
+        records = await dl.list()
+    assert {r.error_type for r in records} == {"SerializationError"}
+    assert records[0].fields == {b"p": b"\x00garbage"}
+    _assert_clean(check(load(workers.record_file), set(range(20))))
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["fresh-empty", "same-data"])
+async def test_redis_restart_mid_run(
+    tmp_path: Path, topic: str, workers: Workers, persistent: bool
+) -> None:
+    extra = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
+    server = EmbeddedRedis(dir=str(tmp_path), extra_args=extra)
+    await asyncio.to_thread(server.start)
+    try:
+        await _produce(server.url, topic, [{"n": i, "k": i} for i in range(500)], partitions=4)
+        for _ in range(2):
+            workers.start(server.url, topic, delay=0.002)
+        client = Redis.from_url(server.url)
+        members = TopicKeys(topic).members("default")
+        await eventually(lambda: _equals(client.zcard(members), 2), timeout=15)
+        await client.aclose()
+        await eventually(lambda: len(_done(workers)) >= 100, timeout=30)
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(server.restart)
+        # New work after the restart is handled by the same processes, unrestarted.
+        after = [{"n": i, "k": i} for i in range(1000, 1200)]
+        await _produce(server.url, topic, after, partitions=4)
+        want = {p["n"] for p in after}
+        if persistent:
+            want |= set(range(500))  # the old backlog survived: it is all handled too
+        await eventually(lambda: want <= _done(workers), timeout=60, message="work after restart")
+        assert all(p.poll() is None for p in workers.procs)
+    finally:
+        workers.stop_all()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_sigterm_during_slow_handler(redis_url: str, topic: str, workers: Workers) -> None:
+    await _produce(redis_url, topic, [], partitions=4)
+    slow = workers.start(redis_url, topic, "--batch-size", "1", delay=1.0, name="slow")
+    fast = workers.start(redis_url, topic, "--batch-size", "1", name="fast")
+    client = Redis.from_url(redis_url)
+    keys = TopicKeys(topic)
+    try:
+        await eventually(lambda: _owners(client, keys, "slow", "fast"), timeout=15)
+        await _produce(redis_url, topic, [{"n": i, "k": i} for i in range(8)], partitions=4)
+        records = workers.record_file
+        await eventually(
+            lambda: any(e.pid == slow.pid and e.kind == "start" for e in load(records)), timeout=10
+        )
+        slow.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(slow.wait, 15) == 0
+        left = time.monotonic()
+        # The in-flight handler finished and its message was acknowledged, not redelivered.
+        ends = [e for e in load(records) if e.pid == slow.pid and e.kind == "end"]
+        assert ends
+        # The survivor owns everything within one heartbeat interval (plus a poll).
+        await eventually(lambda: _all_leased(client, keys, 4), timeout=0.3 + 0.2 + 1.0)
+        assert time.monotonic() - left < 1.5
+        await eventually(lambda: _done(workers) == set(range(8)), timeout=20)
+        report = check(load(records), set(range(8)))
+        _assert_clean(report)
+        assert report.duplicates == 0
+        assert fast.poll() is None
+    finally:
+        await client.aclose()
+
+
+async def _owners(client: Redis, keys: TopicKeys, *names: str) -> bool:
+    """The assignment names exactly ``names``, and each partition's lease is taken."""
+    assignment = await client.hgetall(keys.assignment("default"))
+    owners = {v for k, v in assignment.items() if k != b"_v"}
+    tokens = await client.hgetall(keys.tokens("default"))
+    leases = [await client.get(keys.lease(int(k), "default")) for k in assignment if k != b"_v"]
+    expected = {tokens.get(v) for k, v in assignment.items() if k != b"_v"}
+    return owners == {n.encode() for n in names} and set(leases) == expected
+
+
+async def _all_leased(client: Redis, keys: TopicKeys, partitions: int) -> bool:
+    assignment = await client.hgetall(keys.assignment("default"))
+    leased = await client.exists(*(keys.lease(p, "default") for p in range(partitions)))
+    owners = {v for k, v in assignment.items() if k != b"_v"}
+    return leased == partitions and owners == {b"fast"}
+
+
+async def test_paused_consumer_loses_partitions_and_stays_fenced(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    await _produce(redis_url, topic, [], partitions=4)
+    paused = workers.start(redis_url, topic, name="paused", delay=0.005)
+    other = workers.start(redis_url, topic, name="other", delay=0.005)
+    client = Redis.from_url(redis_url)
+    keys = TopicKeys(topic)
+    n = 2000
+
+    async def produce() -> None:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            for i in range(0, n, 20):
+                batch = [{"n": j, "k": j} for j in range(i, i + 20)]
+                await producer.batch_enqueue(batch, partition_key="k")
+                await asyncio.sleep(0.01)
+
+    try:
+        await eventually(lambda: _owners(client, keys, "paused", "other"), timeout=15)
+        producing = asyncio.create_task(produce())
+        await eventually(lambda: any(e.pid == paused.pid for e in load(workers.record_file)))
+        paused.send_signal(signal.SIGSTOP)
+        stopped_at = time.time()
+        # Longer than heartbeat_ttl (1.2 s): the other member takes everything.
+        await eventually(lambda: _only_owner(client, keys, "other"), timeout=10)
+        await asyncio.sleep(0.5)  # keep it paused a while after the takeover
+        paused.send_signal(signal.SIGCONT)
+        resumed_at = time.time()
+        await producing
+        await eventually(lambda: _done(workers) == set(range(n)), timeout=60)
+        events = load(workers.record_file)
+        late_starts = [
+            e for e in events if e.pid == paused.pid and e.kind == "start" and e.time > resumed_at
+        ]
+        # After resuming it starts no handler for partitions it lost... unless it got
+        # some back by rejoining, which then shows up as a fresh assignment.
+        moved_back = await client.hgetall(keys.assignment("default"))
+        regained = {int(k) for k, v in moved_back.items() if v == b"paused" and k != b"_v"}
+        assert all(e.partition in regained for e in late_starts), late_starts[:5]
+        report = check(events, set(range(n)))
+        assert not report.lost and not report.order_violations
+        # Duplicates are allowed only for what was in flight when it was paused.
+        assert report.duplicates <= 10 * 4
+        del stopped_at
+    finally:
+        await client.aclose()
+        assert paused.poll() is None and other.poll() is None
+        os.kill(paused.pid, signal.SIGCONT)
+
+
+async def _only_owner(client: Redis, keys: TopicKeys, name: str) -> bool:
+    assignment = await client.hgetall(keys.assignment("default"))
+    owners = {v for k, v in assignment.items() if k != b"_v"}
+    return owners == {name.encode()}
+
+
+async def test_long_handler_is_not_taken_for_dead(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    await _produce(redis_url, topic, [], partitions=2)
+    a = workers.start(redis_url, topic, "--batch-size", "1", delay=4.0, name="a")
+    b = workers.start(redis_url, topic, "--batch-size", "1", delay=4.0, name="b")
+    client = Redis.from_url(redis_url)
+    keys = TopicKeys(topic)
+    try:
+        await eventually(lambda: _owners(client, keys, "a", "b"), timeout=15)
+        await _produce(redis_url, topic, [{"n": i, "k": i} for i in range(4)], partitions=2)
+        # Each handler runs 4 s, more than three times heartbeat_ttl (1.2 s).
+        await eventually(lambda: _done(workers) == set(range(4)), timeout=30)
+        report = check(load(workers.record_file), set(range(4)))
+        _assert_clean(report)
+        assert report.duplicates == 0
+        starts = [e for e in load(workers.record_file) if e.kind == "start"]
+        assert len(starts) == 4 and all(e.deliveries == 1 for e in starts)
+        assert a.poll() is None and b.poll() is None
+    finally:
+        await client.aclose()
