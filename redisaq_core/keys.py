@@ -16,9 +16,18 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{t:T}:g:G:members                 zset  member name -> last heartbeat (ms, server time)
     redisaq:{t:T}:g:G:tokens                  hash  member name -> instance token
     redisaq:{t:T}:g:G:assignment              hash  partition -> member name, "_v" -> version
-    redisaq:{p:T:N}:stream                    stream the partition's entries
+    redisaq:{t:T}:metrics                     hash  counters and histograms (see metrics.py)
+    redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
+    redisaq:{p:T:N}:stream                    stream the partition's entries (priority 0)
+    redisaq:{p:T:N}:stream:P                  stream the partition's entries of priority P >= 1
     redisaq:{p:T:N}:dlq                       stream the partition's dead letters
     redisaq:{p:T:N}:lease:G                   string owner token of partition N for group G
+    redisaq:{p:T:N}:job:ID                    hash  a job's status record (expires after result_ttl)
+    redisaq:{p:T:N}:jobs                      zset  job id -> last change (ms), for listings
+
+A job id is ``<topic>/<partition>/<random hex>``: it names the partition, so a
+job's record lives in its partition's slot and changes atomically with the
+acknowledgement.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-__all__ = ["NAMESPACE", "TopicKeys", "validate_name"]
+__all__ = ["NAMESPACE", "RegistryKeys", "TopicKeys", "job_id", "parse_job_id", "validate_name"]
 
 NAMESPACE = "redisaq"
 _BAD_NAME = re.compile(r"[{}\s]")
@@ -90,8 +99,10 @@ class TopicKeys:
     def _partition_tag(self, partition: int) -> str:
         return f"{NAMESPACE}:{{p:{self.topic}:{partition}}}"
 
-    def stream(self, partition: int) -> str:
-        """The stream that holds a partition's entries."""
+    def stream(self, partition: int, priority: int = 0) -> str:
+        """The stream that holds a partition's entries of one priority level."""
+        if priority:
+            return f"{self._partition_tag(partition)}:stream:{priority}"
         return f"{self._partition_tag(partition)}:stream"
 
     def dead_letters(self, partition: int) -> str:
@@ -101,6 +112,37 @@ class TopicKeys:
     def lease(self, partition: int, group: str) -> str:
         """The key whose value is the token of the member holding a partition for a group."""
         return f"{self._partition_tag(partition)}:lease:{group}"
+
+    @property
+    def metrics(self) -> str:
+        """Hash of the topic's metrics (counters and histogram buckets)."""
+        return f"{self._tag}:metrics"
+
+    @property
+    def job_channel(self) -> str:
+        """Pub/sub channel announcing each job status change as ``"<job_id> <status>"``."""
+        return f"{self._tag}:jobs"
+
+    def job(self, partition: int, job_id: str) -> str:
+        """Hash with one job's status record."""
+        return f"{self._partition_tag(partition)}:job:{job_id}"
+
+    def jobs(self, partition: int) -> str:
+        """Sorted set of the partition's job ids scored by their last change (ms)."""
+        return f"{self._partition_tag(partition)}:jobs"
+
+
+def job_id(topic: str, partition: int, random_hex: str) -> str:
+    """Build a job id: ``<topic>/<partition>/<random hex>``."""
+    return f"{topic}/{partition}/{random_hex}"
+
+
+def parse_job_id(value: str) -> tuple[str, int]:
+    """Return ``(topic, partition)`` of a job id, or raise ``ConfigurationError``."""
+    parts = value.rsplit("/", 2) if isinstance(value, str) else []
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+        raise ConfigurationError(f"not a job id (expected topic/partition/id): {value!r}")
+    return validate_name(parts[0], "job id topic"), int(parts[1])
 
 
 @dataclass(frozen=True)
