@@ -11,6 +11,10 @@ The hierarchy::
     ├── PartitionError          a partition count change that isn't allowed
     ├── ConsumerError
     │   └── DuplicateConsumerError  another live member of the group has this name
+    ├── JobError                a job's record or result can't be had
+    │   ├── JobNotFoundError        no record under this job id (never written, or expired)
+    │   ├── JobTimeoutError         waiting for a job to finish ran out of time
+    │   └── JobFailedError          the job is dead (retries exhausted); carries its error
     ├── RegistryError           a service registry operation failed
     │   ├── ServiceNotFoundError    no service is registered under this id
     │   └── MalformedServiceError   a stored service record can't be read
@@ -25,6 +29,10 @@ __all__ = [
     "ConsumerError",
     "DuplicateConsumerError",
     "EmbeddedRedisError",
+    "JobError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobTimeoutError",
     "MalformedServiceError",
     "NotConnectedError",
     "PartitionError",
@@ -70,6 +78,41 @@ class ConsumerError(RedisaqError):
 
 class DuplicateConsumerError(ConsumerError):
     """Another live member of the same group already uses this consumer name."""
+
+
+class JobError(RedisaqError):
+    """A job's record or result could not be had."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No record exists under the job id: it was never written, or it expired after result_ttl."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """Waiting for a job (or jobs) to finish took longer than the timeout."""
+
+
+class JobFailedError(JobError):
+    """The job is dead: every attempt failed. ``error`` and ``error_type`` are its last failure.
+
+    ``job_id`` names the job and ``record`` is its
+    :class:`~redisaq_core.results.JobRecord` when one was read.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        error: str = "",
+        error_type: str = "",
+        record: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.error = error
+        self.error_type = error_type
+        self.record = record
 
 
 class RegistryError(RedisaqError):
