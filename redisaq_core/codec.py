@@ -8,7 +8,8 @@ they are written and parsed for every message:
   deserializer then gets it back as ``str``;
 * ``k``: the name of the payload field that picked the partition;
 * ``c``: ``created_at`` (float seconds), only for ``Message`` objects;
-* ``o``: the handler timeout in seconds.
+* ``o``: the handler timeout in seconds;
+* ``j``: the job id, for messages sent with ``Producer.submit``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ F_TEXT = b"s"
 F_KEY = b"k"
 F_CREATED = b"c"
 F_TIMEOUT = b"o"
+F_JOB = b"j"
 
 
 def default_serializer(value: Any) -> bytes:

@@ -23,23 +23,26 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .codec import F_CREATED, F_KEY, F_TIMEOUT, Deserializer, decode_payload, default_deserializer
+from .codec import Deserializer, Serializer, default_deserializer, default_serializer
 from .connection import AnyRedis, RedisComponent
-from .dlq import dead_letter_fields
-from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError, SerializationError
+from .delivery import ConsumerStats, OwnedPartition, Reader, Undecodable
+from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
-from .retry import backoff_delay
-from .scripts import ACK, DEAD_LETTER, ENSURE_PARTITIONS, run_pipelined
+from .scripts import ACK, ENSURE_PARTITIONS, run_pipelined
+from .settlement import Failure, Settler
+
+if TYPE_CHECKING:
+    from .health import Keepalive
+    from .registry import ServiceRegistry
 
 __all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats"]
 
@@ -48,44 +51,6 @@ log = logging.getLogger(__name__)
 Callback = Callable[[Message], Awaitable[Any]]
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
-
-
-@dataclass
-class ConsumerStats:
-    """Counters of one consumer since it started."""
-
-    handled: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    reclaimed: int = 0
-    trimmed: int = 0
-    fenced: int = 0
-    per_partition: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Partition:
-    number: int
-    stream: str
-    lease: str
-    claiming: bool = True
-    cursor: str = "0-0"
-    revoking: bool = False
-    held: list[Message] = field(default_factory=list)
-    retry_at: float = 0.0
-    valid_until: float = 0.0
-
-
-@dataclass
-class _Failure:
-    message: Message
-    error: BaseException | str
-    rest: list[Message]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _default_name() -> str:
@@ -116,7 +81,10 @@ class Consumer(RedisComponent):
     ``retry_backoff_max``. ``poll_interval``: the longest a read blocks, which
     bounds idle traffic. ``static``: a restart with the same ``consumer_name``
     within ``heartbeat_ttl`` keeps its partitions. ``on_assign`` / ``on_revoke``:
-    called with the partitions gained or given up.
+    called with the partitions gained or given up. ``registry``: a
+    :class:`~redisaq_core.registry.ServiceRegistry` in which the consumer registers
+    itself (service type ``consumer``, id ``topic/group/name``, its partitions in
+    the metadata) while it runs; deleting that registration stops it gracefully.
     """
 
     def __init__(
@@ -131,6 +99,7 @@ class Consumer(RedisComponent):
         redis_url: str | None = None,
         redis: AnyRedis | None = None,
         deserializer: Deserializer | None = None,
+        serializer: Serializer | None = None,
         concurrency: int = 16,
         start: Literal["earliest", "latest"] = "earliest",
         max_deliveries: int = 5,
@@ -143,6 +112,7 @@ class Consumer(RedisComponent):
         static: bool = False,
         on_assign: PartitionsHook | None = None,
         on_revoke: PartitionsHook | None = None,
+        registry: ServiceRegistry | None = None,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
@@ -173,8 +143,9 @@ class Consumer(RedisComponent):
         _check_number(retry_backoff_max, "retry_backoff_max", minimum=0.0)
         _check_number(poll_interval, "poll_interval", minimum=0.001)
         _check_number(shutdown_timeout, "shutdown_timeout", minimum=0.0)
-        if deserializer is not None and not callable(deserializer):
-            raise ConfigurationError(f"deserializer must be callable, got {deserializer!r}")
+        for argument, hook in (("deserializer", deserializer), ("serializer", serializer)):
+            if hook is not None and not callable(hook):
+                raise ConfigurationError(f"{argument} must be callable, got {hook!r}")
         self.batch_size = batch_size
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_ttl = float(heartbeat_ttl)
@@ -191,9 +162,24 @@ class Consumer(RedisComponent):
         self.static = static
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.registry = registry
+        self._registration: Keepalive | None = None
+        self._reported: list[int] | None = None
         self.token = uuid.uuid4().hex
         self.stats = ConsumerStats()
-        self._owned: dict[int, _Partition] = {}
+        self._owned: dict[int, OwnedPartition] = {}
+        self._reader = Reader(
+            self.keys, self.group, self.name, batch_size=batch_size,
+            deserializer=self.deserializer, stats=self.stats,
+        )  # fmt: skip
+        self._settler = Settler(
+            self.keys, self.group, self.name, self.token,
+            serializer=serializer or default_serializer, max_deliveries=max_deliveries,
+            dead_letter=dead_letter, dead_letter_maxlen=self.dead_letter_maxlen,
+            retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
+            stats=self.stats,
+        )  # fmt: skip
+        self._priorities = 1
         # Held while the heartbeat changes ownership, and while revoked partitions are released.
         self._ownership = asyncio.Lock()
         self._members: tuple[str, ...] = ()
@@ -294,6 +280,7 @@ class Consumer(RedisComponent):
         try:
             await redis.sadd(self.keys.groups, self.group)
             await self._sync()
+            await self._register()
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
@@ -317,6 +304,9 @@ class Consumer(RedisComponent):
                 heart.cancel()
                 await asyncio.gather(heart, return_exceptions=True)
             await asyncio.shield(self._leave())
+            if self._registration is not None:
+                await asyncio.shield(self._registration.stop())
+                self._registration = None
             self._running = False
             self._reading = None
             self._runner = None
@@ -329,13 +319,33 @@ class Consumer(RedisComponent):
         if self._reading is not None and self._read_started:
             self._reading.cancel()
 
-    async def _read(self, redis: AnyRedis, streams: dict[Any, Any], block_ms: int) -> Any:
+    async def _read(
+        self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
+    ) -> list[Message]:
         self._read_started = True
         if self._read_interrupted:
-            return None
-        return await redis.xreadgroup(
-            self.group, self.name, streams, count=self.batch_size, block=block_ms
+            return []
+        return await self._reader.read(redis, parts, block_ms)
+
+    async def _register(self) -> None:
+        if self.registry is None:
+            return
+        self._reported = self.assigned_partitions
+        self._registration = await self.registry.register_consumer(
+            topic=self.topic,
+            group=self.group,
+            consumer_name=self.name,
+            partitions=self._reported,
+            interval=self.heartbeat_interval,
+            ttl=self.heartbeat_ttl,
+            on_shutdown=self.stop,
         )
+
+    async def _report_partitions(self) -> None:
+        if self._registration is None or self.assigned_partitions == self._reported:
+            return
+        self._reported = self.assigned_partitions
+        await self._registration.set_partitions(self._reported)
 
     async def _leave(self) -> None:
         membership, owned = self._membership, list(self._owned)
@@ -359,6 +369,7 @@ class Consumer(RedisComponent):
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self._sync()
+                await self._report_partitions()
                 if failing:
                     log.info("consumer %s: heartbeat restored", self.name)
                 failing = False
@@ -392,6 +403,11 @@ class Consumer(RedisComponent):
             view = await self._membership.beat()
         self._members = view.members
         self._partition_count = view.partitions
+        if view.priorities != self._priorities:
+            # New priority levels: take every partition afresh with all its streams.
+            self._priorities = view.priorities
+            for part in self._owned.values():
+                part.streams = []
         mine = view.owned_by(self.name)
         revoked = [s for p, s in self._owned.items() if p not in mine and not s.revoking]
         for part in revoked:
@@ -410,7 +426,12 @@ class Consumer(RedisComponent):
                     log.warning("consumer %s: lease of partition %d lost", self.name, p)
                     del self._owned[p]
                 continue
-            if current is not None and (state == LeaseState.RENEWED or current.revoking):
+            stale = current is not None and len(current.streams) != self._priorities
+            if (
+                current is not None
+                and not stale
+                and (state == LeaseState.RENEWED or current.revoking)
+            ):
                 current.valid_until = valid_until
                 if p in mine:
                     current.revoking = False  # assigned back before it was released
@@ -419,58 +440,29 @@ class Consumer(RedisComponent):
                 continue
             # Newly ours, or ours again after the lease lapsed: start from the pending entries.
             (fresh if current is not None else gained).append(p)
-            self._owned[p] = _Partition(
-                p, self.keys.stream(p), self.keys.lease(p, self.group), valid_until=valid_until
-            )
+            self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
         if gained or fresh:
-            await self._create_groups(gained + fresh)
+            await self._create_groups([self._owned[p] for p in gained + fresh])
             self._interrupt_read()
-        await self._sweep()
+        settled = [s for s in self._owned.values() if not s.revoking and not s.claiming]
+        for part in await self._reader.strays(self.redis, settled) if settled else ():
+            part.reclaim()
+            self._interrupt_read()
         if gained:
             log.info("consumer %s: assigned partitions %s", self.name, gained)
             if self.on_assign is not None:
                 await self._call_hook(self.on_assign, gained)
 
-    async def _sweep(self) -> None:
-        """Claim entries that other consumers hold pending on partitions we own.
-
-        A previous owner's read that was already under way when it gave a partition up
-        can still hand it entries after we took over; they would wait in its pending
-        list for ever. One XPENDING summary per owned partition finds them.
-        """
-        parts = [s for s in self._owned.values() if not s.revoking and not s.claiming]
-        if not parts:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for s in parts:
-            pipe.xpending(s.stream, self.group)
-        for s, summary in zip(parts, await pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(summary, Exception):
-                continue
-            others = [c for c in summary.get("consumers") or () if _text(c["name"]) != self.name]
-            if others:
-                log.info(
-                    "consumer %s: partition %d has entries pending with %s; claiming them",
-                    self.name, s.number, ", ".join(_text(c["name"]) for c in others),
-                )  # fmt: skip
-                s.claiming, s.cursor = True, "0-0"
-                self._interrupt_read()
-
-    async def _create_groups(self, partitions: Iterable[int]) -> None:
-        redis = self.redis
-        pipe = redis.pipeline(transaction=False)
-        start = "0" if self.start == "earliest" else "$"
-        for p in partitions:
-            pipe.xgroup_create(self.keys.stream(p), self.group, id=start, mkstream=True)
-        for result in await pipe.execute(raise_on_error=False):
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-                raise result
+    async def _create_groups(self, parts: list[OwnedPartition]) -> None:
+        await self._reader.create_groups(
+            self.redis, parts, "0" if self.start == "earliest" else "$"
+        )
 
     async def _recreate_groups(self, redis: AnyRedis) -> None:
         log.warning("consumer %s: group %s missing, creating it again", self.name, self.group)
         for part in self._owned.values():
-            part.claiming, part.cursor = True, "0-0"
-        await self._create_groups(list(self._owned))
+            part.reclaim()
+        await self._create_groups(list(self._owned.values()))
 
     async def _release_revoked(self) -> None:
         if self._membership is None or not any(s.revoking for s in self._owned.values()):
@@ -512,10 +504,14 @@ class Consumer(RedisComponent):
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
         if due:
-            return await self._take_retries(redis, due)
+            messages, gone = await self._reader.retries(redis, due)
+            await self._ack_gone(redis, gone)
+            return messages
         claiming = [s for s in ready if s.claiming and not s.held]
         if claiming:
-            return await self._claim(redis, claiming)
+            messages, gone = await self._reader.claim(redis, claiming)
+            await self._ack_gone(redis, gone)
+            return messages
         reading = [s for s in ready if not s.held]
         wait = self.poll_interval
         waiting = [s.retry_at - now for s in ready if s.held]
@@ -526,11 +522,10 @@ class Consumer(RedisComponent):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             return []
-        streams: dict[Any, Any] = {s.stream: ">" for s in reading}
         self._read_interrupted = self._read_started = False
-        self._reading = asyncio.ensure_future(self._read(redis, streams, int(wait * 1000)))
+        self._reading = asyncio.ensure_future(self._read(redis, reading, int(wait * 1000)))
         try:
-            response = await asyncio.shield(self._reading)
+            return await asyncio.shield(self._reading)
         except asyncio.CancelledError:
             read = self._reading
             if not read.cancelled():
@@ -541,101 +536,21 @@ class Consumer(RedisComponent):
             # before reading new ones.
             await asyncio.wait([read])
             for s in reading:
-                s.claiming, s.cursor = True, "0-0"
+                s.reclaim()
             return []
         finally:
             self._reading = None
-        if not response:
-            return []
-        by_stream = {s.stream: s for s in reading}
-        items = response.items() if isinstance(response, dict) else response
-        out: list[Message] = []
-        for name, entries in items:
-            part = by_stream[name.decode() if isinstance(name, bytes) else name]
-            for entry_id, fields in entries:
-                out.append(self._message(part, entry_id, fields, 1))
-        return out
 
-    async def _claim(self, redis: AnyRedis, parts: list[_Partition]) -> list[Message]:
-        """Take over pending entries of partitions just acquired (the previous owner's, or ours)."""
-        pipe = redis.pipeline(transaction=False)
-        for s in parts:
-            pipe.xautoclaim(s.stream, self.group, self.name, 0, s.cursor, count=self.batch_size)
-            pipe.xpending_range(s.stream, self.group, s.cursor, "+", self.batch_size)
-        results = await pipe.execute()
-        out: list[Message] = []
-        trimmed: dict[_Partition, list[str]] = {}
-        for i, s in enumerate(parts):
-            claimed, pending = results[2 * i], results[2 * i + 1]
-            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            cursor = claimed[0]
-            s.cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-            for entry_id, fields in claimed[1]:
-                if fields is None:
-                    trimmed.setdefault(s, []).append(entry_id.decode())
-                    continue
-                out.append(self._message(s, entry_id, fields, counts.get(entry_id, 1)))
-            if len(claimed) > 2 and claimed[2]:
-                self.stats.trimmed += len(claimed[2])
-                log.warning(
-                    "consumer %s: %d pending entries of partition %d were trimmed before "
-                    "being handled", self.name, len(claimed[2]), s.number,
-                )  # fmt: skip
-            if s.cursor in ("0-0", "0"):
-                s.claiming = False
-        if trimmed:
-            self.stats.trimmed += sum(len(v) for v in trimmed.values())
-            await self._ack(redis, trimmed)
-        self.stats.reclaimed += len(out)
-        return out
-
-    async def _take_retries(self, redis: AnyRedis, parts: list[_Partition]) -> list[Message]:
-        """Claim again the failed message at the head of each paused partition (delivery +1)."""
-        pipe = redis.pipeline(transaction=False)
-        for s in parts:
-            pipe.xclaim(s.stream, self.group, self.name, 0, [s.held[0].msg_id or "0-0"])
-        results = await pipe.execute()
-        out: list[Message] = []
-        gone: dict[_Partition, list[str]] = {}
-        for s, claimed in zip(parts, results, strict=True):
-            held, s.held = s.held, []
-            head = held[0]
-            if claimed and claimed[0][1] is not None:
-                head.deliveries += 1
-                out.append(head)
-                self.stats.retried += 1
-            else:
-                gone.setdefault(s, []).append(head.msg_id or "")
-            out += held[1:]
+    async def _ack_gone(
+        self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
+    ) -> None:
+        """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
         if gone:
-            self.stats.trimmed += len(gone)
-            await self._ack(redis, gone)
-        return out
-
-    def _message(
-        self, part: _Partition, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
-    ) -> Message:
-        msg_id = entry_id.decode()
-        enqueued = int(msg_id.split("-", 1)[0]) / 1000.0
-        try:
-            payload = decode_payload(self.deserializer, fields)
-        except SerializationError as exc:
-            return _Undecodable(part.number, msg_id, fields, exc, deliveries, self)
-        created = fields.get(F_CREATED)
-        timeout = fields.get(F_TIMEOUT)
-        key = fields.get(F_KEY)
-        return Message(
-            topic=self.topic,
-            payload=payload,
-            msg_id=msg_id,
-            partition_key=key.decode() if key is not None else None,
-            partition=part.number,
-            created_at=float(created) if created is not None else enqueued,
-            enqueued_at=enqueued,
-            timeout=float(timeout) if timeout is not None else None,
-            deliveries=deliveries,
-            group=self.group,
-        )
+            calls = [
+                (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
+                for (part, level), ids in gone.items()
+            ]
+            await run_pipelined(redis, calls)
 
     # ---- handling -------------------------------------------------------------------
 
@@ -646,54 +561,54 @@ class Consumer(RedisComponent):
         messages: list[Message],
         batch: bool,
     ) -> None:
-        poison = [m for m in messages if isinstance(m, _Undecodable)]
-        if poison:
-            messages = [m for m in messages if not isinstance(m, _Undecodable)]
-        done: dict[int, list[str]] = {}
-        failures: list[_Failure] = [_Failure(m, m.error, []) for m in poison]
+        failures: list[Failure] = []
+        if any(isinstance(m, Undecodable) for m in messages):
+            failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
+            messages = [m for m in messages if not isinstance(m, Undecodable)]
+        done: list[tuple[Message, Any]] = []
+        if messages and self._has_jobs(messages):
+            await self._settler.started(redis, messages)
         if batch:
             for i in range(0, len(messages), self.batch_size):
                 chunk = messages[i : i + self.batch_size]
                 try:
-                    await handler(chunk)
+                    result = await handler(chunk)
                 except Exception as exc:
-                    failures += self._batch_failure(chunk, exc)
+                    failures += _batch_failures(chunk, exc)
+                    continue
+                if isinstance(result, (list, tuple)) and len(result) == len(chunk):
+                    done += list(zip(chunk, result, strict=True))
                 else:
-                    for m in chunk:
-                        done.setdefault(m.partition or 0, []).append(m.msg_id or "")
+                    done += [(m, None) for m in chunk]
         else:
             groups: dict[int, list[Message]] = {}
             for m in messages:
                 groups.setdefault(m.partition or 0, []).append(m)
             if len(groups) == 1:
-                results = [await self._run_partition(handler, next(iter(groups.values())))]
+                results = [await self._run_partition(handler, messages)]
             else:
                 gate = asyncio.Semaphore(self.concurrency)
 
-                async def run(msgs: list[Message]) -> tuple[list[str], _Failure | None]:
+                async def run(msgs: list[Message]) -> tuple[list[tuple[Message, Any]], Any]:
                     async with gate:
                         return await self._run_partition(handler, msgs)
 
                 results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
-            for p, (ok, failure) in zip(groups, results, strict=True):
-                if ok:
-                    done[p] = ok
+            for ok, failure in results:
+                done += ok
                 if failure is not None:
                     failures.append(failure)
-        if done:
-            by_part = {self._owned[p]: ids for p, ids in done.items() if p in self._owned}
-            await self._ack(redis, by_part)
-            handled = sum(len(v) for v in done.values())
-            self.stats.handled += handled
-            for p, ids in done.items():
-                self.stats.per_partition[p] = self.stats.per_partition.get(p, 0) + len(ids)
-        if failures:
-            await self._fail(redis, failures)
+        now = asyncio.get_running_loop().time()
+        await self._settler.settle(redis, self._owned, done, failures, now, self._fenced)
+
+    @staticmethod
+    def _has_jobs(messages: list[Message]) -> bool:
+        return any(m.job_id for m in messages)
 
     async def _run_partition(
         self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Message]
-    ) -> tuple[list[str], _Failure | None]:
-        ok: list[str] = []
+    ) -> tuple[list[tuple[Message, Any]], Failure | None]:
+        ok: list[tuple[Message, Any]] = []
         loop = asyncio.get_running_loop()
         for i, m in enumerate(msgs):
             part = self._owned.get(m.partition or 0)
@@ -703,32 +618,20 @@ class Consumer(RedisComponent):
                 return ok, None
             try:
                 if m.timeout:
-                    await asyncio.wait_for(handler(m), m.timeout)
+                    result = await asyncio.wait_for(handler(m), m.timeout)
                 else:
-                    await handler(m)
+                    result = await handler(m)
+            except asyncio.TimeoutError as exc:
+                self.stats.timed_out += 1
+                error = TimeoutError(f"handler did not finish within {m.timeout}s")
+                error.__cause__ = exc
+                return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
-                return ok, _Failure(m, exc, msgs[i + 1 :])
-            ok.append(m.msg_id or "")
+                return ok, Failure(m, exc, msgs[i + 1 :])
+            ok.append((m, result))
         return ok, None
 
-    def _batch_failure(self, chunk: list[Message], exc: BaseException) -> list[_Failure]:
-        by_part: dict[int, list[Message]] = {}
-        for m in chunk:
-            by_part.setdefault(m.partition or 0, []).append(m)
-        return [_Failure(msgs[0], exc, msgs[1:]) for msgs in by_part.values()]
-
-    async def _ack(self, redis: AnyRedis, ids: dict[_Partition, list[str]]) -> None:
-        calls = [
-            (ACK, [s.stream, s.lease], [self.group, self.token, *v]) for s, v in ids.items() if v
-        ]
-        results = await run_pipelined(redis, calls)
-        for (s, v), result in zip(ids.items(), results, strict=True):
-            if isinstance(result, Exception):
-                raise result
-            if int(result) < 0:
-                self._fenced(s, len(v))
-
-    def _fenced(self, part: _Partition, count: int) -> None:
+    def _fenced(self, part: OwnedPartition, count: int) -> None:
         self.stats.fenced += count
         log.warning(
             "consumer %s: partition %d is no longer ours; %d result(s) not acknowledged "
@@ -737,85 +640,10 @@ class Consumer(RedisComponent):
         if self._owned.get(part.number) is part:
             del self._owned[part.number]
 
-    async def _fail(self, redis: AnyRedis, failures: list[_Failure]) -> None:
-        now = asyncio.get_running_loop().time()
-        dead: list[_Failure] = []
-        for f in failures:
-            m = f.message
-            self.stats.failed += 1
-            part = self._owned.get(m.partition or 0)
-            if part is None:
-                continue
-            final = isinstance(m, _Undecodable) or (
-                self.dead_letter and m.deliveries >= self.max_deliveries
-            )
-            if final:
-                dead.append(f)
-                if f.rest:
-                    part.held, part.retry_at = list(f.rest), now
-                continue
-            log.info(
-                "consumer %s: message %s of partition %d failed (delivery %d): %s: %s",
-                self.name, m.msg_id, part.number, m.deliveries, type(f.error).__name__, f.error,
-            )  # fmt: skip
-            part.held = [m, *f.rest]
-            part.retry_at = now + backoff_delay(
-                m.deliveries, self.retry_backoff, self.retry_backoff_max
-            )
-        if dead:
-            await self._dead_letter(redis, dead)
 
-    async def _dead_letter(self, redis: AnyRedis, failures: list[_Failure]) -> None:
-        calls = []
-        for f in failures:
-            m = f.message
-            part = self._owned.get(m.partition or 0)
-            if part is None:
-                continue
-            raw = m.fields if isinstance(m, _Undecodable) else await self._raw(redis, part, m)
-            fields = dead_letter_fields(
-                topic=self.topic, partition=part.number, group=self.group, msg_id=m.msg_id or "",
-                deliveries=m.deliveries, error=f.error, consumer=self.name, original=raw,
-            )  # fmt: skip
-            keys = [part.stream, part.lease, self.keys.dead_letters(part.number)]
-            args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, *fields]
-            calls.append((DEAD_LETTER, keys, args))
-        results = await run_pipelined(redis, calls)
-        for f, result in zip(failures, results, strict=True):
-            if isinstance(result, Exception):
-                raise result
-            part = self._owned.get(f.message.partition or 0)
-            if result == -1 and part is not None:
-                self._fenced(part, 1)
-                continue
-            self.stats.dead_lettered += 1
-            log.warning(
-                "consumer %s: message %s of partition %s dead-lettered after %d deliveries: %s",
-                self.name, f.message.msg_id, f.message.partition, f.message.deliveries, f.error,
-            )  # fmt: skip
-
-    async def _raw(self, redis: AnyRedis, part: _Partition, m: Message) -> dict[bytes, bytes]:
-        found: Any = await redis.xrange(part.stream, m.msg_id or "-", m.msg_id or "+", count=1)
-        return dict(found[0][1]) if found else {}
-
-
-class _Undecodable(Message):
-    """An entry whose payload could not be decoded: it goes to the dead letters at once."""
-
-    __slots__ = ("error", "fields")
-
-    def __init__(
-        self,
-        partition: int,
-        msg_id: str,
-        fields: dict[bytes, bytes],
-        error: BaseException,
-        deliveries: int,
-        consumer: Consumer,
-    ) -> None:
-        super().__init__(
-            topic=consumer.topic, payload=None, msg_id=msg_id, partition=partition,
-            deliveries=deliveries, group=consumer.group,
-        )  # fmt: skip
-        self.fields = fields
-        self.error = error
+def _batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:
+    """A failed batch: per partition, its first message failed and the rest wait behind it."""
+    by_part: dict[int, list[Message]] = {}
+    for m in chunk:
+        by_part.setdefault(m.partition or 0, []).append(m)
+    return [Failure(msgs[0], exc, msgs[1:]) for msgs in by_part.values()]

@@ -3,7 +3,7 @@
 Each partition has its own dead-letter stream, in the partition's hash slot,
 so that moving an entry there and acknowledging it is one atomic script. A
 dead-letter entry keeps the original entry's fields (prefixed ``f:``) beside
-its origin record: ``topic``, ``partition``, ``group``, ``msg_id``,
+its origin record: ``topic``, ``partition``, ``priority``, ``group``, ``msg_id``,
 ``deliveries``, ``error``, ``error_type``, ``consumer`` and ``failed_at``.
 """
 
@@ -40,6 +40,7 @@ def dead_letter_fields(
     error: BaseException | str,
     consumer: str,
     original: dict[bytes, bytes] | None,
+    priority: int = 0,
 ) -> list[Any]:
     """Flat field/value list of a dead-letter entry (the origin record and original fields)."""
     if isinstance(error, BaseException):
@@ -49,6 +50,7 @@ def dead_letter_fields(
     out: list[Any] = [
         "topic", topic,
         "partition", partition,
+        "priority", priority,
         "group", group,
         "msg_id", msg_id,
         "deliveries", deliveries,
@@ -79,6 +81,7 @@ class DeadLetter:
     fields: dict[bytes, bytes] = field(repr=False)
     payload: Any = None
     payload_error: str | None = None
+    priority: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (the payload as decoded, or the decoding error)."""
@@ -86,6 +89,7 @@ class DeadLetter:
             "id": self.id,
             "topic": self.topic,
             "partition": self.partition,
+            "priority": self.priority,
             "group": self.group,
             "msg_id": self.msg_id,
             "deliveries": self.deliveries,
@@ -118,6 +122,7 @@ def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer)
     return DeadLetter(
         id=entry_id.decode(),
         partition=number("partition", int),
+        priority=number("priority", int),
         deliveries=number("deliveries", int),
         failed_at=number("failed_at", float),
         fields=original,
@@ -174,9 +179,9 @@ class DeadLetters(RedisComponent):
     async def replay(self, ids: Iterable[str] | None = None) -> int:
         """Put dead letters (all, or those with the given ids) back on their partitions.
 
-        Each replayed entry is appended to its original partition as a new
-        entry and removed from the dead-letter stream in one atomic step.
-        Returns how many were replayed.
+        Each replayed entry is appended to its original partition stream (and
+        priority level) as a new entry and removed from the dead-letter stream
+        in one atomic step. Returns how many were replayed.
         """
         redis = await self._ensure()
         wanted = None if ids is None else set(ids)
@@ -188,13 +193,15 @@ class DeadLetters(RedisComponent):
         total = 0
         for p in range(await self._partitions()):
             dlq = self.keys.dead_letters(p)
-            if wanted is None:
-                entries: Any = await redis.xrange(dlq)
-                found = [i.decode() for i, _ in entries]
-            else:
-                found = sorted(wanted)
-            if found:
-                total += int(await REPLAY(redis, [dlq, self.keys.stream(p)], found))
+            entries: Any = await redis.xrange(dlq)
+            by_level: dict[int, list[str]] = {}
+            for entry_id, raw in entries:
+                if wanted is None or entry_id.decode() in wanted:
+                    level = int(raw.get(b"priority", b"0") or 0)
+                    by_level.setdefault(level, []).append(entry_id.decode())
+            for level, found in by_level.items():
+                stream = self.keys.stream(p, level)
+                total += int(await REPLAY(redis, [dlq, stream], found))
         return total
 
     async def purge(self) -> int:

@@ -46,6 +46,7 @@ class GroupView:
     partitions: int
     members: tuple[str, ...]
     assignment: dict[int, str] = field(default_factory=dict)
+    priorities: int = 1
 
     def owned_by(self, member: str) -> set[int]:
         """Partitions the assignment gives to ``member``."""
@@ -87,7 +88,8 @@ class Membership:
         mode = "beat" if self._joined else ("static-join" if self.static else "join")
         args = [self.name, self.token, self.ttl_ms, mode]
         for _ in range(5):
-            now, partitions, members, flat, version, other = await HEARTBEAT(self.redis, keys, args)
+            reply = await HEARTBEAT(self.redis, keys, args)
+            now, partitions, members, flat, version, other, levels = reply
             if int(partitions) < 0:
                 if self._joined:
                     raise DuplicateConsumerError(
@@ -106,7 +108,7 @@ class Membership:
             live = tuple(_text(m) for m in members)
             wanted = assign(live, int(partitions), stored)
             if wanted == stored:
-                return GroupView(int(now), int(partitions), live, wanted)
+                return GroupView(int(now), int(partitions), live, wanted, int(levels))
             pairs: list[object] = [version]
             for p, m in wanted.items():
                 pairs += [p, m]
@@ -115,9 +117,9 @@ class Membership:
                     "group %s of %s: %d member(s), %d partition(s), assignment v%d",
                     g, k.topic, len(live), int(partitions), int(version) + 1,
                 )  # fmt: skip
-                return GroupView(int(now), int(partitions), live, wanted)
+                return GroupView(int(now), int(partitions), live, wanted, int(levels))
         # Members keep racing to commit; they all computed from fresh inputs, so use ours.
-        return GroupView(int(now), int(partitions), live, wanted)
+        return GroupView(int(now), int(partitions), live, wanted, int(levels))
 
     async def leases(self, partitions: list[int]) -> dict[int, int]:
         """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`."""

@@ -27,7 +27,10 @@ class Message:
     * ``timeout``: seconds a handler may take (enforced with the jobs features);
     * ``deliveries``: how many times this entry has been handed out, this time
       included;
-    * ``group``: the consumer group that received it.
+    * ``group``: the consumer group that received it;
+    * ``priority``: its priority level (0 unless the topic has several);
+    * ``job_id``: set for messages sent with ``Producer.submit``: their status
+      and the handler's return value are tracked (see :mod:`redisaq_core.results`).
     """
 
     topic: str
@@ -40,3 +43,5 @@ class Message:
     timeout: float | None = None
     deliveries: int = 1
     group: str | None = None
+    priority: int = 0
+    job_id: str | None = None

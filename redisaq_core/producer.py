@@ -12,24 +12,41 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .assignment import partition_for_key
-from .codec import F_CREATED, F_KEY, F_TIMEOUT, Serializer, default_serializer, encode_payload
+from .codec import (
+    F_CREATED,
+    F_JOB,
+    F_KEY,
+    F_TIMEOUT,
+    Serializer,
+    default_serializer,
+    encode_payload,
+)
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, PartitionError, PartitionKeyError
-from .keys import TopicKeys
+from .keys import TopicKeys, job_id
 from .message import Message
-from .scripts import ENSURE_PARTITIONS
+from .scripts import ENSURE_PARTITIONS, SUBMIT
+
+if TYPE_CHECKING:
+    from .results import JobHandle, ResultStore
 
 __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
 
 _Pending = tuple[list[Any], "asyncio.Future[str]"]
+
+
+def _check_ttl(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+        raise ConfigurationError(f"result_ttl must be a number of seconds >= 1, got {value!r}")
 
 
 def _positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
@@ -49,6 +66,10 @@ class Producer(RedisComponent):
     ``bytes`` or ``str`` (default: orjson). The partition count is re-read every
     ``refresh_interval`` seconds, so partitions added by
     :meth:`request_partition_increase` elsewhere are used without a restart.
+    ``priorities``: the number of priority levels (``0 .. priorities-1``, higher
+    is more urgent); with the default 1 there is one stream per partition and no
+    cost at all. ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's
+    record and result once it has finished.
     """
 
     def __init__(
@@ -62,12 +83,18 @@ class Producer(RedisComponent):
         init_partitions: int = 1,
         serializer: Serializer | None = None,
         refresh_interval: float = 3.0,
+        priorities: int = 1,
+        result_ttl: float = 3600.0,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
         self.topic = topic
         _positive_int(maxlen, "maxlen", allow_none=True)
         _positive_int(init_partitions, "init_partitions")
+        _positive_int(priorities, "priorities")
+        if priorities > 16:
+            raise ConfigurationError(f"priorities must be <= 16, got {priorities!r}")
+        _check_ttl(result_ttl)
         if not isinstance(refresh_interval, (int, float)) or refresh_interval <= 0:
             raise ConfigurationError(
                 f"refresh_interval must be a number > 0, got {refresh_interval!r}"
@@ -79,7 +106,12 @@ class Producer(RedisComponent):
         self.init_partitions = init_partitions
         self.serializer: Serializer = serializer or default_serializer
         self.refresh_interval = float(refresh_interval)
+        self.priorities = priorities
+        self.result_ttl = result_ttl
+        self._levels = 1
         self._partitions = 0
+        self._trim: list[Any] = []
+        self._results: ResultStore | None = None
         self._heads: list[list[Any]] = []
         self._round_robin = itertools.count()
         self._queue: list[_Pending] = []
@@ -93,8 +125,11 @@ class Producer(RedisComponent):
         return self._partitions
 
     async def _on_connect(self, client: AnyRedis) -> None:
-        count = await ENSURE_PARTITIONS(client, [self.keys.meta], [self.init_partitions, 0])
+        count, levels = await ENSURE_PARTITIONS(
+            client, [self.keys.meta], [self.init_partitions, 0, self.priorities]
+        )
         await client.sadd(TopicKeys.topic_index(), self.topic)
+        self._levels = int(levels)
         self._set_partitions(int(count))
         self._refresher = asyncio.create_task(self._refresh_loop(), name="redisaq-producer-refresh")
 
@@ -105,6 +140,8 @@ class Producer(RedisComponent):
             self._refresher = None
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._results is not None:
+            await self._results.close()
 
     def _set_partitions(self, count: int) -> None:
         if count == self._partitions:
@@ -116,20 +153,25 @@ class Producer(RedisComponent):
             trim = ["MAXLEN", "~" if self.approximate else "=", self.maxlen]
         self._heads = [["XADD", self.keys.stream(p), *trim, "*"] for p in range(count)]
         self._partitions = count
+        self._trim = trim
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
-                raw = await self.redis.hget(self.keys.meta, "partitions")
+                raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
             except (RedisError, OSError) as exc:
                 log.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
                 continue
+            if levels is not None:
+                self._levels = max(self._levels, int(levels))
             if raw is not None and int(raw) > self._partitions:
                 self._set_partitions(int(raw))
 
-    def _command(self, item: Any, partition_key: str | None) -> list[Any]:
-        """The XADD arguments for one payload or ``Message`` (raises before anything is sent)."""
+    def _fields(
+        self, item: Any, partition_key: str | None, priority: int | None
+    ) -> tuple[int, int, list[Any]]:
+        """(partition, level, entry fields) for one payload or ``Message``; nothing is sent."""
         extra: list[Any] = []
         if isinstance(item, Message):
             if item.topic != self.topic:
@@ -141,15 +183,39 @@ class Producer(RedisComponent):
             extra += [F_CREATED, repr(item.created_at)]
             if item.timeout is not None:
                 extra += [F_TIMEOUT, repr(float(item.timeout))]
+            if priority is None and item.priority:
+                priority = item.priority
         else:
             payload = item
+        level = self._level(priority)
         if partition_key is None:
             partition = next(self._round_robin) % self._partitions
         else:
             partition = partition_for_key(self._key_value(payload, partition_key), self._partitions)
             extra += [F_KEY, partition_key]
         field, data = encode_payload(self.serializer, payload)
-        return [*self._heads[partition], field, data, *extra]
+        return partition, level, [field, data, *extra]
+
+    def _level(self, priority: int | None) -> int:
+        if priority is None or priority == 0:
+            return 0
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError(f"priority must be an integer, got {priority!r}")
+        if not 0 <= priority < self._levels:
+            raise ConfigurationError(
+                f"priority must be between 0 and {self._levels - 1} for topic {self.topic!r} "
+                f"(it has {self._levels} priority level(s)), got {priority!r}"
+            )
+        return priority
+
+    def _command(
+        self, item: Any, partition_key: str | None, priority: int | None = None
+    ) -> list[Any]:
+        """The XADD arguments for one payload or ``Message`` (raises before anything is sent)."""
+        partition, level, fields = self._fields(item, partition_key, priority)
+        if not level:
+            return [*self._heads[partition], *fields]
+        return ["XADD", self.keys.stream(partition, level), *self._trim, "*", *fields]
 
     @staticmethod
     def _key_value(payload: Any, partition_key: str) -> Any:
@@ -170,15 +236,22 @@ class Producer(RedisComponent):
                 f"(fields: {', '.join(map(str, list(payload)[:10]))})"
             ) from None
 
-    async def enqueue(self, message: Any, partition_key: str | None = None) -> str:
+    async def enqueue(
+        self, message: Any, partition_key: str | None = None, *, priority: int | None = None
+    ) -> str:
         """Put one payload (or ``Message``) on the topic and return its stream entry id.
 
         ``partition_key`` names a payload field; messages with equal values of
         that field go to the same partition, in order. Without it messages
-        are spread over the partitions in turn.
+        are spread over the partitions in turn. ``priority`` (``0 <=
+        priority < priorities``): consumers take waiting messages of a higher
+        level first.
         """
         redis = self._redis or await self._ensure()
-        command = self._command(message, partition_key)
+        return await self._send(redis, self._command(message, partition_key, priority))
+
+    async def _send(self, redis: AnyRedis, command: list[Any]) -> str:
+        """Run one command, sharing a pipeline round trip with concurrent callers."""
         if self._busy:
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._queue.append((command, future))
@@ -222,7 +295,11 @@ class Producer(RedisComponent):
             self._flusher = None
 
     async def batch_enqueue(
-        self, payloads: Iterable[Any], partition_key: str | None = None
+        self,
+        payloads: Iterable[Any],
+        partition_key: str | None = None,
+        *,
+        priority: int | None = None,
     ) -> list[str]:
         """Enqueue many payloads in one round trip; return their ids in input order.
 
@@ -230,7 +307,7 @@ class Producer(RedisComponent):
         can't be encoded raises ``SerializationError`` with nothing enqueued.
         """
         redis = self._redis or await self._ensure()
-        commands = [self._command(item, partition_key) for item in payloads]
+        commands = [self._command(item, partition_key, priority) for item in payloads]
         if not commands:
             return []
         pipe = redis.pipeline(transaction=False)
@@ -238,6 +315,51 @@ class Producer(RedisComponent):
             pipe.execute_command(*command)
         results = await pipe.execute()
         return [r.decode() for r in results]
+
+    async def submit(
+        self,
+        payload: Any,
+        *,
+        priority: int | None = None,
+        partition_key: str | None = None,
+        result_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> JobHandle:
+        """Enqueue ``payload`` as a job whose status and result are tracked; return its handle.
+
+        The job's record (status ``queued``) is created in the same step as the
+        entry. Consumers move it to ``active``, then ``completed`` with the
+        handler's return value (kept ``result_ttl`` seconds), or ``failed``
+        (retrying) and finally ``dead``. ``timeout``: seconds the handler may run.
+        """
+        from .results import JobHandle, ResultStore
+
+        redis = self._redis or await self._ensure()
+        ttl = self.result_ttl if result_ttl is None else result_ttl
+        _check_ttl(ttl)
+        item = payload
+        if timeout is not None:
+            if isinstance(payload, Message):
+                raise ConfigurationError("pass timeout on the Message, not to submit()")
+            item = Message(topic=self.topic, payload=payload, timeout=timeout)
+        partition, level, fields = self._fields(item, partition_key, priority)
+        job = job_id(self.topic, partition, uuid.uuid4().hex)
+        maxlen = self.maxlen or 0
+        command = [
+            "EVALSHA", SUBMIT.sha, 3,
+            self.keys.stream(partition, level), self.keys.job(partition, job),
+            self.keys.jobs(partition),
+            maxlen, "~" if self.approximate else "=", job, self.keys.job_channel, self.topic,
+            partition, level, max(1, int(ttl)), *fields, F_JOB, job,
+        ]  # fmt: skip
+        try:
+            await self._send(redis, command)
+        except NoScriptError:
+            await redis.script_load(SUBMIT.source)
+            await self._send(redis, command)
+        if self._results is None:
+            self._results = ResultStore(redis=redis, deserializer=None)
+        return JobHandle(job, self._results)
 
     async def request_partition_increase(self, partitions: int) -> int:
         """Raise the topic's partition count to ``partitions`` and return it.
@@ -251,10 +373,13 @@ class Producer(RedisComponent):
         _positive_int(partitions, "partitions")
         redis = self._redis or await self._ensure()
         try:
-            count = await ENSURE_PARTITIONS(redis, [self.keys.meta], [partitions, 1])
+            count, levels = await ENSURE_PARTITIONS(
+                redis, [self.keys.meta], [partitions, 1, self.priorities]
+            )
         except ResponseError as exc:
             raise PartitionError(
                 f"topic {self.topic!r}: {str(exc).removeprefix('PARTITIONS ')}"
             ) from None
+        self._levels = max(self._levels, int(levels))
         self._set_partitions(int(count))
         return int(count)

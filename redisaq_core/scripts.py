@@ -24,6 +24,8 @@ __all__ = [
     "DEAD_LETTER",
     "ENSURE_PARTITIONS",
     "HEARTBEAT",
+    "JOB_COMPLETE",
+    "JOB_UPDATE",
     "LEASE",
     "LEAVE",
     "REGISTRY_CLEANUP",
@@ -36,6 +38,7 @@ __all__ = [
     "REGISTRY_UPDATE",
     "RELEASE",
     "REPLAY",
+    "SUBMIT",
     "Script",
     "ScriptCall",
     "run_pipelined",
@@ -88,6 +91,8 @@ COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
 ENSURE_PARTITIONS = Script("ensure_partitions")
 HEARTBEAT = Script("heartbeat")
+JOB_COMPLETE = Script("job_complete")
+JOB_UPDATE = Script("job_update")
 LEASE = Script("lease")
 LEAVE = Script("leave")
 REGISTRY_CLEANUP = Script("registry_cleanup")
@@ -100,3 +105,4 @@ REGISTRY_REGISTER = Script("registry_register")
 REGISTRY_UPDATE = Script("registry_update")
 RELEASE = Script("release")
 REPLAY = Script("replay")
+SUBMIT = Script("submit")

@@ -1,7 +1,8 @@
 -- Move one pending entry to the dead-letter stream and acknowledge it, atomically,
--- only while the caller holds the partition's lease.
--- KEYS: stream, lease, dlq
--- ARGV: group, token, id, maxlen (0: unbounded), field, value, ...
+-- only while the caller holds the partition's lease. For a job, its record becomes "dead".
+-- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
+-- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
+--       error_type, field, value, ...
 -- Returns the dead-letter entry id, or -1 when the lease is not ours.
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
@@ -9,9 +10,21 @@ end
 local maxlen = tonumber(ARGV[4])
 local dl
 if maxlen > 0 then
-  dl = redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 5))
+  dl = redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 10))
 else
-  dl = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
+  dl = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[4], 'status', 'dead', 'dead_at', now, 'updated_at', now,
+    'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
+  local ttl = tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0')
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[4], ttl)
+  end
+  redis.call('ZADD', KEYS[5], now, ARGV[5])
+  redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')
+end
 return dl

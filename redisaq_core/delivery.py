@@ -1,0 +1,287 @@
+"""Reading a consumer's partitions: partition state, entry decoding, and the read commands.
+
+Each owned partition has one stream per priority level. Before reading new
+entries (XREADGROUP ``>``) from a partition it has just taken over, a member
+claims the entries still pending in it (XAUTOCLAIM from ``0-0``, following the
+cursor to the end), whoever they were delivered to; holding the partition's
+lease makes that safe. A failed message is kept in memory with the messages
+behind it and claimed again (delivery count + 1) when its retry is due.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
+from .connection import AnyRedis
+from .errors import SerializationError
+from .keys import TopicKeys
+from .message import Message
+
+__all__ = ["ConsumerStats", "OwnedPartition", "Reader", "Undecodable"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerStats:
+    """Counters of one consumer since it started."""
+
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    trimmed: int = 0
+    fenced: int = 0
+    timed_out: int = 0
+    per_partition: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class OwnedPartition:
+    """A partition whose lease this member holds, and where reading it stands."""
+
+    number: int
+    lease: str
+    streams: list[str]
+    claims: dict[int, str] = field(default_factory=dict)
+    revoking: bool = False
+    held: list[Message] = field(default_factory=list)
+    retry_at: float = 0.0
+    valid_until: float = 0.0
+
+    @property
+    def claiming(self) -> bool:
+        """Whether pending entries must be claimed before new ones are read."""
+        return bool(self.claims)
+
+    def reclaim(self) -> None:
+        """Claim every pending entry (from the start of each stream) before reading new ones."""
+        self.claims = {level: "0-0" for level in range(len(self.streams))}
+
+
+class Undecodable(Message):
+    """An entry whose payload could not be decoded: it goes to the dead letters at once."""
+
+    __slots__ = ("error", "fields")
+
+    def __init__(self, base: Message, fields: dict[bytes, bytes], error: BaseException) -> None:
+        super().__init__(
+            topic=base.topic, payload=None, msg_id=base.msg_id, partition=base.partition,
+            deliveries=base.deliveries, group=base.group, priority=base.priority,
+            job_id=base.job_id, created_at=base.created_at, enqueued_at=base.enqueued_at,
+        )  # fmt: skip
+        self.fields = fields
+        self.error = error
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Reader:
+    """The read side of one consumer: turns Redis replies into ``Message`` objects."""
+
+    def __init__(
+        self,
+        keys: TopicKeys,
+        group: str,
+        name: str,
+        *,
+        batch_size: int,
+        deserializer: Deserializer,
+        stats: ConsumerStats,
+    ) -> None:
+        self.keys = keys
+        self.topic = keys.topic
+        self.group = group
+        self.name = name
+        self.batch_size = batch_size
+        self.deserializer = deserializer
+        self.stats = stats
+
+    def partition(self, number: int, levels: int, valid_until: float) -> OwnedPartition:
+        """State for a partition just taken: its pending entries are claimed first."""
+        part = OwnedPartition(
+            number,
+            self.keys.lease(number, self.group),
+            [self.keys.stream(number, level) for level in range(levels)],
+            valid_until=valid_until,
+        )
+        part.reclaim()
+        return part
+
+    def decode(
+        self,
+        part: OwnedPartition,
+        level: int,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        deliveries: int,
+    ) -> Message:
+        """The ``Message`` of one entry (an :class:`Undecodable` if its payload is bad)."""
+        msg_id = entry_id.decode()
+        enqueued = int(msg_id.split("-", 1)[0]) / 1000.0
+        created = fields.get(F_CREATED)
+        timeout = fields.get(F_TIMEOUT)
+        key = fields.get(F_KEY)
+        job = fields.get(F_JOB)
+        message = Message(
+            topic=self.topic,
+            payload=None,
+            msg_id=msg_id,
+            partition_key=key.decode() if key is not None else None,
+            partition=part.number,
+            created_at=float(created) if created is not None else enqueued,
+            enqueued_at=enqueued,
+            timeout=float(timeout) if timeout is not None else None,
+            deliveries=deliveries,
+            group=self.group,
+            priority=level,
+            job_id=job.decode() if job is not None else None,
+        )
+        try:
+            message.payload = decode_payload(self.deserializer, fields)
+        except (SerializationError, ValueError) as exc:
+            return Undecodable(message, fields, exc)
+        return message
+
+    async def create_groups(
+        self, redis: AnyRedis, parts: Iterable[OwnedPartition], start: str
+    ) -> None:
+        """Create the group on every stream of ``parts`` (MKSTREAM; an existing group is kept)."""
+        pipe = redis.pipeline(transaction=False)
+        for part in parts:
+            for stream in part.streams:
+                pipe.xgroup_create(stream, self.group, id=start, mkstream=True)
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+
+    async def read(
+        self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
+    ) -> list[Message]:
+        """New entries of ``parts`` (XREADGROUP ``>``), blocking up to ``block_ms``."""
+        streams: dict[Any, Any] = {}
+        where: dict[str, tuple[OwnedPartition, int]] = {}
+        for part in parts:
+            for level in range(len(part.streams) - 1, -1, -1):
+                streams[part.streams[level]] = ">"
+                where[part.streams[level]] = (part, level)
+        response: Any = await redis.xreadgroup(
+            self.group, self.name, streams, count=self.batch_size, block=block_ms
+        )
+        if not response:
+            return []
+        items = response.items() if isinstance(response, dict) else response
+        out: list[Message] = []
+        for name, entries in items:
+            part, level = where[_text(name)]
+            for entry_id, fields in entries:
+                out.append(self.decode(part, level, entry_id, fields, 1))
+        return _by_priority(out)
+
+    async def claim(
+        self, redis: AnyRedis, parts: list[OwnedPartition]
+    ) -> tuple[list[Message], dict[tuple[OwnedPartition, int], list[str]]]:
+        """Claim a batch of pending entries from each stream of ``parts`` still being claimed.
+
+        Returns the messages (with their delivery counts) and, per (partition,
+        level), the ids of pending entries whose data was trimmed away: the
+        caller acknowledges those.
+        """
+        pipe = redis.pipeline(transaction=False)
+        todo = [(part, level, cursor) for part in parts for level, cursor in part.claims.items()]
+        for part, level, cursor in todo:
+            stream = part.streams[level]
+            pipe.xautoclaim(stream, self.group, self.name, 0, cursor, count=self.batch_size)
+            pipe.xpending_range(stream, self.group, cursor, "+", self.batch_size)
+        results = await pipe.execute()
+        out: list[Message] = []
+        gone: dict[tuple[OwnedPartition, int], list[str]] = {}
+        for i, (part, level, _) in enumerate(todo):
+            claimed, pending = results[2 * i], results[2 * i + 1]
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            cursor = _text(claimed[0])
+            for entry_id, fields in claimed[1]:
+                if fields is None:  # Redis 6.2: the entry was trimmed while pending
+                    gone.setdefault((part, level), []).append(entry_id.decode())
+                    continue
+                out.append(self.decode(part, level, entry_id, fields, counts.get(entry_id, 1)))
+            if len(claimed) > 2 and claimed[2]:  # Redis 7+: already dropped from the PEL
+                self.stats.trimmed += len(claimed[2])
+                log.warning(
+                    "consumer %s: %d pending entries of partition %d were trimmed before "
+                    "being handled", self.name, len(claimed[2]), part.number,
+                )  # fmt: skip
+            if cursor in ("0-0", "0"):
+                part.claims.pop(level, None)
+            else:
+                part.claims[level] = cursor
+        self.stats.reclaimed += len(out)
+        self.stats.trimmed += sum(len(v) for v in gone.values())
+        return _by_priority(out), gone
+
+    async def retries(
+        self, redis: AnyRedis, parts: list[OwnedPartition]
+    ) -> tuple[list[Message], dict[tuple[OwnedPartition, int], list[str]]]:
+        """Claim again the failed message heading each paused partition (delivery count + 1).
+
+        Returns it followed by the messages held behind it, and the ids of
+        failed messages whose data is gone (to acknowledge).
+        """
+        pipe = redis.pipeline(transaction=False)
+        for part in parts:
+            head = part.held[0]
+            pipe.xclaim(part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"])
+        results = await pipe.execute()
+        out: list[Message] = []
+        gone: dict[tuple[OwnedPartition, int], list[str]] = {}
+        for part, claimed in zip(parts, results, strict=True):
+            held, part.held = part.held, []
+            head = held[0]
+            if claimed and claimed[0][1] is not None:
+                head.deliveries += 1
+                out.append(head)
+                self.stats.retried += 1
+            else:
+                gone.setdefault((part, head.priority), []).append(head.msg_id or "")
+                self.stats.trimmed += 1
+            out += held[1:]
+        return out, gone
+
+    async def strays(self, redis: AnyRedis, parts: list[OwnedPartition]) -> list[OwnedPartition]:
+        """Partitions of ``parts`` where other consumers hold entries pending.
+
+        A previous owner's read that was already under way when it gave a
+        partition up can still hand it entries after this member took over;
+        they would wait in its pending list for ever. One XPENDING summary per
+        stream finds them; the caller claims them.
+        """
+        pipe = redis.pipeline(transaction=False)
+        todo = [(part, stream) for part in parts for stream in part.streams]
+        for _, stream in todo:
+            pipe.xpending(stream, self.group)
+        found: list[OwnedPartition] = []
+        for (part, _), summary in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(summary, Exception) or part in found:
+                continue
+            others = [_text(c["name"]) for c in summary.get("consumers") or ()]
+            others = [c for c in others if c != self.name]
+            if others:
+                log.info(
+                    "consumer %s: partition %d has entries pending with %s; claiming them",
+                    self.name, part.number, ", ".join(others),
+                )  # fmt: skip
+                found.append(part)
+        return found
+
+
+def _by_priority(messages: list[Message]) -> list[Message]:
+    if any(m.priority for m in messages):
+        messages.sort(key=lambda m: -m.priority)  # stable: stream order within a level
+    return messages

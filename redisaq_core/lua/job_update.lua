@@ -1,0 +1,20 @@
+-- Record that a job became active (a handler started) or failed (it will be retried).
+-- KEYS: job (hash), jobs index (zset)
+-- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type
+-- Returns 1, or 0 when the record no longer exists (it is not created again).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local status = ARGV[3]
+redis.call('HSET', KEYS[1], 'status', status, status .. '_at', now, 'updated_at', now,
+  'worker', ARGV[4])
+if status == 'active' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+else
+  redis.call('HSET', KEYS[1], 'error', ARGV[5], 'error_type', ARGV[6])
+end
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' ' .. status)
+return 1

@@ -1,0 +1,229 @@
+"""Settling handled messages: acknowledge, retry later, or dead-letter; and job status.
+
+Every write that ends a message's delivery checks the partition's lease in
+the same Lua script (fencing): a member that lost its lease can't
+acknowledge or dead-letter for that partition any more. For jobs, the status
+record changes in the same script as the acknowledgement (``completed``) or
+the dead-lettering (``dead``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import F_BYTES, Serializer, encode_payload
+from .connection import AnyRedis
+from .delivery import ConsumerStats, OwnedPartition, Undecodable
+from .dlq import dead_letter_fields
+from .errors import SerializationError
+from .keys import TopicKeys, parse_job_id
+from .message import Message
+from .retry import backoff_delay
+from .scripts import ACK, DEAD_LETTER, JOB_COMPLETE, JOB_UPDATE, ScriptCall, run_pipelined
+
+__all__ = ["Failure", "Settler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    """A message whose handler failed, and the messages of its partition held behind it."""
+
+    message: Message
+    error: BaseException | str
+    rest: list[Message]
+
+
+def _error_text(error: BaseException | str) -> tuple[str, str]:
+    if isinstance(error, BaseException):
+        return str(error)[:4000] or type(error).__name__, type(error).__name__
+    return error, "Error"
+
+
+class Settler:
+    """The write side of one consumer once its handlers have run."""
+
+    def __init__(
+        self,
+        keys: TopicKeys,
+        group: str,
+        name: str,
+        token: str,
+        *,
+        serializer: Serializer,
+        max_deliveries: int,
+        dead_letter: bool,
+        dead_letter_maxlen: int,
+        retry_backoff: float,
+        retry_backoff_max: float,
+        stats: ConsumerStats,
+    ) -> None:
+        self.keys = keys
+        self.group = group
+        self.name = name
+        self.token = token
+        self.serializer = serializer
+        self.max_deliveries = max_deliveries
+        self.dead_letter = dead_letter
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.stats = stats
+
+    def _job_keys(self, message: Message) -> list[str]:
+        job = message.job_id or ""
+        partition = parse_job_id(job)[1] if job else message.partition or 0
+        return [self.keys.job(partition, job), self.keys.jobs(partition)]
+
+    async def started(self, redis: AnyRedis, messages: list[Message]) -> None:
+        """Mark the jobs among ``messages`` active (one round trip for the batch)."""
+        calls: list[ScriptCall] = [
+            (JOB_UPDATE, self._job_keys(m),
+             [m.job_id, self.keys.job_channel, "active", self.name, "", ""])
+            for m in messages if m.job_id
+        ]  # fmt: skip
+        if calls:
+            await run_pipelined(redis, calls)
+
+    async def settle(
+        self,
+        redis: AnyRedis,
+        owned: dict[int, OwnedPartition],
+        done: list[tuple[Message, Any]],
+        failures: list[Failure],
+        now: float,
+        on_lost: Callable[[OwnedPartition, int], None],
+    ) -> None:
+        """Acknowledge ``done`` (message, handler result) and deal with ``failures``.
+
+        Plain messages are acknowledged in one script call per (partition,
+        level); jobs one by one, each with its result. Failures are held for a
+        retry after a backoff or, past ``max_deliveries``, dead-lettered.
+        """
+        acks: dict[tuple[int, int], list[str]] = {}
+        calls: list[ScriptCall] = []
+        for message, result in done:
+            part = owned.get(message.partition or 0)
+            if part is None:
+                continue
+            if message.job_id:
+                try:
+                    kind, data = encode_payload(self.serializer, result)
+                except SerializationError as exc:
+                    failures.append(Failure(message, exc, []))
+                    continue
+                calls.append((
+                    JOB_COMPLETE,
+                    [part.streams[message.priority], part.lease, *self._job_keys(message)],
+                    [self.group, self.token, message.msg_id, message.job_id, self.keys.job_channel,
+                     self.name, data, "b" if kind == F_BYTES else "s"],
+                ))  # fmt: skip
+            else:
+                acks.setdefault((part.number, message.priority), []).append(message.msg_id or "")
+        ack_parts = [(owned[p], level, ids) for (p, level), ids in acks.items()]
+        calls += [
+            (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
+            for part, level, ids in ack_parts
+        ]
+        dead: list[Failure] = []
+        for failure in failures:
+            self._schedule(owned, failure, now, dead, calls)
+        if dead:
+            calls += await self._dead_letter_calls(redis, owned, dead)
+        if not calls:
+            return
+        results = await run_pipelined(redis, calls)
+        for (script, keys, args), result in zip(calls, results, strict=True):
+            if isinstance(result, Exception):
+                raise result
+            if script is JOB_UPDATE:
+                continue
+            lost = int(result) == -1 if not isinstance(result, bytes) else False
+            part = next((s for s in owned.values() if s.lease == keys[1]), None)
+            if lost:
+                if part is not None:
+                    on_lost(part, 1 if script is not ACK else len(args) - 2)
+                continue
+            if script is DEAD_LETTER:
+                self.stats.dead_lettered += 1
+                log.warning(
+                    "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
+                    self.name, args[2], keys[0], _deliveries(dead, args[2]), args[7],
+                )  # fmt: skip
+            else:
+                count = 1 if script is JOB_COMPLETE else len(args) - 2
+                self.stats.handled += count
+                if part is not None:
+                    pp = self.stats.per_partition
+                    pp[part.number] = pp.get(part.number, 0) + count
+
+    def _schedule(
+        self,
+        owned: dict[int, OwnedPartition],
+        failure: Failure,
+        now: float,
+        dead: list[Failure],
+        calls: list[ScriptCall],
+    ) -> None:
+        m = failure.message
+        self.stats.failed += 1
+        part = owned.get(m.partition or 0)
+        if part is None:
+            return
+        final = isinstance(m, Undecodable) or (
+            self.dead_letter and m.deliveries >= self.max_deliveries
+        )
+        if final:
+            dead.append(failure)
+            if failure.rest:
+                part.held, part.retry_at = list(failure.rest), now
+            return
+        error, error_type = _error_text(failure.error)
+        log.info(
+            "consumer %s: message %s of partition %d failed (delivery %d): %s: %s",
+            self.name, m.msg_id, part.number, m.deliveries, error_type, error,
+        )  # fmt: skip
+        part.held = [m, *failure.rest]
+        part.retry_at = now + backoff_delay(
+            m.deliveries, self.retry_backoff, self.retry_backoff_max
+        )
+        if m.job_id:
+            calls.append((
+                JOB_UPDATE, self._job_keys(m),
+                [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type],
+            ))  # fmt: skip
+
+    async def _dead_letter_calls(
+        self, redis: AnyRedis, owned: dict[int, OwnedPartition], failures: list[Failure]
+    ) -> list[ScriptCall]:
+        calls: list[ScriptCall] = []
+        for f in failures:
+            m = f.message
+            part = owned[m.partition or 0]
+            stream = part.streams[m.priority]
+            if isinstance(m, Undecodable):
+                raw = m.fields
+            else:
+                found: Any = await redis.xrange(stream, m.msg_id or "-", m.msg_id or "+", count=1)
+                raw = dict(found[0][1]) if found else {}
+            fields = dead_letter_fields(
+                topic=self.keys.topic, partition=part.number, group=self.group,
+                msg_id=m.msg_id or "", deliveries=m.deliveries, error=f.error,
+                consumer=self.name, original=raw, priority=m.priority,
+            )  # fmt: skip
+            error, error_type = _error_text(f.error)
+            keys = [stream, part.lease, self.keys.dead_letters(part.number)]
+            if m.job_id:
+                keys += self._job_keys(m)
+            args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, m.job_id or "",
+                    self.keys.job_channel, self.name, error, error_type, *fields]  # fmt: skip
+            calls.append((DEAD_LETTER, keys, args))
+        return calls
+
+
+def _deliveries(failures: list[Failure], msg_id: Any) -> int:
+    return next((f.message.deliveries for f in failures if f.message.msg_id == msg_id), 0)
