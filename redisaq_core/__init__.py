@@ -23,6 +23,10 @@ from .errors import (
     ConsumerError,
     DuplicateConsumerError,
     EmbeddedRedisError,
+    JobError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
     MalformedServiceError,
     NotConnectedError,
     PartitionError,
@@ -36,6 +40,7 @@ from .health import HealthMonitor, Keepalive, StatusChange
 from .message import Message
 from .producer import Producer
 from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
+from .results import JobHandle, JobRecord, JobStatus, ResultStore
 
 __all__ = [
     "BatchCallback",
@@ -51,6 +56,13 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "HealthMonitor",
+    "JobError",
+    "JobFailedError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobStatus",
+    "JobTimeoutError",
     "Keepalive",
     "MalformedServiceError",
     "Message",
@@ -60,6 +72,7 @@ __all__ = [
     "Producer",
     "RedisaqError",
     "RegistryError",
+    "ResultStore",
     "SerializationError",
     "ServiceInfo",
     "ServiceNotFoundError",

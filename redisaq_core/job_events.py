@@ -1,0 +1,280 @@
+"""The waiting machinery of :class:`~redisaq_core.results.ResultStore`.
+
+:class:`JobEvents` is a store's one pub/sub connection and the waiters it
+wakes; :class:`CommandBatcher` lets concurrent record reads share round trips.
+See :mod:`redisaq_core.results` for the protocol (subscribe, read, wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .connection import AnyRedis
+from .errors import NotConnectedError
+
+__all__ = ["BATCH", "FINAL_STATUSES", "CommandBatcher", "JobEvents"]
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+"""Most commands sent in one pipeline."""
+FINAL_STATUSES = frozenset({"completed", "dead"})
+"""Statuses after which a job's record no longer changes."""
+_PING_INTERVAL = 15.0
+_READ_TIMEOUT = 1.0
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+class CommandBatcher:
+    """Concurrent commands share round trips.
+
+    A lone caller sends its command as is; commands issued while one is in
+    flight wait in a queue and go out together in the next pipeline (at most
+    ``BATCH`` per round trip), each caller getting its own reply or error.
+    """
+
+    def __init__(self, client: AnyRedis) -> None:
+        self._client = client
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._busy = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def call(self, *args: Any) -> Any:
+        """Run one command (``execute_command`` arguments) and return its reply."""
+        if self._busy:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.append((args, future))
+            return await future
+        self._busy = True
+        try:
+            return await self._client.execute_command(*args)
+        finally:
+            if self._queue:
+                self._flusher = asyncio.create_task(self._flush())
+            else:
+                self._busy = False
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                batch = [(args, f) for args, f in batch if not f.done()]
+                if not batch:
+                    continue
+                try:
+                    pipe = self._client.pipeline(transaction=False)
+                    for args, _ in batch:
+                        pipe.execute_command(*args)
+                    results = await pipe.execute(raise_on_error=False)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._busy = False
+            self._flusher = None
+
+    async def aclose(self) -> None:
+        """Wait for the commands in flight."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+class JobEvents:
+    """The one pub/sub connection of a store, and the waiters it wakes.
+
+    ``watch(job_id)`` gives a future that is resolved with the job's status
+    when its final status is announced, or with ``""`` when the caller must
+    read the record again (the connection was lost and restored meanwhile).
+    """
+
+    def __init__(self, client: AnyRedis) -> None:
+        self._client = client
+        self._pubsub: Any = None
+        self._waiters: dict[str, set[asyncio.Future[str]]] = {}
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self._ping_sent: float | None = None
+        self._last_traffic = 0.0
+        self.reconnects = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many waiters are registered."""
+        return sum(len(s) for s in self._waiters.values())
+
+    def watch(self, job_id: str) -> asyncio.Future[str]:
+        """Register a waiter for ``job_id``; its future resolves as the class says."""
+        if self._closed:
+            raise NotConnectedError("ResultStore is closed; make a new one")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, set()).add(future)
+        return future
+
+    def unwatch(self, job_id: str, future: asyncio.Future[str]) -> None:
+        """Drop a waiter (whether or not its future resolved)."""
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[job_id]
+
+    async def subscribed(self, channel: str) -> None:
+        """Return once ``channel`` is subscribed and the server has confirmed it."""
+        ready = self._ready.get(channel)
+        if ready is None:
+            ready = asyncio.get_running_loop().create_future()
+            self._ready[channel] = ready
+            try:
+                async with self._lock:
+                    if self._closed:
+                        raise NotConnectedError("ResultStore is closed; make a new one")
+                    if self._pubsub is None:
+                        self._pubsub = self._client.pubsub()
+                    await self._pubsub.subscribe(channel)
+                    if self._reader is None:
+                        loop = asyncio.get_running_loop()
+                        self._last_traffic = loop.time()
+                        self._reader = asyncio.create_task(self._read(), name="redisaq-job-events")
+            except BaseException as exc:
+                if self._ready.get(channel) is ready:
+                    del self._ready[channel]
+                if not ready.done():
+                    ready.set_exception(exc if isinstance(exc, Exception) else NotConnectedError())
+                    ready.exception()  # retrieved here; other waiters re-raise it
+                raise
+        await asyncio.shield(ready)
+
+    def _wake(self, job_id: str, status: str) -> None:
+        for future in self._waiters.pop(job_id, ()):
+            if not future.done():
+                future.set_result(status)
+
+    def _wake_all(self) -> None:
+        for job_id in list(self._waiters):
+            self._wake(job_id, "")
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            text = _text(message.get("data")) or ""
+            job_id, _, status = text.rpartition(" ")
+            if status in FINAL_STATUSES and job_id in self._waiters:
+                self._wake(job_id, status)
+        elif kind == "subscribe":
+            channel = _text(message.get("channel")) or ""
+            ready = self._ready.get(channel)
+            if ready is None:
+                return
+            if ready.done():
+                # Subscribed again on a new connection (the client reconnected by
+                # itself): announcements may have been missed meanwhile.
+                log.info("job events: %s subscribed again; re-reading waited records", channel)
+                self._wake_all()
+            else:
+                ready.set_result(None)
+        elif kind == "pong":
+            self._ping_sent = None
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            pubsub = self._pubsub
+            try:
+                if pubsub is None:
+                    raise ConnectionError("no pub/sub connection")
+                message = await pubsub.get_message(timeout=_READ_TIMEOUT)
+                now = loop.time()
+                if message is not None:
+                    self._last_traffic = now
+                    self._dispatch(message)
+                elif self._ping_sent is not None and now - self._ping_sent > _PING_INTERVAL:
+                    raise ConnectionError("no answer to PING")
+                elif self._ping_sent is None and now - self._last_traffic > _PING_INTERVAL:
+                    self._ping_sent = now
+                    self._last_traffic = now
+                    await pubsub.ping()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, RuntimeError) as exc:
+                if self._closed:
+                    return
+                log.warning(
+                    "job events: pub/sub connection lost (%s: %s); reconnecting",
+                    type(exc).__name__, exc,
+                )  # fmt: skip
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            async with self._lock:
+                old, self._pubsub = self._pubsub, None
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        await old.aclose()
+                for channel, ready in list(self._ready.items()):
+                    if ready.done():
+                        self._ready[channel] = loop.create_future()
+                self._wake_all()
+                pubsub = self._client.pubsub()
+                try:
+                    if self._ready:
+                        await pubsub.subscribe(*self._ready)
+                except (RedisError, OSError) as exc:
+                    log.warning("job events: cannot subscribe again yet: %s", exc)
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                else:
+                    self._pubsub = pubsub
+                    self._ping_sent = None
+                    self._last_traffic = loop.time()
+                    self.reconnects += 1
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def aclose(self) -> None:
+        """Stop reading, close the connection and fail every waiter with NotConnectedError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        async with self._lock:
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await self._pubsub.aclose()
+                self._pubsub = None
+        closed = NotConnectedError("ResultStore is closed; make a new one")
+        futures: list[asyncio.Future[Any]] = list(self._ready.values())
+        for waiters in self._waiters.values():
+            futures += waiters
+        for future in futures:
+            if not future.done():
+                future.set_exception(closed)
+                future.exception()
+        self._waiters.clear()
+        self._ready.clear()
