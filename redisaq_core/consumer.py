@@ -301,8 +301,7 @@ class Consumer(RedisComponent):
                 raise self._fatal
         finally:
             if heart is not None:
-                heart.cancel()
-                await asyncio.gather(heart, return_exceptions=True)
+                await _cancel(heart)
             await asyncio.shield(self._leave())
             if self._registration is not None:
                 await asyncio.shield(self._registration.stop())
@@ -639,6 +638,15 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         if self._owned.get(part.number) is part:
             del self._owned[part.number]
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background task %s failed: %r", task.get_name(), task.exception())
 
 
 def _batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:

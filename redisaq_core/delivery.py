@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cluster import read_streams
 from .codec import F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
 from .connection import AnyRedis
 from .errors import SerializationError
@@ -172,8 +173,8 @@ class Reader:
             for level in range(len(part.streams) - 1, -1, -1):
                 streams[part.streams[level]] = ">"
                 where[part.streams[level]] = (part, level)
-        response: Any = await redis.xreadgroup(
-            self.group, self.name, streams, count=self.batch_size, block=block_ms
+        response: Any = await read_streams(
+            redis, self.group, self.name, streams, count=self.batch_size, block_ms=block_ms
         )
         if not response:
             return []
@@ -207,11 +208,19 @@ class Reader:
             claimed, pending = results[2 * i], results[2 * i + 1]
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
             cursor = _text(claimed[0])
+            alive = set()
             for entry_id, fields in claimed[1]:
-                if fields is None:  # Redis 6.2: the entry was trimmed while pending
-                    gone.setdefault((part, level), []).append(entry_id.decode())
-                    continue
+                if entry_id is None or fields is None:
+                    continue  # Redis 6.2: trimmed while pending, reported without its id
+                alive.add(entry_id)
                 out.append(self.decode(part, level, entry_id, fields, counts.get(entry_id, 1)))
+            if len(alive) < len(claimed[1]):
+                # The claimed range is the start of the pending list that XPENDING listed.
+                end = None if cursor in ("0-0", "0") else _id(cursor)
+                gone[(part, level)] = [
+                    _text(i) for i in counts
+                    if i not in alive and (end is None or _id(_text(i)) < end)
+                ]  # fmt: skip
             if len(claimed) > 2 and claimed[2]:  # Redis 7+: already dropped from the PEL
                 self.stats.trimmed += len(claimed[2])
                 log.warning(
@@ -279,6 +288,11 @@ class Reader:
                 )  # fmt: skip
                 found.append(part)
         return found
+
+
+def _id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _by_priority(messages: list[Message]) -> list[Message]:

@@ -1,0 +1,206 @@
+"""Group features against a real Redis: static membership, hooks, priorities, registry, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core.embedded import EmbeddedRedis
+from redisaq_core.keys import TopicKeys
+from redisaq_core.registry import ServiceRegistry
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+
+async def _noop(m: Message) -> None:
+    return None
+
+
+async def test_static_member_restart_keeps_partitions_without_rebalance(
+    redis_url: str, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=4):
+        pass
+    a = Consumer(
+        topic, consumer_name="a", static=True, redis_url=redis_url, heartbeat_ttl=5, **FAST
+    )
+    b = Consumer(topic, consumer_name="b", redis_url=redis_url, heartbeat_ttl=5, **FAST)
+    revoked_b: list[list[int]] = []
+    b.on_revoke = revoked_b.append
+    async with Running(b, _noop):
+        run_a = Running(a, _noop)
+        await run_a.__aenter__()
+        await eventually(
+            lambda: len(a.assigned_partitions) == 2 and len(b.assigned_partitions) == 2
+        )
+        before_a = a.assigned_partitions
+        revoked_b.clear()
+        # A crash: the task dies without leaving the group.
+        assert run_a.task is not None
+        run_a.task.cancel()
+        a._membership = None  # noqa: SLF001 - simulate a process that vanished: no leave
+        await asyncio.gather(run_a.task, return_exceptions=True)
+        await a.close()
+        restarted = Consumer(
+            topic, consumer_name="a", static=True, redis_url=redis_url, heartbeat_ttl=5, **FAST
+        )
+        async with Running(restarted, _noop):
+            await eventually(lambda: restarted.assigned_partitions == before_a)
+            assert revoked_b == []
+            assert len(b.assigned_partitions) == 2
+
+
+async def test_assign_and_revoke_hooks(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=4):
+        pass
+    events: list[tuple[str, str, list[int]]] = []
+
+    def hooks(name: str) -> dict[str, Any]:
+        async def assigned(ps: list[int]) -> None:
+            events.append((name, "assign", ps))
+
+        def revoked(ps: list[int]) -> None:
+            events.append((name, "revoke", ps))
+
+        return {"on_assign": assigned, "on_revoke": revoked}
+
+    a = Consumer(topic, consumer_name="a", redis_url=redis_url, **FAST, **hooks("a"))
+    b = Consumer(topic, consumer_name="b", redis_url=redis_url, **FAST, **hooks("b"))
+    async with Running(a, _noop):
+        await eventually(lambda: ("a", "assign", [0, 1, 2, 3]) in events)
+        async with Running(b, _noop):
+            await eventually(lambda: len(b.assigned_partitions) == 2)
+            moved = b.assigned_partitions
+            assert ("a", "revoke", moved) in events
+            assert ("b", "assign", moved) in events
+        await eventually(lambda: ("b", "revoke", moved) in events)
+        await eventually(lambda: a.assigned_partitions == [0, 1, 2, 3])
+
+
+async def test_higher_priority_first_under_backlog(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, priorities=3) as producer:
+        await producer.batch_enqueue([{"n": i, "p": 0} for i in range(20)])
+        await producer.batch_enqueue([{"n": i, "p": 2} for i in range(5)], priority=2)
+        await producer.batch_enqueue([{"n": i, "p": 1} for i in range(5)], priority=1)
+        with pytest.raises(Exception, match="priority must be between 0 and 2"):
+            await producer.enqueue({"n": 0}, priority=3)
+    order: list[tuple[int, int]] = []
+
+    async def handle(m: Message) -> None:
+        order.append((m.payload["p"], m.payload["n"]))
+        assert m.priority == m.payload["p"]
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=50, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(order) == 30)
+    assert order[:5] == [(2, i) for i in range(5)]
+    assert order[5:10] == [(1, i) for i in range(5)]
+    assert order[10:] == [(0, i) for i in range(20)]
+
+
+async def test_consumer_registers_itself_and_remote_deregister_stops_it(
+    redis_url: str, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=2):
+        pass
+    async with ServiceRegistry(redis_url=redis_url, key_prefix=f"{topic}:") as registry:
+        consumer = Consumer(
+            topic, consumer_name="w1", registry=registry, redis_url=redis_url, **FAST
+        )
+        task = asyncio.create_task(consumer.process(_noop))
+        service_id = f"{topic}/default/w1"
+        info = await eventually(lambda: registry.get_service(service_id))
+        assert info.service_type == "consumer"
+        await eventually(lambda: _partitions_reported(registry, service_id, [0, 1]))
+        assert await registry.deregister_service(service_id)
+        await asyncio.wait_for(task, 10)  # stopped gracefully, process() returned
+        assert not consumer.running
+        await consumer.close()
+
+
+async def _partitions_reported(registry: ServiceRegistry, sid: str, want: list[int]) -> bool:
+    info = await registry.get_service(sid)
+    return info is not None and list(info.metadata.get("partitions", [])) == want
+
+
+async def test_group_destroyed_at_runtime_is_recreated(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handle):
+            await producer.enqueue({"n": 1})
+            await eventually(lambda: seen == [1])
+            await redis.xgroup_destroy(TopicKeys(topic).stream(0), "default")
+            await producer.enqueue({"n": 2})
+            await eventually(lambda: 2 in seen)
+
+
+async def test_flushed_redis_is_recovered_without_restart(topic: str) -> None:
+    async with EmbeddedRedis() as server:
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=server.url, **FAST)
+        async with Producer(topic, redis_url=server.url, init_partitions=3) as producer:
+            async with Running(consumer, handle):
+                await producer.batch_enqueue([{"n": i} for i in range(3)])
+                await eventually(lambda: len(seen) == 3)
+                client = Redis.from_url(server.url)
+                await client.flushall()
+                await producer.batch_enqueue([{"n": i} for i in range(10, 16)])
+                await eventually(lambda: set(seen[3:]) == set(range(10, 16)), timeout=15)
+                meta = TopicKeys(topic).meta
+                await eventually(lambda: _equals(client.hget(meta, "partitions"), b"3"))
+                # Acknowledgements refused while the leases were gone are made good:
+                # nothing stays pending.
+                await eventually(lambda: _no_pending(client, topic, 3), timeout=10)
+                await client.aclose()
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _no_pending(client: Redis, topic: str, partitions: int) -> bool:
+    for p in range(partitions):
+        info: Any = await client.xpending(TopicKeys(topic).stream(p), "default")
+        if info["pending"]:
+            return False
+    return True
+
+
+async def test_trimmed_pending_entry_is_acknowledged_not_spun_on(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, maxlen=2, approximate=False) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(3)])
+        # A consumer that died with entries pending...
+        await redis.xgroup_create(keys.stream(0), "default", id="0")
+        await redis.xreadgroup("default", "ghost", {keys.stream(0): ">"}, count=10)
+        # ...which are then trimmed away by later writes.
+        await producer.batch_enqueue([{"n": i} for i in range(3, 6)])
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: sorted(seen) == [4, 5])
+        await eventually(lambda: consumer.stats.trimmed >= 1)
+    info: Any = await redis.xpending(keys.stream(0), "default")
+    assert info["pending"] == 0
