@@ -74,7 +74,9 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # execute_command: redis-py's cluster pipeline refuses .evalsha(), yet routes
+            # EVALSHA by its first key; SCRIPT LOAD below reaches every primary there.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         missing = {
             c[0] for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)

@@ -1,0 +1,203 @@
+"""Running on Redis Cluster: reading the streams of several hash slots.
+
+On Redis Cluster one command or script may only touch keys of one hash slot.
+Every key name carries a hash tag (see :mod:`redisaq_core.keys`), so nearly
+every command of the library has one key, or keys sharing one tag, and
+redis-py's ``RedisCluster`` routes it; a pipeline becomes one pipeline per
+node. The exception is a consumer's read of the partitions it owns: each
+partition has its own tag, hence its own slot, and one XREADGROUP cannot
+span them. :func:`read_streams` reads them with one XREADGROUP per slot, sent
+concurrently.
+
+Blocking on several slots needs care. A first pass reads every slot without
+blocking; under load it finds entries and returns them. Only when all slots
+are empty does it block on every slot at once; as soon as one read returns,
+the others are cancelled (redis-py drops their connections), and entries
+the server may already have handed to a cancelled read, which are now in
+this consumer's pending list, are read back from that list (XREADGROUP with
+id ``0``). This runs only when a consumer goes from idle to busy.
+
+On a single Redis server (``redis.asyncio.Redis``), :func:`read_streams` is
+one plain XREADGROUP over all streams, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from redis.asyncio import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from .connection import AnyRedis
+
+__all__ = ["read_streams", "slot_groups"]
+
+log = logging.getLogger(__name__)
+
+_GRACE = 0.001
+"""Seconds the other blocked reads get to finish once one has returned, before cancelling."""
+
+_Pairs = list[tuple[Any, list[Any]]]
+
+
+def slot_groups(keys: Iterable[str]) -> dict[int, list[str]]:
+    """Group ``keys`` by hash slot, keeping their order within each group."""
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key.encode()), []).append(key)
+    return groups
+
+
+def _pairs(response: Any) -> _Pairs:
+    """The ``(stream, entries)`` pairs of an XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not response:
+        return []
+    return list(response.items()) if isinstance(response, dict) else list(response)
+
+
+async def _read_slot(
+    redis: RedisCluster,
+    group: str,
+    consumer: str,
+    streams: Mapping[str, str],
+    count: int,
+    block_ms: int | None,
+) -> _Pairs:
+    """One XREADGROUP over streams of one slot, sent straight to the node serving it.
+
+    Naming the node spares redis-py a COMMAND GETKEYS round trip (XREADGROUP's
+    keys are not at fixed positions); a MOVED reply is still followed.
+    """
+    args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    args += ["STREAMS", *streams.keys(), *streams.values()]
+    first = next(iter(streams))
+    try:
+        node = redis.get_node_from_key(first)
+    except (RedisClusterException, KeyError, IndexError):
+        node = None  # no slot table yet: let redis-py find the node
+    if node is None:
+        return _pairs(await redis.execute_command(*args))
+    return _pairs(await redis.execute_command(*args, target_nodes=node))
+
+
+async def _gather(
+    redis: RedisCluster,
+    group: str,
+    consumer: str,
+    batches: list[dict[str, str]],
+    count: int,
+) -> tuple[_Pairs, BaseException | None]:
+    """Non-blocking reads of ``batches`` (one per slot), concurrently.
+
+    Returns the entries found and the first error. Entries are returned even
+    when another slot's read failed: they are already in this consumer's
+    pending list, so dropping them would strand them there.
+    """
+    results = await asyncio.gather(
+        *(_read_slot(redis, group, consumer, b, count, None) for b in batches),
+        return_exceptions=True,
+    )
+    found: _Pairs = []
+    error: BaseException | None = None
+    for result in results:
+        if isinstance(result, BaseException):
+            error = error or result
+        else:
+            found += result
+    return found, error
+
+
+async def _block(
+    redis: RedisCluster,
+    group: str,
+    consumer: str,
+    batches: list[dict[str, str]],
+    count: int,
+    block_ms: int,
+) -> _Pairs:
+    """Block on every slot at once; return what the first answering reads bring."""
+    tasks = {
+        asyncio.ensure_future(_read_slot(redis, group, consumer, b, count, block_ms)): b
+        for b in batches
+    }
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if pending:
+            # Entries often land on several slots at once: let those replies in too.
+            _, pending = await asyncio.wait(pending, timeout=_GRACE)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    found: _Pairs = []
+    error: BaseException | None = None
+    cut: list[dict[str, str]] = []
+    for task, batch in tasks.items():
+        if task.cancelled():
+            cut.append(batch)
+        elif task.exception() is not None:
+            error = error or task.exception()
+        else:
+            found += task.result()
+    if cut:
+        # A cancelled read may have been served just before it was dropped: its entries
+        # are in our pending list. Read them back (id 0: this consumer's pending entries).
+        back, back_error = await _gather(
+            redis, group, consumer, [dict.fromkeys(b, "0") for b in cut], count
+        )
+        found += [(name, [e for e in entries if e[1] is not None]) for name, entries in back]
+        found = [(name, entries) for name, entries in found if entries]
+        error = error or back_error
+    if not found and error is not None:
+        raise error
+    return found
+
+
+async def read_streams(
+    redis: AnyRedis,
+    group: str,
+    consumer: str,
+    streams: Mapping[str, str],
+    *,
+    count: int,
+    block_ms: int | None,
+) -> Any:
+    """XREADGROUP ``streams`` (stream -> id) for ``consumer`` of ``group``.
+
+    On a single server this is one XREADGROUP (COUNT ``count``, BLOCK
+    ``block_ms`` unless ``None``) and returns redis-py's reply. On a cluster
+    the streams are grouped by hash slot and read with one XREADGROUP per
+    slot, concurrently (see the module docstring); the reply is a list of
+    ``(stream, entries)`` pairs, the shape of a RESP2 reply. An error is
+    raised only when no read brought entries.
+    """
+    if not isinstance(redis, RedisCluster):
+        wanted: dict[Any, Any] = dict(streams)
+        return await redis.xreadgroup(group, consumer, wanted, count=count, block=block_ms)
+    groups = slot_groups(streams)
+    batches = [{key: streams[key] for key in keys} for keys in groups.values()]
+    if len(batches) == 1:
+        return await _read_slot(redis, group, consumer, batches[0], count, block_ms)
+    if not batches:
+        return []
+    found, error = await _gather(redis, group, consumer, batches, count)
+    if found:
+        if error is not None:
+            log.debug("read of one slot failed, others brought entries: %s", error)
+        return [(name, entries) for name, entries in found if entries]
+    if error is not None:
+        raise error
+    if block_ms is None:
+        return []
+    return await _block(redis, group, consumer, batches, count, block_ms)
