@@ -80,10 +80,14 @@ class Settler:
         return [self.keys.job(partition, job), self.keys.jobs(partition)]
 
     async def started(self, redis: AnyRedis, messages: list[Message]) -> None:
-        """Mark the jobs among ``messages`` active (one round trip for the batch)."""
+        """Mark the jobs among ``messages`` active (one round trip for the batch).
+
+        A job's ``attempts`` is its entry's delivery count, so marking a job
+        again before it ran (it waited behind a failed message) counts nothing.
+        """
         calls: list[ScriptCall] = [
             (JOB_UPDATE, self._job_keys(m),
-             [m.job_id, self.keys.job_channel, "active", self.name, "", ""])
+             [m.job_id, self.keys.job_channel, "active", self.name, "", "", m.deliveries])
             for m in messages if m.job_id
         ]  # fmt: skip
         if calls:
@@ -194,7 +198,7 @@ class Settler:
         if m.job_id:
             calls.append((
                 JOB_UPDATE, self._job_keys(m),
-                [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type],
+                [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type, 0],
             ))  # fmt: skip
 
     async def _dead_letter_calls(

@@ -43,7 +43,7 @@ async def test_static_member_restart_keeps_partitions_without_rebalance(
         # A crash: the task dies without leaving the group.
         assert run_a.task is not None
         run_a.task.cancel()
-        a._membership = None  # noqa: SLF001 - simulate a process that vanished: no leave
+        a._membership = None
         await asyncio.gather(run_a.task, return_exceptions=True)
         await a.close()
         restarted = Consumer(
@@ -154,20 +154,20 @@ async def test_flushed_redis_is_recovered_without_restart(topic: str) -> None:
             seen.append(m.payload["n"])
 
         consumer = Consumer(topic, redis_url=server.url, **FAST)
-        async with Producer(topic, redis_url=server.url, init_partitions=3) as producer:
-            async with Running(consumer, handle):
-                await producer.batch_enqueue([{"n": i} for i in range(3)])
-                await eventually(lambda: len(seen) == 3)
-                client = Redis.from_url(server.url)
-                await client.flushall()
-                await producer.batch_enqueue([{"n": i} for i in range(10, 16)])
-                await eventually(lambda: set(seen[3:]) == set(range(10, 16)), timeout=15)
-                meta = TopicKeys(topic).meta
-                await eventually(lambda: _equals(client.hget(meta, "partitions"), b"3"))
-                # Acknowledgements refused while the leases were gone are made good:
-                # nothing stays pending.
-                await eventually(lambda: _no_pending(client, topic, 3), timeout=10)
-                await client.aclose()
+        producer = Producer(topic, redis_url=server.url, init_partitions=3)
+        async with producer, Running(consumer, handle):
+            await producer.batch_enqueue([{"n": i} for i in range(3)])
+            await eventually(lambda: len(seen) == 3)
+            client = Redis.from_url(server.url)
+            await client.flushall()
+            await producer.batch_enqueue([{"n": i} for i in range(10, 16)])
+            await eventually(lambda: set(seen[3:]) == set(range(10, 16)), timeout=15)
+            meta = TopicKeys(topic).meta
+            await eventually(lambda: _equals(client.hget(meta, "partitions"), b"3"))
+            # Acknowledgements refused while the leases were gone are made good:
+            # nothing stays pending.
+            await eventually(lambda: _no_pending(client, topic, 3), timeout=10)
+            await client.aclose()
 
 
 async def _equals(value: Any, expected: Any) -> bool:

@@ -1,6 +1,7 @@
 -- Record that a job became active (a handler started) or failed (it will be retried).
 -- KEYS: job (hash), jobs index (zset)
--- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type
+-- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type,
+--       deliveries (for "active": the attempt number, the entry's delivery count)
 -- Returns 1, or 0 when the record no longer exists (it is not created again).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
@@ -11,7 +12,7 @@ local status = ARGV[3]
 redis.call('HSET', KEYS[1], 'status', status, status .. '_at', now, 'updated_at', now,
   'worker', ARGV[4])
 if status == 'active' then
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HSET', KEYS[1], 'attempts', ARGV[7])
 else
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'error_type', ARGV[6])
 end

@@ -1,0 +1,115 @@
+"""Jobs end to end: submit, status lifecycle, results awaited from another client, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core.errors import ConfigurationError, JobFailedError
+from redisaq_core.results import JobStatus, ResultStore
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.01}
+
+
+async def test_submitted_job_is_followed_to_its_result(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        handle = await producer.submit({"x": 20}, partition_key="x")
+        assert await handle.status() == JobStatus.QUEUED
+
+        async def handle_job(m: Message) -> Any:
+            assert m.job_id == handle.id
+            return {"double": m.payload["x"] * 2}
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handle_job):
+            assert await handle.result(timeout=10) == {"double": 40}
+        # Another process (here: another client) sees the same record.
+        async with ResultStore(redis_url=redis_url) as store:
+            record = await store.get(handle.id)
+            assert record is not None and record.status == JobStatus.COMPLETED
+            assert record.attempts == 1 and record.worker == consumer.name
+            assert record.result == {"double": 40}
+
+
+async def test_retry_then_success_and_dead(redis_url: str, topic: str) -> None:
+    attempts: dict[int, int] = {}
+
+    async def handler(m: Message) -> Any:
+        n = m.payload["n"]
+        attempts[n] = attempts.get(n, 0) + 1
+        if n == 1 and attempts[n] < 2:
+            raise RuntimeError("flaky")
+        if n == 2:
+            raise ValueError("always broken")
+        return n
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(3)]
+        async with ResultStore(redis_url=redis_url) as store:
+            consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, **FAST)
+            async with Running(consumer, handler):
+                assert await jobs[0].result(timeout=10) == 0
+                assert await jobs[1].result(timeout=10) == 1
+                with pytest.raises(JobFailedError, match="always broken"):
+                    await jobs[2].result(timeout=10)
+            flaky = await store.get(jobs[1].id)
+            dead = await store.get(jobs[2].id)
+        assert flaky is not None and flaky.attempts == 2 and flaky.status == JobStatus.COMPLETED
+        assert flaky.error == "flaky"  # the last failure stays on record
+        assert dead is not None and dead.status == JobStatus.DEAD and dead.attempts == 3
+        assert dead.error_type == "ValueError"
+
+
+async def test_handler_timeout_fails_the_job(redis_url: str, topic: str) -> None:
+    async def slow(m: Message) -> None:
+        await asyncio.sleep(5)
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit({"n": 1}, timeout=0.05)
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=2, **FAST)
+        async with Running(consumer, slow):
+            with pytest.raises(JobFailedError, match=r"did not finish within 0\.05s"):
+                await job.result(timeout=10)
+        assert consumer.stats.timed_out == 2
+
+
+async def test_result_ttl_expires_the_record(redis_url: str, topic: str) -> None:
+    async def handler(m: Message) -> str:
+        return "ok"
+
+    async with Producer(topic, redis_url=redis_url, result_ttl=1) as producer:
+        job = await producer.submit("payload")
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            assert await job.result(timeout=10) == "ok"
+        await eventually(lambda: _gone(job.status()), timeout=5)
+        with pytest.raises(ConfigurationError, match="result_ttl must be"):
+            await producer.submit("x", result_ttl=0)
+
+
+async def _gone(status: Any) -> bool:
+    return await status is None
+
+
+async def test_plain_enqueue_writes_no_job_records(redis_url: str, redis: Any, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 1})
+    from redisaq_core.keys import TopicKeys
+
+    assert await redis.zcard(TopicKeys(topic).jobs(0)) == 0
+
+
+async def test_batch_handler_results_per_message(redis_url: str, topic: str) -> None:
+    async def handler(batch: list[Message]) -> list[int]:
+        return [m.payload * 10 for m in batch]
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        jobs = [await producer.submit(n) for n in range(5)]
+        consumer = Consumer(topic, redis_url=redis_url, batch_size=5, **FAST)
+        async with Running(consumer, handler, batch=True):
+            results = [await j.result(timeout=10) for j in jobs]
+    assert results == [0, 10, 20, 30, 40]
