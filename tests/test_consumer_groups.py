@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from redisaq_core.registry import ServiceRegistry
 from tests.helpers import Running, eventually
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _noop(m: Message) -> None:
@@ -26,33 +30,38 @@ async def test_static_member_restart_keeps_partitions_without_rebalance(
 ) -> None:
     async with Producer(topic, redis_url=redis_url, init_partitions=4):
         pass
-    a = Consumer(
-        topic, consumer_name="a", static=True, redis_url=redis_url, heartbeat_ttl=5, **FAST
-    )
     b = Consumer(topic, consumer_name="b", redis_url=redis_url, heartbeat_ttl=5, **FAST)
     revoked_b: list[list[int]] = []
     b.on_revoke = revoked_b.append
+    worker = [
+        sys.executable, "-m", "redisaq_core.cli.main", "worker", "tests.test_consumer_groups:noop",
+        "--redis-url", redis_url, "--topic", topic, "--name", "a", "--static",
+        "--heartbeat-interval", "0.2", "--heartbeat-ttl", "5", "--poll-interval", "0.1",
+    ]  # fmt: skip
     async with Running(b, _noop):
-        run_a = Running(a, _noop)
-        await run_a.__aenter__()
-        await eventually(
-            lambda: len(a.assigned_partitions) == 2 and len(b.assigned_partitions) == 2
-        )
-        before_a = a.assigned_partitions
-        revoked_b.clear()
-        # A crash: the task dies without leaving the group.
-        assert run_a.task is not None
-        run_a.task.cancel()
-        a._membership = None
-        await asyncio.gather(run_a.task, return_exceptions=True)
-        await a.close()
+        proc = subprocess.Popen(worker, cwd=ROOT)
+        try:
+            await eventually(lambda: len(b.assigned_partitions) == 2, timeout=15)
+            kept_by_b = b.assigned_partitions
+            revoked_b.clear()
+            proc.kill()  # a crash: no leave, its leases and membership stay until the TTL
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         restarted = Consumer(
             topic, consumer_name="a", static=True, redis_url=redis_url, heartbeat_ttl=5, **FAST
         )
         async with Running(restarted, _noop):
-            await eventually(lambda: restarted.assigned_partitions == before_a)
+            want = sorted(set(range(4)) - set(kept_by_b))
+            await eventually(lambda: restarted.assigned_partitions == want, timeout=4)
             assert revoked_b == []
-            assert len(b.assigned_partitions) == 2
+            assert b.assigned_partitions == kept_by_b
+
+
+async def noop(m: Message) -> None:
+    """Handler for the worker processes these tests start."""
 
 
 async def test_assign_and_revoke_hooks(redis_url: str, topic: str) -> None:
@@ -204,3 +213,23 @@ async def test_trimmed_pending_entry_is_acknowledged_not_spun_on(
         await eventually(lambda: consumer.stats.trimmed >= 1)
     info: Any = await redis.xpending(keys.stream(0), "default")
     assert info["pending"] == 0
+
+
+async def test_cancelling_process_leaves_the_group(redis_url: str, redis: Redis, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(50)])
+
+    async def slow(m: Message) -> None:
+        await asyncio.sleep(0.05)
+
+    consumer = Consumer(topic, consumer_name="c", redis_url=redis_url, **FAST)
+    task = asyncio.create_task(consumer.process(slow))
+    await eventually(lambda: consumer.stats.handled >= 3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert not consumer.running
+    keys = TopicKeys(topic)
+    assert await redis.zscore(keys.members("default"), "c") is None
+    assert await redis.exists(keys.lease(0, "default"), keys.lease(1, "default")) == 0
+    await consumer.close()

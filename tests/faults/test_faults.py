@@ -297,14 +297,14 @@ async def test_long_handler_is_not_taken_for_dead(
     redis_url: str, topic: str, workers: Workers
 ) -> None:
     await _produce(redis_url, topic, [], partitions=2)
-    a = workers.start(redis_url, topic, "--batch-size", "1", delay=4.0, name="a")
-    b = workers.start(redis_url, topic, "--batch-size", "1", delay=4.0, name="b")
+    a = workers.start(redis_url, topic, "--batch-size", "1", delay=2.5, name="a")
+    b = workers.start(redis_url, topic, "--batch-size", "1", delay=2.5, name="b")
     client = Redis.from_url(redis_url)
     keys = TopicKeys(topic)
     try:
         await eventually(lambda: _owners(client, keys, "a", "b"), timeout=15)
         await _produce(redis_url, topic, [{"n": i, "k": i} for i in range(4)], partitions=2)
-        # Each handler runs 4 s, more than three times heartbeat_ttl (1.2 s).
+        # Each handler runs 2.5 s, more than twice heartbeat_ttl (1.2 s).
         await eventually(lambda: _done(workers) == set(range(4)), timeout=30)
         report = check(load(workers.record_file), set(range(4)))
         _assert_clean(report)
