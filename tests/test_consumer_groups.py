@@ -43,6 +43,8 @@ async def test_static_member_restart_keeps_partitions_without_rebalance(
         try:
             await eventually(lambda: len(b.assigned_partitions) == 2, timeout=15)
             kept_by_b = b.assigned_partitions
+            given = sorted(set(range(4)) - set(kept_by_b))
+            await eventually(lambda: revoked_b == [given])  # b handed these to a
             revoked_b.clear()
             proc.kill()  # a crash: no leave, its leases and membership stay until the TTL
             proc.wait(timeout=10)
