@@ -22,14 +22,14 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
+from .cluster import REDIS_FAILURES, UNREACHABLE
 from .codec import Deserializer, Serializer, default_deserializer, default_serializer
 from .connection import AnyRedis, RedisComponent
 from .delivery import ConsumerStats, OwnedPartition, Reader, Undecodable
@@ -37,6 +37,7 @@ from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
+from .metrics import MetricsRecorder
 from .scripts import ACK, ENSURE_PARTITIONS, run_pipelined
 from .settlement import Failure, Settler
 
@@ -85,6 +86,8 @@ class Consumer(RedisComponent):
     :class:`~redisaq_core.registry.ServiceRegistry` in which the consumer registers
     itself (service type ``consumer``, id ``topic/group/name``, its partitions in
     the metadata) while it runs; deleting that registration stops it gracefully.
+    ``metrics``: keep the topic's counters and latency histograms in Redis
+    (:mod:`redisaq_core.metrics`; flushed once a second).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Consumer(RedisComponent):
         on_assign: PartitionsHook | None = None,
         on_revoke: PartitionsHook | None = None,
         registry: ServiceRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
@@ -163,6 +167,8 @@ class Consumer(RedisComponent):
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.registry = registry
+        self.metrics = metrics
+        self._metrics: MetricsRecorder | None = None
         self._registration: Keepalive | None = None
         self._reported: list[int] | None = None
         self.token = uuid.uuid4().hex
@@ -279,6 +285,10 @@ class Consumer(RedisComponent):
         heart: asyncio.Task[None] | None = None
         try:
             await redis.sadd(self.keys.groups, self.group)
+            if self.metrics:
+                self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
+                self.stats.recorder = self._metrics
+                await self._metrics.start()
             await self._sync()
             await self._register()
             heart = asyncio.create_task(
@@ -291,7 +301,7 @@ class Consumer(RedisComponent):
                     if messages:
                         await self._dispatch(redis, handler, messages, batch)
                     self._connection_restored()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                except (OSError, __import__("redis").exceptions.ConnectionError) as exc:  # TMPCHECK
                     await self._connection_lost(exc)
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
@@ -306,6 +316,9 @@ class Consumer(RedisComponent):
             if self._registration is not None:
                 await asyncio.shield(self._registration.stop())
                 self._registration = None
+            if self._metrics is not None:
+                await asyncio.shield(self._metrics.stop())
+                self._metrics = self.stats.recorder = None
             self._running = False
             self._reading = None
             self._runner = None
@@ -355,7 +368,7 @@ class Consumer(RedisComponent):
             await membership.release(owned)
             await membership.leave()
             log.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
         if owned and self.on_revoke is not None:
             await self._call_hook(self.on_revoke, owned)
@@ -379,7 +392,7 @@ class Consumer(RedisComponent):
                 self._stopping.set()
                 self._interrupt_read()
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 if not failing:
                     log.warning("consumer %s: heartbeat failed: %s", self.name, exc)
                 failing = True
@@ -565,16 +578,23 @@ class Consumer(RedisComponent):
             failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
             messages = [m for m in messages if not isinstance(m, Undecodable)]
         done: list[tuple[Message, Any]] = []
+        loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):
             await self._settler.started(redis, messages)
+        flight = self._in_flight(messages, +1)
         if batch:
             for i in range(0, len(messages), self.batch_size):
                 chunk = messages[i : i + self.batch_size]
+                started = loop.time()
                 try:
                     result = await handler(chunk)
                 except Exception as exc:
                     failures += _batch_failures(chunk, exc)
                     continue
+                if self._metrics is not None:
+                    took, now = loop.time() - started, time.time()
+                    for m in chunk:
+                        self._metrics.handled(m.partition or 0, took, now - (m.enqueued_at or 0))
                 if isinstance(result, (list, tuple)) and len(result) == len(chunk):
                     done += list(zip(chunk, result, strict=True))
                 else:
@@ -597,8 +617,22 @@ class Consumer(RedisComponent):
                 done += ok
                 if failure is not None:
                     failures.append(failure)
-        now = asyncio.get_running_loop().time()
-        await self._settler.settle(redis, self._owned, done, failures, now, self._fenced)
+        self._in_flight(flight, -1)
+        await self._settler.settle(redis, self._owned, done, failures, loop.time(), self._fenced)
+
+    def _in_flight(self, messages: list[Message] | dict[int, int], sign: int) -> dict[int, int]:
+        """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
+        if self._metrics is None:
+            return {}
+        if isinstance(messages, dict):
+            counts = messages
+        else:
+            counts = {}
+            for m in messages:
+                counts[m.partition or 0] = counts.get(m.partition or 0, 0) + 1
+        for partition, n in counts.items():
+            self._metrics.in_flight(partition, sign * n)
+        return counts
 
     @staticmethod
     def _has_jobs(messages: list[Message]) -> bool:
@@ -615,18 +649,23 @@ class Consumer(RedisComponent):
                 # The lease may have passed to another member (this process was paused or
                 # cut off): leave the rest pending for the new owner.
                 return ok, None
+            started = loop.time()
             try:
                 if m.timeout:
                     result = await asyncio.wait_for(handler(m), m.timeout)
                 else:
                     result = await handler(m)
             except asyncio.TimeoutError as exc:
-                self.stats.timed_out += 1
+                self.stats.add_timed_out(m.partition or 0)
                 error = TimeoutError(f"handler did not finish within {m.timeout}s")
                 error.__cause__ = exc
                 return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
                 return ok, Failure(m, exc, msgs[i + 1 :])
+            if self._metrics is not None:
+                self._metrics.handled(
+                    m.partition or 0, loop.time() - started, time.time() - (m.enqueued_at or 0)
+                )
             ok.append((m, result))
         return ok, None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cluster import read_streams
 from .codec import F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
@@ -22,6 +22,9 @@ from .errors import SerializationError
 from .keys import TopicKeys
 from .message import Message
 
+if TYPE_CHECKING:
+    from .metrics import MetricsRecorder
+
 __all__ = ["ConsumerStats", "OwnedPartition", "Reader", "Undecodable"]
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ConsumerStats:
-    """Counters of one consumer since it started."""
+    """Counters of one consumer since it started.
+
+    ``handled`` counts acknowledged messages. The ``add_*`` methods also pass
+    each event to the consumer's :class:`~redisaq_core.metrics.MetricsRecorder`,
+    which keeps the topic-wide figures in Redis.
+    """
 
     handled: int = 0
     failed: int = 0
@@ -40,6 +48,37 @@ class ConsumerStats:
     fenced: int = 0
     timed_out: int = 0
     per_partition: dict[int, int] = field(default_factory=dict)
+    recorder: MetricsRecorder | None = field(default=None, repr=False, compare=False)
+
+    def add_trimmed(self, partition: int, n: int = 1) -> None:
+        """``n`` pending entries of ``partition`` had been trimmed before being handled."""
+        self.trimmed += n
+        if self.recorder is not None:
+            self.recorder.trimmed(partition, n)
+
+    def add_retried(self, partition: int) -> None:
+        """A failed message of ``partition`` was delivered again."""
+        self.retried += 1
+        if self.recorder is not None:
+            self.recorder.retried(partition)
+
+    def add_failed(self, partition: int) -> None:
+        """A handler failed on a message of ``partition``."""
+        self.failed += 1
+        if self.recorder is not None:
+            self.recorder.failed(partition)
+
+    def add_dead_lettered(self, partition: int) -> None:
+        """A message of ``partition`` moved to the dead-letter stream."""
+        self.dead_lettered += 1
+        if self.recorder is not None:
+            self.recorder.dead_lettered(partition)
+
+    def add_timed_out(self, partition: int) -> None:
+        """A handler on ``partition`` ran past the message's timeout."""
+        self.timed_out += 1
+        if self.recorder is not None:
+            self.recorder.timed_out(partition)
 
 
 @dataclass(eq=False)
@@ -222,7 +261,7 @@ class Reader:
                     if i not in alive and (end is None or _id(_text(i)) < end)
                 ]  # fmt: skip
             if len(claimed) > 2 and claimed[2]:  # Redis 7+: already dropped from the PEL
-                self.stats.trimmed += len(claimed[2])
+                self.stats.add_trimmed(part.number, len(claimed[2]))
                 log.warning(
                     "consumer %s: %d pending entries of partition %d were trimmed before "
                     "being handled", self.name, len(claimed[2]), part.number,
@@ -232,7 +271,8 @@ class Reader:
             else:
                 part.claims[level] = cursor
         self.stats.reclaimed += len(out)
-        self.stats.trimmed += sum(len(v) for v in gone.values())
+        for (part, _), ids in gone.items():
+            self.stats.add_trimmed(part.number, len(ids))
         return _by_priority(out), gone
 
     async def retries(
@@ -256,10 +296,10 @@ class Reader:
             if claimed and claimed[0][1] is not None:
                 head.deliveries += 1
                 out.append(head)
-                self.stats.retried += 1
+                self.stats.add_retried(part.number)
             else:
                 gone.setdefault((part, head.priority), []).append(head.msg_id or "")
-                self.stats.trimmed += 1
+                self.stats.add_trimmed(part.number)
             out += held[1:]
         return out, gone
 

@@ -32,6 +32,7 @@ from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, PartitionError, PartitionKeyError
 from .keys import TopicKeys, job_id
 from .message import Message
+from .metrics import MetricsRecorder
 from .scripts import ENSURE_PARTITIONS, SUBMIT
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ class Producer(RedisComponent):
     ``priorities``: the number of priority levels (``0 .. priorities-1``, higher
     is more urgent); with the default 1 there is one stream per partition and no
     cost at all. ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's
-    record and result once it has finished.
+    record and result once it has finished. ``metrics``: count produced messages
+    per partition in the topic's metrics (flushed once a second).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Producer(RedisComponent):
         refresh_interval: float = 3.0,
         priorities: int = 1,
         result_ttl: float = 3600.0,
+        metrics: bool = True,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
@@ -108,6 +111,8 @@ class Producer(RedisComponent):
         self.refresh_interval = float(refresh_interval)
         self.priorities = priorities
         self.result_ttl = result_ttl
+        self.metrics = metrics
+        self._metrics: MetricsRecorder | None = None
         self._levels = 1
         self._partitions = 0
         self._trim: list[Any] = []
@@ -129,6 +134,9 @@ class Producer(RedisComponent):
             client, [self.keys.meta], [self.init_partitions, 0, self.priorities]
         )
         await client.sadd(TopicKeys.topic_index(), self.topic)
+        if self.metrics:
+            self._metrics = MetricsRecorder(client, self.topic)
+            await self._metrics.start()
         self._levels = int(levels)
         self._set_partitions(int(count))
         self._refresher = asyncio.create_task(self._refresh_loop(), name="redisaq-producer-refresh")
@@ -142,6 +150,9 @@ class Producer(RedisComponent):
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._results is not None:
             await self._results.close()
+        if self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
 
     def _set_partitions(self, count: int) -> None:
         if count == self._partitions:
@@ -210,12 +221,12 @@ class Producer(RedisComponent):
 
     def _command(
         self, item: Any, partition_key: str | None, priority: int | None = None
-    ) -> list[Any]:
-        """The XADD arguments for one payload or ``Message`` (raises before anything is sent)."""
+    ) -> tuple[int, list[Any]]:
+        """(partition, XADD arguments) for one payload or ``Message``; raises before sending."""
         partition, level, fields = self._fields(item, partition_key, priority)
         if not level:
-            return [*self._heads[partition], *fields]
-        return ["XADD", self.keys.stream(partition, level), *self._trim, "*", *fields]
+            return partition, [*self._heads[partition], *fields]
+        return partition, ["XADD", self.keys.stream(partition, level), *self._trim, "*", *fields]
 
     @staticmethod
     def _key_value(payload: Any, partition_key: str) -> Any:
@@ -248,7 +259,11 @@ class Producer(RedisComponent):
         level first.
         """
         redis = self._redis or await self._ensure()
-        return await self._send(redis, self._command(message, partition_key, priority))
+        partition, command = self._command(message, partition_key, priority)
+        entry_id = await self._send(redis, command)
+        if self._metrics is not None:
+            self._metrics.produced(partition)
+        return entry_id
 
     async def _send(self, redis: AnyRedis, command: list[Any]) -> str:
         """Run one command, sharing a pipeline round trip with concurrent callers."""
@@ -311,9 +326,12 @@ class Producer(RedisComponent):
         if not commands:
             return []
         pipe = redis.pipeline(transaction=False)
-        for command in commands:
+        for _, command in commands:
             pipe.execute_command(*command)
         results = await pipe.execute()
+        if self._metrics is not None:
+            for partition, _ in commands:
+                self._metrics.produced(partition)
         return [r.decode() for r in results]
 
     async def submit(
@@ -357,6 +375,8 @@ class Producer(RedisComponent):
         except NoScriptError:
             await redis.script_load(SUBMIT.source)
             await self._send(redis, command)
+        if self._metrics is not None:
+            self._metrics.produced(partition)
         if self._results is None:
             self._results = ResultStore(redis=redis, deserializer=None)
         return JobHandle(job, self._results)

@@ -153,7 +153,7 @@ class Settler:
                     on_lost(part, 1 if script is not ACK else len(args) - 2)
                 continue
             if script is DEAD_LETTER:
-                self.stats.dead_lettered += 1
+                self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(
                     "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
                     self.name, args[2], keys[0], _deliveries(dead, args[2]), args[7],
@@ -174,7 +174,7 @@ class Settler:
         calls: list[ScriptCall],
     ) -> None:
         m = failure.message
-        self.stats.failed += 1
+        self.stats.add_failed(m.partition or 0)
         part = owned.get(m.partition or 0)
         if part is None:
             return
