@@ -106,14 +106,9 @@ class _Histogram:
 class _Fields:
     """The field names of one partition, built once."""
 
-    __slots__ = ("counters", "e2e", "gauge", "handler", "produced")
+    __slots__ = ("counters", "e2e", "gauge", "handler")
 
-    def __init__(
-        self, partition: int, group: str | None, consumer: str, bounds: Sequence[float]
-    ) -> None:
-        self.produced = f"{partition} produced"
-        if group is None:
-            return
+    def __init__(self, partition: int, group: str, consumer: str, bounds: Sequence[float]) -> None:
         base = f"{partition} {group}"
         self.counters = {name: f"{base} {name}" for name in COUNTERS}
         self.handler = _Histogram(f"{base} handler_seconds", bounds)
@@ -170,6 +165,7 @@ class MetricsRecorder:
         self.flush_interval = float(flush_interval)
         self._bounds = bounds
         self._fields: dict[int, _Fields] = {}
+        self._produced: dict[int, str] = {}
         self._ints: dict[str, int] = {}
         self._sums: dict[str, float] = {}
         self._maxes: dict[str, float] = {}
@@ -185,9 +181,6 @@ class MetricsRecorder:
                 f"MetricsRecorder of topic {self.topic!r} has no group: pass group= to count "
                 "anything but produced messages"
             )
-        return self._partition(partition)
-
-    def _partition(self, partition: int) -> _Fields:
         fields = _Fields(partition, self.group, self.consumer, self._bounds)
         self._fields[partition] = fields
         return fields
@@ -209,8 +202,10 @@ class MetricsRecorder:
 
     def produced(self, partition: int, n: int = 1) -> None:
         """``n`` messages were added to ``partition``."""
-        f = self._fields.get(partition) or self._partition(partition)
-        self._ints[f.produced] = self._ints.get(f.produced, 0) + n
+        field = self._produced.get(partition)
+        if field is None:
+            field = self._produced[partition] = f"{partition} produced"
+        self._ints[field] = self._ints.get(field, 0) + n
 
     def handled(
         self, partition: int, handler_seconds: float, end_to_end_seconds: float | None = None

@@ -38,6 +38,7 @@ __all__ = ["Monitor"]
 log = logging.getLogger(__name__)
 
 _TOPIC_FIGURES = ("pending", "lag", "in_flight", *COUNTERS)
+_CONCURRENT_TOPICS = 8
 _OWNED = ("partition", "pending", "lag", "lag_exact", "in_flight")
 
 
@@ -108,10 +109,16 @@ class Monitor(RedisComponent):
         return view
 
     async def topic_views(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """The full views of ``names`` (default: every topic), read concurrently."""
+        """The full views of ``names`` (default: every topic), a few read at a time."""
         redis, _, _ = await self._parts()
         names = await self.topic_names() if names is None else list(names)
-        return list(await asyncio.gather(*(topic_metrics(redis, n) for n in names)))
+        limit = asyncio.Semaphore(_CONCURRENT_TOPICS)
+
+        async def view(name: str) -> dict[str, Any]:
+            async with limit:
+                return await topic_metrics(redis, name)
+
+        return list(await asyncio.gather(*(view(n) for n in names)))
 
     @staticmethod
     def topic_summary(view: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,14 @@ async def server_ms(redis: Redis) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
+async def next_ms(redis: Redis) -> int:
+    """Wait until the server's clock has moved to a later millisecond (distinct scores)."""
+    start = await server_ms(redis)
+    while (now := await server_ms(redis)) <= start:
+        pass
+    return now
+
+
 async def make_topic(redis: Redis, topic: str, partitions: int, priorities: int = 1) -> None:
     keys = TopicKeys(topic)
     meta: dict[str, Any] = {"partitions": partitions}
@@ -78,8 +86,9 @@ async def _change(
     if expire:
         pipe.expire(keys.job(partition, jid), expire)
     pipe.zadd(keys.jobs(partition), {jid: now})
-    pipe.publish(keys.job_channel, f"{jid} {status}")
     await pipe.execute()
+    # After the transaction, not in it: a cluster pipeline refuses PUBLISH.
+    await redis.publish(keys.job_channel, f"{jid} {status}")
 
 
 async def activate(redis: Redis, jid: str, worker: str = "w1") -> None:

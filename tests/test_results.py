@@ -280,12 +280,12 @@ async def test_list_jobs_newest_first_across_topics_and_partitions(
         t, p = (a, i % 3) if i % 2 else (b, i % 2)
         jid = await jr.submit(redis, t, p)
         order.append(jid)
-        await asyncio.sleep(0.002)  # distinct millisecond scores, for a strict order
+        await jr.next_ms(redis)  # distinct millisecond scores, for a strict order
     for jid in order[::3]:
         await jr.activate(redis, jid)
         order.remove(jid)
         order.append(jid)
-        await asyncio.sleep(0.002)
+        await jr.next_ms(redis)
     newest_first = order[::-1]
     listed = [r.id for r in await store.list_jobs(limit=1000)]
     assert [i for i in listed if i in set(order)] == newest_first
