@@ -149,8 +149,13 @@ class Monitor(RedisComponent):
 
     # ---- workers -----------------------------------------------------------------------
 
-    async def workers(self, views: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Group members of every topic, and registered ``consumer`` services.
+    async def workers(
+        self, views: list[dict[str, Any]] | None = None, *, include_stale: bool = False
+    ) -> list[dict[str, Any]]:
+        """Live group members of every topic, and registered ``consumer`` services.
+
+        Only workers whose last heartbeat is at most ``stale_after`` seconds
+        old, unless ``include_stale``. ``views`` are topic views already read.
 
         Each worker: ``{"id": "topic/group/name", "name", "topic", "group",
         "last_heartbeat", "age", "alive", "partitions", "pending",
@@ -193,7 +198,7 @@ class Monitor(RedisComponent):
                 out[sid]["service"] = _service(info)
             else:
                 out[sid] = _registered_only(sid, info, now, self.stale_after)
-        return [out[k] for k in sorted(out)]
+        return [out[k] for k in sorted(out) if include_stale or out[k]["alive"]]
 
     async def worker(self, worker_id: str) -> dict[str, Any] | None:
         """The worker with this id (``topic/group/name``), or whose name is this; else ``None``.
@@ -201,7 +206,7 @@ class Monitor(RedisComponent):
         A bare name that several workers share raises ``ConfigurationError``
         naming their ids.
         """
-        workers = await self.workers()
+        workers = await self.workers(include_stale=True)
         for w in workers:
             if w["id"] == worker_id:
                 return w
@@ -250,7 +255,7 @@ class Monitor(RedisComponent):
         every topic and group; ``jobs.tracked`` counts job index entries.
         """
         views = await self.topic_views()
-        workers = await self.workers(views)
+        workers = await self.workers(views, include_stale=True)
         topics = [self.topic_summary(v) for v in views]
         redis, _, _ = await self._parts()
         sec, usec = await redis.time()

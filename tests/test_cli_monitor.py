@@ -94,6 +94,7 @@ async def scene(redis_url: str, redis: Redis, topic: str) -> Any:
         await redis.xadd(keys.stream(2), {"p": b"1"})
     await jr.add_member(redis, topic, "billing", c1, [0, 1])
     await jr.add_member(redis, topic, "billing", c2, [2])
+    await jr.add_member(redis, topic, "billing", f"c3-{tag}", [], age_ms=60_000)
     assert await jr.read(redis, topic, "billing", c1, 0, 1) == 1
     assert await jr.read(redis, topic, "billing", c2, 2, 2) == 2
     await jr.next_ms(redis)  # distinct index scores: the listing order is known
@@ -124,6 +125,7 @@ async def test_summary(scene: Scene) -> None:
     assert set(s) == {"time", "topics", "partitions", "groups", "workers", "messages", "jobs"}
     assert s["topics"] >= 1 and s["partitions"] >= 3 and s["groups"] >= 1
     assert s["workers"]["alive"] >= 3  # two members and a registered consumer
+    assert s["workers"]["stale"] >= 1
     m = s["messages"]
     assert set(m) == {"produced", "length", "dead_letters", "pending", "lag", "in_flight",
                       *COUNTERS}  # fmt: skip
@@ -142,12 +144,12 @@ async def test_topics_and_topic(scene: Scene) -> None:
     ours = [t for t in data.json() if t["topic"] == scene.topic]
     assert len(ours) == 1
     t = ours[0]
-    assert (t["partitions"], t["groups"], t["members"]) == (3, ["billing"], 2)
+    assert (t["partitions"], t["groups"], t["members"]) == (3, ["billing"], 3)
     assert (t["length"], t["dead_letters"], t["pending"], t["lag"]) == (7, 1, 3, 4)
     assert (t["handled"], t["failed"], t["dead_lettered"]) == (1, 1, 1)
     assert table.out.splitlines()[0].split()[:4] == ["TOPIC", "PARTITIONS", "GROUPS", "MEMBERS"]
     row = next(line.split() for line in table.out.splitlines() if line.startswith(scene.topic))
-    assert row[:5] == [scene.topic, "3", "billing", "2", "7"]
+    assert row[:5] == [scene.topic, "3", "billing", "3", "7"]
 
     view = one_data.json()
     assert (view["topic"], view["exists"], view["partitions"]) == (scene.topic, True, 3)
@@ -158,7 +160,7 @@ async def test_topics_and_topic(scene: Scene) -> None:
     assert [rows[p]["pending"] for p in range(3)] == [1, 0, 2]
     assert [rows[p]["lag"] for p in range(3)] == [1, 1, 2]
     assert rows[0]["handler_seconds"]["count"] == 1
-    assert {m["name"] for m in group["members"]} == {scene.c1, scene.c2}
+    assert {m["name"] for m in group["members"]} >= {scene.c1, scene.c2}
     text = one_table.out
     assert f"topic {scene.topic}: 3 partition(s)" in text and "group billing" in text
     header = next(line for line in text.splitlines() if line.startswith("PARTITION"))
@@ -168,8 +170,14 @@ async def test_topics_and_topic(scene: Scene) -> None:
 
 
 async def test_workers_and_worker(scene: Scene) -> None:
-    table, data = await scene.both("workers")
+    (table, data), (_, everyone) = await asyncio.gather(
+        scene.both("workers"), scene.both("workers", "--all")
+    )
     ours = {w["id"]: w for w in data.json() if w["topic"] == scene.topic}
+    assert len(ours) == 3  # the stale member is left out...
+    stale = [w for w in everyone.json() if w["topic"] == scene.topic and not w["alive"]]
+    assert [w["name"] for w in stale] == [f"c3-{scene.c1[3:]}"]  # ...unless --all
+    assert stale[0]["age"] >= 60
     w1, w2, w9 = (ours[f"{scene.topic}/billing/{n}"] for n in (scene.c1, scene.c2, scene.c9))
     assert (w1["member"], w1["alive"], w1["partitions"], w1["pending"]) == (True, True, [0, 1], 1)
     assert w1["service"]["host"] == "10.1.2.3"

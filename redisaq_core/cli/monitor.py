@@ -110,7 +110,8 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
     a = command("job", "one job's record; exit 1 if it has none", _job)
     a.add_argument("job_id", metavar="ID")
-    command("workers", "group members of every topic, and registered consumers", _workers)
+    a = command("workers", "live group members of every topic, and registered consumers", _workers)
+    a.add_argument("--all", action="store_true", help="stale workers too")
     a = command("worker", "one worker (topic/group/name, or a name); exit 1 if unknown", _worker)
     a.add_argument("worker_id", metavar="ID")
     command("topics", "every topic with its totals", _topics)
@@ -294,7 +295,7 @@ def _worker_rows(workers: list[dict[str, Any]]) -> str:
 
 
 async def _workers(args: argparse.Namespace, monitor: Monitor) -> Output:
-    workers = await monitor.workers()
+    workers = await monitor.workers(include_stale=args.all)
     return workers, _worker_rows(workers)
 
 
