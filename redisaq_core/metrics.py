@@ -516,8 +516,10 @@ class _TopicReader:
         pipe.hgetall(keys.meta)
         pipe.smembers(keys.groups)
         pipe.hgetall(keys.metrics)
-        pipe.time()
-        meta, group_set, raw_metrics, (sec, usec) = await pipe.execute()
+        # TIME on its own: a cluster pipeline refuses commands without a key.
+        (meta, group_set, raw_metrics), (sec, usec) = await asyncio.gather(
+            pipe.execute(), self.redis.time()
+        )
         self.now_ms = int(sec) * 1000 + int(usec) // 1000
         self.exists = bool(meta)
         self.partitions = int(_number(meta.get(b"partitions", 0)))
