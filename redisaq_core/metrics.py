@@ -396,12 +396,12 @@ class _Metrics:
             tokens = _text(key).split(" ")
             try:
                 self._add(tokens, value, now_ms)
+                if len(tokens) == 4 and tokens[2] == "in_flight":
+                    written = int(_text(value).split(" ")[1])
+                    if now_ms - written > _GAUGE_FORGET_MS:
+                        self.forget.append(_text(key))
             except (ValueError, IndexError):
                 log.debug("ignoring metrics field %r", key)
-            if tokens[-2:-1] == ["in_flight"]:
-                parts = _text(value).split(" ")
-                if len(parts) == 3 and now_ms - int(parts[1]) > _GAUGE_FORGET_MS:
-                    self.forget.append(_text(key))
 
     def partition(self, group: str, partition: int) -> dict[str, Any]:
         parts = self.groups.setdefault(group, {})

@@ -355,3 +355,15 @@ async def test_prometheus_exposition_parses_and_matches(redis: Redis, topic: str
     assert families["redisaq_messages_handled"].type == "counter"
     assert families["redisaq_messages_pending"].type == "gauge"
     assert render_prometheus([]) == ""
+
+
+async def test_junk_in_the_metrics_hash_is_ignored(redis: Redis, topic: str) -> None:
+    await jr.make_topic(redis, topic, 1)
+    rec = MetricsRecorder(redis, topic, "g", consumer="c")
+    rec.handled(0, 0.1)
+    await rec.stop()
+    junk = {"nonsense": "1", "x g handled": "2", "0 g in_flight c2": "junk", "0 g handled x": "3",
+            "0 g handler_seconds le=abc": "4", "0 g weird": "5"}  # fmt: skip
+    await redis.hset(TopicKeys(topic).metrics, mapping=junk)
+    row = _row(await topic_metrics(redis, topic), "g", 0)
+    assert (row["handled"], row["in_flight"], row["handler_seconds"]["count"]) == (1, 0, 1)
