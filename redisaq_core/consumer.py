@@ -295,13 +295,13 @@ class Consumer(RedisComponent):
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
             while not self._stopping.is_set():
-                await self._release_revoked()
                 try:
+                    await self._release_revoked()
                     messages = await self._fetch(redis)
                     if messages:
                         await self._dispatch(redis, handler, messages, batch)
                     self._connection_restored()
-                except (OSError, __import__("redis").exceptions.ConnectionError) as exc:  # TMPCHECK
+                except UNREACHABLE as exc:
                     await self._connection_lost(exc)
                 except ResponseError as exc:
                     if "NOGROUP" not in str(exc):
