@@ -1,0 +1,111 @@
+"""Consume cases: ``Consumer.process`` and ``process_batch`` against a raw XREADGROUP + XACK loop.
+
+Each run pre-fills a fresh topic (or fresh raw streams) with warm-up plus
+``n`` messages, then drains it with no-op handlers; the clock runs from the
+end of the warm-up to the last message handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from redis.asyncio import Redis
+
+from redisaq_core import Consumer, Message, Producer
+
+from .common import FIELD, GROUP, Context, Run, Sink, payload, raw_client, raw_consume
+
+__all__ = ["fill", "lib_process", "lib_process_batch", "raw_process", "run_consumer"]
+
+_FILL_CHUNK = 10_000
+_FILL = """
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('XADD', KEYS[(i - 1) % #KEYS + 1], '*', ARGV[2], ARGV[3])
+end
+return 0
+"""
+
+
+async def fill(client: Redis, streams: list[str], total: int) -> None:
+    """Append ``total`` entries round-robin over ``streams``, server-side (untimed set-up).
+
+    Each entry is what the library's producer writes for a plain payload: one
+    field, ``p``, holding the orjson bytes.
+    """
+    data = orjson.dumps(payload(0))
+    for start in range(0, total, _FILL_CHUNK):
+        count = min(_FILL_CHUNK, total - start)
+        await client.eval(_FILL, len(streams), *streams, count, FIELD, data)
+
+
+async def _fill_topic(ctx: Context, topic: str, total: int) -> None:
+    """Create ``topic`` with the library's producer, then put ``total`` messages on it."""
+    async with Producer(topic, redis_url=ctx.url, init_partitions=ctx.partitions) as producer:
+        streams = [producer.keys.stream(p) for p in range(producer.partitions)]
+    async with raw_client(ctx.url) as client:
+        await fill(client, streams, total)
+
+
+async def run_consumer(consumer: Consumer, sink: Sink, *, batch: bool, timeout: float) -> None:
+    """Run ``consumer`` with a no-op handler feeding ``sink`` until it has seen everything."""
+
+    async def handle(message: Message) -> None:
+        sink.add(message.payload)
+
+    async def handle_batch(messages: list[Message]) -> None:
+        for message in messages:
+            sink.add(message.payload)
+
+    task = asyncio.create_task(
+        consumer.process_batch(handle_batch) if batch else consumer.process(handle)
+    )
+    try:
+        done = asyncio.create_task(sink.done.wait())
+        finished, _ = await asyncio.wait(
+            {task, done}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in finished:
+            task.result()
+            raise RuntimeError("benchmark: the consumer stopped before handling every message")
+        if done not in finished:
+            done.cancel()
+            raise TimeoutError(
+                f"benchmark: consumer handled {sink.count} of {sink.total} within {timeout:.0f}s"
+            )
+    finally:
+        await consumer.stop()
+        await task
+        await consumer.close()
+
+
+async def _lib(ctx: Context, *, batch: bool) -> Run:
+    topic = ctx.topic("process-batch" if batch else "process")
+    await _fill_topic(ctx, topic, ctx.warm + ctx.n)
+    sink = Sink(ctx.warm, ctx.n)
+    consumer = Consumer(topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url)
+    await run_consumer(consumer, sink, batch=batch, timeout=ctx.timeout)
+    return sink.run()
+
+
+async def lib_process(ctx: Context) -> Run:
+    """``Consumer.process`` (one handler call per message) draining a pre-filled topic."""
+    return await _lib(ctx, batch=False)
+
+
+async def lib_process_batch(ctx: Context) -> Run:
+    """``Consumer.process_batch`` (one handler call per batch) draining a pre-filled topic."""
+    return await _lib(ctx, batch=True)
+
+
+async def raw_process(ctx: Context) -> Run:
+    """XREADGROUP COUNT ``batch`` + XACK of each batch, draining pre-filled raw streams."""
+    streams = ctx.raw_streams("consume")
+    total = ctx.warm + ctx.n
+    async with raw_client(ctx.url) as r:
+        await fill(r, streams, total)
+        for stream in streams:
+            await r.xgroup_create(stream, GROUP, id="0")
+        sink = Sink(ctx.warm, ctx.n)
+        await asyncio.wait_for(raw_consume(r, streams, ctx.batch, sink), ctx.timeout)
+        return sink.run()

@@ -1,0 +1,64 @@
+"""``python -m benchmarks`` runs end to end with a tiny N and reports every measurement.
+
+No timing assertions: only that each case ran and produced a positive rate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "enqueue",
+    "enqueue_concurrent",
+    "batch_enqueue",
+    "process",
+    "process_batch",
+    "end_to_end",
+    "end_to_end_paced",
+    "idle",
+}
+
+
+@pytest.mark.timeout(90)
+def test_benchmarks_run_and_report_every_measurement() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--n",
+            "200",
+            "--json",
+            "--repeat",
+            "1",
+            "--idle-seconds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    results = {r["key"]: r for r in report["results"]}
+    assert set(results) == EXPECTED
+    for key, result in results.items():
+        assert result["rate"] > 0, key
+        if key != "idle":
+            assert result["raw_rate"] > 0, key
+            assert result["ratio"] > 0, key
+    for key in ("end_to_end", "end_to_end_paced"):
+        assert results[key]["p50_ms"] > 0
+        assert results[key]["p99_ms"] >= results[key]["p50_ms"]
+    env = report["environment"]
+    for name in ("redis_py", "hiredis", "python", "redis_server"):
+        assert env[name]
