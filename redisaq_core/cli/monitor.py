@@ -107,7 +107,7 @@ def add_commands(sub: Any) -> None:
     a = command("jobs", "jobs, most recently changed first", _jobs)
     a.add_argument("--status", help=f"only this status ({_STATUSES})")
     a.add_argument("--topic", help="only this topic")
-    a.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    a.add_argument("--limit", type=_positive, default=100, help="at most this many (100)")
     a = command("job", "one job's record; exit 1 if it has none", _job)
     a.add_argument("job_id", metavar="ID")
     a = command("workers", "live group members of every topic, and registered consumers", _workers)
