@@ -30,11 +30,43 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import AnyRedis
 
-__all__ = ["read_streams", "slot_groups"]
+__all__ = ["CLUSTER_UNAVAILABLE", "REDIS_FAILURES", "UNREACHABLE", "read_streams", "slot_groups"]
+
+CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+"""What a cluster answers while a failover or a slot migration is under way.
+
+CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
+TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
+no reachable node serves. Long-running loops treat them like a lost
+connection: back off and retry.
+"""
+
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    *CLUSTER_UNAVAILABLE,
+)
+"""Redis (one server or a cluster) cannot serve requests right now: retry later."""
+
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, *CLUSTER_UNAVAILABLE)
+"""Any failed Redis call, including redis-py's cluster errors outside ``RedisError``."""
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +213,11 @@ async def read_streams(
     slot, concurrently (see the module docstring); the reply is a list of
     ``(stream, entries)`` pairs, the shape of a RESP2 reply. An error is
     raised only when no read brought entries.
+
+    For ``>`` reads the caller must hold no other pending entries of these
+    streams (a consumer acknowledges, or holds back, what it read before it
+    reads again): after a cut-off blocked read, every entry of those streams
+    pending for ``consumer`` is read back, and old ones would come again.
     """
     if not isinstance(redis, RedisCluster):
         wanted: dict[Any, Any] = dict(streams)

@@ -540,6 +540,29 @@ class EmbeddedCluster:
         """:meth:`wait_ok` in a worker thread, for use inside an event loop."""
         await asyncio.to_thread(self.wait_ok, timeout)
 
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Wait until every running replica has what its primary had written when called.
+
+        Redis replicates asynchronously: a write a primary acknowledged is lost
+        if the primary dies before its replica received it. A failover test
+        calls this before killing a primary to know what must survive.
+        """
+        targets: dict[int, int] = {}
+        for primary in self._primaries:
+            if primary.running:
+                info = self._command(primary, "INFO", "replication")
+                targets[primary.port] = int(info.get("master_repl_offset", 0))
+
+        def caught_up() -> bool:
+            for node in self.replicas:
+                info = self._command(node, "INFO", "replication")
+                want = targets.get(int(info.get("master_port", 0)))
+                if want is not None and int(info.get("slave_repl_offset", 0)) < want:
+                    return False
+            return True
+
+        self._poll(caught_up, timeout, "replicas to catch up with their primaries")
+
     def master_of_slot(self, slot: int) -> EmbeddedRedis:
         """The primary serving ``slot`` (as of the last :meth:`wait_ok`)."""
         for i, r in enumerate(_slot_ranges(self.masters_count)):

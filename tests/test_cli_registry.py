@@ -136,6 +136,7 @@ async def test_every_seed_cli_line(reg_cli: Any, registry: ServiceRegistry) -> N
     assert r.rc == 0 and await registry.get_service_count() == 0
 
 
+@pytest.mark.single_node
 async def test_seed_connection_options_environment_and_leaf_options(
     redis_url: str, prefix: str, registry: ServiceRegistry
 ) -> None:

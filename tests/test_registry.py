@@ -62,6 +62,7 @@ async def _later(registry: ServiceRegistry, ts: float) -> bool:
 # ---- the seed's Python example ----------------------------------------------------------
 
 
+@pytest.mark.single_node
 async def test_seed_python_example(redis_url: str, prefix: str) -> None:
     url = urlsplit(redis_url)
     registry = ServiceRegistry(redis_host=url.hostname or "", redis_port=url.port or 6379,
@@ -563,6 +564,7 @@ async def test_unreachable_redis_error_never_shows_the_password(
     assert "s3cr3t-pw" not in caplog.text
 
 
+@pytest.mark.single_node
 async def test_wrong_password_error_never_shows_it(redis_url: str, redis: Redis) -> None:
     user = f"reg-{uuid.uuid4().hex[:8]}"
     await redis.execute_command(  # type: ignore[no-untyped-call]

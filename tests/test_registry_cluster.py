@@ -2,71 +2,23 @@
 
 Every script of the registry touches keys of one hash slot only; a cluster
 with the slots spread over three nodes is where a mistake there would show
-(CROSSSLOT, MOVED, or a key read on the wrong node).
+(CROSSSLOT, MOVED, or a key read on the wrong node). The cluster is the
+session's :class:`~redisaq_core.embedded.EmbeddedCluster` (``cluster_url`` in
+``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from redisaq_core import HealthMonitor, ServiceInfo, ServiceRegistry, WorkerStatus
-from redisaq_core.embedded import EmbeddedRedis
-from tests.helpers import eventually
 
-SLOTS = 16384
-
-
-@pytest.fixture(scope="module")
-def cluster_nodes() -> Iterator[list[EmbeddedRedis]]:
-    nodes = [
-        EmbeddedRedis(extra_args=["--cluster-enabled", "yes", "--cluster-node-timeout", "5000",
-                                  "--cluster-config-file", f"nodes-{uuid.uuid4().hex}.conf"])
-        for _ in range(3)
-    ]  # fmt: skip
-    try:
-        for node in nodes:
-            node.start()
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-
-
-async def _cluster_ok(nodes: list[EmbeddedRedis]) -> bool:
-    for node in nodes:
-        client = Redis(host=node.host, port=node.port)
-        try:
-            info = await client.cluster("INFO")
-        finally:
-            await client.aclose()
-        if info.get("cluster_state") != "ok":
-            return False
-    return True
-
-
-@pytest.fixture(scope="module")
-async def cluster_url(cluster_nodes: list[EmbeddedRedis]) -> str:
-    first = cluster_nodes[0]
-    step = SLOTS // len(cluster_nodes) + 1
-    for i, node in enumerate(cluster_nodes):
-        client = Redis(host=node.host, port=node.port)
-        try:
-            if i:
-                await client.execute_command(  # type: ignore[no-untyped-call]
-                    "CLUSTER", "MEET", first.host, str(first.port)
-                )
-            slots = range(i * step, min((i + 1) * step, SLOTS))
-            await client.execute_command("CLUSTER", "ADDSLOTS", *slots)  # type: ignore[no-untyped-call]
-        finally:
-            await client.aclose()
-    await eventually(lambda: _cluster_ok(cluster_nodes), timeout=30, message="cluster ok")
-    return f"redis+cluster://{first.host}:{first.port}"
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from redisaq_core import (
     NotConnectedError,
     ResultStore,
 )
+from redisaq_core.connection import is_cluster
 from redisaq_core.keys import TopicKeys, job_id, parse_job_id
 from tests import job_records as jr
 from tests.helpers import eventually
@@ -182,6 +183,7 @@ async def test_wait_many(redis: Redis, store: ResultStore, topic: str) -> None:
     assert _waiting(store) == 0
 
 
+@pytest.mark.single_node
 async def test_ten_thousand_concurrent_waits_on_one_client(redis_url: str, topic: str) -> None:
     name = f"rs-{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(redis_url, client_name=name)
@@ -238,7 +240,8 @@ async def test_lost_pubsub_connection_rereads_records(
     await jr.complete(redis, jid, "late", publish=False)
     await asyncio.sleep(0)
     assert not waiter.done()
-    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    on_every_node = {"target_nodes": redis.get_nodes()} if is_cluster(redis) else {}
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub", **on_every_node)
     record = await asyncio.wait_for(waiter, 15)
     assert record.result == "late"
     # The store keeps working on its new connection.
