@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 Callback = Callable[[Message], Awaitable[Any]]
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
+SWEEP_EVERY = 10
 
 
 def _default_name() -> str:
@@ -186,6 +187,7 @@ class Consumer(RedisComponent):
             stats=self.stats,
         )  # fmt: skip
         self._priorities = 1
+        self._beats = 0
         # Held while the heartbeat changes ownership, and while revoked partitions are released.
         self._ownership = asyncio.Lock()
         self._members: tuple[str, ...] = ()
@@ -456,7 +458,16 @@ class Consumer(RedisComponent):
         if gained or fresh:
             await self._create_groups([self._owned[p] for p in gained + fresh])
             self._interrupt_read()
-        settled = [s for s in self._owned.values() if not s.revoking and not s.claiming]
+        # Strays appear around a hand-over: look each heartbeat just after one, and every
+        # SWEEP_EVERY heartbeats otherwise.
+        self._beats += 1
+        every = self._beats % SWEEP_EVERY == 0
+        settled = [
+            s for s in self._owned.values()
+            if not s.revoking and not s.claiming and (s.sweeps > 0 or every)
+        ]  # fmt: skip
+        for part in settled:
+            part.sweeps -= 1
         for part in await self._reader.strays(self.redis, settled) if settled else ():
             part.reclaim()
             self._interrupt_read()
@@ -592,9 +603,9 @@ class Consumer(RedisComponent):
                     failures += _batch_failures(chunk, exc)
                     continue
                 if self._metrics is not None:
-                    took, now = loop.time() - started, time.time()
+                    took = loop.time() - started
                     for m in chunk:
-                        self._metrics.handled(m.partition or 0, took, now - (m.enqueued_at or 0))
+                        self._metrics.handled(m.partition or 0, took, _age(m))
                 if isinstance(result, (list, tuple)) and len(result) == len(chunk):
                     done += list(zip(chunk, result, strict=True))
                 else:
@@ -663,9 +674,7 @@ class Consumer(RedisComponent):
             except Exception as exc:
                 return ok, Failure(m, exc, msgs[i + 1 :])
             if self._metrics is not None:
-                self._metrics.handled(
-                    m.partition or 0, loop.time() - started, time.time() - (m.enqueued_at or 0)
-                )
+                self._metrics.handled(m.partition or 0, loop.time() - started, _age(m))
             ok.append((m, result))
         return ok, None
 
@@ -677,6 +686,11 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         if self._owned.get(part.number) is part:
             del self._owned[part.number]
+
+
+def _age(message: Message) -> float | None:
+    """Seconds since the message was enqueued (``None`` when unknown)."""
+    return None if message.enqueued_at is None else time.time() - message.enqueued_at
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

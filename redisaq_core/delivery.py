@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .cluster import read_streams
-from .codec import F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
+from .codec import F_BYTES, F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
-from .message import Message
+from .message import Message, received
 
 if TYPE_CHECKING:
     from .metrics import MetricsRecorder
@@ -93,6 +93,7 @@ class OwnedPartition:
     held: list[Message] = field(default_factory=list)
     retry_at: float = 0.0
     valid_until: float = 0.0
+    sweeps: int = 3  # heartbeats left that look for strays (see Reader.strays)
 
     @property
     def claiming(self) -> bool:
@@ -165,24 +166,36 @@ class Reader:
     ) -> Message:
         """The ``Message`` of one entry (an :class:`Undecodable` if its payload is bad)."""
         msg_id = entry_id.decode()
-        enqueued = int(msg_id.split("-", 1)[0]) / 1000.0
+        enqueued = int(msg_id[: msg_id.index("-")]) / 1000.0
+        raw = fields.get(F_BYTES)
+        if raw is not None and len(fields) == 1:
+            # The common entry: a payload and nothing else.
+            try:
+                payload = self.deserializer(raw)
+            except Exception:
+                pass
+            else:
+                return received(
+                    self.topic, payload, msg_id, None, part.number, enqueued, enqueued, None,
+                    deliveries, self.group, level, None,
+                )  # fmt: skip
         created = fields.get(F_CREATED)
         timeout = fields.get(F_TIMEOUT)
         key = fields.get(F_KEY)
         job = fields.get(F_JOB)
-        message = Message(
-            topic=self.topic,
-            payload=None,
-            msg_id=msg_id,
-            partition_key=key.decode() if key is not None else None,
-            partition=part.number,
-            created_at=float(created) if created is not None else enqueued,
-            enqueued_at=enqueued,
-            timeout=float(timeout) if timeout is not None else None,
-            deliveries=deliveries,
-            group=self.group,
-            priority=level,
-            job_id=job.decode() if job is not None else None,
+        message = received(
+            self.topic,
+            None,
+            msg_id,
+            key.decode() if key is not None else None,
+            part.number,
+            float(created) if created is not None else enqueued,
+            enqueued,
+            float(timeout) if timeout is not None else None,
+            deliveries,
+            self.group,
+            level,
+            job.decode() if job is not None else None,
         )
         try:
             message.payload = decode_payload(self.deserializer, fields)

@@ -45,3 +45,37 @@ class Message:
     group: str | None = None
     priority: int = 0
     job_id: str | None = None
+
+
+_new = object.__new__
+
+
+def received(
+    topic: str,
+    payload: Any,
+    msg_id: str,
+    partition_key: str | None,
+    partition: int,
+    created_at: float,
+    enqueued_at: float,
+    timeout: float | None,
+    deliveries: int,
+    group: str,
+    priority: int,
+    job_id: str | None,
+) -> Message:
+    """Build a received ``Message`` without the keyword-argument ``__init__`` (the hot path)."""
+    m: Message = _new(Message)
+    m.topic = topic
+    m.payload = payload
+    m.msg_id = msg_id
+    m.partition_key = partition_key
+    m.partition = partition
+    m.created_at = created_at
+    m.enqueued_at = enqueued_at
+    m.timeout = timeout
+    m.deliveries = deliveries
+    m.group = group
+    m.priority = priority
+    m.job_id = job_id
+    return m

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .connection import AnyRedis
 
@@ -105,6 +105,12 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
     """Run script calls in one pipeline; results (or exception objects) in call order."""
     if not calls:
         return []
+    if len(calls) == 1:  # the usual single-partition acknowledgement: no pipeline needed
+        script, keys, args = calls[0]
+        try:
+            return [await script(client, keys, args)]
+        except RedisError as exc:
+            return [exc]
     results: list[Any] = []
     for attempt in range(3):
         pipe = client.pipeline(transaction=False)
