@@ -603,9 +603,7 @@ class Consumer(RedisComponent):
                     failures += _batch_failures(chunk, exc)
                     continue
                 if self._metrics is not None:
-                    took = loop.time() - started
-                    for m in chunk:
-                        self._metrics.handled(m.partition or 0, took, _age(m))
+                    self._count_batch(chunk, loop.time() - started)
                 if isinstance(result, (list, tuple)) and len(result) == len(chunk):
                     done += list(zip(chunk, result, strict=True))
                 else:
@@ -630,6 +628,21 @@ class Consumer(RedisComponent):
                     failures.append(failure)
         self._in_flight(flight, -1)
         await self._settler.settle(redis, self._owned, done, failures, loop.time(), self._fenced)
+
+    def _count_batch(self, chunk: list[Message], took: float) -> None:
+        assert self._metrics is not None
+        now = time.time()
+        first = chunk[0].partition
+        if all(m.partition == first for m in chunk):
+            ages = [None if m.enqueued_at is None else now - m.enqueued_at for m in chunk]
+            self._metrics.handled_many(first or 0, took, ages)
+            return
+        by_partition: dict[int, list[float | None]] = {}
+        for m in chunk:
+            age = None if m.enqueued_at is None else now - m.enqueued_at
+            by_partition.setdefault(m.partition or 0, []).append(age)
+        for partition, values in by_partition.items():
+            self._metrics.handled_many(partition, took, values)
 
     def _in_flight(self, messages: list[Message] | dict[int, int], sign: int) -> dict[int, int]:
         """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""

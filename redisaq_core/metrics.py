@@ -222,6 +222,42 @@ class MetricsRecorder:
         if end_to_end_seconds is not None:
             self._observe(f.e2e, end_to_end_seconds)
 
+    def handled_many(
+        self, partition: int, handler_seconds: float, ages: Sequence[float | None]
+    ) -> None:
+        """``len(ages)`` messages were handled by one handler call (a batch) in ``handler_seconds``.
+
+        ``ages`` are the messages' end-to-end times (``None`` when unknown).
+        """
+        n = len(ages)
+        if not n:
+            return
+        f = self._fields.get(partition) or self._make(partition)
+        ints, sums, maxes, bounds = self._ints, self._sums, self._maxes, self._bounds
+        field = f.counters["handled"]
+        ints[field] = ints.get(field, 0) + n
+        h = f.handler
+        took = handler_seconds if handler_seconds > 0 else 0.0
+        ints[h.count] = ints.get(h.count, 0) + n
+        sums[h.sum] = sums.get(h.sum, 0.0) + took * n
+        if took > maxes.get(h.max, -1.0):
+            maxes[h.max] = took
+        bucket = h.buckets[bisect.bisect_left(bounds, took)]
+        ints[bucket] = ints.get(bucket, 0) + n
+        e = f.e2e
+        known = [a if a > 0 else 0.0 for a in ages if a is not None]
+        if not known:
+            return
+        ints[e.count] = ints.get(e.count, 0) + len(known)
+        sums[e.sum] = sums.get(e.sum, 0.0) + sum(known)
+        top = max(known)
+        if top > maxes.get(e.max, -1.0):
+            maxes[e.max] = top
+        names = e.buckets
+        for age in known:
+            name = names[bisect.bisect_left(bounds, age)]
+            ints[name] = ints.get(name, 0) + 1
+
     def failed(self, partition: int) -> None:
         """A handler raised (or was cancelled at its timeout)."""
         self._count(partition, "failed", 1)

@@ -108,13 +108,19 @@ class Settler:
         level); jobs one by one, each with its result. Failures are held for a
         retry after a backoff or, past ``max_deliveries``, dead-lettered.
         """
-        acks: dict[tuple[int, int], list[str]] = {}
+        acks: dict[tuple[int, int], list[bytes]] = {}
         calls: list[ScriptCall] = []
         for message, result in done:
             part = owned.get(message.partition or 0)
             if part is None:
                 continue
-            if message.job_id:
+            if not message.job_id:
+                # bytes ids: redis-py packs them as they are (str ids cost an encode each).
+                ids = acks.get((part.number, message.priority))
+                if ids is None:
+                    ids = acks[(part.number, message.priority)] = []
+                ids.append((message.msg_id or "").encode())
+            else:
                 try:
                     kind, data = encode_payload(self.serializer, result)
                 except SerializationError as exc:
@@ -126,8 +132,6 @@ class Settler:
                     [self.group, self.token, message.msg_id, message.job_id, self.keys.job_channel,
                      self.name, data, "b" if kind == F_BYTES else "s"],
                 ))  # fmt: skip
-            else:
-                acks.setdefault((part.number, message.priority), []).append(message.msg_id or "")
         ack_parts = [(owned[p], level, ids) for (p, level), ids in acks.items()]
         calls += [
             (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
