@@ -217,7 +217,9 @@ async def test_trimmed_pending_entry_is_acknowledged_not_spun_on(
     assert info["pending"] == 0
 
 
-async def test_cancelling_process_leaves_the_group(redis_url: str, redis: Redis, topic: str) -> None:
+async def test_cancelling_process_leaves_the_group(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
     async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
         await producer.batch_enqueue([{"n": i} for i in range(50)])
 
