@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint types pytest bench clean
+.PHONY: install demo test lint types pytest pytest-cluster bench bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,26 @@ lint: install
 types: install
 	$(BIN)/mypy redisaq_core
 
+# The core suites again, on a 3-master Redis Cluster (tests/test_cluster*.py run on one anyway).
+CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
+	tests/test_registry.py tests/test_results.py tests/test_jobs.py
+
 pytest: install
 	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage run --append -m pytest -q --cluster $(CLUSTER_SUITES)
 	$(BIN)/coverage combine -q || true
 	$(BIN)/coverage report
+
+pytest-cluster: install
+	$(BIN)/python -m pytest -q --cluster
 
 test: lint types pytest
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+bench-cluster: install
+	$(BIN)/python -m benchmarks.cluster
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache

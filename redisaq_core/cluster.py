@@ -11,11 +11,14 @@ concurrently.
 
 Blocking on several slots needs care. A first pass reads every slot without
 blocking; under load it finds entries and returns them. Only when all slots
-are empty does it block on every slot at once; as soon as one read returns,
-the others are cancelled (redis-py drops their connections), and entries
-the server may already have handed to a cancelled read, which are now in
-this consumer's pending list, are read back from that list (XREADGROUP with
-id ``0``). This runs only when a consumer goes from idle to busy.
+are empty does it block on every slot at once (and a consumer whose last
+blocking read found nothing goes straight to that). As soon as one read
+returns entries, the others get a millisecond to return theirs, then are
+cancelled (redis-py drops their connections), and entries the server may
+already have handed to a cancelled read, which are now in this consumer's
+pending list, are read back from that list (XREADGROUP with id ``0``). This
+happens only when a consumer goes from idle to busy; reads that time out
+empty end together and are not cut.
 
 On a single Redis server (``redis.asyncio.Redis``), :func:`read_streams` is
 one plain XREADGROUP over all streams, as before.
@@ -27,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
@@ -41,8 +45,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import AnyRedis
+from .keys import TopicKeys
 
-__all__ = ["CLUSTER_UNAVAILABLE", "REDIS_FAILURES", "UNREACHABLE", "read_streams", "slot_groups"]
+__all__ = [
+    "CLUSTER_UNAVAILABLE",
+    "REDIS_FAILURES",
+    "UNREACHABLE",
+    "partition_slots",
+    "read_streams",
+    "slot_groups",
+]
 
 CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
     ClusterDownError,
@@ -75,6 +87,13 @@ _GRACE = 0.001
 
 _Pairs = list[tuple[Any, list[Any]]]
 
+_idle: WeakKeyDictionary[RedisCluster, set[tuple[str, str]]] = WeakKeyDictionary()
+"""(group, consumer) pairs per client whose last blocking read found nothing.
+
+Such a consumer is idle: its next read blocks at once, without the
+non-blocking pass first, which halves its idle traffic.
+"""
+
 
 def slot_groups(keys: Iterable[str]) -> dict[int, list[str]]:
     """Group ``keys`` by hash slot, keeping their order within each group."""
@@ -82,6 +101,17 @@ def slot_groups(keys: Iterable[str]) -> dict[int, list[str]]:
     for key in keys:
         groups.setdefault(key_slot(key.encode()), []).append(key)
     return groups
+
+
+def partition_slots(topic: str, partitions: int) -> dict[int, int]:
+    """The hash slot of each partition of ``topic`` (partition number -> slot).
+
+    Everything of a partition (its streams, dead letters, leases, job records)
+    shares the partition's hash tag, so this is where all of it lives; compare
+    with ``CLUSTER SLOTS`` to see which node serves each partition.
+    """
+    keys = TopicKeys(topic)
+    return {p: key_slot(keys.stream(p).encode()) for p in range(partitions)}
 
 
 def _pairs(response: Any) -> _Pairs:
@@ -153,23 +183,31 @@ async def _block(
     count: int,
     block_ms: int,
 ) -> _Pairs:
-    """Block on every slot at once; return what the first answering reads bring."""
+    """Block on every slot at once; return what the first reads that bring entries bring.
+
+    Reads that end empty (their BLOCK timed out) or failed do not end the wait:
+    the others time out about as soon, so they are let run rather than cut.
+    """
     tasks = {
         asyncio.ensure_future(_read_slot(redis, group, consumer, b, count, block_ms)): b
         for b in batches
     }
+    pending: set[asyncio.Future[_Pairs]] = set(tasks)
     try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            # Entries often land on several slots at once: let those replies in too.
-            _, pending = await asyncio.wait(pending, timeout=_GRACE)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(_brought(task) for task in done):
+                if pending:
+                    # Entries often land on several slots at once: let those replies in too.
+                    _, pending = await asyncio.wait(pending, timeout=_GRACE)
+                break
     except asyncio.CancelledError:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
         raise
-    for task in pending:
-        task.cancel()
+    for late in pending:
+        late.cancel()
     if pending:
         await asyncio.wait(pending)
     found: _Pairs = []
@@ -194,6 +232,13 @@ async def _block(
     if not found and error is not None:
         raise error
     return found
+
+
+def _brought(task: asyncio.Future[_Pairs]) -> bool:
+    """Whether a finished read returned entries."""
+    if task.cancelled() or task.exception() is not None:
+        return False
+    return any(entries for _, entries in task.result())
 
 
 async def read_streams(
@@ -228,13 +273,21 @@ async def read_streams(
         return await _read_slot(redis, group, consumer, batches[0], count, block_ms)
     if not batches:
         return []
-    found, error = await _gather(redis, group, consumer, batches, count)
-    if found:
+    idle = _idle.setdefault(redis, set())
+    if block_ms is None or (group, consumer) not in idle:
+        found, error = await _gather(redis, group, consumer, batches, count)
+        if found:
+            if error is not None:
+                log.debug("read of one slot failed, others brought entries: %s", error)
+            idle.discard((group, consumer))
+            return [(name, entries) for name, entries in found if entries]
         if error is not None:
-            log.debug("read of one slot failed, others brought entries: %s", error)
-        return [(name, entries) for name, entries in found if entries]
-    if error is not None:
-        raise error
-    if block_ms is None:
-        return []
-    return await _block(redis, group, consumer, batches, count, block_ms)
+            raise error
+        if block_ms is None:
+            return []
+    found = await _block(redis, group, consumer, batches, count, block_ms)
+    if found:
+        idle.discard((group, consumer))
+    else:
+        idle.add((group, consumer))
+    return found

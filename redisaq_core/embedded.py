@@ -284,7 +284,7 @@ class _NodeLine:
     """One line of CLUSTER NODES, as much of it as agreement checks need."""
 
     node_id: str
-    address: str
+    port: int
     role: str
     failed: bool
     master_id: str
@@ -299,12 +299,9 @@ def _parse_nodes(text: str) -> list[_NodeLine]:
             continue
         flags = set(parts[2].split(","))
         role = "master" if "master" in flags else "replica" if "slave" in flags else "?"
-        lines.append(
-            _NodeLine(
-                parts[0], parts[1].split("@", 1)[0], role, bool(flags & _FAILED_FLAGS),
-                parts[3], tuple(parts[8:]),
-            )
-        )  # fmt: skip
+        port = int(parts[1].split("@", 1)[0].rpartition(":")[2])
+        failed = bool(flags & _FAILED_FLAGS)
+        lines.append(_NodeLine(parts[0], port, role, failed, parts[3], tuple(parts[8:])))
     return lines
 
 
@@ -499,7 +496,7 @@ class EmbeddedCluster:
     def _healthy(self) -> bool:
         """Every running node: state ok, same view of the cluster, replicas in sync."""
         live = [n for n in self.nodes if n.running]
-        by_address = {f"{n.host}:{n.port}": n for n in self.nodes}
+        by_port = {n.port: n for n in self.nodes}  # all on one host; a lone node has no IP
         views = []
         for node in live:
             info = self._command(node, "CLUSTER", "INFO")
@@ -512,19 +509,19 @@ class EmbeddedCluster:
         lines = _parse_nodes(self._command(live[0], "CLUSTER", "NODES"))
         primaries = [x for x in lines if x.role == "master" and x.slots and not x.failed]
         for x in lines:
-            known = by_address.get(x.address)
+            known = by_port.get(x.port)
             if known is not None and known.running == x.failed:
                 return False  # a live node taken for failed, or a dead one not yet noticed
         if sum(len(_expand(x.slots)) for x in primaries) != SLOTS:
             return False
         for node in live:
-            if node in (by_address.get(x.address) for x in primaries):
+            if node in (by_port.get(x.port) for x in primaries):
                 continue
             replication = self._command(node, "INFO", "replication")
             if replication.get("master_link_status") != "up":
                 return False
         primaries.sort(key=lambda x: min(_expand(x.slots)))
-        self._primaries = [by_address[x.address] for x in primaries]
+        self._primaries = [by_port[x.port] for x in primaries]
         return True
 
     def wait_ok(self, timeout: float = 30.0) -> None:

@@ -10,6 +10,7 @@ The full ordinary suites run on a cluster with ``pytest --cluster``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -21,9 +22,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 
 from redisaq_core import Consumer, DeadLetters, Message, Producer
-from redisaq_core.cluster import read_streams, slot_groups
+from redisaq_core.cluster import partition_slots, read_streams, slot_groups
 from redisaq_core.connection import create_client
 from redisaq_core.keys import TopicKeys
 from redisaq_core.results import JobStatus, ResultStore
@@ -79,6 +81,16 @@ async def test_batch_enqueue_spreads_partitions_over_every_node(
     keys = TopicKeys(topic)
     lengths = [int(await client.xlen(keys.stream(p))) for p in range(12)]
     assert sum(lengths) == 1500 and all(lengths)
+
+
+def test_partition_slots_cover_everything_of_a_partition() -> None:
+    keys = TopicKeys("orders")
+    slots = partition_slots("orders", 8)
+    assert len(set(slots.values())) == 8
+    for p, slot in slots.items():
+        names = [keys.stream(p), keys.stream(p, 3), keys.dead_letters(p), keys.lease(p, "g")]
+        names += [keys.job(p, f"orders/{p}/ab"), keys.jobs(p)]
+        assert {key_slot(n.encode()) for n in names} == {slot}
 
 
 async def test_read_streams_groups_by_slot(cluster_url: str, client: Any, topic: str) -> None:
@@ -266,3 +278,18 @@ def test_cli_server_runs_a_cluster_and_stops_its_nodes() -> None:
     for port in ports:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+@pytest.mark.timeout(120)
+def test_cluster_benchmark_runs_and_reports() -> None:
+    """``python -m benchmarks.cluster`` with a tiny N: one node and a 3-primary cluster."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", "--n", "300", "--batch", "50",
+         "--masters", "3", "--processes", "1", "--repeat", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    rows = {(r["topology"], r["processes"]): r for r in doc["results"]}
+    assert set(rows) == {("1 node", 1), ("3 primaries (cluster)", 1)}
+    assert all(r["rate"] > 0 and r["server_cpu_us_per_msg"] > 0 for r in rows.values())
