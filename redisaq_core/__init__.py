@@ -16,7 +16,7 @@ import logging
 from .assignment import assign, partition_for_key
 from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
 from .dlq import DeadLetter, DeadLetters
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedCluster, EmbeddedRedis
 from .errors import (
     ConfigurationError,
     ConnectionFailedError,
@@ -53,6 +53,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "DuplicateConsumerError",
+    "EmbeddedCluster",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "HealthMonitor",

@@ -1,0 +1,92 @@
+"""``redisaq dlq`` and ``redisaq worker`` through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from redisaq_core import Consumer, Message, Producer
+from tests.helpers import Running, eventually
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redisaq_core.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+async def _dead_letters(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i, "bad": i % 2 == 0} for i in range(6)])
+
+    async def handle(m: Message) -> None:
+        if m.payload["bad"]:
+            raise ValueError(f"bad {m.payload['n']}")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=1, heartbeat_interval=0.2, poll_interval=0.1
+    )
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.stats.dead_lettered == 3)
+
+
+async def test_dlq_commands(redis_url: str, topic: str) -> None:
+    await _dead_letters(redis_url, topic)
+    count = redisaq("--redis-url", redis_url, "dlq", "count", topic, "--format", "json")
+    assert count.returncode == 0, count.stderr
+    assert json.loads(count.stdout) == {"topic": topic, "count": 3}
+    listed = redisaq("dlq", "list", topic, "--format", "json", "--redis-url", redis_url)
+    records: list[dict[str, Any]] = json.loads(listed.stdout)
+    assert sorted(r["payload"]["n"] for r in records) == [0, 2, 4]
+    assert {r["error_type"] for r in records} == {"ValueError"}
+    table = redisaq("--redis-url", redis_url, "dlq", "list", topic)
+    assert table.returncode == 0 and "ValueError: bad" in table.stdout
+    replay = redisaq("--redis-url", redis_url, "dlq", "replay", topic, "--id", records[0]["id"])
+    assert replay.returncode == 0 and replay.stdout.strip() == "1"
+    refused = redisaq("--redis-url", redis_url, "dlq", "purge", topic)
+    assert refused.returncode == 2 and "--confirm" in refused.stderr
+    purged = redisaq("--redis-url", redis_url, "dlq", "purge", topic, "--confirm")
+    assert purged.returncode == 0 and purged.stdout.strip() == "2"
+    bad_id = redisaq("--redis-url", redis_url, "dlq", "replay", topic, "--id", "nope")
+    assert bad_id.returncode == 1 and "stream entry ids" in bad_id.stderr
+
+
+def test_worker_usage_errors(redis_url: str) -> None:
+    no_colon = redisaq("--redis-url", redis_url, "worker", "nomodule", "--topic", "t")
+    assert no_colon.returncode == 2 and "module:function" in no_colon.stderr
+    missing = redisaq("--redis-url", redis_url, "worker", "no.such.module:f", "--topic", "t")
+    assert missing.returncode == 2 and "cannot import" in missing.stderr
+    static = redisaq("--redis-url", redis_url, "worker", "tests.test_cli_dlq:handle", "--topic",
+                     "t", "--static")  # fmt: skip
+    assert static.returncode == 2 and "--static needs --name" in static.stderr
+
+
+async def handle(m: Message) -> None:
+    """Handler of the worker started below: print the payload."""
+    print("handled", m.payload, flush=True)
+
+
+async def test_worker_runs_until_sigterm(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(3)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "redisaq_core.cli.main", "worker", "tests.test_cli_dlq:handle",
+         "--topic", topic, "--redis-url", redis_url, "--heartbeat-interval", "0.2",
+         "--poll-interval", "0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert [line.startswith("handled") for line in lines] == [True] * 3
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
