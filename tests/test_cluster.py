@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redisaq_core import Consumer, DeadLetters, Message, Producer
 from redisaq_core.cluster import partition_slots, read_streams, slot_groups
 from redisaq_core.connection import create_client
+from redisaq_core.embedded import EmbeddedCluster
 from redisaq_core.keys import TopicKeys
 from redisaq_core.results import JobStatus, ResultStore
 from tests.cluster_helpers import cluster_nodes, crossslot_errors, node_of_key
@@ -245,6 +246,19 @@ async def test_job_results_across_nodes(cluster_url: str, topic: str) -> None:
     parts = {int(h.id.split("/")[1]) for h in handles}
     nodes = _nodes_of(cluster_url, topic, 6)
     assert len({nodes[p] for p in parts}) > 1
+
+
+async def test_embedded_cluster_of_one_primary_stops_exactly_its_processes() -> None:
+    async with EmbeddedCluster(masters=1) as cluster:
+        assert len(cluster.urls) == 1 and cluster.url == cluster.urls[0]
+        pids = cluster.pids
+        assert len(pids) == 1 and cluster.running
+        async with Producer("one-primary", redis_url=cluster.url, init_partitions=4) as p:
+            assert len(await p.batch_enqueue([{"n": i} for i in range(8)])) == 8
+    assert not cluster.running and cluster.pids == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_cli_server_runs_a_cluster_and_stops_its_nodes() -> None:

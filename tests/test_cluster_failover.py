@@ -80,6 +80,7 @@ async def _enqueue_retrying(producer: Producer, batch: list[dict[str, Any]]) -> 
 
 async def test_consumers_carry_on_after_a_primary_dies(replicated: EmbeddedCluster) -> None:
     cluster = replicated
+    assert len(cluster.masters) == len(cluster.replicas) == 3 and len(cluster.pids) == 6
     topic, victim = _topic_on(cluster)
     url = cluster.url if victim else cluster.urls[1]  # connect through a survivor
     handled: dict[int, int] = {}
