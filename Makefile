@@ -28,7 +28,7 @@ CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consu
 
 pytest: install
 	$(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage run --append -m pytest -q --cluster $(CLUSTER_SUITES)
+	$(BIN)/coverage run -m pytest -q --cluster $(CLUSTER_SUITES)
 	$(BIN)/coverage combine -q || true
 	$(BIN)/coverage report
 
