@@ -16,7 +16,15 @@ from redisaq_core import Consumer, Message, Producer
 
 from .common import FIELD, GROUP, Context, Run, Sink, payload, raw_client, raw_consume
 
-__all__ = ["fill", "lib_process", "lib_process_batch", "raw_process", "run_consumer"]
+__all__ = [
+    "fill",
+    "lib_jobs_batch",
+    "lib_process",
+    "lib_process_batch",
+    "lib_process_batch_no_metrics",
+    "raw_process",
+    "run_consumer",
+]
 
 _FILL_CHUNK = 10_000
 _FILL = """
@@ -79,11 +87,13 @@ async def run_consumer(consumer: Consumer, sink: Sink, *, batch: bool, timeout: 
         await consumer.close()
 
 
-async def _lib(ctx: Context, *, batch: bool) -> Run:
+async def _lib(ctx: Context, *, batch: bool, metrics: bool = True) -> Run:
     topic = ctx.topic("process-batch" if batch else "process")
     await _fill_topic(ctx, topic, ctx.warm + ctx.n)
     sink = Sink(ctx.warm, ctx.n)
-    consumer = Consumer(topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url)
+    consumer = Consumer(
+        topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url, metrics=metrics
+    )
     await run_consumer(consumer, sink, batch=batch, timeout=ctx.timeout)
     return sink.run()
 
@@ -96,6 +106,25 @@ async def lib_process(ctx: Context) -> Run:
 async def lib_process_batch(ctx: Context) -> Run:
     """``Consumer.process_batch`` (one handler call per batch) draining a pre-filled topic."""
     return await _lib(ctx, batch=True)
+
+
+async def lib_process_batch_no_metrics(ctx: Context) -> Run:
+    """``Consumer.process_batch`` with ``metrics=False``: the cost of metrics, by difference."""
+    return await _lib(ctx, batch=True, metrics=False)
+
+
+async def lib_jobs_batch(ctx: Context) -> Run:
+    """``Consumer.process_batch`` draining jobs (``Producer.submit``): status and results too."""
+    topic = ctx.topic("jobs")
+    total = ctx.warm + ctx.n
+    async with Producer(topic, redis_url=ctx.url, init_partitions=ctx.partitions) as producer:
+        for start in range(0, total, 1000):
+            count = min(1000, total - start)
+            await asyncio.gather(*(producer.submit(payload(start + i)) for i in range(count)))
+    sink = Sink(ctx.warm, ctx.n)
+    consumer = Consumer(topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url)
+    await run_consumer(consumer, sink, batch=True, timeout=ctx.timeout)
+    return sink.run()
 
 
 async def raw_process(ctx: Context) -> Run:

@@ -123,3 +123,17 @@ async def raw_pipeline_xadd(r: Redis, streams: list[str], payloads: list[Any]) -
     for i, item in enumerate(payloads):
         pipe.xadd(streams[i % k], {FIELD: orjson.dumps(item)})
     await pipe.execute()
+
+
+async def lib_submit_concurrent(ctx: Context) -> Run:
+    """``ctx.concurrency`` tasks, each awaiting ``producer.submit`` (a job: entry + status record)."""
+
+    async def worker(producer: Producer, count: int) -> None:
+        for i in range(count):
+            await producer.submit(payload(i))
+
+    async with _producer(ctx, "submit") as producer:
+        await asyncio.gather(*(worker(producer, c) for c in _split(ctx.warm, ctx.concurrency)))
+        with Clock() as clock:
+            await asyncio.gather(*(worker(producer, c) for c in _split(ctx.n, ctx.concurrency)))
+    return clock.run(ctx.n)

@@ -52,6 +52,12 @@ def cases(ctx: Context) -> list[Case]:
             min_ratio=1.5,
         ),
         Case(
+            "submit_concurrent",
+            f"submit (jobs), {ctx.concurrency} concurrent tasks",
+            enqueue.lib_submit_concurrent,
+            enqueue.raw_concurrent,
+        ),
+        Case(
             "batch_enqueue",
             f"batch_enqueue of {ctx.batch}",
             enqueue.lib_batch,
@@ -67,6 +73,20 @@ def cases(ctx: Context) -> list[Case]:
             consume.raw_process,
             min_ratio=0.7,
             scale=3,
+        ),
+        Case(
+            "process_batch_no_metrics",
+            "consume, process_batch, metrics off",
+            consume.lib_process_batch_no_metrics,
+            consume.raw_process,
+            scale=3,
+        ),
+        Case(
+            "jobs_batch",
+            "consume jobs, process_batch",
+            consume.lib_jobs_batch,
+            consume.raw_process,
+            scale=1,
         ),
         Case(
             "end_to_end",

@@ -30,8 +30,12 @@ __all__ = [
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
     "ENSURE_PARTITIONS",
+    "FANOUT",
+    "FANOUT_FORGET",
+    "FANOUT_WRITE",
     "HEARTBEAT",
-    "JOB_COMPLETE",
+    "JOBS_COMPLETE",
+    "JOBS_STARTED",
     "JOB_UPDATE",
     "LEASE",
     "LEAVE",
@@ -134,9 +138,13 @@ ACK = Script("ack")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
 ENSURE_PARTITIONS = Script("ensure_partitions")
+FANOUT = Script("fanout")
+FANOUT_FORGET = Script("fanout_forget")
+FANOUT_WRITE = Script("fanout_write")
 HEARTBEAT = Script("heartbeat")
-JOB_COMPLETE = Script("job_complete")
 JOB_UPDATE = Script("job_update")
+JOBS_COMPLETE = Script("jobs_complete")
+JOBS_STARTED = Script("jobs_started")
 LEASE = Script("lease")
 LEAVE = Script("leave")
 REGISTRY_CLEANUP = Script("registry_cleanup")

@@ -19,10 +19,18 @@ from .connection import AnyRedis
 from .delivery import ConsumerStats, OwnedPartition, Undecodable
 from .dlq import dead_letter_fields
 from .errors import SerializationError
-from .keys import TopicKeys, parse_job_id
+from .keys import TopicKeys
 from .message import Message
 from .retry import backoff_delay
-from .scripts import ACK, DEAD_LETTER, JOB_COMPLETE, JOB_UPDATE, ScriptCall, run_pipelined
+from .scripts import (
+    ACK,
+    DEAD_LETTER,
+    JOB_UPDATE,
+    JOBS_COMPLETE,
+    JOBS_STARTED,
+    ScriptCall,
+    run_pipelined,
+)
 
 __all__ = ["Failure", "Settler"]
 
@@ -73,23 +81,34 @@ class Settler:
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.stats = stats
+        self._channel = self.keys.job_channel.encode()
+        self._name = name.encode()
 
     def _job_keys(self, message: Message) -> list[str]:
         job = message.job_id or ""
-        partition = parse_job_id(job)[1] if job else message.partition or 0
+        partition = message.partition or 0  # a job's record lives in its entry's partition
         return [self.keys.job(partition, job), self.keys.jobs(partition)]
 
     async def started(self, redis: AnyRedis, messages: list[Message]) -> None:
-        """Mark the jobs among ``messages`` active (one round trip for the batch).
+        """Mark the jobs among ``messages`` active: one script call per partition.
 
         A job's ``attempts`` is its entry's delivery count, so marking a job
         again before it ran (it waited behind a failed message) counts nothing.
         """
-        calls: list[ScriptCall] = [
-            (JOB_UPDATE, self._job_keys(m),
-             [m.job_id, self.keys.job_channel, "active", self.name, "", "", m.deliveries])
-            for m in messages if m.job_id
-        ]  # fmt: skip
+        by_partition: dict[int, list[Message]] = {}
+        for m in messages:
+            if m.job_id:  # a job's record lives in the partition its entry is on
+                by_partition.setdefault(m.partition or 0, []).append(m)
+        calls: list[ScriptCall] = []
+        for partition, jobs in by_partition.items():
+            # Arguments as bytes: redis-py packs them as they are.
+            keys = [self.keys.jobs(partition).encode()]
+            args: list[Any] = [self._channel, self._name]
+            for m in jobs:
+                job = (m.job_id or "").encode()
+                keys.append(self.keys.job(partition, m.job_id or "").encode())
+                args += [job, b"%d" % m.deliveries]
+            calls.append((JOBS_STARTED, keys, args))
         if calls:
             await run_pipelined(redis, calls)
 
@@ -109,34 +128,38 @@ class Settler:
         retry after a backoff or, past ``max_deliveries``, dead-lettered.
         """
         acks: dict[tuple[int, int], list[bytes]] = {}
-        calls: list[ScriptCall] = []
+        jobs: dict[tuple[int, int], list[tuple[Message, bytes, bytes]]] = {}
         for message, result in done:
             part = owned.get(message.partition or 0)
             if part is None:
                 continue
+            key = (part.number, message.priority)
             if not message.job_id:
                 # bytes ids: redis-py packs them as they are (str ids cost an encode each).
-                ids = acks.get((part.number, message.priority))
+                ids = acks.get(key)
                 if ids is None:
-                    ids = acks[(part.number, message.priority)] = []
+                    ids = acks[key] = []
                 ids.append((message.msg_id or "").encode())
-            else:
-                try:
-                    kind, data = encode_payload(self.serializer, result)
-                except SerializationError as exc:
-                    failures.append(Failure(message, exc, []))
-                    continue
-                calls.append((
-                    JOB_COMPLETE,
-                    [part.streams[message.priority], part.lease, *self._job_keys(message)],
-                    [self.group, self.token, message.msg_id, message.job_id, self.keys.job_channel,
-                     self.name, data, "b" if kind == F_BYTES else "s"],
-                ))  # fmt: skip
-        ack_parts = [(owned[p], level, ids) for (p, level), ids in acks.items()]
-        calls += [
-            (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
-            for part, level, ids in ack_parts
+                continue
+            try:
+                kind, data = encode_payload(self.serializer, result)
+            except SerializationError as exc:
+                failures.append(Failure(message, exc, []))
+                continue
+            jobs.setdefault(key, []).append((message, data, b"b" if kind == F_BYTES else b"s"))
+        calls: list[ScriptCall] = [
+            (ACK, [owned[p].streams[level], owned[p].lease], [self.group, self.token, *ids])
+            for (p, level), ids in acks.items()
         ]
+        for (p, level), done_jobs in jobs.items():
+            part = owned[p]
+            keys: list[Any] = [part.streams[level], part.lease, self.keys.jobs(p)]
+            args: list[Any] = [self.group, self.token, self._channel, self._name]
+            for message, data, kind in done_jobs:
+                job = message.job_id or ""
+                keys.append(self.keys.job(p, job).encode())
+                args += [(message.msg_id or "").encode(), job.encode(), data, kind]
+            calls.append((JOBS_COMPLETE, keys, args))
         dead: list[Failure] = []
         for failure in failures:
             self._schedule(owned, failure, now, dead, calls)
@@ -145,25 +168,29 @@ class Settler:
         if not calls:
             return
         results = await run_pipelined(redis, calls)
-        for (script, keys, args), result in zip(calls, results, strict=True):
+        for (script, call_keys, call_args), result in zip(calls, results, strict=True):
             if isinstance(result, Exception):
                 raise result
             if script is JOB_UPDATE:
                 continue
-            lost = int(result) == -1 if not isinstance(result, bytes) else False
-            part = next((s for s in owned.values() if s.lease == keys[1]), None)
-            if lost:
+            part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
+            count = (
+                len(call_args) - 2
+                if script is ACK
+                else (len(call_keys) - 3 if script is JOBS_COMPLETE else 1)
+            )
+            if not isinstance(result, bytes) and int(result) == -1:
                 if part is not None:
-                    on_lost(part, 1 if script is not ACK else len(args) - 2)
+                    on_lost(part, count)
                 continue
             if script is DEAD_LETTER:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(
                     "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
-                    self.name, args[2], keys[0], _deliveries(dead, args[2]), args[7],
+                    self.name, call_args[2], call_keys[0], _deliveries(dead, call_args[2]),
+                    call_args[7],
                 )  # fmt: skip
             else:
-                count = 1 if script is JOB_COMPLETE else len(args) - 2
                 self.stats.handled += count
                 if part is not None:
                     pp = self.stats.per_partition

@@ -1,0 +1,18 @@
+-- Mark jobs of one partition active (a worker took them), then announce each.
+-- KEYS: jobs index (zset), job hash, job hash, ...
+-- ARGV: channel, worker, then per job: job_id, deliveries (the attempt number)
+-- Records that no longer exist are skipped (never created again). Returns how many were marked.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for i = 2, #KEYS do
+  local job_id = ARGV[1 + 2 * (i - 1)]
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'status', 'active', 'active_at', now, 'updated_at', now,
+      'worker', ARGV[2], 'attempts', ARGV[2 + 2 * (i - 1)])
+    redis.call('ZADD', KEYS[1], now, job_id)
+    redis.call('PUBLISH', ARGV[1], job_id .. ' active')
+    n = n + 1
+  end
+end
+return n
