@@ -126,7 +126,7 @@ async def raw_pipeline_xadd(r: Redis, streams: list[str], payloads: list[Any]) -
 
 
 async def lib_submit_concurrent(ctx: Context) -> Run:
-    """``ctx.concurrency`` tasks, each awaiting ``producer.submit`` (a job: entry + status record)."""
+    """``ctx.concurrency`` tasks, each awaiting ``producer.submit`` (entry + status record)."""
 
     async def worker(producer: Producer, count: int) -> None:
         for i in range(count):
