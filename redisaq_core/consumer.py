@@ -716,8 +716,13 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 
 def _batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:
-    """A failed batch: per partition, its first message failed and the rest wait behind it."""
+    """A failed batch: per partition, retried one message at a time to find the culprit.
+
+    The first message is counted as failed (delivery + 1 on its retry) and runs
+    alone; the rest follow. So only a message that fails on its own reaches
+    ``max_deliveries``, and the others of its batch are not dead-lettered with it.
+    """
     by_part: dict[int, list[Message]] = {}
     for m in chunk:
         by_part.setdefault(m.partition or 0, []).append(m)
-    return [Failure(msgs[0], exc, msgs[1:]) for msgs in by_part.values()]
+    return [Failure(msgs[0], exc, msgs[1:], isolate=True) for msgs in by_part.values()]

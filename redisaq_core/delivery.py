@@ -91,6 +91,8 @@ class OwnedPartition:
     claims: dict[int, str] = field(default_factory=dict)
     revoking: bool = False
     held: list[Message] = field(default_factory=list)
+    head_failed: bool = False  # held[0] failed and waits for its retry (else: just held back)
+    isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 3  # heartbeats left that look for strays (see Reader.strays)
@@ -296,16 +298,24 @@ class Reader:
         Returns it followed by the messages held behind it, and the ids of
         failed messages whose data is gone (to acknowledge).
         """
+        out: list[Message] = []
+        for part in [p for p in parts if not p.head_failed]:
+            out += part.held  # held behind a message that was dead-lettered: no retry
+            part.held = []
+        parts = [p for p in parts if p.held]
+        if not parts:
+            return out, {}
         pipe = redis.pipeline(transaction=False)
         for part in parts:
             head = part.held[0]
             pipe.xclaim(part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"])
         results = await pipe.execute()
-        out: list[Message] = []
         gone: dict[tuple[OwnedPartition, int], list[str]] = {}
         for part, claimed in zip(parts, results, strict=True):
-            held, part.held = part.held, []
-            head = held[0]
+            head, rest, isolate = part.held[0], part.held[1:], part.isolate
+            part.head_failed = part.isolate = False
+            # Isolated: the head runs alone; the rest is handed out on the next round.
+            part.held = rest if isolate else []
             if claimed and claimed[0][1] is not None:
                 head.deliveries += 1
                 out.append(head)
@@ -313,7 +323,8 @@ class Reader:
             else:
                 gone.setdefault((part, head.priority), []).append(head.msg_id or "")
                 self.stats.add_trimmed(part.number)
-            out += held[1:]
+            if not isolate:
+                out += rest
         return out, gone
 
     async def strays(self, redis: AnyRedis, parts: list[OwnedPartition]) -> list[OwnedPartition]:

@@ -301,7 +301,8 @@ class MetricsRecorder:
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
-                await self.flush()
+                # Shielded: a flush cancelled after Redis applied it would be counted twice.
+                await asyncio.shield(self.flush())
             except (RedisError, OSError) as exc:
                 log.warning("metrics of %s: flush failed, will retry: %s", self.topic, exc)
 

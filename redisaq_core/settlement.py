@@ -39,11 +39,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Failure:
-    """A message whose handler failed, and the messages of its partition held behind it."""
+    """A message whose handler failed, and the messages of its partition held behind it.
+
+    ``isolate``: the failure belongs to a whole batch, so which message caused it
+    is unknown; the retry runs the first message alone, then the rest.
+    """
 
     message: Message
     error: BaseException | str
     rest: list[Message]
+    isolate: bool = False
 
 
 def _error_text(error: BaseException | str) -> tuple[str, str]:
@@ -214,15 +219,18 @@ class Settler:
         )
         if final:
             dead.append(failure)
-            if failure.rest:
-                part.held, part.retry_at = list(failure.rest), now
+            if failure.rest or part.held:
+                part.held = [*failure.rest, *part.held]
+                part.head_failed, part.isolate, part.retry_at = False, False, now
             return
         error, error_type = _error_text(failure.error)
         log.info(
             "consumer %s: message %s of partition %d failed (delivery %d): %s: %s",
             self.name, m.msg_id, part.number, m.deliveries, error_type, error,
         )  # fmt: skip
-        part.held = [m, *failure.rest]
+        # Anything still held in the partition (the rest of an isolated batch) comes after.
+        part.held, part.head_failed = [m, *failure.rest, *part.held], True
+        part.isolate = failure.isolate
         part.retry_at = now + backoff_delay(
             m.deliveries, self.retry_backoff, self.retry_backoff_max
         )

@@ -307,3 +307,27 @@ async def test_stop_is_idempotent_and_leaves_the_group(
 def test_bad_consumer_configuration(kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle):
         Consumer("t", **kwargs)
+
+
+async def test_failed_batch_dead_letters_only_the_culprit(redis_url: str, topic: str) -> None:
+    await _produce(redis_url, topic, 6, partitions=1)
+    handled: list[int] = []
+    calls: list[list[int]] = []
+
+    async def handle(batch: list[Message]) -> None:
+        calls.append([m.payload["n"] for m in batch])
+        if any(m.payload["n"] == 3 for m in batch):
+            raise RuntimeError("3 is poison")
+        handled.extend(m.payload["n"] for m in batch)
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=6, max_deliveries=2, retry_backoff=0.01, **FAST
+    )
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: consumer.stats.dead_lettered == 1)
+        await eventually(lambda: sorted(handled) == [0, 1, 2, 4, 5])
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        (record,) = await dl.list()
+    assert record.payload["n"] == 3
+    assert handled == [0, 1, 2, 4, 5]  # order kept
+    assert calls[0] == [0, 1, 2, 3, 4, 5]
