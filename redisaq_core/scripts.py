@@ -4,7 +4,7 @@ Each script is a ``.lua`` file beside this module; its header says which keys
 and arguments it takes. Scripts run with EVALSHA; when the server answers
 NOSCRIPT (a restarted or flushed Redis) the script is loaded and the call
 repeated. :func:`run_pipelined` does the same for a batch of calls sent in one
-round trip; its calls must be safe to repeat.
+round trip, repeating only the calls that found no script.
 
 On Redis Cluster a script runs on the primary serving its first key, so it is
 loaded on the primaries that answered NOSCRIPT (found from the keys), not on
@@ -115,20 +115,26 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
             return [await script(client, keys, args)]
         except RedisError as exc:
             return [exc]
-    results: list[Any] = []
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
     for attempt in range(3):
         pipe = client.pipeline(transaction=False)
-        for script, keys, args in calls:
+        for i in todo:
+            script, keys, args = calls[i]
             # execute_command: redis-py's cluster pipeline refuses .evalsha(), yet routes
             # EVALSHA by its first key.
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        results = await pipe.execute(raise_on_error=False)
+        replies = await pipe.execute(raise_on_error=False)
         missing: dict[Script, list[Any]] = {}
-        for (script, keys, _), result in zip(calls, results, strict=True):
-            if isinstance(result, NoScriptError):
-                missing.setdefault(script, []).extend(keys[:1])
+        for i, reply in zip(todo, replies, strict=True):
+            results[i] = reply
+            if isinstance(reply, NoScriptError):
+                missing.setdefault(calls[i][0], []).extend(calls[i][1][:1])
         if not missing or attempt == 2:
             return results
+        # Only the calls that found no script run again: on a cluster one node may lack a
+        # script that another has, and the others' calls already took effect.
+        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
         for script, first_keys in missing.items():
             await script.load(client, first_keys)
     return results

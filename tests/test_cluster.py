@@ -10,6 +10,7 @@ The full ordinary suites run on a cluster with ``pytest --cluster``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedCluster
 from redisaq_core.keys import TopicKeys
 from redisaq_core.results import JobStatus, ResultStore
+from redisaq_core.scripts import Script, run_pipelined
 from tests.cluster_helpers import cluster_nodes, crossslot_errors, node_of_key
 from tests.helpers import Running, eventually
 
@@ -92,6 +94,28 @@ def test_partition_slots_cover_everything_of_a_partition() -> None:
         names = [keys.stream(p), keys.stream(p, 3), keys.dead_letters(p), keys.lease(p, "g")]
         names += [keys.job(p, f"orders/{p}/ab"), keys.jobs(p)]
         assert {key_slot(n.encode()) for n in names} == {slot}
+
+
+async def test_pipelined_scripts_run_once_when_only_some_nodes_lack_them(
+    cluster_url: str, client: Any, topic: str
+) -> None:
+    """NOSCRIPT from one node repeats only the calls that node refused."""
+    script = Script.__new__(Script)
+    script.name = "incr"
+    script.source = f"-- {topic}\nreturn redis.call('INCR', KEYS[1])"
+    script.sha = hashlib.sha1(script.source.encode()).hexdigest()
+    counters = [f"{{{topic}:{i}}}:n" for i in range(12)]
+    assert len({node_of_key(cluster_url, k) for k in counters}) == 3
+    await client.ping()  # learn the slot table, so that the script goes to one primary only
+    await script.load(client, counters[:1])
+    loaded = [
+        (await client.execute_command("SCRIPT EXISTS", script.sha, target_nodes=node))[0]
+        for node in client.get_primaries()
+    ]
+    assert sorted(loaded) == [False, False, True], loaded
+    results = await run_pipelined(client, [(script, [k], []) for k in counters])
+    assert results == [1] * 12
+    assert [int(await client.get(k)) for k in counters] == [1] * 12
 
 
 async def test_read_streams_groups_by_slot(cluster_url: str, client: Any, topic: str) -> None:
