@@ -17,9 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "enqueue",
     "enqueue_concurrent",
+    "submit_concurrent",
     "batch_enqueue",
     "process",
     "process_batch",
+    "process_batch_no_metrics",
+    "jobs_batch",
     "end_to_end",
     "end_to_end_paced",
     "idle",
