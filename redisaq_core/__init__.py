@@ -36,6 +36,8 @@ from .errors import (
     SerializationError,
     ServiceNotFoundError,
 )
+from .fanout import FanOut, FanOutStats
+from .fanout_lists import ListFanOut, ListFanOutStats
 from .health import HealthMonitor, Keepalive, StatusChange
 from .message import Message
 from .producer import Producer
@@ -56,6 +58,8 @@ __all__ = [
     "EmbeddedCluster",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "FanOut",
+    "FanOutStats",
     "HealthMonitor",
     "JobError",
     "JobFailedError",
@@ -65,6 +69,8 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "Keepalive",
+    "ListFanOut",
+    "ListFanOutStats",
     "MalformedServiceError",
     "Message",
     "NotConnectedError",

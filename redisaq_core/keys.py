@@ -24,6 +24,9 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{p:T:N}:lease:G                   string owner token of partition N for group G
     redisaq:{p:T:N}:job:ID                    hash  a job's status record (expires after result_ttl)
     redisaq:{p:T:N}:jobs                      zset  job id -> last change (ms), for listings
+    redisaq:{p:T:N}:fo:L:S:G:SP:LV:ID         string a fan-out bridge (group G) wrote entry ID of
+                                                    partition SP (level LV) of topic S (name length
+                                                    L) here (Redis Cluster only; expires)
 
 A job id is ``<topic>/<partition>/<random hex>``: it names the partition, so a
 job's record lives in its partition's slot and changes atomically with the
@@ -130,6 +133,22 @@ class TopicKeys:
     def jobs(self, partition: int) -> str:
         """Sorted set of the partition's job ids scored by their last change (ms)."""
         return f"{self._partition_tag(partition)}:jobs"
+
+    def fanout_record(
+        self, partition: int, source: str, group: str, source_partition: int, level: int
+    ) -> str:
+        """Prefix of the fan-out idempotency records kept in one of this topic's partitions.
+
+        A bridge reading ``source`` with consumer group ``group`` marks each
+        entry of ``source_partition`` (priority ``level``) it wrote into
+        ``partition`` with the key ``<prefix><entry id>``, in ``partition``'s
+        slot. The source name's length comes first, so that no two
+        (source, group) pairs share a prefix.
+        """
+        return (
+            f"{self._partition_tag(partition)}:fo:{len(source)}:{source}:{group}:"
+            f"{source_partition}:{level}:"
+        )
 
 
 def job_id(topic: str, partition: int, random_hex: str) -> str:
