@@ -14,6 +14,9 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/redisaq demo
+	@echo
+	@echo "The dashboard: start a Redis ($(BIN)/redisaq server prints its URL), then"
+	@echo "  REDIS_URL=<that URL> $(BIN)/redisaq web    and open http://127.0.0.1:8000/"
 
 lint: install
 	$(BIN)/ruff check redisaq_core tests benchmarks examples

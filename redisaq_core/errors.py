@@ -18,7 +18,8 @@ The hierarchy::
     ├── RegistryError           a service registry operation failed
     │   ├── ServiceNotFoundError    no service is registered under this id
     │   └── MalformedServiceError   a stored service record can't be read
-    └── EmbeddedRedisError      an embedded redis-server can't be found or started
+    ├── EmbeddedRedisError      an embedded redis-server can't be found or started
+    └── GatewayError            the web gateway refused a request (bad token, invalid fields)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ConsumerError",
     "DuplicateConsumerError",
     "EmbeddedRedisError",
+    "GatewayError",
     "JobError",
     "JobFailedError",
     "JobNotFoundError",
@@ -129,3 +131,7 @@ class MalformedServiceError(RegistryError, ValueError):
 
 class EmbeddedRedisError(RedisaqError, RuntimeError):
     """An embedded redis-server could not be found, started or stopped."""
+
+
+class GatewayError(RedisaqError):
+    """The web gateway refused a request (a wrong token, invalid fields); the message says why."""

@@ -1,0 +1,80 @@
+"""The web gateway: jobs over HTTP and WebSocket, a worker manager, and a live dashboard.
+
+Install the ``web`` extra (``pip install 'redisaq-core[web]'``) and run
+``redisaq web`` (127.0.0.1:8000 by default), or serve :func:`create_app`
+with any ASGI server::
+
+    app = create_app(redis_url="redis://localhost:6379/0", token=os.environ["TOKEN"])
+
+Everything the gateway knows lives in Redis (job records, the service
+registry, worker statuses, topic metrics), so several gateway processes
+behind one load balancer agree; each process holds one Redis client and one
+pub/sub connection for its sockets.
+
+HTTP routes (the OpenAPI schema is at ``/openapi.json``)::
+
+    POST /jobs                   submit -> 201 {"job_id", "status": "queued", ...}
+    GET  /jobs/{job_id}          the job's status record (404 if none)
+    GET  /jobs?status=&topic=&limit=
+    POST /register               a worker -> 201 {"worker_id", "status": "registered"}
+    GET  /workers, /workers/{worker_id}
+    GET  /topics, /topics/{name}  partitions with owner, lag, pending, dead letters
+    GET  /dlq/{topic}            dead letters with origin and error
+    POST /dlq/{topic}/replay     {"ids": [...]} or {"all": true}
+    GET  /metrics                Prometheus text
+    GET  /health
+    GET  /                       the dashboard
+
+WebSocket ``/ws/jobs`` (JSON text frames with a ``type``):
+
+* ``{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?,
+  "timeout"?, "request_id"?}`` -> ``{"type": "job_accepted", "job_id",
+  "request_id", "status": "queued", "topic", "partition"}``; the socket then
+  follows the job.
+* ``{"type": "subscribe", "job_id"}`` follows any job; ``unsubscribe`` stops.
+* The server sends ``{"type": "job_status", "job_id", "status"}`` for the
+  status at the time the job was followed and on every change after it,
+  from whichever process made the change; ``completed`` carries ``result``,
+  ``failed`` and ``dead`` carry ``error`` and ``error_type``. After a final
+  status (``completed``, ``dead``) the job is no longer followed.
+* ``{"type": "ping"}`` -> ``{"type": "pong"}``.
+* A frame that is not JSON, has no known ``type`` or has invalid fields gets
+  ``{"type": "error", "detail", "request_id"?}`` naming the fields; the
+  socket stays open.
+
+WebSocket ``/ws/{worker_id}`` (seed 002's heartbeat socket): on connect the
+worker becomes ``connected`` (the server sends ``{"type": "connected"}``),
+every frame it sends is a heartbeat that makes it ``alive`` (answered with
+``{"type": "heartbeat_ack"}``), closing the socket makes it
+``disconnected``, and ``HEARTBEAT_TIMEOUT`` seconds of silence make it
+``not_responding`` (a :class:`~redisaq_core.health.HealthMonitor` runs in
+each gateway). Close codes: **4404** no worker is registered under that id,
+**4410** its registration was removed while connected, **4401** missing or
+wrong token, **4408** the client did not read its frames.
+
+WebSocket ``/ws/dashboard``: ``{"type": "snapshot", "topics", "workers",
+"dead_letters", "jobs", ...}`` about every second and soon after a change.
+
+:class:`ManagerClient` is the worker side of the manager.
+"""
+
+from __future__ import annotations
+
+from .app import DEFAULT_MAX_BODY, create_app
+from .client import ManagerClient
+from .models import (
+    CLOSE_DEREGISTERED,
+    CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNKNOWN_WORKER,
+)
+
+__all__ = [
+    "CLOSE_DEREGISTERED",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_UNAUTHORIZED",
+    "CLOSE_UNKNOWN_WORKER",
+    "DEFAULT_MAX_BODY",
+    "ManagerClient",
+    "create_app",
+]

@@ -1,0 +1,437 @@
+"""``create_app``: the gateway's FastAPI application (routes, sockets, middleware, lifespan)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Path, Query, Request, WebSocket
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+from ..connection import AnyRedis
+from ..errors import (
+    ConfigurationError,
+    ConnectionFailedError,
+    NotConnectedError,
+    RedisaqError,
+)
+from ..keys import RegistryKeys
+from ..prometheus import CONTENT_TYPE
+from ..registry import WorkerStatus
+from ..results import JobStatus
+from .gateway import Gateway, InvalidField, job_dict
+from .models import (
+    NAME_PATTERN,
+    DeadLetterModel,
+    ErrorModel,
+    HealthModel,
+    JobAccepted,
+    JobModel,
+    ReplayRequest,
+    ReplayResult,
+    SubmitJob,
+    TopicSummaryModel,
+    TopicViewModel,
+    WorkerModel,
+    WorkerRegistered,
+    WorkerRegistration,
+)
+from .security import BodyLimit, TokenAuth
+from .sockets import DashboardHub, JobsSession, worker_socket
+
+__all__ = ["DEFAULT_MAX_BODY", "create_app"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 1_048_576
+"""Largest request body (and WebSocket frame) the gateway takes by default: 1 MiB."""
+
+Responses = dict[int | str, dict[str, Any]]
+_E401: Responses = {401: {"model": ErrorModel, "description": "Missing or wrong token"}}
+_E404: Responses = {404: {"model": ErrorModel, "description": "Not found"}}
+_E413: Responses = {413: {"model": ErrorModel, "description": "Request body too large"}}
+_E503: Responses = {503: {"model": ErrorModel, "description": "Redis unavailable"}}
+_PROMETHEUS: Responses = {
+    200: {
+        "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+        "description": "Prometheus text exposition format 0.0.4",
+    }
+}
+_COMMON: Responses = {**_E401, **_E503}
+_WITH_BODY: Responses = {**_COMMON, **_E413}
+
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+_TAGS = [
+    {"name": "jobs", "description": "Submit jobs and read their status records."},
+    {"name": "workers", "description": "The worker manager: registration and liveness."},
+    {"name": "topics", "description": "Topics, partitions, dead letters and metrics."},
+    {"name": "gateway", "description": "The gateway itself and its dashboard."},
+]
+
+_DESCRIPTION = """\
+Jobs over HTTP and WebSocket, a worker manager and a live dashboard, on redisaq-core.
+
+WebSockets (not in this schema; frames are JSON text):
+
+* `/ws/jobs`: send `{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?,
+  "request_id"?}`, get `{"type": "job_accepted", "job_id", "request_id"}` and then
+  `{"type": "job_status", "job_id", "status", "result"?, "error"?}` on every change.
+  `{"type": "subscribe", "job_id"}` follows any job, `unsubscribe` stops. A bad frame gets
+  `{"type": "error", "detail"}`.
+* `/ws/{worker_id}`: a registered worker's heartbeat socket; every frame is a heartbeat.
+  Close codes: 4404 unknown worker, 4410 registration removed.
+* `/ws/dashboard`: snapshots for the dashboard page.
+
+With a token, send `Authorization: Bearer <token>` (sockets may add `?token=`); otherwise
+401, or close code 4401 on a socket.
+"""
+
+
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return "'sha256-" + base64.b64encode(digest).decode() + "'"
+
+
+def _page() -> tuple[str, str]:
+    """The dashboard as one HTML document (CSS and script inline), and its CSP header."""
+    static = resources.files("redisaq_core.web").joinpath("static")
+    html = static.joinpath("index.html").read_text(encoding="utf-8")
+    css = static.joinpath("dashboard.css").read_text(encoding="utf-8")
+    script = static.joinpath("dashboard.js").read_text(encoding="utf-8")
+    page = html.replace("/*STYLE*/", css).replace("/*SCRIPT*/", script)
+    policy = (
+        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(css)}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return page, policy
+
+
+def _check_token(token: str | None) -> str | None:
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or token != token.strip():
+        raise ConfigurationError("token must be a non-empty string without surrounding spaces")
+    return token
+
+
+def create_app(
+    *,
+    redis_url: str | None = None,
+    redis: AnyRedis | None = None,
+    key_prefix: str = "",
+    token: str | None = None,
+    heartbeat_timeout: float = 15.0,
+    max_body_size: int = DEFAULT_MAX_BODY,
+) -> FastAPI:
+    """The web gateway as a FastAPI app (see :mod:`redisaq_core.web`).
+
+    ``redis``: a client to share (never closed by the app); otherwise the
+    lifespan opens one client for ``redis_url`` and closes it on shutdown.
+    ``key_prefix``: the service registry's prefix. ``token``: require
+    ``Authorization: Bearer <token>`` everywhere. ``heartbeat_timeout``:
+    seconds of silence before a worker is ``not_responding``.
+    ``max_body_size``: bytes; larger request bodies get 413, larger socket
+    frames an error frame.
+    """
+    if redis is not None and redis_url is not None:
+        raise ConfigurationError("pass either redis or redis_url, not both")
+    RegistryKeys(key_prefix)
+    token = _check_token(token)
+    if (
+        isinstance(heartbeat_timeout, bool)
+        or not isinstance(heartbeat_timeout, (int, float))
+        or not math.isfinite(heartbeat_timeout)
+        or heartbeat_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"heartbeat_timeout must be a number of seconds > 0, got {heartbeat_timeout!r}"
+        )
+    if isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 1:
+        raise ConfigurationError(f"max_body_size must be an integer >= 1, got {max_body_size!r}")
+    gateway = Gateway(
+        redis_url=redis_url,
+        redis=redis,
+        key_prefix=key_prefix,
+        heartbeat_timeout=float(heartbeat_timeout),
+    )
+    hub = DashboardHub(gateway)
+    page, policy = _page()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await hub.aclose()
+            await gateway.stop()
+
+    app = FastAPI(
+        title="redisaq gateway",
+        version="1",
+        description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    app.add_middleware(BodyLimit, max_size=max_body_size)
+    app.add_middleware(TokenAuth, token=token, page_paths=frozenset({"/"}))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:  # not UTF-8, say
+            detail = [
+                {"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}
+            ]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(InvalidField)
+    async def invalid_field(request: Request, exc: InvalidField) -> JSONResponse:
+        location = exc.location if exc.location[0] in ("path", "query") else ("body", *exc.location)
+        detail = [{"loc": list(location), "msg": exc.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(RedisaqError)
+    async def library_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, ConfigurationError):
+            detail = [{"loc": ["request"], "msg": str(exc), "type": "value_error"}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        where = f"{request.method} {request.url.path}"
+        if isinstance(exc, RedisaqError) and not isinstance(
+            exc, (ConnectionFailedError, NotConnectedError)
+        ):
+            log.error("%s: %s: %s", where, type(exc).__name__, exc)
+            return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        log.warning("%s: Redis unavailable: %s: %s", where, type(exc).__name__, exc)
+        return JSONResponse({"detail": "Redis unavailable"}, status_code=503)
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    @app.post(
+        "/jobs",
+        status_code=201,
+        response_model=JobAccepted,
+        tags=["jobs"],
+        summary="Submit a job",
+        responses=_WITH_BODY,
+    )
+    async def submit_job(job: SubmitJob) -> dict[str, Any]:
+        """Queue a job on a topic (made with one partition if new) through ``Producer.submit``."""
+        return await gateway.submit(job)
+
+    @app.get(
+        "/jobs",
+        response_model=list[JobModel],
+        tags=["jobs"],
+        summary="List jobs",
+        responses=_COMMON,
+    )
+    async def list_jobs(
+        status: Annotated[JobStatus | None, Query(description="only this status")] = None,
+        topic: Annotated[
+            str | None, Query(min_length=1, max_length=200, pattern=NAME_PATTERN)
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Jobs, most recently changed first, of one topic or all."""
+        records = await gateway.jobs(status=status, topic=topic, limit=limit)
+        return [job_dict(r) for r in records]
+
+    @app.get(
+        "/jobs/{job_id:path}",
+        response_model=JobModel,
+        tags=["jobs"],
+        summary="A job's status record",
+        responses={**_COMMON, **_E404},
+    )
+    async def get_job(
+        job_id: Annotated[str, Path(description="topic/partition/id")],
+    ) -> Any:
+        """The job's record: status, timestamps, worker, attempts, error, and its result."""
+        record = await gateway.job(job_id)
+        if record is None:
+            return JSONResponse(
+                {"detail": f"job {job_id} has no record (unknown, or expired)"}, status_code=404
+            )
+        return job_dict(record)
+
+    # ---- workers -------------------------------------------------------------------------
+
+    @app.post(
+        "/register",
+        status_code=201,
+        response_model=WorkerRegistered,
+        tags=["workers"],
+        summary="Register a worker",
+        responses=_WITH_BODY,
+    )
+    async def register(worker: WorkerRegistration) -> dict[str, Any]:
+        """Register a worker; then open its heartbeat socket at ``/ws/{worker_id}``."""
+        worker_id = await gateway.register(worker)
+        return {"worker_id": worker_id, "status": WorkerStatus.REGISTERED.value}
+
+    @app.get(
+        "/workers",
+        response_model=list[WorkerModel],
+        tags=["workers"],
+        summary="List workers",
+        responses=_COMMON,
+    )
+    async def list_workers(
+        status: Annotated[WorkerStatus | None, Query(description="only this status")] = None,
+        service_type: Annotated[
+            str | None, Query(min_length=1, max_length=200, pattern=r"^\S+$")
+        ] = None,
+    ) -> list[dict[str, Any]]:
+        """Every registered worker (and consumer) with its status and last heartbeat."""
+        return await gateway.workers(status=status, service_type=service_type)
+
+    @app.get(
+        "/workers/{worker_id:path}",
+        response_model=WorkerModel,
+        tags=["workers"],
+        summary="One worker",
+        responses={**_COMMON, **_E404},
+    )
+    async def get_worker(
+        worker_id: Annotated[str, Path(min_length=1, max_length=300)],
+    ) -> Any:
+        """One worker (or consumer: ``topic/group/name``) with its status, or 404."""
+        worker = await gateway.worker(worker_id)
+        if worker is None:
+            return JSONResponse({"detail": f"no worker {worker_id!r}"}, status_code=404)
+        return worker
+
+    # ---- topics, dead letters, metrics ---------------------------------------------------
+
+    @app.get(
+        "/topics",
+        response_model=list[TopicSummaryModel],
+        tags=["topics"],
+        summary="List topics",
+        responses=_COMMON,
+    )
+    async def list_topics() -> list[dict[str, Any]]:
+        """Every topic with its figures summed over its consumer groups."""
+        return await gateway.topics()
+
+    @app.get(
+        "/topics/{name}",
+        response_model=TopicViewModel,
+        tags=["topics"],
+        summary="One topic's partitions",
+        responses={**_COMMON, **_E404},
+    )
+    async def get_topic(name: Annotated[str, Path(max_length=200)]) -> Any:
+        """Partitions with owner, lag, pending and dead letters, per consumer group."""
+        view = await gateway.topic(name)
+        if view is None:
+            return JSONResponse({"detail": f"no topic {name!r}"}, status_code=404)
+        return view
+
+    @app.get(
+        "/dlq/{topic}",
+        response_model=list[DeadLetterModel],
+        tags=["topics"],
+        summary="A topic's dead letters",
+        responses={**_COMMON, **_E404},
+    )
+    async def list_dead_letters(
+        topic: Annotated[str, Path(max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> Any:
+        """Dead letters with their origin (partition, message id, group) and error."""
+        if not await gateway.known_topic(topic):
+            return JSONResponse({"detail": f"no topic {topic!r}"}, status_code=404)
+        return await gateway.dead_letters(topic, limit)
+
+    @app.post(
+        "/dlq/{topic}/replay",
+        response_model=ReplayResult,
+        tags=["topics"],
+        summary="Replay dead letters",
+        responses={**_WITH_BODY, **_E404},
+    )
+    async def replay_dead_letters(
+        topic: Annotated[str, Path(max_length=200)],
+        request: Annotated[ReplayRequest, Body()],
+    ) -> Any:
+        """Put dead letters (``ids``, or ``all: true``) back on their partitions."""
+        if not await gateway.known_topic(topic):
+            return JSONResponse({"detail": f"no topic {topic!r}"}, status_code=404)
+        return {"replayed": await gateway.replay(topic, request)}
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["topics"],
+        summary="Prometheus metrics",
+        responses={**_PROMETHEUS, **_COMMON},
+    )
+    async def metrics() -> Response:
+        """Every topic's metrics in the Prometheus text format."""
+        return Response(await gateway.metrics(), media_type=CONTENT_TYPE)
+
+    # ---- the gateway ---------------------------------------------------------------------
+
+    @app.get(
+        "/health",
+        response_model=HealthModel,
+        tags=["gateway"],
+        summary="Gateway health",
+        responses=_COMMON,
+    )
+    async def health() -> dict[str, Any]:
+        """``ok`` when the gateway and its Redis answer (503 when Redis does not)."""
+        return {"status": "ok", "redis": await gateway.ping()}
+
+    @app.get(
+        "/",
+        response_class=HTMLResponse,
+        tags=["gateway"],
+        summary="The dashboard",
+        responses=_E401,
+    )
+    async def dashboard() -> HTMLResponse:
+        """The dashboard page (one static document, updated over ``/ws/dashboard``)."""
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": policy,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    # ---- sockets -------------------------------------------------------------------------
+
+    @app.websocket("/ws/jobs")
+    async def jobs_socket(ws: WebSocket) -> None:
+        await JobsSession(ws, gateway, max_frame=max_body_size).run()
+
+    @app.websocket("/ws/dashboard")
+    async def dashboard_socket(ws: WebSocket) -> None:
+        await hub.serve(ws)
+
+    @app.websocket("/ws/{worker_id}")
+    async def heartbeat_socket(ws: WebSocket, worker_id: str) -> None:
+        await worker_socket(ws, gateway, worker_id)
+
+    return app

@@ -1,0 +1,478 @@
+"""What a gateway process holds: one Redis client and the library components built on it.
+
+:class:`Gateway` is the part of the web gateway that talks to the library;
+the routes in :mod:`redisaq_core.web.app` only translate HTTP and WebSocket
+to its methods. Everything it knows is read from Redis when asked for (job
+records, the service registry and the worker statuses stored there, topic
+views): two gateways behind one load balancer give the same answers. What it
+keeps in memory is connections (one producer per topic, the job feed's
+pub/sub connection, open sockets), never state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from ..connection import AnyRedis, create_client, redact_url
+from ..dlq import DeadLetters
+from ..errors import (
+    ConfigurationError,
+    ConnectionFailedError,
+    PartitionKeyError,
+    SerializationError,
+)
+from ..health import HealthMonitor, StatusChange, classify
+from ..keys import validate_name
+from ..monitor import Monitor
+from ..producer import Producer
+from ..registry import ServiceInfo, ServiceRecord, ServiceRegistry, WorkerStatus
+from ..results import JobRecord, JobStatus, ResultStore
+from .feed import JobFeed
+from .models import RESERVED_WORKER_IDS, ReplayRequest, SubmitJob, WorkerRegistration
+
+__all__ = ["WORKER_SERVICE_TYPE", "Gateway", "InvalidField", "job_dict"]
+
+log = logging.getLogger(__name__)
+
+WORKER_SERVICE_TYPE = "worker"
+"""The service type of workers registered through ``POST /register``."""
+DASHBOARD_TOPICS = 50
+"""Most topics a dashboard snapshot shows (in name order)."""
+DASHBOARD_DEAD_LETTERS = 20
+"""Most dead letters per topic a dashboard snapshot shows."""
+DASHBOARD_JOBS = 15
+"""Recent jobs a dashboard snapshot shows."""
+_INTERNAL_METADATA = ("name", "connection_id")
+
+
+class InvalidField(Exception):
+    """A request field was well-formed but refused: answered with 422 naming the field."""
+
+    def __init__(self, location: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.message = message
+
+
+_SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "topic")
+
+
+def _field_of(exc: Exception, fields: tuple[str, ...], default: str) -> str:
+    """The request field a library error is about: its message starts with the argument name."""
+    first = str(exc).split(" ", 1)[0]
+    return first if first in fields else default
+
+
+def job_dict(record: JobRecord) -> dict[str, Any]:
+    """A job record as the gateway shows it: :meth:`JobRecord.as_dict` plus ``job_id``."""
+    return {"job_id": record.id, **record.as_dict()}
+
+
+class Gateway:
+    """The library side of one gateway process (see the module docstring).
+
+    ``redis``: a client to use (never closed here); otherwise one is made from
+    ``redis_url`` in :meth:`start` and closed in :meth:`stop`. ``key_prefix``
+    is the service registry's. ``heartbeat_timeout``: seconds of silence
+    after which a worker is ``not_responding``.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str | None,
+        redis: AnyRedis | None,
+        key_prefix: str,
+        heartbeat_timeout: float,
+        max_producers: int = 256,
+    ) -> None:
+        self._url = redis_url
+        self._given = redis
+        self.key_prefix = key_prefix
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_producers = max_producers
+        self._client: AnyRedis | None = None
+        self._producers: OrderedDict[str, Producer] = OrderedDict()
+        self._making: dict[str, asyncio.Future[Producer]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._listeners: list[Any] = []
+        self.store: ResultStore | None = None
+        self.registry: ServiceRegistry | None = None
+        self.monitor: Monitor | None = None
+        self.health: HealthMonitor | None = None
+        self.feed: JobFeed | None = None
+
+    @property
+    def url(self) -> str:
+        """The Redis URL in use, with any password hidden."""
+        if self._given is not None:
+            return "<given client>"
+        return redact_url(self._url or "redis://localhost:6379/0")
+
+    @property
+    def client(self) -> AnyRedis:
+        """The shared Redis client (after :meth:`start`)."""
+        if self._client is None:
+            raise ConnectionFailedError("the gateway is not started")
+        return self._client
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, and start the job feed and the health monitor."""
+        client = self._given or create_client(self._url or "redis://localhost:6379/0")
+        self._client = client
+        try:
+            self.store = ResultStore(redis=client)
+            self.registry = ServiceRegistry(redis=client, key_prefix=self.key_prefix)
+            self.monitor = Monitor(
+                redis=client, key_prefix=self.key_prefix, stale_after=self.heartbeat_timeout
+            )
+            await self.store.connect()
+            await self.registry.connect()
+            await self.monitor.connect()
+            self.feed = JobFeed(client, self.store)
+            self.health = HealthMonitor(
+                self.registry, timeout=self.heartbeat_timeout, on_change=self._status_changed
+            )
+            await self.health.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("gateway connected to %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop everything started here and close the client if it was made here."""
+        if self.health is not None:
+            await self.health.stop()
+        if self.feed is not None:
+            await self.feed.aclose()
+        producers = list(self._producers.values())
+        self._producers.clear()
+        for producer in producers:
+            await producer.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        for component in (self.monitor, self.registry, self.store):
+            if component is not None:
+                await component.close()
+        client, self._client = self._client, None
+        if client is not None and self._given is None:
+            await client.aclose()
+
+    # ---- change notifications (to this process's dashboards) -----------------------------
+
+    def listen(self, callback: Any) -> None:
+        """Call ``callback()`` whenever a worker's status may have changed."""
+        self._listeners.append(callback)
+
+    def changed(self) -> None:
+        """Tell the listeners that something they show changed."""
+        for callback in self._listeners:
+            callback()
+
+    def _status_changed(self, change: StatusChange) -> None:
+        log.info("worker %s: %s -> %s", change.service_id, change.old, change.new)
+        self.changed()
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def producer(self, topic: str) -> Producer:
+        """The producer of ``topic`` (made and connected on first use; the least used closed)."""
+        producer = self._producers.get(topic)
+        if producer is not None:
+            self._producers.move_to_end(topic)
+            return producer
+        making = self._making.get(topic)
+        if making is not None:
+            return await asyncio.shield(making)
+        future: asyncio.Future[Producer] = asyncio.get_running_loop().create_future()
+        self._making[topic] = future
+        try:
+            producer = Producer(topic, redis=self.client)
+            await producer.connect()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._making[topic]
+        future.set_result(producer)
+        self._producers[topic] = producer
+        while len(self._producers) > self.max_producers:
+            _, old = self._producers.popitem(last=False)
+            task = asyncio.ensure_future(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return producer
+
+    async def submit(self, job: SubmitJob) -> dict[str, Any]:
+        """Queue a job; return the ``JobAccepted`` fields. :class:`InvalidField` when refused."""
+        try:
+            validate_name(job.topic, "topic")
+        except ConfigurationError as exc:
+            raise InvalidField(("topic",), str(exc)) from None
+        producer = await self.producer(job.topic)
+        try:
+            handle = await producer.submit(
+                job.payload,
+                priority=job.priority,
+                partition_key=job.partition_key,
+                timeout=job.timeout,
+            )
+        except PartitionKeyError as exc:
+            raise InvalidField(("partition_key",), str(exc)) from None
+        except (ConfigurationError, SerializationError) as exc:
+            raise InvalidField((_field_of(exc, _SUBMIT_FIELDS, "payload"),), str(exc)) from None
+        return {
+            "job_id": handle.id,
+            "status": JobStatus.QUEUED.value,
+            "topic": job.topic,
+            "partition": handle.partition,
+            "job_type": job.job_type,
+            "client_id": job.client_id,
+        }
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        """A job's record, or ``None``; :class:`InvalidField` for a malformed id."""
+        assert self.store is not None
+        try:
+            return await self.store.get(job_id)
+        except ConfigurationError as exc:
+            raise InvalidField(("job_id",), str(exc)) from None
+
+    async def jobs(
+        self, *, status: JobStatus | None, topic: str | None, limit: int
+    ) -> list[JobRecord]:
+        """Jobs, most recently changed first."""
+        assert self.store is not None
+        try:
+            return await self.store.list_jobs(topic=topic, status=status, limit=limit)
+        except ConfigurationError as exc:
+            raise InvalidField(("topic",), str(exc)) from None
+
+    # ---- workers -------------------------------------------------------------------------
+
+    async def register(self, request: WorkerRegistration) -> str:
+        """Register (or register again) a worker; return its id."""
+        assert self.registry is not None
+        worker_id = request.worker_id or uuid.uuid4().hex
+        if worker_id in RESERVED_WORKER_IDS:
+            raise InvalidField(("worker_id",), f"worker_id {worker_id!r} is reserved")
+        metadata = {k: v for k, v in request.metadata.items() if k not in _INTERNAL_METADATA}
+        try:
+            info = ServiceInfo(
+                service_id=worker_id,
+                host=request.host,
+                port=request.port,
+                service_type=WORKER_SERVICE_TYPE,
+                metadata={**metadata, "name": request.name},
+            )
+        except ConfigurationError as exc:
+            field = _field_of(exc, ("host", "port", "metadata"), "worker_id")
+            raise InvalidField((field,), str(exc)) from None
+        await self.registry.register_service(info)
+        self.changed()
+        log.info("registered worker %s (%s) at %s:%s",
+                 worker_id, request.name, info.host, info.port)  # fmt: skip
+        return worker_id
+
+    def _worker(
+        self, record: ServiceRecord, now: float, stored: dict[str, WorkerStatus]
+    ) -> dict[str, Any]:
+        assert self.health is not None
+        info = record.info
+        last = info.last_seen
+        age = None if last is None else max(0.0, now - last)
+        status = stored.get(info.service_id)
+        if status is None:
+            status = classify(
+                age=age or 0.0,
+                heartbeated=last is not None and last > record.registered_at,
+                connected=record.alive,
+                timeout=self.health.timeout,
+                disconnect_timeout=self.health.disconnect_timeout,
+            )
+        meta = info.metadata
+        name = meta.get("name") or meta.get("consumer") or info.service_id
+        return {
+            "worker_id": info.service_id,
+            "name": str(name),
+            "host": info.host,
+            "port": info.port,
+            "status": status.value,
+            "last_heartbeat": last,
+            "registered_at": record.registered_at,
+            "age": age,
+            "service_type": info.service_type,
+            "health": info.status,
+            "connected": record.alive,
+            "metadata": {k: v for k, v in meta.items() if k not in _INTERNAL_METADATA},
+        }
+
+    async def workers(
+        self, *, status: WorkerStatus | None = None, service_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every registered service (of ``service_type``) with its worker status, sorted by id."""
+        assert self.registry is not None
+        if service_type is not None:
+            try:
+                snap = await self.registry.snapshot(service_type)
+            except ConfigurationError as exc:
+                raise InvalidField(("service_type",), str(exc)) from None
+        else:
+            snap = await self.registry.snapshot()
+        stored = await self.registry.get_worker_statuses()
+        out = [self._worker(r, snap.now, stored) for r in snap.records]
+        return [w for w in out if status is None or w["status"] == status.value]
+
+    async def worker(self, worker_id: str) -> dict[str, Any] | None:
+        """One registered service with its worker status, or ``None``."""
+        for worker in await self.workers():
+            if worker["worker_id"] == worker_id:
+                return worker
+        return None
+
+    async def worker_connected(self, worker_id: str) -> str | None:
+        """A heartbeat socket opened: mark the worker ``connected``; ``None`` if unknown.
+
+        Returns the connection's id (kept in the worker's record, so that a
+        socket that closes after a newer one opened does not mark it
+        disconnected).
+        """
+        assert self.registry is not None
+        info = await self.registry.get_service(worker_id)
+        if info is None:
+            return None
+        connection = uuid.uuid4().hex
+        info.metadata["connection_id"] = connection
+        await self.registry.register_service(info, liveness_ttl=self.heartbeat_timeout)
+        await self.registry.store_worker_statuses({worker_id: WorkerStatus.CONNECTED})
+        self.changed()
+        return connection
+
+    async def worker_heartbeat(self, worker_id: str) -> bool:
+        """A heartbeat (Redis server time): mark the worker ``alive``; ``False`` if it is gone."""
+        assert self.registry is not None
+        if not await self.registry.heartbeat(worker_id, liveness_ttl=self.heartbeat_timeout):
+            return False
+        await self.registry.store_worker_statuses({worker_id: WorkerStatus.ALIVE})
+        return True
+
+    async def worker_disconnected(self, worker_id: str, connection: str) -> None:
+        """The heartbeat socket ``connection`` closed: mark the worker ``disconnected``."""
+        assert self.registry is not None
+        info = await self.registry.get_service(worker_id)
+        if info is None or info.metadata.get("connection_id") != connection:
+            return
+        await self.registry.store_worker_statuses({worker_id: WorkerStatus.DISCONNECTED})
+        self.changed()
+
+    # ---- topics, dead letters, metrics ---------------------------------------------------
+
+    def _check_topic(self, name: str, location: tuple[str, ...]) -> None:
+        try:
+            validate_name(name, "topic")
+        except ConfigurationError as exc:
+            raise InvalidField(location, str(exc)) from None
+
+    async def topics(self) -> list[dict[str, Any]]:
+        """Every topic with its figures summed over its groups."""
+        assert self.monitor is not None
+        return await self.monitor.topics()
+
+    async def topic(self, name: str) -> dict[str, Any] | None:
+        """A topic's whole view, or ``None`` if there is no such topic."""
+        assert self.monitor is not None
+        self._check_topic(name, ("path", "name"))
+        return await self.monitor.topic(name)
+
+    async def known_topic(self, name: str) -> bool:
+        """Whether ``name`` is a known topic."""
+        assert self.monitor is not None
+        self._check_topic(name, ("path", "topic"))
+        return name in await self.monitor.topic_names()
+
+    async def dead_letters(self, topic: str, limit: int) -> list[dict[str, Any]]:
+        """A topic's dead letters (at most ``limit``) as dicts."""
+        letters = await DeadLetters(topic, redis=self.client).list(limit=limit)
+        return [d.as_dict() for d in letters]
+
+    async def replay(self, topic: str, request: ReplayRequest) -> int:
+        """Replay the dead letters ``request`` names (or all); return how many went back."""
+        if request.ids is None and not request.all:
+            raise InvalidField(("ids",), "give the ids to replay, or all: true")
+        ids = None if request.all else request.ids
+        try:
+            count = await DeadLetters(topic, redis=self.client).replay(ids)
+        except ConfigurationError as exc:
+            raise InvalidField(("ids",), str(exc)) from None
+        if count:
+            log.info("replayed %d dead letter(s) of %s", count, topic)
+            self.changed()
+        return count
+
+    async def metrics(self) -> str:
+        """The Prometheus exposition of every topic."""
+        assert self.monitor is not None
+        return await self.monitor.prometheus()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        return bool(await self.client.ping())
+
+    # ---- the dashboard -------------------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What the dashboard shows, read in one go."""
+        assert self.monitor is not None and self.store is not None
+        names = await self.monitor.topic_names()
+        views = await self.monitor.topic_views(names[:DASHBOARD_TOPICS])
+        topics = []
+        letters: list[dict[str, Any]] = []
+        for view in views:
+            summary = Monitor.topic_summary(view)
+            stats = {s["partition"]: s for s in view["partition_stats"]}
+            rows = []
+            for group in view["groups"]:
+                for row in group["partitions"]:
+                    stat = stats.get(row["partition"], {})
+                    rows.append(
+                        {
+                            "partition": row["partition"],
+                            "group": group["group"],
+                            "owner": row["owner"],
+                            "lag": row["lag"],
+                            "lag_exact": row["lag_exact"],
+                            "pending": row["pending"],
+                            "in_flight": row["in_flight"],
+                            "length": stat.get("length", 0),
+                            "dead_letters": stat.get("dead_letters", 0),
+                        }
+                    )
+            if not view["groups"]:
+                rows = [
+                    {"partition": p, "group": None, "owner": None, "lag": None,
+                     "lag_exact": True, "pending": 0, "in_flight": 0,
+                     "length": s["length"], "dead_letters": s["dead_letters"]}
+                    for p, s in stats.items()
+                ]  # fmt: skip
+            topics.append({**summary, "rows": rows})
+            if view["dead_letters"]:
+                items = await self.dead_letters(view["topic"], DASHBOARD_DEAD_LETTERS)
+                letters.append(
+                    {"topic": view["topic"], "count": view["dead_letters"], "items": items}
+                )
+        jobs = await self.store.list_jobs(limit=DASHBOARD_JOBS)
+        return {
+            "type": "snapshot",
+            "topics": topics,
+            "topics_total": len(names),
+            "workers": await self.workers(),
+            "dead_letters": letters,
+            "jobs": [job_dict(r) for r in jobs],
+            "heartbeat_timeout": self.heartbeat_timeout,
+        }

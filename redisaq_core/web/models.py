@@ -1,0 +1,311 @@
+"""Request and response bodies of the web gateway, and the WebSocket close codes.
+
+These pydantic models are the gateway's OpenAPI schema (``GET /openapi.json``);
+the WebSocket frames are documented in :mod:`redisaq_core.web`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from ..registry import WorkerStatus
+from ..results import JobStatus
+
+__all__ = [
+    "CLOSE_DEREGISTERED",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_UNAUTHORIZED",
+    "CLOSE_UNKNOWN_WORKER",
+    "NAME_PATTERN",
+    "RESERVED_WORKER_IDS",
+    "WORKER_ID_PATTERN",
+    "DeadLetterModel",
+    "ErrorModel",
+    "GroupMemberModel",
+    "GroupModel",
+    "HealthModel",
+    "JobAccepted",
+    "JobModel",
+    "PartitionRowModel",
+    "PartitionStatsModel",
+    "ReplayRequest",
+    "ReplayResult",
+    "SubmitJob",
+    "TopicSummaryModel",
+    "TopicViewModel",
+    "WorkerModel",
+    "WorkerRegistered",
+    "WorkerRegistration",
+]
+
+CLOSE_UNAUTHORIZED = 4401
+"""WebSocket close code: the gateway has a token and the socket did not give it."""
+CLOSE_UNKNOWN_WORKER = 4404
+"""WebSocket close code of ``/ws/{worker_id}``: no worker is registered under that id."""
+CLOSE_DEREGISTERED = 4410
+"""WebSocket close code of ``/ws/{worker_id}``: the worker's registration was removed."""
+CLOSE_TOO_SLOW = 4408
+"""WebSocket close code: the client did not read its frames fast enough."""
+
+NAME_PATTERN = r"^[^\s{}]+$"
+"""Topic names: no whitespace, no braces (they would break the hash tags)."""
+WORKER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+"""Worker ids: one URL path segment of letters, digits and ``._:@-``."""
+RESERVED_WORKER_IDS = frozenset({"jobs", "dashboard"})
+"""Worker ids that would collide with the gateway's other sockets (``/ws/jobs``, ...)."""
+
+TopicName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+
+
+class ErrorModel(BaseModel):
+    """An error answer: what went wrong, in words."""
+
+    detail: str
+
+
+class HealthModel(BaseModel):
+    """``GET /health``: the gateway answers and its Redis does."""
+
+    status: Literal["ok"]
+    redis: bool
+
+
+class SubmitJob(BaseModel):
+    """``POST /jobs`` (and the ``submit_job`` frame): a job for a topic's consumers.
+
+    ``priority`` must be below the topic's number of priority levels (a topic
+    created here has one, so only 0). ``partition_key`` names a payload field
+    whose value picks the partition. ``job_type`` and ``client_id`` are echoed
+    back; the job record does not keep them.
+    """
+
+    topic: TopicName
+    payload: Any = Field(description="Any JSON value; the handler receives it as it is.")
+    priority: StrictInt = Field(0, ge=0, le=15)
+    partition_key: str | None = Field(None, min_length=1, max_length=200)
+    timeout: float | None = Field(None, gt=0, le=86_400, description="Seconds a handler may run.")
+    job_type: str | None = Field(None, max_length=200)
+    client_id: str | None = Field(None, max_length=200)
+
+
+class JobAccepted(BaseModel):
+    """A job was queued."""
+
+    job_id: str
+    status: Literal["queued"]
+    topic: str
+    partition: int
+    job_type: str | None = None
+    client_id: str | None = None
+
+
+class JobModel(BaseModel):
+    """A job's status record (:meth:`redisaq_core.results.JobRecord.as_dict` plus ``job_id``).
+
+    Times are Unix seconds of the Redis server's clock; ``result`` is the
+    handler's return value once the job is ``completed``.
+    """
+
+    job_id: str
+    id: str
+    topic: str
+    partition: int
+    status: JobStatus
+    msg_id: str | None = None
+    priority: int = 0
+    attempts: int = 0
+    worker: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    queued_at: float | None = None
+    active_at: float | None = None
+    completed_at: float | None = None
+    failed_at: float | None = None
+    dead_at: float | None = None
+    updated_at: float | None = None
+    result_ttl: int | None = None
+    has_result: bool = False
+    result: Any = None
+    result_error: str | None = None
+
+
+class WorkerRegistration(BaseModel):
+    """``POST /register``: a worker announcing itself (seed 002).
+
+    ``worker_id`` is generated if not given; registering an id again replaces
+    its registration.
+    """
+
+    worker_id: str | None = Field(None, pattern=WORKER_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    host: str = Field(min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+    port: StrictInt = Field(ge=0, le=65535)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkerRegistered(BaseModel):
+    """A worker was registered; connect its heartbeat socket to ``/ws/{worker_id}``."""
+
+    worker_id: str
+    status: Literal["registered"]
+
+
+class WorkerModel(BaseModel):
+    """A registered worker (any service of the registry) and its liveness.
+
+    ``status`` is the :class:`~redisaq_core.registry.WorkerStatus`;
+    ``last_heartbeat`` and ``registered_at`` are Unix seconds of the Redis
+    server's clock, ``age`` the seconds since the last heartbeat. ``health``
+    is the status the service reports about itself; ``connected`` says whether
+    its liveness key is held (a heartbeat socket or keepalive is renewing it).
+    """
+
+    worker_id: str
+    name: str
+    host: str
+    port: int
+    status: WorkerStatus
+    last_heartbeat: float | None
+    registered_at: float | None = None
+    age: float | None = None
+    service_type: str
+    health: str
+    connected: bool
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TopicSummaryModel(BaseModel):
+    """One topic with its figures summed over its consumer groups."""
+
+    model_config = ConfigDict(extra="allow")
+
+    topic: str
+    partitions: int
+    priorities: int
+    groups: list[str]
+    members: int
+    produced: int
+    length: int
+    dead_letters: int
+    pending: int
+    lag: int
+    in_flight: int
+    handled: int
+    failed: int
+    retried: int
+    dead_lettered: int
+    timed_out: int
+    trimmed: int
+
+
+class PartitionStatsModel(BaseModel):
+    """A partition's stream figures."""
+
+    partition: int
+    produced: int
+    length: int
+    dead_letters: int
+
+
+class GroupMemberModel(BaseModel):
+    """A live member of a consumer group."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    last_heartbeat: float
+    age: float
+    partitions: list[int]
+    pending: int
+    in_flight: int
+
+
+class PartitionRowModel(BaseModel):
+    """One partition as one consumer group sees it: owner, lag, pending and counters.
+
+    ``handler_seconds`` and ``end_to_end_seconds`` are histograms
+    (``{"count", "sum", "max", "buckets": [[bound, cumulative count], ...]}``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    partition: int
+    owner: str | None
+    pending: int
+    lag: int
+    lag_exact: bool
+    in_flight: int
+    handled: int
+    failed: int
+    retried: int
+    dead_lettered: int
+    timed_out: int
+    trimmed: int
+    handler_seconds: dict[str, Any]
+    end_to_end_seconds: dict[str, Any]
+
+
+class GroupModel(BaseModel):
+    """A consumer group of a topic."""
+
+    model_config = ConfigDict(extra="allow")
+
+    group: str
+    members: list[GroupMemberModel]
+    partitions: list[PartitionRowModel]
+    totals: dict[str, Any]
+
+
+class TopicViewModel(BaseModel):
+    """The whole view of a topic (:func:`redisaq_core.metrics.topic_metrics`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    topic: str
+    time: float
+    exists: bool
+    partitions: int
+    priorities: int
+    groups_count: int
+    produced: int
+    length: int
+    dead_letters: int
+    partition_stats: list[PartitionStatsModel]
+    groups: list[GroupModel]
+
+
+class DeadLetterModel(BaseModel):
+    """A dead letter, where it came from and why it failed.
+
+    Origin: ``topic``, ``partition``, ``priority``, ``msg_id``, ``group``,
+    ``consumer``; failure: ``error``, ``error_type``, ``deliveries``.
+    """
+
+    id: str
+    topic: str
+    partition: int
+    priority: int
+    group: str
+    msg_id: str
+    deliveries: int
+    error: str
+    error_type: str
+    consumer: str
+    failed_at: float
+    payload: Any = None
+    payload_error: str | None = None
+
+
+class ReplayRequest(BaseModel):
+    """``POST /dlq/{topic}/replay``: the dead letters to put back, by id, or ``all``."""
+
+    ids: list[str] | None = Field(None, max_length=10_000)
+    all: bool = False
+
+
+class ReplayResult(BaseModel):
+    """How many dead letters went back on their partitions."""
+
+    replayed: int

@@ -1,0 +1,409 @@
+"""The gateway's WebSockets: jobs (``/ws/jobs``), worker heartbeats (``/ws/{id}``), dashboards.
+
+Frames are JSON text; their shapes are documented in :mod:`redisaq_core.web`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket, WebSocketState
+
+from ..errors import ConfigurationError, MalformedServiceError, RedisaqError
+from ..results import JobRecord, JobStatus
+from .feed import RECORD_STATUSES
+from .gateway import Gateway, InvalidField
+from .models import (
+    CLOSE_DEREGISTERED,
+    CLOSE_TOO_SLOW,
+    CLOSE_UNKNOWN_WORKER,
+    SubmitJob,
+)
+
+__all__ = ["DashboardHub", "JobsSession", "dumps", "worker_socket"]
+
+log = logging.getLogger(__name__)
+
+FINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.DEAD.value})
+FRAME_TYPES = ("submit_job", "subscribe", "unsubscribe", "ping")
+_FAILURES = (RedisError, OSError, RedisaqError)
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a frame (values JSON can't hold are written as strings)."""
+    return orjson.dumps(value, default=str).decode()
+
+
+def _errors_text(exc: ValidationError) -> tuple[str, list[str]]:
+    """A one-line description of a validation error, naming the fields; and the field names."""
+    fields: list[str] = []
+    parts: list[str] = []
+    for error in exc.errors():
+        name = ".".join(str(x) for x in error["loc"]) or "frame"
+        fields.append(name)
+        parts.append(f"{name}: {error['msg']}")
+    return "; ".join(parts), fields
+
+
+class _Closed(Exception):
+    """The socket is gone."""
+
+
+class JobsSession:
+    """One client on ``/ws/jobs``: submits, follows jobs, receives their status changes.
+
+    Every outgoing frame goes through one queue, written by one task, so a
+    job's ``job_accepted`` comes before its ``job_status`` frames and those
+    come in the order of the changes. A client that lets more than
+    ``max_queue`` frames pile up is disconnected (close code 4408).
+    """
+
+    max_followed = 10_000
+    max_queue = 10_000
+    max_in_flight = 64
+
+    def __init__(self, ws: WebSocket, gateway: Gateway, *, max_frame: int) -> None:
+        self.ws = ws
+        self.gateway = gateway
+        assert gateway.feed is not None
+        self.feed = gateway.feed
+        self.max_frame = max_frame
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._following: dict[str, str | None] = {}
+        self._sent: dict[str, str] = {}
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # ---- the Follower side (called by the feed) ------------------------------------------
+
+    def push(
+        self,
+        job_id: str,
+        status: str | None,
+        record: asyncio.Future[JobRecord | None] | None,
+    ) -> None:
+        """Queue a status change of a followed job."""
+        if job_id not in self._following or self._closing:
+            return
+        if status is not None:
+            self._following[job_id] = status
+        self._put(("status", job_id, status, record))
+
+    def _put(self, item: Any) -> None:
+        if self._closing:
+            return
+        if self._queue.qsize() >= self.max_queue:
+            log.warning("jobs socket: client too slow (%d frames queued); closing", self.max_queue)
+            self._closing = True
+            self._spawn(self._close(CLOSE_TOO_SLOW, "too many frames waiting to be read"))
+            return
+        self._queue.put_nowait(item)
+
+    def _frame(self, frame: dict[str, Any]) -> None:
+        self._put(("frame", frame))
+
+    def _error(self, detail: str, request_id: Any = None, **extra: Any) -> None:
+        frame: dict[str, Any] = {"type": "error", "detail": detail, **extra}
+        if request_id is not None:
+            frame["request_id"] = request_id
+        self._frame(frame)
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until it closes."""
+        await self.ws.accept()
+        writer = asyncio.create_task(self._write(), name="redisaq-ws-jobs-writer")
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    data = message.get("bytes") or b""
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        self._error("frames must be JSON text (UTF-8)")
+                        continue
+                await self._handle(text)
+        finally:
+            self._closing = True
+            for job_id in list(self._following):
+                self.feed.unfollow(job_id, self)
+            self._following.clear()
+            writer.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(writer, *self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    async def _handle(self, text: str) -> None:
+        if len(text) > self.max_frame:
+            self._error(f"frame larger than {self.max_frame} bytes")
+            return
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            self._error(f"invalid JSON: {exc}")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            self._error('a frame must be a JSON object with a "type" field')
+            return
+        kind = frame["type"]
+        request_id = frame.get("request_id")
+        if request_id is not None and not (
+            isinstance(request_id, (int, str)) and not isinstance(request_id, bool)
+            and len(str(request_id)) <= 200
+        ):  # fmt: skip
+            self._error("request_id must be a string (at most 200 characters) or an integer")
+            return
+        if kind == "ping":
+            self._frame({"type": "pong", "request_id": request_id})
+        elif kind == "submit_job":
+            await self._slots.acquire()
+            self._spawn(self._submit(frame, request_id))
+        elif kind in ("subscribe", "unsubscribe"):
+            job_id = frame.get("job_id")
+            if not isinstance(job_id, str) or not job_id:
+                self._error("job_id: a non-empty string is required", request_id, field="job_id")
+            elif kind == "unsubscribe":
+                self._unfollow(job_id)
+            else:
+                await self._slots.acquire()
+                self._spawn(self._follow(job_id, request_id))
+        else:
+            self._error(
+                f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}",
+                request_id,
+            )
+
+    async def _submit(self, frame: dict[str, Any], request_id: Any) -> None:
+        try:
+            try:
+                job = SubmitJob.model_validate(
+                    {k: v for k, v in frame.items() if k not in ("type", "request_id")}
+                )
+            except ValidationError as exc:
+                detail, fields = _errors_text(exc)
+                self._error(detail, request_id, fields=fields)
+                return
+            try:
+                accepted = await self.gateway.submit(job)
+            except InvalidField as exc:
+                name = ".".join(exc.location)
+                self._error(f"{name}: {exc.message}", request_id, fields=[name])
+                return
+            except _FAILURES as exc:
+                log.warning("jobs socket: submit failed: %s", exc)
+                self._error("Redis unavailable; the job was not queued", request_id)
+                return
+            self._frame({"type": "job_accepted", "request_id": request_id, **accepted})
+            await self._follow(accepted["job_id"], request_id, release=False)
+        finally:
+            self._slots.release()
+
+    async def _follow(self, job_id: str, request_id: Any, *, release: bool = True) -> None:
+        try:
+            if job_id in self._following:
+                return
+            if len(self._following) >= self.max_followed:
+                self._error(f"a socket follows at most {self.max_followed} jobs", request_id)
+                return
+            self._following[job_id] = None
+            try:
+                record = await self.feed.follow(job_id, self)
+            except ConfigurationError as exc:
+                self._following.pop(job_id, None)
+                self._error(f"job_id: {exc}", request_id, field="job_id")
+                return
+            except _FAILURES as exc:
+                self._following.pop(job_id, None)
+                log.warning("jobs socket: cannot follow %s: %s", job_id, exc)
+                self._error("Redis unavailable", request_id, job_id=job_id)
+                return
+            if record is None:
+                self._following.pop(job_id, None)
+                self._error(
+                    f"job {job_id} has no record (unknown, or expired)", request_id, job_id=job_id
+                )
+                return
+            if job_id in self._following and self._following[job_id] is None:
+                done: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+                done.set_result(record)
+                self._put(("status", job_id, None, done))
+        finally:
+            if release:
+                self._slots.release()
+
+    def _unfollow(self, job_id: str) -> None:
+        self._following.pop(job_id, None)
+        self._sent.pop(job_id, None)
+        self.feed.unfollow(job_id, self)
+
+    async def _write(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item[0] == "frame":
+                await self.ws.send_text(dumps(item[1]))
+                continue
+            _, job_id, status, future = item
+            record: JobRecord | None = None
+            if future is not None:
+                record = await future
+            if status is None:
+                if record is None:
+                    continue
+                status = record.status.value
+            if job_id not in self._following or self._sent.get(job_id) == status:
+                continue
+            await self.ws.send_text(dumps(status_frame(job_id, status, record)))
+            self._sent[job_id] = status
+            if status in FINAL:
+                self._unfollow(job_id)
+
+
+def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str, Any]:
+    """The ``job_status`` frame of a change to ``status`` (with what ``record`` adds)."""
+    frame: dict[str, Any] = {"type": "job_status", "job_id": job_id, "status": status}
+    if record is None or status not in RECORD_STATUSES:
+        return frame
+    frame["attempts"] = record.attempts
+    if status == JobStatus.COMPLETED.value and record.status is JobStatus.COMPLETED:
+        frame["result"] = record.result
+        if record.result_error is not None:
+            frame["result_error"] = record.result_error
+    elif status != JobStatus.COMPLETED.value:
+        frame["error"] = record.error
+        frame["error_type"] = record.error_type
+    return frame
+
+
+async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None:
+    """Serve a worker's heartbeat socket (seed 002) until it closes."""
+    await ws.accept()
+    try:
+        connection = await gateway.worker_connected(worker_id)
+    except (MalformedServiceError, ConfigurationError) as exc:
+        log.warning("worker socket %s refused: %s", worker_id, exc)
+        await ws.close(CLOSE_UNKNOWN_WORKER, "unknown or unreadable worker")
+        return
+    except _FAILURES as exc:
+        log.warning("worker socket %s: %s", worker_id, exc)
+        await ws.close(1011, "Redis unavailable")
+        return
+    if connection is None:
+        await ws.close(CLOSE_UNKNOWN_WORKER, "unknown worker: register it with POST /register")
+        return
+    log.info("worker %s connected", worker_id)
+    try:
+        await ws.send_text(
+            dumps({"type": "connected", "worker_id": worker_id, "status": "connected",
+                   "heartbeat_timeout": gateway.heartbeat_timeout})
+        )  # fmt: skip
+        first = True
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if not await gateway.worker_heartbeat(worker_id):
+                await ws.close(CLOSE_DEREGISTERED, "the worker's registration was removed")
+                break
+            if first:
+                first = False
+                gateway.changed()
+            await ws.send_text(
+                dumps({"type": "heartbeat_ack", "worker_id": worker_id, "status": "alive"})
+            )
+    except _FAILURES as exc:
+        log.warning("worker socket %s: %s", worker_id, exc)
+        if ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(1011, "Redis unavailable")
+    finally:
+        log.info("worker %s disconnected", worker_id)
+        try:
+            await asyncio.shield(gateway.worker_disconnected(worker_id, connection))
+        except _FAILURES as exc:
+            log.warning("worker %s: cannot record the disconnection: %s", worker_id, exc)
+
+
+class DashboardHub:
+    """Sends the dashboard's snapshot to every open ``/ws/dashboard`` socket of this process.
+
+    One snapshot is read per ``interval`` (or soon after a change this
+    process saw: a worker's socket, a replay, a health monitor change) while
+    at least one dashboard is open, and the same frame goes to all of them.
+    """
+
+    def __init__(self, gateway: Gateway, *, interval: float = 1.0) -> None:
+        self.gateway = gateway
+        self.interval = interval
+        self._sockets: set[WebSocket] = set()
+        self._poke = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        gateway.listen(self.poke)
+
+    def poke(self) -> None:
+        """Send a fresh snapshot soon."""
+        self._poke.set()
+
+    async def serve(self, ws: WebSocket) -> None:
+        """Serve a dashboard socket until it closes."""
+        await ws.accept()
+        self._sockets.add(ws)
+        self.poke()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="redisaq-dashboard")
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                self.poke()
+        finally:
+            self._sockets.discard(ws)
+
+    async def _run(self) -> None:
+        while self._sockets:
+            self._poke.clear()
+            try:
+                frame = dumps(await self.gateway.snapshot())
+            except _FAILURES as exc:
+                log.warning("dashboard: cannot read the snapshot: %s", exc)
+                frame = dumps({"type": "error", "detail": "Redis unavailable"})
+            await asyncio.gather(*(self._send(ws, frame) for ws in list(self._sockets)))
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.interval)
+
+    async def _send(self, ws: WebSocket, frame: str) -> None:
+        try:
+            await asyncio.wait_for(ws.send_text(frame), 5.0)
+        except Exception as exc:
+            log.debug("dashboard socket dropped: %s", exc)
+            self._sockets.discard(ws)
+
+    async def aclose(self) -> None:
+        """Stop sending snapshots."""
+        self._sockets.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,300 @@
+"use strict";
+// The redisaq dashboard: snapshots from /ws/dashboard, jobs over /ws/jobs, replay over HTTP.
+(function () {
+  const KEY = "redisaq-token";
+  const params = new URLSearchParams(location.search);
+  let token = sessionStorage.getItem(KEY) || "";
+  if (params.has("token")) {
+    token = params.get("token") || "";
+    sessionStorage.setItem(KEY, token);
+    history.replaceState(null, "", location.pathname);
+  }
+
+  const $ = (id) => document.getElementById(id);
+  const FINAL = new Set(["completed", "dead"]);
+
+  function socketUrl(path) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const query = token ? "?token=" + encodeURIComponent(token) : "";
+    return scheme + "//" + location.host + path + query;
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined) continue;
+      if (name === "text") node.textContent = String(value);
+      else if (name === "class") node.className = value;
+      else node.setAttribute(name, String(value));
+    }
+    for (const child of children || []) node.appendChild(child);
+    return node;
+  }
+
+  function td(value, cls) {
+    return el("td", { text: value === null || value === undefined ? "" : value, class: cls });
+  }
+
+  function badge(status) {
+    return el("span", { class: "status status-" + status, text: status.replace("_", " ") });
+  }
+
+  function ago(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    if (seconds < 1) return "just now";
+    if (seconds < 90) return seconds.toFixed(1) + " s ago";
+    return Math.round(seconds / 60) + " min ago";
+  }
+
+  function clock(ts) {
+    return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
+  }
+
+  function short(value) {
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    return text === undefined ? "" : text;
+  }
+
+  function setConnection(text, kind) {
+    const node = $("connection");
+    node.textContent = text;
+    node.className = "pill pill-" + kind;
+  }
+
+  // ---- snapshots ------------------------------------------------------------------------
+
+  function renderWorkers(workers) {
+    const body = $("workers").tBodies[0];
+    body.replaceChildren(
+      ...workers.map((w) => {
+        const status = el("td", { class: "status-cell" }, [badge(w.status)]);
+        return el("tr", { "data-worker-id": w.worker_id, "data-status": w.status }, [
+          el("td", { class: "mono truncate", text: w.worker_id, title: w.worker_id }),
+          el("td", {}, [document.createTextNode(w.name), el("br"),
+            el("span", { class: "muted small", text: w.service_type })]),
+          td(w.host + ":" + w.port, "mono"),
+          status,
+          td(ago(w.age)),
+        ]);
+      })
+    );
+    $("workers-empty").hidden = workers.length > 0;
+    $("workers-count").textContent = workers.length ? "(" + workers.length + ")" : "";
+  }
+
+  function figure(label, value) {
+    return el("span", {}, [document.createTextNode(label + " "), el("b", { text: value })]);
+  }
+
+  function renderTopics(topics, total) {
+    const host = $("topics");
+    host.replaceChildren(
+      ...topics.map((t) => {
+        const rows = t.rows.map((r) =>
+          el("tr", { "data-partition": r.partition }, [
+            td(r.partition, "num"),
+            td(r.group || "-"),
+            td(r.owner || "-", "mono"),
+            td(r.lag === null ? "-" : (r.lag_exact ? "" : ">=") + r.lag, "num"),
+            td(r.pending, "num"),
+            td(r.in_flight, "num"),
+            td(r.length, "num"),
+            td(r.dead_letters, "num"),
+          ])
+        );
+        const head = el("tr", {}, ["Partition", "Group", "Owner", "Lag", "Pending", "In flight",
+          "Length", "DLQ"].map((h, i) => el("th", { text: h, class: i === 1 || i === 2 ? null : "num" })));
+        return el("div", { class: "topic", "data-topic": t.topic }, [
+          el("h3", { text: t.topic }),
+          el("div", { class: "figures" }, [
+            figure("partitions", t.partitions),
+            figure("groups", t.groups.join(", ") || "none"),
+            figure("produced", t.produced),
+            figure("handled", t.handled),
+            figure("failed", t.failed),
+            figure("pending", t.pending),
+            figure("lag", t.lag),
+            figure("dead letters", t.dead_letters),
+          ]),
+          el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)]),
+        ]);
+      })
+    );
+    $("topics-empty").hidden = topics.length > 0;
+    $("topics-count").textContent = total > topics.length
+      ? "(" + topics.length + " of " + total + ")" : total ? "(" + total + ")" : "";
+  }
+
+  function renderDeadLetters(groups) {
+    const host = $("dead-letters");
+    host.replaceChildren(
+      ...groups.map((g) => {
+        const rows = g.items.map((d) =>
+          el("tr", { "data-dead-letter": d.id }, [
+            td(d.partition, "num"),
+            td(d.msg_id, "mono"),
+            el("td", { class: "truncate", title: d.error_type + ": " + d.error },
+              [document.createTextNode(d.error_type + ": " + d.error)]),
+            td(d.deliveries, "num"),
+            el("td", {}, [replayButton(g.topic, [d.id], "Replay")]),
+          ])
+        );
+        return el("div", { class: "topic", "data-topic": g.topic }, [
+          el("div", { class: "dlq-head" }, [
+            el("h3", { text: g.topic + " (" + g.count + ")" }),
+            replayButton(g.topic, null, "Replay all"),
+          ]),
+          el("table", {}, [el("tbody", {}, rows)]),
+        ]);
+      })
+    );
+    $("dlq-empty").hidden = groups.length > 0;
+  }
+
+  function renderRecentJobs(jobs) {
+    $("recent-jobs").tBodies[0].replaceChildren(
+      ...jobs.map((j) =>
+        el("tr", { "data-job-id": j.job_id }, [
+          el("td", { class: "mono truncate", text: j.job_id, title: j.job_id }),
+          el("td", {}, [badge(j.status)]),
+          td(j.attempts, "num"),
+          td(j.worker || "", "mono"),
+          td(clock(j.updated_at)),
+        ])
+      )
+    );
+  }
+
+  function render(snapshot) {
+    renderWorkers(snapshot.workers);
+    renderTopics(snapshot.topics, snapshot.topics_total);
+    renderDeadLetters(snapshot.dead_letters);
+    renderRecentJobs(snapshot.jobs);
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  }
+
+  let dashboard = null;
+  let dashboardDelay = 500;
+
+  function connectDashboard() {
+    const ws = new WebSocket(socketUrl("/ws/dashboard"));
+    dashboard = ws;
+    ws.onopen = () => { dashboardDelay = 500; setConnection("live", "ok"); };
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "snapshot") render(frame);
+      else if (frame.type === "error") setConnection(frame.detail, "bad");
+    };
+    ws.onclose = (event) => {
+      setConnection(event.code === 4401 ? "wrong or missing token" : "reconnecting", "bad");
+      setTimeout(connectDashboard, dashboardDelay);
+      dashboardDelay = Math.min(dashboardDelay * 2, 10000);
+    };
+  }
+
+  function refresh() {
+    if (dashboard && dashboard.readyState === WebSocket.OPEN) dashboard.send('{"type":"refresh"}');
+  }
+
+  // ---- replay ---------------------------------------------------------------------------
+
+  function replayButton(topic, ids, label) {
+    const button = el("button", { class: "small", type: "button", text: label });
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const headers = { "Content-Type": "application/json" };
+      if (token) headers.Authorization = "Bearer " + token;
+      const body = ids ? { ids: ids } : { all: true };
+      try {
+        const response = await fetch("/dlq/" + encodeURIComponent(topic) + "/replay",
+          { method: "POST", headers: headers, body: JSON.stringify(body) });
+        if (!response.ok) $("submit-error").textContent = "replay failed: " + response.status;
+      } finally {
+        refresh();
+      }
+    });
+    return button;
+  }
+
+  // ---- jobs -----------------------------------------------------------------------------
+
+  let jobs = null;
+  let requests = 0;
+  const waiting = new Map();
+  const queuedFrames = [];
+
+  function jobRow(jobId, topic) {
+    let row = document.querySelector('#my-jobs tr[data-job-id="' + CSS.escape(jobId) + '"]');
+    if (!row) {
+      row = el("tr", { "data-job-id": jobId }, [
+        el("td", { class: "mono truncate", text: jobId, title: jobId }),
+        td(topic),
+        el("td", { class: "status-cell" }, [badge("queued")]),
+        el("td", { class: "mono truncate detail" }),
+      ]);
+      $("my-jobs").tBodies[0].prepend(row);
+    }
+    return row;
+  }
+
+  function onJobFrame(frame) {
+    if (frame.type === "job_accepted") {
+      waiting.delete(frame.request_id);
+      jobRow(frame.job_id, frame.topic).setAttribute("data-status", "queued");
+    } else if (frame.type === "job_status") {
+      const row = jobRow(frame.job_id, "");
+      row.setAttribute("data-status", frame.status);
+      row.querySelector(".status-cell").replaceChildren(badge(frame.status));
+      const detail = row.querySelector(".detail");
+      if ("result" in frame) detail.textContent = short(frame.result);
+      else if (frame.error) detail.textContent = (frame.error_type || "Error") + ": " + frame.error;
+      detail.title = detail.textContent;
+      if (FINAL.has(frame.status)) refresh();
+    } else if (frame.type === "error") {
+      $("submit-error").textContent = frame.detail;
+    }
+  }
+
+  function connectJobs() {
+    const ws = new WebSocket(socketUrl("/ws/jobs"));
+    jobs = ws;
+    ws.onopen = () => { while (queuedFrames.length) ws.send(queuedFrames.shift()); };
+    ws.onmessage = (event) => onJobFrame(JSON.parse(event.data));
+    ws.onclose = () => {
+      jobs = null;
+      setTimeout(connectJobs, 1000);
+    };
+  }
+
+  function sendJobFrame(frame) {
+    const text = JSON.stringify(frame);
+    if (jobs && jobs.readyState === WebSocket.OPEN) jobs.send(text);
+    else queuedFrames.push(text);
+  }
+
+  $("submit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    $("submit-error").textContent = "";
+    let payload;
+    try {
+      payload = JSON.parse($("job-payload").value);
+    } catch (error) {
+      $("submit-error").textContent = "payload: not valid JSON (" + error.message + ")";
+      return;
+    }
+    const frame = {
+      type: "submit_job",
+      topic: $("job-topic").value.trim(),
+      payload: payload,
+      priority: Number($("job-priority").value || 0),
+      request_id: ++requests,
+    };
+    const key = $("job-partition-key").value.trim();
+    if (key) frame.partition_key = key;
+    waiting.set(frame.request_id, frame.topic);
+    sendJobFrame(frame);
+  });
+
+  connectDashboard();
+  connectJobs();
+})();
