@@ -270,6 +270,8 @@ async def many_sockets(url: str, ws_url: str, pid: int, topic: str, sockets: int
         for start in range(0, sockets, 100):
             chunk = [connect(f"{ws_url}/ws/jobs") for _ in range(min(100, sockets - start))]
             opened += await asyncio.gather(*chunk)
+        await asyncio.sleep(0.5)
+        connected = rss_mib(pid)
         for ws, job in zip(opened, jobs, strict=True):
             await ws.send(json.dumps({"type": "subscribe", "job_id": job}))
         for ws in opened:
@@ -288,15 +290,18 @@ async def many_sockets(url: str, ws_url: str, pid: int, topic: str, sockets: int
                     return
 
         started = time.perf_counter()
+        cpu = cpu_seconds(pid)
         async with consuming(topic, url):
             await asyncio.wait_for(asyncio.gather(*(wait_completed(ws) for ws in opened)), 120)
         elapsed = time.perf_counter() - started
+        gateway_cpu = cpu_seconds(pid) - cpu
         peak = rss_mib(pid)
     finally:
         await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
     return {
         "sockets": sockets,
         "rss_before_mib": before,
+        "rss_connected_mib": connected,
         "rss_following_mib": following,
         "rss_after_mib": peak,
         "kib_per_socket": (following - before) * 1024 / sockets,
@@ -304,6 +309,7 @@ async def many_sockets(url: str, ws_url: str, pid: int, topic: str, sockets: int
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies),
         "all_completed_s": elapsed,
+        "gateway_cpu_s": gateway_cpu,
     }
 
 
@@ -397,12 +403,14 @@ def render(report: dict[str, Any]) -> str:
         f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms",
         "",
         f"{sock['sockets']} sockets each following a job on one gateway process:",
-        f"  gateway RSS {sock['rss_before_mib']:.1f} MiB -> {sock['rss_following_mib']:.1f} MiB "
+        f"  gateway RSS {sock['rss_before_mib']:.1f} MiB -> {sock['rss_connected_mib']:.1f} MiB "
+        f"connected -> {sock['rss_following_mib']:.1f} MiB "
         f"following ({sock['kib_per_socket']:.1f} KiB per socket), "
         f"{sock['rss_after_mib']:.1f} MiB after the pushes",
         f"  handler return -> completed push: p50 {sock['p50_ms']:.1f} ms, "
         f"p99 {sock['p99_ms']:.1f} ms, max {sock['max_ms']:.1f} ms; "
-        f"all {sock['sockets']} pushed {sock['all_completed_s']:.2f} s after the consumer started",
+        f"all {sock['sockets']} pushed {sock['all_completed_s']:.2f} s after the consumer started "
+        f"(gateway CPU {sock['gateway_cpu_s']:.2f} s)",
         "",
         f"versions: redis-py {env['redis_py']}, Python {env['python']}, "
         f"redis-server {env['redis_server']}, redisaq-core {env['redisaq_core']} "
