@@ -456,9 +456,14 @@ async def test_monitor_streams_status_changes_until_sigterm(
             return dict(json.loads(line))
 
         first = await next_change()
-        assert (first["service_id"], first["old"], first["new"]) == ("m1", None, "registered")
-        second = await next_change()
-        assert (second["old"], second["new"]) == ("registered", "not_responding")
+        assert (first["service_id"], first["old"]) == ("m1", None)
+        # A monitor that starts slowly (a loaded machine) may first see the service
+        # already silent for longer than --timeout: then it goes straight to not_responding.
+        if first["new"] == "registered":
+            second = await next_change()
+            assert (second["old"], second["new"]) == ("registered", "not_responding")
+        else:
+            assert first["new"] == "not_responding"
         assert await registry.get_worker_statuses() == {"m1": WorkerStatus.NOT_RESPONDING}
         await registry.update_health("m1", ServiceStatus.HEALTHY)
         assert (await next_change())["new"] == "alive"
