@@ -25,7 +25,8 @@ stream order. An entry without a partition key goes to the partition picked
 by the same hash of its source entry id, so that a redelivered entry lands
 where its first write went. The target's partition count is read from its
 metadata; a target topic that does not exist yet is created with
-``target_partitions`` partitions (default: the source's count). Priority
+``target_partitions`` partitions (default: the source's count when the bridge
+starts, 1 if the source does not exist yet). Priority
 levels are kept as far as the target has them. Payloads are copied as stored,
 without decoding, unless a transform or a partition key needs them decoded
 (with ``deserializer``; ``serializer`` encodes what a transform returns).
@@ -63,8 +64,8 @@ Guarantees, per deployment:
 Failures. A transform (or routing) that raises for an entry holds that entry
 and the entries behind it in its source partition; the entries of the batch
 before it, and the entries of the batch's other partitions, are fanned out
-at once. The held entry is retried after the consumer's backoff, with the
-entries behind it, and after ``max_deliveries`` it goes to the source's
+at once. The held entry is retried after the consumer's backoff (the
+entries behind it follow), and after ``max_deliveries`` it goes to the source's
 dead-letter stream (no target gets it) and the entries behind it are fanned
 out. So per-key order holds in every target, a dead-lettered entry being
 absent from all of them. A Redis connection failure (or a cluster failover)
@@ -119,7 +120,7 @@ from .metrics import MetricsRecorder
 if TYPE_CHECKING:
     from .fanout_lists import ListFanOut
     from .health import Keepalive
-    from .registry import ServiceRegistry
+    from .registry import ServiceInfo, ServiceRegistry
 
 __all__ = ["FANOUT_SERVICE_TYPE", "FanOut", "FanOutStats", "Transform"]
 
@@ -451,7 +452,7 @@ class FanOut:
         if self._running and asyncio.current_task() is not self._task:
             await self._finished.wait()
 
-    def _service_info(self) -> Any:
+    def _service_info(self) -> ServiceInfo:
         from .registry import ServiceInfo
 
         return ServiceInfo(

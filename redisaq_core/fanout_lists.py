@@ -169,6 +169,7 @@ class ListFanOut(RedisComponent):
         self._stopping = asyncio.Event()
         self._running = False
         self._task: asyncio.Task[Any] | None = None
+        self._loop_task: asyncio.Future[None] | None = None
         self._finished = asyncio.Event()
         self._finished.set()
         self._registration: Keepalive | None = None
@@ -220,13 +221,20 @@ class ListFanOut(RedisComponent):
                 "list fan-out %s: %s -> %s (pending %s)",
                 self.name, self.in_list, ", ".join(self.out_lists), self.pending,
             )  # fmt: skip
-            await self._loop(redis)
+            self._loop_task = asyncio.ensure_future(self._loop(redis))
+            try:
+                await asyncio.shield(self._loop_task)
+            except asyncio.CancelledError:
+                if not self._loop_task.cancelled():  # this task itself is being cancelled
+                    self._loop_task.cancel()
+                    raise
+                # stop() ran out of time and cancelled the loop: a stop, not an error
         finally:
             if self._registration is not None:
                 await asyncio.shield(self._registration.stop())
                 self._registration = None
             self._running = False
-            self._task = None
+            self._task = self._loop_task = None
             self._finished.set()
 
     async def _loop(self, redis: AnyRedis) -> None:
@@ -267,7 +275,10 @@ class ListFanOut(RedisComponent):
             await asyncio.wait_for(asyncio.shield(self._finished.wait()), deadline)
         except asyncio.TimeoutError:
             log.warning("list fan-out %s: still busy after %.1fs, cancelling", self.name, deadline)
-            task.cancel()
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+            else:
+                task.cancel()
             await self._finished.wait()
 
     def _service_info(self) -> ServiceInfo:

@@ -113,6 +113,23 @@ async def test_stop_returns_within_one_pop_timeout(redis_url: str, names: dict[s
         await bridge.stop()  # idempotent
 
 
+async def test_a_hard_stop_cancels_the_pop_and_run_returns(
+    redis_url: str, redis: Redis, names: dict[str, Any]
+) -> None:
+    bridge = FanOut.from_lists(names["in"], names["out"], redis_url=redis_url, pop_timeout=30)
+    async with bridge:
+        task = asyncio.create_task(bridge.run())
+        await eventually(lambda: bridge.running, timeout=5)
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(bridge.stop(timeout=0), 2)
+        await asyncio.wait_for(task, 2)  # no error: a stop, not a failure
+    # A later bridge works on the same lists.
+    again = FanOut.from_lists(names["in"], names["out"], redis_url=redis_url, pop_timeout=0.2)
+    async with running(again):
+        await redis.lpush(names["in"], "x")
+        await eventually(lambda: again.stats.moved == 1, timeout=5)
+
+
 async def test_remote_shutdown_through_the_registry(redis_url: str, names: dict[str, Any]) -> None:
     prefix = f"lists-{uuid.uuid4().hex[:8]}:"
     async with ServiceRegistry(redis_url=redis_url, key_prefix=prefix) as registry:
