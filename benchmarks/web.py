@@ -60,9 +60,10 @@ def gateway_process(redis_url: str) -> Iterator[tuple[str, int]]:
         text=True,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
+        stdout = proc.stdout
+        assert stdout is not None
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()))  # type: ignore[union-attr]
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(30)
         if not lines or not lines[0].startswith("http://"):

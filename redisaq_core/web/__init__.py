@@ -49,8 +49,9 @@ every frame it sends is a heartbeat that makes it ``alive`` (answered with
 ``disconnected``, and ``HEARTBEAT_TIMEOUT`` seconds of silence make it
 ``not_responding`` (a :class:`~redisaq_core.health.HealthMonitor` runs in
 each gateway). Close codes: **4404** no worker is registered under that id,
-**4410** its registration was removed while connected, **4401** missing or
-wrong token, **4408** the client did not read its frames.
+**4410** its registration was removed while connected; on every socket
+**4401** missing or wrong token, **4403** opened by a web page of another
+origin, **4408** the client did not read its frames.
 
 WebSocket ``/ws/dashboard``: ``{"type": "snapshot", "topics", "workers",
 "dead_letters", "jobs", ...}`` about every second and soon after a change.
@@ -64,6 +65,7 @@ from .app import DEFAULT_MAX_BODY, create_app
 from .client import ManagerClient
 from .models import (
     CLOSE_DEREGISTERED,
+    CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_TOO_SLOW,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_WORKER,
@@ -71,6 +73,7 @@ from .models import (
 
 __all__ = [
     "CLOSE_DEREGISTERED",
+    "CLOSE_FORBIDDEN_ORIGIN",
     "CLOSE_TOO_SLOW",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNKNOWN_WORKER",

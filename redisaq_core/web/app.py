@@ -6,7 +6,7 @@ import base64
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -45,7 +45,7 @@ from .models import (
     WorkerRegistered,
     WorkerRegistration,
 )
-from .security import BodyLimit, TokenAuth
+from .security import BodyLimit, OriginCheck, TokenAuth
 from .sockets import DashboardHub, JobsSession, worker_socket
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
@@ -57,6 +57,7 @@ DEFAULT_MAX_BODY = 1_048_576
 
 Responses = dict[int | str, dict[str, Any]]
 _E401: Responses = {401: {"model": ErrorModel, "description": "Missing or wrong token"}}
+_E403: Responses = {403: {"model": ErrorModel, "description": "Cross-origin request refused"}}
 _E404: Responses = {404: {"model": ErrorModel, "description": "Not found"}}
 _E413: Responses = {413: {"model": ErrorModel, "description": "Request body too large"}}
 _E503: Responses = {503: {"model": ErrorModel, "description": "Redis unavailable"}}
@@ -67,7 +68,7 @@ _PROMETHEUS: Responses = {
     }
 }
 _COMMON: Responses = {**_E401, **_E503}
-_WITH_BODY: Responses = {**_COMMON, **_E413}
+_WITH_BODY: Responses = {**_COMMON, **_E403, **_E413}
 
 _BODY_PARSE_ERROR = "There was an error parsing the body"
 
@@ -93,7 +94,8 @@ WebSockets (not in this schema; frames are JSON text):
 * `/ws/dashboard`: snapshots for the dashboard page.
 
 With a token, send `Authorization: Bearer <token>` (sockets may add `?token=`); otherwise
-401, or close code 4401 on a socket.
+401, or close code 4401 on a socket. A browser's socket or POST from a page of another
+origin is refused (403, close code 4403).
 """
 
 
@@ -133,6 +135,7 @@ def create_app(
     token: str | None = None,
     heartbeat_timeout: float = 15.0,
     max_body_size: int = DEFAULT_MAX_BODY,
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """The web gateway as a FastAPI app (see :mod:`redisaq_core.web`).
 
@@ -142,7 +145,10 @@ def create_app(
     ``Authorization: Bearer <token>`` everywhere. ``heartbeat_timeout``:
     seconds of silence before a worker is ``not_responding``.
     ``max_body_size``: bytes; larger request bodies get 413, larger socket
-    frames an error frame.
+    frames an error frame. ``allowed_origins``: web origins (such as
+    ``https://ops.example.com``) besides the gateway's own whose pages may
+    open its sockets and send it POSTs; browsers' requests from any other
+    origin are refused (403, or close code 4403).
     """
     if redis is not None and redis_url is not None:
         raise ConfigurationError("pass either redis or redis_url, not both")
@@ -188,6 +194,7 @@ def create_app(
     )
     app.state.gateway = gateway
     app.add_middleware(BodyLimit, max_size=max_body_size)
+    app.add_middleware(OriginCheck, allowed=frozenset(allowed_origins))
     app.add_middleware(TokenAuth, token=token, page_paths=frozenset({"/"}))
 
     @app.exception_handler(HTTPException)

@@ -15,6 +15,7 @@ from ..results import JobStatus
 
 __all__ = [
     "CLOSE_DEREGISTERED",
+    "CLOSE_FORBIDDEN_ORIGIN",
     "CLOSE_TOO_SLOW",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNKNOWN_WORKER",
@@ -42,6 +43,8 @@ __all__ = [
 
 CLOSE_UNAUTHORIZED = 4401
 """WebSocket close code: the gateway has a token and the socket did not give it."""
+CLOSE_FORBIDDEN_ORIGIN = 4403
+"""WebSocket close code: a browser opened the socket from a page of another origin."""
 CLOSE_UNKNOWN_WORKER = 4404
 """WebSocket close code of ``/ws/{worker_id}``: no worker is registered under that id."""
 CLOSE_DEREGISTERED = 4410

@@ -14,9 +14,9 @@ from urllib.parse import parse_qs
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .models import CLOSE_UNAUTHORIZED
+from .models import CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNAUTHORIZED
 
-__all__ = ["BodyLimit", "TokenAuth", "bearer_token"]
+__all__ = ["BodyLimit", "OriginCheck", "TokenAuth", "bearer_token"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,22 @@ def _query_token(scope: Scope) -> str | None:
     query = scope.get("query_string", b"").decode("latin-1")
     values = parse_qs(query).get("token")
     return str(values[0]) if values else None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == wanted:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _refuse_socket(receive: Receive, send: Send, code: int, reason: str) -> None:
+    """Accept a WebSocket handshake and close it at once with ``code`` (so clients see it)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 async def _json_response(
@@ -97,17 +113,52 @@ class TokenAuth:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        message = await receive()
-        if message["type"] != "websocket.connect":
+        await _refuse_socket(receive, send, CLOSE_UNAUTHORIZED, "missing or wrong token")
+
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class OriginCheck:
+    """Refuse WebSockets and state-changing requests that a browser sent from another site.
+
+    Browsers let any page open a WebSocket to any address (127.0.0.1
+    included) and send the page's ``Origin``; a gateway without a token would
+    take jobs from any web page its user visits. A request with an ``Origin``
+    header must come from the gateway's own origin (the ``Host`` it was sent
+    to) or one of ``allowed``; others get 403, or close code 4403 on a
+    socket. Requests without ``Origin`` (programs, not browsers) pass.
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.allowed = frozenset(o.rstrip("/").lower() for o in allowed)
+
+    def allowed_origin(self, scope: Scope) -> bool:
+        """Whether the request has no ``Origin``, or an accepted one."""
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed:
+            return True
+        host = (_header(scope, b"host") or "").lower()
+        _, _, rest = origin.partition("://")
+        return bool(host) and rest == host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or refuse it."""
+        kind = scope["type"]
+        checked = kind == "websocket" or (kind == "http" and scope.get("method") in _UNSAFE)
+        if not checked or self.allowed_origin(scope):
+            await self.app(scope, receive, send)
             return
-        await send({"type": "websocket.accept"})
-        await send(
-            {
-                "type": "websocket.close",
-                "code": CLOSE_UNAUTHORIZED,
-                "reason": "missing or wrong token",
-            }
-        )
+        log.warning("refused %s %s from origin %s", kind, scope.get("path"),
+                    _header(scope, b"origin"))  # fmt: skip
+        if kind == "http":
+            await _json_response(send, 403, "cross-origin request refused", [])
+        else:
+            await _refuse_socket(receive, send, CLOSE_FORBIDDEN_ORIGIN, "cross-origin socket")
 
 
 class BodyLimit:

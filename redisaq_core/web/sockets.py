@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..errors import ConfigurationError, MalformedServiceError, RedisaqError
 from ..results import JobRecord, JobStatus
@@ -49,10 +49,6 @@ def _errors_text(exc: ValidationError) -> tuple[str, list[str]]:
         fields.append(name)
         parts.append(f"{name}: {error['msg']}")
     return "; ".join(parts), fields
-
-
-class _Closed(Exception):
-    """The socket is gone."""
 
 
 class JobsSession:
@@ -260,23 +256,31 @@ class JobsSession:
     async def _write(self) -> None:
         while True:
             item = await self._queue.get()
-            if item[0] == "frame":
-                await self.ws.send_text(dumps(item[1]))
-                continue
-            _, job_id, status, future = item
-            record: JobRecord | None = None
-            if future is not None:
-                record = await future
-            if status is None:
-                if record is None:
-                    continue
-                status = record.status.value
-            if job_id not in self._following or self._sent.get(job_id) == status:
-                continue
-            await self.ws.send_text(dumps(status_frame(job_id, status, record)))
-            self._sent[job_id] = status
-            if status in FINAL:
-                self._unfollow(job_id)
+            try:
+                await self._send(item)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return  # the socket is gone; the reader sees it too
+            except Exception:
+                log.exception("jobs socket: cannot send %r", item[:3])
+
+    async def _send(self, item: Any) -> None:
+        if item[0] == "frame":
+            await self.ws.send_text(dumps(item[1]))
+            return
+        _, job_id, status, future = item
+        record: JobRecord | None = None
+        if future is not None:
+            record = await future
+        if status is None:
+            if record is None:
+                return
+            status = record.status.value
+        if job_id not in self._following or self._sent.get(job_id) == status:
+            return
+        await self.ws.send_text(dumps(status_frame(job_id, status, record)))
+        self._sent[job_id] = status
+        if status in FINAL:
+            self._unfollow(job_id)
 
 
 def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str, Any]:

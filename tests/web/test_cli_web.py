@@ -41,9 +41,10 @@ def web_process(*args: str, env: dict[str, str] | None = None) -> Iterator[subpr
 
 
 def first_line(proc: subprocess.Popen[str], timeout: float = 20) -> str:
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert stdout is not None
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     assert lines, "redisaq web printed nothing"

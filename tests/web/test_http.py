@@ -297,7 +297,7 @@ def test_create_app_checks_its_arguments() -> None:
     with pytest.raises(ConfigurationError, match="key_prefix"):
         create_app(key_prefix="{x}")
     with pytest.raises(ConfigurationError, match="either"):
-        create_app(redis_url="redis://x", redis=object())  # type: ignore[arg-type]
+        create_app(redis_url="redis://x", redis=object())
     with pytest.raises(ConfigurationError, match="max_body_size"):
         create_app(max_body_size=0)
 
@@ -357,3 +357,23 @@ async def test_consumers_registered_in_the_registry_are_workers_too(
             assert worker["metadata"]["topic"] == topic
             r = await client.get("/workers", params={"service_type": "consumer"})
             assert [w["worker_id"] for w in r.json()] == [worker_id]
+
+
+async def test_cross_origin_posts_are_refused(web_redis_url: str, prefix: str) -> None:
+    app = create_app(
+        redis_url=web_redis_url, key_prefix=prefix, allowed_origins=["https://ops.example.com"]
+    )
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            body = {"name": "n", "host": "h", "port": 1}
+            evil = {"Origin": "https://evil.example"}
+            r = await c.post("/register", json=body, headers=evil)
+            assert r.status_code == 403 and "cross-origin" in r.json()["detail"]
+            assert (await c.post("/jobs", json={}, headers={"Origin": "null"})).status_code == 403
+            assert (await c.get("/workers", headers=evil)).status_code == 200  # reads pass
+            same = {"Origin": "http://gateway"}
+            assert (await c.post("/register", json=body, headers=same)).status_code == 201
+            ops = {"Origin": "https://ops.example.com/"}
+            assert (await c.post("/register", json=body, headers=ops)).status_code == 201
+            assert (await c.post("/register", json=body)).status_code == 201  # not a browser

@@ -311,3 +311,14 @@ async def test_dashboard_socket_sends_snapshots(live: LiveGateway, topic: str) -
         while not any(w["worker_id"] == worker_id for w in snapshot["workers"]):
             snapshot = await recv(ws)
         assert snapshot["workers"][0]["status"] == "registered"
+
+
+async def test_sockets_from_other_origins_are_refused(live: LiveGateway) -> None:
+    async with connect(f"{live.ws_url}/ws/jobs", origin="https://evil.example") as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await recv(ws)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4403
+    same = f"http://127.0.0.1:{live.port}"
+    async with connect(f"{live.ws_url}/ws/jobs", origin=same) as ws:
+        await ws.send('{"type": "ping"}')
+        assert (await recv(ws))["type"] == "pong"
