@@ -44,8 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_E = TypeVar("_E", bound="EmbeddedRedis")
-
 
 def find_redis_server() -> str:
     """Return a redis-server binary's path, or raise ``EmbeddedRedisError`` listing the ways."""
@@ -88,7 +86,46 @@ def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class EmbeddedRedis:
+_S = TypeVar("_S", bound="_LocalServers")
+
+
+class _LocalServers:
+    """``with`` / ``async with`` for servers started by ``start()`` and stopped by ``stop()``."""
+
+    def start(self) -> None:
+        """Start the server processes (blocking until they answer)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server processes started here."""
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self: _S) -> _S:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class EmbeddedRedis(_LocalServers):
     """A redis-server child process on a free loopback port, with no persistence.
 
     Use ``with EmbeddedRedis() as r:`` or ``async with EmbeddedRedis() as r:``,
@@ -218,37 +255,12 @@ class EmbeddedRedis:
         self._kill()
         self.start()
 
-    def __enter__(self: _E) -> _E:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self: _E) -> _E:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
 
 # ---- Redis Cluster ----------------------------------------------------------------------
 
 SLOTS = 16384
 _BUS_OFFSET = 10000  # Redis 6.2 has no ``cluster-port``: the bus is always port + 10000
 _FAILED_FLAGS = {"fail", "fail?", "handshake", "noaddr"}
-_EC = TypeVar("_EC", bound="EmbeddedCluster")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -305,7 +317,7 @@ def _parse_nodes(text: str) -> list[_NodeLine]:
     return lines
 
 
-class EmbeddedCluster:
+class EmbeddedCluster(_LocalServers):
     """A Redis Cluster of redis-server child processes on free loopback ports.
 
     ``masters`` primaries share the 16384 hash slots evenly; each gets
@@ -591,30 +603,6 @@ class EmbeddedCluster:
         self._ids = {}
         for node in nodes:
             node.stop()
-
-    def __enter__(self: _EC) -> _EC:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self: _EC) -> _EC:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 def _expand(slots: tuple[str, ...]) -> list[int]:

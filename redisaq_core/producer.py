@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .assignment import partition_for_key
+from .batching import CommandBatcher
 from .codec import (
     F_CREATED,
     F_JOB,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
-
-_Pending = tuple[list[Any], "asyncio.Future[str]"]
 
 
 def _check_ttl(value: Any) -> None:
@@ -119,9 +118,7 @@ class Producer(RedisComponent):
         self._results: ResultStore | None = None
         self._heads: list[list[Any]] = []
         self._round_robin = itertools.count()
-        self._queue: list[_Pending] = []
-        self._busy = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._batcher: CommandBatcher | None = None
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -146,8 +143,8 @@ class Producer(RedisComponent):
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._batcher is not None:
+            await self._batcher.aclose()
         if self._results is not None:
             await self._results.close()
         if self._metrics is not None:
@@ -267,47 +264,10 @@ class Producer(RedisComponent):
 
     async def _send(self, redis: AnyRedis, command: list[Any]) -> str:
         """Run one command, sharing a pipeline round trip with concurrent callers."""
-        if self._busy:
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._queue.append((command, future))
-            return await future
-        self._busy = True
-        try:
-            raw = await redis.execute_command(*command)
-        finally:
-            if self._queue:
-                self._flusher = asyncio.create_task(self._flush(redis))
-            else:
-                self._busy = False
+        if self._batcher is None:
+            self._batcher = CommandBatcher(redis)
+        raw = await self._batcher.call(*command)
         return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-    async def _flush(self, redis: AnyRedis) -> None:
-        """Send queued enqueues, one pipeline per round trip, until none are left."""
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    pipe = redis.pipeline(transaction=False)
-                    for command, _ in batch:
-                        pipe.execute_command(*command)
-                    results = await pipe.execute(raise_on_error=False)
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result.decode())
-        finally:
-            self._busy = False
-            self._flusher = None
 
     async def batch_enqueue(
         self,

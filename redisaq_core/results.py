@@ -51,6 +51,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .batching import BATCH, CommandBatcher
 from .codec import Deserializer, default_deserializer
 from .connection import AnyRedis, RedisComponent
 from .errors import (
@@ -60,7 +61,7 @@ from .errors import (
     JobTimeoutError,
     SerializationError,
 )
-from .job_events import BATCH, CommandBatcher, JobEvents
+from .job_events import JobEvents
 from .keys import TopicKeys, parse_job_id
 from .scripts import Script, run_pipelined
 
