@@ -12,6 +12,7 @@ from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from redisaq_core import EmbeddedRedis, Producer, ServiceRegistry
+from redisaq_core.keys import TopicKeys
 from redisaq_core.web import create_app
 from tests.helpers import Running, eventually
 from tests.web.conftest import consumer, echo
@@ -377,3 +378,20 @@ async def test_cross_origin_posts_are_refused(web_redis_url: str, prefix: str) -
             ops = {"Origin": "https://ops.example.com/"}
             assert (await c.post("/register", json=body, headers=ops)).status_code == 201
             assert (await c.post("/register", json=body)).status_code == 201  # not a browser
+
+
+async def test_a_given_client_is_shared_and_left_open(
+    web_redis_url: str, prefix: str, topic: str
+) -> None:
+    shared = Redis.from_url(web_redis_url)
+    try:
+        app = create_app(redis=shared, key_prefix=prefix)
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+                r = await c.post("/jobs", json={"topic": topic, "payload": 1})
+                assert r.status_code == 201
+        assert await shared.ping()  # still usable: the app did not close it
+        assert await shared.exists(TopicKeys(topic).meta)
+    finally:
+        await shared.aclose()
