@@ -408,12 +408,19 @@ class HealthMonitor:
                 disconnect_timeout=self.disconnect_timeout,
             )
             current[info.service_id] = (status, age, info)
+        # Read every time: another process (a web gateway whose socket closed) may have
+        # marked a worker disconnected.
+        stored = await self.registry.get_worker_statuses()
         if self._known is None:
-            stored = await self.registry.get_worker_statuses()
             self._known = {i: stored[i] for i in current if i in stored}
         known = self._known
         changes: list[StatusChange] = []
         for service_id, (status, age, info) in current.items():
+            if (
+                stored.get(service_id) == WorkerStatus.DISCONNECTED
+                and status == WorkerStatus.NOT_RESPONDING
+            ):
+                status = WorkerStatus.DISCONNECTED  # until the worker heartbeats again
             old = known.get(service_id)
             if old != status:
                 changes.append(StatusChange(service_id, old, status, age, info))

@@ -350,3 +350,27 @@ async def test_keepalive_and_monitor_ride_out_a_redis_restart(
             assert await reg.get_service("survivor") is None
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_worker_marked_disconnected_stays_so_until_it_heartbeats(
+    registry: ServiceRegistry,
+) -> None:
+    monitor = HealthMonitor(registry, timeout=0.3, disconnect_timeout=30)
+    await registry.register_service(_info("w"))
+    await registry.heartbeat("w")
+    assert [c.new for c in await monitor.check()] == [WorkerStatus.ALIVE]
+    # Another process (a gateway whose socket closed) marks it disconnected.
+    await registry.store_worker_statuses({"w": WorkerStatus.DISCONNECTED})
+    await eventually(lambda: _silent_for(registry, "w", 0.4), timeout=5)
+    changes = await monitor.check()
+    assert [(c.old, c.new) for c in changes] == [(WorkerStatus.ALIVE, WorkerStatus.DISCONNECTED)]
+    assert await monitor.check() == []  # not turned into not_responding
+    assert await registry.get_worker_statuses() == {"w": WorkerStatus.DISCONNECTED}
+    await registry.heartbeat("w")
+    assert [c.new for c in await monitor.check()] == [WorkerStatus.ALIVE]
+
+
+async def _silent_for(registry: ServiceRegistry, service_id: str, seconds: float) -> bool:
+    info = await registry.get_service(service_id)
+    now = await registry.server_time()
+    return info is not None and info.last_seen is not None and now - info.last_seen > seconds
