@@ -24,10 +24,13 @@ from .errors import SerializationError
 __all__ = [
     "Deserializer",
     "Serializer",
+    "as_str",
     "decode_payload",
     "default_deserializer",
     "default_serializer",
     "encode_payload",
+    "optional_text",
+    "shown_text",
 ]
 
 Serializer = Callable[[Any], "bytes | str"]
@@ -87,3 +90,20 @@ def decode_payload(deserializer: Deserializer, fields: dict[bytes, bytes]) -> An
         return deserializer(data)
     except Exception as exc:
         raise SerializationError(f"cannot deserialize payload: {exc}") from exc
+
+
+def as_str(value: bytes | str) -> str:
+    """A reply value as ``str`` (strict UTF-8: a bad byte raises ``UnicodeDecodeError``)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def shown_text(value: Any) -> str:
+    """A reply value as text to show (bad bytes replaced, anything else through ``str``)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def optional_text(value: bytes | str | None) -> str | None:
+    """Like :func:`shown_text`, keeping ``None`` (a missing field) as ``None``."""
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

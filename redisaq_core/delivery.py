@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .cluster import read_streams
-from .codec import F_BYTES, F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, decode_payload
+from .codec import F_BYTES, F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, as_str, decode_payload
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
@@ -120,10 +120,6 @@ class Undecodable(Message):
         )  # fmt: skip
         self.fields = fields
         self.error = error
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Reader:
@@ -235,7 +231,7 @@ class Reader:
         items = response.items() if isinstance(response, dict) else response
         out: list[Message] = []
         for name, entries in items:
-            part, level = where[_text(name)]
+            part, level = where[as_str(name)]
             for entry_id, fields in entries:
                 out.append(self.decode(part, level, entry_id, fields, 1))
         return _by_priority(out)
@@ -261,7 +257,7 @@ class Reader:
         for i, (part, level, _) in enumerate(todo):
             claimed, pending = results[2 * i], results[2 * i + 1]
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            cursor = _text(claimed[0])
+            cursor = as_str(claimed[0])
             alive = set()
             for entry_id, fields in claimed[1]:
                 if entry_id is None or fields is None:
@@ -272,8 +268,8 @@ class Reader:
                 # The claimed range is the start of the pending list that XPENDING listed.
                 end = None if cursor in ("0-0", "0") else _id(cursor)
                 gone[(part, level)] = [
-                    _text(i) for i in counts
-                    if i not in alive and (end is None or _id(_text(i)) < end)
+                    as_str(i) for i in counts
+                    if i not in alive and (end is None or _id(as_str(i)) < end)
                 ]  # fmt: skip
             if len(claimed) > 2 and claimed[2]:  # Redis 7+: already dropped from the PEL
                 self.stats.add_trimmed(part.number, len(claimed[2]))
@@ -343,7 +339,7 @@ class Reader:
         for (part, _), summary in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(summary, Exception) or part in found:
                 continue
-            others = [_text(c["name"]) for c in summary.get("consumers") or ()]
+            others = [as_str(c["name"]) for c in summary.get("consumers") or ()]
             others = [c for c in others if c != self.name]
             if others:
                 log.info(

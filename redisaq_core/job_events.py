@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .codec import optional_text
 from .connection import AnyRedis
 from .errors import NotConnectedError
 
@@ -25,12 +26,6 @@ FINAL_STATUSES = frozenset({"completed", "dead"})
 """Statuses after which a job's record no longer changes."""
 _PING_INTERVAL = 15.0
 _READ_TIMEOUT = 1.0
-
-
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 class JobEvents:
@@ -112,12 +107,12 @@ class JobEvents:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "message":
-            text = _text(message.get("data")) or ""
+            text = optional_text(message.get("data")) or ""
             job_id, _, status = text.rpartition(" ")
             if status in FINAL_STATUSES and job_id in self._waiters:
                 self._wake(job_id, status)
         elif kind == "subscribe":
-            channel = _text(message.get("channel")) or ""
+            channel = optional_text(message.get("channel")) or ""
             ready = self._ready.get(channel)
             if ready is None:
                 return

@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .assignment import assign
+from .codec import as_str
 from .connection import AnyRedis
 from .errors import DuplicateConsumerError
 from .keys import TopicKeys
@@ -51,10 +52,6 @@ class GroupView:
     def owned_by(self, member: str) -> set[int]:
         """Partitions the assignment gives to ``member``."""
         return {p for p, m in self.assignment.items() if m == member}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Membership:
@@ -103,9 +100,9 @@ class Membership:
                 )
             self._joined = True
             if other:
-                self.previous_token = _text(other)
-            stored = {int(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-            live = tuple(_text(m) for m in members)
+                self.previous_token = as_str(other)
+            stored = {int(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+            live = tuple(as_str(m) for m in members)
             wanted = assign(live, int(partitions), stored)
             if wanted == stored:
                 return GroupView(int(now), int(partitions), live, wanted, int(levels))

@@ -54,6 +54,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .codec import shown_text
 from .connection import AnyRedis
 from .errors import ConfigurationError
 from .keys import TopicKeys, validate_name
@@ -374,13 +375,9 @@ class MetricsRecorder:
 # ---- reading ------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _number(value: Any) -> float:
     try:
-        return float(_text(value))
+        return float(shown_text(value))
     except ValueError:
         return 0.0
 
@@ -430,13 +427,13 @@ class _Metrics:
         self.gauges: dict[str, dict[int, dict[str, int]]] = {}
         self.forget: list[str] = []
         for key, value in raw.items():
-            tokens = _text(key).split(" ")
+            tokens = shown_text(key).split(" ")
             try:
                 self._add(tokens, value, now_ms)
                 if len(tokens) == 4 and tokens[2] == "in_flight":
-                    written = int(_text(value).split(" ")[1])
+                    written = int(shown_text(value).split(" ")[1])
                     if now_ms - written > _GAUGE_FORGET_MS:
-                        self.forget.append(_text(key))
+                        self.forget.append(shown_text(key))
             except (ValueError, IndexError):
                 log.debug("ignoring metrics field %r", key)
 
@@ -463,7 +460,7 @@ class _Metrics:
             elif part in ("count", "sum", "max"):
                 h[part] = int(_number(value)) if part == "count" else _number(value)
         elif len(tokens) == 4 and tokens[2] == "in_flight":
-            n, written, interval = (int(x) for x in _text(value).split(" "))
+            n, written, interval = (int(x) for x in shown_text(value).split(" "))
             if now_ms - written <= 3 * interval + _GAUGE_GRACE_MS:
                 self.gauges.setdefault(group, {}).setdefault(partition, {})[tokens[3]] = n
 
@@ -471,7 +468,9 @@ class _Metrics:
 def _summary_pending(value: Any) -> tuple[int, dict[str, int]]:
     if not isinstance(value, dict):
         return 0, {}
-    consumers = {_text(c["name"]): int(c["pending"]) for c in value.get("consumers") or () if c}
+    consumers = {
+        shown_text(c["name"]): int(c["pending"]) for c in value.get("consumers") or () if c
+    }
     return int(value.get("pending") or 0), consumers
 
 
@@ -562,7 +561,7 @@ class _TopicReader:
         self.partitions = int(_number(meta.get(b"partitions", 0)))
         self.priorities = max(1, int(_number(meta.get(b"priorities", 1))))
         self.stored = _Metrics(raw_metrics, self.now_ms)
-        self.names = {_text(g) for g in group_set} | set(self.stored.groups)
+        self.names = {shown_text(g) for g in group_set} | set(self.stored.groups)
         self.names |= set(self.stored.gauges)
 
     async def _streams(self) -> None:
@@ -580,7 +579,7 @@ class _TopicReader:
             n, info = results[2 * i], results[2 * i + 1]
             self.length[p] += n if isinstance(n, int) else 0
             if isinstance(info, list):
-                self.infos[(p, level)] = {_text(g["name"]): g for g in info}
+                self.infos[(p, level)] = {shown_text(g["name"]): g for g in info}
                 self.names |= set(self.infos[(p, level)])
         self.dlq = [n if isinstance(n, int) else 0 for n in results[2 * len(self.streams) :]]
 
@@ -619,17 +618,17 @@ class _TopicReader:
         assignment: dict[int, str] = {}
         if isinstance(assignment_raw, dict):
             for k, v in assignment_raw.items():
-                if _text(k).isdigit():
-                    assignment[int(_text(k))] = _text(v)
+                if shown_text(k).isdigit():
+                    assignment[int(shown_text(k))] = shown_text(v)
         for p in range(self.partitions):
             self.stored.partition(group, p)["owner"] = assignment.get(p)
         members: list[dict[str, Any]] = []
         for name, score in members_raw if isinstance(members_raw, list) else ():
             member = {
-                "name": _text(name),
+                "name": shown_text(name),
                 "last_heartbeat": score / 1000.0,
                 "age": max(0.0, (self.now_ms - score) / 1000.0),
-                "partitions": sorted(p for p, m in assignment.items() if m == _text(name)),
+                "partitions": sorted(p for p, m in assignment.items() if m == shown_text(name)),
                 "pending": 0,
                 "in_flight": 0,
             }
@@ -650,7 +649,7 @@ class _TopicReader:
                 if info.get("lag") is not None:
                     row["lag"] += int(info["lag"])
                     continue
-                last = _text(info.get("last-delivered-id") or "0-0")
+                last = shown_text(info.get("last-delivered-id") or "0-0")
                 targets.append(row)
                 calls.append((STREAM_LAG, [self.keys.stream(p, level)], [last, LAG_SCAN_LIMIT]))
         for row, result in zip(targets, await run_pipelined(self.redis, calls), strict=True):

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import Deserializer
+from .codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
 from .health import CONSUMER_SERVICE_TYPE
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 _TOPIC_FIGURES = ("pending", "lag", "in_flight", *COUNTERS)
 _CONCURRENT_TOPICS = 8
 _OWNED = ("partition", "pending", "lag", "lag_exact", "in_flight")
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class Monitor(RedisComponent):
@@ -97,7 +93,7 @@ class Monitor(RedisComponent):
     async def topic_names(self) -> list[str]:
         """Every known topic, sorted."""
         redis, _, _ = await self._parts()
-        return sorted(_text(t) for t in await redis.smembers(TopicKeys.topic_index()))
+        return sorted(shown_text(t) for t in await redis.smembers(TopicKeys.topic_index()))
 
     async def topic(self, name: str) -> dict[str, Any] | None:
         """The full :func:`~redisaq_core.metrics.topic_metrics` view, or ``None`` if unknown."""

@@ -47,6 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .codec import as_str
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -249,10 +250,6 @@ class RegistrySnapshot:
     """Ids whose records could not be read (they are logged and left out of ``records``)."""
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _parse_record(service_id: str, raw: Mapping[Any, Any]) -> tuple[ServiceInfo, float]:
     """``(info, registered_at)`` from a service hash; ``MalformedServiceError`` naming the id."""
 
@@ -260,7 +257,7 @@ def _parse_record(service_id: str, raw: Mapping[Any, Any]) -> tuple[ServiceInfo,
         return MalformedServiceError(f"service {service_id!r} has a malformed record: {reason}")
 
     try:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_str(k): as_str(v) for k, v in raw.items()}
     except UnicodeDecodeError:
         raise bad("a field is not UTF-8 text") from None
     missing = [name for name in _REQUIRED if name not in fields]
@@ -309,7 +306,7 @@ def _seen(value: Any) -> float | None:
     """A script's ``last_seen`` reply as a float, or ``None`` for "no record"."""
     if value is None or isinstance(value, int):
         return None
-    return float(_text(value))
+    return float(as_str(value))
 
 
 class ServiceRegistry(RedisComponent):
@@ -520,7 +517,7 @@ class ServiceRegistry(RedisComponent):
         records: list[ServiceRecord] = []
         malformed: list[str] = []
         for i in range(2, len(reply), 4):
-            service_id = _text(reply[i])
+            service_id = as_str(reply[i])
             fields = reply[i + 3]
             raw = dict(zip(fields[::2], fields[1::2], strict=True))
             try:
@@ -571,7 +568,7 @@ class ServiceRegistry(RedisComponent):
     async def get_service_types(self) -> list[str]:
         """The types that have at least one registered service, sorted."""
         redis = await self._ensure()
-        return sorted(_text(t) for t in await redis.smembers(self.keys.types))
+        return sorted(as_str(t) for t in await redis.smembers(self.keys.types))
 
     async def get_worker_statuses(self) -> dict[str, WorkerStatus]:
         """The worker status a :class:`~redisaq_core.health.HealthMonitor` last stored, by id."""
@@ -580,7 +577,7 @@ class ServiceRegistry(RedisComponent):
         out: dict[str, WorkerStatus] = {}
         for key, value in raw.items():
             try:
-                out[_text(key)] = WorkerStatus(_text(value))
+                out[as_str(key)] = WorkerStatus(as_str(value))
             except ValueError:
                 log.warning("ignoring unknown worker status %r of %r", value, key)
         return out

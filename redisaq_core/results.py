@@ -52,7 +52,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .batching import BATCH, CommandBatcher
-from .codec import Deserializer, default_deserializer
+from .codec import Deserializer, default_deserializer, optional_text
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -177,12 +177,6 @@ class JobRecord:
         }
 
 
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 def _int(value: bytes | None, default: int | None = None) -> int | None:
     if value is None:
         return default
@@ -201,7 +195,7 @@ def parse_record(
     job_id: str, raw: dict[bytes, bytes], deserializer: Deserializer = default_deserializer
 ) -> JobRecord:
     """Build a :class:`JobRecord` from a record hash; ``SerializationError`` if it has no status."""
-    status_text = _text(raw.get(b"status"))
+    status_text = optional_text(raw.get(b"status"))
     try:
         status = JobStatus(status_text)
     except ValueError:
@@ -219,15 +213,15 @@ def parse_record(
             result_error = f"cannot deserialize result: {type(exc).__name__}: {exc}"
     return JobRecord(
         id=job_id,
-        topic=_text(raw.get(b"topic")) or id_topic,
+        topic=optional_text(raw.get(b"topic")) or id_topic,
         partition=_int(raw.get(b"partition"), id_partition) or 0,
         status=status,
-        msg_id=_text(raw.get(b"msg_id")),
+        msg_id=optional_text(raw.get(b"msg_id")),
         priority=_int(raw.get(b"priority"), 0) or 0,
         attempts=_int(raw.get(b"attempts"), 0) or 0,
-        worker=_text(raw.get(b"worker")) or None,
-        error=_text(raw.get(b"error")),
-        error_type=_text(raw.get(b"error_type")),
+        worker=optional_text(raw.get(b"worker")) or None,
+        error=optional_text(raw.get(b"error")),
+        error_type=optional_text(raw.get(b"error_type")),
         queued_at=_seconds(raw.get(b"queued_at")),
         active_at=_seconds(raw.get(b"active_at")),
         completed_at=_seconds(raw.get(b"completed_at")),
@@ -314,7 +308,7 @@ class ResultStore(RedisComponent):
         if raw is None:
             return None
         try:
-            return JobStatus(_text(raw))
+            return JobStatus(optional_text(raw))
         except ValueError:
             raise SerializationError(f"job {job_id!r}: unknown status {raw!r}") from None
 
@@ -400,7 +394,9 @@ class ResultStore(RedisComponent):
             raise ConfigurationError(f"limit must be an integer >= 1, got {limit!r}")
         redis = await self._ensure()
         if topic is None:
-            names = sorted(_text(t) or "" for t in await redis.smembers(TopicKeys.topic_index()))
+            names = sorted(
+                optional_text(t) or "" for t in await redis.smembers(TopicKeys.topic_index())
+            )
         else:
             TopicKeys(topic)
             names = [topic]
@@ -449,7 +445,9 @@ class _IndexMerge:
         self.offsets[i] += len(entries)
         if len(entries) < self.page:
             self.exhausted[i] = True
-        self.buffers[i].extend((float(score), _text(member) or "") for member, score in entries)
+        self.buffers[i].extend(
+            (float(score), optional_text(member) or "") for member, score in entries
+        )
 
     async def _refill(self, indexes: list[int]) -> None:
         pipe = self.redis.pipeline(transaction=False)
