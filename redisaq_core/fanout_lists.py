@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from .cluster import UNREACHABLE
 from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import ConfigurationError, RedisaqError
+from .failures import REDIS_FAILURES, Recovery, recovery_for
 
 if TYPE_CHECKING:
     from .health import Keepalive
@@ -251,7 +251,9 @@ class ListFanOut(RedisComponent):
                 if failing:
                     log.info("list fan-out %s: Redis reachable again", self.name)
                 failing = False
-            except UNREACHABLE as exc:
+            except REDIS_FAILURES as exc:
+                if recovery_for(exc) is Recovery.STOP:
+                    raise
                 if not failing:
                     log.warning("list fan-out %s: Redis unreachable (%s); retrying", self.name, exc)
                 failing = True

@@ -175,7 +175,7 @@ class JobEvents:
                 except (RedisError, OSError) as exc:
                     log.warning("job events: cannot subscribe again yet: %s", exc)
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
                 else:
                     self._pubsub = pubsub
                     self._ping_sent = None

@@ -1,0 +1,113 @@
+"""What a long-running loop does when Redis answers with an error.
+
+Every loop of the library (a consumer's reads, heartbeats and
+acknowledgements, the registry's keepalive, the health monitor, the fan-out
+bridge) sorts a failed call into one of three outcomes, by
+:func:`recovery_for`:
+
+``Recovery.RECREATE``
+    The stream or the consumer group it read is gone: NOGROUP, or Redis 7.0's
+    ``UNBLOCKED the stream key no longer exists`` for a blocked read whose
+    stream was deleted or flushed. Create the group again and carry on.
+``Recovery.RETRY``
+    The server can't serve the call now but will: the connection dropped, a
+    cluster is failing over (CLUSTERDOWN, TRYAGAIN, MASTERDOWN), the node was
+    demoted to a replica (READONLY, ``UNBLOCKED force unblock ... master ->
+    replica``), it is loading its data, a script is busy, it is out of memory
+    or can't persist (OOM, MISCONF). Back off and try again until a primary
+    answers.
+``Recovery.STOP``
+    Anything else: no permission, a key of the wrong type, an unknown
+    command. Retrying would spin; the loop stops with an error that names the
+    reply.
+
+docs/design.md has the table with the reasons.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = [
+    "CLUSTER_UNAVAILABLE",
+    "REDIS_FAILURES",
+    "UNREACHABLE",
+    "Recovery",
+    "recovery_for",
+]
+
+CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+"""What a cluster answers while a failover or a slot migration is under way.
+
+CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
+TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
+no reachable node serves.
+"""
+
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ReadOnlyError,
+    *CLUSTER_UNAVAILABLE,
+)
+"""Redis (one server or a cluster) cannot serve requests right now: retry later.
+
+``ReadOnlyError`` is here because a primary demoted in a failover answers
+READONLY to writes until clients reach the new primary.
+"""
+
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, *CLUSTER_UNAVAILABLE)
+"""Any failed Redis call, including redis-py's cluster errors outside ``RedisError``."""
+
+
+class Recovery(enum.Enum):
+    """What a long-running loop does after a failed call (see the module's text)."""
+
+    RECREATE = "recreate"
+    RETRY = "retry"
+    STOP = "stop"
+
+
+_GONE = ("NOGROUP", "UNBLOCKED the stream key no longer exists")
+_TRANSIENT = (
+    "UNBLOCKED",  # force unblock: the instance changed state (demoted to a replica)
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "BUSY",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+)
+
+
+def recovery_for(exc: BaseException) -> Recovery:
+    """Sort a failed Redis call into recreate, retry or stop."""
+    if isinstance(exc, (*UNREACHABLE, OutOfMemoryError)):
+        return Recovery.RETRY
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        if text.startswith(_GONE):
+            return Recovery.RECREATE
+        if text.startswith(_TRANSIENT):
+            return Recovery.RETRY
+    return Recovery.STOP
