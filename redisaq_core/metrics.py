@@ -389,7 +389,7 @@ def _empty_histogram() -> dict[str, Any]:
 def _empty_partition(partition: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "partition": partition, "owner": None, "pending": 0, "lag": 0, "lag_exact": True,
-        "in_flight": 0,
+        "in_flight": 0, "trimmed_unread": 0,
     }  # fmt: skip
     out.update(dict.fromkeys(COUNTERS, 0))
     out.update({name: _empty_histogram() for name in HISTOGRAMS})
@@ -481,21 +481,28 @@ async def topic_metrics(redis: AnyRedis, topic: str) -> dict[str, Any]:
 
         {"topic", "time", "exists", "partitions", "priorities", "groups_count",
          "produced", "length", "dead_letters",            # topic totals
-         "partition_stats": [{"partition", "produced", "length", "dead_letters"}],
+         "maxlen", "trim", "over_maxlen",                 # retention (Producer(maxlen, trim))
+         "partition_stats": [{"partition", "produced", "length", "dead_letters",
+                              "over_maxlen"}],
          "groups": [{"group",
                      "members": [{"name", "last_heartbeat", "age", "partitions",
                                   "pending", "in_flight"}],
                      "partitions": [{"partition", "owner", "pending", "lag", "lag_exact",
                                      "in_flight", "handled", "failed", "retried",
                                      "dead_lettered", "timed_out", "trimmed",
-                                     "handler_seconds", "end_to_end_seconds"}],
+                                     "trimmed_unread", "handler_seconds",
+                                     "end_to_end_seconds"}],
                      "totals": {the same figures summed over the partitions}}]}
 
     A histogram is ``{"count", "sum", "max", "buckets": [[bound, cumulative count],
     ..., ["+Inf", count]]}``. ``length``, ``pending`` and ``lag`` add up every
     priority level of a partition. ``exists`` is false for a topic with no
     metadata (all figures are then zero). Three pipelined round trips (two on
-    Redis 7 when every lag is known).
+    Redis 7 when every lag is known). ``over_maxlen``: entries a ``trim="acked"``
+    topic keeps past ``maxlen`` because a group has not acknowledged them.
+    ``trimmed_unread``: entries trimmed before the group read them (from the
+    stream's entries-added and the group's entries-read; ``None`` on Redis 6.2,
+    which keeps neither).
     """
     return await _TopicReader(redis, TopicKeys(topic)).read()
 
@@ -516,6 +523,9 @@ class _TopicReader:
         self.infos: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
         self.length: dict[int, int] = {}
         self.dlq: list[int] = []
+        self.maxlen: int | None = None
+        self.trim = "maxlen"
+        self.added: dict[tuple[int, int], tuple[int, int | None]] = {}
         self.members: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def read(self) -> dict[str, Any]:
@@ -534,17 +544,26 @@ class _TopicReader:
             "produced": sum(stored.produced.values()),
             "length": sum(self.length.values()),
             "dead_letters": sum(self.dlq),
+            "maxlen": self.maxlen,
+            "trim": self.trim,
+            "over_maxlen": sum(self._over(p) for p in range(self.partitions)),
             "partition_stats": [
                 {
                     "partition": p,
                     "produced": stored.produced.get(p, 0),
                     "length": self.length[p],
                     "dead_letters": self.dlq[p],
+                    "over_maxlen": self._over(p),
                 }
                 for p in range(self.partitions)
             ],
             "groups": views,
         }
+
+    def _over(self, partition: int) -> int:
+        if self.maxlen is None or self.trim != "acked":
+            return 0
+        return max(0, self.length[partition] - self.maxlen * self.priorities)
 
     async def _meta(self) -> None:
         keys = self.keys
@@ -560,6 +579,9 @@ class _TopicReader:
         self.exists = bool(meta)
         self.partitions = int(_number(meta.get(b"partitions", 0)))
         self.priorities = max(1, int(_number(meta.get(b"priorities", 1))))
+        if b"maxlen" in meta:
+            self.maxlen = int(_number(meta[b"maxlen"]))
+            self.trim = shown_text(meta.get(b"trim", b"maxlen"))
         self.stored = _Metrics(raw_metrics, self.now_ms)
         self.names = {shown_text(g) for g in group_set} | set(self.stored.groups)
         self.names |= set(self.stored.gauges)
@@ -573,7 +595,17 @@ class _TopicReader:
             pipe.xinfo_groups(keys.stream(p, level))
         for p in range(self.partitions):
             pipe.xlen(keys.dead_letters(p))
+        for p, level in self.streams:
+            pipe.xinfo_stream(keys.stream(p, level))
         results = await pipe.execute(raise_on_error=False)
+        described = results[2 * len(self.streams) + self.partitions :]
+        for (p, level), info in zip(self.streams, described, strict=True):
+            if isinstance(info, dict):
+                added = info.get("entries-added")
+                self.added[(p, level)] = (
+                    int(info.get("length") or 0),
+                    None if added is None else int(added),
+                )
         self.length = dict.fromkeys(range(self.partitions), 0)
         for i, (p, level) in enumerate(self.streams):
             n, info = results[2 * i], results[2 * i + 1]
@@ -581,7 +613,10 @@ class _TopicReader:
             if isinstance(info, list):
                 self.infos[(p, level)] = {shown_text(g["name"]): g for g in info}
                 self.names |= set(self.infos[(p, level)])
-        self.dlq = [n if isinstance(n, int) else 0 for n in results[2 * len(self.streams) :]]
+        self.dlq = [
+            n if isinstance(n, int) else 0
+            for n in results[2 * len(self.streams) : 2 * len(self.streams) + self.partitions]
+        ]
 
     async def _groups(self, groups: list[str]) -> list[dict[str, Any]]:
         keys, stored = self.keys, self.stored
@@ -597,9 +632,10 @@ class _TopicReader:
             pipe.hdel(keys.metrics, *stored.forget)
         results = await pipe.execute(raise_on_error=False)
         views = [self._group(g, results[2 * i], results[2 * i + 1]) for i, g in enumerate(groups)]
-        for i, (g, p, _) in enumerate(pending):
+        for i, (g, p, level) in enumerate(pending):
             count, consumers = _summary_pending(results[2 * len(groups) + i])
             stored.partition(g, p)["pending"] += count
+            self._trimmed_unread(stored.partition(g, p), g, p, level)
             for name, n in consumers.items():
                 if (g, name) in self.members:
                     self.members[(g, name)]["pending"] += n
@@ -613,6 +649,18 @@ class _TopicReader:
         for view in views:
             self._totals(view)
         return views
+
+    def _trimmed_unread(self, row: dict[str, Any], group: str, p: int, level: int) -> None:
+        """Entries removed from the stream that the group had not read (7.0+; else None)."""
+        length, added = self.added.get((p, level), (0, None))
+        info = self.infos[(p, level)][group]
+        read = info.get("entries-read")
+        if read is None and shown_text(info.get("last-delivered-id") or "") == "0-0":
+            read = 0  # a group that has read nothing yet
+        if added is None or read is None or row["trimmed_unread"] is None:
+            row["trimmed_unread"] = None
+            return
+        row["trimmed_unread"] += max(0, added - length - int(read))
 
     def _group(self, group: str, members_raw: Any, assignment_raw: Any) -> dict[str, Any]:
         assignment: dict[int, str] = {}
@@ -668,6 +716,11 @@ class _TopicReader:
             for key in ("pending", "lag", "in_flight", *COUNTERS):
                 totals[key] += row[key]
             totals["lag_exact"] = totals["lag_exact"] and row["lag_exact"]
+            if totals["trimmed_unread"] is not None:
+                unread = row["trimmed_unread"]
+                totals["trimmed_unread"] = (
+                    None if unread is None else totals["trimmed_unread"] + unread
+                )
             for name in HISTOGRAMS:
                 _merge_histogram(totals[name], row[name])
                 _finish_histogram(row[name])

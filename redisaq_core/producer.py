@@ -34,6 +34,7 @@ from .errors import ConfigurationError, PartitionError, PartitionKeyError
 from .keys import TopicKeys, job_id
 from .message import Message
 from .metrics import MetricsRecorder
+from .retention import Retention, TrimMode, check_trim
 from .scripts import ENSURE_PARTITIONS, SUBMIT
 
 if TYPE_CHECKING:
@@ -62,7 +63,11 @@ class Producer(RedisComponent):
     ``init_partitions`` is the partition count a new topic starts with (an
     existing topic with fewer is raised to it, never lowered). ``maxlen`` caps
     each partition stream on every XADD (``approximate=True`` lets Redis trim
-    in whole nodes, which is much cheaper). ``serializer`` turns a payload into
+    in whole nodes, which is much cheaper). ``trim``: ``"maxlen"`` (default)
+    trims whether or not the topic's groups have read the entries;
+    ``"acked"`` never removes an entry some group has not acknowledged, so a
+    lagging group loses nothing and the stream grows past ``maxlen`` while it
+    lags (see :mod:`redisaq_core.retention`). ``serializer`` turns a payload into
     ``bytes`` or ``str`` (default: orjson). The partition count is re-read every
     ``refresh_interval`` seconds, so partitions added by
     :meth:`request_partition_increase` elsewhere are used without a restart.
@@ -81,6 +86,7 @@ class Producer(RedisComponent):
         redis: AnyRedis | None = None,
         maxlen: int | None = None,
         approximate: bool = True,
+        trim: TrimMode = "maxlen",
         init_partitions: int = 1,
         serializer: Serializer | None = None,
         refresh_interval: float = 3.0,
@@ -105,6 +111,8 @@ class Producer(RedisComponent):
             raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
         self.maxlen = maxlen
         self.approximate = approximate
+        self.trim: TrimMode = check_trim(trim, maxlen)
+        self._retention = Retention(self.keys, maxlen, approximate, self.trim)
         self.init_partitions = init_partitions
         self.serializer: Serializer = serializer or default_serializer
         self.refresh_interval = float(refresh_interval)
@@ -131,6 +139,9 @@ class Producer(RedisComponent):
             client, [self.keys.meta], [self.init_partitions, 0, self.priorities]
         )
         await client.sadd(TopicKeys.topic_index(), self.topic)
+        await self._retention.start(client)
+        if self.maxlen is not None:
+            await client.hset(self.keys.meta, mapping={"maxlen": self.maxlen, "trim": self.trim})
         if self.metrics:
             self._metrics = MetricsRecorder(client, self.topic)
             await self._metrics.start()
@@ -145,6 +156,7 @@ class Producer(RedisComponent):
             self._refresher = None
         if self._batcher is not None:
             await self._batcher.aclose()
+        await self._retention.close()
         if self._results is not None:
             await self._results.close()
         if self._metrics is not None:
@@ -156,9 +168,7 @@ class Producer(RedisComponent):
             return
         if self._partitions:
             log.info("topic %s: partitions %d -> %d", self.topic, self._partitions, count)
-        trim: list[Any] = []
-        if self.maxlen is not None:
-            trim = ["MAXLEN", "~" if self.approximate else "=", self.maxlen]
+        trim = self._retention.xadd_options()
         self._heads = [["XADD", self.keys.stream(p), *trim, "*"] for p in range(count)]
         self._partitions = count
         self._trim = trim
@@ -175,6 +185,17 @@ class Producer(RedisComponent):
                 self._levels = max(self._levels, int(levels))
             if raw is not None and int(raw) > self._partitions:
                 self._set_partitions(int(raw))
+            try:
+                await self._retention.sweep(self.redis, self._streams())
+            except (RedisError, OSError) as exc:
+                log.warning("topic %s: cannot trim: %s", self.topic, exc)
+
+    def _streams(self) -> list[str]:
+        return [
+            self.keys.stream(p, level)
+            for p in range(self._partitions)
+            for level in range(self._levels)
+        ]
 
     def _fields(
         self, item: Any, partition_key: str | None, priority: int | None
@@ -258,6 +279,7 @@ class Producer(RedisComponent):
         redis = self._redis or await self._ensure()
         partition, command = self._command(message, partition_key, priority)
         entry_id = await self._send(redis, command)
+        self._retention.wrote(redis, (command[1],))
         if self._metrics is not None:
             self._metrics.produced(partition)
         return entry_id
@@ -289,6 +311,7 @@ class Producer(RedisComponent):
         for _, command in commands:
             pipe.execute_command(*command)
         results = await pipe.execute()
+        self._retention.wrote(redis, [command[1] for _, command in commands])
         if self._metrics is not None:
             for partition, _ in commands:
                 self._metrics.produced(partition)
@@ -322,12 +345,14 @@ class Producer(RedisComponent):
             item = Message(topic=self.topic, payload=payload, timeout=timeout)
         partition, level, fields = self._fields(item, partition_key, priority)
         job = job_id(self.topic, partition, uuid.uuid4().hex)
-        maxlen = self.maxlen or 0
+        maxlen = 0 if self._retention.emulated else self.maxlen or 0
+        op = "~" if self.approximate else "="
+        op = f"ACKED{op}" if self.trim == "acked" else op
+        stream = self.keys.stream(partition, level)
         command = [
             "EVALSHA", SUBMIT.sha, 3,
-            self.keys.stream(partition, level), self.keys.job(partition, job),
-            self.keys.jobs(partition),
-            maxlen, "~" if self.approximate else "=", job, self.keys.job_channel, self.topic,
+            stream, self.keys.job(partition, job), self.keys.jobs(partition),
+            maxlen, op, job, self.keys.job_channel, self.topic,
             partition, level, max(1, int(ttl)), *fields, F_JOB, job,
         ]  # fmt: skip
         try:
@@ -335,6 +360,7 @@ class Producer(RedisComponent):
         except NoScriptError:
             await redis.script_load(SUBMIT.source)
             await self._send(redis, command)
+        self._retention.wrote(redis, (stream,))
         if self._metrics is not None:
             self._metrics.produced(partition)
         if self._results is None:

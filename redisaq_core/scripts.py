@@ -50,6 +50,7 @@ __all__ = [
     "RELEASE",
     "REPLAY",
     "SUBMIT",
+    "TRIM_ACKED",
     "Script",
     "ScriptCall",
     "run_pipelined",
@@ -164,3 +165,4 @@ REGISTRY_UPDATE = Script("registry_update")
 RELEASE = Script("release")
 REPLAY = Script("replay")
 SUBMIT = Script("submit")
+TRIM_ACKED = Script("trim_acked")

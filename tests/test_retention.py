@@ -1,0 +1,138 @@
+"""Retention: trim="acked" keeps what a group has not acknowledged, on every server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core.keys import TopicKeys
+from redisaq_core.metrics import topic_metrics
+from redisaq_core.retention import server_features
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+
+async def _group_that_read_nothing(redis_url: str, topic: str) -> None:
+    """Join once and leave: the group exists on every partition, at the stream's start."""
+
+    async def handle(m: Message) -> None:
+        raise AssertionError("nothing was produced yet")
+
+    consumer = Consumer(topic, redis_url=redis_url, start="earliest", **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions, message="groups created")
+    await consumer.close()
+
+
+async def _consume_all(redis_url: str, topic: str, want: int) -> list[int]:
+    seen: list[int] = []
+
+    async def handle(batch: list[Message]) -> None:
+        seen.extend(m.payload["n"] for m in batch)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=200, **FAST)
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: len(seen) >= want, timeout=20, message=f"{want} messages")
+    await consumer.close()
+    return seen
+
+
+async def _produce(producer: Producer, n: int) -> None:
+    half = n // 2
+    for i in range(half):
+        await producer.enqueue({"n": i})
+    for start in range(half, n, 100):
+        await producer.batch_enqueue([{"n": i} for i in range(start, min(n, start + 100))])
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+async def test_acked_trim_keeps_what_a_lagging_group_has_not_read(
+    redis_url: str, redis: Redis, topic: str, approximate: bool
+) -> None:
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(
+        topic, redis_url=redis_url, maxlen=100, approximate=approximate, trim="acked",
+        refresh_interval=0.2,
+    ) as producer:  # fmt: skip
+        await _group_that_read_nothing(redis_url, topic)
+        await _produce(producer, 1000)
+        assert await redis.xlen(stream) == 1000
+        view = await topic_metrics(redis, topic)
+        assert (view["maxlen"], view["trim"], view["over_maxlen"]) == (100, "acked", 900)
+
+        seen = await _consume_all(redis_url, topic, 1000)
+        assert sorted(seen) == list(range(1000))
+        # Once acknowledged, the stream is trimmed back towards maxlen.
+        bound = 100
+        await eventually(lambda: _at_most(redis, stream, bound), timeout=10, message="trimmed")
+    view = await topic_metrics(redis, topic)
+    assert view["over_maxlen"] == 0
+
+
+async def _at_most(redis: Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) <= n
+
+
+async def test_plain_maxlen_loses_what_a_lagging_group_has_not_read_and_says_so(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, maxlen=100, approximate=False) as producer:
+        await _group_that_read_nothing(redis_url, topic)
+        await _produce(producer, 1000)
+    # While the group lags, the view says how many entries went before it read them.
+    view = await topic_metrics(redis, topic)
+    unread = view["groups"][0]["totals"]["trimmed_unread"]
+    info = await redis.info("server")
+    if info.get("server_name") != "valkey" and info["redis_version"].startswith("6."):
+        assert unread is None  # Redis 6.2 keeps no entries-added/entries-read
+    else:
+        assert unread == 900
+    seen = await _consume_all(redis_url, topic, 100)
+    assert sorted(seen) == list(range(900, 1000))
+
+
+async def test_acked_trim_keeps_everything_for_a_group_not_yet_on_the_stream(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """A group of the topic that has not created its stream group yet loses nothing either."""
+    keys = TopicKeys(topic)
+    await redis.sadd(keys.groups, "late")
+    async with Producer(
+        topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked", refresh_interval=0.2
+    ) as producer:
+        await _produce(producer, 200)
+        features = await server_features(redis)
+        if not features.acked_trim:  # natively, no group at all means plain trimming
+            assert await redis.xlen(keys.stream(0)) == 200
+
+
+async def test_a_lagging_group_is_warned_about(
+    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="redisaq_core.retention"):
+        async with Producer(
+            topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked",
+            refresh_interval=0.1,
+        ) as producer:  # fmt: skip
+            await _group_that_read_nothing(redis_url, topic)
+            await producer.batch_enqueue([{"n": i} for i in range(50)])
+            await eventually(lambda: producer._retention.over_maxlen.get(0) == 40, timeout=5)
+    warnings = [r for r in caplog.records if "past maxlen" in r.getMessage()]
+    assert len(warnings) == 1  # at most once a minute
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"maxlen": 10, "trim": "oldest"}, "trim must be one of maxlen, acked, got 'oldest'"),
+        ({"trim": "acked"}, "trim='acked' needs a maxlen"),
+    ],
+)
+def test_bad_trim_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Producer("t", redis_url="redis://127.0.0.1:1/0", **kwargs)
