@@ -13,6 +13,7 @@ import orjson
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core.retention import TrimMode
 
 from .common import FIELD, GROUP, Context, Run, Sink, payload, raw_client, raw_consume
 
@@ -21,6 +22,7 @@ __all__ = [
     "lib_jobs_batch",
     "lib_process",
     "lib_process_batch",
+    "lib_process_batch_delete_acked",
     "lib_process_batch_no_metrics",
     "raw_process",
     "run_consumer",
@@ -47,9 +49,11 @@ async def fill(client: Redis, streams: list[str], total: int) -> None:
         await client.eval(_FILL, len(streams), *streams, count, FIELD, data)
 
 
-async def _fill_topic(ctx: Context, topic: str, total: int) -> None:
+async def _fill_topic(ctx: Context, topic: str, total: int, trim: TrimMode = "maxlen") -> None:
     """Create ``topic`` with the library's producer, then put ``total`` messages on it."""
-    async with Producer(topic, redis_url=ctx.url, init_partitions=ctx.partitions) as producer:
+    async with Producer(
+        topic, redis_url=ctx.url, init_partitions=ctx.partitions, trim=trim
+    ) as producer:
         streams = [producer.keys.stream(p) for p in range(producer.partitions)]
     async with raw_client(ctx.url) as client:
         await fill(client, streams, total)
@@ -87,9 +91,11 @@ async def run_consumer(consumer: Consumer, sink: Sink, *, batch: bool, timeout: 
         await consumer.close()
 
 
-async def _lib(ctx: Context, *, batch: bool, metrics: bool = True) -> Run:
+async def _lib(
+    ctx: Context, *, batch: bool, metrics: bool = True, trim: TrimMode = "maxlen"
+) -> Run:
     topic = ctx.topic("process-batch" if batch else "process")
-    await _fill_topic(ctx, topic, ctx.warm + ctx.n)
+    await _fill_topic(ctx, topic, ctx.warm + ctx.n, trim)
     sink = Sink(ctx.warm, ctx.n)
     consumer = Consumer(
         topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url, metrics=metrics
@@ -111,6 +117,11 @@ async def lib_process_batch(ctx: Context) -> Run:
 async def lib_process_batch_no_metrics(ctx: Context) -> Run:
     """``Consumer.process_batch`` with ``metrics=False``: the cost of metrics, by difference."""
     return await _lib(ctx, batch=True, metrics=False)
+
+
+async def lib_process_batch_delete_acked(ctx: Context) -> Run:
+    """``process_batch`` on a ``trim="delete-acked"`` topic: XACKDEL in place of XACK (8.2+)."""
+    return await _lib(ctx, batch=True, trim="delete-acked")
 
 
 async def lib_jobs_batch(ctx: Context) -> Run:

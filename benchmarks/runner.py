@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redisaq_core import EmbeddedRedis
+from redisaq_core.retention import server_features
 
 from . import consume, endtoend, enqueue
 from .common import Context, Run, raw_client
@@ -38,6 +39,8 @@ class Case:
     max_p99_ms: float | None = None
     scale: float = 1.0
     """Messages per run as a multiple of ``--n`` (slow cases run fewer, fast ones more)."""
+    needs_acked_trim: bool = False
+    """Runs only on a server with XACKDEL (Redis 8.2 and newer); skipped elsewhere."""
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -80,6 +83,14 @@ def cases(ctx: Context) -> list[Case]:
             consume.lib_process_batch_no_metrics,
             consume.raw_process,
             scale=3,
+        ),
+        Case(
+            "process_batch_delete_acked",
+            "consume, process_batch, trim=delete-acked (Redis 8.2+)",
+            consume.lib_process_batch_delete_acked,
+            consume.raw_process,
+            scale=3,
+            needs_acked_trim=True,
         ),
         Case(
             "jobs_batch",
@@ -202,6 +213,8 @@ async def _measure(args: argparse.Namespace, server: EmbeddedRedis) -> str:
         results: list[CaseResult] = []
         for case in cases(ctx):
             if args.only and case.key not in args.only:
+                continue
+            if case.needs_acked_trim and not (await server_features(admin)).acked_trim:
                 continue
             began = time.perf_counter()
             case_ctx = dataclasses.replace(ctx, n=max(1, round(ctx.n * case.scale)))

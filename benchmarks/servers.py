@@ -19,13 +19,14 @@ import orjson
 from redisaq_core.servers import KNOWN_SERVERS, find_server
 
 CASES = ("end_to_end", "process_batch")
+DELETE_ACKED = "process_batch_delete_acked"
 
 
 def _run(server: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "benchmarks", "--json", "--repeat", str(args.repeat),
         "--n", str(args.n), "--idle-seconds", str(args.idle_seconds),
-        *[arg for case in CASES for arg in ("--only", case)], "--only", "idle",
+        *[arg for case in (*CASES, DELETE_ACKED) for arg in ("--only", case)], "--only", "idle",
     ]  # fmt: skip
     env = {**os.environ, "REDISAQ_SERVER": server}
     env.pop("REDISAQ_REDIS_SERVER", None)
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     lines = [
         "| server | end-to-end, max rate (lib / raw, msgs/s) | ratio "
-        "| process_batch (lib / raw, msgs/s) | ratio | idle requests/s | idle server commands/s |",
-        "|---|---|---|---|---|---|---|",
+        "| process_batch (lib / raw, msgs/s) | ratio | idle requests/s | idle server commands/s "
+        "| process_batch, delete-acked (XACKDEL) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.servers.split(","):
         binary = find_server(name)
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             cells += [f"{r['rate']:,.0f} / {r['raw_rate']:,.0f}", f"{r['ratio']:.2f}x"]
         idle = rows["idle"]
         cells += [f"{idle['requests_per_s']:.2f}", f"{idle['server_commands_per_s']:.2f}"]
+        deleting = rows.get(DELETE_ACKED)
+        cells.append(
+            f"{deleting['rate']:,.0f} msgs/s, {deleting['ratio']:.2f}x" if deleting else "n/a"
+        )
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     return 0

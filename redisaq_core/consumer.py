@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from .codec import Deserializer, Serializer, default_deserializer, default_serializer
+from .codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .delivery import ConsumerStats, OwnedPartition, Reader, Undecodable
 from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
@@ -292,6 +292,7 @@ class Consumer(RedisComponent):
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
+            await self._read_retention()
             await self._sync()
             await self._register()
             heart = asyncio.create_task(
@@ -481,9 +482,15 @@ class Consumer(RedisComponent):
             part.reclaim()
             self._interrupt_read()
         if gained:
+            await self._read_retention()
             log.info("consumer %s: assigned partitions %s", self.name, gained)
             if self.on_assign is not None:
                 await self._call_hook(self.on_assign, gained)
+
+    async def _read_retention(self) -> None:
+        """Whether the topic deletes entries once acknowledged (``trim="delete-acked"``)."""
+        trim = await self.redis.hget(self.keys.meta, "trim")
+        self._settler.delete_acked = trim is not None and shown_text(trim) == "delete-acked"
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(

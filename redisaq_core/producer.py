@@ -67,9 +67,10 @@ class Producer(RedisComponent):
     trims whether or not the topic's groups have read the entries;
     ``"acked"`` never removes an entry some group has not acknowledged, so a
     lagging group loses nothing and the stream grows past ``maxlen`` while it
-    lags (see :mod:`redisaq_core.retention`). ``serializer`` turns a payload into
-    ``bytes`` or ``str`` (default: orjson). The partition count is re-read every
-    ``refresh_interval`` seconds, so partitions added by
+    lags; ``"delete-acked"`` (Redis 8.2 and newer) has consumers delete each
+    entry once every group acknowledged it (see :mod:`redisaq_core.retention`).
+    ``serializer`` turns a payload into ``bytes`` or ``str`` (default: orjson).
+    The partition count is re-read every ``refresh_interval`` seconds, so partitions added by
     :meth:`request_partition_increase` elsewhere are used without a restart.
     ``priorities``: the number of priority levels (``0 .. priorities-1``, higher
     is more urgent); with the default 1 there is one stream per partition and no
@@ -140,8 +141,13 @@ class Producer(RedisComponent):
         )
         await client.sadd(TopicKeys.topic_index(), self.topic)
         await self._retention.start(client)
-        if self.maxlen is not None:
-            await client.hset(self.keys.meta, mapping={"maxlen": self.maxlen, "trim": self.trim})
+        if self.maxlen is not None or self.trim != "maxlen":
+            # What the consumers and the topic view read; a producer that sets no
+            # retention leaves what another one set.
+            retention: list[Any] = ["trim", self.trim]
+            if self.maxlen is not None:
+                retention += ["maxlen", self.maxlen]
+            await client.hset(self.keys.meta, items=retention)
         if self.metrics:
             self._metrics = MetricsRecorder(client, self.topic)
             await self._metrics.start()

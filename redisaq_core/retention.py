@@ -14,6 +14,12 @@ topic has not acknowledged; while a group lags, the stream grows past N.
   needs (its oldest pending entry, or the entry after its last delivered one),
   read from XINFO GROUPS and the XPENDING summary: no scan of the stream.
 
+``Producer(trim="delete-acked")`` (Redis 8.2 and newer) marks the topic so
+that its consumers delete each entry once every group has acknowledged it
+(XACKDEL with ``ACKED``): memory stays bounded by what some group still needs,
+with no maxlen. A server without XACKDEL refuses it at connect with a
+``ConfigurationError``; it is never emulated.
+
 :func:`server_features` finds what the server can do once per client.
 """
 
@@ -37,8 +43,8 @@ __all__ = ["TRIM_MODES", "Retention", "ServerFeatures", "TrimMode", "server_feat
 
 log = logging.getLogger(__name__)
 
-TrimMode = Literal["maxlen", "acked"]
-TRIM_MODES: tuple[str, ...] = ("maxlen", "acked")
+TrimMode = Literal["maxlen", "acked", "delete-acked"]
+TRIM_MODES: tuple[str, ...] = ("maxlen", "acked", "delete-acked")
 
 _TRIM_CALL_LIMIT = 10_000
 """The most entries one emulated trim removes (the next call goes on)."""
@@ -56,6 +62,8 @@ class ServerFeatures:
 
     acked_trim: bool
     """XADD/XTRIM take ``ACKED``, and XACKDEL exists (Redis 8.2 and newer)."""
+    server: str = "redis"
+    """``redis`` or ``valkey`` and the version, e.g. ``valkey 8.1.8``, for messages."""
 
 
 _features: WeakKeyDictionary[Any, ServerFeatures] = WeakKeyDictionary()
@@ -69,8 +77,11 @@ async def server_features(client: AnyRedis) -> ServerFeatures:
         if info and all(isinstance(v, dict) for v in info.values()):
             info = next(iter(info.values()))  # a cluster client: one reply per node
         product = str(info.get("server_name", "redis")).lower()
+        shown = str(info.get(f"{product}_version") or info.get("redis_version", "0.0.0"))
         version = tuple(int(x) for x in str(info.get("redis_version", "0.0.0")).split(".")[:2])
-        known = ServerFeatures(acked_trim=product == "redis" and version >= (8, 2))
+        known = ServerFeatures(
+            acked_trim=product == "redis" and version >= (8, 2), server=f"{product} {shown}"
+        )
         log.debug("server features of %s %s: %s", product, info.get("redis_version"), known)
         _features[client] = known
     return known
@@ -105,9 +116,14 @@ class Retention:
 
     async def start(self, client: AnyRedis) -> None:
         """Find out how to trim on this server, and the topic's groups."""
-        if self.mode != "acked":
+        if self.mode == "maxlen":
             return
         features = await server_features(client)
+        if self.mode == "delete-acked" and not features.acked_trim:
+            raise ConfigurationError(
+                f"topic {self.keys.topic!r}: trim='delete-acked' needs XACKDEL (Redis 8.2 or "
+                f"newer), and this server is {features.server}; use trim='acked' with a maxlen"
+            )
         self.emulated = not features.acked_trim
         if self.emulated:
             await self.refresh_groups(client)
@@ -119,7 +135,7 @@ class Retention:
         """What every XADD of the producer carries after the key."""
         if self.maxlen is None or self.emulated:
             return []
-        if self.mode == "acked":
+        if self.mode != "maxlen":
             return ["ACKED", "MAXLEN", _ACKED_OP, self.maxlen]
         return ["MAXLEN", "~" if self.approximate else "=", self.maxlen]
 
@@ -141,7 +157,7 @@ class Retention:
 
     async def sweep(self, client: AnyRedis, streams: Sequence[str]) -> None:
         """Trim every stream once (emulated), and warn about streams held past maxlen."""
-        if self.mode != "acked":
+        if self.mode == "maxlen" or self.maxlen is None:
             return
         if self.emulated:
             await self.refresh_groups(client)

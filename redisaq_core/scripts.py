@@ -27,8 +27,10 @@ from .connection import AnyRedis
 
 __all__ = [
     "ACK",
+    "ACK_DELETE",
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
+    "DELETE_ACKED",
     "ENSURE_PARTITIONS",
     "FANOUT",
     "FANOUT_FORGET",
@@ -58,10 +60,16 @@ __all__ = [
 
 
 class Script:
-    """One Lua script of the package."""
+    """One Lua script of the package.
 
-    def __init__(self, name: str) -> None:
+    ``follows=True`` marks a script that must see the effects of the calls before it in
+    a pipeline and may run twice (it is idempotent): when an earlier call is repeated
+    after NOSCRIPT, it is repeated too, after it.
+    """
+
+    def __init__(self, name: str, *, follows: bool = False) -> None:
         self.name = name
+        self.follows = follows
         self.source = (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
@@ -135,15 +143,18 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
             return results
         # Only the calls that found no script run again: on a cluster one node may lack a
         # script that another has, and the others' calls already took effect.
-        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+        refused = [i for i in todo if isinstance(results[i], NoScriptError)]
+        todo = [i for i in todo if i in refused or (i > refused[0] and calls[i][0].follows)]
         for script, first_keys in missing.items():
             await script.load(client, first_keys)
     return results
 
 
 ACK = Script("ack")
+ACK_DELETE = Script("ack_delete")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
+DELETE_ACKED = Script("delete_acked", follows=True)
 ENSURE_PARTITIONS = Script("ensure_partitions")
 FANOUT = Script("fanout")
 FANOUT_FORGET = Script("fanout_forget")

