@@ -11,6 +11,7 @@ behind it and claimed again (delivery count + 1) when its retry is due.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -177,24 +178,22 @@ class Reader:
                     self.topic, payload, msg_id, None, part.number, enqueued, enqueued, None,
                     deliveries, self.group, level, None,
                 )  # fmt: skip
-        created = fields.get(F_CREATED)
-        timeout = fields.get(F_TIMEOUT)
-        key = fields.get(F_KEY)
-        job = fields.get(F_JOB)
+        problems: list[str] = []
+        created = _number_field(fields, F_CREATED, problems, positive=False)
+        timeout = _number_field(fields, F_TIMEOUT, problems, positive=True)
+        key = _text_field(fields, F_KEY, problems)
+        job = _text_field(fields, F_JOB, problems)
         message = received(
-            self.topic,
-            None,
-            msg_id,
-            key.decode() if key is not None else None,
-            part.number,
-            float(created) if created is not None else enqueued,
-            enqueued,
-            float(timeout) if timeout is not None else None,
-            deliveries,
-            self.group,
-            level,
-            job.decode() if job is not None else None,
-        )
+            self.topic, None, msg_id, key, part.number,
+            created if created is not None else enqueued, enqueued, timeout,
+            deliveries, self.group, level, job,
+        )  # fmt: skip
+        if problems:
+            # Another client (or an old writer) put metadata here that can't be read: the
+            # entry goes to the dead letters with its raw fields; the partition goes on.
+            return Undecodable(
+                message, fields, SerializationError(f"bad entry field(s): {'; '.join(problems)}")
+            )
         try:
             message.payload = decode_payload(self.deserializer, fields)
         except (SerializationError, ValueError) as exc:
@@ -359,3 +358,32 @@ def _by_priority(messages: list[Message]) -> list[Message]:
     if any(m.priority for m in messages):
         messages.sort(key=lambda m: -m.priority)  # stable: stream order within a level
     return messages
+
+
+def _number_field(
+    fields: dict[bytes, bytes], name: bytes, problems: list[str], *, positive: bool
+) -> float | None:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (ValueError, TypeError):
+        value = math.nan
+    if not math.isfinite(value) or (positive and value <= 0):
+        problems.append(
+            f"{name.decode()}={raw[:40]!r} is not a {'positive ' if positive else ''}number"
+        )
+        return None
+    return value
+
+
+def _text_field(fields: dict[bytes, bytes], name: bytes, problems: list[str]) -> str | None:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except (UnicodeDecodeError, AttributeError):
+        problems.append(f"{name.decode()}={raw[:40]!r} is not UTF-8 text")
+        return None

@@ -1,0 +1,136 @@
+"""Entries another client wrote into a partition stream never stop a consumer.
+
+Each entry the consumer can't read goes to the dead letters with its raw
+fields; the entries around it are handled, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core.dlq import DeadLetters
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+BAD_METADATA = [
+    {b"p": b'{"n": 1}', b"c": b"yesterday"},
+    {b"p": b'{"n": 1}', b"c": b"nan"},
+    {b"p": b'{"n": 1}', b"o": b"soon"},
+    {b"p": b'{"n": 1}', b"o": b"-3"},
+    {b"p": b'{"n": 1}', b"k": b"\xff\xfe"},
+    {b"p": b'{"n": 1}', b"j": b"\xc3\x28"},
+    {b"p": b"not json at all"},
+    {b"s": b"\xff"},
+    {b"x": b"no payload field"},
+]
+
+
+async def _run_between(redis_url: str, topic: str, foreign: list[dict[bytes, bytes]]) -> None:
+    """Good entries 0..n around each foreign entry: all good handled in order, the rest DLQ'd."""
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url) as producer:
+        client = Redis.from_url(redis_url)
+        try:
+            for i, fields in enumerate(foreign):
+                await producer.enqueue({"good": i})
+                await client.xadd(stream, fields)  # type: ignore[arg-type]
+            await producer.enqueue({"good": len(foreign)})
+        finally:
+            await client.aclose()
+    seen: list[Any] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload)
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+    dlq = DeadLetters(topic, redis_url=redis_url)
+    async with Running(consumer, handle):
+        good = [{"good": i} for i in range(len(foreign) + 1)]
+        await eventually(
+            lambda: [p for p in seen if isinstance(p, dict) and "good" in p] == good,
+            message="the good entries, in order",
+        )
+        # Every foreign entry was either readable (handled) or dead-lettered: none is left.
+        await eventually(lambda: _settled(dlq, len(seen), len(foreign) * 2 + 1))
+    letters = await dlq.list()
+    await dlq.close()
+    await consumer.close()
+    assert len(seen) + len(letters) == len(foreign) * 2 + 1
+    for letter in letters:
+        assert letter.error  # says why
+
+
+async def _settled(dlq: DeadLetters, handled: int, total: int) -> bool:
+    return handled + await dlq.count() == total
+
+
+async def test_entries_with_unreadable_metadata_go_to_the_dead_letters(
+    redis_url: str, topic: str
+) -> None:
+    await _run_between(redis_url, topic, BAD_METADATA)
+    dlq = DeadLetters(topic, redis_url=redis_url)
+    letters = await dlq.list()
+    await dlq.close()
+    assert len(letters) == len(BAD_METADATA)
+    assert any("c=b'yesterday'" in letter.error for letter in letters)
+
+
+_field_names = st.one_of(
+    st.sampled_from([b"p", b"s", b"c", b"o", b"k", b"j", b"f:x", b""]),
+    st.binary(max_size=12),
+)
+_field_values = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"", b"nan", b"inf", b"-1", b"1e999", b"{}", b"[", b"\xff" * 3]),
+    st.integers(60_000, 1_000_000).map(lambda n: b"\xff" * n),
+)
+_field_maps = st.dictionaries(_field_names, _field_values, min_size=1, max_size=5)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(foreign=st.lists(_field_maps, min_size=1, max_size=4))
+def test_any_field_map_never_stops_a_consumer(
+    redis_url: str, foreign: list[dict[bytes, bytes]]
+) -> None:
+    asyncio.run(_run_between(redis_url, f"t-{uuid.uuid4().hex[:12]}", foreign))
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"created_at": "x"}, "Message.created_at must be a finite number, got 'x'"),
+        ({"created_at": float("nan")}, "Message.created_at must be a finite number"),
+        ({"timeout": "5"}, "Message.timeout must be a finite number, got '5'"),
+        ({"timeout": -1.0}, r"Message.timeout must be > 0, got -1.0"),
+        ({"priority": "high"}, "priority must be an integer, got 'high'"),
+    ],
+)
+async def test_message_fields_are_checked_before_anything_is_written(
+    redis_url: str, redis: Redis, topic: str, message: dict[str, Any], error: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        with pytest.raises(ConfigurationError, match=error):
+            await producer.enqueue(Message(topic=topic, payload={"n": 1}, **message))
+        with pytest.raises(ConfigurationError, match=error):
+            await producer.batch_enqueue([{"n": 0}, Message(topic=topic, payload=1, **message)])
+    assert await redis.xlen(TopicKeys(topic).stream(0)) == 0
+
+
+async def test_submit_timeout_is_checked(redis_url: str, topic: str) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        with pytest.raises(ConfigurationError, match=r"Message\.timeout must be > 0"):
+            await producer.submit({"n": 1}, timeout=0)
