@@ -313,6 +313,10 @@ class Consumer(RedisComponent):
                     if recovery is Recovery.RECREATE:
                         self._groups_gone = exc
                     elif recovery is Recovery.RETRY:
+                        # A read or acknowledgement whose reply was lost may have left entries
+                        # in our pending list: claim them back before reading new ones.
+                        for part in self._owned.values():
+                            part.reclaim()
                         await self._connection_lost(exc)
                     else:
                         raise ConsumerError(
@@ -698,7 +702,11 @@ class Consumer(RedisComponent):
             part = self._owned.get(m.partition or 0)
             if part is None or part.valid_until <= loop.time():
                 # The lease may have passed to another member (this process was paused or
-                # cut off): leave the rest pending for the new owner.
+                # cut off): leave the rest pending. If the next heartbeat finds the lease
+                # still ours, they are claimed back from our pending list, before anything
+                # newer is read; if not, the new owner claims them.
+                if part is not None:
+                    part.reclaim()
                 return ok, None
             started = loop.time()
             try:

@@ -1,0 +1,96 @@
+"""Nothing stays pending for good in a consumer that keeps its partition.
+
+A stall of the event loop past 0.8 x heartbeat_ttl (but under the TTL), or a
+Redis call that fails half-way through a batch, leaves entries in this
+consumer's own pending list while the partition stays its own. They are
+claimed back before anything newer is read, so they are handled, in order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+from tests.proxy import FaultProxy
+
+
+async def _no_pending(redis: Redis, stream: str) -> bool:
+    info: Any = await redis.xpending(stream, "default")
+    return info["pending"] == 0
+
+
+async def test_a_stall_between_the_local_deadline_and_the_ttl_strands_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    seen: list[int] = []
+    stalled = False
+
+    async def handle(m: Message) -> None:
+        nonlocal stalled
+        n = m.payload["n"]
+        seen.append(n)
+        if n == 3 and not stalled:
+            stalled = True
+            time.sleep(1.75)  # blocks the loop: past 0.8 x TTL (1.6 s), under the TTL (2 s)
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(10)])
+        consumer = Consumer(
+            topic, redis_url=redis_url, heartbeat_interval=0.5, heartbeat_ttl=2.0,
+            poll_interval=0.1, batch_size=10,
+        )  # fmt: skip
+        async with Running(consumer, handle):
+            await eventually(lambda: stalled and 4 in seen, timeout=10)
+            await producer.batch_enqueue([{"n": i} for i in range(10, 13)])
+            await eventually(lambda: set(seen) == set(range(13)), timeout=10, message=f"{seen}")
+            await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)), timeout=5)
+        await consumer.close()
+    # Per-partition order: the first time each message is seen, they come in order.
+    first = list(dict.fromkeys(seen))
+    assert first == list(range(13)), seen
+    assert consumer.stats.fenced == 0
+
+
+async def _blocked_reads(redis: Redis) -> int:
+    clients: list[dict[str, Any]] = await redis.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+
+@pytest.mark.single_node
+async def test_a_read_whose_reply_was_lost_strands_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """XREADGROUP hands entries over (they are pending), the reply never arrives, the link drops."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    async with FaultProxy(port) as proxy, Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=proxy.url, heartbeat_interval=0.3, poll_interval=0.5)
+        async with Running(consumer, handle):
+            await producer.batch_enqueue([{"n": i} for i in range(3)])
+            await eventually(lambda: seen == [0, 1, 2])
+            await eventually(lambda: _blocked_reads(redis), message="a blocked read")
+            proxy.drop_replies = True
+            await producer.batch_enqueue([{"n": i} for i in range(3, 6)])
+            stream = TopicKeys(topic).stream(0)
+            # The blocked read is woken by the first entry: at least that one is handed over.
+            await eventually(lambda: _pending(redis, stream), message="handed over")
+            proxy.drop_replies = False
+            await proxy.cut()
+            await eventually(lambda: seen[:6] == list(range(6)), timeout=10, message=f"{seen}")
+            await eventually(lambda: _no_pending(redis, stream), timeout=5)
+        await consumer.close()
+
+
+async def _pending(redis: Redis, stream: str) -> bool:
+    info: Any = await redis.xpending(stream, "default")
+    return int(info["pending"]) > 0
