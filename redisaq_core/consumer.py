@@ -203,6 +203,8 @@ class Consumer(RedisComponent):
         self._redis_down = False
         self._recreated_at = float("-inf")
         self._groups_gone: BaseException | None = None
+        self._reclaimed = False
+        self._forced = False
 
     # ---- public state ---------------------------------------------------------------
 
@@ -256,6 +258,7 @@ class Consumer(RedisComponent):
                 "consumer %s: handlers still running after %.1fs, cancelling", self.name, deadline
             )
             if self._runner is not None:
+                self._forced = True
                 self._runner.cancel()
             await self._stopped.wait()
 
@@ -325,20 +328,50 @@ class Consumer(RedisComponent):
                         ) from exc
             if self._fatal is not None:
                 raise self._fatal
+        except asyncio.CancelledError:
+            if not self._forced:
+                raise
+            # stop() ran out of time and cancelled the handlers: that is a stop, not an error.
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
         finally:
             if heart is not None:
                 await _cancel(heart)
-            await asyncio.shield(self._leave())
+            await self._clean_up(self._leave())
             if self._registration is not None:
-                await asyncio.shield(self._registration.stop())
+                await self._clean_up(self._registration.stop())
                 self._registration = None
             if self._metrics is not None:
-                await asyncio.shield(self._metrics.stop())
+                await self._clean_up(self._metrics.stop())
                 self._metrics = self.stats.recorder = None
+            self._forced = False
             self._running = False
             self._reading = None
             self._runner = None
             self._stopped.set()
+
+    async def _clean_up(self, step: Awaitable[Any]) -> None:
+        """Run a step of leaving, shielded from cancellation, unless stop() ran out of time.
+
+        Once stop() has cancelled the handlers, Redis may be what held them up: each step
+        then gets at most ``heartbeat_ttl``, and what it could not do expires on its own.
+        """
+        job = asyncio.ensure_future(step)
+        try:
+            limit = self.heartbeat_ttl if self._forced else None
+            await asyncio.wait_for(asyncio.shield(job), limit)
+        except asyncio.TimeoutError:
+            job.cancel()
+            log.warning("consumer %s: Redis did not answer while leaving", self.name)
+        except asyncio.CancelledError:
+            if not self._forced:
+                raise
+            job.cancel()
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            log.warning("consumer %s: Redis did not answer while leaving", self.name)
 
     def _interrupt_read(self) -> None:
         """End a blocking read early (stop, or partitions gained or revoked)."""
@@ -554,6 +587,7 @@ class Consumer(RedisComponent):
 
     async def _fetch(self, redis: AnyRedis) -> list[Message]:
         """The next messages to handle: retries due, then reclaimed entries, then new ones."""
+        self._reclaimed = False
         now = asyncio.get_running_loop().time()
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
@@ -565,6 +599,7 @@ class Consumer(RedisComponent):
         if claiming:
             messages, gone = await self._reader.claim(redis, claiming)
             await self._ack_gone(redis, gone)
+            self._reclaimed = True
             return messages
         reading = [s for s in ready if not s.held]
         wait = self.poll_interval
@@ -615,10 +650,42 @@ class Consumer(RedisComponent):
         messages: list[Message],
         batch: bool,
     ) -> None:
+        if self._reclaimed and len(messages) > 1 and any(m.deliveries > 1 for m in messages):
+            # Delivered before and never settled (a consumer died, or a reply was lost): one
+            # at a time, each settled before the next, so that a handler that ends its
+            # process leaves exactly its own message at the head of the partition.
+            for at, m in enumerate(messages):
+                head = all(
+                    (o.partition, o.priority) != (m.partition, m.priority) for o in messages[:at]
+                )
+                await self._dispatch_now(redis, handler, [m], batch, head=head)
+            return
+        await self._dispatch_now(redis, handler, messages, batch, head=True)
+
+    async def _dispatch_now(
+        self,
+        redis: AnyRedis,
+        handler: Callable[[Any], Awaitable[Any]],
+        messages: list[Message],
+        batch: bool,
+        *,
+        head: bool,
+    ) -> None:
         failures: list[Failure] = []
         if any(isinstance(m, Undecodable) for m in messages):
             failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
             messages = [m for m in messages if not isinstance(m, Undecodable)]
+        if head and self.dead_letter and messages and messages[0].deliveries > self.max_deliveries:
+            # The oldest unsettled entry of its partition, delivered as often as allowed
+            # without a result: the deliveries before may have ended their process. It is not
+            # handed to the handler again. (Entries behind it were not its culprits: their
+            # counts also grew with each of its crashes, so they are handled.)
+            m = messages.pop(0)
+            failures.append(Failure(m, ConsumerError(
+                f"delivered {m.deliveries} times; {m.deliveries - 1} deliveries ended without "
+                f"a result (the handler may have ended its process), max_deliveries="
+                f"{self.max_deliveries}"
+            ), []))  # fmt: skip
         done: list[tuple[Message, Any]] = []
         loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):

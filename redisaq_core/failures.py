@@ -105,9 +105,22 @@ def recovery_for(exc: BaseException) -> Recovery:
     if isinstance(exc, (*UNREACHABLE, OutOfMemoryError)):
         return Recovery.RETRY
     if isinstance(exc, ResponseError):
-        text = str(exc)
+        text = _reply(str(exc))
         if text.startswith(_GONE):
             return Recovery.RECREATE
         if text.startswith(_TRANSIENT):
             return Recovery.RETRY
     return Recovery.STOP
+
+
+def _reply(text: str) -> str:
+    """The server's reply inside redis-py's pipeline wrapper or a Lua error, code first."""
+    _, found, rest = text.partition(" of pipeline caused error: ")
+    if found:
+        text = rest
+    # A redis.call() error inside a script: "ERR Error running script ... -NOGROUP ..."
+    for marker in (": -", " -"):
+        head, found, rest = text.rpartition(marker)
+        if found and "script" in head and rest.startswith((*_GONE, *_TRANSIENT)):
+            return rest
+    return text

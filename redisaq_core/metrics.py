@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import math
 import uuid
@@ -301,11 +302,17 @@ class MetricsRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
-            try:
-                # Shielded: a flush cancelled after Redis applied it would be counted twice.
-                await asyncio.shield(self.flush())
-            except (RedisError, OSError) as exc:
-                log.warning("metrics of %s: flush failed, will retry: %s", self.topic, exc)
+            # Shielded: a flush cancelled after Redis applied it would be counted twice. If
+            # this loop is cancelled meanwhile, the flush ends on its own and says how.
+            flush = asyncio.ensure_future(self.flush())
+            flush.add_done_callback(self._flushed)
+            with contextlib.suppress(RedisError, OSError):  # _flushed says so
+                await asyncio.shield(flush)
+
+    def _flushed(self, flush: asyncio.Future[None]) -> None:
+        error = None if flush.cancelled() else flush.exception()
+        if error is not None:
+            log.warning("metrics of %s: flush failed, will retry: %s", self.topic, error)
 
     async def stop(self) -> None:
         """Stop flushing, flush what is left and remove this recorder's gauges (idempotent)."""

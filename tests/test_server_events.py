@@ -149,6 +149,16 @@ async def test_an_error_no_retry_can_fix_stops_the_consumer_with_the_reply(
         ("WRONGTYPE Operation against a key holding the wrong kind of value", Recovery.STOP),
         ("NOPERM this user has no permissions", Recovery.STOP),
         ("ERR unknown command 'XFOO'", Recovery.STOP),
+        (
+            "Command # 1 (XAUTOCLAIM s g c 0 0-0 COUNT 10) of pipeline caused error: NOGROUP "
+            "No such key 's' or consumer group 'g'",
+            Recovery.RECREATE,
+        ),
+        (
+            "ERR Error running script (call to f_1): @user_script:8: @user_script: 8: "
+            "-NOGROUP No such key 's' or consumer group 'g'",
+            Recovery.RECREATE,
+        ),
     ],
 )
 def test_recovery_policy(reply: str, recovery: Recovery) -> None:

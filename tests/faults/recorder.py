@@ -1,7 +1,8 @@
 """A handler for fault tests: records every call to a file, one line per event.
 
 Environment: ``RECORD_FILE`` (required) is appended to; ``HANDLER_DELAY`` seconds
-each handler sleeps; payloads with ``"fail": true`` always raise.
+each handler sleeps; payloads with ``"fail": true`` always raise; payloads with
+``"crash": true`` end the process at once (as a segfault or the OOM killer would).
 
 Lines: ``start|end PID PARTITION MSG_ID N DELIVERIES TIME``.
 """
@@ -28,6 +29,8 @@ async def handle(m: Message) -> None:
     _line("start", m)
     if _DELAY:
         await asyncio.sleep(_DELAY)
+    if isinstance(m.payload, dict) and m.payload.get("crash"):
+        os._exit(9)
     if isinstance(m.payload, dict) and m.payload.get("fail"):
         raise RuntimeError(f"refusing message {m.payload.get('n')}")
     _line("end", m)

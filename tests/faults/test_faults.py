@@ -132,6 +132,32 @@ async def test_always_failing_ids_end_in_dead_letters(
     assert await _pending(redis_url, topic, 4) == 0
 
 
+async def test_a_message_that_kills_its_process_reaches_the_dead_letters(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    """Each delivery kills the worker; after max_deliveries the next one dead-letters it."""
+    payloads = [{"n": i, "k": 0, "crash": i == 2} for i in range(5)]
+    await _produce(redis_url, topic, payloads, partitions=1)
+    crashes = 0
+    for _ in range(6):
+        proc = workers.start(redis_url, topic, "--max-deliveries", "2")
+        await eventually(lambda p=proc: p.poll() is not None or _done(workers) >= {0, 1, 3, 4},
+                         timeout=20)  # fmt: skip
+        if proc.poll() is None:
+            break
+        assert proc.returncode == 9
+        crashes += 1
+    assert crashes == 2  # max_deliveries: the third delivery is not given to the handler
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        await eventually(lambda: _count_is(dl, 1), timeout=10)
+        (record,) = await dl.list()
+    assert record.payload["n"] == 2 and record.deliveries == 3
+    assert "2 deliveries" in record.error
+    starts = [e.deliveries for e in load(workers.record_file) if e.kind == "start" and e.n == 2]
+    assert starts == [1, 2]
+    assert await _pending(redis_url, topic, 1) == 0
+
+
 async def _count_is(dl: DeadLetters, n: int) -> bool:
     return await dl.count() == n
 
@@ -186,6 +212,33 @@ async def test_redis_restart_mid_run(
         assert all(p.poll() is None for p in workers.procs)
     finally:
         workers.stop_all()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_sigterm_with_redis_frozen_exits_cleanly_within_the_timeout(
+    tmp_path: Path, topic: str, workers: Workers
+) -> None:
+    """Redis stopped (SIGSTOP) under a worker: SIGTERM ends it with code 0, no traceback."""
+    server = EmbeddedRedis()
+    await asyncio.to_thread(server.start)
+    try:
+        await _produce(server.url, topic, [{"n": i, "k": i} for i in range(20)], partitions=2)
+        proc = workers.start(server.url, topic, "--shutdown-timeout", "1", name="frozen")
+        await eventually(lambda: len(_done(workers)) == 20, timeout=15)
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 15)
+            took = time.monotonic() - began
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        # shutdown_timeout (1 s), then at most heartbeat_ttl (1.2 s) per clean-up step.
+        assert code == 0 and took < 1 + 3 * 1.2 + 1, (code, took)
+        log = workers.record_file.with_suffix(".0.log").read_text()
+        assert "Traceback" not in log and "CancelledError" not in log, log[-2000:]
+    finally:
         await asyncio.to_thread(server.stop)
 
 
