@@ -205,6 +205,7 @@ class Consumer(RedisComponent):
         self._groups_gone: BaseException | None = None
         self._reclaimed = False
         self._forced = False
+        self._from_latest = False
 
     # ---- public state ---------------------------------------------------------------
 
@@ -290,13 +291,18 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         heart: asyncio.Task[None] | None = None
         try:
-            await redis.sadd(self.keys.groups, self.group)
+            # start="latest" applies once, to a group new to the topic: a group created again
+            # (Redis flushed or restarted, the group deleted) or on a partition added later
+            # starts from the beginning of the stream, so nothing written meanwhile is lost.
+            new_group = bool(await redis.sadd(self.keys.groups, self.group))
+            self._from_latest = self.start == "latest" and new_group
             if self.metrics:
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
             await self._read_retention()
             await self._sync()
+            self._from_latest = False
             await self._register()
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
@@ -530,9 +536,8 @@ class Consumer(RedisComponent):
         self._settler.delete_acked = trim is not None and shown_text(trim) == "delete-acked"
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
-        await self._reader.create_groups(
-            self.redis, parts, "0" if self.start == "earliest" else "$"
-        )
+        await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")
+        self._from_latest = False
 
     async def _recreate_groups(self, exc: BaseException) -> None:
         """A stream or the group was deleted (or Redis flushed): create the groups again."""

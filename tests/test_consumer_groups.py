@@ -239,3 +239,33 @@ async def test_cancelling_process_leaves_the_group(
     assert await redis.zscore(keys.members("default"), "c") is None
     assert await redis.exists(keys.lease(0, "default"), keys.lease(1, "default")) == 0
     await consumer.close()
+
+
+async def test_a_latest_group_created_again_loses_nothing_written_meanwhile(topic: str) -> None:
+    """start="latest" is for a group new to the topic: after a flush, the group starts at 0."""
+    async with EmbeddedRedis() as server:
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+
+        producer = Producer(topic, redis_url=server.url)
+        consumer = Consumer(topic, redis_url=server.url, start="latest", **FAST)
+        async with producer:
+            await producer.enqueue({"n": 0})  # before the group existed: skipped by "latest"
+            async with Running(consumer, handle):
+                await eventually(lambda: consumer.assigned_partitions)
+                await producer.enqueue({"n": 1})
+                await eventually(lambda: seen == [1])
+                client = Redis.from_url(server.url)
+                stream = TopicKeys(topic).stream(0)
+                # Written while the group is gone (one transaction: no read can come between):
+                # the group is created again from the start of the stream.
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.delete(stream)
+                    pipe.xadd(stream, {"p": b'{"n": 2}'})
+                    await pipe.execute()
+                await producer.enqueue({"n": 3})
+                await eventually(lambda: seen == [1, 2, 3], timeout=10, message=f"{seen}")
+                await client.aclose()
+        await consumer.close()
