@@ -36,7 +36,8 @@ from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
 from .metrics import MetricsRecorder
-from .scripts import ACK, ENSURE_PARTITIONS, run_pipelined
+from .retention import server_features
+from .scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from .settlement import Failure, Settler
 
 if TYPE_CHECKING:
@@ -206,6 +207,7 @@ class Consumer(RedisComponent):
         self._reclaimed = False
         self._forced = False
         self._from_latest = False
+        self._touched: set[str] = set()
 
     # ---- public state ---------------------------------------------------------------
 
@@ -300,6 +302,7 @@ class Consumer(RedisComponent):
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
+            await server_features(redis)  # once per client: warns about an evicting server
             await self._read_retention()
             await self._sync()
             self._from_latest = False
@@ -422,6 +425,13 @@ class Consumer(RedisComponent):
         try:
             await membership.release(owned)
             await membership.leave()
+            # Our consumer entries in the groups, where nothing of ours is pending: Redis
+            # never removes them, and every process has a name of its own.
+            streams, self._touched = sorted(self._touched), set()
+            await run_pipelined(
+                self.redis,
+                [(FORGET_CONSUMER, [s], [self.group, self.name]) for s in streams],
+            )
             log.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
         except REDIS_FAILURES as exc:
             log.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
@@ -510,6 +520,8 @@ class Consumer(RedisComponent):
             self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
         if gained or fresh:
             await self._create_groups([self._owned[p] for p in gained + fresh])
+            for p in gained + fresh:
+                self._touched.update(self._owned[p].streams)
             self._interrupt_read()
         # Strays appear around a hand-over: look each heartbeat just after one, and every
         # SWEEP_EVERY heartbeats otherwise.

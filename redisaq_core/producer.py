@@ -31,11 +31,11 @@ from .codec import (
     encode_payload,
 )
 from .connection import AnyRedis, RedisComponent
-from .errors import ConfigurationError, PartitionError, PartitionKeyError
+from .errors import ConfigurationError, PartitionError, PartitionKeyError, SerializationError
 from .keys import TopicKeys, job_id
 from .message import Message
 from .metrics import MetricsRecorder
-from .retention import Retention, TrimMode, check_trim
+from .retention import Retention, TrimMode, check_trim, server_features
 from .scripts import ENSURE_PARTITIONS, SUBMIT
 
 if TYPE_CHECKING:
@@ -85,6 +85,9 @@ class Producer(RedisComponent):
     cost at all. ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's
     record and result once it has finished. ``metrics``: count produced messages
     per partition in the topic's metrics (flushed once a second).
+    ``max_payload_bytes``: a serialized payload larger than this (1 MiB by
+    default; ``None``: no limit) is refused with ``SerializationError`` before
+    anything is written.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Producer(RedisComponent):
         priorities: int = 1,
         result_ttl: float = 3600.0,
         metrics: bool = True,
+        max_payload_bytes: int | None = 1_048_576,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
@@ -118,6 +122,8 @@ class Producer(RedisComponent):
             )
         if serializer is not None and not callable(serializer):
             raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
+        _positive_int(max_payload_bytes, "max_payload_bytes", allow_none=True)
+        self.max_payload_bytes = max_payload_bytes
         self.maxlen = maxlen
         self.approximate = approximate
         self.trim: TrimMode = check_trim(trim, maxlen)
@@ -148,6 +154,7 @@ class Producer(RedisComponent):
             client, [self.keys.meta], [self.init_partitions, 0, self.priorities]
         )
         await client.sadd(TopicKeys.topic_index(), self.topic)
+        await server_features(client)  # once per client: warns about an evicting server
         await self._retention.start(client)
         if self.maxlen is not None or self.trim != "maxlen":
             # What the consumers and the topic view read; a producer that sets no
@@ -240,6 +247,12 @@ class Producer(RedisComponent):
             partition = partition_for_key(self._key_value(payload, partition_key), self._partitions)
             extra += [F_KEY, partition_key]
         field, data = encode_payload(self.serializer, payload)
+        size = len(data) if isinstance(data, bytes) else len(data.encode())
+        if self.max_payload_bytes is not None and size > self.max_payload_bytes:
+            raise SerializationError(
+                f"payload of {size:,} bytes is over max_payload_bytes="
+                f"{self.max_payload_bytes:,} (topic {self.topic!r}); nothing was written"
+            )
         return partition, level, [field, data, *extra]
 
     def _level(self, priority: int | None) -> int:

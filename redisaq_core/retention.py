@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
+from .codec import shown_text
 from .connection import AnyRedis
 from .errors import ConfigurationError
 from .failures import REDIS_FAILURES
@@ -64,6 +65,8 @@ class ServerFeatures:
     """XADD/XTRIM take ``ACKED``, and XACKDEL exists (Redis 8.2 and newer)."""
     server: str = "redis"
     """``redis`` or ``valkey`` and the version, e.g. ``valkey 8.1.8``, for messages."""
+    eviction: str | None = None
+    """``maxmemory-policy`` (None where CONFIG GET is not allowed)."""
 
 
 _features: WeakKeyDictionary[Any, ServerFeatures] = WeakKeyDictionary()
@@ -79,10 +82,23 @@ async def server_features(client: AnyRedis) -> ServerFeatures:
         product = str(info.get("server_name", "redis")).lower()
         shown = str(info.get(f"{product}_version") or info.get("redis_version", "0.0.0"))
         version = tuple(int(x) for x in str(info.get("redis_version", "0.0.0")).split(".")[:2])
+        try:
+            policy = await client.config_get("maxmemory-policy")
+            values = [v for k, v in policy.items() if shown_text(k) == "maxmemory-policy"]
+            eviction = shown_text(values[0]) if values else None
+        except REDIS_FAILURES:  # managed services often refuse CONFIG
+            eviction = None
         known = ServerFeatures(
-            acked_trim=product == "redis" and version >= (8, 2), server=f"{product} {shown}"
+            acked_trim=product == "redis" and version >= (8, 2),
+            server=f"{product} {shown}",
+            eviction=eviction,
         )
         log.debug("server features of %s %s: %s", product, info.get("redis_version"), known)
+        if eviction not in (None, "noeviction"):
+            log.warning(
+                "Redis maxmemory-policy is %s: under memory pressure the server may evict "
+                "whole streams, losing messages; use noeviction for queues", eviction,
+            )  # fmt: skip
         _features[client] = known
     return known
 

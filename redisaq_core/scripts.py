@@ -35,6 +35,7 @@ __all__ = [
     "FANOUT",
     "FANOUT_FORGET",
     "FANOUT_WRITE",
+    "FORGET_CONSUMER",
     "HEARTBEAT",
     "JOBS_COMPLETE",
     "JOBS_STARTED",
@@ -159,6 +160,7 @@ ENSURE_PARTITIONS = Script("ensure_partitions")
 FANOUT = Script("fanout")
 FANOUT_FORGET = Script("fanout_forget")
 FANOUT_WRITE = Script("fanout_write")
+FORGET_CONSUMER = Script("forget_consumer")
 HEARTBEAT = Script("heartbeat")
 JOB_UPDATE = Script("job_update")
 JOBS_COMPLETE = Script("jobs_complete")

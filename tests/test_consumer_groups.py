@@ -269,3 +269,25 @@ async def test_a_latest_group_created_again_loses_nothing_written_meanwhile(topi
                 await eventually(lambda: seen == [1, 2, 3], timeout=10, message=f"{seen}")
                 await client.aclose()
         await consumer.close()
+
+
+async def test_a_member_that_leaves_clean_is_removed_from_the_stream_groups(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """XGROUP DELCONSUMER on leave, only when nothing of the member is pending."""
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(4)])
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, consumer_name="leaver", **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(seen) == 4)
+    await consumer.close()
+    for p in range(2):
+        names = [
+            c["name"] for c in await redis.xinfo_consumers(TopicKeys(topic).stream(p), "default")
+        ]
+        assert b"leaver" not in names
