@@ -22,23 +22,24 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from .checks import check_number
 from .codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from .connection import AnyRedis, RedisComponent
-from .delivery import ConsumerStats, OwnedPartition, Reader, Undecodable
+from .delivery import ConsumerStats, OwnedPartition, Reader
 from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
 from .failures import REDIS_FAILURES, Recovery, recovery_for
+from .handling import Dispatcher
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
 from .metrics import MetricsRecorder
 from .retention import server_features
 from .scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
-from .settlement import Failure, Settler
+from .settlement import Settler
 
 if TYPE_CHECKING:
     from .health import Keepalive
@@ -56,13 +57,6 @@ SWEEP_EVERY = 10
 
 def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _check_number(value: Any, argument: str, *, minimum: float, integer: bool = False) -> None:
-    kinds: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{argument} must be {kind} >= {minimum}, got {value!r}")
 
 
 class Consumer(RedisComponent):
@@ -88,6 +82,11 @@ class Consumer(RedisComponent):
     the metadata) while it runs; deleting that registration stops it gracefully.
     ``metrics``: keep the topic's counters and latency histograms in Redis
     (:mod:`redisaq_core.metrics`; flushed once a second).
+    ``max_processing_time``: the longest one handler call (a message, or a batch
+    for ``process_batch``) may run, 300 s by default (``None``: no limit). A call
+    still running then is cancelled and counts as a failed delivery (retried,
+    then dead-lettered), so a hung handler can't hold its partition while the
+    consumer keeps heartbeating. ``Message.timeout`` sets it per message.
     """
 
     def __init__(
@@ -112,6 +111,7 @@ class Consumer(RedisComponent):
         retry_backoff_max: float = 30.0,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
+        max_processing_time: float | None = 300.0,
         static: bool = False,
         on_assign: PartitionsHook | None = None,
         on_revoke: PartitionsHook | None = None,
@@ -125,28 +125,30 @@ class Consumer(RedisComponent):
         if consumer_name is not None:
             validate_name(consumer_name, "consumer_name")
         self.name = consumer_name or _default_name()
-        _check_number(batch_size, "batch_size", minimum=1, integer=True)
+        check_number(batch_size, "batch_size", minimum=1, integer=True)
         if batch_size > 5000:
             raise ConfigurationError(f"batch_size must be <= 5000, got {batch_size!r}")
-        _check_number(heartbeat_interval, "heartbeat_interval", minimum=0.01)
+        check_number(heartbeat_interval, "heartbeat_interval", minimum=0.01)
         if heartbeat_ttl is None:
             heartbeat_ttl = 3.0 * heartbeat_interval
-        _check_number(heartbeat_ttl, "heartbeat_ttl", minimum=0.0)
+        check_number(heartbeat_ttl, "heartbeat_ttl", minimum=0.0)
         if heartbeat_ttl <= heartbeat_interval:
             raise ConfigurationError(
                 f"heartbeat_ttl must be greater than heartbeat_interval ({heartbeat_interval}), "
                 f"got {heartbeat_ttl!r}"
             )
-        _check_number(concurrency, "concurrency", minimum=1, integer=True)
+        check_number(concurrency, "concurrency", minimum=1, integer=True)
         if start not in ("earliest", "latest"):
             raise ConfigurationError(f"start must be 'earliest' or 'latest', got {start!r}")
-        _check_number(max_deliveries, "max_deliveries", minimum=1, integer=True)
+        check_number(max_deliveries, "max_deliveries", minimum=1, integer=True)
         if dead_letter_maxlen is not None:
-            _check_number(dead_letter_maxlen, "dead_letter_maxlen", minimum=1, integer=True)
-        _check_number(retry_backoff, "retry_backoff", minimum=0.0)
-        _check_number(retry_backoff_max, "retry_backoff_max", minimum=0.0)
-        _check_number(poll_interval, "poll_interval", minimum=0.001)
-        _check_number(shutdown_timeout, "shutdown_timeout", minimum=0.0)
+            check_number(dead_letter_maxlen, "dead_letter_maxlen", minimum=1, integer=True)
+        check_number(retry_backoff, "retry_backoff", minimum=0.0)
+        check_number(retry_backoff_max, "retry_backoff_max", minimum=0.0)
+        check_number(poll_interval, "poll_interval", minimum=0.001)
+        check_number(shutdown_timeout, "shutdown_timeout", minimum=0.0)
+        if max_processing_time is not None:
+            check_number(max_processing_time, "max_processing_time", minimum=0.001)
         for argument, hook in (("deserializer", deserializer), ("serializer", serializer)):
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{argument} must be callable, got {hook!r}")
@@ -163,6 +165,9 @@ class Consumer(RedisComponent):
         self.retry_backoff_max = float(retry_backoff_max)
         self.poll_interval = float(poll_interval)
         self.shutdown_timeout = float(shutdown_timeout)
+        self.max_processing_time = (
+            None if max_processing_time is None else float(max_processing_time)
+        )
         self.static = static
         self.on_assign = on_assign
         self.on_revoke = on_revoke
@@ -184,6 +189,11 @@ class Consumer(RedisComponent):
             dead_letter=dead_letter, dead_letter_maxlen=self.dead_letter_maxlen,
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
             stats=self.stats,
+        )  # fmt: skip
+        self._dispatcher = Dispatcher(
+            settler=self._settler, stats=self.stats, owned=self._owned, fenced=self._fenced,
+            batch_size=batch_size, concurrency=concurrency, dead_letter=dead_letter,
+            max_deliveries=max_deliveries, max_processing_time=self.max_processing_time,
         )  # fmt: skip
         self._priorities = 1
         self._beats = 0
@@ -300,6 +310,7 @@ class Consumer(RedisComponent):
             self._from_latest = self.start == "latest" and new_group
             if self.metrics:
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
+                self._dispatcher.metrics = self._metrics
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
             await server_features(redis)  # once per client: warns about an evicting server
@@ -318,7 +329,9 @@ class Consumer(RedisComponent):
                     await self._release_revoked()
                     messages = await self._fetch(redis)
                     if messages:
-                        await self._dispatch(redis, handler, messages, batch)
+                        await self._dispatcher.dispatch(
+                            redis, handler, messages, batch, reclaimed=self._reclaimed
+                        )
                     self._connection_restored()
                 except REDIS_FAILURES as exc:
                     recovery = recovery_for(exc)
@@ -353,7 +366,7 @@ class Consumer(RedisComponent):
                 self._registration = None
             if self._metrics is not None:
                 await self._clean_up(self._metrics.stop())
-                self._metrics = self.stats.recorder = None
+                self._metrics = self.stats.recorder = self._dispatcher.metrics = None
             self._forced = False
             self._running = False
             self._reading = None
@@ -658,158 +671,6 @@ class Consumer(RedisComponent):
             ]
             await run_pipelined(redis, calls)
 
-    # ---- handling -------------------------------------------------------------------
-
-    async def _dispatch(
-        self,
-        redis: AnyRedis,
-        handler: Callable[[Any], Awaitable[Any]],
-        messages: list[Message],
-        batch: bool,
-    ) -> None:
-        if self._reclaimed and len(messages) > 1 and any(m.deliveries > 1 for m in messages):
-            # Delivered before and never settled (a consumer died, or a reply was lost): one
-            # at a time, each settled before the next, so that a handler that ends its
-            # process leaves exactly its own message at the head of the partition.
-            for at, m in enumerate(messages):
-                head = all(
-                    (o.partition, o.priority) != (m.partition, m.priority) for o in messages[:at]
-                )
-                await self._dispatch_now(redis, handler, [m], batch, head=head)
-            return
-        await self._dispatch_now(redis, handler, messages, batch, head=True)
-
-    async def _dispatch_now(
-        self,
-        redis: AnyRedis,
-        handler: Callable[[Any], Awaitable[Any]],
-        messages: list[Message],
-        batch: bool,
-        *,
-        head: bool,
-    ) -> None:
-        failures: list[Failure] = []
-        if any(isinstance(m, Undecodable) for m in messages):
-            failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
-            messages = [m for m in messages if not isinstance(m, Undecodable)]
-        if head and self.dead_letter and messages and messages[0].deliveries > self.max_deliveries:
-            # The oldest unsettled entry of its partition, delivered as often as allowed
-            # without a result: the deliveries before may have ended their process. It is not
-            # handed to the handler again. (Entries behind it were not its culprits: their
-            # counts also grew with each of its crashes, so they are handled.)
-            m = messages.pop(0)
-            failures.append(Failure(m, ConsumerError(
-                f"delivered {m.deliveries} times; {m.deliveries - 1} deliveries ended without "
-                f"a result (the handler may have ended its process), max_deliveries="
-                f"{self.max_deliveries}"
-            ), []))  # fmt: skip
-        done: list[tuple[Message, Any]] = []
-        loop = asyncio.get_running_loop()
-        if messages and self._has_jobs(messages):
-            await self._settler.started(redis, messages)
-        flight = self._in_flight(messages, +1)
-        if batch:
-            for i in range(0, len(messages), self.batch_size):
-                chunk = messages[i : i + self.batch_size]
-                started = loop.time()
-                try:
-                    result = await handler(chunk)
-                except Exception as exc:
-                    failures += _batch_failures(chunk, exc)
-                    continue
-                if self._metrics is not None:
-                    self._count_batch(chunk, loop.time() - started)
-                if isinstance(result, (list, tuple)) and len(result) == len(chunk):
-                    done += list(zip(chunk, result, strict=True))
-                else:
-                    done += [(m, None) for m in chunk]
-        else:
-            groups: dict[int, list[Message]] = {}
-            for m in messages:
-                groups.setdefault(m.partition or 0, []).append(m)
-            if len(groups) == 1:
-                results = [await self._run_partition(handler, messages)]
-            else:
-                gate = asyncio.Semaphore(self.concurrency)
-
-                async def run(msgs: list[Message]) -> tuple[list[tuple[Message, Any]], Any]:
-                    async with gate:
-                        return await self._run_partition(handler, msgs)
-
-                results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
-            for ok, failure in results:
-                done += ok
-                if failure is not None:
-                    failures.append(failure)
-        self._in_flight(flight, -1)
-        await self._settler.settle(redis, self._owned, done, failures, loop.time(), self._fenced)
-
-    def _count_batch(self, chunk: list[Message], took: float) -> None:
-        assert self._metrics is not None
-        now = time.time()
-        first = chunk[0].partition
-        if all(m.partition == first for m in chunk):
-            ages = [None if m.enqueued_at is None else now - m.enqueued_at for m in chunk]
-            self._metrics.handled_many(first or 0, took, ages)
-            return
-        by_partition: dict[int, list[float | None]] = {}
-        for m in chunk:
-            age = None if m.enqueued_at is None else now - m.enqueued_at
-            by_partition.setdefault(m.partition or 0, []).append(age)
-        for partition, values in by_partition.items():
-            self._metrics.handled_many(partition, took, values)
-
-    def _in_flight(self, messages: list[Message] | dict[int, int], sign: int) -> dict[int, int]:
-        """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
-        if self._metrics is None:
-            return {}
-        if isinstance(messages, dict):
-            counts = messages
-        else:
-            counts = {}
-            for m in messages:
-                counts[m.partition or 0] = counts.get(m.partition or 0, 0) + 1
-        for partition, n in counts.items():
-            self._metrics.in_flight(partition, sign * n)
-        return counts
-
-    @staticmethod
-    def _has_jobs(messages: list[Message]) -> bool:
-        return any(m.job_id for m in messages)
-
-    async def _run_partition(
-        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Message]
-    ) -> tuple[list[tuple[Message, Any]], Failure | None]:
-        ok: list[tuple[Message, Any]] = []
-        loop = asyncio.get_running_loop()
-        for i, m in enumerate(msgs):
-            part = self._owned.get(m.partition or 0)
-            if part is None or part.valid_until <= loop.time():
-                # The lease may have passed to another member (this process was paused or
-                # cut off): leave the rest pending. If the next heartbeat finds the lease
-                # still ours, they are claimed back from our pending list, before anything
-                # newer is read; if not, the new owner claims them.
-                if part is not None:
-                    part.reclaim()
-                return ok, None
-            started = loop.time()
-            try:
-                if m.timeout:
-                    result = await asyncio.wait_for(handler(m), m.timeout)
-                else:
-                    result = await handler(m)
-            except asyncio.TimeoutError as exc:
-                self.stats.add_timed_out(m.partition or 0)
-                error = TimeoutError(f"handler did not finish within {m.timeout}s")
-                error.__cause__ = exc
-                return ok, Failure(m, error, msgs[i + 1 :])
-            except Exception as exc:
-                return ok, Failure(m, exc, msgs[i + 1 :])
-            if self._metrics is not None:
-                self._metrics.handled(m.partition or 0, loop.time() - started, _age(m))
-            ok.append((m, result))
-        return ok, None
-
     def _fenced(self, part: OwnedPartition, count: int) -> None:
         self.stats.fenced += count
         log.warning(
@@ -820,11 +681,6 @@ class Consumer(RedisComponent):
             del self._owned[part.number]
 
 
-def _age(message: Message) -> float | None:
-    """Seconds since the message was enqueued (``None`` when unknown)."""
-    return None if message.enqueued_at is None else time.time() - message.enqueued_at
-
-
 async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
     while not task.done():
@@ -832,16 +688,3 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await asyncio.wait([task], timeout=0.5)
     if not task.cancelled() and task.exception() is not None:
         log.warning("background task %s failed: %r", task.get_name(), task.exception())
-
-
-def _batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:
-    """A failed batch: per partition, retried one message at a time to find the culprit.
-
-    The first message is counted as failed (delivery + 1 on its retry) and runs
-    alone; the rest follow. So only a message that fails on its own reaches
-    ``max_deliveries``, and the others of its batch are not dead-lettered with it.
-    """
-    by_part: dict[int, list[Message]] = {}
-    for m in chunk:
-        by_part.setdefault(m.partition or 0, []).append(m)
-    return [Failure(msgs[0], exc, msgs[1:], isolate=True) for msgs in by_part.values()]

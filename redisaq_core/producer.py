@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .assignment import partition_for_key
 from .batching import CommandBatcher
+from .checks import finite_number
 from .codec import (
     F_CREATED,
     F_JOB,
@@ -49,13 +49,6 @@ log = logging.getLogger(__name__)
 def _check_ttl(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
         raise ConfigurationError(f"result_ttl must be a number of seconds >= 1, got {value!r}")
-
-
-def _finite(value: Any, argument: str) -> float:
-    """A finite real number (not a bool), as float; else ``ConfigurationError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{argument} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
@@ -230,9 +223,9 @@ class Producer(RedisComponent):
                 )
             payload = item.payload
             partition_key = partition_key or item.partition_key
-            extra += [F_CREATED, repr(_finite(item.created_at, "Message.created_at"))]
+            extra += [F_CREATED, repr(finite_number(item.created_at, "Message.created_at"))]
             if item.timeout is not None:
-                timeout = _finite(item.timeout, "Message.timeout")
+                timeout = finite_number(item.timeout, "Message.timeout")
                 if timeout <= 0:
                     raise ConfigurationError(f"Message.timeout must be > 0, got {item.timeout!r}")
                 extra += [F_TIMEOUT, repr(timeout)]

@@ -68,6 +68,8 @@ class Script:
     after NOSCRIPT, it is repeated too, after it.
     """
 
+    follows = False
+
     def __init__(self, name: str, *, follows: bool = False) -> None:
         self.name = name
         self.follows = follows

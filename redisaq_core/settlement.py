@@ -288,3 +288,16 @@ def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
         elif script is DEAD_LETTER:
             ids.setdefault(keys[0], []).append(args[2])
     return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]
+
+
+def batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:
+    """A failed batch: per partition, retried one message at a time to find the culprit.
+
+    The first message is counted as failed (delivery + 1 on its retry) and runs
+    alone; the rest follow. So only a message that fails on its own reaches
+    ``max_deliveries``, and the others of its batch are not dead-lettered with it.
+    """
+    by_part: dict[int, list[Message]] = {}
+    for m in chunk:
+        by_part.setdefault(m.partition or 0, []).append(m)
+    return [Failure(msgs[0], exc, msgs[1:], isolate=True) for msgs in by_part.values()]

@@ -331,3 +331,28 @@ async def test_failed_batch_dead_letters_only_the_culprit(redis_url: str, topic:
     assert record.payload["n"] == 3
     assert handled == [0, 1, 2, 4, 5]  # order kept
     assert calls[0] == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_hung_handler_is_cut_off_after_max_processing_time(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """The loop keeps heartbeating, but a handler that never returns can't hold the partition."""
+    await _produce(redis_url, topic, 3, partitions=1)
+    calls: list[tuple[int, int]] = []
+
+    async def handle(m: Message) -> None:
+        calls.append((m.payload["n"], m.deliveries))
+        if m.payload["n"] == 1:
+            await asyncio.Event().wait()  # hangs for good
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_processing_time=0.3, max_deliveries=2,
+        retry_backoff=0.01, **FAST,
+    )  # fmt: skip
+    async with Running(consumer, handle):
+        await eventually(lambda: (2, 1) in calls, timeout=10)
+    assert calls == [(0, 1), (1, 1), (1, 2), (2, 1)]
+    assert consumer.stats.timed_out == 2
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        (record,) = await dl.list()
+    assert record.payload["n"] == 1 and "within 0.3s" in record.error

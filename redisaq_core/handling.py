@@ -1,0 +1,224 @@
+"""Running a consumer's handler over what it read, then handing the outcome to settlement.
+
+:class:`Dispatcher` is the part of a :class:`~redisaq_core.consumer.Consumer` that
+calls handlers: one message at a time per partition (partitions side by side,
+up to ``concurrency``) for ``process``, batches for ``process_batch``; each call
+bounded by ``max_processing_time`` (or ``Message.timeout``). Entries delivered
+before and never settled go one at a time, each settled before the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .connection import AnyRedis
+from .delivery import ConsumerStats, OwnedPartition, Undecodable
+from .errors import ConsumerError
+from .message import Message
+from .metrics import MetricsRecorder
+from .settlement import Failure, Settler, batch_failures
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """Calls a consumer's handler and settles the results (see the module's text)."""
+
+    def __init__(
+        self,
+        *,
+        settler: Settler,
+        stats: ConsumerStats,
+        owned: dict[int, OwnedPartition],
+        fenced: Callable[[OwnedPartition, int], None],
+        batch_size: int,
+        concurrency: int,
+        dead_letter: bool,
+        max_deliveries: int,
+        max_processing_time: float | None,
+    ) -> None:
+        self.settler = settler
+        self.stats = stats
+        self.owned = owned
+        self.fenced = fenced
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.dead_letter = dead_letter
+        self.max_deliveries = max_deliveries
+        self.max_processing_time = max_processing_time
+        self.metrics: MetricsRecorder | None = None
+
+    async def dispatch(
+        self,
+        redis: AnyRedis,
+        handler: Callable[[Any], Awaitable[Any]],
+        messages: list[Message],
+        batch: bool,
+        *,
+        reclaimed: bool,
+    ) -> None:
+        """Run ``handler`` over ``messages`` (read together), then settle them.
+
+        ``reclaimed``: they were claimed from a pending list (see the consumer).
+        """
+        if reclaimed and len(messages) > 1 and any(m.deliveries > 1 for m in messages):
+            # Delivered before and never settled (a consumer died, or a reply was lost): one
+            # at a time, each settled before the next, so that a handler that ends its
+            # process leaves exactly its own message at the head of the partition.
+            for at, m in enumerate(messages):
+                head = all(
+                    (o.partition, o.priority) != (m.partition, m.priority) for o in messages[:at]
+                )
+                await self._dispatch_now(redis, handler, [m], batch, head=head)
+            return
+        await self._dispatch_now(redis, handler, messages, batch, head=True)
+
+    async def _dispatch_now(
+        self,
+        redis: AnyRedis,
+        handler: Callable[[Any], Awaitable[Any]],
+        messages: list[Message],
+        batch: bool,
+        *,
+        head: bool,
+    ) -> None:
+        failures: list[Failure] = []
+        if any(isinstance(m, Undecodable) for m in messages):
+            failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
+            messages = [m for m in messages if not isinstance(m, Undecodable)]
+        if head and self.dead_letter and messages and messages[0].deliveries > self.max_deliveries:
+            # The oldest unsettled entry of its partition, delivered as often as allowed
+            # without a result: the deliveries before may have ended their process. It is not
+            # handed to the handler again. (Entries behind it were not its culprits: their
+            # counts also grew with each of its crashes, so they are handled.)
+            m = messages.pop(0)
+            failures.append(Failure(m, ConsumerError(
+                f"delivered {m.deliveries} times; {m.deliveries - 1} deliveries ended without "
+                f"a result (the handler may have ended its process), max_deliveries="
+                f"{self.max_deliveries}"
+            ), []))  # fmt: skip
+        done: list[tuple[Message, Any]] = []
+        loop = asyncio.get_running_loop()
+        if messages and self._has_jobs(messages):
+            await self.settler.started(redis, messages)
+        flight = self._in_flight(messages, +1)
+        if batch:
+            for i in range(0, len(messages), self.batch_size):
+                chunk = messages[i : i + self.batch_size]
+                started = loop.time()
+                try:
+                    result = await asyncio.wait_for(handler(chunk), self.max_processing_time)
+                except asyncio.TimeoutError as exc:
+                    for m in chunk:
+                        self.stats.add_timed_out(m.partition or 0)
+                    error = TimeoutError(
+                        f"batch handler did not finish within {self.max_processing_time}s "
+                        "(max_processing_time)"
+                    )
+                    error.__cause__ = exc
+                    failures += batch_failures(chunk, error)
+                    continue
+                except Exception as exc:
+                    failures += batch_failures(chunk, exc)
+                    continue
+                if self.metrics is not None:
+                    self._count_batch(chunk, loop.time() - started)
+                if isinstance(result, (list, tuple)) and len(result) == len(chunk):
+                    done += list(zip(chunk, result, strict=True))
+                else:
+                    done += [(m, None) for m in chunk]
+        else:
+            groups: dict[int, list[Message]] = {}
+            for m in messages:
+                groups.setdefault(m.partition or 0, []).append(m)
+            if len(groups) == 1:
+                results = [await self._run_partition(handler, messages)]
+            else:
+                gate = asyncio.Semaphore(self.concurrency)
+
+                async def run(msgs: list[Message]) -> tuple[list[tuple[Message, Any]], Any]:
+                    async with gate:
+                        return await self._run_partition(handler, msgs)
+
+                results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
+            for ok, failure in results:
+                done += ok
+                if failure is not None:
+                    failures.append(failure)
+        self._in_flight(flight, -1)
+        await self.settler.settle(redis, self.owned, done, failures, loop.time(), self.fenced)
+
+    def _count_batch(self, chunk: list[Message], took: float) -> None:
+        assert self.metrics is not None
+        now = time.time()
+        first = chunk[0].partition
+        if all(m.partition == first for m in chunk):
+            ages = [None if m.enqueued_at is None else now - m.enqueued_at for m in chunk]
+            self.metrics.handled_many(first or 0, took, ages)
+            return
+        by_partition: dict[int, list[float | None]] = {}
+        for m in chunk:
+            age = None if m.enqueued_at is None else now - m.enqueued_at
+            by_partition.setdefault(m.partition or 0, []).append(age)
+        for partition, values in by_partition.items():
+            self.metrics.handled_many(partition, took, values)
+
+    def _in_flight(self, messages: list[Message] | dict[int, int], sign: int) -> dict[int, int]:
+        """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
+        if self.metrics is None:
+            return {}
+        if isinstance(messages, dict):
+            counts = messages
+        else:
+            counts = {}
+            for m in messages:
+                counts[m.partition or 0] = counts.get(m.partition or 0, 0) + 1
+        for partition, n in counts.items():
+            self.metrics.in_flight(partition, sign * n)
+        return counts
+
+    @staticmethod
+    def _has_jobs(messages: list[Message]) -> bool:
+        return any(m.job_id for m in messages)
+
+    async def _run_partition(
+        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Message]
+    ) -> tuple[list[tuple[Message, Any]], Failure | None]:
+        ok: list[tuple[Message, Any]] = []
+        loop = asyncio.get_running_loop()
+        for i, m in enumerate(msgs):
+            part = self.owned.get(m.partition or 0)
+            if part is None or part.valid_until <= loop.time():
+                # The lease may have passed to another member (this process was paused or
+                # cut off): leave the rest pending. If the next heartbeat finds the lease
+                # still ours, they are claimed back from our pending list, before anything
+                # newer is read; if not, the new owner claims them.
+                if part is not None:
+                    part.reclaim()
+                return ok, None
+            started = loop.time()
+            limit = m.timeout or self.max_processing_time
+            try:
+                if limit:
+                    result = await asyncio.wait_for(handler(m), limit)
+                else:
+                    result = await handler(m)
+            except asyncio.TimeoutError as exc:
+                self.stats.add_timed_out(m.partition or 0)
+                error = TimeoutError(f"handler did not finish within {limit}s")
+                error.__cause__ = exc
+                return ok, Failure(m, error, msgs[i + 1 :])
+            except Exception as exc:
+                return ok, Failure(m, exc, msgs[i + 1 :])
+            if self.metrics is not None:
+                self.metrics.handled(m.partition or 0, loop.time() - started, _age(m))
+            ok.append((m, result))
+        return ok, None
+
+
+def _age(message: Message) -> float | None:
+    """Seconds since the message was enqueued (``None`` when unknown)."""
+    return None if message.enqueued_at is None else time.time() - message.enqueued_at
