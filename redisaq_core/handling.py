@@ -10,9 +10,10 @@ before and never settled go one at a time, each settled before the next.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .connection import AnyRedis
 from .delivery import ConsumerStats, OwnedPartition, Undecodable
@@ -22,6 +23,21 @@ from .metrics import MetricsRecorder
 from .settlement import Failure, Settler, batch_failures
 
 __all__ = ["Dispatcher"]
+
+_T = TypeVar("_T")
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(call: Awaitable[_T], limit: float | None) -> _T:
+        """``await call``, cancelled after ``limit`` seconds, in this task (no task per call)."""
+        async with asyncio.timeout(limit):
+            return await call
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _bounded(call: Awaitable[_T], limit: float | None) -> _T:
+        """``await call``, cancelled after ``limit`` seconds."""
+        return await asyncio.wait_for(call, limit)
 
 
 class Dispatcher:
@@ -110,7 +126,7 @@ class Dispatcher:
                 chunk = messages[i : i + self.batch_size]
                 started = loop.time()
                 try:
-                    result = await asyncio.wait_for(handler(chunk), self.max_processing_time)
+                    result = await _bounded(handler(chunk), self.max_processing_time)
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
                         self.stats.add_timed_out(m.partition or 0)
@@ -202,10 +218,7 @@ class Dispatcher:
             started = loop.time()
             limit = m.timeout or self.max_processing_time
             try:
-                if limit:
-                    result = await asyncio.wait_for(handler(m), limit)
-                else:
-                    result = await handler(m)
+                result = await _bounded(handler(m), limit)
             except asyncio.TimeoutError as exc:
                 self.stats.add_timed_out(m.partition or 0)
                 error = TimeoutError(f"handler did not finish within {limit}s")
