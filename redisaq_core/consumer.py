@@ -86,7 +86,9 @@ class Consumer(RedisComponent):
     for ``process_batch``) may run, 300 s by default (``None``: no limit). A call
     still running then is cancelled and counts as a failed delivery (retried,
     then dead-lettered), so a hung handler can't hold its partition while the
-    consumer keeps heartbeating. ``Message.timeout`` sets it per message.
+    consumer keeps heartbeating; it is checked on every heartbeat, so the cut
+    comes within ``heartbeat_interval`` after the limit. ``Message.timeout``
+    sets a limit per message, to the millisecond.
     """
 
     def __init__(
@@ -457,6 +459,7 @@ class Consumer(RedisComponent):
         failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            self._dispatcher.cut_off_hung(asyncio.get_running_loop().time())
             try:
                 await self._sync()
                 await self._report_partitions()

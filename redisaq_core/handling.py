@@ -66,6 +66,46 @@ class Dispatcher:
         self.max_deliveries = max_deliveries
         self.max_processing_time = max_processing_time
         self.metrics: MetricsRecorder | None = None
+        self._calls: set[_Call] = set()
+
+    def cut_off_hung(self, now: float) -> None:
+        """Cancel handler calls running past ``max_processing_time`` (on every heartbeat)."""
+        limit = self.max_processing_time
+        if limit is None:
+            return
+        for call in list(self._calls):
+            if not call.cut_off and now - call.started > limit:
+                call.cut_off = True
+                call.task.cancel()
+
+    async def _call(
+        self, handler: Callable[[Any], Awaitable[Any]], arg: Any, started: float,
+        timeout: float | None,
+    ) -> Any:  # fmt: skip
+        """One handler call; ``asyncio.TimeoutError`` once it has run too long.
+
+        ``timeout`` (a message's own) gets a timer; ``max_processing_time`` costs no timer
+        per call: :meth:`cut_off_hung` looks at the calls under way on each heartbeat.
+        While a call is in ``_calls`` this task is suspended inside the handler, so the
+        cancellation can only land there.
+        """
+        if timeout:
+            return await _bounded(handler(arg), timeout)
+        task = asyncio.current_task()
+        if self.max_processing_time is None or task is None:
+            return await handler(arg)
+        call = _Call(task, started)
+        self._calls.add(call)
+        try:
+            return await handler(arg)
+        except asyncio.CancelledError:
+            if not call.cut_off:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise asyncio.TimeoutError from None
+        finally:
+            self._calls.discard(call)
 
     async def dispatch(
         self,
@@ -126,7 +166,7 @@ class Dispatcher:
                 chunk = messages[i : i + self.batch_size]
                 started = loop.time()
                 try:
-                    result = await _bounded(handler(chunk), self.max_processing_time)
+                    result = await self._call(handler, chunk, started, None)
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
                         self.stats.add_timed_out(m.partition or 0)
@@ -218,7 +258,7 @@ class Dispatcher:
             started = loop.time()
             limit = m.timeout or self.max_processing_time
             try:
-                result = await _bounded(handler(m), limit)
+                result = await self._call(handler, m, started, m.timeout)
             except asyncio.TimeoutError as exc:
                 self.stats.add_timed_out(m.partition or 0)
                 error = TimeoutError(f"handler did not finish within {limit}s")
@@ -230,6 +270,17 @@ class Dispatcher:
                 self.metrics.handled(m.partition or 0, loop.time() - started, _age(m))
             ok.append((m, result))
         return ok, None
+
+
+class _Call:
+    """A handler call under way: its task and when it started (loop time)."""
+
+    __slots__ = ("cut_off", "started", "task")
+
+    def __init__(self, task: asyncio.Task[Any], started: float) -> None:
+        self.task = task
+        self.started = started
+        self.cut_off = False
 
 
 def _age(message: Message) -> float | None:
