@@ -508,8 +508,9 @@ async def topic_metrics(redis: AnyRedis, topic: str) -> dict[str, Any]:
     Redis 7 when every lag is known). ``over_maxlen``: entries a ``trim="acked"``
     topic keeps past ``maxlen`` because a group has not acknowledged them.
     ``trimmed_unread``: entries trimmed before the group read them (from the
-    stream's entries-added and the group's entries-read; ``None`` on Redis 6.2,
-    which keeps neither).
+    stream's entries-added and the group's entries-read; on Redis 6.2, which
+    keeps neither, only for a group that has read nothing, from the producers'
+    count, else ``None``).
     """
     return await _TopicReader(redis, TopicKeys(topic)).read()
 
@@ -664,6 +665,10 @@ class _TopicReader:
         read = info.get("entries-read")
         if read is None and shown_text(info.get("last-delivered-id") or "") == "0-0":
             read = 0  # a group that has read nothing yet
+        if added is None and read == 0 and self.priorities == 1:
+            # Redis 6.2 keeps no entries-added: for a group that has read nothing, the
+            # producers' own count of the partition stands in for it.
+            added = self.stored.produced.get(p)
         if added is None or read is None or row["trimmed_unread"] is None:
             row["trimmed_unread"] = None
             return

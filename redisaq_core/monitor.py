@@ -121,9 +121,9 @@ class Monitor(RedisComponent):
         """One line's worth of a topic view.
 
         ``{"topic", "partitions", "priorities", "groups": [names], "members",
-        "produced", "length", "dead_letters", "pending", "lag", "in_flight",
-        "handled", "failed", "retried", "dead_lettered", "timed_out", "trimmed"}``
-        (the group figures summed over the groups).
+        "produced", "length", "dead_letters", "over_maxlen", "pending", "lag",
+        "in_flight", "handled", "failed", "retried", "dead_lettered", "timed_out",
+        "trimmed"}`` (the group figures summed over the groups).
         """
         out: dict[str, Any] = {
             "topic": view["topic"],
@@ -134,6 +134,7 @@ class Monitor(RedisComponent):
             "produced": view["produced"],
             "length": view["length"],
             "dead_letters": view["dead_letters"],
+            "over_maxlen": view.get("over_maxlen", 0),
         }
         for key in _TOPIC_FIGURES:
             out[key] = sum(g["totals"][key] for g in view["groups"])

@@ -6,7 +6,7 @@ their labels:
 
 * ``topic``: ``redisaq_topic_partitions``;
 * ``topic, partition``: ``redisaq_stream_length``, ``redisaq_dead_letters``,
-  ``redisaq_messages_produced_total``;
+  ``redisaq_messages_produced_total``, ``redisaq_stream_over_maxlen``;
 * ``topic, group``: ``redisaq_group_members``;
 * ``topic, group, partition``:
   ``redisaq_messages_{handled,failed,retried,dead_lettered,timed_out,trimmed}_total``
@@ -35,6 +35,10 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "redisaq_topic_partitions": ("gauge", "Partitions of the topic."),
     "redisaq_stream_length": ("gauge", "Entries in the partition's streams (all priorities)."),
     "redisaq_dead_letters": ("gauge", "Entries in the partition's dead-letter stream."),
+    "redisaq_stream_over_maxlen": (
+        "gauge",
+        "Entries a trim='acked' partition keeps past maxlen because a group has not acked them.",
+    ),
     "redisaq_messages_produced_total": ("counter", "Messages added to the partition."),
     "redisaq_group_members": ("gauge", "Members in the consumer group's membership set."),
     "redisaq_messages_handled_total": ("counter", "Handler calls that returned."),
@@ -123,6 +127,7 @@ def render_prometheus(view: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> 
             out.add("redisaq_stream_length", labels, s["length"])
             out.add("redisaq_dead_letters", labels, s["dead_letters"])
             out.add("redisaq_messages_produced_total", labels, s["produced"])
+            out.add("redisaq_stream_over_maxlen", labels, s.get("over_maxlen", 0))
         for g in v["groups"]:
             group = g["group"]
             out.add("redisaq_group_members", {"topic": topic, "group": group}, len(g["members"]))

@@ -352,6 +352,11 @@ async def _topic(args: argparse.Namespace, monitor: Monitor) -> Output:
         f"{view['priorities']} priority level(s), length {view['length']}, "
         f"dead letters {view['dead_letters']}, produced {view['produced']}\n"
     )
+    if view.get("maxlen") is not None:
+        text += (
+            f"retention: maxlen {view['maxlen']}, trim {view['trim']}, "
+            f"held past maxlen by lagging groups {view['over_maxlen']}\n"
+        )
     if not view["groups"]:
         rows: list[tuple[Any, ...]] = [
             (p, s["length"], s["dead_letters"], s["produced"]) for p, s in stats.items()
@@ -364,11 +369,12 @@ async def _topic(args: argparse.Namespace, monitor: Monitor) -> Output:
             (r["partition"], r["owner"] or "-", _lag(r), r["pending"], r["in_flight"],
              stats[r["partition"]]["dead_letters"] if r["partition"] in stats else "",
              stats[r["partition"]]["length"] if r["partition"] in stats else "",
-             r["handled"], r["failed"], r["retried"], r["dead_lettered"])
+             r["handled"], r["failed"], r["retried"], r["dead_lettered"],
+             "?" if r["trimmed_unread"] is None else r["trimmed_unread"])
             for r in g["partitions"]
         ]  # fmt: skip
         headers = ["PARTITION", "OWNER", "LAG", "PENDING", "IN_FLIGHT", "DLQ", "LENGTH",
-                   "HANDLED", "FAILED", "RETRIED", "DEAD_LETTERED"]  # fmt: skip
+                   "HANDLED", "FAILED", "RETRIED", "DEAD_LETTERED", "TRIMMED_UNREAD"]  # fmt: skip
         text += _table(rows, headers)
     return view, text
 

@@ -192,6 +192,7 @@ class TopicSummaryModel(BaseModel):
     produced: int
     length: int
     dead_letters: int
+    over_maxlen: int = 0
     pending: int
     lag: int
     in_flight: int
