@@ -58,7 +58,7 @@ def test_demo_shows_the_rebalance_and_the_summary() -> None:
     assert re.search(r"OK: all \d+ sent messages were processed at least once", out)
     elapsed = re.search(r"at least once \(in ([\d.]+)s\)", out)
     assert elapsed and float(elapsed.group(1)) < 30
-    server = re.search(r"started redis-server \(pid (\d+)\)", out)
+    server = re.search(r"started (?:Valkey|Redis) [\d.]+ \(pid (\d+)\)", out)
     assert server is not None
     assert not _alive(int(server.group(1))), "the demo left its redis-server running"
 

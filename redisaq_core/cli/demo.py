@@ -1,6 +1,6 @@
 """``redisaq demo``: a producer, three consumers and a rebalance, told step by step.
 
-Everything runs in this process against a redis-server started for the demo
+Everything runs in this process against a server (Valkey by default) started for the demo
 (and stopped at the end, on Ctrl-C too): a producer keeps sending to a
 6-partition topic while three consumers of one group split the partitions;
 one consumer then stops and the other two take its partitions over. The demo
@@ -47,8 +47,8 @@ def add_commands(sub: Any) -> None:
     """Register ``demo``."""
     p = sub.add_parser(
         "demo",
-        help="show a producer, three consumers and a rebalance on a local redis-server",
-        description="Start a redis-server, a producer and three consumers of one group on a "
+        help="show a producer, three consumers and a rebalance on a local server",
+        description="Start a server, a producer and three consumers of one group on a "
         f"{PARTITIONS}-partition topic; stop one consumer to show the rebalance; print a "
         "summary. Needs no Redis of your own (the Redis options are ignored).",
     )
@@ -66,14 +66,14 @@ def run_demo(args: argparse.Namespace | None = None) -> int:
     )
     try:
         with EmbeddedRedis() as server:
-            pid = server.pid
-            out.event(f"started redis-server (pid {pid}) at {server.url}")
+            pid, what = server.pid, str(server.server).split(" (")[0]
+            out.event(f"started {what} (pid {pid}) at {server.url}")
             demo = _Demo(server.url, out)
             code = asyncio.run(demo.run())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; redis-server stopped", flush=True)
+        print("\ninterrupted; server stopped", flush=True)
         return EXIT_INTERRUPTED
-    out.event(f"redis-server (pid {pid}) stopped")
+    out.event(f"{what} (pid {pid}) stopped")
     out.line(demo.verdict)
     return code
 
