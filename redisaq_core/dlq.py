@@ -104,7 +104,9 @@ class DeadLetter:
 
 def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer) -> DeadLetter:
     text = {
-        k.decode(): v.decode(errors="replace") for k, v in raw.items() if not k.startswith(b"f:")
+        k.decode(errors="replace"): v.decode(errors="replace")
+        for k, v in raw.items()
+        if not k.startswith(b"f:")
     }
     original = {k[2:]: v for k, v in raw.items() if k.startswith(b"f:")}
     payload, payload_error = None, None
@@ -181,7 +183,11 @@ class DeadLetters(RedisComponent):
 
         Each replayed entry is appended to its original partition stream (and
         priority level) as a new entry and removed from the dead-letter stream
-        in one atomic step. Returns how many were replayed.
+        in one atomic step. Returns how many were replayed. An entry this
+        library did not write (no original fields, or a priority the topic
+        doesn't have) stays where it is: asked for by id, it raises
+        ``ConfigurationError`` naming it and why, after the others were
+        replayed; in a replay of everything it is skipped with a warning.
         """
         redis = await self._ensure()
         wanted = None if ids is None else set(ids)
@@ -191,18 +197,43 @@ class DeadLetters(RedisComponent):
                     f"ids must be stream entry ids like 1700000000000-0, got {i!r}"
                 )
         total = 0
+        levels = await self._levels()
+        refused: list[str] = []
         for p in range(await self._partitions()):
             dlq = self.keys.dead_letters(p)
             entries: Any = await redis.xrange(dlq)
             by_level: dict[int, list[str]] = {}
             for entry_id, raw in entries:
                 if wanted is None or entry_id.decode() in wanted:
-                    level = int(raw.get(b"priority", b"0") or 0)
+                    level, problem = _replay_level(raw, levels)
+                    if problem is not None:
+                        refused.append(f"{entry_id.decode()} ({problem})")
+                        continue
                     by_level.setdefault(level, []).append(entry_id.decode())
             for level, found in by_level.items():
                 stream = self.keys.stream(p, level)
                 total += int(await REPLAY(redis, [dlq, stream], found))
+        if refused:
+            shown = ", ".join(refused[:5]) + (
+                f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+            )
+            if wanted is not None:
+                raise ConfigurationError(
+                    f"topic {self.topic!r}: cannot replay dead letter(s) {shown}; "
+                    f"{total} other(s) replayed"
+                )
+            log.warning(
+                "topic %s: dead letters left in place, not replayable: %s", self.topic, shown
+            )
         return total
+
+    async def _levels(self) -> int:
+        redis = await self._ensure()
+        raw = await redis.hget(self.keys.meta, "priorities")
+        try:
+            return max(1, int(raw or 1))
+        except ValueError:
+            return 1
 
     async def purge(self) -> int:
         """Delete every dead letter of the topic; return how many there were."""
@@ -211,3 +242,17 @@ class DeadLetters(RedisComponent):
         for p in range(await self._partitions()):
             await redis.delete(self.keys.dead_letters(p))
         return n
+
+
+def _replay_level(raw: dict[bytes, bytes], levels: int) -> tuple[int, str | None]:
+    """The priority level to replay an entry to, or why it can't be replayed."""
+    if not any(k.startswith(b"f:") for k in raw):
+        return 0, "it holds no original fields"
+    text = raw.get(b"priority", b"0") or b"0"
+    try:
+        level = int(text)
+    except ValueError:
+        return 0, f"priority {text[:20]!r} is not an integer"
+    if not 0 <= level < levels:
+        return 0, f"priority {level} is not a level of the topic (0..{levels - 1})"
+    return level, None

@@ -134,3 +134,24 @@ async def test_submit_timeout_is_checked(redis_url: str, topic: str) -> None:
     async with Producer(topic, redis_url=redis_url) as producer:
         with pytest.raises(ConfigurationError, match=r"Message\.timeout must be > 0"):
             await producer.submit({"n": 1}, timeout=0)
+
+
+async def test_dead_letters_written_by_another_client_are_listed_and_refused_by_replay(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 1})
+    dlq_key = TopicKeys(topic).dead_letters(0)
+    good = await redis.xadd(dlq_key, {"partition": "0", "priority": "0", "f:p": b'{"n": 7}'})
+    odd_name = await redis.xadd(dlq_key, {b"\xff\xfe": b"x", b"f:p": b'{"n": 8}'})
+    bad_priority = await redis.xadd(dlq_key, {"priority": "high", "f:p": b'{"n": 9}'})
+    no_fields = await redis.xadd(dlq_key, {"error": "written by hand"})
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        letters = await dl.list()
+        assert len(letters) == 4  # listed, whatever they hold
+        with pytest.raises(ConfigurationError, match="priority b'high' is not an integer"):
+            await dl.replay([good.decode(), bad_priority.decode()])
+        assert await dl.replay() == 1  # the odd field name is harmless; the rest stay
+        left = {letter.id for letter in await dl.list()}
+    assert left == {bad_priority.decode(), no_fields.decode()}
+    assert odd_name.decode() not in left
