@@ -305,21 +305,12 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         heart: asyncio.Task[None] | None = None
         try:
-            # start="latest" applies once, to a group new to the topic: a group created again
-            # (Redis flushed or restarted, the group deleted) or on a partition added later
-            # starts from the beginning of the stream, so nothing written meanwhile is lost.
-            new_group = bool(await redis.sadd(self.keys.groups, self.group))
-            self._from_latest = self.start == "latest" and new_group
             if self.metrics:
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
                 self._dispatcher.metrics = self._metrics
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
-            await server_features(redis)  # once per client: warns about an evicting server
-            await self._read_retention()
-            await self._sync()
-            self._from_latest = False
-            await self._register()
+            await self._join(redis)
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
@@ -374,6 +365,34 @@ class Consumer(RedisComponent):
             self._reading = None
             self._runner = None
             self._stopped.set()
+
+    async def _join(self, redis: AnyRedis) -> None:
+        """Join the group; while Redis can't serve it (down, out of memory), wait and retry."""
+        delay, told = 0.1, False
+        while True:
+            try:
+                # start="latest" applies once, to a group new to the topic: a group created
+                # again (Redis flushed or restarted, the group deleted) or on a partition added
+                # later starts from the beginning of the stream: nothing written is lost.
+                new_group = bool(await redis.sadd(self.keys.groups, self.group))
+                self._from_latest = self.start == "latest" and new_group
+                await server_features(redis)  # once per client: warns about an evicting server
+                await self._read_retention()
+                await self._sync()
+                self._from_latest = False
+                await self._register()
+                return
+            except REDIS_FAILURES as exc:
+                if recovery_for(exc) is not Recovery.RETRY:
+                    raise
+                if not told:
+                    log.warning("consumer %s: cannot join yet (%s); retrying", self.name, exc)
+                    told = True
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    return
+                delay = min(delay * 2, 5.0)
 
     async def _clean_up(self, step: Awaitable[Any]) -> None:
         """Run a step of leaving, shielded from cancellation, unless stop() ran out of time.

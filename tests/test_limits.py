@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Producer, SerializationError
+from redisaq_core import ConfigurationError, Consumer, Message, Producer, SerializationError
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
+from tests.helpers import eventually
 
 
 async def test_a_payload_over_the_limit_is_refused_before_anything_is_written(
@@ -43,3 +45,37 @@ async def test_an_evicting_server_is_warned_about(
         async with server, Producer(topic, redis_url=server.url) as producer:
             await producer.enqueue({"n": 1})
     assert any("maxmemory-policy is allkeys-lru" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_consumer_started_while_redis_is_out_of_memory_joins_once_it_is_not(
+    topic: str,
+) -> None:
+    async with EmbeddedRedis() as server:
+        client = Redis.from_url(server.url)
+        async with Producer(topic, redis_url=server.url) as producer:
+            await producer.batch_enqueue([{"n": i} for i in range(5)])
+        await client.config_set("maxmemory", "1")  # below what is used: writes get OOM
+        with pytest.raises(Exception, match="used memory > .maxmemory."):
+            await client.set("probe", 1)
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=server.url, heartbeat_interval=0.2, poll_interval=0.1)
+        task = asyncio.create_task(consumer.process(handle))
+        await asyncio.sleep(0)
+        # The consumer's join was refused (OOM) at least once, and it is still there.
+        await eventually(lambda: _oom_errors(client, 2), message="the join refused")
+        assert not task.done() and seen == []
+        await client.config_set("maxmemory", "0")
+        await eventually(lambda: sorted(seen) == list(range(5)), timeout=15)
+        await consumer.stop()
+        await task
+        await consumer.close()
+        await client.aclose()
+
+
+async def _oom_errors(client: Redis, at_least: int) -> bool:
+    stats = await client.info("errorstats")
+    return int(stats.get("errorstat_OOM", {}).get("count", 0)) >= at_least
