@@ -58,14 +58,38 @@ def _assert_clean(report: Report) -> None:
 async def test_sigkill_one_of_three_mid_run(redis_url: str, topic: str, workers: Workers) -> None:
     n, batch = 20_000, 50
     await _produce(redis_url, topic, [{"n": i, "k": i % 97} for i in range(n)], partitions=8)
-    procs = [workers.start(redis_url, topic, "--batch-size", str(batch)) for _ in range(3)]
-    await eventually(lambda: len(_done(workers)) >= n // 2, timeout=60, message="half handled")
+    procs = [
+        workers.start(redis_url, topic, "--batch-size", str(batch), delay=0.0005) for _ in range(3)
+    ]
     victim = procs[1]
+    await eventually(
+        lambda: {p.pid for p in procs} <= {e.pid for e in load(workers.record_file)},
+        timeout=30, message="all three handling",
+    )  # fmt: skip
+    await eventually(lambda: len(_done(workers)) >= n // 3, timeout=60, message="a third handled")
     victim.kill()
+    killed_at = time.time()
     victim.wait(timeout=10)
     await eventually(lambda: len(_done(workers)) == n, timeout=90, message="all handled")
-    report = check(load(workers.record_file), set(range(n)))
+    events = load(workers.record_file)
+    report = check(events, set(range(n)))
     _assert_clean(report)
+    # What the victim read and did not acknowledge is delivered once more: count 2, exactly.
+    theirs = {(e.partition, e.msg_id) for e in events if e.kind == "start" and e.pid == victim.pid}
+    again = [
+        e for e in events
+        if e.kind == "start" and e.pid != victim.pid and (e.partition, e.msg_id) in theirs
+    ]  # fmt: skip
+    assert {e.deliveries for e in again} <= {2}, sorted({e.deliveries for e in again})
+    # Takeover: each partition the victim was reading when killed is read again by a survivor
+    # within heartbeat_ttl (1.2 s) plus two heartbeats (0.3 s each) and a second of slack.
+    held = {e.partition for e in events if e.pid == victim.pid and e.time > killed_at - 0.5}
+    assert held
+    for p in held:
+        resumed = min(
+            (e.time for e in events if e.partition == p and e.time > killed_at), default=0
+        )
+        assert resumed == 0 or resumed - killed_at < 1.2 + 2 * 0.3 + 1.0, (p, resumed - killed_at)
     # Only the killed member's unacknowledged batch can come again: at most one
     # read of batch_size per partition it owned (8 partitions over 3 members: 3).
     assert report.duplicates <= batch * 3
@@ -238,6 +262,45 @@ async def test_sigterm_with_redis_frozen_exits_cleanly_within_the_timeout(
         assert code == 0 and took < 1 + 3 * 1.2 + 1, (code, took)
         log = workers.record_file.with_suffix(".0.log").read_text()
         assert "Traceback" not in log and "CancelledError" not in log, log[-2000:]
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_with_appendfsync_always_every_acknowledged_write_survives_a_kill(
+    tmp_path: Path, topic: str
+) -> None:
+    """kill -9 of Redis mid-stream: every enqueue that returned an id is there after a restart."""
+    server = EmbeddedRedis(
+        dir=str(tmp_path), extra_args=["--appendonly", "yes", "--appendfsync", "always"]
+    )
+    await asyncio.to_thread(server.start)
+    acknowledged: list[tuple[int, str]] = []
+    try:
+        async with Producer(topic, redis_url=server.url, init_partitions=2) as producer:
+
+            async def produce() -> None:
+                for i in range(100_000):
+                    try:
+                        entry_id = await producer.enqueue({"n": i, "k": i % 7}, partition_key="k")
+                    except Exception:
+                        return  # the server is gone: what returned an id is what counts
+                    acknowledged.append((i, entry_id))
+
+            writer = asyncio.create_task(produce())
+            await eventually(lambda: len(acknowledged) >= 300, timeout=15)
+            await asyncio.to_thread(server.kill)
+            await asyncio.wait_for(writer, 10)
+        await asyncio.to_thread(server.restart)
+        client = Redis.from_url(server.url)
+        try:
+            found: set[str] = set()
+            for p in range(2):
+                entries = await client.xrange(TopicKeys(topic).stream(p))
+                found |= {entry_id.decode() for entry_id, _ in entries}
+        finally:
+            await client.aclose()
+        missing = [(i, e) for i, e in acknowledged if e not in found]
+        assert len(acknowledged) >= 300 and missing == []
     finally:
         await asyncio.to_thread(server.stop)
 
