@@ -55,7 +55,7 @@ async def test_a_consumer_started_while_redis_is_out_of_memory_joins_once_it_is_
         async with Producer(topic, redis_url=server.url) as producer:
             await producer.batch_enqueue([{"n": i} for i in range(5)])
         await client.config_set("maxmemory", "1")  # below what is used: writes get OOM
-        with pytest.raises(Exception, match="used memory > .maxmemory."):
+        with pytest.raises(Exception, match=r"used memory > .maxmemory."):
             await client.set("probe", 1)
         seen: list[int] = []
 
