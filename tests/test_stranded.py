@@ -9,6 +9,7 @@ claimed back before anything newer is read, so they are handled, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -141,3 +142,41 @@ async def test_a_consumer_cut_off_past_the_ttl_is_fenced_and_loses_nothing(
     # What it finished while cut off was not taken as done (its acknowledgement came too
     # late and was refused, or never came): the new owner handled it again.
     assert handled["cut"] and set(handled["cut"]) <= set(handled["other"])
+
+
+@pytest.mark.single_node
+async def test_cancelling_mid_command_leaves_no_crossed_replies(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """process() cancelled while its commands are on the wire (slow link), then run again.
+
+    A cancelled command's connection must not be reused with its reply still coming:
+    the next run reads its own replies, handles everything once more at most, and
+    leaves nothing pending.
+    """
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    async with FaultProxy(port) as proxy, Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=proxy.url, heartbeat_interval=0.3, poll_interval=0.2)
+        await producer.batch_enqueue([{"n": i} for i in range(20)])
+        for round_ in range(3):
+            proxy.delay = 0.05  # every command takes a while: a cancel lands mid-command
+            task = asyncio.create_task(consumer.process(handle))
+            await eventually(lambda: consumer.running)
+            await asyncio.sleep(0.12 + 0.05 * round_)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await producer.batch_enqueue(
+                [{"n": i} for i in range(20 * (round_ + 1), 20 * (round_ + 2))]
+            )
+        proxy.delay = 0.0
+        async with Running(consumer, handle):
+            await eventually(lambda: set(seen) == set(range(80)), timeout=15, message=f"{seen}")
+            await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)))
+        await consumer.close()
+    assert all(isinstance(n, int) for n in seen)  # no payload came from another reply
