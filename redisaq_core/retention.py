@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
+
+from redis.exceptions import ResponseError
 
 from .codec import shown_text
 from .connection import AnyRedis
@@ -76,12 +79,17 @@ async def server_features(client: AnyRedis) -> ServerFeatures:
     """Ask the server once per client (INFO server) and remember the answer."""
     known = _features.get(client)
     if known is None:
-        info: dict[str, Any] = await client.info("server")
+        try:
+            info: dict[str, Any] = await client.info("server")
+        except ResponseError as exc:  # INFO refused (an ACL): assume the oldest server
+            log.debug("server features unknown (%s): assuming Redis 6.2", exc)
+            info = {}
         if info and all(isinstance(v, dict) for v in info.values()):
             info = next(iter(info.values()))  # a cluster client: one reply per node
         product = str(info.get("server_name", "redis")).lower()
         shown = str(info.get(f"{product}_version") or info.get("redis_version", "0.0.0"))
-        version = tuple(int(x) for x in str(info.get("redis_version", "0.0.0")).split(".")[:2])
+        found = re.match(r"(\d+)\.(\d+)", str(info.get("redis_version", "")))
+        version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
         try:
             policy = await client.config_get("maxmemory-policy")
             values = [v for k, v in policy.items() if shown_text(k) == "maxmemory-policy"]

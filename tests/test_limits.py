@@ -79,3 +79,27 @@ async def test_a_consumer_started_while_redis_is_out_of_memory_joins_once_it_is_
 async def _oom_errors(client: Redis, at_least: int) -> bool:
     stats = await client.info("errorstats")
     return int(stats.get("errorstat_OOM", {}).get("count", 0)) >= at_least
+
+
+async def test_a_user_without_info_or_config_can_still_produce_and_consume(topic: str) -> None:
+    """Managed services refuse INFO or CONFIG to applications: features fall back, no failure."""
+    async with EmbeddedRedis() as server:
+        admin = Redis.from_url(server.url)
+        await admin.execute_command(
+            "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-info", "-config"
+        )
+        await admin.aclose()
+        url = server.url.replace("redis://", "redis://app:secret@")
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+
+        async with Producer(topic, redis_url=url, maxlen=10, trim="acked") as producer:
+            await producer.batch_enqueue([{"n": i} for i in range(3)])
+        consumer = Consumer(topic, redis_url=url, heartbeat_interval=0.2, poll_interval=0.1)
+        task = asyncio.create_task(consumer.process(handle))
+        await eventually(lambda: sorted(seen) == [0, 1, 2])
+        await consumer.stop()
+        await task
+        await consumer.close()
