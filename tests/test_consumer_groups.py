@@ -291,3 +291,26 @@ async def test_a_member_that_leaves_clean_is_removed_from_the_stream_groups(
             c["name"] for c in await redis.xinfo_consumers(TopicKeys(topic).stream(p), "default")
         ]
         assert b"leaver" not in names
+
+
+async def test_claiming_goes_past_pages_of_deleted_entries(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """A dead member's pending list whose first pages hold only deleted ids (scenario 16)."""
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url) as producer:
+        ids = await producer.batch_enqueue([{"n": i} for i in range(300)])
+    await redis.xgroup_create(stream, "default", id="0")
+    await redis.xreadgroup("default", "gone", {stream: ">"}, count=300)  # all pending, for good
+    await redis.xdel(stream, *ids[:250])  # the first 25 pages of 10 are only deleted ids
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: seen == list(range(250, 300)), timeout=10, message=f"{seen}")
+        await eventually(lambda: _no_pending(redis, topic, 1))
+    await consumer.close()
+    assert consumer.stats.trimmed == 250
