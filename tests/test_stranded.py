@@ -180,3 +180,33 @@ async def test_cancelling_mid_command_leaves_no_crossed_replies(
             await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)))
         await consumer.close()
     assert all(isinstance(n, int) for n in seen)  # no payload came from another reply
+
+
+async def test_a_zombie_acknowledgement_is_refused_and_counted_exactly(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """The lease passes to another holder while a handler runs (scenario 9): its ack is fenced."""
+    lease = TopicKeys(topic).lease(0, "default")
+    calls: list[int] = []
+    stolen = asyncio.Event()
+
+    async def handle(m: Message) -> None:
+        calls.append(m.payload["n"])
+        if len(calls) == 1:
+            # Another holder takes the partition for 1.5 s while this handler runs.
+            await redis.set(lease, "someone-else", px=1500)
+            stolen.set()
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+        async with Running(consumer, handle):
+            await eventually(lambda: consumer.assigned_partitions == [0])
+            await producer.enqueue({"n": 7})
+            await eventually(stolen.is_set)
+            await eventually(lambda: consumer.stats.fenced == 1, message="fenced")
+            # Once the other holder's lease lapses, the consumer takes the partition back and
+            # handles the message again: it was never acknowledged.
+            await eventually(lambda: calls == [7, 7], timeout=10, message=f"{calls}")
+            await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)))
+        await consumer.close()
+    assert consumer.stats.fenced == 1
