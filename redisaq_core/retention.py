@@ -130,8 +130,8 @@ class Retention:
         self.approximate = approximate
         self.mode = mode
         self.emulated = False
-        self.over_maxlen: dict[int, int] = {}
-        """Entries held past maxlen per partition stream, by lagging groups (last seen)."""
+        self.over_maxlen: dict[str, int] = {}
+        """Entries held past maxlen by lagging groups, per stream key (last seen)."""
         self._groups: list[str] = []
         self._written: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -198,7 +198,7 @@ class Retention:
                 pipe.xlen(stream)
             lengths = (await pipe.execute())[1::2]
             for stream, length in zip(streams, lengths, strict=True):
-                self._held(_partition_of(stream), int(length))
+                self._held(stream, int(length))
 
     async def close(self) -> None:
         """Wait for trims under way."""
@@ -211,8 +211,7 @@ class Retention:
             removed, length = await TRIM_ACKED(
                 client, [stream], [self.maxlen, _TRIM_CALL_LIMIT, *self._groups]
             )
-            partition = _partition_of(stream)
-            self._held(partition, int(length))
+            self._held(stream, int(length))
             if int(removed):
                 log.debug("topic %s: trimmed %s entries of %s", self.keys.topic, removed, stream)
         except REDIS_FAILURES as exc:
@@ -221,22 +220,17 @@ class Retention:
             if self._running.get(stream) is asyncio.current_task():
                 del self._running[stream]
 
-    def _held(self, partition: int, length: int) -> None:
+    def _held(self, stream: str, length: int) -> None:
         assert self.maxlen is not None
         # Approximate trimming leaves up to a node (100 entries by default) over maxlen.
         slack = 100 if self.approximate and self.emulated else 0
         over = length - self.maxlen if length > self.maxlen + slack else 0
-        self.over_maxlen[partition] = over
+        self.over_maxlen[stream] = over
         now = time.monotonic()
         if over and now - self._warned >= _WARN_EVERY:
             self._warned = now
             log.warning(
-                "topic %s: partition %d holds %d entries past maxlen=%d: a group has not "
+                "topic %s: %s holds %d entries past maxlen=%d: a group has not "
                 "acknowledged them (trim='acked' keeps them until it does)",
-                self.keys.topic, partition, over, self.maxlen,
+                self.keys.topic, stream, over, self.maxlen,
             )  # fmt: skip
-
-
-def _partition_of(stream: str) -> int:
-    tail = stream.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

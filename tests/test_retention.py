@@ -120,13 +120,16 @@ async def test_a_lagging_group_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="redisaq_core.retention"):
         async with Producer(
             topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked",
-            refresh_interval=0.1,
+            refresh_interval=0.1, init_partitions=2,
         ) as producer:  # fmt: skip
             await _group_that_read_nothing(redis_url, topic)
-            await producer.batch_enqueue([{"n": i} for i in range(50)])
-            await eventually(lambda: producer._retention.over_maxlen.get(0) == 40, timeout=5)
-    warnings = [r for r in caplog.records if "past maxlen" in r.getMessage()]
+            await producer.batch_enqueue([{"n": i} for i in range(50)])  # 25 per partition
+            keys = TopicKeys(topic)
+            held = {keys.stream(0): 15, keys.stream(1): 15}
+            await eventually(lambda: producer._retention.over_maxlen == held, timeout=5)
+    warnings = [r.getMessage() for r in caplog.records if "past maxlen" in r.getMessage()]
     assert len(warnings) == 1  # at most once a minute
+    assert any(keys.stream(p) in warnings[0] for p in (0, 1)), warnings
 
 
 @pytest.mark.parametrize(
