@@ -32,7 +32,7 @@ from .connection import AnyRedis, RedisComponent
 from .delivery import ConsumerStats, OwnedPartition, Reader
 from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
 from .failures import REDIS_FAILURES, Recovery, recovery_for
-from .handling import Dispatcher
+from .handling import Dispatcher, uncancel
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
 from .message import Message
@@ -347,9 +347,7 @@ class Consumer(RedisComponent):
             if not self._forced:
                 raise
             # stop() ran out of time and cancelled the handlers: that is a stop, not an error.
-            task = asyncio.current_task()
-            if task is not None and hasattr(task, "uncancel"):
-                task.uncancel()
+            uncancel()
         finally:
             if heart is not None:
                 await _cancel(heart)
@@ -377,8 +375,7 @@ class Consumer(RedisComponent):
                 new_group = bool(await redis.sadd(self.keys.groups, self.group))
                 self._from_latest = self.start == "latest" and new_group
                 await server_features(redis)  # once per client: warns about an evicting server
-                await self._read_retention()
-                await self._sync()
+                await self._sync()  # reads the topic's retention with the partitions it gains
                 self._from_latest = False
                 await self._register()
                 return
@@ -388,8 +385,7 @@ class Consumer(RedisComponent):
                 if not told:
                     log.warning("consumer %s: cannot join yet (%s); retrying", self.name, exc)
                     told = True
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await self._pause(delay)
                 if self._stopping.is_set():
                     return
                 delay = min(delay * 2, 5.0)
@@ -411,9 +407,7 @@ class Consumer(RedisComponent):
             if not self._forced:
                 raise
             job.cancel()
-            task = asyncio.current_task()
-            if task is not None and hasattr(task, "uncancel"):
-                task.uncancel()
+            uncancel()
             log.warning("consumer %s: Redis did not answer while leaving", self.name)
 
     def _interrupt_read(self) -> None:
@@ -590,9 +584,7 @@ class Consumer(RedisComponent):
         """A stream or the group was deleted (or Redis flushed): create the groups again."""
         now = asyncio.get_running_loop().time()
         if now - self._recreated_at < 5.0:
-            # Deleted again right away: don't spin on it.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, 1.0))
+            await self._pause(min(self.poll_interval, 1.0))  # deleted again at once: no spin
         else:
             log.warning(
                 "consumer %s: group %s or its stream is gone (%s); creating it again",
@@ -627,8 +619,12 @@ class Consumer(RedisComponent):
         if not self._redis_down:
             log.warning("consumer %s: Redis unreachable (%s); retrying", self.name, exc)
         self._redis_down = True
+        await self._pause(min(self.poll_interval, 1.0))
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the consumer is told to stop meanwhile."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), min(self.poll_interval, 1.0))
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _connection_restored(self) -> None:
         if self._redis_down:

@@ -22,7 +22,15 @@ from .message import Message
 from .metrics import MetricsRecorder
 from .settlement import Failure, Settler, batch_failures
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "uncancel"]
+
+
+def uncancel() -> None:
+    """Take back a cancellation of this task that was caught on purpose (Python 3.11+)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
+
 
 _T = TypeVar("_T")
 
@@ -101,8 +109,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             if not call.cut_off:
                 raise
-            if hasattr(task, "uncancel"):
-                task.uncancel()
+            uncancel()
             raise asyncio.TimeoutError from None
         finally:
             self._calls.discard(call)
@@ -124,10 +131,10 @@ class Dispatcher:
             # Delivered before and never settled (a consumer died, or a reply was lost): one
             # at a time, each settled before the next, so that a handler that ends its
             # process leaves exactly its own message at the head of the partition.
-            for at, m in enumerate(messages):
-                head = all(
-                    (o.partition, o.priority) != (m.partition, m.priority) for o in messages[:at]
-                )
+            heads: set[tuple[int | None, int]] = set()
+            for m in messages:
+                head = (m.partition, m.priority) not in heads
+                heads.add((m.partition, m.priority))
                 await self._dispatch_now(redis, handler, [m], batch, head=head)
             return
         await self._dispatch_now(redis, handler, messages, batch, head=True)
