@@ -370,7 +370,7 @@ class Producer(RedisComponent):
         job = job_id(self.topic, partition, uuid.uuid4().hex)
         maxlen = 0 if self._retention.emulated else self.maxlen or 0
         op = "~" if self.approximate else "="
-        op = f"ACKED{op}" if self.trim == "acked" else op
+        op = f"ACKED{op}" if self.trim != "maxlen" else op  # as xadd_options()
         stream = self.keys.stream(partition, level)
         command = [
             "EVALSHA", SUBMIT.sha, 3,

@@ -209,3 +209,18 @@ async def _consume_group(redis_url: str, topic: str, group: str, want: int) -> N
         await eventually(lambda: len(seen) >= want, timeout=20, message=f"{group}: {want}")
     await consumer.close()
     assert sorted(seen) == list(range(want))
+
+
+async def test_submit_keeps_unacknowledged_jobs_with_delete_acked_and_maxlen(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """submit() trims like enqueue(): with delete-acked and a maxlen, only what groups acked."""
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("delete-acked needs Redis 8.2 or newer")
+    async with Producer(
+        topic, redis_url=redis_url, maxlen=10, approximate=False, trim="delete-acked"
+    ) as producer:
+        await _group_that_read_nothing(redis_url, topic)
+        for i in range(50):
+            await producer.submit({"n": i})
+    assert await redis.xlen(TopicKeys(topic).stream(0)) == 50
