@@ -35,6 +35,7 @@ from .errors import (
     RedisaqError,
     RegistryError,
     SerializationError,
+    ServerOutOfMemoryError,
     ServiceNotFoundError,
 )
 from .fanout import FanOut, FanOutStats
@@ -83,6 +84,7 @@ __all__ = [
     "RegistryError",
     "ResultStore",
     "SerializationError",
+    "ServerOutOfMemoryError",
     "ServiceInfo",
     "ServiceNotFoundError",
     "ServiceRegistry",

@@ -193,7 +193,8 @@ class Consumer(RedisComponent):
             stats=self.stats,
         )  # fmt: skip
         self._dispatcher = Dispatcher(
-            settler=self._settler, stats=self.stats, owned=self._owned, fenced=self._fenced,
+            keys=self.keys, group=self.group, settler=self._settler, stats=self.stats,
+            owned=self._owned, fenced=self._fenced,
             batch_size=batch_size, concurrency=concurrency, dead_letter=dead_letter,
             max_deliveries=max_deliveries, max_processing_time=self.max_processing_time,
         )  # fmt: skip

@@ -8,6 +8,7 @@ The hierarchy::
     ├── SerializationError      a payload can't be encoded or decoded
     ├── NotConnectedError       a component is used before connect() or after close()
     ├── ConnectionFailedError   the Redis server can't be reached
+    ├── ServerOutOfMemoryError  Redis refused a write: it is at its maxmemory
     ├── PartitionError          a partition count change that isn't allowed
     ├── ConsumerError
     │   └── DuplicateConsumerError  another live member of the group has this name
@@ -42,6 +43,7 @@ __all__ = [
     "RedisaqError",
     "RegistryError",
     "SerializationError",
+    "ServerOutOfMemoryError",
     "ServiceNotFoundError",
 ]
 
@@ -68,6 +70,14 @@ class NotConnectedError(RedisaqError, RuntimeError):
 
 class ConnectionFailedError(RedisaqError, ConnectionError):
     """The Redis server could not be reached; the message names the URL, never a password."""
+
+
+class ServerOutOfMemoryError(RedisaqError):
+    """Redis refused a write because it is at its ``maxmemory`` (its OOM reply).
+
+    The message says what was not written. Free memory (trim, consume, raise
+    ``maxmemory``) and call again.
+    """
 
 
 class PartitionError(RedisaqError, ValueError):

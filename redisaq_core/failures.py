@@ -45,6 +45,7 @@ __all__ = [
     "REDIS_FAILURES",
     "UNREACHABLE",
     "Recovery",
+    "out_of_memory",
     "recovery_for",
 ]
 
@@ -111,6 +112,13 @@ def recovery_for(exc: BaseException) -> Recovery:
         if text.startswith(_TRANSIENT):
             return Recovery.RETRY
     return Recovery.STOP
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis's OOM reply (also inside a pipeline or a script's error)."""
+    if isinstance(exc, OutOfMemoryError):
+        return True
+    return isinstance(exc, ResponseError) and _reply(str(exc)).startswith("OOM")
 
 
 def _reply(text: str) -> str:

@@ -3,8 +3,16 @@
 :class:`Dispatcher` is the part of a :class:`~redisaq_core.consumer.Consumer` that
 calls handlers: one message at a time per partition (partitions side by side,
 up to ``concurrency``) for ``process``, batches for ``process_batch``; each call
-bounded by ``max_processing_time`` (or ``Message.timeout``). Entries delivered
-before and never settled go one at a time, each settled before the next.
+bounded by ``max_processing_time`` (or ``Message.timeout``).
+
+Entries delivered before and never settled (a consumer died, or a reply was
+lost) go one at a time, each settled before the next, so that a handler that
+ends its process leaves exactly its own message unsettled. Such an entry's
+handler runs are counted in the partition's ``runs`` hash just before each
+run: the stream's delivery count can't tell them, since every claim raises
+the count of every pending entry, also of those waiting behind a message that
+kills its process. A redelivered entry that already ran ``max_deliveries``
+times (its first delivery counted as a run) is dead-lettered, not run again.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from typing import Any, TypeVar
 from .connection import AnyRedis
 from .delivery import ConsumerStats, OwnedPartition, Undecodable
 from .errors import ConsumerError
+from .keys import TopicKeys
 from .message import Message
 from .metrics import MetricsRecorder
 from .settlement import Failure, Settler, batch_failures
 
 __all__ = ["Dispatcher", "uncancel"]
+
+RUNS_TTL = 7 * 86_400
+"""Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
 
 
 def uncancel() -> None:
@@ -54,6 +66,8 @@ class Dispatcher:
     def __init__(
         self,
         *,
+        keys: TopicKeys,
+        group: str,
         settler: Settler,
         stats: ConsumerStats,
         owned: dict[int, OwnedPartition],
@@ -64,6 +78,8 @@ class Dispatcher:
         max_deliveries: int,
         max_processing_time: float | None,
     ) -> None:
+        self.keys = keys
+        self.group = group
         self.settler = settler
         self.stats = stats
         self.owned = owned
@@ -127,17 +143,20 @@ class Dispatcher:
 
         ``reclaimed``: they were claimed from a pending list (see the consumer).
         """
-        if reclaimed and len(messages) > 1 and any(m.deliveries > 1 for m in messages):
-            # Delivered before and never settled (a consumer died, or a reply was lost): one
-            # at a time, each settled before the next, so that a handler that ends its
-            # process leaves exactly its own message at the head of the partition.
-            heads: set[tuple[int | None, int]] = set()
-            for m in messages:
-                head = (m.partition, m.priority) not in heads
-                heads.add((m.partition, m.priority))
-                await self._dispatch_now(redis, handler, [m], batch, head=head)
+        if reclaimed and any(m.deliveries > 1 for m in messages):
+            for m in messages:  # one at a time, each settled before the next (module text)
+                if m.deliveries == 1 or not self.dead_letter:
+                    await self._dispatch_now(redis, handler, [m], batch)
+                    continue
+                runs = self.keys.runs(m.partition or 0, self.group)
+                pipe = redis.pipeline(transaction=False)
+                pipe.hincrby(runs, m.msg_id or "", 1)
+                pipe.expire(runs, RUNS_TTL)
+                count, _ = await pipe.execute()
+                await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
+                await redis.hdel(runs, m.msg_id or "")  # settled, or to be retried by us
             return
-        await self._dispatch_now(redis, handler, messages, batch, head=True)
+        await self._dispatch_now(redis, handler, messages, batch)
 
     async def _dispatch_now(
         self,
@@ -146,21 +165,24 @@ class Dispatcher:
         messages: list[Message],
         batch: bool,
         *,
-        head: bool,
+        ran: int = 0,
     ) -> None:
+        """Run the handler over ``messages`` and settle them.
+
+        ``ran``: handler runs counted for a redelivered message (``messages`` is that one
+        message), this run included.
+        """
         failures: list[Failure] = []
         if any(isinstance(m, Undecodable) for m in messages):
             failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
             messages = [m for m in messages if not isinstance(m, Undecodable)]
-        if head and self.dead_letter and messages and messages[0].deliveries > self.max_deliveries:
-            # The oldest unsettled entry of its partition, delivered as often as allowed
-            # without a result: the deliveries before may have ended their process. It is not
-            # handed to the handler again. (Entries behind it were not its culprits: their
-            # counts also grew with each of its crashes, so they are handled.)
+        if ran and messages and ran + 1 > self.max_deliveries:
+            # Its handler ran as often as allowed without a result: those runs may have
+            # ended their process. It is not handed to the handler again.
             m = messages.pop(0)
             failures.append(Failure(m, ConsumerError(
-                f"delivered {m.deliveries} times; {m.deliveries - 1} deliveries ended without "
-                f"a result (the handler may have ended its process), max_deliveries="
+                f"delivered {m.deliveries} times; {ran} handler runs ended without a result "
+                f"(the handler may have ended its process), max_deliveries="
                 f"{self.max_deliveries}"
             ), []))  # fmt: skip
         done: list[tuple[Message, Any]] = []

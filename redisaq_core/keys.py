@@ -22,8 +22,12 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{p:T:N}:stream:P                  stream the partition's entries of priority P >= 1
     redisaq:{p:T:N}:dlq                       stream the partition's dead letters
     redisaq:{p:T:N}:lease:G                   string owner token of partition N for group G
+    redisaq:{p:T:N}:runs:G                    hash  entry id -> handler runs after its first
+                                                    delivery, for group G (while unsettled)
     redisaq:{p:T:N}:job:ID                    hash  a job's status record (expires after result_ttl)
     redisaq:{p:T:N}:jobs                      zset  job id -> last change (ms), for listings
+    redisaq:{p:T:N}:once:K                    string entry id (and job id) enqueued under
+                                                    idempotency key K (expires after the window)
     redisaq:{p:T:N}:fo:L:S:G:SP:LV:ID         string a fan-out bridge (group G) wrote entry ID of
                                                     partition SP (level LV) of topic S (name length
                                                     L) here (Redis Cluster only; expires)
@@ -116,6 +120,10 @@ class TopicKeys:
         """The key whose value is the token of the member holding a partition for a group."""
         return f"{self._partition_tag(partition)}:lease:{group}"
 
+    def runs(self, partition: int, group: str) -> str:
+        """Hash of entry id to the handler runs of a redelivered entry (see handling.py)."""
+        return f"{self._partition_tag(partition)}:runs:{group}"
+
     @property
     def metrics(self) -> str:
         """Hash of the topic's metrics (counters and histogram buckets)."""
@@ -133,6 +141,10 @@ class TopicKeys:
     def jobs(self, partition: int) -> str:
         """Sorted set of the partition's job ids scored by their last change (ms)."""
         return f"{self._partition_tag(partition)}:jobs"
+
+    def once(self, partition: int, idempotency_key: str) -> str:
+        """Marker of what was enqueued in a partition under an idempotency key."""
+        return f"{self._partition_tag(partition)}:once:{idempotency_key}"
 
     def fanout_record(
         self, partition: int, source: str, group: str, source_partition: int, level: int

@@ -10,10 +10,11 @@ pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -31,12 +32,19 @@ from .codec import (
     encode_payload,
 )
 from .connection import AnyRedis, RedisComponent
-from .errors import ConfigurationError, PartitionError, PartitionKeyError, SerializationError
+from .errors import (
+    ConfigurationError,
+    PartitionError,
+    PartitionKeyError,
+    SerializationError,
+    ServerOutOfMemoryError,
+)
+from .failures import out_of_memory
 from .keys import TopicKeys, job_id
 from .message import Message
 from .metrics import MetricsRecorder
 from .retention import Retention, TrimMode, check_trim, server_features
-from .scripts import ENSURE_PARTITIONS, SUBMIT
+from .scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
 
 if TYPE_CHECKING:
     from .results import JobHandle, ResultStore
@@ -49,6 +57,14 @@ log = logging.getLogger(__name__)
 def _check_ttl(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
         raise ConfigurationError(f"result_ttl must be a number of seconds >= 1, got {value!r}")
+
+
+def _check_once(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise ConfigurationError(
+            f"idempotency_key must be a non-empty string of at most 512 characters, got {value!r}"
+        )
+    return value
 
 
 def _positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
@@ -80,7 +96,9 @@ class Producer(RedisComponent):
     per partition in the topic's metrics (flushed once a second).
     ``max_payload_bytes``: a serialized payload larger than this (1 MiB by
     default; ``None``: no limit) is refused with ``SerializationError`` before
-    anything is written.
+    anything is written. ``idempotency_window``: how long (seconds, 24 h by
+    default) an ``idempotency_key`` given to :meth:`enqueue`, :meth:`batch_enqueue`
+    or :meth:`submit` is remembered.
     """
 
     def __init__(
@@ -99,6 +117,7 @@ class Producer(RedisComponent):
         result_ttl: float = 3600.0,
         metrics: bool = True,
         max_payload_bytes: int | None = 1_048_576,
+        idempotency_window: float = 86_400.0,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
@@ -116,6 +135,15 @@ class Producer(RedisComponent):
         if serializer is not None and not callable(serializer):
             raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
         _positive_int(max_payload_bytes, "max_payload_bytes", allow_none=True)
+        if (
+            isinstance(idempotency_window, bool)
+            or not isinstance(idempotency_window, (int, float))
+            or not 1 <= idempotency_window < 2**31
+        ):
+            raise ConfigurationError(
+                f"idempotency_window must be a number of seconds >= 1, got {idempotency_window!r}"
+            )
+        self.idempotency_window = int(idempotency_window)
         self.max_payload_bytes = max_payload_bytes
         self.maxlen = maxlen
         self.approximate = approximate
@@ -212,9 +240,13 @@ class Producer(RedisComponent):
         ]
 
     def _fields(
-        self, item: Any, partition_key: str | None, priority: int | None
+        self, item: Any, partition_key: str | None, priority: int | None, once: str | None = None
     ) -> tuple[int, int, list[Any]]:
-        """(partition, level, entry fields) for one payload or ``Message``; nothing is sent."""
+        """(partition, level, entry fields) for one payload or ``Message``; nothing is sent.
+
+        Without a partition key, an idempotency key (``once``) picks the partition, so that
+        a repeated call lands where the first one did.
+        """
         extra: list[Any] = []
         if isinstance(item, Message):
             if item.topic != self.topic:
@@ -234,7 +266,9 @@ class Producer(RedisComponent):
         else:
             payload = item
         level = self._level(priority)
-        if partition_key is None:
+        if partition_key is None and once is not None:
+            partition = partition_for_key(once, self._partitions)
+        elif partition_key is None:
             partition = next(self._round_robin) % self._partitions
         else:
             partition = partition_for_key(self._key_value(payload, partition_key), self._partitions)
@@ -289,7 +323,12 @@ class Producer(RedisComponent):
             ) from None
 
     async def enqueue(
-        self, message: Any, partition_key: str | None = None, *, priority: int | None = None
+        self,
+        message: Any,
+        partition_key: str | None = None,
+        *,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Put one payload (or ``Message``) on the topic and return its stream entry id.
 
@@ -297,22 +336,79 @@ class Producer(RedisComponent):
         that field go to the same partition, in order. Without it messages
         are spread over the partitions in turn. ``priority`` (``0 <=
         priority < priorities``): consumers take waiting messages of a higher
-        level first.
+        level first. ``idempotency_key``: a second call with the same key within
+        ``idempotency_window`` writes nothing and returns the first call's entry id
+        (the check and the write are one atomic step on the server, so a call resent
+        after a lost reply is safe). Without a ``partition_key`` the key picks the
+        partition.
         """
         redis = self._redis or await self._ensure()
+        if idempotency_key is not None:
+            once = _check_once(idempotency_key)
+            with self._refusals("the message was not enqueued"):
+                return await self._enqueue_once(redis, message, partition_key, priority, once)
         partition, command = self._command(message, partition_key, priority)
-        entry_id = await self._send(redis, command)
+        with self._refusals("the message was not enqueued"):
+            entry_id = _text(await self._send(redis, command))
         self._retention.wrote(redis, (command[1],))
         if self._metrics is not None:
             self._metrics.produced(partition)
         return entry_id
 
-    async def _send(self, redis: AnyRedis, command: list[Any]) -> str:
+    @contextlib.contextmanager
+    def _refusals(self, what: str) -> Iterator[None]:
+        """Turn Redis's OOM reply into ``ServerOutOfMemoryError`` saying ``what`` happened."""
+        try:
+            yield
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            raise ServerOutOfMemoryError(
+                f"Redis is out of memory (at its maxmemory) and refused the write to topic "
+                f"{self.topic!r}: {what}"
+            ) from exc
+
+    def _once_call(
+        self, item: Any, partition_key: str | None, priority: int | None, key: str
+    ) -> tuple[int, tuple[Script, list[Any], list[Any]]]:
+        partition, level, fields = self._fields(item, partition_key, priority, key)
+        maxlen, op = self._trim_args()
+        stream = self.keys.stream(partition, level)
+        keys = [stream, self.keys.once(partition, key)]
+        return partition, (ENQUEUE_ONCE, keys, [self.idempotency_window, maxlen, op, *fields])
+
+    async def _enqueue_once(
+        self, redis: AnyRedis, item: Any, partition_key: str | None, priority: int | None,
+        key: str,
+    ) -> str:  # fmt: skip
+        partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
+        created, entry_id = await self._run(redis, script, keys, args)
+        if created:
+            self._retention.wrote(redis, keys[:1])
+            if self._metrics is not None:
+                self._metrics.produced(partition)
+        return _text(entry_id)
+
+    async def _send(self, redis: AnyRedis, command: list[Any]) -> Any:
         """Run one command, sharing a pipeline round trip with concurrent callers."""
         if self._batcher is None:
             self._batcher = CommandBatcher(redis)
-        raw = await self._batcher.call(*command)
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return await self._batcher.call(*command)
+
+    async def _run(self, redis: AnyRedis, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """Run a script through :meth:`_send`, loading it where it runs if the server lacks it."""
+        command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        try:
+            return await self._send(redis, command)
+        except NoScriptError:
+            await script.load(redis, keys[:1])
+            return await self._send(redis, command)
+
+    def _trim_args(self) -> tuple[int, str]:
+        """(maxlen, trim) for the scripts that XADD: 0 is unbounded; as ``xadd_options()``."""
+        maxlen = 0 if self._retention.emulated else self.maxlen or 0
+        op = "~" if self.approximate else "="
+        return maxlen, f"ACKED{op}" if self.trim != "maxlen" else op
 
     async def batch_enqueue(
         self,
@@ -320,25 +416,56 @@ class Producer(RedisComponent):
         partition_key: str | None = None,
         *,
         priority: int | None = None,
+        idempotency_key: str | None = None,
     ) -> list[str]:
         """Enqueue many payloads in one round trip; return their ids in input order.
 
         Every payload is serialized before anything is sent, so a payload that
         can't be encoded raises ``SerializationError`` with nothing enqueued.
+        A batch cut off half-way (the connection dropped) may have written some
+        of its entries: give an ``idempotency_key`` and a retry of the same batch
+        writes only those missing (payload ``i`` is enqueued under ``"<key>:<i>"``).
         """
         redis = self._redis or await self._ensure()
+        if idempotency_key is not None:
+            key = _check_once(idempotency_key)
+            with self._refusals("entries refused were not enqueued; the same call enqueues them"):
+                return await self._batch_once(redis, list(payloads), partition_key, priority, key)
         commands = [self._command(item, partition_key, priority) for item in payloads]
         if not commands:
             return []
         pipe = redis.pipeline(transaction=False)
         for _, command in commands:
             pipe.execute_command(*command)
-        results = await pipe.execute()
+        with self._refusals(
+            "part of the batch may have been written; "
+            "call with an idempotency_key to make a retry write only what is missing"
+        ):
+            results = await pipe.execute()
         self._retention.wrote(redis, [command[1] for _, command in commands])
         if self._metrics is not None:
             for partition, _ in commands:
                 self._metrics.produced(partition)
         return [r.decode() for r in results]
+
+    async def _batch_once(
+        self, redis: AnyRedis, items: list[Any], partition_key: str | None,
+        priority: int | None, key: str,
+    ) -> list[str]:  # fmt: skip
+        calls = [
+            self._once_call(item, partition_key, priority, f"{key}:{i}")
+            for i, item in enumerate(items)
+        ]
+        replies = await run_pipelined(redis, [call for _, call in calls])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        written = [call for call, reply in zip(calls, replies, strict=True) if reply[0]]
+        self._retention.wrote(redis, [keys[0] for _, (_, keys, _) in written])
+        if self._metrics is not None:
+            for partition, _ in written:
+                self._metrics.produced(partition)
+        return [_text(reply[1]) for reply in replies]
 
     async def submit(
         self,
@@ -348,6 +475,7 @@ class Producer(RedisComponent):
         partition_key: str | None = None,
         result_ttl: float | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> JobHandle:
         """Enqueue ``payload`` as a job whose status and result are tracked; return its handle.
 
@@ -355,6 +483,7 @@ class Producer(RedisComponent):
         entry. Consumers move it to ``active``, then ``completed`` with the
         handler's return value (kept ``result_ttl`` seconds), or ``failed``
         (retrying) and finally ``dead``. ``timeout``: seconds the handler may run.
+        ``idempotency_key``: as for :meth:`enqueue`; a repeat returns the first job's handle.
         """
         from .results import JobHandle, ResultStore
 
@@ -366,26 +495,25 @@ class Producer(RedisComponent):
             if isinstance(payload, Message):
                 raise ConfigurationError("pass timeout on the Message, not to submit()")
             item = Message(topic=self.topic, payload=payload, timeout=timeout)
-        partition, level, fields = self._fields(item, partition_key, priority)
+        once = None if idempotency_key is None else _check_once(idempotency_key)
+        partition, level, fields = self._fields(item, partition_key, priority, once)
         job = job_id(self.topic, partition, uuid.uuid4().hex)
-        maxlen = 0 if self._retention.emulated else self.maxlen or 0
-        op = "~" if self.approximate else "="
-        op = f"ACKED{op}" if self.trim != "maxlen" else op  # as xadd_options()
+        maxlen, op = self._trim_args()
         stream = self.keys.stream(partition, level)
-        command = [
-            "EVALSHA", SUBMIT.sha, 3,
-            stream, self.keys.job(partition, job), self.keys.jobs(partition),
-            maxlen, op, job, self.keys.job_channel, self.topic,
-            partition, level, max(1, int(ttl)), *fields, F_JOB, job,
+        keys = [stream, self.keys.job(partition, job), self.keys.jobs(partition)]
+        if once is not None:
+            keys.append(self.keys.once(partition, once))
+        args = [
+            maxlen, op, job, self.keys.job_channel, self.topic, partition, level,
+            max(1, int(ttl)), self.idempotency_window if once else 0, *fields, F_JOB, job,
         ]  # fmt: skip
-        try:
-            await self._send(redis, command)
-        except NoScriptError:
-            await redis.script_load(SUBMIT.source)
-            await self._send(redis, command)
-        self._retention.wrote(redis, (stream,))
-        if self._metrics is not None:
-            self._metrics.produced(partition)
+        with self._refusals("the job was not submitted"):
+            created, _, first = await self._run(redis, SUBMIT, keys, args)
+        job = _text(first)
+        if created:
+            self._retention.wrote(redis, (stream,))
+            if self._metrics is not None:
+                self._metrics.produced(partition)
         if self._results is None:
             self._results = ResultStore(redis=redis, deserializer=None)
         return JobHandle(job, self._results)
@@ -412,3 +540,7 @@ class Producer(RedisComponent):
         self._levels = max(self._levels, int(levels))
         self._set_partitions(int(count))
         return int(count)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -31,6 +31,7 @@ __all__ = [
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
     "DELETE_ACKED",
+    "ENQUEUE_ONCE",
     "ENSURE_PARTITIONS",
     "FANOUT",
     "FANOUT_FORGET",
@@ -158,6 +159,7 @@ ACK_DELETE = Script("ack_delete")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
 DELETE_ACKED = Script("delete_acked", follows=True)
+ENQUEUE_ONCE = Script("enqueue_once")
 ENSURE_PARTITIONS = Script("ensure_partitions")
 FANOUT = Script("fanout")
 FANOUT_FORGET = Script("fanout_forget")

@@ -8,7 +8,14 @@ import logging
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer, SerializationError
+from redisaq_core import (
+    ConfigurationError,
+    Consumer,
+    Message,
+    Producer,
+    SerializationError,
+    ServerOutOfMemoryError,
+)
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from tests.helpers import eventually
@@ -103,3 +110,26 @@ async def test_a_user_without_info_or_config_can_still_produce_and_consume(topic
         await consumer.stop()
         await task
         await consumer.close()
+
+
+async def test_a_write_refused_for_memory_raises_the_librarys_error_and_keeps_what_is_stored(
+    topic: str,
+) -> None:
+    async with EmbeddedRedis() as server, Producer(topic, redis_url=server.url) as producer:
+        client = Redis.from_url(server.url)
+        kept = await producer.enqueue({"n": 0})
+        await client.config_set("maxmemory", "1")
+        with pytest.raises(ServerOutOfMemoryError, match="the message was not enqueued"):
+            await producer.enqueue({"n": 1})
+        with pytest.raises(ServerOutOfMemoryError, match="the message was not enqueued"):
+            await producer.enqueue({"n": 1}, idempotency_key="k")
+        with pytest.raises(ServerOutOfMemoryError, match="idempotency_key"):
+            await producer.batch_enqueue([{"n": 2}, {"n": 3}])
+        with pytest.raises(ServerOutOfMemoryError, match="job was not submitted") as caught:
+            await producer.submit({"n": 4})
+        assert topic in str(caught.value)
+        await client.config_set("maxmemory", "0")
+        stored = await client.xrange(TopicKeys(topic).stream(0))
+        assert [entry_id.decode() for entry_id, _ in stored] == [kept]
+        assert await producer.enqueue({"n": 1}, idempotency_key="k") != kept
+        await client.aclose()

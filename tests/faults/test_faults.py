@@ -176,9 +176,39 @@ async def test_a_message_that_kills_its_process_reaches_the_dead_letters(
         await eventually(lambda: _count_is(dl, 1), timeout=10)
         (record,) = await dl.list()
     assert record.payload["n"] == 2 and record.deliveries == 3
-    assert "2 deliveries" in record.error
+    assert "2 handler runs" in record.error
     starts = [e.deliveries for e in load(workers.record_file) if e.kind == "start" and e.n == 2]
     assert starts == [1, 2]
+    assert await _pending(redis_url, topic, 1) == 0
+
+
+async def test_messages_behind_ones_that_kill_their_process_are_handled_not_dead_lettered(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    """Every restart's claim raises the delivery count of the whole backlog; only runs count.
+
+    A first delivery counts as a run (whether it reached the handler before the process
+    died can't be known without a write per message): 1 is the first of the batch and
+    runs twice; 2 and 3 waited behind it, so their first delivery never ran and they run
+    once each. 4 and 5 are claimed six times and handled.
+    """
+    payloads = [{"n": i, "k": 0, "crash": i in (1, 2, 3)} for i in range(6)]
+    await _produce(redis_url, topic, payloads, partitions=1)
+    crashes = 0
+    for _ in range(10):
+        proc = workers.start(redis_url, topic, "--max-deliveries", "2")
+        await eventually(lambda p=proc: p.poll() is not None or _done(workers) >= {0, 4, 5},
+                         timeout=20)  # fmt: skip
+        if proc.poll() is None:
+            break
+        assert proc.returncode == 9
+        crashes += 1
+    assert crashes == 4
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        await eventually(lambda: _count_is(dl, 3), timeout=10)
+        assert sorted(r.payload["n"] for r in await dl.list()) == [1, 2, 3]
+    starts = [e.deliveries for e in load(workers.record_file) if e.kind == "start" and e.n == 4]
+    assert starts and starts[-1] > 2  # claimed more often than max_deliveries, handled once
     assert await _pending(redis_url, topic, 1) == 0
 
 
