@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
@@ -25,7 +26,9 @@ __all__ = [
     "RedisComponent",
     "create_client",
     "is_cluster",
+    "redact_text",
     "redact_url",
+    "url_secrets",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,19 +39,90 @@ _C = TypeVar("_C", bound="RedisComponent")
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
+_SECRET_QUERY = frozenset({"password", "ssl_password"})
+"""URL query parameters that hold secrets (redis-py reads both from a URL)."""
+
+
+def _split_userinfo(netloc: str) -> tuple[str | None, str]:
+    """``(userinfo or None, host[:port])`` of a URL's network location (ports not checked)."""
+    userinfo, at, hostport = netloc.rpartition("@")
+    return (userinfo, hostport) if at else (None, netloc)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets written in ``url``: its password, raw and percent-decoded, in every form.
+
+    That is the userinfo's password (``redis://user:pass@``, or a lone
+    ``redis://pass@``), and the ``password`` and ``ssl_password`` query
+    parameters. Used to scrub them from error texts that might repeat them.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[str] = []
+    userinfo, _ = _split_userinfo(parts.netloc)
+    if userinfo:
+        _, colon, password = userinfo.partition(":")
+        found.append(password if colon else userinfo)
+    for pair in parts.query.split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and unquote_plus(name).lower() in _SECRET_QUERY:
+            found.append(value)
+    out: list[str] = []
+    for secret in found:
+        for form in (secret, unquote(secret), unquote_plus(secret)):
+            if form and form not in out:
+                out.append(form)
+    return sorted(out, key=len, reverse=True)
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` with every secret of ``url`` (see :func:`url_secrets`) replaced by ``***``."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` with any password replaced by ``***``.
+
+    Covers ``redis://user:pass@host`` (the user stays), ``redis://:pass@host``,
+    a lone ``redis://pass@host`` (all of it could be a password), and the
+    ``password`` and ``ssl_password`` query parameters (``unix://`` URLs carry
+    their password that way). Never raises: a malformed port or IPv6 address
+    is kept as written, and what cannot be split at all is shown as
+    ``<unparseable URL>``.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    userinfo, hostport = _split_userinfo(parts.netloc)
+    netloc = parts.netloc
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{user}:***" if colon else ("***" if userinfo else "")
+        netloc = f"{shown}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            name, equals, _ = pair.partition("=")
+            secret = equals and unquote_plus(name).lower() in _SECRET_QUERY
+            pairs.append(f"{name}=***" if secret else pair)
+        query = "&".join(pairs)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if "://" not in url:
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    text = f"{parts.scheme}://{netloc}{parts.path}"  # keeps unix:///path's empty host
+    text += f"?{query}" if query else ""
+    return text + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def is_cluster(client: AnyRedis) -> bool:
@@ -56,13 +130,42 @@ def is_cluster(client: AnyRedis) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def create_client(url: str, **kwargs: Any) -> AnyRedis:
+SOCKET_TIMEOUT = 30.0
+"""Seconds a reply may take beyond the longest blocking read of the component."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds a new connection may take to open."""
+
+
+def _keepalive_options() -> dict[int, int]:
+    """TCP keepalive: first probe after 10 s idle, then every 5 s, dead after 3 unanswered."""
+    options: dict[int, int] = {}
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        number = getattr(socket, name, None)
+        if number is not None:
+            options[number] = value
+    return options
+
+
+def create_client(url: str, *, longest_block: float = 0.0, **kwargs: Any) -> AnyRedis:
     """Make an async client for ``url`` with raw-bytes responses.
 
     ``redis://`` and ``rediss://`` (and ``unix://``) give a ``Redis`` client;
     ``redis+cluster://host:port`` gives a ``RedisCluster`` client that
     discovers the other nodes from that one.
+
+    A connection cut off without a word (a peer gone, a firewall dropping
+    packets) is noticed rather than waited on for ever: replies time out after
+    ``SOCKET_TIMEOUT`` seconds plus ``longest_block`` (the longest blocking
+    command the caller sends), new connections after ``CONNECT_TIMEOUT``, and
+    TCP keepalive probes idle connections. ``kwargs`` and options in the URL's
+    query (``?socket_timeout=5``) take precedence.
     """
+    kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT + longest_block)
+    kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    if not url.lower().startswith("unix:"):
+        kwargs.setdefault("socket_keepalive", True)
+        kwargs.setdefault("socket_keepalive_options", _keepalive_options())
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in CLUSTER_SCHEMES:
         plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
@@ -88,6 +191,7 @@ class RedisComponent:
         self._redis: AnyRedis | None = None
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
+        self._longest_block = 0.0  # seconds of its longest blocking command: create_client()
 
     @property
     def url(self) -> str:
@@ -123,7 +227,9 @@ class RedisComponent:
         async with self._connect_lock:
             if self._redis is not None:
                 return
-            client = self._given if self._given is not None else create_client(self._url)
+            client = self._given
+            if client is None:
+                client = create_client(self._url, longest_block=self._longest_block)
             try:
                 await client.ping()
             except (RedisError, OSError) as exc:
@@ -190,5 +296,4 @@ class RedisComponent:
 
 
 def _scrub(text: str, url: str) -> str:
-    password = urlsplit(url).password if "://" in url else None
-    return text.replace(password, "***") if password else text
+    return redact_text(text, url)

@@ -20,7 +20,10 @@ __all__ = [
     "leaf_parent",
     "print_json",
     "print_table",
+    "read_secret_file",
+    "redis_password",
     "redis_url",
+    "warn_once",
 ]
 
 EXIT_OK = 0
@@ -32,6 +35,11 @@ class UsageError(Exception):
     """Bad usage detected after parsing (bad JSON, missing --confirm, ...): exit code 2."""
 
 
+_TEXT_FLAGS = ("--redis-url", "--redis-host", "--redis-username", "--redis-password",
+                 "--redis-password-file", "--redis-ca-certs", "--redis-cert", "--redis-key",
+                 "--key-prefix")  # fmt: skip
+
+
 def add_redis_options(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:
     """The global Redis connection options (each also read from an environment variable).
 
@@ -41,16 +49,19 @@ def add_redis_options(parser: argparse.ArgumentParser, *, leaf: bool = False) ->
     """
     g = parser.add_argument_group("Redis connection")
     if leaf:
-        for flag in ("--redis-url", "--redis-host", "--redis-password", "--key-prefix"):
+        for flag in _TEXT_FLAGS:
             g.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for flag in ("--redis-port", "--redis-db"):
             g.add_argument(flag, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        g.add_argument(
+            "--redis-tls", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         return
     g.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
-        help="full URL, e.g. redis://host:6379/0 or redis+cluster://host:7000 "
-        "(env REDIS_URL; overrides the options below)",
+        help="full URL, e.g. redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path "
+        "or redis+cluster://host:7000 (env REDIS_URL; overrides host, port and db below)",
     )
     g.add_argument(
         "--redis-host",
@@ -70,9 +81,46 @@ def add_redis_options(parser: argparse.ArgumentParser, *, leaf: bool = False) ->
         help="database number (env REDIS_DB, default 0)",
     )
     g.add_argument(
+        "--redis-username",
+        default=None,
+        help="ACL user name (env REDIS_USERNAME)",
+    )
+    g.add_argument(
+        "--redis-password-file",
+        default=None,
+        metavar="PATH",
+        help="read the password from this file's first line (env REDIS_PASSWORD_FILE); "
+        "or set REDIS_PASSWORD",
+    )
+    g.add_argument(
         "--redis-password",
-        default=os.environ.get("REDIS_PASSWORD"),
-        help="password (env REDIS_PASSWORD)",
+        default=None,
+        help="password: avoid it, other users see command lines in `ps`; use REDIS_PASSWORD "
+        "or --redis-password-file",
+    )
+    g.add_argument(
+        "--redis-tls",
+        action="store_true",
+        default=False,
+        help="connect with TLS (rediss://) to --redis-host (env REDIS_TLS=1)",
+    )
+    g.add_argument(
+        "--redis-ca-certs",
+        default=None,
+        metavar="PATH",
+        help="CA certificates to verify the server with (env REDIS_CA_CERTS; implies TLS)",
+    )
+    g.add_argument(
+        "--redis-cert",
+        default=None,
+        metavar="PATH",
+        help="client certificate for TLS (env REDIS_TLS_CERT)",
+    )
+    g.add_argument(
+        "--redis-key",
+        default=None,
+        metavar="PATH",
+        help="client certificate's private key (env REDIS_TLS_KEY)",
     )
     g.add_argument(
         "--key-prefix",
@@ -88,12 +136,105 @@ def leaf_parent() -> argparse.ArgumentParser:
     return parent
 
 
+_warned: set[str] = set()
+
+
+def warn_once(text: str) -> None:
+    """Print ``redisaq: warning: <text>`` on stderr, once per process."""
+    if text not in _warned:
+        _warned.add(text)
+        sys.stderr.write(f"redisaq: warning: {text}\n")
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of ``path`` (a password or token file), without its line ending."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the {what} file {path!r}: {type(exc).__name__}") from None
+    value = line.rstrip("\r\n")
+    if not value:
+        raise UsageError(f"the {what} file {path!r} is empty")
+    return value
+
+
+def _option(args: argparse.Namespace, name: str, env: str) -> str | None:
+    value = getattr(args, name, None)
+    return str(value) if value else (os.environ.get(env) or None)
+
+
+def redis_password(args: argparse.Namespace) -> str | None:
+    """The password the options give: ``--redis-password`` (with a warning), a file, the env."""
+    given = getattr(args, "redis_password", None)
+    if given:
+        warn_once(
+            "--redis-password is visible to other users of this machine (ps, /proc); "
+            "set REDIS_PASSWORD or use --redis-password-file"
+        )
+        return str(given)
+    path = _option(args, "redis_password_file", "REDIS_PASSWORD_FILE")
+    if path:
+        return read_secret_file(path, "password")
+    return os.environ.get("REDIS_PASSWORD") or None
+
+
 def redis_url(args: argparse.Namespace) -> str:
-    """The Redis URL the global options describe."""
+    """The Redis URL the global options describe (with the password and TLS options in it).
+
+    ``--redis-url`` (or ``REDIS_URL``) is taken as written, except that a
+    password, user name or TLS file given separately is added when the URL
+    has none. Otherwise the URL is built from host, port and database.
+    """
+    username = _option(args, "redis_username", "REDIS_USERNAME")
+    password = redis_password(args)
+    tls_files = {
+        "ssl_ca_certs": _option(args, "redis_ca_certs", "REDIS_CA_CERTS"),
+        "ssl_certfile": _option(args, "redis_cert", "REDIS_TLS_CERT"),
+        "ssl_keyfile": _option(args, "redis_key", "REDIS_TLS_KEY"),
+    }
+    tls = bool(getattr(args, "redis_tls", False)) or os.environ.get("REDIS_TLS", "") in (
+        "1", "true", "yes",
+    ) or any(tls_files.values())  # fmt: skip
     if args.redis_url:
-        return str(args.redis_url)
-    auth = f":{quote(args.redis_password, safe='')}@" if args.redis_password else ""
-    return f"redis://{auth}{args.redis_host}:{args.redis_port}/{args.redis_db}"
+        url = str(args.redis_url)
+        scheme = url.split("://", 1)[0].lower()
+        if any(tls_files.values()) and scheme not in ("rediss", "rediss+cluster"):
+            raise UsageError(
+                "--redis-ca-certs, --redis-cert and --redis-key need a rediss:// URL "
+                f"(got a {scheme}:// one)"
+            )
+    else:
+        scheme = "rediss" if tls else "redis"
+        url = f"{scheme}://{args.redis_host}:{args.redis_port}/{args.redis_db}"
+    return _complete(url, username, password, tls_files)
+
+
+def _complete(
+    url: str, username: str | None, password: str | None, tls_files: dict[str, str | None]
+) -> str:
+    """``url`` with credentials and TLS file options added where it has none of its own."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        userinfo, host = "", netloc
+    user, colon, own_password = userinfo.partition(":")
+    if not user and username:
+        user = quote(username, safe="")
+    if not colon and password and "password=" not in tail:
+        own_password, colon = quote(password, safe=""), ":"
+    if user or colon:
+        netloc = f"{user}{colon}{own_password}@{host}"
+    path, question, query = tail.partition("?")
+    extra = [f"{k}={quote(v, safe='/')}" for k, v in tls_files.items() if v and k not in query]
+    if extra:
+        query = "&".join([q for q in [query] if q] + extra)
+        question = "?"
+    return f"{scheme}://{netloc}{path}{question}{query}"
 
 
 def add_format(

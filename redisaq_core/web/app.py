@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import Body, FastAPI, Path, Query, Request, WebSocket
 from fastapi.exception_handlers import http_exception_handler
@@ -45,15 +46,27 @@ from .models import (
     WorkerRegistered,
     WorkerRegistration,
 )
-from .security import BodyLimit, OriginCheck, TokenAuth
+from .security import LOOPBACK_HOSTS, BodyLimit, HostCheck, OriginCheck, SocketLimit, TokenAuth
 from .sockets import DashboardHub, JobsSession, worker_socket
 
-__all__ = ["DEFAULT_MAX_BODY", "create_app"]
+__all__ = [
+    "DEFAULT_DEAD_LETTER_PAGE_BYTES",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_SOCKETS",
+    "DEFAULT_SOCKET_QUEUE_BYTES",
+    "create_app",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 1_048_576
 """Largest request body (and WebSocket frame) the gateway takes by default: 1 MiB."""
+DEFAULT_MAX_SOCKETS = 1000
+"""WebSockets one gateway process serves at once by default."""
+DEFAULT_SOCKET_QUEUE_BYTES = 1_048_576
+"""Bytes of frames a ``/ws/jobs`` client may leave unread by default before it is closed."""
+DEFAULT_DEAD_LETTER_PAGE_BYTES = 1_048_576
+"""Most bytes of dead letters (as JSON) in one page of ``GET /dlq/{topic}`` by default."""
 
 Responses = dict[int | str, dict[str, Any]]
 _E401: Responses = {401: {"model": ErrorModel, "description": "Missing or wrong token"}}
@@ -93,9 +106,12 @@ WebSockets (not in this schema; frames are JSON text):
   Close codes: 4404 unknown worker, 4410 registration removed.
 * `/ws/dashboard`: snapshots for the dashboard page.
 
-With a token, send `Authorization: Bearer <token>` (sockets may add `?token=`); otherwise
-401, or close code 4401 on a socket. A browser's socket or POST from a page of another
-origin is refused (403, close code 4403).
+With a token, send `Authorization: Bearer <token>`; a browser's socket offers the
+subprotocols `redisaq` and `redisaq.bearer.<base64url of the token>` instead. Otherwise
+401, or close code 4401 on a socket. A request whose `Host` is not an allowed host gets 421
+(close code 4421); a browser's request or socket from a page of another origin 403 (4403).
+Beyond `max_sockets` open sockets a socket is closed with 1013; a `/ws/jobs` client that
+leaves more than `socket_queue_bytes` unread is closed with 4408.
 """
 
 
@@ -119,6 +135,15 @@ def _page() -> tuple[str, str]:
     return page, policy
 
 
+def _hosts(hosts: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(hosts, str):
+        raise ConfigurationError("allowed_hosts must be a list of host names, not one string")
+    out = tuple(hosts)
+    if not out or not all(isinstance(h, str) and h.strip() for h in out):
+        raise ConfigurationError(f"allowed_hosts must be non-empty host names, got {out!r}")
+    return out
+
+
 def _check_token(token: str | None) -> str | None:
     if token is None:
         return None
@@ -136,6 +161,11 @@ def create_app(
     heartbeat_timeout: float = 15.0,
     max_body_size: int = DEFAULT_MAX_BODY,
     allowed_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] | None = None,
+    max_sockets: int = DEFAULT_MAX_SOCKETS,
+    socket_queue_bytes: int = DEFAULT_SOCKET_QUEUE_BYTES,
+    dead_letter_page_bytes: int = DEFAULT_DEAD_LETTER_PAGE_BYTES,
+    heartbeat_min_interval: float | None = None,
 ) -> FastAPI:
     """The web gateway as a FastAPI app (see :mod:`redisaq_core.web`).
 
@@ -145,10 +175,24 @@ def create_app(
     ``Authorization: Bearer <token>`` everywhere. ``heartbeat_timeout``:
     seconds of silence before a worker is ``not_responding``.
     ``max_body_size``: bytes; larger request bodies get 413, larger socket
-    frames an error frame. ``allowed_origins``: web origins (such as
-    ``https://ops.example.com``) besides the gateway's own whose pages may
-    open its sockets and send it POSTs; browsers' requests from any other
-    origin are refused (403, or close code 4403).
+    frames an error frame (serve with uvicorn's ``ws_max_size`` set to the
+    same value, so that the server refuses a larger frame before reading it).
+    ``allowed_origins``: web origins (such as ``https://ops.example.com``)
+    besides the gateway's own whose pages may open its sockets and send it
+    requests; browsers' requests from any other origin are refused (403, or
+    close code 4403). ``allowed_hosts``: the names the gateway answers to in
+    the ``Host`` header (``.example.com`` for a domain and its subdomains,
+    ``*`` for any); default: the loopback names ``localhost``, ``127.0.0.1``
+    and ``::1``. Others get 421 (close code 4421), which is what defeats DNS
+    rebinding.
+
+    Memory bounds: ``max_sockets`` sockets at once (more are closed with
+    1013); ``socket_queue_bytes`` of unread frames per ``/ws/jobs`` client
+    (then it is closed with 4408; a larger ``completed`` frame is sent
+    without its result); ``dead_letter_page_bytes`` of dead letters per page
+    of ``GET /dlq/{topic}``; a worker's heartbeats are written to Redis at
+    most once per ``heartbeat_min_interval`` seconds (default: a quarter of
+    ``heartbeat_timeout``, at most 1 s).
     """
     if redis is not None and redis_url is not None:
         raise ConfigurationError("pass either redis or redis_url, not both")
@@ -163,13 +207,30 @@ def create_app(
         raise ConfigurationError(
             f"heartbeat_timeout must be a number of seconds > 0, got {heartbeat_timeout!r}"
         )
-    if isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 1:
-        raise ConfigurationError(f"max_body_size must be an integer >= 1, got {max_body_size!r}")
+    for name, value in (
+        ("max_body_size", max_body_size),
+        ("max_sockets", max_sockets),
+        ("socket_queue_bytes", socket_queue_bytes),
+        ("dead_letter_page_bytes", dead_letter_page_bytes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    if heartbeat_min_interval is not None and (
+        isinstance(heartbeat_min_interval, bool)
+        or not isinstance(heartbeat_min_interval, (int, float))
+        or not 0 <= heartbeat_min_interval < heartbeat_timeout
+    ):
+        raise ConfigurationError(
+            "heartbeat_min_interval must be a number of seconds >= 0 and below "
+            f"heartbeat_timeout, got {heartbeat_min_interval!r}"
+        )
+    hosts = _hosts(LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts)
     gateway = Gateway(
         redis_url=redis_url,
         redis=redis,
         key_prefix=key_prefix,
         heartbeat_timeout=float(heartbeat_timeout),
+        heartbeat_min_interval=heartbeat_min_interval,
     )
     hub = DashboardHub(gateway)
     page, policy = _page()
@@ -193,9 +254,12 @@ def create_app(
         redoc_url=None,
     )
     app.state.gateway = gateway
+    # Added innermost first: a request meets HostCheck first, BodyLimit last.
     app.add_middleware(BodyLimit, max_size=max_body_size)
+    app.add_middleware(SocketLimit, max_sockets=max_sockets)
+    app.add_middleware(TokenAuth, token=token, public=frozenset({"/"}))
     app.add_middleware(OriginCheck, allowed=frozenset(allowed_origins))
-    app.add_middleware(TokenAuth, token=token, page_paths=frozenset({"/"}))
+    app.add_middleware(HostCheck, allowed=hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -361,12 +425,29 @@ def create_app(
     )
     async def list_dead_letters(
         topic: Annotated[str, Path(max_length=200)],
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        response: Response,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[
+            str | None, Query(max_length=60, description="X-Next-Cursor of the previous page")
+        ] = None,
     ) -> Any:
-        """Dead letters with their origin (partition, message id, group) and error."""
+        """Dead letters with their origin (partition, message id, group) and error, by pages.
+
+        A page holds at most ``limit`` letters and ``dead_letter_page_bytes``
+        of them (but at least one). When there are more, the response has an
+        ``X-Next-Cursor`` header (and a ``Link`` header with ``rel="next"``):
+        pass it as ``cursor`` for the next page.
+        """
         if not await gateway.known_topic(topic):
             return JSONResponse({"detail": f"no topic {topic!r}"}, status_code=404)
-        return await gateway.dead_letters(topic, limit)
+        items, following = await gateway.dead_letters(
+            topic, limit=limit, max_bytes=dead_letter_page_bytes, cursor=cursor
+        )
+        if following is not None:
+            response.headers["X-Next-Cursor"] = following
+            query = urlencode({"limit": limit, "cursor": following})
+            response.headers["Link"] = f'</dlq/{quote(topic, safe="")}?{query}>; rel="next"'
+        return items
 
     @app.post(
         "/dlq/{topic}/replay",
@@ -431,7 +512,10 @@ def create_app(
 
     @app.websocket("/ws/jobs")
     async def jobs_socket(ws: WebSocket) -> None:
-        await JobsSession(ws, gateway, max_frame=max_body_size).run()
+        session = JobsSession(
+            ws, gateway, max_frame=max_body_size, max_queue_bytes=socket_queue_bytes
+        )
+        await session.run()
 
     @app.websocket("/ws/dashboard")
     async def dashboard_socket(ws: WebSocket) -> None:

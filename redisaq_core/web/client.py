@@ -29,6 +29,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from ..connection import redact_url
 from ..errors import ConfigurationError, GatewayError
 from ..retry import backoff_delay
 from .models import CLOSE_DEREGISTERED, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_WORKER
@@ -86,6 +87,7 @@ class ManagerClient:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be an integer from 0 to 65535, got {port!r}")
         self.manager_url = manager_url.rstrip("/")
+        self._shown = redact_url(self.manager_url)
         self.name = name
         self.host = host
         self.port = port
@@ -140,7 +142,7 @@ class ManagerClient:
         worker_id = str(response.json()["worker_id"])
         self._worker_id = worker_id
         self._registered = True
-        log.info("registered with %s as %s", self.manager_url, worker_id)
+        log.info("registered with %s as %s", self._shown, worker_id)
         return worker_id
 
     async def start(self) -> None:
@@ -153,7 +155,7 @@ class ManagerClient:
             await self.register()
         except httpx.TransportError as exc:
             log.warning("manager %s unreachable (%s); retrying in the background",
-                        self.manager_url, exc)  # fmt: skip
+                        self._shown, exc)  # fmt: skip
         self._task = asyncio.create_task(self._run(), name="redisaq-manager-client")
 
     def _socket_url(self) -> str:
@@ -172,7 +174,7 @@ class ManagerClient:
                 failures = 0
             except (OSError, httpx.TransportError, InvalidHandshake, InvalidURI,
                     asyncio.TimeoutError) as exc:  # fmt: skip
-                log.warning("manager %s: %s: %s", self.manager_url, type(exc).__name__, exc)
+                log.warning("manager %s: %s: %s", self._shown, type(exc).__name__, exc)
             except GatewayError as exc:
                 log.error("%s", exc)
                 failures = max(failures, 30)
@@ -199,7 +201,7 @@ class ManagerClient:
             reader = asyncio.create_task(self._drain(ws))
             try:
                 self.connected.set()
-                log.info("heartbeat socket to %s open", self.manager_url)
+                log.info("heartbeat socket to %s open", self._shown)
                 while True:
                     await ws.send(
                         json.dumps({"type": "heartbeat", "worker_id": self._worker_id,

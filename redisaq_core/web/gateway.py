@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from collections import OrderedDict
 from typing import Any
 
+import orjson
+
+from ..codec import default_deserializer
 from ..connection import AnyRedis, create_client, redact_url
 from ..dlq import DeadLetters
+from ..dlq import _parse as parse_dead_letter
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
@@ -26,7 +32,7 @@ from ..errors import (
     SerializationError,
 )
 from ..health import HealthMonitor, StatusChange, classify
-from ..keys import validate_name
+from ..keys import TopicKeys, validate_name
 from ..monitor import Monitor
 from ..producer import Producer
 from ..registry import ServiceInfo, ServiceRecord, ServiceRegistry, WorkerStatus
@@ -44,8 +50,11 @@ DASHBOARD_TOPICS = 50
 """Most topics a dashboard snapshot shows (in name order)."""
 DASHBOARD_DEAD_LETTERS = 20
 """Most dead letters per topic a dashboard snapshot shows."""
+DASHBOARD_DEAD_LETTER_BYTES = 65_536
+"""Most bytes of dead letters (as JSON) per topic a dashboard snapshot shows."""
 DASHBOARD_JOBS = 15
 """Recent jobs a dashboard snapshot shows."""
+_CURSOR = re.compile(r"^(\d{1,6}):(\d{1,20}-\d{1,20})$")
 _INTERNAL_METADATA = ("name", "connection_id")
 
 
@@ -78,7 +87,10 @@ class Gateway:
     ``redis``: a client to use (never closed here); otherwise one is made from
     ``redis_url`` in :meth:`start` and closed in :meth:`stop`. ``key_prefix``
     is the service registry's. ``heartbeat_timeout``: seconds of silence
-    after which a worker is ``not_responding``.
+    after which a worker is ``not_responding``. ``heartbeat_min_interval``:
+    seconds between two heartbeats of one worker written to Redis (default
+    a quarter of the timeout, at most 1 s); frames in between are answered
+    but not written.
     """
 
     def __init__(
@@ -88,12 +100,19 @@ class Gateway:
         redis: AnyRedis | None,
         key_prefix: str,
         heartbeat_timeout: float,
+        heartbeat_min_interval: float | None = None,
         max_producers: int = 256,
     ) -> None:
         self._url = redis_url
         self._given = redis
         self.key_prefix = key_prefix
         self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat_min_interval = (
+            min(1.0, heartbeat_timeout / 4)
+            if heartbeat_min_interval is None
+            else heartbeat_min_interval
+        )
+        self._beats: dict[str, float] = {}
         self.max_producers = max_producers
         self._client: AnyRedis | None = None
         self._producers: OrderedDict[str, Producer] = OrderedDict()
@@ -354,6 +373,22 @@ class Gateway:
         self.changed()
         return connection
 
+    def heartbeat_due(self, worker_id: str) -> bool:
+        """Whether a heartbeat frame of ``worker_id`` is to be written to Redis now.
+
+        At most one per ``heartbeat_min_interval`` seconds per worker (in this
+        process); the frames in between only tell the socket is open.
+        """
+        now = time.monotonic()
+        last = self._beats.get(worker_id)
+        if last is not None and now - last < self.heartbeat_min_interval:
+            return False
+        self._beats[worker_id] = now
+        if len(self._beats) > 10_000:
+            horizon = now - self.heartbeat_timeout
+            self._beats = {w: t for w, t in self._beats.items() if t >= horizon}
+        return True
+
     async def worker_heartbeat(self, worker_id: str) -> bool:
         """A heartbeat (Redis server time): mark the worker ``alive``; ``False`` if it is gone."""
         assert self.registry is not None
@@ -365,6 +400,7 @@ class Gateway:
     async def worker_disconnected(self, worker_id: str, connection: str) -> None:
         """The heartbeat socket ``connection`` closed: mark the worker ``disconnected``."""
         assert self.registry is not None
+        self._beats.pop(worker_id, None)
         info = await self.registry.get_service(worker_id)
         if info is None or info.metadata.get("connection_id") != connection:
             return
@@ -396,10 +432,50 @@ class Gateway:
         self._check_topic(name, ("path", "topic"))
         return name in await self.monitor.topic_names()
 
-    async def dead_letters(self, topic: str, limit: int) -> list[dict[str, Any]]:
-        """A topic's dead letters (at most ``limit``) as dicts."""
-        letters = await DeadLetters(topic, redis=self.client).list(limit=limit)
-        return [d.as_dict() for d in letters]
+    async def dead_letters(
+        self, topic: str, *, limit: int, max_bytes: int, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a topic's dead letters as dicts, and the cursor of the next page.
+
+        At most ``limit`` letters, and no more than ``max_bytes`` of them as
+        JSON (but always one, so that a page moves on). Letters are read from
+        Redis a few at a time, so a page never holds much more than its
+        budget. ``cursor`` (``"<partition>:<entry id>"``, from the previous
+        page) starts after that letter. The next cursor is ``None`` when the
+        listing is complete.
+        """
+        partition, after = 0, None
+        if cursor is not None:
+            found = _CURSOR.match(cursor)
+            if found is None:
+                raise InvalidField(
+                    ("query", "cursor"), "cursor must be the X-Next-Cursor of a previous page"
+                )
+            partition, after = int(found.group(1)), found.group(2)
+        keys = TopicKeys(topic)
+        client = self.client
+        partitions = int(await client.hget(keys.meta, "partitions") or 0)
+        items: list[dict[str, Any]] = []
+        used, batch = 0, min(limit, 10)
+        while partition < partitions:
+            low = f"({after}" if after is not None else "-"
+            entries: Any = await client.xrange(keys.dead_letters(partition), low, "+", count=batch)
+            if not entries:
+                partition, after = partition + 1, None
+                continue
+            for entry_id, fields in entries:
+                item = parse_dead_letter(entry_id, fields, default_deserializer).as_dict()
+                size = len(orjson.dumps(item, default=str)) + 1
+                if items and used + size > max_bytes:
+                    return items, f"{partition}:{after or '0-0'}"
+                items.append(item)
+                used += size
+                after = entry_id.decode()
+                if len(items) >= limit:
+                    return items, f"{partition}:{after}"
+            average = max(1, used // len(items))
+            batch = max(1, min(limit - len(items), 100, (max_bytes - used) // average))
+        return items, None
 
     async def replay(self, topic: str, request: ReplayRequest) -> int:
         """Replay the dead letters ``request`` names (or all); return how many went back."""
@@ -462,7 +538,11 @@ class Gateway:
                 ]  # fmt: skip
             topics.append({**summary, "rows": rows})
             if view["dead_letters"]:
-                items = await self.dead_letters(view["topic"], DASHBOARD_DEAD_LETTERS)
+                items, _ = await self.dead_letters(
+                    view["topic"],
+                    limit=DASHBOARD_DEAD_LETTERS,
+                    max_bytes=DASHBOARD_DEAD_LETTER_BYTES,
+                )
                 letters.append(
                     {"topic": view["topic"], "count": view["dead_letters"], "items": items}
                 )

@@ -15,7 +15,9 @@ from ..results import JobStatus
 
 __all__ = [
     "CLOSE_DEREGISTERED",
+    "CLOSE_FORBIDDEN_HOST",
     "CLOSE_FORBIDDEN_ORIGIN",
+    "CLOSE_TOO_MANY_SOCKETS",
     "CLOSE_TOO_SLOW",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNKNOWN_WORKER",
@@ -51,6 +53,10 @@ CLOSE_DEREGISTERED = 4410
 """WebSocket close code of ``/ws/{worker_id}``: the worker's registration was removed."""
 CLOSE_TOO_SLOW = 4408
 """WebSocket close code: the client did not read its frames fast enough."""
+CLOSE_FORBIDDEN_HOST = 4421
+"""WebSocket close code: the ``Host`` header names a host not in ``allowed_hosts``."""
+CLOSE_TOO_MANY_SOCKETS = 1013
+"""WebSocket close code ("try again later"): the gateway serves ``max_sockets`` already."""
 
 NAME_PATTERN = r"^[^\s{}]+$"
 """Topic names: no whitespace, no braces (they would break the hash tags)."""

@@ -1,24 +1,95 @@
-"""ASGI middleware of the gateway: the bearer token, and the request body size limit.
+"""ASGI middleware of the gateway: Host allow-list, Origin, token, socket and body limits.
 
-Both are plain ASGI wrappers, so they see every HTTP request and every
-WebSocket handshake before FastAPI does.
+All are plain ASGI wrappers, so they see every HTTP request and every
+WebSocket handshake before FastAPI does. From the outside in: the Host
+allow-list (so a DNS-rebound page never reaches anything), the Origin check,
+the token, the socket limit, the body limit.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import ipaddress
 import json
 import logging
-from urllib.parse import parse_qs
+from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .models import CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNAUTHORIZED
+from .models import (
+    CLOSE_FORBIDDEN_HOST,
+    CLOSE_FORBIDDEN_ORIGIN,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHORIZED,
+)
 
-__all__ = ["BodyLimit", "OriginCheck", "TokenAuth", "bearer_token"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "SUBPROTOCOL",
+    "TOKEN_SUBPROTOCOL_PREFIX",
+    "BodyLimit",
+    "HostCheck",
+    "OriginCheck",
+    "SocketLimit",
+    "TokenAuth",
+    "bearer_token",
+    "host_name",
+    "is_loopback",
+    "subprotocol_token",
+    "token_subprotocol",
+]
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""The names a gateway bound to a loopback address answers to by default."""
+SUBPROTOCOL = "redisaq"
+"""The WebSocket subprotocol the gateway selects when a client offers it."""
+TOKEN_SUBPROTOCOL_PREFIX = "redisaq.bearer."
+"""Offered subprotocol ``redisaq.bearer.<base64url of the token, no padding>`` carries the token."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is loopback."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(value: str) -> str:
+    """The host name of a ``Host`` header (``name[:port]`` or ``[v6][:port]``), lowercased."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") > 1:  # a bare IPv6 address, which no client should send
+        return value
+    return value.partition(":")[0].rstrip(".")
+
+
+def token_subprotocol(token: str) -> str:
+    """The subprotocol that carries ``token`` (offer it beside :data:`SUBPROTOCOL`)."""
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return TOKEN_SUBPROTOCOL_PREFIX + encoded
+
+
+def subprotocol_token(scope: Scope) -> str | None:
+    """The token a socket offered as a ``redisaq.bearer.<base64url>`` subprotocol, if any."""
+    for offered in scope.get("subprotocols") or ():
+        if isinstance(offered, str) and offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            encoded = offered[len(TOKEN_SUBPROTOCOL_PREFIX) :]
+            try:
+                raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+                return raw.decode()
+            except (binascii.Error, ValueError):
+                return None
+    return None
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -32,17 +103,29 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def _query_token(scope: Scope) -> str | None:
-    query = scope.get("query_string", b"").decode("latin-1")
-    values = parse_qs(query).get("token")
-    return str(values[0]) if values else None
-
-
 def _header(scope: Scope, wanted: bytes) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == wanted:
             return bytes(value).decode("latin-1")
     return None
+
+
+def _with_subprotocol(scope: Scope, send: Send) -> Send:
+    """``send`` that selects :data:`SUBPROTOCOL` on accepting a socket that offered it.
+
+    Browsers fail a handshake that offered subprotocols and got none back, so
+    a socket offering the token subprotocol must be answered with this one
+    (never with the token's).
+    """
+    if scope["type"] != "websocket" or SUBPROTOCOL not in (scope.get("subprotocols") or ()):
+        return send
+
+    async def selecting(message: Message) -> None:
+        if message["type"] == "websocket.accept" and not message.get("subprotocol"):
+            message = {**message, "subprotocol": SUBPROTOCOL}
+        await send(message)
+
+    return selecting
 
 
 async def _refuse_socket(receive: Receive, send: Send, code: int, reason: str) -> None:
@@ -72,20 +155,73 @@ async def _json_response(
     await send({"type": "http.response.body", "body": body})
 
 
-class TokenAuth:
-    """Require ``Authorization: Bearer <token>`` on every request and socket.
+class HostCheck:
+    """Refuse requests and sockets whose ``Host`` header names a host not in ``allowed``.
 
-    WebSockets may pass ``?token=`` instead (browsers cannot set headers on
-    them), and so may ``GET /``, the dashboard page, which a browser opens by
-    its address. A request without the right token gets 401; a socket is
-    accepted and closed at once with code 4401. Tokens are compared in
-    constant time. With ``token=None`` everything passes.
+    This is what stops DNS rebinding: a web page whose own domain was made to
+    resolve to 127.0.0.1 talks to the gateway "same-origin", but its requests
+    carry that domain in ``Host``. An entry is a host name or address
+    (``localhost``, ``10.0.0.5``, ``::1``), ``.example.com`` for that domain
+    and its subdomains, or ``*`` for any host. Ports are not compared.
+    Refused: HTTP 421, or close code 4421 on a socket. Every socket is also
+    answered with the ``redisaq`` subprotocol when it offered it.
     """
 
-    def __init__(self, app: ASGIApp, token: str | None, *, page_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, allowed: Iterable[str]) -> None:
+        self.app = app
+        names = {host_name(h) if not h.startswith(".") else h.lower() for h in allowed}
+        self.any = "*" in names
+        self.exact = frozenset(n for n in names if not n.startswith("."))
+        self.suffixes = tuple(n for n in names if n.startswith("."))
+
+    def allowed_host(self, scope: Scope) -> bool:
+        """Whether the request's ``Host`` is on the allow-list."""
+        if self.any:
+            return True
+        header = _header(scope, b"host")
+        if not header:
+            return False
+        name = host_name(header)
+        return name in self.exact or any(name.endswith(s) or name == s[1:] for s in self.suffixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or refuse it."""
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        send = _with_subprotocol(scope, send)
+        if self.allowed_host(scope):
+            await self.app(scope, receive, send)
+            return
+        log.warning("refused %s %s for host %.100r (not in allowed_hosts)",
+                    kind, scope.get("path"), _header(scope, b"host"))  # fmt: skip
+        if kind == "http":
+            await _json_response(send, 421, "host not allowed (see allowed_hosts)", [])
+        else:
+            await _refuse_socket(receive, send, CLOSE_FORBIDDEN_HOST, "host not allowed")
+
+
+class TokenAuth:
+    """Require the token on every request and socket.
+
+    Requests send ``Authorization: Bearer <token>``. Sockets send the same
+    header, or (browsers cannot set headers on a WebSocket) offer the
+    subprotocols ``redisaq`` and ``redisaq.bearer.<base64url of the token>``;
+    the server selects ``redisaq``. No token ever needs to be in a URL, where
+    proxies and access logs would keep it. The paths in ``public`` (the
+    dashboard page, a static document with no data in it) need no token.
+    A request without the right token gets 401; a socket is accepted and
+    closed at once with code 4401. Tokens are compared in constant time.
+    With ``token=None`` everything passes.
+    """
+
+    def __init__(
+        self, app: ASGIApp, token: str | None, *, public: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self._token = None if token is None else token.encode()
-        self._pages = page_paths
+        self._public = public
 
     def _valid(self, given: str | None) -> bool:
         if given is None or self._token is None:
@@ -93,11 +229,12 @@ class TokenAuth:
         return hmac.compare_digest(given.encode(), self._token)
 
     def allowed(self, scope: Scope) -> bool:
-        """Whether the request or socket carries the token."""
+        """Whether the request or socket carries the token (or needs none)."""
+        if scope["type"] == "http" and scope.get("path") in self._public:
+            return True
         if self._valid(bearer_token(scope)):
             return True
-        query_ok = scope["type"] == "websocket" or scope.get("path") in self._pages
-        return query_ok and self._valid(_query_token(scope))
+        return scope["type"] == "websocket" and self._valid(subprotocol_token(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, or refuse it."""
@@ -116,18 +253,17 @@ class TokenAuth:
         await _refuse_socket(receive, send, CLOSE_UNAUTHORIZED, "missing or wrong token")
 
 
-_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
 class OriginCheck:
-    """Refuse WebSockets and state-changing requests that a browser sent from another site.
+    """Refuse requests and sockets that a browser sent from a page of another site.
 
     Browsers let any page open a WebSocket to any address (127.0.0.1
-    included) and send the page's ``Origin``; a gateway without a token would
-    take jobs from any web page its user visits. A request with an ``Origin``
-    header must come from the gateway's own origin (the ``Host`` it was sent
-    to) or one of ``allowed``; others get 403, or close code 4403 on a
-    socket. Requests without ``Origin`` (programs, not browsers) pass.
+    included) and send requests there, with the page's ``Origin``; a gateway
+    without a token would take jobs from any web page its user visits. A
+    request with an ``Origin`` header, whatever its method, must come from
+    the gateway's own origin (the ``Host`` it was sent to, itself checked by
+    :class:`HostCheck`) or one of ``allowed``; others get 403, or close code
+    4403 on a socket. Requests without ``Origin`` (programs, and browsers'
+    plain page loads) pass.
     """
 
     def __init__(self, app: ASGIApp, *, allowed: frozenset[str] = frozenset()) -> None:
@@ -149,16 +285,47 @@ class OriginCheck:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, or refuse it."""
         kind = scope["type"]
-        checked = kind == "websocket" or (kind == "http" and scope.get("method") in _UNSAFE)
-        if not checked or self.allowed_origin(scope):
+        if kind not in ("http", "websocket") or self.allowed_origin(scope):
             await self.app(scope, receive, send)
             return
-        log.warning("refused %s %s from origin %s", kind, scope.get("path"),
+        log.warning("refused %s %s from origin %.100r", kind, scope.get("path"),
                     _header(scope, b"origin"))  # fmt: skip
         if kind == "http":
             await _json_response(send, 403, "cross-origin request refused", [])
         else:
             await _refuse_socket(receive, send, CLOSE_FORBIDDEN_ORIGIN, "cross-origin socket")
+
+
+class SocketLimit:
+    """Serve at most ``max_sockets`` WebSockets at once; refuse more with close code 1013.
+
+    1013 is the standard "try again later". Only sockets the application
+    serves count; a socket refused earlier (host, origin, token) never does.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_sockets: int) -> None:
+        self.app = app
+        self.max_sockets = max_sockets
+        self.open = 0
+        """Sockets being served now."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the socket within the limit, or refuse it."""
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        if self.open >= self.max_sockets:
+            log.warning("refused a socket on %s: %d sockets open (max_sockets)",
+                        scope.get("path"), self.open)  # fmt: skip
+            await _refuse_socket(
+                receive, send, CLOSE_TOO_MANY_SOCKETS, f"too many sockets (max {self.max_sockets})"
+            )
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
 
 
 class BodyLimit:

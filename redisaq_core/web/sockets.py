@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import Any
 
 import orjson
@@ -51,31 +52,101 @@ def _errors_text(exc: ValidationError) -> tuple[str, list[str]]:
     return "; ".join(parts), fields
 
 
+class _Outgoing:
+    """A frame waiting in a socket's queue: ready bytes, or a job status still being read."""
+
+    __slots__ = ("data", "future", "job_id", "queued", "size", "status")
+
+    def __init__(
+        self,
+        *,
+        data: bytes | None = None,
+        job_id: str | None = None,
+        status: str | None = None,
+        future: asyncio.Future[JobRecord | None] | None = None,
+    ) -> None:
+        self.data = data
+        self.job_id = job_id
+        self.status = status
+        self.future = future
+        self.queued = False
+        self.size = _ITEM_OVERHEAD + (len(data) if data is not None else len(job_id or ""))
+
+
+_ITEM_OVERHEAD = 128
+"""Bytes counted per queued frame besides its text (the queue entry and its objects)."""
+_shared: weakref.WeakKeyDictionary[asyncio.Future[Any], dict[tuple[str, str, int], bytes]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Encoded status frames per record read: one copy for every socket following the job."""
+
+
+def encode_status(
+    job_id: str,
+    status: str,
+    record: JobRecord | None,
+    max_bytes: int,
+    future: asyncio.Future[Any] | None = None,
+) -> bytes:
+    """The ``job_status`` frame as JSON bytes, shared by the sockets given the same ``future``.
+
+    A frame longer than ``max_bytes`` is sent without its ``result``, with
+    ``result_omitted`` saying so (read it with ``GET /jobs/{job_id}``).
+    """
+    key = (job_id, status, max_bytes)
+    cache = _shared.get(future) if future is not None else None
+    if cache is not None and key in cache:
+        return cache[key]
+    frame = status_frame(job_id, status, record)
+    data = orjson.dumps(frame, default=str)
+    if len(data) > max_bytes and "result" in frame:
+        del frame["result"]
+        frame["result_omitted"] = (
+            f"the result makes a frame larger than {max_bytes} bytes; GET /jobs/{job_id}"
+        )
+        data = orjson.dumps(frame, default=str)
+    if future is not None:
+        _shared.setdefault(future, {})[key] = data
+    return data
+
+
 class JobsSession:
     """One client on ``/ws/jobs``: submits, follows jobs, receives their status changes.
 
     Every outgoing frame goes through one queue, written by one task, so a
     job's ``job_accepted`` comes before its ``job_status`` frames and those
-    come in the order of the changes. A client that lets more than
-    ``max_queue`` frames pile up is disconnected (close code 4408).
+    come in the order of the changes. The queue is bounded in bytes: a client
+    that lets more than ``max_queue_bytes`` pile up is disconnected (close
+    code 4408), and a ``job_status`` frame whose result alone would be larger
+    is sent without it (``result_omitted``). A client that does not even read
+    its close frame within ``close_timeout`` seconds is dropped.
     """
 
     max_followed = 10_000
-    max_queue = 10_000
     max_in_flight = 64
+    close_timeout = 5.0
 
-    def __init__(self, ws: WebSocket, gateway: Gateway, *, max_frame: int) -> None:
+    def __init__(
+        self, ws: WebSocket, gateway: Gateway, *, max_frame: int, max_queue_bytes: int
+    ) -> None:
         self.ws = ws
         self.gateway = gateway
         assert gateway.feed is not None
         self.feed = gateway.feed
         self.max_frame = max_frame
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.max_queue_bytes = max_queue_bytes
+        self.queued_bytes = 0
+        """Bytes waiting in this socket's queue (frames, and the frame being sent)."""
+        self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._following: dict[str, str | None] = {}
         self._sent: dict[str, str] = {}
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._main: asyncio.Task[Any] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._dropping = False
+        self._finished = False
 
     # ---- the Follower side (called by the feed) ------------------------------------------
 
@@ -90,20 +161,61 @@ class JobsSession:
             return
         if status is not None:
             self._following[job_id] = status
-        self._put(("status", job_id, status, record))
+        self._queue_status(job_id, status, record)
 
-    def _put(self, item: Any) -> None:
+    def _queue_status(
+        self, job_id: str, status: str | None, future: asyncio.Future[JobRecord | None] | None
+    ) -> None:
+        item = _Outgoing(job_id=job_id, status=status, future=future)
+        if future is None or future.done():
+            self._encode(item, _outcome(future))
+        self._put(item)
+        if item.data is None and item.status != "" and future is not None:
+            future.add_done_callback(lambda _: self._resolve(item))
+
+    def _encode(self, item: _Outgoing, record: JobRecord | None) -> None:
+        """Give a status item its bytes (and count them)."""
+        assert item.job_id is not None
+        if item.status is None:
+            if record is None:
+                item.status = ""  # no record: nothing to send
+                return
+            item.status = record.status.value
+        item.data = encode_status(
+            item.job_id, item.status, record, self.max_queue_bytes, item.future
+        )
+        size = _ITEM_OVERHEAD + len(item.data)
+        if item.queued:
+            self.queued_bytes += size - item.size
+        item.size = size
+
+    def _resolve(self, item: _Outgoing) -> None:
+        """The record of a queued status item was read: encode it now, so it is counted."""
+        if item.data is not None or item.status == "" or self._closing:
+            return
+        self._encode(item, _outcome(item.future))
+        self._check()
+
+    def _put(self, item: _Outgoing) -> None:
         if self._closing:
             return
-        if self._queue.qsize() >= self.max_queue:
-            log.warning("jobs socket: client too slow (%d frames queued); closing", self.max_queue)
-            self._closing = True
-            self._spawn(self._close(CLOSE_TOO_SLOW, "too many frames waiting to be read"))
-            return
+        item.queued = True
+        self.queued_bytes += item.size
         self._queue.put_nowait(item)
+        self._check()
+
+    def _check(self) -> None:
+        if self.queued_bytes > self.max_queue_bytes and not self._closing:
+            log.warning("jobs socket: client too slow (%d bytes waiting, max_queue_bytes %d); "
+                        "closing", self.queued_bytes, self.max_queue_bytes)  # fmt: skip
+            self._closing = True
+            while not self._queue.empty():
+                self._queue.get_nowait().queued = False
+            self.queued_bytes = 0
+            self._spawn(self._drop(CLOSE_TOO_SLOW, "too many bytes waiting to be read"))
 
     def _frame(self, frame: dict[str, Any]) -> None:
-        self._put(("frame", frame))
+        self._put(_Outgoing(data=orjson.dumps(frame, default=str)))
 
     def _error(self, detail: str, request_id: Any = None, **extra: Any) -> None:
         frame: dict[str, Any] = {"type": "error", "detail": detail, **extra}
@@ -114,9 +226,10 @@ class JobsSession:
     # ---- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the socket until it closes."""
+        """Serve the socket until it closes (or the client is dropped for not reading)."""
+        self._main = asyncio.current_task()
         await self.ws.accept()
-        writer = asyncio.create_task(self._write(), name="redisaq-ws-jobs-writer")
+        self._writer = asyncio.create_task(self._write(), name="redisaq-ws-jobs-writer")
         try:
             while True:
                 message = await self.ws.receive()
@@ -131,24 +244,40 @@ class JobsSession:
                         self._error("frames must be JSON text (UTF-8)")
                         continue
                 await self._handle(text)
+        except asyncio.CancelledError:
+            if not self._dropping:
+                raise
         finally:
+            self._finished = True
             self._closing = True
             for job_id in list(self._following):
                 self.feed.unfollow(job_id, self)
             self._following.clear()
-            writer.cancel()
+            self._writer.cancel()
+            current = asyncio.current_task()
             for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(writer, *self._tasks, return_exceptions=True)
+                if task is not current:
+                    task.cancel()
+            await asyncio.gather(self._writer, *self._tasks, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+    async def _drop(self, code: int, reason: str) -> None:
+        """Close the socket with ``code``; if the client does not take the close, stop serving."""
+        if self._writer is not None:
+            self._writer.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.close_timeout)
+            return
+        except Exception as exc:
+            log.info("jobs socket: the close frame was not taken (%s); dropping the client",
+                     type(exc).__name__)  # fmt: skip
+        if self._main is not None and not self._finished:
+            self._dropping = True
+            self._main.cancel()
 
     async def _handle(self, text: str) -> None:
         if len(text) > self.max_frame:
@@ -243,7 +372,7 @@ class JobsSession:
             if job_id in self._following and self._following[job_id] is None:
                 done: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
                 done.set_result(record)
-                self._put(("status", job_id, None, done))
+                self._queue_status(job_id, None, done)
         finally:
             if release:
                 self._slots.release()
@@ -261,26 +390,40 @@ class JobsSession:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 return  # the socket is gone; the reader sees it too
             except Exception:
-                log.exception("jobs socket: cannot send %r", item[:3])
+                log.exception("jobs socket: cannot send a frame of job %s", item.job_id)
+            finally:
+                if item.queued:
+                    item.queued = False
+                    self.queued_bytes -= item.size
 
-    async def _send(self, item: Any) -> None:
-        if item[0] == "frame":
-            await self.ws.send_text(dumps(item[1]))
+    async def _send(self, item: _Outgoing) -> None:
+        if item.job_id is None:
+            assert item.data is not None
+            await self.ws.send_text(item.data.decode())
             return
-        _, job_id, status, future = item
-        record: JobRecord | None = None
-        if future is not None:
-            record = await future
-        if status is None:
-            if record is None:
-                return
-            status = record.status.value
+        if item.data is None and item.status != "":
+            assert item.future is not None
+            with contextlib.suppress(Exception):
+                await item.future
+            if item.data is None:
+                self._encode(item, _outcome(item.future))
+                self._check()
+        job_id, status = item.job_id, item.status
+        if item.data is None or status is None or self._closing:
+            return
         if job_id not in self._following or self._sent.get(job_id) == status:
             return
-        await self.ws.send_text(dumps(status_frame(job_id, status, record)))
+        await self.ws.send_text(item.data.decode())
         self._sent[job_id] = status
         if status in FINAL:
             self._unfollow(job_id)
+
+
+def _outcome(future: asyncio.Future[JobRecord | None] | None) -> JobRecord | None:
+    """The record a finished read gave (``None`` for no future, or a failed read)."""
+    if future is None or not future.done() or future.cancelled() or future.exception():
+        return None
+    return future.result()
 
 
 def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str, Any]:
@@ -300,7 +443,13 @@ def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str
 
 
 async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None:
-    """Serve a worker's heartbeat socket (seed 002) until it closes."""
+    """Serve a worker's heartbeat socket (seed 002) until it closes.
+
+    Every frame is answered; a frame is written to Redis as a heartbeat only
+    when the worker's last one is ``gateway.heartbeat_min_interval`` seconds
+    old (see :meth:`Gateway.heartbeat_due`), so a chatty or hostile client
+    costs Redis nothing more than a well-behaved one.
+    """
     await ws.accept()
     try:
         connection = await gateway.worker_connected(worker_id)
@@ -326,7 +475,7 @@ async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            if not await gateway.worker_heartbeat(worker_id):
+            if gateway.heartbeat_due(worker_id) and not await gateway.worker_heartbeat(worker_id):
                 await ws.close(CLOSE_DEREGISTERED, "the worker's registration was removed")
                 break
             if first:
@@ -356,10 +505,14 @@ class DashboardHub:
     at least one dashboard is open, and the same frame goes to all of them.
     """
 
+    send_timeout = 5.0
+
     def __init__(self, gateway: Gateway, *, interval: float = 1.0) -> None:
         self.gateway = gateway
         self.interval = interval
-        self._sockets: set[WebSocket] = set()
+        self._sockets: dict[WebSocket, asyncio.Task[Any]] = {}
+        self._dropped: set[WebSocket] = set()
+        self._drops: set[asyncio.Task[None]] = set()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         gateway.listen(self.poke)
@@ -369,9 +522,11 @@ class DashboardHub:
         self._poke.set()
 
     async def serve(self, ws: WebSocket) -> None:
-        """Serve a dashboard socket until it closes."""
+        """Serve a dashboard socket until it closes (or the client is dropped for not reading)."""
         await ws.accept()
-        self._sockets.add(ws)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sockets[ws] = task
         self.poke()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="redisaq-dashboard")
@@ -381,8 +536,12 @@ class DashboardHub:
                 if message["type"] == "websocket.disconnect":
                     break
                 self.poke()
+        except asyncio.CancelledError:
+            if ws not in self._dropped:
+                raise
         finally:
-            self._sockets.discard(ws)
+            self._sockets.pop(ws, None)
+            self._dropped.discard(ws)
 
     async def _run(self) -> None:
         while self._sockets:
@@ -399,14 +558,29 @@ class DashboardHub:
 
     async def _send(self, ws: WebSocket, frame: str) -> None:
         try:
-            await asyncio.wait_for(ws.send_text(frame), 5.0)
+            await asyncio.wait_for(ws.send_text(frame), self.send_timeout)
         except Exception as exc:
-            log.debug("dashboard socket dropped: %s", exc)
-            self._sockets.discard(ws)
+            log.info("dashboard socket dropped: %s", type(exc).__name__)
+            task = self._sockets.pop(ws, None)
+            if task is not None:
+                drop = asyncio.ensure_future(self._drop(ws, task))
+                self._drops.add(drop)
+                drop.add_done_callback(self._drops.discard)
+
+    async def _drop(self, ws: WebSocket, task: asyncio.Task[Any]) -> None:
+        """Close a dashboard that did not read its frames (4408), or stop serving it."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(CLOSE_TOO_SLOW, "frames not read"), self.send_timeout)
+            return
+        if not task.done():
+            self._dropped.add(ws)
+            task.cancel()
 
     async def aclose(self) -> None:
         """Stop sending snapshots."""
         self._sockets.clear()
+        for drop in list(self._drops):
+            drop.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

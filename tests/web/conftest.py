@@ -24,7 +24,7 @@ import uvicorn
 from asgi_lifespan import LifespanManager
 
 from redisaq_core import Consumer, Message
-from redisaq_core.web import create_app
+from redisaq_core.web import DEFAULT_MAX_BODY, create_app
 
 WEB_DB = 7
 
@@ -50,17 +50,26 @@ async def client(web_redis_url: str, prefix: str) -> AsyncIterator[httpx.AsyncCl
     app = create_app(redis_url=web_redis_url, key_prefix=prefix, heartbeat_timeout=1.5)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
             yield c
 
 
 class LiveGateway:
-    """A gateway served by uvicorn on a free loopback port, in a thread with its own loop."""
+    """A gateway served by uvicorn on a free loopback port, in a thread with its own loop.
 
-    def __init__(self, **options: Any) -> None:
+    uvicorn's ``ws_max_size`` is the app's ``max_body_size`` unless given, as
+    ``redisaq web`` sets it.
+    """
+
+    def __init__(self, *, ws_max_size: int | None = None, **options: Any) -> None:
         self.app = create_app(**options)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            ws_max_size=ws_max_size or options.get("max_body_size", DEFAULT_MAX_BODY),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="test-gateway", daemon=True)

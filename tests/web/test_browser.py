@@ -51,7 +51,9 @@ async def test_dashboard_submits_a_job_and_shows_workers_live(
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             try:
-                await page.goto(f"{gateway.url}/?token={token}")
+                # the fragment never reaches the server; the page sends the token as a
+                # subprotocol on its sockets and as a header on its requests
+                await page.goto(f"{gateway.url}/#token={token}")
                 await page.wait_for_function(
                     "document.getElementById('connection').textContent === 'live'"
                 )
@@ -90,7 +92,9 @@ async def test_dashboard_submits_a_job_and_shows_workers_live(
                     worker_id = r.json()["worker_id"]
                 worker = f'#workers tr[data-worker-id="{worker_id}"]'
                 await page.locator(f'{worker}[data-status="registered"]').wait_for(timeout=10_000)
-                async with connect(f"{gateway.ws_url}/ws/{worker_id}?token={token}") as ws:
+                async with connect(
+                    f"{gateway.ws_url}/ws/{worker_id}", additional_headers=auth
+                ) as ws:
                     await ws.recv()
                     await ws.send(json.dumps({"type": "heartbeat"}))
                     await ws.recv()

@@ -1,11 +1,15 @@
 "use strict";
 // The redisaq dashboard: snapshots from /ws/dashboard, jobs over /ws/jobs, replay over HTTP.
 (function () {
+  // The token comes in the address's fragment (/#token=...), which browsers never send to
+  // the server, and is kept for this tab only; the address bar is cleaned at once.
   const KEY = "redisaq-token";
+  const fragment = new URLSearchParams(location.hash.slice(1));
   const params = new URLSearchParams(location.search);
   let token = sessionStorage.getItem(KEY) || "";
-  if (params.has("token")) {
-    token = params.get("token") || "";
+  const given = fragment.get("token") || params.get("token");
+  if (given !== null) {
+    token = given;
     sessionStorage.setItem(KEY, token);
     history.replaceState(null, "", location.pathname);
   }
@@ -15,8 +19,21 @@
 
   function socketUrl(path) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = token ? "?token=" + encodeURIComponent(token) : "";
-    return scheme + "//" + location.host + path + query;
+    return scheme + "//" + location.host + path;
+  }
+
+  // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
+  function subprotocols() {
+    if (!token) return ["redisaq"];
+    const bytes = new TextEncoder().encode(token);
+    let binary = "";
+    for (const b of bytes) binary += String.fromCharCode(b);
+    const encoded = btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    return ["redisaq", "redisaq.bearer." + encoded];
+  }
+
+  function openSocket(path) {
+    return new WebSocket(socketUrl(path), subprotocols());
   }
 
   function el(tag, attrs, children) {
@@ -177,7 +194,7 @@
   let dashboardDelay = 500;
 
   function connectDashboard() {
-    const ws = new WebSocket(socketUrl("/ws/dashboard"));
+    const ws = openSocket("/ws/dashboard");
     dashboard = ws;
     ws.onopen = () => { dashboardDelay = 500; setConnection("live", "ok"); };
     ws.onmessage = (event) => {
@@ -256,7 +273,7 @@
   }
 
   function connectJobs() {
-    const ws = new WebSocket(socketUrl("/ws/jobs"));
+    const ws = openSocket("/ws/jobs");
     jobs = ws;
     ws.onopen = () => { while (queuedFrames.length) ws.send(queuedFrames.shift()); };
     ws.onmessage = (event) => onJobFrame(JSON.parse(event.data));
