@@ -85,8 +85,9 @@ def subprotocol_token(scope: Scope) -> str | None:
         if isinstance(offered, str) and offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
             encoded = offered[len(TOKEN_SUBPROTOCOL_PREFIX) :]
             try:
-                raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-                return raw.decode()
+                padded = encoded + "=" * (-len(encoded) % 4)
+                raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+                return raw.decode() or None
             except (binascii.Error, ValueError):
                 return None
     return None
