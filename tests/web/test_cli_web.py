@@ -11,10 +11,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
+from redisaq_core.cli import web as web_cli
 from redisaq_core.cli.main import build_parser, main
 from redisaq_core.cli.web import RedactTokens
 
@@ -115,3 +117,67 @@ def test_tokens_are_hidden_in_log_lines() -> None:
     )  # fmt: skip
     assert RedactTokens().filter(record)
     assert record.getMessage() == '127.0.0.1:5 - "WebSocket /ws/jobs?token=***&x=1" [accepted]'
+
+
+def test_a_non_loopback_address_needs_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("REDISAQ_WEB_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.0.2.10", "::"):
+        assert main(["web", "--host", host, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"refusing to serve {host} without a token" in err and "--insecure-no-token" in err
+    parser = build_parser()
+    args = parser.parse_args(["web", "--host", "0.0.0.0", "--insecure-no-token"])
+    assert web_cli._settings(args)[0] is None  # accepted: the operator said so
+    args = parser.parse_args(["web", "--host", "192.0.2.10"])
+    monkeypatch.setenv("REDISAQ_WEB_TOKEN", "t")
+    assert web_cli._settings(args)[0] == "t"
+
+
+def test_allowed_hosts_follow_the_bound_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDISAQ_WEB_ALLOWED_HOSTS", raising=False)
+    parser = build_parser()
+
+    def hosts(*argv: str) -> list[str]:
+        return web_cli.allowed_hosts(parser.parse_args(["web", *argv]))
+
+    assert hosts() == ["localhost", "127.0.0.1", "::1"]
+    assert hosts("--host", "::1") == ["localhost", "127.0.0.1", "::1"]
+    assert hosts("--host", "192.0.2.10") == ["192.0.2.10", "localhost", "127.0.0.1", "::1"]
+    assert hosts("--host", "0.0.0.0") == ["*"]
+    assert hosts("--allowed-host", "gw.example", "--allowed-host", ".corp") == [
+        "gw.example", ".corp",
+    ]  # fmt: skip
+    monkeypatch.setenv("REDISAQ_WEB_ALLOWED_HOSTS", "a.example, b.example")
+    assert hosts("--host", "0.0.0.0") == ["a.example", "b.example"]
+
+
+def test_token_from_a_file_and_limits_from_options(
+    web_redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\n")
+    with web_process(
+        "--redis-url", web_redis_url, "--key-prefix", prefix, "web", "--port", "0",
+        "--token-file", str(token_file), "--max-sockets", "1", "--max-body-size", "4096",
+        env={"REDISAQ_WEB_TOKEN": "ignored"},
+    ) as proc:  # fmt: skip
+        url = first_line(proc)
+        auth = {"Authorization": "Bearer file-token"}
+        assert httpx.get(f"{url}health", headers=auth).status_code == 200
+        r = httpx.post(f"{url}jobs", headers=auth, json={"topic": "t", "payload": "x" * 5000})
+        assert r.status_code == 413
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stderr is not None
+        assert "file-token" not in proc.stderr.read()
+
+
+def test_a_token_on_the_command_line_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(["web", "--token", "visible-token"])
+    assert web_cli.gateway_token(args) == "visible-token"
+    err = capsys.readouterr().err
+    assert "visible to other users" in err and "visible-token" not in err
