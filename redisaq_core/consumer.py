@@ -166,6 +166,7 @@ class Consumer(RedisComponent):
         self.retry_backoff = float(retry_backoff)
         self.retry_backoff_max = float(retry_backoff_max)
         self.poll_interval = float(poll_interval)
+        self._longest_block = self.poll_interval
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_processing_time = (
             None if max_processing_time is None else float(max_processing_time)

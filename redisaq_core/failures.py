@@ -30,6 +30,7 @@ import enum
 
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -51,6 +52,7 @@ __all__ = [
 
 CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
     ClusterDownError,
+    ClusterError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -58,7 +60,9 @@ CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
 
 CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
 TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
-no reachable node serves.
+no reachable node serves, ``ClusterError`` ("TTL exhausted") its own for a call
+redirected or answered TRYAGAIN more often than it follows (a slot whose keys
+are still moving).
 """
 
 UNREACHABLE: tuple[type[Exception], ...] = (

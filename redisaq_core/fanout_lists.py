@@ -160,6 +160,7 @@ class ListFanOut(RedisComponent):
         if any(c.isspace() for c in self.name):
             raise ConfigurationError(f"name must not contain whitespace, got {name!r}")
         self.pop_timeout = float(pop_timeout)
+        self._longest_block = self.pop_timeout
         self.batch_size = batch_size
         self.registry = registry
         self.heartbeat_interval = float(heartbeat_interval)

@@ -9,7 +9,10 @@ round trip, repeating only the calls that found no script.
 On Redis Cluster a script runs on the primary serving its first key, so it is
 loaded on the primaries that answered NOSCRIPT (found from the keys), not on
 every primary: a primary that is down or failing over elsewhere in the cluster
-does not stop scripts from being loaded where they run.
+does not stop scripts from being loaded where they run. While a slot is being
+moved, a call is redirected (ASK) to a primary the slot table does not name
+yet; a call that still finds no script after that load is loaded on every
+primary that answers.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self.load(client, keys[:1])
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            if not isinstance(client, RedisCluster):
+                raise
+            await self.load_everywhere(client)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     async def load(self, client: AnyRedis, keys: Iterable[Any] = ()) -> None:
@@ -99,6 +108,14 @@ class Script:
                 await client.execute_command("SCRIPT LOAD", self.source, target_nodes=nodes)
                 return
         await client.script_load(self.source)
+
+    async def load_everywhere(self, client: RedisCluster) -> None:
+        """Load the script on every primary of a cluster that answers (the others are skipped)."""
+        for node in client.get_primaries():
+            try:
+                await client.execute_command("SCRIPT LOAD", self.source, target_nodes=node)
+            except (RedisError, RedisClusterException, OSError):
+                continue
 
 
 def _nodes_of(client: RedisCluster, keys: Iterable[Any]) -> list[ClusterNode]:
@@ -150,7 +167,10 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
         refused = [i for i in todo if isinstance(results[i], NoScriptError)]
         todo = [i for i in todo if i in refused or (i > refused[0] and calls[i][0].follows)]
         for script, first_keys in missing.items():
-            await script.load(client, first_keys)
+            if attempt and isinstance(client, RedisCluster):
+                await script.load_everywhere(client)  # redirected: see the module's text
+            else:
+                await script.load(client, first_keys)
     return results
 
 

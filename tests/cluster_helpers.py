@@ -1,13 +1,15 @@
-"""Helpers for tests on a Redis Cluster: per-node error counts, where keys live."""
+"""Helpers for tests on a Redis Cluster: per-node error counts, where keys live, resharding."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 from redis import Redis as SyncRedis
 from redis.crc import key_slot
 
-__all__ = ["cluster_nodes", "crossslot_errors", "node_of_key"]
+__all__ = ["cluster_nodes", "crossslot_errors", "move_slot", "node_of_key"]
 
 
 def _first_node(url: str) -> tuple[str, int]:
@@ -38,6 +40,7 @@ def cluster_nodes(url: str) -> list[dict[str, object]]:
                 ranges.append((int(low), int(high or low)))
         nodes.append(
             {
+                "id": parts[0],
                 "host": node_host or host,
                 "port": int(node_port),
                 "role": "master" if "master" in flags else "replica",
@@ -71,3 +74,32 @@ def crossslot_errors(url: str) -> int:
             client.close()
         total += int(stats.get("errorstat_CROSSSLOT", {}).get("count", 0))
     return total
+
+
+async def move_slot(url: str, slot: int, to_port: int, *, step: float = 0.0) -> None:
+    """Move ``slot`` to the primary at ``to_port`` as ``redis-cli --cluster reshard`` does.
+
+    The slot is marked IMPORTING and MIGRATING, its keys are moved one MIGRATE per key
+    (``step`` seconds apart, so that clients meet ASK and TRYAGAIN while keys of one slot
+    sit on two nodes), then every primary is told the slot's new owner.
+    """
+    nodes: list[Any] = [n for n in cluster_nodes(url) if n["role"] == "master"]
+    source = next(n for n in nodes if any(lo <= slot <= hi for lo, hi in n["slots"]))
+    target = next(n for n in nodes if n["port"] == to_port)
+    if source is target:
+        return
+
+    def on(node: Any, *args: Any) -> Any:
+        client = SyncRedis(host=node["host"], port=node["port"])
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    on(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source["id"])
+    on(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target["id"])
+    while keys := on(source, "CLUSTER", "GETKEYSINSLOT", slot, 1):
+        on(source, "MIGRATE", target["host"], target["port"], "", 0, 5000, "KEYS", *keys)
+        await asyncio.sleep(step)
+    for node in [target, source, *(n for n in nodes if n not in (source, target))]:
+        on(node, "CLUSTER", "SETSLOT", slot, "NODE", target["id"])

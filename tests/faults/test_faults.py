@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import DeadLetters, Producer
+from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from tests.faults.checker import Report, check, load
@@ -38,7 +39,7 @@ async def _produce(url: str, topic: str, payloads: list[dict[str, Any]], partiti
 
 
 async def _pending(url: str, topic: str, partitions: int, group: str = "default") -> int:
-    client = Redis.from_url(url)
+    client = create_client(url)
     try:
         total = 0
         for p in range(partitions):
@@ -238,6 +239,7 @@ async def test_garbage_entries_go_to_dead_letters(
     _assert_clean(check(load(workers.record_file), set(range(20))))
 
 
+@pytest.mark.single_node  # its own server
 @pytest.mark.parametrize("persistent", [False, True], ids=["fresh-empty", "same-data"])
 async def test_redis_restart_mid_run(
     tmp_path: Path, topic: str, workers: Workers, persistent: bool
@@ -269,6 +271,7 @@ async def test_redis_restart_mid_run(
         await asyncio.to_thread(server.stop)
 
 
+@pytest.mark.single_node  # its own server
 async def test_sigterm_with_redis_frozen_exits_cleanly_within_the_timeout(
     tmp_path: Path, topic: str, workers: Workers
 ) -> None:
@@ -296,6 +299,7 @@ async def test_sigterm_with_redis_frozen_exits_cleanly_within_the_timeout(
         await asyncio.to_thread(server.stop)
 
 
+@pytest.mark.single_node  # its own server
 async def test_with_appendfsync_always_every_acknowledged_write_survives_a_kill(
     tmp_path: Path, topic: str
 ) -> None:
@@ -339,7 +343,7 @@ async def test_sigterm_during_slow_handler(redis_url: str, topic: str, workers: 
     await _produce(redis_url, topic, [], partitions=4)
     slow = workers.start(redis_url, topic, "--batch-size", "1", delay=1.0, name="slow")
     fast = workers.start(redis_url, topic, "--batch-size", "1", name="fast")
-    client = Redis.from_url(redis_url)
+    client = create_client(redis_url)
     keys = TopicKeys(topic)
     try:
         await eventually(lambda: _owners(client, keys, "slow", "fast"), timeout=15)
@@ -389,7 +393,7 @@ async def test_paused_consumer_loses_partitions_and_stays_fenced(
     await _produce(redis_url, topic, [], partitions=4)
     paused = workers.start(redis_url, topic, name="paused", delay=0.005)
     other = workers.start(redis_url, topic, name="other", delay=0.005)
-    client = Redis.from_url(redis_url)
+    client = create_client(redis_url)
     keys = TopicKeys(topic)
     n = 2000
 
@@ -445,7 +449,7 @@ async def test_long_handler_is_not_taken_for_dead(
     await _produce(redis_url, topic, [], partitions=2)
     a = workers.start(redis_url, topic, "--batch-size", "1", delay=2.5, name="a")
     b = workers.start(redis_url, topic, "--batch-size", "1", delay=2.5, name="b")
-    client = Redis.from_url(redis_url)
+    client = create_client(redis_url)
     keys = TopicKeys(topic)
     try:
         await eventually(lambda: _owners(client, keys, "a", "b"), timeout=15)
