@@ -28,9 +28,12 @@ class Workers:
         *extra: str,
         delay: float = 0.0,
         name: str | None = None,
+        clock_offset: float = 0.0,
     ) -> subprocess.Popen[bytes]:
+        """Start a worker; ``clock_offset``: its wall clock is off by that many seconds."""
+        module = "tests.faults.skewed" if clock_offset else "redisaq_core.cli.main"
         args = [
-            sys.executable, "-m", "redisaq_core.cli.main", "-v",
+            sys.executable, "-m", module, "-v",
             "worker", "tests.faults.recorder:handle",
             "--redis-url", redis_url, "--topic", topic,
             "--heartbeat-interval", "0.3", "--heartbeat-ttl", "1.2", "--poll-interval", "0.2",
@@ -39,6 +42,8 @@ class Workers:
         if name:
             args += ["--name", name]
         env = dict(os.environ, RECORD_FILE=str(self.record_file), HANDLER_DELAY=str(delay))
+        if clock_offset:
+            env["CLOCK_OFFSET"] = str(clock_offset)
         log = open(self.record_file.with_suffix(f".{len(self.procs)}.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -213,6 +213,35 @@ async def test_messages_behind_ones_that_kill_their_process_are_handled_not_dead
     assert await _pending(redis_url, topic, 1) == 0
 
 
+async def test_members_whose_clocks_are_an_hour_off_keep_their_partitions(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    """Liveness and leases are judged on the server's clock, never on a member's."""
+    n = 4000
+    await _produce(redis_url, topic, [{"n": i, "k": i % 97} for i in range(n)], partitions=4)
+    procs = [  # about 4 s of work: several heartbeat TTLs
+        workers.start(redis_url, topic, "--batch-size", "20", delay=0.004, clock_offset=offset)
+        for offset in (3600, -3600)
+    ]
+    await eventually(
+        lambda: {p.pid for p in procs} <= {e.pid for e in load(workers.record_file)},
+        timeout=30, message="both handling",
+    )  # fmt: skip
+    client = create_client(redis_url)
+    keys = TopicKeys(topic)
+    try:
+        version = await client.hget(keys.assignment("default"), "_v")
+        await eventually(lambda: len(_done(workers)) == n, timeout=60, message="all handled")
+        assert await client.hget(keys.assignment("default"), "_v") == version  # no rebalance
+        assert await client.zcard(keys.members("default")) == 2
+    finally:
+        await client.aclose()
+    report = check(load(workers.record_file), set(range(n)))
+    _assert_clean(report)
+    assert report.duplicates == 0
+    assert all(p.poll() is None for p in procs)
+
+
 async def _count_is(dl: DeadLetters, n: int) -> bool:
     return await dl.count() == n
 
