@@ -18,6 +18,7 @@ from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
 from .dlq import DeadLetter, DeadLetters
 from .embedded import EmbeddedCluster, EmbeddedRedis
 from .errors import (
+    AlreadyRunningError,
     ConfigurationError,
     ConnectionFailedError,
     ConsumerError,
@@ -47,6 +48,7 @@ from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
 from .results import JobHandle, JobRecord, JobStatus, ResultStore
 
 __all__ = [
+    "AlreadyRunningError",
     "BatchCallback",
     "Callback",
     "ConfigurationError",

@@ -7,19 +7,54 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["check_number", "finite_number"]
+__all__ = ["integer", "number"]
 
 
-def check_number(value: Any, argument: str, *, minimum: float, integer: bool = False) -> None:
-    """A number (an integer with ``integer=True``), not a bool, at least ``minimum``."""
-    kinds: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(f"{argument} must be {kind} >= {minimum}, got {value!r}")
+def _bounds(minimum: float | None, above: float | None, maximum: float | None) -> str:
+    parts = []
+    if minimum is not None:
+        parts.append(f">= {minimum:g}")
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if maximum is not None:
+        parts.append(f"<= {maximum:g}")
+    return " " + " and ".join(parts) if parts else ""
 
 
-def finite_number(value: Any, argument: str) -> float:
-    """A finite real number (not a bool), as float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{argument} must be a finite number, got {value!r}")
+def number(
+    value: Any,
+    argument: str,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+    seconds: bool = False,
+) -> float:
+    """A finite real number (not a bool) within the bounds given, as float."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (minimum is not None and value < minimum)
+        or (above is not None and value <= above)
+        or (maximum is not None and value > maximum)
+    ):
+        kind = "a number of seconds" if seconds else "a number"
+        raise ConfigurationError(
+            f"{argument} must be {kind}{_bounds(minimum, above, maximum)}, got {value!r}"
+        )
     return float(value)
+
+
+def integer(value: Any, argument: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer (not a bool) from ``minimum`` to ``maximum``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        raise ConfigurationError(
+            f"{argument} must be an integer{_bounds(minimum, None, maximum)}, got {value!r}"
+        )
+    return value

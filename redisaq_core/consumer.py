@@ -26,11 +26,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from .checks import check_number
+from .checks import integer, number
 from .codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .delivery import ConsumerStats, OwnedPartition, Reader
-from .errors import ConfigurationError, ConsumerError, DuplicateConsumerError
+from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
 from .failures import REDIS_FAILURES, Recovery, recovery_for
 from .handling import Dispatcher, uncancel
 from .keys import TopicKeys, validate_name
@@ -127,30 +127,30 @@ class Consumer(RedisComponent):
         if consumer_name is not None:
             validate_name(consumer_name, "consumer_name")
         self.name = consumer_name or _default_name()
-        check_number(batch_size, "batch_size", minimum=1, integer=True)
+        integer(batch_size, "batch_size")
         if batch_size > 5000:
             raise ConfigurationError(f"batch_size must be <= 5000, got {batch_size!r}")
-        check_number(heartbeat_interval, "heartbeat_interval", minimum=0.01)
+        number(heartbeat_interval, "heartbeat_interval", minimum=0.01)
         if heartbeat_ttl is None:
             heartbeat_ttl = 3.0 * heartbeat_interval
-        check_number(heartbeat_ttl, "heartbeat_ttl", minimum=0.0)
+        number(heartbeat_ttl, "heartbeat_ttl", minimum=0.0)
         if heartbeat_ttl <= heartbeat_interval:
             raise ConfigurationError(
                 f"heartbeat_ttl must be greater than heartbeat_interval ({heartbeat_interval}), "
                 f"got {heartbeat_ttl!r}"
             )
-        check_number(concurrency, "concurrency", minimum=1, integer=True)
+        integer(concurrency, "concurrency")
         if start not in ("earliest", "latest"):
             raise ConfigurationError(f"start must be 'earliest' or 'latest', got {start!r}")
-        check_number(max_deliveries, "max_deliveries", minimum=1, integer=True)
+        integer(max_deliveries, "max_deliveries")
         if dead_letter_maxlen is not None:
-            check_number(dead_letter_maxlen, "dead_letter_maxlen", minimum=1, integer=True)
-        check_number(retry_backoff, "retry_backoff", minimum=0.0)
-        check_number(retry_backoff_max, "retry_backoff_max", minimum=0.0)
-        check_number(poll_interval, "poll_interval", minimum=0.001)
-        check_number(shutdown_timeout, "shutdown_timeout", minimum=0.0)
+            integer(dead_letter_maxlen, "dead_letter_maxlen")
+        number(retry_backoff, "retry_backoff", minimum=0.0)
+        number(retry_backoff_max, "retry_backoff_max", minimum=0.0)
+        number(poll_interval, "poll_interval", minimum=0.001)
+        number(shutdown_timeout, "shutdown_timeout", minimum=0.0)
         if max_processing_time is not None:
-            check_number(max_processing_time, "max_processing_time", minimum=0.001)
+            number(max_processing_time, "max_processing_time", minimum=0.001)
         for argument, hook in (("deserializer", deserializer), ("serializer", serializer)):
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{argument} must be callable, got {hook!r}")
@@ -286,7 +286,7 @@ class Consumer(RedisComponent):
         if not callable(handler):
             raise ConfigurationError(f"callback must be an async callable, got {handler!r}")
         if self._running:
-            raise ConsumerError(f"consumer {self.name} is already running")
+            raise AlreadyRunningError(f"consumer {self.name} is already running")
         # Running from here on, so that a stop() issued while connecting is not lost.
         self._running = True
         self._stopping.clear()

@@ -29,9 +29,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 
 from .errors import EmbeddedRedisError
+from .failures import REDIS_FAILURES
 from .servers import ServerBinary, find_server, inspect_binary
 
 __all__ = [
@@ -481,7 +481,7 @@ class EmbeddedCluster(_LocalServers):
             try:
                 if check():
                     return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 last = f" (last error: {exc})"
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError(

@@ -7,6 +7,7 @@ The hierarchy::
     │   └── PartitionKeyError   partition_key names a field the payload lacks
     ├── SerializationError      a payload can't be encoded or decoded
     ├── NotConnectedError       a component is used before connect() or after close()
+    ├── AlreadyRunningError     a consumer or bridge is started while it runs
     ├── ConnectionFailedError   the Redis server can't be reached
     ├── ServerOutOfMemoryError  Redis refused a write: it is at its maxmemory
     ├── PartitionError          a partition count change that isn't allowed
@@ -26,6 +27,7 @@ The hierarchy::
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyRunningError",
     "ConfigurationError",
     "ConnectionFailedError",
     "ConsumerError",
@@ -66,6 +68,10 @@ class SerializationError(RedisaqError, ValueError):
 
 class NotConnectedError(RedisaqError, RuntimeError):
     """A component was used before ``connect()`` or after ``close()``."""
+
+
+class AlreadyRunningError(RedisaqError, RuntimeError):
+    """A consumer's ``process()`` or a bridge's ``run()`` was called while it was running."""
 
 
 class ConnectionFailedError(RedisaqError, ConnectionError):

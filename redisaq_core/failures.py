@@ -41,7 +41,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import RedisaqError
+
 __all__ = [
+    "CALL_FAILURES",
     "CLUSTER_UNAVAILABLE",
     "REDIS_FAILURES",
     "UNREACHABLE",
@@ -80,6 +83,9 @@ READONLY to writes until clients reach the new primary.
 
 REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, *CLUSTER_UNAVAILABLE)
 """Any failed Redis call, including redis-py's cluster errors outside ``RedisError``."""
+
+CALL_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, RedisaqError)
+"""A failed Redis call, or a library call that refused (malformed data, a closed component)."""
 
 
 class Recovery(enum.Enum):

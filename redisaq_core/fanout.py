@@ -96,6 +96,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .checks import integer, number
 from .codec import (
     F_BYTES,
     F_CREATED,
@@ -110,7 +111,12 @@ from .codec import (
 )
 from .connection import AnyRedis, is_cluster
 from .consumer import Consumer
-from .errors import ConfigurationError, PartitionKeyError, RedisaqError
+from .errors import (
+    AlreadyRunningError,
+    ConfigurationError,
+    NotConnectedError,
+    PartitionKeyError,
+)
 from .failures import REDIS_FAILURES, UNREACHABLE
 from .fanout_writer import Entry, FanOutStats, Fields, Target, Writer
 from .keys import TopicKeys, validate_name
@@ -136,20 +142,6 @@ Transform = Callable[[Message], Any]
 def _raw(data: bytes | str) -> bytes | str:
     """The consumer's deserializer: keep payloads as stored (decoded only when needed)."""
     return data
-
-
-def _positive_int(value: Any, argument: str, *, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{argument} must be an integer >= 1, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigurationError(f"{argument} must be <= {maximum}, got {value!r}")
-    return value
-
-
-def _seconds(value: Any, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{argument} must be a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class FanOut:
@@ -206,23 +198,23 @@ class FanOut:
     ) -> None:
         self.source = validate_name(source, "source")
         self.group = validate_name(group_name, "group_name")
-        _positive_int(batch_size, "batch_size", maximum=5000)
+        integer(batch_size, "batch_size", maximum=5000)
         self.batch_size = batch_size
         self.targets = self._check_targets(source, targets)
         if maxlen is not None:
-            _positive_int(maxlen, "maxlen")
+            integer(maxlen, "maxlen")
         if target_partitions is not None:
-            _positive_int(target_partitions, "target_partitions")
+            integer(target_partitions, "target_partitions")
         for argument, hook in (("serializer", serializer), ("deserializer", deserializer)):
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{argument} must be callable, got {hook!r}")
-        self.dedupe_ttl = _seconds(dedupe_ttl, "dedupe_ttl")
-        self.dedupe_grace = _seconds(dedupe_grace, "dedupe_grace")
+        self.dedupe_ttl = number(dedupe_ttl, "dedupe_ttl", above=0, seconds=True)
+        self.dedupe_grace = number(dedupe_grace, "dedupe_grace", above=0, seconds=True)
         if self.dedupe_grace > self.dedupe_ttl:
             raise ConfigurationError(
                 f"dedupe_grace must not exceed dedupe_ttl ({self.dedupe_ttl}), got {dedupe_grace!r}"
             )
-        self.refresh_interval = _seconds(refresh_interval, "refresh_interval")
+        self.refresh_interval = number(refresh_interval, "refresh_interval", above=0, seconds=True)
         if registry is not None:
             from .registry import ServiceRegistry
 
@@ -409,9 +401,9 @@ class FanOut:
     async def run(self) -> None:
         """Fan out until :meth:`stop` (or a remote shutdown through the registry)."""
         if self._running:
-            raise RedisaqError(f"fan-out bridge {self.name} is already running")
+            raise AlreadyRunningError(f"fan-out bridge {self.name} is already running")
         if self._closed:
-            raise RedisaqError(f"fan-out bridge {self.name} is closed; make a new one")
+            raise NotConnectedError(f"FanOut {self.name} is closed; make a new one")
         self._running = True
         self._task = asyncio.current_task()
         self._finished.clear()

@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from .checks import integer, number
 from .connection import AnyRedis, RedisComponent, is_cluster
-from .errors import ConfigurationError, RedisaqError
+from .errors import AlreadyRunningError, ConfigurationError
 from .failures import REDIS_FAILURES, Recovery, recovery_for
 
 if TYPE_CHECKING:
@@ -133,24 +134,9 @@ class ListFanOut(RedisComponent):
             raise ConfigurationError(
                 f"pending must differ from in_list and out_lists, got {self.pending!r}"
             )
-        if (
-            isinstance(pop_timeout, bool)
-            or not isinstance(pop_timeout, (int, float))
-            or not 0 < pop_timeout < math.inf
-        ):
-            raise ConfigurationError(
-                f"pop_timeout must be a number of seconds > 0, got {pop_timeout!r}"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if (
-            isinstance(heartbeat_interval, bool)
-            or not isinstance(heartbeat_interval, (int, float))
-            or heartbeat_interval <= 0
-        ):
-            raise ConfigurationError(
-                f"heartbeat_interval must be a number of seconds > 0, got {heartbeat_interval!r}"
-            )
+        number(pop_timeout, "pop_timeout", above=0, seconds=True)
+        integer(batch_size, "batch_size")
+        number(heartbeat_interval, "heartbeat_interval", above=0, seconds=True)
         if registry is not None:
             from .registry import ServiceRegistry
 
@@ -207,7 +193,7 @@ class ListFanOut(RedisComponent):
     async def run(self) -> None:
         """Move items until :meth:`stop` (or a remote shutdown through the registry)."""
         if self._running:
-            raise RedisaqError(f"list fan-out {self.name} is already running")
+            raise AlreadyRunningError(f"list fan-out {self.name} is already running")
         self._running = True
         self._task = asyncio.current_task()
         self._finished.clear()

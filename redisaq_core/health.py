@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -47,9 +46,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .errors import ConfigurationError, NotConnectedError, RedisaqError, RegistryError
+from .checks import number
+from .errors import ConfigurationError, NotConnectedError, RegistryError
+from .failures import CALL_FAILURES
 from .keys import validate_name
 from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, ShutdownCallback, WorkerStatus
 
@@ -119,17 +118,6 @@ def classify(
     return WorkerStatus.REGISTERED
 
 
-def _seconds(value: object, argument: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(f"{argument} must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
 def consumer_service_info(
     *,
     topic: str,
@@ -187,8 +175,8 @@ class Keepalive:
     ) -> None:
         if not isinstance(service_info, ServiceInfo):
             raise ConfigurationError(f"service_info must be a ServiceInfo, got {service_info!r}")
-        self.interval = _seconds(interval, "interval")
-        self.ttl = 3 * self.interval if ttl is None else _seconds(ttl, "ttl")
+        self.interval = number(interval, "interval", above=0, seconds=True)
+        self.ttl = 3 * self.interval if ttl is None else number(ttl, "ttl", above=0, seconds=True)
         if self.ttl <= self.interval:
             raise ConfigurationError(
                 f"ttl must be greater than interval ({self.interval}), got {ttl!r}"
@@ -241,7 +229,7 @@ class Keepalive:
                 found = await self.registry.heartbeat(self.service_id, liveness_ttl=self.ttl)
             except NotConnectedError:
                 return
-            except (RedisError, OSError, RedisaqError) as exc:
+            except CALL_FAILURES as exc:
                 if not failing:
                     log.warning("keepalive of %s: renewal failed: %s", self.service_id, exc)
                 failing = True
@@ -321,7 +309,7 @@ class Keepalive:
         try:
             await asyncio.shield(self.registry.deregister_service(self.service_id))
             log.info("keepalive of %s stopped; deregistered", self.service_id)
-        except (RedisError, OSError, RedisaqError) as exc:
+        except CALL_FAILURES as exc:
             log.warning("keepalive of %s: could not deregister: %s", self.service_id, exc)
 
     async def __aenter__(self) -> Keepalive:
@@ -361,18 +349,22 @@ class HealthMonitor:
     ) -> None:
         if not isinstance(registry, ServiceRegistry):
             raise ConfigurationError(f"registry must be a ServiceRegistry, got {registry!r}")
-        self.timeout = _seconds(timeout, "timeout")
+        self.timeout = number(timeout, "timeout", above=0, seconds=True)
         self.disconnect_timeout = (
             4 * self.timeout
             if disconnect_timeout is None
-            else _seconds(disconnect_timeout, "disconnect_timeout")
+            else number(disconnect_timeout, "disconnect_timeout", above=0, seconds=True)
         )
         if self.disconnect_timeout <= self.timeout:
             raise ConfigurationError(
                 f"disconnect_timeout must be greater than timeout ({self.timeout}), "
                 f"got {disconnect_timeout!r}"
             )
-        self.interval = self.timeout / 3 if interval is None else _seconds(interval, "interval")
+        self.interval = (
+            self.timeout / 3
+            if interval is None
+            else number(interval, "interval", above=0, seconds=True)
+        )
         if on_change is not None and not callable(on_change):
             raise ConfigurationError(f"on_change must be callable, got {on_change!r}")
         self.registry = registry
@@ -463,7 +455,7 @@ class HealthMonitor:
                 failing = False
             except NotConnectedError:
                 return
-            except (RedisError, OSError, RedisaqError) as exc:
+            except CALL_FAILURES as exc:
                 if not failing:
                     log.warning("health monitor: check failed: %s", exc)
                 failing = True

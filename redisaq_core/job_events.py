@@ -12,11 +12,12 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .codec import optional_text
 from .connection import AnyRedis
 from .errors import NotConnectedError
+from .failures import REDIS_FAILURES
 
 __all__ = ["FINAL_STATUSES", "JobEvents"]
 
@@ -26,6 +27,9 @@ FINAL_STATUSES = frozenset({"completed", "dead"})
 """Statuses after which a job's record no longer changes."""
 _PING_INTERVAL = 15.0
 _READ_TIMEOUT = 1.0
+
+_PUBSUB_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, RuntimeError)
+"""A failed call, or redis-py's RuntimeError for a pub/sub connection that is gone."""
 
 
 class JobEvents:
@@ -132,21 +136,21 @@ class JobEvents:
             pubsub = self._pubsub
             try:
                 if pubsub is None:
-                    raise ConnectionError("no pub/sub connection")
+                    raise RedisConnectionError("no pub/sub connection")
                 message = await pubsub.get_message(timeout=_READ_TIMEOUT)
                 now = loop.time()
                 if message is not None:
                     self._last_traffic = now
                     self._dispatch(message)
                 elif self._ping_sent is not None and now - self._ping_sent > _PING_INTERVAL:
-                    raise ConnectionError("no answer to PING")
+                    raise RedisConnectionError("no answer to PING")
                 elif self._ping_sent is None and now - self._last_traffic > _PING_INTERVAL:
                     self._ping_sent = now
                     self._last_traffic = now
                     await pubsub.ping()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, RuntimeError) as exc:
+            except _PUBSUB_FAILURES as exc:
                 if self._closed:
                     return
                 log.warning(
@@ -172,7 +176,7 @@ class JobEvents:
                 try:
                     if self._ready:
                         await pubsub.subscribe(*self._ready)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     log.warning("job events: cannot subscribe again yet: %s", exc)
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]

@@ -53,11 +53,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .codec import shown_text
 from .connection import AnyRedis
 from .errors import ConfigurationError
+from .failures import REDIS_FAILURES
 from .keys import TopicKeys, validate_name
 from .scripts import Script, run_pipelined
 
@@ -306,7 +305,7 @@ class MetricsRecorder:
             # this loop is cancelled meanwhile, the flush ends on its own and says how.
             flush = asyncio.ensure_future(self.flush())
             flush.add_done_callback(self._flushed)
-            with contextlib.suppress(RedisError, OSError):  # _flushed says so
+            with contextlib.suppress(*REDIS_FAILURES):  # _flushed says so
                 await asyncio.shield(flush)
 
     def _flushed(self, flush: asyncio.Future[None]) -> None:
@@ -325,7 +324,7 @@ class MetricsRecorder:
             self._task = None
         try:
             await asyncio.shield(self._flush(final=True))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("metrics of %s: final flush failed: %s", self.topic, exc)
 
     async def flush(self) -> None:

@@ -17,11 +17,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .assignment import partition_for_key
 from .batching import CommandBatcher
-from .checks import finite_number
+from .checks import integer, number
 from .codec import (
     F_CREATED,
     F_JOB,
@@ -39,7 +39,7 @@ from .errors import (
     SerializationError,
     ServerOutOfMemoryError,
 )
-from .failures import out_of_memory
+from .failures import REDIS_FAILURES, out_of_memory
 from .keys import TopicKeys, job_id
 from .message import Message
 from .metrics import MetricsRecorder
@@ -54,24 +54,12 @@ __all__ = ["Producer"]
 log = logging.getLogger(__name__)
 
 
-def _check_ttl(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-        raise ConfigurationError(f"result_ttl must be a number of seconds >= 1, got {value!r}")
-
-
 def _check_once(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 512:
         raise ConfigurationError(
             f"idempotency_key must be a non-empty string of at most 512 characters, got {value!r}"
         )
     return value
-
-
-def _positive_int(value: Any, argument: str, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{argument} must be an integer >= 1, got {value!r}")
 
 
 class Producer(RedisComponent):
@@ -122,27 +110,17 @@ class Producer(RedisComponent):
         super().__init__(redis=redis, redis_url=redis_url)
         self.keys = TopicKeys(topic)
         self.topic = topic
-        _positive_int(maxlen, "maxlen", allow_none=True)
-        _positive_int(init_partitions, "init_partitions")
-        _positive_int(priorities, "priorities")
-        if priorities > 16:
-            raise ConfigurationError(f"priorities must be <= 16, got {priorities!r}")
-        _check_ttl(result_ttl)
-        if not isinstance(refresh_interval, (int, float)) or refresh_interval <= 0:
-            raise ConfigurationError(
-                f"refresh_interval must be a number > 0, got {refresh_interval!r}"
-            )
+        if maxlen is not None:
+            integer(maxlen, "maxlen")
+        integer(init_partitions, "init_partitions")
+        integer(priorities, "priorities", maximum=16)
+        number(result_ttl, "result_ttl", minimum=1, seconds=True)
+        number(refresh_interval, "refresh_interval", above=0, seconds=True)
         if serializer is not None and not callable(serializer):
             raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
-        _positive_int(max_payload_bytes, "max_payload_bytes", allow_none=True)
-        if (
-            isinstance(idempotency_window, bool)
-            or not isinstance(idempotency_window, (int, float))
-            or not 1 <= idempotency_window < 2**31
-        ):
-            raise ConfigurationError(
-                f"idempotency_window must be a number of seconds >= 1, got {idempotency_window!r}"
-            )
+        if max_payload_bytes is not None:
+            integer(max_payload_bytes, "max_payload_bytes")
+        number(idempotency_window, "idempotency_window", minimum=1, maximum=2**31, seconds=True)
         self.idempotency_window = int(idempotency_window)
         self.max_payload_bytes = max_payload_bytes
         self.maxlen = maxlen
@@ -220,7 +198,7 @@ class Producer(RedisComponent):
             await asyncio.sleep(self.refresh_interval)
             try:
                 raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
                 continue
             if levels is not None:
@@ -229,7 +207,7 @@ class Producer(RedisComponent):
                 self._set_partitions(int(raw))
             try:
                 await self._retention.sweep(self.redis, self._streams())
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("topic %s: cannot trim: %s", self.topic, exc)
 
     def _streams(self) -> list[str]:
@@ -255,11 +233,9 @@ class Producer(RedisComponent):
                 )
             payload = item.payload
             partition_key = partition_key or item.partition_key
-            extra += [F_CREATED, repr(finite_number(item.created_at, "Message.created_at"))]
+            extra += [F_CREATED, repr(number(item.created_at, "Message.created_at"))]
             if item.timeout is not None:
-                timeout = finite_number(item.timeout, "Message.timeout")
-                if timeout <= 0:
-                    raise ConfigurationError(f"Message.timeout must be > 0, got {item.timeout!r}")
+                timeout = number(item.timeout, "Message.timeout", above=0, seconds=True)
                 extra += [F_TIMEOUT, repr(timeout)]
             if priority is None and item.priority:
                 priority = item.priority
@@ -489,7 +465,7 @@ class Producer(RedisComponent):
 
         redis = self._redis or await self._ensure()
         ttl = self.result_ttl if result_ttl is None else result_ttl
-        _check_ttl(ttl)
+        number(ttl, "result_ttl", minimum=1, seconds=True)
         item = payload
         if timeout is not None:
             if isinstance(payload, Message):
@@ -527,7 +503,7 @@ class Producer(RedisComponent):
         ``crc32(key) % partitions``, so after an increase some keys move to a
         new partition: order per key holds from then on, not across the change.
         """
-        _positive_int(partitions, "partitions")
+        integer(partitions, "partitions")
         redis = self._redis or await self._ensure()
         try:
             count, levels = await ENSURE_PARTITIONS(

@@ -47,6 +47,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .checks import integer, number
 from .codec import as_str
 from .connection import AnyRedis, RedisComponent
 from .errors import (
@@ -136,23 +137,6 @@ def _check_token(value: object, argument: str) -> str:
     return value
 
 
-def _check_port(value: object, argument: str = "port", *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 65535:
-        raise ConfigurationError(
-            f"{argument} must be an integer from {minimum} to 65535, got {value!r}"
-        )
-    return value
-
-
-def _check_seconds(value: object, argument: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{argument} must be a number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise ConfigurationError(f"{argument} must be {bound}, got {value!r}")
-    return float(value)
-
-
 def _status_value(value: object, argument: str = "status") -> str:
     """The string value of a :class:`ServiceStatus` given as the enum or its value."""
     try:
@@ -199,7 +183,7 @@ class ServiceInfo:
         """Check every field (normalizing ``status`` and ``metadata``); ``ConfigurationError``."""
         _check_token(self.service_id, "service_id")
         _check_token(self.host, "host")
-        _check_port(self.port)
+        integer(self.port, "port", minimum=0, maximum=65535)
         _check_token(self.service_type, "service_type")
         self.status = _status_value(self.status)
         if self.last_seen is not None:
@@ -299,7 +283,7 @@ def _parse_record(service_id: str, raw: Mapping[Any, Any]) -> tuple[ServiceInfo,
 def _ttl_ms(liveness_ttl: float | None) -> int:
     if liveness_ttl is None:
         return 0
-    return max(1, math.ceil(_check_seconds(liveness_ttl, "liveness_ttl", positive=True) * 1000))
+    return max(1, math.ceil(number(liveness_ttl, "liveness_ttl", above=0, seconds=True) * 1000))
 
 
 def _seen(value: Any) -> float | None:
@@ -333,7 +317,7 @@ class ServiceRegistry(RedisComponent):
     ) -> None:
         if redis is None and redis_url is None:
             _check_token(redis_host, "redis_host")
-            _check_port(redis_port, "redis_port", minimum=1)
+            integer(redis_port, "redis_port", maximum=65535)
             if isinstance(redis_db, bool) or not isinstance(redis_db, int) or redis_db < 0:
                 raise ConfigurationError(f"redis_db must be an integer >= 0, got {redis_db!r}")
             if redis_password is not None and not isinstance(redis_password, str):
@@ -456,7 +440,7 @@ class ServiceRegistry(RedisComponent):
         is either fresh when the cleanup runs or finds itself removed, never
         half-removed.
         """
-        timeout = _check_seconds(timeout_seconds, "timeout_seconds")
+        timeout = number(timeout_seconds, "timeout_seconds", minimum=0, seconds=True)
         redis = await self._ensure()
         k = self.keys
         removed = int(
@@ -508,7 +492,7 @@ class ServiceRegistry(RedisComponent):
         """
         if service_type is not None:
             _check_token(service_type, "service_type")
-        age = "" if max_age is None else repr(_check_seconds(max_age, "max_age"))
+        age = "" if max_age is None else repr(number(max_age, "max_age", minimum=0, seconds=True))
         redis = await self._ensure()
         k = self.keys
         index = k.active if service_type is None else k.service_type(service_type)
@@ -553,7 +537,7 @@ class ServiceRegistry(RedisComponent):
         self, service_type: str | None = None, timeout_seconds: float = 30
     ) -> list[ServiceInfo]:
         """Services with status ``healthy`` and a heartbeat within ``timeout_seconds``."""
-        timeout = _check_seconds(timeout_seconds, "timeout_seconds")
+        timeout = number(timeout_seconds, "timeout_seconds", minimum=0, seconds=True)
         snap = await self.snapshot(service_type, max_age=timeout)
         return [r.info for r in snap.records if r.info.status == ServiceStatus.HEALTHY.value]
 

@@ -42,16 +42,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .batching import BATCH, CommandBatcher
+from .checks import number
 from .codec import Deserializer, default_deserializer, optional_text
 from .connection import AnyRedis, RedisComponent
 from .errors import (
@@ -61,6 +59,7 @@ from .errors import (
     JobTimeoutError,
     SerializationError,
 )
+from .failures import REDIS_FAILURES
 from .job_events import JobEvents
 from .keys import TopicKeys, parse_job_id
 from .scripts import Script, run_pipelined
@@ -235,16 +234,6 @@ def parse_record(
     )
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ConfigurationError(f"timeout must be None or a number >= 0, got {timeout!r}")
-    if math.isnan(timeout):
-        raise ConfigurationError(f"timeout must be None or a number >= 0, got {timeout!r}")
-    return float(timeout)
-
-
 class ResultStore(RedisComponent):
     """Read job records and wait for jobs to finish.
 
@@ -320,7 +309,7 @@ class ResultStore(RedisComponent):
         ``JobTimeoutError`` after ``timeout`` seconds (``None``: no limit) and
         ``JobNotFoundError`` when the job has no record.
         """
-        seconds = _check_timeout(timeout)
+        seconds = None if timeout is None else number(timeout, "timeout", minimum=0, seconds=True)
         key = self._key(job_id)
         try:
             return await asyncio.wait_for(self._wait(job_id, key), seconds)
@@ -352,7 +341,7 @@ class ResultStore(RedisComponent):
         many jobs had not finished. The first other error (such as
         ``JobNotFoundError``) is raised as soon as it happens.
         """
-        seconds = _check_timeout(timeout)
+        seconds = None if timeout is None else number(timeout, "timeout", minimum=0, seconds=True)
         pairs = [(job_id, self._key(job_id)) for job_id in job_ids]
         if not pairs:
             return []
@@ -518,7 +507,7 @@ class _IndexMerge:
             return
         try:
             results = await run_pipelined(self.redis, calls)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not clean the job indexes: %s", exc)
             return
         removed = sum(r for r in results if isinstance(r, int))

@@ -31,9 +31,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from redis.exceptions import RedisError
-
-from ..errors import ConfigurationError, RedisaqError
+from ..errors import ConfigurationError
+from ..failures import CALL_FAILURES
 from ..monitor import Monitor
 from ..prometheus import CONTENT_TYPE
 from ..results import JobRecord, JobStatus
@@ -186,7 +185,7 @@ async def _watch(args: argparse.Namespace, monitor: Monitor, action: Action) -> 
                 raise UsageError(str(exc)) from None
             except NotFound as exc:
                 value, text = {"error": str(exc)}, f"{exc}\n"
-            except (RedisError, OSError, RedisaqError) as exc:
+            except CALL_FAILURES as exc:
                 log.warning("monitor %s: %s", args.action, exc)
                 value, text = {"error": str(exc)}, f"error: {exc}\n"
             if args.format == "json":
@@ -436,7 +435,7 @@ async def _respond(
         try:
             body = (await monitor.prometheus(topics)).encode()
             status, ctype = "200 OK", CONTENT_TYPE
-        except (RedisError, OSError, RedisaqError) as exc:
+        except CALL_FAILURES as exc:
             log.warning("metrics: cannot read Redis: %s", exc)
             status, ctype, body = "503 Service Unavailable", "text/plain", b"Redis unavailable\n"
     head = (

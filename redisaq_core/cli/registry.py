@@ -20,9 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from redis.exceptions import RedisError
-
-from ..errors import ConfigurationError, RedisaqError, ServiceNotFoundError
+from ..errors import ConfigurationError, ServiceNotFoundError
+from ..failures import CALL_FAILURES
 from ..health import HealthMonitor, Keepalive, StatusChange
 from ..registry import ServiceInfo, ServiceRegistry, ServiceStatus
 from .common import (
@@ -359,7 +358,7 @@ async def _try_update(keepalive: Keepalive, **changes: Any) -> None:
     """Update the registration; a Redis failure is logged, never fatal to the command."""
     try:
         await keepalive.update(**changes)
-    except (RedisError, OSError, RedisaqError) as exc:
+    except CALL_FAILURES as exc:
         log.warning("could not update %s: %s", keepalive.service_id, exc)
 
 
