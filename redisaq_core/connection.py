@@ -16,9 +16,9 @@ from typing import Any, TypeAlias, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from .errors import ConfigurationError, ConnectionFailedError, NotConnectedError
+from .failures import REDIS_FAILURES
 
 __all__ = [
     "DEFAULT_URL",
@@ -232,7 +232,7 @@ class RedisComponent:
                 client = create_client(self._url, longest_block=self._longest_block)
             try:
                 await client.ping()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 if self._given is None:
                     await client.aclose()
                 raise ConnectionFailedError(
