@@ -42,7 +42,7 @@ from .errors import (
 from .fanout import FanOut, FanOutStats
 from .fanout_lists import ListFanOut, ListFanOutStats
 from .health import HealthMonitor, Keepalive, StatusChange
-from .message import Message
+from .message import Message, Received
 from .producer import Producer
 from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
 from .results import JobHandle, JobRecord, JobStatus, ResultStore
@@ -82,6 +82,7 @@ __all__ = [
     "PartitionError",
     "PartitionKeyError",
     "Producer",
+    "Received",
     "RedisaqError",
     "RegistryError",
     "ResultStore",

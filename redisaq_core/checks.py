@@ -31,17 +31,16 @@ def number(
     seconds: bool = False,
 ) -> float:
     """A finite real number (not a bool) within the bounds given, as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        unit = " of seconds" if seconds else ""
+        raise ConfigurationError(f"{argument} must be a finite number{unit}, got {value!r}")
     if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or (minimum is not None and value < minimum)
+        (minimum is not None and value < minimum)
         or (above is not None and value <= above)
         or (maximum is not None and value > maximum)
     ):
-        kind = "a number of seconds" if seconds else "a number"
         raise ConfigurationError(
-            f"{argument} must be {kind}{_bounds(minimum, above, maximum)}, got {value!r}"
+            f"{argument} must be{_bounds(minimum, above, maximum)}, got {value!r}"
         )
     return float(value)
 

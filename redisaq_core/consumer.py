@@ -35,7 +35,7 @@ from .failures import REDIS_FAILURES, Recovery, recovery_for
 from .handling import Dispatcher, uncancel
 from .keys import TopicKeys, validate_name
 from .membership import LeaseState, Membership
-from .message import Message
+from .message import Message, Received
 from .metrics import MetricsRecorder
 from .retention import server_features
 from .scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
@@ -49,7 +49,7 @@ __all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats"]
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[Message], Awaitable[Any]]
+Callback = Callable[[Received], Awaitable[Any]]
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
 SWEEP_EVERY = 10
@@ -421,7 +421,7 @@ class Consumer(RedisComponent):
 
     async def _read(
         self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
-    ) -> list[Message]:
+    ) -> list[Received]:
         self._read_started = True
         if self._read_interrupted:
             return []
@@ -635,7 +635,7 @@ class Consumer(RedisComponent):
 
     # ---- reading --------------------------------------------------------------------
 
-    async def _fetch(self, redis: AnyRedis) -> list[Message]:
+    async def _fetch(self, redis: AnyRedis) -> list[Received]:
         """The next messages to handle: retries due, then reclaimed entries, then new ones."""
         self._reclaimed = False
         now = asyncio.get_running_loop().time()

@@ -21,7 +21,7 @@ from .codec import F_BYTES, F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, as
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
-from .message import Message, received
+from .message import Received, received
 
 if TYPE_CHECKING:
     from .metrics import MetricsRecorder
@@ -91,7 +91,7 @@ class OwnedPartition:
     streams: list[str]
     claims: dict[int, str] = field(default_factory=dict)
     revoking: bool = False
-    held: list[Message] = field(default_factory=list)
+    held: list[Received] = field(default_factory=list)
     head_failed: bool = False  # held[0] failed and waits for its retry (else: just held back)
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
     retry_at: float = 0.0
@@ -108,12 +108,12 @@ class OwnedPartition:
         self.claims = {level: "0-0" for level in range(len(self.streams))}
 
 
-class Undecodable(Message):
+class Undecodable(Received):
     """An entry whose payload could not be decoded: it goes to the dead letters at once."""
 
     __slots__ = ("error", "fields")
 
-    def __init__(self, base: Message, fields: dict[bytes, bytes], error: BaseException) -> None:
+    def __init__(self, base: Received, fields: dict[bytes, bytes], error: BaseException) -> None:
         super().__init__(
             topic=base.topic, payload=None, msg_id=base.msg_id, partition=base.partition,
             deliveries=base.deliveries, group=base.group, priority=base.priority,
@@ -162,7 +162,7 @@ class Reader:
         entry_id: bytes,
         fields: dict[bytes, bytes],
         deliveries: int,
-    ) -> Message:
+    ) -> Received:
         """The ``Message`` of one entry (an :class:`Undecodable` if its payload is bad)."""
         msg_id = entry_id.decode()
         enqueued = int(msg_id[: msg_id.index("-")]) / 1000.0
@@ -175,8 +175,8 @@ class Reader:
                 pass
             else:
                 return received(
-                    self.topic, payload, msg_id, None, part.number, enqueued, enqueued, None,
-                    deliveries, self.group, level, None,
+                    self.topic, payload, msg_id, part.number, self.group, enqueued, deliveries,
+                    level,
                 )  # fmt: skip
         problems: list[str] = []
         created = _number_field(fields, F_CREATED, problems, positive=False)
@@ -184,9 +184,8 @@ class Reader:
         key = _text_field(fields, F_KEY, problems)
         job = _text_field(fields, F_JOB, problems)
         message = received(
-            self.topic, None, msg_id, key, part.number,
-            created if created is not None else enqueued, enqueued, timeout,
-            deliveries, self.group, level, job,
+            self.topic, None, msg_id, part.number, self.group, enqueued, deliveries, level,
+            partition_key=key, created_at=created, timeout=timeout, job_id=job,
         )  # fmt: skip
         if problems:
             # Another client (or an old writer) put metadata here that can't be read: the
@@ -214,7 +213,7 @@ class Reader:
 
     async def read(
         self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
-    ) -> list[Message]:
+    ) -> list[Received]:
         """New entries of ``parts`` (XREADGROUP ``>``), blocking up to ``block_ms``."""
         streams: dict[Any, Any] = {}
         where: dict[str, tuple[OwnedPartition, int]] = {}
@@ -228,7 +227,7 @@ class Reader:
         if not response:
             return []
         items = response.items() if isinstance(response, dict) else response
-        out: list[Message] = []
+        out: list[Received] = []
         for name, entries in items:
             part, level = where[as_str(name)]
             for entry_id, fields in entries:
@@ -237,7 +236,7 @@ class Reader:
 
     async def claim(
         self, redis: AnyRedis, parts: list[OwnedPartition]
-    ) -> tuple[list[Message], dict[tuple[OwnedPartition, int], list[str]]]:
+    ) -> tuple[list[Received], dict[tuple[OwnedPartition, int], list[str]]]:
         """Claim a batch of pending entries from each stream of ``parts`` still being claimed.
 
         Returns the messages (with their delivery counts) and, per (partition,
@@ -251,7 +250,7 @@ class Reader:
             pipe.xautoclaim(stream, self.group, self.name, 0, cursor, count=self.batch_size)
             pipe.xpending_range(stream, self.group, cursor, "+", self.batch_size)
         results = await pipe.execute()
-        out: list[Message] = []
+        out: list[Received] = []
         gone: dict[tuple[OwnedPartition, int], list[str]] = {}
         for i, (part, level, _) in enumerate(todo):
             claimed, pending = results[2 * i], results[2 * i + 1]
@@ -287,13 +286,13 @@ class Reader:
 
     async def retries(
         self, redis: AnyRedis, parts: list[OwnedPartition]
-    ) -> tuple[list[Message], dict[tuple[OwnedPartition, int], list[str]]]:
+    ) -> tuple[list[Received], dict[tuple[OwnedPartition, int], list[str]]]:
         """Claim again the failed message heading each paused partition (delivery count + 1).
 
         Returns it followed by the messages held behind it, and the ids of
         failed messages whose data is gone (to acknowledge).
         """
-        out: list[Message] = []
+        out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry
             part.held = []
@@ -316,7 +315,7 @@ class Reader:
                 out.append(head)
                 self.stats.add_retried(part.number)
             else:
-                gone.setdefault((part, head.priority), []).append(head.msg_id or "")
+                gone.setdefault((part, head.priority), []).append(head.msg_id)
                 self.stats.add_trimmed(part.number)
             if not isolate:
                 out += rest
@@ -354,7 +353,7 @@ def _id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _by_priority(messages: list[Message]) -> list[Message]:
+def _by_priority(messages: list[Received]) -> list[Received]:
     if any(m.priority for m in messages):
         messages.sort(key=lambda m: -m.priority)  # stable: stream order within a level
     return messages

@@ -94,7 +94,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .checks import integer, number
 from .codec import (
@@ -120,7 +120,7 @@ from .errors import (
 from .failures import REDIS_FAILURES, UNREACHABLE
 from .fanout_writer import Entry, FanOutStats, Fields, Target, Writer
 from .keys import TopicKeys, validate_name
-from .message import Message
+from .message import Message, Received
 from .metrics import MetricsRecorder
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ log = logging.getLogger(__name__)
 FANOUT_SERVICE_TYPE = "fanout"
 """The service type fan-out bridges register themselves with."""
 
-Transform = Callable[[Message], Any]
+Transform = Callable[[Received], Any]
 """A target's transform: the payload to write for a message, or ``None`` to skip it."""
 
 
@@ -464,7 +464,7 @@ class FanOut:
 
     # ---- one batch --------------------------------------------------------------------
 
-    async def _handle(self, chunk: list[Message]) -> None:
+    async def _handle(self, batch: list[Message]) -> None:
         """The consumer's batch handler: fan out what can be, hold the rest.
 
         When an entry can't be fanned out (its transform raised), the entries
@@ -473,6 +473,7 @@ class FanOut:
         first of them and keeps the others behind it; everything else in the
         batch has been fanned out and acknowledged by then.
         """
+        chunk = cast(list[Received], batch)  # what a consumer reads
         entries, held, error = await self._plan(chunk)
         if entries:
             await self._write(entries)
@@ -483,14 +484,14 @@ class FanOut:
             raise error
 
     async def _plan(
-        self, chunk: list[Message]
-    ) -> tuple[list[Entry], list[Message], BaseException | None]:
+        self, chunk: list[Received]
+    ) -> tuple[list[Entry], list[Received], BaseException | None]:
         entries: list[Entry] = []
         blocked: set[int] = set()
-        held: list[Message] = []
+        held: list[Received] = []
         error: BaseException | None = None
         for m in chunk:
-            partition = m.partition or 0
+            partition = m.partition
             if partition in blocked:
                 held.append(m)
                 continue
@@ -508,7 +509,7 @@ class FanOut:
                     error = exc
         return entries, held, error
 
-    async def _entry(self, m: Message) -> Entry:
+    async def _entry(self, m: Received) -> Entry:
         raw = m.payload
         fields: Fields = [F_BYTES, raw] if isinstance(raw, bytes) else [F_TEXT, str(raw).encode()]
         if m.partition_key is not None:
@@ -517,12 +518,12 @@ class FanOut:
             fields += [F_CREATED, repr(m.created_at)]
         if m.timeout is not None:
             fields += [F_TIMEOUT, repr(float(m.timeout))]
-        decoded: Message | None = None
+        decoded: Received | None = None
         if m.partition_key is not None:
             decoded = self._decoded(m)
             hash_ = zlib.crc32(_key_bytes(decoded.payload, m.partition_key))
         else:
-            hash_ = zlib.crc32((m.msg_id or "").encode())
+            hash_ = zlib.crc32(m.msg_id.encode())
         outputs: list[tuple[Fields, list[int]]] = []
         if self._plain:
             outputs.append((fields, self._plain))
@@ -545,7 +546,7 @@ class FanOut:
             outputs.append(([kind, data, *extra], [target.index]))
         return Entry(m, hash_, outputs)
 
-    def _decoded(self, m: Message) -> Message:
+    def _decoded(self, m: Received) -> Received:
         raw = m.payload
         return replace(m, payload=self.deserializer(raw))
 

@@ -20,7 +20,7 @@ from typing import Any
 from .connection import AnyRedis
 from .errors import RedisaqError
 from .keys import TopicKeys
-from .message import Message
+from .message import Received
 from .metrics import MetricsRecorder
 from .scripts import ACK, ENSURE_PARTITIONS, FANOUT, FANOUT_FORGET, FANOUT_WRITE, ScriptCall
 from .scripts import run_pipelined as _run
@@ -118,7 +118,7 @@ class Entry:
     __slots__ = ("hash", "message", "outputs")
 
     def __init__(
-        self, message: Message, hash_: int, outputs: list[tuple[Fields, list[int]]]
+        self, message: Received, hash_: int, outputs: list[tuple[Fields, list[int]]]
     ) -> None:
         self.message = message
         self.hash = hash_
@@ -176,7 +176,7 @@ class Writer:
     def _by_stream(self, entries: list[Entry]) -> dict[tuple[int, int], list[Entry]]:
         groups: dict[tuple[int, int], list[Entry]] = {}
         for e in entries:
-            key = (e.message.partition or 0, e.message.priority)
+            key = (e.message.partition, e.message.priority)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
@@ -302,9 +302,10 @@ class Writer:
                         call = writes.get(stream)
                         if call is None:
                             call = writes[stream] = ([stream], [*self.trim, self.ttl_ms], i, tp)
-                        record = target.keys.fanout_record(
-                            tp, self.source, self.group, partition, level
-                        ) + (m.msg_id or "")
+                        record = (
+                            target.keys.fanout_record(tp, self.source, self.group, partition, level)
+                            + m.msg_id
+                        )
                         call[0].append(record)
                         call[1].append(len(fields))
                         call[1].extend(fields)

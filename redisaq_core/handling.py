@@ -27,7 +27,7 @@ from .connection import AnyRedis
 from .delivery import ConsumerStats, OwnedPartition, Undecodable
 from .errors import ConsumerError
 from .keys import TopicKeys
-from .message import Message
+from .message import Received
 from .metrics import MetricsRecorder
 from .settlement import Failure, Settler, batch_failures
 
@@ -134,7 +134,7 @@ class Dispatcher:
         self,
         redis: AnyRedis,
         handler: Callable[[Any], Awaitable[Any]],
-        messages: list[Message],
+        messages: list[Received],
         batch: bool,
         *,
         reclaimed: bool,
@@ -148,13 +148,13 @@ class Dispatcher:
                 if m.deliveries == 1 or not self.dead_letter:
                     await self._dispatch_now(redis, handler, [m], batch)
                     continue
-                runs = self.keys.runs(m.partition or 0, self.group)
+                runs = self.keys.runs(m.partition, self.group)
                 pipe = redis.pipeline(transaction=False)
-                pipe.hincrby(runs, m.msg_id or "", 1)
+                pipe.hincrby(runs, m.msg_id, 1)
                 pipe.expire(runs, RUNS_TTL)
                 count, _ = await pipe.execute()
                 await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
-                await redis.hdel(runs, m.msg_id or "")  # settled, or to be retried by us
+                await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
             return
         await self._dispatch_now(redis, handler, messages, batch)
 
@@ -162,7 +162,7 @@ class Dispatcher:
         self,
         redis: AnyRedis,
         handler: Callable[[Any], Awaitable[Any]],
-        messages: list[Message],
+        messages: list[Received],
         batch: bool,
         *,
         ran: int = 0,
@@ -185,7 +185,7 @@ class Dispatcher:
                 f"(the handler may have ended its process), max_deliveries="
                 f"{self.max_deliveries}"
             ), []))  # fmt: skip
-        done: list[tuple[Message, Any]] = []
+        done: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):
             await self.settler.started(redis, messages)
@@ -198,7 +198,7 @@ class Dispatcher:
                     result = await self._call(handler, chunk, started, None)
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
-                        self.stats.add_timed_out(m.partition or 0)
+                        self.stats.add_timed_out(m.partition)
                     error = TimeoutError(
                         f"batch handler did not finish within {self.max_processing_time}s "
                         "(max_processing_time)"
@@ -216,15 +216,15 @@ class Dispatcher:
                 else:
                     done += [(m, None) for m in chunk]
         else:
-            groups: dict[int, list[Message]] = {}
+            groups: dict[int, list[Received]] = {}
             for m in messages:
-                groups.setdefault(m.partition or 0, []).append(m)
+                groups.setdefault(m.partition, []).append(m)
             if len(groups) == 1:
                 results = [await self._run_partition(handler, messages)]
             else:
                 gate = asyncio.Semaphore(self.concurrency)
 
-                async def run(msgs: list[Message]) -> tuple[list[tuple[Message, Any]], Any]:
+                async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
                     async with gate:
                         return await self._run_partition(handler, msgs)
 
@@ -236,7 +236,7 @@ class Dispatcher:
         self._in_flight(flight, -1)
         await self.settler.settle(redis, self.owned, done, failures, loop.time(), self.fenced)
 
-    def _count_batch(self, chunk: list[Message], took: float) -> None:
+    def _count_batch(self, chunk: list[Received], took: float) -> None:
         assert self.metrics is not None
         now = time.time()
         first = chunk[0].partition
@@ -247,11 +247,11 @@ class Dispatcher:
         by_partition: dict[int, list[float | None]] = {}
         for m in chunk:
             age = None if m.enqueued_at is None else now - m.enqueued_at
-            by_partition.setdefault(m.partition or 0, []).append(age)
+            by_partition.setdefault(m.partition, []).append(age)
         for partition, values in by_partition.items():
             self.metrics.handled_many(partition, took, values)
 
-    def _in_flight(self, messages: list[Message] | dict[int, int], sign: int) -> dict[int, int]:
+    def _in_flight(self, messages: list[Received] | dict[int, int], sign: int) -> dict[int, int]:
         """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
         if self.metrics is None:
             return {}
@@ -260,22 +260,22 @@ class Dispatcher:
         else:
             counts = {}
             for m in messages:
-                counts[m.partition or 0] = counts.get(m.partition or 0, 0) + 1
+                counts[m.partition] = counts.get(m.partition, 0) + 1
         for partition, n in counts.items():
             self.metrics.in_flight(partition, sign * n)
         return counts
 
     @staticmethod
-    def _has_jobs(messages: list[Message]) -> bool:
+    def _has_jobs(messages: list[Received]) -> bool:
         return any(m.job_id for m in messages)
 
     async def _run_partition(
-        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Message]
-    ) -> tuple[list[tuple[Message, Any]], Failure | None]:
-        ok: list[tuple[Message, Any]] = []
+        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received]
+    ) -> tuple[list[tuple[Received, Any]], Failure | None]:
+        ok: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         for i, m in enumerate(msgs):
-            part = self.owned.get(m.partition or 0)
+            part = self.owned.get(m.partition)
             if part is None or part.valid_until <= loop.time():
                 # The lease may have passed to another member (this process was paused or
                 # cut off): leave the rest pending. If the next heartbeat finds the lease
@@ -289,14 +289,14 @@ class Dispatcher:
             try:
                 result = await self._call(handler, m, started, m.timeout)
             except asyncio.TimeoutError as exc:
-                self.stats.add_timed_out(m.partition or 0)
+                self.stats.add_timed_out(m.partition)
                 error = TimeoutError(f"handler did not finish within {limit}s")
                 error.__cause__ = exc
                 return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
                 return ok, Failure(m, exc, msgs[i + 1 :])
             if self.metrics is not None:
-                self.metrics.handled(m.partition or 0, loop.time() - started, _age(m))
+                self.metrics.handled(m.partition, loop.time() - started, _age(m))
             ok.append((m, result))
         return ok, None
 
@@ -312,6 +312,6 @@ class _Call:
         self.cut_off = False
 
 
-def _age(message: Message) -> float | None:
+def _age(message: Received) -> float | None:
     """Seconds since the message was enqueued (``None`` when unknown)."""
     return None if message.enqueued_at is None else time.time() - message.enqueued_at

@@ -1,4 +1,4 @@
-"""The ``Message`` type handed to handlers and accepted by ``Producer.enqueue``."""
+"""``Message``, accepted by ``Producer.enqueue``; ``Received``, the kind handlers are given."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Message"]
+__all__ = ["Message", "Received"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,6 +47,21 @@ class Message:
     job_id: str | None = None
 
 
+@dataclass(slots=True, kw_only=True)
+class Received(Message):
+    """A message read from a partition, as a handler gets it.
+
+    The same fields as :class:`Message`, with those that only reading fills in
+    always set: ``msg_id``, ``partition``, ``group`` and ``enqueued_at``.
+    A handler may annotate its argument as either type.
+    """
+
+    msg_id: str = ""
+    partition: int = 0
+    group: str = ""
+    enqueued_at: float = 0.0
+
+
 _new = object.__new__
 
 
@@ -54,24 +69,28 @@ def received(
     topic: str,
     payload: Any,
     msg_id: str,
-    partition_key: str | None,
     partition: int,
-    created_at: float,
-    enqueued_at: float,
-    timeout: float | None,
-    deliveries: int,
     group: str,
+    enqueued_at: float,
+    deliveries: int,
     priority: int,
-    job_id: str | None,
-) -> Message:
-    """Build a received ``Message`` without the keyword-argument ``__init__`` (the hot path)."""
-    m: Message = _new(Message)
+    *,
+    partition_key: str | None = None,
+    created_at: float | None = None,
+    timeout: float | None = None,
+    job_id: str | None = None,
+) -> Received:
+    """Build a ``Received`` without the dataclass ``__init__`` (the hot path).
+
+    ``created_at`` defaults to ``enqueued_at``.
+    """
+    m: Received = _new(Received)
     m.topic = topic
     m.payload = payload
     m.msg_id = msg_id
     m.partition_key = partition_key
     m.partition = partition
-    m.created_at = created_at
+    m.created_at = enqueued_at if created_at is None else created_at
     m.enqueued_at = enqueued_at
     m.timeout = timeout
     m.deliveries = deliveries

@@ -235,7 +235,7 @@ class Producer(RedisComponent):
             partition_key = partition_key or item.partition_key
             extra += [F_CREATED, repr(number(item.created_at, "Message.created_at"))]
             if item.timeout is not None:
-                timeout = number(item.timeout, "Message.timeout", above=0, seconds=True)
+                timeout = number(item.timeout, "Message.timeout", above=0)
                 extra += [F_TIMEOUT, repr(timeout)]
             if priority is None and item.priority:
                 priority = item.priority

@@ -20,7 +20,7 @@ from .delivery import ConsumerStats, OwnedPartition, Undecodable
 from .dlq import dead_letter_fields
 from .errors import SerializationError
 from .keys import TopicKeys
-from .message import Message
+from .message import Received
 from .retry import backoff_delay
 from .scripts import (
     ACK,
@@ -47,9 +47,9 @@ class Failure:
     is unknown; the retry runs the first message alone, then the rest.
     """
 
-    message: Message
+    message: Received
     error: BaseException | str
-    rest: list[Message]
+    rest: list[Received]
     isolate: bool = False
 
 
@@ -93,21 +93,21 @@ class Settler:
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
-    def _job_keys(self, message: Message) -> list[str]:
+    def _job_keys(self, message: Received) -> list[str]:
         job = message.job_id or ""
-        partition = message.partition or 0  # a job's record lives in its entry's partition
+        partition = message.partition  # a job's record lives in its entry's partition
         return [self.keys.job(partition, job), self.keys.jobs(partition)]
 
-    async def started(self, redis: AnyRedis, messages: list[Message]) -> None:
+    async def started(self, redis: AnyRedis, messages: list[Received]) -> None:
         """Mark the jobs among ``messages`` active: one script call per partition.
 
         A job's ``attempts`` is its entry's delivery count, so marking a job
         again before it ran (it waited behind a failed message) counts nothing.
         """
-        by_partition: dict[int, list[Message]] = {}
+        by_partition: dict[int, list[Received]] = {}
         for m in messages:
             if m.job_id:  # a job's record lives in the partition its entry is on
-                by_partition.setdefault(m.partition or 0, []).append(m)
+                by_partition.setdefault(m.partition, []).append(m)
         calls: list[ScriptCall] = []
         for partition, jobs in by_partition.items():
             # Arguments as bytes: redis-py packs them as they are.
@@ -125,7 +125,7 @@ class Settler:
         self,
         redis: AnyRedis,
         owned: dict[int, OwnedPartition],
-        done: list[tuple[Message, Any]],
+        done: list[tuple[Received, Any]],
         failures: list[Failure],
         now: float,
         on_lost: Callable[[OwnedPartition, int], None],
@@ -137,9 +137,9 @@ class Settler:
         retry after a backoff or, past ``max_deliveries``, dead-lettered.
         """
         acks: dict[tuple[int, int], list[bytes]] = {}
-        jobs: dict[tuple[int, int], list[tuple[Message, bytes, bytes]]] = {}
+        jobs: dict[tuple[int, int], list[tuple[Received, bytes, bytes]]] = {}
         for message, result in done:
-            part = owned.get(message.partition or 0)
+            part = owned.get(message.partition)
             if part is None:
                 continue
             key = (part.number, message.priority)
@@ -148,7 +148,7 @@ class Settler:
                 ids = acks.get(key)
                 if ids is None:
                     ids = acks[key] = []
-                ids.append((message.msg_id or "").encode())
+                ids.append(message.msg_id.encode())
                 continue
             try:
                 kind, data = encode_payload(self.serializer, result)
@@ -168,7 +168,7 @@ class Settler:
             for message, data, kind in done_jobs:
                 job = message.job_id or ""
                 keys.append(self.keys.job(p, job).encode())
-                args += [(message.msg_id or "").encode(), job.encode(), data, kind]
+                args += [message.msg_id.encode(), job.encode(), data, kind]
             calls.append((JOBS_COMPLETE, keys, args))
         dead: list[Failure] = []
         for failure in failures:
@@ -217,8 +217,8 @@ class Settler:
         calls: list[ScriptCall],
     ) -> None:
         m = failure.message
-        self.stats.add_failed(m.partition or 0)
-        part = owned.get(m.partition or 0)
+        self.stats.add_failed(m.partition)
+        part = owned.get(m.partition)
         if part is None:
             return
         final = isinstance(m, Undecodable) or (
@@ -253,16 +253,16 @@ class Settler:
         calls: list[ScriptCall] = []
         for f in failures:
             m = f.message
-            part = owned[m.partition or 0]
+            part = owned[m.partition]
             stream = part.streams[m.priority]
             if isinstance(m, Undecodable):
                 raw = m.fields
             else:
-                found: Any = await redis.xrange(stream, m.msg_id or "-", m.msg_id or "+", count=1)
+                found: Any = await redis.xrange(stream, m.msg_id, m.msg_id, count=1)
                 raw = dict(found[0][1]) if found else {}
             fields = dead_letter_fields(
                 topic=self.keys.topic, partition=part.number, group=self.group,
-                msg_id=m.msg_id or "", deliveries=m.deliveries, error=f.error,
+                msg_id=m.msg_id, deliveries=m.deliveries, error=f.error,
                 consumer=self.name, original=raw, priority=m.priority,
             )  # fmt: skip
             error, error_type = _error_text(f.error)
@@ -290,14 +290,14 @@ def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
     return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]
 
 
-def batch_failures(chunk: list[Message], exc: BaseException) -> list[Failure]:
+def batch_failures(chunk: list[Received], exc: BaseException) -> list[Failure]:
     """A failed batch: per partition, retried one message at a time to find the culprit.
 
     The first message is counted as failed (delivery + 1 on its retry) and runs
     alone; the rest follow. So only a message that fails on its own reaches
     ``max_deliveries``, and the others of its batch are not dead-lettered with it.
     """
-    by_part: dict[int, list[Message]] = {}
+    by_part: dict[int, list[Received]] = {}
     for m in chunk:
-        by_part.setdefault(m.partition or 0, []).append(m)
+        by_part.setdefault(m.partition, []).append(m)
     return [Failure(msgs[0], exc, msgs[1:], isolate=True) for msgs in by_part.values()]
