@@ -10,7 +10,10 @@ free loopback port), then measures from this process:
   at a paced rate, with a consumer handling the jobs (in this process);
 * 1,000 concurrent sockets each following one job on the one gateway
   process: the gateway's memory before and after, and the latency from each
-  handler's return to its ``completed`` push.
+  handler's return to its ``completed`` push;
+* 1,000 slow sockets (clients that stop reading) each following the same
+  jobs with large results: the gateway's peak memory, against the bound its
+  limits set (``--socket-queue-bytes`` per socket, then close code 4408).
 
 Needs the ``web`` extra. See the "Web gateway" section of
 ``benchmarks/README.md`` for the figures.
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +40,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from redisaq_core import Consumer, EmbeddedRedis, Message, Producer
+from redisaq_core.results import ResultStore
 
 from .common import median, percentile, raw_client
 from .report import environment
@@ -50,11 +56,11 @@ HTTP_CONNECTIONS = 16
 
 
 @contextlib.contextmanager
-def gateway_process(redis_url: str) -> Iterator[tuple[str, int]]:
+def gateway_process(redis_url: str, *options: str) -> Iterator[tuple[str, int]]:
     """Run ``redisaq web --port 0``; yield its URL and pid; stop it with SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "redisaq_core.cli.main", "--redis-url", redis_url,
-         "web", "--port", "0"],
+         "web", "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -90,12 +96,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process in MiB (Linux ``/proc``; NaN elsewhere)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MiB, or its peak with ``field="VmHWM"`` (Linux ``/proc``;
+    NaN elsewhere)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -314,6 +321,170 @@ async def many_sockets(url: str, ws_url: str, pid: int, topic: str, sockets: int
     }
 
 
+# ---- slow sockets ----------------------------------------------------------------------
+
+SOCKET_QUEUE_BYTES = 1_048_576
+"""The gateway's default ``--socket-queue-bytes``, which the slow-socket run uses."""
+TRANSPORT_BYTES = 65_536
+"""What uvicorn's transport buffers per socket before it stops the writer (its high-water mark)."""
+
+
+class RawSocket:
+    """A minimal WebSocket client on asyncio streams: no compression offered, no buffering
+    beyond a small stream buffer and a 4 KiB kernel receive buffer, so that a client that
+    stops reading makes the gateway's writes back up at once."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, port: int, path: str) -> RawSocket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=16_384)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"handshake refused: {head[:60]!r}")
+        return cls(reader, writer)
+
+    def send(self, text: str) -> None:
+        data = text.encode()
+        mask = os.urandom(4)
+        n = len(data)
+        header = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+        self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    async def recv(self) -> dict[str, Any] | None:
+        """The next text frame as JSON; ``None`` once closed (``close_code`` set if any)."""
+        try:
+            first, second = await self.reader.readexactly(2)
+            n = second & 0x7F
+            if n == 126:
+                n = int.from_bytes(await self.reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await self.reader.readexactly(8), "big")
+            payload = await self.reader.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        if first & 0x0F == 0x8:
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            return None
+        frame: dict[str, Any] = json.loads(payload)
+        return frame
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+async def quiet(pid: int, timeout: float = 60.0) -> None:
+    """Wait until the gateway uses under 5% of a core over half a second (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cpu = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - cpu < 0.025:
+            return
+
+
+async def slow_sockets(
+    url: str, ws_url: str, pid: int, topic: str, sockets: int, jobs: int, result_bytes: int
+) -> dict[str, Any]:
+    """``sockets`` clients follow ``jobs`` jobs each, then stop reading; results are pushed."""
+    port = int(ws_url.rsplit(":", 1)[1])
+    async with Producer(topic, redis_url=url) as producer:
+        ids = [(await producer.submit({"i": i})).id for i in range(jobs)]
+    await quiet(pid)
+    before = rss_mib(pid)
+    opened: list[RawSocket] = []
+    try:
+        for start in range(0, sockets, 100):
+            chunk = [RawSocket.open(port, "/ws/jobs") for _ in range(min(100, sockets - start))]
+            opened += await asyncio.gather(*chunk)
+
+        async def follow(ws: RawSocket) -> None:
+            for job in ids:
+                ws.send(json.dumps({"type": "subscribe", "job_id": job}))
+            for _ in ids:  # read the "queued" frames: every job is followed
+                frame = await ws.recv()
+                assert frame is not None and frame.get("status") == "queued", frame
+
+        await asyncio.wait_for(asyncio.gather(*(follow(ws) for ws in opened)), 300)
+        await quiet(pid)
+        following = rss_mib(pid)
+        started = time.perf_counter()
+        # random text: uvicorn compresses frames (permessage-deflate), so a repetitive result
+        # would shrink to nothing on the wire
+        payload = base64.b64encode(os.urandom(result_bytes * 3 // 4)).decode()
+
+        async def big(message: Message) -> dict[str, str]:
+            return {"pad": payload}
+
+        async with Producer(topic, redis_url=url), ResultStore(redis_url=url) as store:
+            consumer = Consumer(topic, redis_url=url, group_name="bench-slow", batch_size=10,
+                                heartbeat_interval=0.5, poll_interval=0.1)  # fmt: skip
+            task = asyncio.create_task(consumer.process(big))
+            try:
+                for job in ids:
+                    await store.wait(job, timeout=300)
+            finally:
+                await consumer.stop()
+                await task
+                await consumer.close()
+        await quiet(pid)
+        settled = time.perf_counter() - started
+        peak = rss_mib(pid, "VmHWM")
+        after = rss_mib(pid)
+        codes: dict[str, int] = {}
+
+        async def drain(ws: RawSocket) -> None:
+            """Read what was left: every result, or up to the close."""
+            completed = 0
+            while completed < jobs:
+                frame = await ws.recv()
+                if frame is None:
+                    code = ws.close_code
+                    key = "dropped" if code is None else f"closed {code}"
+                    break
+                completed += frame.get("status") == "completed"
+            else:
+                key = "all results read"
+            codes[key] = codes.get(key, 0) + 1
+
+        await asyncio.wait_for(asyncio.gather(*(drain(ws) for ws in opened)), 120)
+    finally:
+        for ws in opened:
+            ws.abort()
+    # Shared by every socket: each record read once, its frame encoded once (and the read's
+    # reply). Per socket: its queue (frames there may be its own), uvicorn's transport buffer,
+    # and the frame being written (the text, its bytes, the WebSocket frame).
+    shared = 3 * jobs * result_bytes
+    per_socket = SOCKET_QUEUE_BYTES + TRANSPORT_BYTES + 3 * result_bytes
+    bound = before + (shared + sockets * per_socket) / 2**20
+    return {
+        "sockets": sockets,
+        "jobs": jobs,
+        "result_bytes": result_bytes,
+        "unread_per_socket_mib": jobs * result_bytes / 2**20,
+        "rss_before_mib": before,
+        "rss_following_mib": following,
+        "rss_peak_mib": peak,
+        "rss_after_mib": after,
+        "bound_mib": bound,
+        "close_codes": codes,
+        "settled_s": settled,
+    }
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 
@@ -322,7 +493,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         url = server.url
         async with raw_client(url) as admin:
             env = await environment(admin)
-        with gateway_process(url) as (base, pid):
+        with gateway_process(url, "--max-sockets", str(2 * max(args.sockets,
+                             args.slow_sockets) + 100)) as (base, pid):  # fmt: skip
             ws_url = "ws" + base[len("http") :]
             n = args.n
             best: dict[str, float] = {}
@@ -353,10 +525,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             sockets = await many_sockets(
                 url, ws_url, pid, f"bench-web-sockets-{os.urandom(4).hex()}", args.sockets
             )
+            progress(args, "1,000 sockets done; slow sockets")
+            slow = await slow_sockets(
+                url, ws_url, pid, f"bench-web-slow-{os.urandom(4).hex()}", args.slow_sockets,
+                args.slow_jobs, args.slow_result_bytes,
+            )  # fmt: skip
     return {
         "settings": {"n": n, "repeat": args.repeat, "window": WINDOW,
                      "http_connections": HTTP_CONNECTIONS, "rate": args.rate,
-                     "latency_jobs": args.latency_jobs, "sockets": args.sockets},
+                     "latency_jobs": args.latency_jobs, "sockets": args.sockets,
+                     "slow_sockets": args.slow_sockets, "slow_jobs": args.slow_jobs,
+                     "slow_result_bytes": args.slow_result_bytes},
         "environment": env,
         "submit_rates": best,
         "gateway_cpu_us_per_job": gateway_cpu,
@@ -366,6 +545,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "max_ms": max(latencies),
         },
         "sockets": sockets,
+        "slow_sockets": slow,
     }  # fmt: skip
 
 
@@ -379,6 +559,7 @@ def render(report: dict[str, Any]) -> str:
     r = report["submit_rates"]
     lat = report["push_latency"]
     sock = report["sockets"]
+    slow = report["slow_sockets"]
     env = report["environment"]
     cpu = report["gateway_cpu_us_per_job"]
 
@@ -412,6 +593,14 @@ def render(report: dict[str, Any]) -> str:
         f"p99 {sock['p99_ms']:.1f} ms, max {sock['max_ms']:.1f} ms; "
         f"all {sock['sockets']} pushed {sock['all_completed_s']:.2f} s after the consumer started "
         f"(gateway CPU {sock['gateway_cpu_s']:.2f} s)",
+        "",
+        f"{slow['sockets']} slow sockets each following {slow['jobs']} jobs with "
+        f"{slow['result_bytes']:,}-byte results ({slow['unread_per_socket_mib']:.1f} MiB unread "
+        "per socket, 1 MiB allowed):",
+        f"  gateway RSS {slow['rss_before_mib']:.1f} MiB -> {slow['rss_following_mib']:.1f} MiB "
+        f"following -> peak {slow['rss_peak_mib']:.1f} MiB (bound {slow['bound_mib']:,.0f} MiB), "
+        f"{slow['rss_after_mib']:.1f} MiB after; close codes {slow['close_codes']}; "
+        f"settled {slow['settled_s']:.1f} s after the consumer started",
         "",
         f"versions: redis-py {env['redis_py']}, Python {env['python']}, "
         f"redis-server {env['redis_server']}, redisaq-core {env['redisaq_core']} "
@@ -449,9 +638,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=200.0, help="jobs/s of the latency run (200)")
     p.add_argument("--latency-jobs", type=int, default=1000, help="jobs of the latency run")
     p.add_argument("--sockets", type=int, default=1000, help="concurrent sockets (1000)")
+    p.add_argument("--slow-sockets", type=int, default=1000, help="slow sockets (1000)")
+    p.add_argument("--slow-jobs", type=int, default=12, help="jobs each slow socket follows (12)")
+    p.add_argument("--slow-result-bytes", type=int, default=400_000,
+                   help="bytes of each of those jobs' result (400000)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
-    for name in ("n", "repeat", "latency_jobs", "sockets"):
+    for name in ("n", "repeat", "latency_jobs", "sockets", "slow_sockets", "slow_jobs",
+                 "slow_result_bytes"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.rate <= 0:
