@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from .assignment import assign, partition_for_key
+from .assignment import partition_for_key
 from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
 from .dlq import DeadLetter, DeadLetters
 from .embedded import EmbeddedCluster, EmbeddedRedis
@@ -43,9 +46,11 @@ from .fanout import FanOut, FanOutStats
 from .fanout_lists import ListFanOut, ListFanOutStats
 from .health import HealthMonitor, Keepalive, StatusChange
 from .message import Message, Received
+from .monitor import Monitor
 from .producer import Producer
 from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
 from .results import JobHandle, JobRecord, JobStatus, ResultStore
+from .signals import install_signal_handlers
 
 __all__ = [
     "AlreadyRunningError",
@@ -78,6 +83,7 @@ __all__ = [
     "ListFanOutStats",
     "MalformedServiceError",
     "Message",
+    "Monitor",
     "NotConnectedError",
     "PartitionError",
     "PartitionKeyError",
@@ -94,8 +100,29 @@ __all__ = [
     "ServiceStatus",
     "StatusChange",
     "WorkerStatus",
-    "assign",
+    "__version__",
+    "install_signal_handlers",
     "partition_for_key",
 ]
+
+try:
+    __version__ = version("redisaq-core")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+    __version__ = "0.0.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``assign`` (the group protocol's assignment function) is internal now; it still imports."""
+    if name == "assign":
+        warnings.warn(
+            "redisaq_core.assign is internal; import it from redisaq_core.assignment",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from .assignment import assign
+
+        return assign
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,12 +1,11 @@
 """Keeping a service registered while it runs, and watching the liveness of services.
 
-:class:`Keepalive` is self-registration (seed 003)::
+:class:`Keepalive` is self-registration::
 
     async with registry.keepalive(info, interval=5) as ka:
         await ka.wait_shutdown()              # set when someone deregisters us
 
-:class:`HealthMonitor` turns heartbeat ages into :class:`WorkerStatus` changes
-(seed 002)::
+:class:`HealthMonitor` turns heartbeat ages into :class:`WorkerStatus` changes::
 
     def changed(change: StatusChange) -> None:
         log.warning("%s is now %s", change.service_id, change.new)
@@ -149,7 +148,7 @@ def consumer_service_info(
 
 
 class Keepalive:
-    """Keeps one service registered while its owner runs (seed 003's self-registration).
+    """Keeps one service registered while its owner runs (self-registration).
 
     On start it registers ``service_info`` and sets the service's liveness
     key to expire after ``ttl`` (default three intervals); every ``interval``
@@ -326,7 +325,7 @@ class Keepalive:
 
 
 class HealthMonitor:
-    """Tracks the liveness of a registry's services (seed 002's manager), by heartbeat age.
+    """Tracks the liveness of a registry's services (the worker manager), by heartbeat age.
 
     ``timeout``: seconds without a heartbeat before ``not_responding``
     (default 15). ``disconnect_timeout``: before ``disconnected`` (default

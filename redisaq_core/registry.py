@@ -190,7 +190,7 @@ class ServiceInfo:
             if isinstance(self.last_seen, bool) or not isinstance(self.last_seen, (int, float)):
                 raise ConfigurationError(f"last_seen must be a number, got {self.last_seen!r}")
             self.last_seen = float(self.last_seen)
-        if self.metadata is None:  # the seed's dataclass defaults it to None
+        if self.metadata is None:  # accepted, as older callers pass None
             self.metadata = {}
         _encode_metadata(self.metadata)
 
@@ -297,7 +297,7 @@ class ServiceRegistry(RedisComponent):
     """Registry of services and their health, kept in Redis under ``key_prefix``.
 
     Connect with ``redis=`` (a client shared with producers and consumers,
-    never closed here), ``redis_url=``, or the seed's ``redis_host``,
+    never closed here), ``redis_url=``, or ``redis_host``,
     ``redis_port``, ``redis_db`` and ``redis_password`` (used only when neither
     of the first two is given). ``key_prefix`` isolates registries, e.g.
     ``"prod:"`` and ``"staging:"``; no method touches another prefix's keys.

@@ -1,6 +1,6 @@
 """``redisaq registry ...``: the service registry from a shell.
 
-Every command of the registry seed, plus ``run`` (register, heartbeat while a
+Every command of the service registry's shell tool, plus ``run`` (register, heartbeat while a
 command runs, deregister when it ends) and ``monitor`` (worker liveness).
 ``--format json`` prints JSON only; exit codes are 0 (done), 1 (not found or
 a failed check) and 2 (bad usage), with a one-line message on stderr.
