@@ -19,7 +19,8 @@ HTTP routes (the OpenAPI schema is at ``/openapi.json``)::
     POST /register               a worker -> 201 {"worker_id", "status": "registered"}
     GET  /workers, /workers/{worker_id}
     GET  /topics, /topics/{name}  partitions with owner, lag, pending, dead letters
-    GET  /dlq/{topic}            dead letters with origin and error
+    GET  /dlq/{topic}?limit=&cursor=  dead letters with origin and error, by pages
+                                 (X-Next-Cursor names the next)
     POST /dlq/{topic}/replay     {"ids": [...]} or {"all": true}
     GET  /metrics                Prometheus text
     GET  /health
@@ -51,7 +52,16 @@ every frame it sends is a heartbeat that makes it ``alive`` (answered with
 each gateway). Close codes: **4404** no worker is registered under that id,
 **4410** its registration was removed while connected; on every socket
 **4401** missing or wrong token, **4403** opened by a web page of another
-origin, **4408** the client did not read its frames.
+origin, **4421** a ``Host`` not in ``allowed_hosts``, **4408** the client did
+not read its frames (more than ``socket_queue_bytes`` waiting), **1013** the
+gateway serves ``max_sockets`` already, **1009** a frame over the size limit.
+
+Security (see ``docs/security.md``): with a token, requests send
+``Authorization: Bearer <token>``, and a browser's socket offers the
+subprotocols ``redisaq`` and ``redisaq.bearer.<base64url of the token>``
+(:func:`~redisaq_core.web.security.token_subprotocol`); a token is never read
+from a URL. Every request must name an allowed host (DNS rebinding), and a
+browser's request must come from an allowed origin.
 
 WebSocket ``/ws/dashboard``: ``{"type": "snapshot", "topics", "workers",
 "dead_letters", "jobs", ...}`` about every second and soon after a change.
@@ -61,11 +71,19 @@ WebSocket ``/ws/dashboard``: ``{"type": "snapshot", "topics", "workers",
 
 from __future__ import annotations
 
-from .app import DEFAULT_MAX_BODY, create_app
+from .app import (
+    DEFAULT_DEAD_LETTER_PAGE_BYTES,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_SOCKETS,
+    DEFAULT_SOCKET_QUEUE_BYTES,
+    create_app,
+)
 from .client import ManagerClient
 from .models import (
     CLOSE_DEREGISTERED,
+    CLOSE_FORBIDDEN_HOST,
     CLOSE_FORBIDDEN_ORIGIN,
+    CLOSE_TOO_MANY_SOCKETS,
     CLOSE_TOO_SLOW,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNKNOWN_WORKER,
@@ -73,11 +91,16 @@ from .models import (
 
 __all__ = [
     "CLOSE_DEREGISTERED",
+    "CLOSE_FORBIDDEN_HOST",
     "CLOSE_FORBIDDEN_ORIGIN",
+    "CLOSE_TOO_MANY_SOCKETS",
     "CLOSE_TOO_SLOW",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNKNOWN_WORKER",
+    "DEFAULT_DEAD_LETTER_PAGE_BYTES",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_SOCKETS",
+    "DEFAULT_SOCKET_QUEUE_BYTES",
     "ManagerClient",
     "create_app",
 ]

@@ -503,6 +503,8 @@ class DashboardHub:
     One snapshot is read per ``interval`` (or soon after a change this
     process saw: a worker's socket, a replay, a health monitor change) while
     at least one dashboard is open, and the same frame goes to all of them.
+    A dashboard that does not take a frame within ``send_timeout`` seconds is
+    closed with 4408 (or dropped, if it does not take the close either).
     """
 
     send_timeout = 5.0
