@@ -1,10 +1,10 @@
-"""Write job records, topics, groups and members straight into Redis, as the library does.
+"""Job records, topics, groups and members for the tests of the read side.
 
-The tests of the read side (results, metrics, monitor) build their data with
-these helpers, following the layout documented in ``redisaq_core.keys`` and
-``redisaq_core.results``: each job change updates the record hash, the
-partition's job index and announces ``"<job_id> <status>"`` on the topic's
-job channel, in one MULTI block like the scripts that write them.
+The tests of results, metrics and the monitor build their data with these
+helpers. Job changes go through the library's own scripts (those of
+``Producer.submit`` and of a consumer's status writes, acknowledgements and
+dead letters), so a change of the record layout shows here too; topics,
+groups and members are written as ``redisaq_core.keys`` lays them out.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from redisaq_core.codec import F_BYTES, F_JOB
+from redisaq_core.dlq import dead_letter_fields
 from redisaq_core.keys import TopicKeys, job_id, parse_job_id
+from redisaq_core.scripts import DEAD_LETTER, JOB_UPDATE, JOBS_COMPLETE, JOBS_STARTED, SUBMIT
 
 
 async def server_ms(redis: Redis) -> int:
@@ -40,6 +43,10 @@ async def make_topic(redis: Redis, topic: str, partitions: int, priorities: int 
     await redis.sadd(TopicKeys.topic_index(), topic)
 
 
+_LEASE_TOKEN = "job-records"
+_GROUP = "job-records"
+
+
 async def submit(
     redis: Redis,
     topic: str,
@@ -49,64 +56,50 @@ async def submit(
     result_ttl: int = 3600,
     payload: Any = None,
 ) -> str:
-    """A queued job: its stream entry and record (like ``Producer.submit``)."""
+    """A queued job: its stream entry and record, written by ``Producer.submit``'s script."""
     keys = TopicKeys(topic)
     jid = job_id(topic, partition, uuid.uuid4().hex)
-    msg_id = await redis.xadd(
-        keys.stream(partition, priority), {"p": orjson.dumps(payload), "j": jid}
-    )
-    now = await server_ms(redis)
-    await _change(
+    stream = keys.stream(partition, priority)
+    await SUBMIT(
         redis,
-        jid,
-        "queued",
-        now,
-        {
-            "topic": topic,
-            "partition": partition,
-            "priority": priority,
-            "msg_id": msg_id,
-            "attempts": 0,
-            "result_ttl": result_ttl,
-        },
-    )
+        [stream, keys.job(partition, jid), keys.jobs(partition)],
+        [0, "~", jid, keys.job_channel, topic, partition, priority, result_ttl, 0,
+         F_BYTES, orjson.dumps(payload), F_JOB, jid],
+    )  # fmt: skip
     return jid
 
 
-async def _change(
-    redis: Redis, jid: str, status: str, now: int, fields: dict[str, Any], expire: int = 0
-) -> None:
+async def activate(redis: Redis, jid: str, worker: str = "w1") -> None:
+    """The job's handler started (a consumer's ``started()`` script), attempt + 1."""
     topic, partition = parse_job_id(jid)
     keys = TopicKeys(topic)
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(
-        keys.job(partition, jid),
-        mapping={"status": status, f"{status}_at": now, "updated_at": now, **fields},
+    attempts = int(await redis.hget(keys.job(partition, jid), "attempts") or 0) + 1
+    await JOBS_STARTED(
+        redis,
+        [keys.jobs(partition), keys.job(partition, jid)],
+        [keys.job_channel, worker, jid, attempts],
     )
-    if expire:
-        pipe.expire(keys.job(partition, jid), expire)
-    pipe.zadd(keys.jobs(partition), {jid: now})
-    await pipe.execute()
-    # After the transaction, not in it: a cluster pipeline refuses PUBLISH.
-    await redis.publish(keys.job_channel, f"{jid} {status}")
-
-
-async def activate(redis: Redis, jid: str, worker: str = "w1") -> None:
-    topic, partition = parse_job_id(jid)
-    await redis.hincrby(TopicKeys(topic).job(partition, jid), "attempts", 1)
-    await _change(redis, jid, "active", await server_ms(redis), {"worker": worker})
 
 
 async def fail(redis: Redis, jid: str, error: str = "boom", error_type: str = "ValueError") -> None:
-    await _change(
-        redis, jid, "failed", await server_ms(redis), {"error": error, "error_type": error_type}
+    """The job's handler raised; it will be retried (the consumer's status script)."""
+    topic, partition = parse_job_id(jid)
+    keys = TopicKeys(topic)
+    await JOB_UPDATE(
+        redis,
+        [keys.job(partition, jid), keys.jobs(partition)],
+        [jid, keys.job_channel, "failed", "w1", error, error_type, 0],
     )
 
 
-async def _ttl(redis: Redis, jid: str) -> int:
+async def _settling(redis: Redis, jid: str) -> tuple[TopicKeys, int, str, str]:
+    """Keys, partition, stream and entry id of a job, with a lease the helpers hold."""
     topic, partition = parse_job_id(jid)
-    raw = await redis.hget(TopicKeys(topic).job(partition, jid), "result_ttl")
-    return int(raw or 0)
+    keys = TopicKeys(topic)
+    record = await redis.hgetall(keys.job(partition, jid))
+    stream = keys.stream(partition, int(record.get(b"priority", 0)))
+    await redis.set(keys.lease(partition, _GROUP), _LEASE_TOKEN, px=60_000)
+    return keys, partition, stream, record[b"msg_id"].decode()
 
 
 async def complete(
@@ -118,22 +111,43 @@ async def complete(
     worker: str = "w1",
     publish: bool = True,
 ) -> None:
+    """The job's handler returned ``result``: the acknowledgement script of a consumer.
+
+    ``publish=False`` writes the record as it would be without the announcement (one lost
+    on its way), straight into the hash.
+    """
     data: bytes | str = orjson.dumps(result).decode() if text else orjson.dumps(result)
-    fields = {"worker": worker, "result": data, "result_kind": "s" if text else "b"}
-    now = await server_ms(redis)
-    if publish:
-        await _change(redis, jid, "completed", now, fields, expire=await _ttl(redis, jid))
+    kind = "s" if text else "b"
+    keys, partition, stream, msg_id = await _settling(redis, jid)
+    if not publish:
+        now = await server_ms(redis)
+        await redis.hset(
+            keys.job(partition, jid),
+            mapping={"status": "completed", "completed_at": now, "updated_at": now,
+                     "worker": worker, "result": data, "result_kind": kind},
+        )  # fmt: skip
         return
-    topic, partition = parse_job_id(jid)
-    await redis.hset(
-        TopicKeys(topic).job(partition, jid),
-        mapping={"status": "completed", "completed_at": now, "updated_at": now, **fields},
+    await JOBS_COMPLETE(
+        redis,
+        [stream, keys.lease(partition, _GROUP), keys.jobs(partition), keys.job(partition, jid)],
+        [_GROUP, _LEASE_TOKEN, keys.job_channel, worker, msg_id, jid, data, kind],
     )
 
 
 async def kill(redis: Redis, jid: str, error: str = "boom", error_type: str = "ValueError") -> None:
-    fields = {"error": error, "error_type": error_type}
-    await _change(redis, jid, "dead", await server_ms(redis), fields, expire=await _ttl(redis, jid))
+    """Retries exhausted: the dead-letter script of a consumer (the job becomes ``dead``)."""
+    keys, partition, stream, msg_id = await _settling(redis, jid)
+    fields = dead_letter_fields(
+        topic=keys.topic, partition=partition, group=_GROUP, msg_id=msg_id, deliveries=1,
+        error=error, consumer="w1", original={},
+    )  # fmt: skip
+    await DEAD_LETTER(
+        redis,
+        [stream, keys.lease(partition, _GROUP), keys.dead_letters(partition),
+         keys.job(partition, jid), keys.jobs(partition)],
+        [_GROUP, _LEASE_TOKEN, msg_id, 0, jid, keys.job_channel, "w1", error, error_type,
+         *fields],
+    )  # fmt: skip
 
 
 async def add_member(

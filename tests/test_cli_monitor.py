@@ -102,8 +102,7 @@ async def scene(redis_url: str, redis: Redis, topic: str) -> Any:
     await jr.complete(redis, done, {"answer": 42}, worker=c1)
     await jr.next_ms(redis)
     await jr.activate(redis, dead, c1)
-    await jr.kill(redis, dead, "no such user", "LookupError")
-    await redis.xadd(keys.dead_letters(1), {"topic": topic, "msg_id": "1-0"})
+    await jr.kill(redis, dead, "no such user", "LookupError")  # and its dead letter
     rec = MetricsRecorder(redis, topic, "billing", consumer=c1)
     rec.handled(0, 0.01, 0.05)
     rec.failed(1)
