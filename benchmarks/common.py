@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from redisaq_core.codec import F_BYTES
+from redisaq_core._codec import F_BYTES
 
 __all__ = [
     "FIELD",

@@ -13,7 +13,7 @@ import orjson
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, Message, Producer
-from redisaq_core.retention import TrimMode
+from redisaq_core._retention import TrimMode
 
 from .common import FIELD, GROUP, Context, Run, Sink, payload, raw_client, raw_consume
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redisaq_core import EmbeddedRedis
-from redisaq_core.retention import server_features
+from redisaq_core._retention import server_features
 
 from . import consume, endtoend, enqueue
 from .common import Context, Run, raw_client

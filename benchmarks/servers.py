@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from redisaq_core.servers import KNOWN_SERVERS, find_server
+from redisaq_core.embedded import KNOWN_SERVERS, find_server
 
 CASES = ("end_to_end", "process_batch")
 DELETE_ACKED = "process_batch_delete_acked"

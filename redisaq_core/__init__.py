@@ -16,7 +16,7 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .assignment import partition_for_key
+from ._assignment import partition_for_key
 from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
 from .dlq import DeadLetter, DeadLetters
 from .embedded import EmbeddedCluster, EmbeddedRedis
@@ -42,13 +42,19 @@ from .errors import (
     ServerOutOfMemoryError,
     ServiceNotFoundError,
 )
-from .fanout import FanOut, FanOutStats
-from .fanout_lists import ListFanOut, ListFanOutStats
-from .health import HealthMonitor, Keepalive, StatusChange
+from .fanout import FanOut, FanOutStats, ListFanOut, ListFanOutStats
 from .message import Message, Received
 from .monitor import Monitor
 from .producer import Producer
-from .registry import ServiceInfo, ServiceRegistry, ServiceStatus, WorkerStatus
+from .registry import (
+    HealthMonitor,
+    Keepalive,
+    ServiceInfo,
+    ServiceRegistry,
+    ServiceStatus,
+    StatusChange,
+    WorkerStatus,
+)
 from .results import JobHandle, JobRecord, JobStatus, ResultStore
 from .signals import install_signal_handlers
 
@@ -115,11 +121,11 @@ def __getattr__(name: str) -> Any:
     """``assign`` (the group protocol's assignment function) is internal now; it still imports."""
     if name == "assign":
         warnings.warn(
-            "redisaq_core.assign is internal; import it from redisaq_core.assignment",
+            "redisaq_core.assign is internal and will be removed",
             DeprecationWarning,
             stacklevel=2,
         )
-        from .assignment import assign
+        from ._assignment import assign
 
         return assign
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,8 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
 
+from ._failures import REDIS_FAILURES
 from .errors import ConfigurationError, ConnectionFailedError, NotConnectedError
-from .failures import REDIS_FAILURES
 
 __all__ = [
     "DEFAULT_URL",

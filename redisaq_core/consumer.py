@@ -3,7 +3,7 @@
 One loop per consumer: take or drop partitions as the heartbeat says, read
 the owned partitions (pending entries of a taken-over partition first, then
 new ones), run the handler, acknowledge what succeeded. See
-:mod:`redisaq_core.membership` for the group protocol and ``docs/design.md``
+:mod:`redisaq_core._membership` for the group protocol and ``docs/design.md``
 for the delivery rules.
 
 Per partition, messages are handled one after another in stream order;
@@ -26,24 +26,23 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from .checks import integer, number
-from .codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
+from ._checks import integer, number
+from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
+from ._delivery import ConsumerStats, OwnedPartition, Reader
+from ._failures import REDIS_FAILURES, Recovery, recovery_for
+from ._handling import Dispatcher, uncancel
+from ._membership import LeaseState, Membership
+from ._retention import server_features
+from ._scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
+from ._settlement import Settler
 from .connection import AnyRedis, RedisComponent
-from .delivery import ConsumerStats, OwnedPartition, Reader
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
-from .failures import REDIS_FAILURES, Recovery, recovery_for
-from .handling import Dispatcher, uncancel
 from .keys import TopicKeys, validate_name
-from .membership import LeaseState, Membership
 from .message import Message, Received
 from .metrics import MetricsRecorder
-from .retention import server_features
-from .scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
-from .settlement import Settler
 
 if TYPE_CHECKING:
-    from .health import Keepalive
-    from .registry import ServiceRegistry
+    from .registry import Keepalive, ServiceRegistry
 
 __all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats"]
 

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import Deserializer, decode_payload, default_deserializer
+from ._codec import Deserializer, decode_payload, default_deserializer
+from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
 from .keys import TopicKeys
-from .scripts import REPLAY
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 

@@ -42,9 +42,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from redis.crc import key_slot
+
 from .errors import ConfigurationError
 
-__all__ = ["NAMESPACE", "RegistryKeys", "TopicKeys", "job_id", "parse_job_id", "validate_name"]
+__all__ = [
+    "NAMESPACE",
+    "RegistryKeys",
+    "TopicKeys",
+    "job_id",
+    "parse_job_id",
+    "partition_slots",
+    "validate_name",
+]
 
 NAMESPACE = "redisaq"
 _BAD_NAME = re.compile(r"[{}\s]")
@@ -161,6 +171,17 @@ class TopicKeys:
             f"{self._partition_tag(partition)}:fo:{len(source)}:{source}:{group}:"
             f"{source_partition}:{level}:"
         )
+
+
+def partition_slots(topic: str, partitions: int) -> dict[int, int]:
+    """The hash slot of each partition of ``topic`` (partition number -> slot).
+
+    Everything of a partition (its streams, dead letters, leases, job records)
+    shares the partition's hash tag, so this is where all of it lives; compare
+    with ``CLUSTER SLOTS`` to see which node serves each partition.
+    """
+    keys = TopicKeys(topic)
+    return {p: key_slot(keys.stream(p).encode()) for p in range(partitions)}
 
 
 def job_id(topic: str, partition: int, random_hex: str) -> str:

@@ -23,14 +23,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import Deserializer, shown_text
+from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
-from .health import CONSUMER_SERVICE_TYPE
 from .keys import TopicKeys
 from .metrics import COUNTERS, topic_metrics
-from .prometheus import render_prometheus
-from .registry import ServiceInfo, ServiceRegistry
+from .metrics.prometheus import render_prometheus
+from .registry import CONSUMER_SERVICE_TYPE, ServiceInfo, ServiceRegistry
 from .results import JobRecord, JobStatus, ResultStore
 
 __all__ = ["Monitor"]

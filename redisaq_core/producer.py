@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .assignment import partition_for_key
-from .batching import CommandBatcher
-from .checks import integer, number
-from .codec import (
+from ._assignment import partition_for_key
+from ._batching import CommandBatcher
+from ._checks import integer, number
+from ._codec import (
     F_CREATED,
     F_JOB,
     F_KEY,
@@ -31,6 +31,9 @@ from .codec import (
     default_serializer,
     encode_payload,
 )
+from ._failures import REDIS_FAILURES, out_of_memory
+from ._retention import Retention, TrimMode, check_trim, server_features
+from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -39,12 +42,9 @@ from .errors import (
     SerializationError,
     ServerOutOfMemoryError,
 )
-from .failures import REDIS_FAILURES, out_of_memory
 from .keys import TopicKeys, job_id
 from .message import Message
 from .metrics import MetricsRecorder
-from .retention import Retention, TrimMode, check_trim, server_features
-from .scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
 
 if TYPE_CHECKING:
     from .results import JobHandle, ResultStore
@@ -73,7 +73,7 @@ class Producer(RedisComponent):
     ``"acked"`` never removes an entry some group has not acknowledged, so a
     lagging group loses nothing and the stream grows past ``maxlen`` while it
     lags; ``"delete-acked"`` (Redis 8.2 and newer) has consumers delete each
-    entry once every group acknowledged it (see :mod:`redisaq_core.retention`).
+    entry once every group acknowledged it (see :mod:`redisaq_core._retention`).
     ``serializer`` turns a payload into ``bytes`` or ``str`` (default: orjson).
     The partition count is re-read every ``refresh_interval`` seconds, so partitions added by
     :meth:`request_partition_increase` elsewhere are used without a restart.

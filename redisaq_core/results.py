@@ -48,9 +48,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .batching import BATCH, CommandBatcher
-from .checks import number
-from .codec import Deserializer, default_deserializer, optional_text
+from ._batching import BATCH, CommandBatcher
+from ._checks import number
+from ._codec import Deserializer, default_deserializer, optional_text
+from ._failures import REDIS_FAILURES
+from ._job_events import JobEvents
+from ._scripts import Script, run_pipelined
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -59,10 +62,7 @@ from .errors import (
     JobTimeoutError,
     SerializationError,
 )
-from .failures import REDIS_FAILURES
-from .job_events import JobEvents
 from .keys import TopicKeys, parse_job_id
-from .scripts import Script, run_pipelined
 
 __all__ = ["JobHandle", "JobRecord", "JobStatus", "ResultStore"]
 

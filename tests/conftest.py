@@ -1,7 +1,7 @@
 """Shared fixtures: one real redis-server for the session, a fresh namespace per test.
 
 The server is ``$REDIS_URL`` when set, else an :class:`EmbeddedRedis` started
-here, on the binary :func:`redisaq_core.servers.find_server` picks
+here, on the binary :func:`redisaq_core.embedded.servers.find_server` picks
 (``$REDISAQ_SERVER`` names one of the matrix; by default Valkey 8.1).
 ``--docker`` runs the suite against a Redis started by testcontainers
 instead; it is skipped when no Docker engine answers.

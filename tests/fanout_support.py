@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from redisaq_core import Producer
-from redisaq_core.assignment import partition_for_key
+from redisaq_core._assignment import partition_for_key
 from redisaq_core.connection import AnyRedis
 from redisaq_core.keys import TopicKeys
 

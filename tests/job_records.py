@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from redisaq_core.codec import F_BYTES, F_JOB
+from redisaq_core._codec import F_BYTES, F_JOB
+from redisaq_core._scripts import DEAD_LETTER, JOB_UPDATE, JOBS_COMPLETE, JOBS_STARTED, SUBMIT
 from redisaq_core.dlq import dead_letter_fields
 from redisaq_core.keys import TopicKeys, job_id, parse_job_id
-from redisaq_core.scripts import DEAD_LETTER, JOB_UPDATE, JOBS_COMPLETE, JOBS_STARTED, SUBMIT
 
 
 async def server_ms(redis: Redis) -> int:

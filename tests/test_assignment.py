@@ -8,8 +8,8 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redisaq_core.assignment import assign, moved_partitions, partition_for_key
-from redisaq_core.retry import backoff_delay
+from redisaq_core._assignment import assign, moved_partitions, partition_for_key
+from redisaq_core._retry import backoff_delay
 
 names = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
 member_sets = st.sets(names, min_size=1, max_size=12)

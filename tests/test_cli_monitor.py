@@ -18,9 +18,9 @@ from redis.asyncio import Redis
 
 from redisaq_core import ServiceRegistry
 from redisaq_core.embedded import free_port
-from redisaq_core.health import consumer_service_info
 from redisaq_core.keys import TopicKeys, job_id
 from redisaq_core.metrics import COUNTERS, MetricsRecorder
+from redisaq_core.registry import consumer_service_info
 from tests import job_records as jr
 from tests.helpers import eventually
 

@@ -26,12 +26,12 @@ from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from redisaq_core import Consumer, DeadLetters, Message, Producer
-from redisaq_core.cluster import partition_slots, read_streams, slot_groups
+from redisaq_core._reads import read_streams, slot_groups
+from redisaq_core._scripts import Script, run_pipelined
 from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedCluster
-from redisaq_core.keys import TopicKeys
+from redisaq_core.keys import TopicKeys, partition_slots
 from redisaq_core.results import JobStatus, ResultStore
-from redisaq_core.scripts import Script, run_pipelined
 from tests.cluster_helpers import cluster_nodes, crossslot_errors, node_of_key
 from tests.helpers import Running, eventually
 

@@ -19,11 +19,11 @@ from redisaq_core import (
     Producer,
     ServiceRegistry,
 )
+from redisaq_core._scripts import FANOUT
 from redisaq_core.connection import is_cluster
 from redisaq_core.fanout import FANOUT_SERVICE_TYPE
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import topic_metrics
-from redisaq_core.scripts import FANOUT
 from tests.fanout_support import (
     assert_exactly_once,
     assert_key_order,

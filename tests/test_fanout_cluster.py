@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from redisaq_core import ConfigurationError, FanOut, Producer
-from redisaq_core import fanout_writer as writer_module
+from redisaq_core._scripts import ACK
 from redisaq_core.connection import create_client
+from redisaq_core.fanout import _writer as writer_module
 from redisaq_core.keys import TopicKeys
-from redisaq_core.scripts import ACK
 from tests.cluster_helpers import crossslot_errors, node_of_key
 from tests.fanout_support import (
     Bridges,

@@ -48,7 +48,7 @@ async def test_an_evicting_server_is_warned_about(
     topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = EmbeddedRedis(extra_args=["--maxmemory-policy", "allkeys-lru"])
-    with caplog.at_level(logging.WARNING, logger="redisaq_core.retention"):
+    with caplog.at_level(logging.WARNING, logger="redisaq_core"):
         async with server, Producer(topic, redis_url=server.url) as producer:
             await producer.enqueue({"n": 1})
     assert any("maxmemory-policy is allkeys-lru" in r.getMessage() for r in caplog.records)

@@ -14,11 +14,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from redisaq_core import ConfigurationError
-from redisaq_core import metrics as metrics_module
 from redisaq_core.embedded import free_port
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import COUNTERS, DEFAULT_BUCKETS, MetricsRecorder, topic_metrics
-from redisaq_core.prometheus import render_prometheus
+from redisaq_core.metrics import _reader as metrics_module
+from redisaq_core.metrics.prometheus import render_prometheus
 from tests import job_records as jr
 from tests.helpers import eventually
 

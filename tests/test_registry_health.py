@@ -25,8 +25,8 @@ from redisaq_core import (
     WorkerStatus,
 )
 from redisaq_core.embedded import EmbeddedRedis
-from redisaq_core.health import CONSUMER_SERVICE_TYPE, classify, consumer_service_info
 from redisaq_core.keys import RegistryKeys
+from redisaq_core.registry import CONSUMER_SERVICE_TYPE, classify, consumer_service_info
 from tests.helpers import eventually
 
 
@@ -135,7 +135,7 @@ async def test_failing_on_shutdown_is_logged_not_raised(
     def boom() -> None:
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="redisaq_core.health"):
+    with caplog.at_level(logging.ERROR, logger="redisaq_core"):
         async with registry.keepalive(_info(), interval=0.05, on_shutdown=boom) as ka:
             await registry.deregister_service("svc-1")
             await asyncio.wait_for(ka.wait_shutdown(), 5)
@@ -287,7 +287,7 @@ async def test_monitor_loop_emits_async_events_and_survives_bad_callbacks_and_re
     await registry.register_service(_info("quiet", "inference"))
     await redis.hset(registry.keys.service("junk"), "port", "x")
     await redis.zadd(registry.keys.active, {"junk": 1e10})
-    with caplog.at_level(logging.ERROR, logger="redisaq_core.health"):
+    with caplog.at_level(logging.ERROR, logger="redisaq_core"):
         async with HealthMonitor(
             registry, timeout=0.2, disconnect_timeout=30, interval=0.05, on_change=on_change
         ) as monitor:

@@ -9,11 +9,11 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import topic_metrics
+from redisaq_core.metrics.prometheus import render_prometheus
 from redisaq_core.monitor import Monitor
-from redisaq_core.prometheus import render_prometheus
-from redisaq_core.retention import server_features
 from tests.helpers import Running, eventually
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
@@ -117,7 +117,7 @@ async def test_acked_trim_keeps_everything_for_a_group_not_yet_on_the_stream(
 async def test_a_lagging_group_is_warned_about(
     redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="redisaq_core.retention"):
+    with caplog.at_level(logging.WARNING, logger="redisaq_core"):
         async with Producer(
             topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked",
             refresh_interval=0.1, init_partitions=2,

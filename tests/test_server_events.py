@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, ConsumerError, Message, Producer
+from redisaq_core._failures import Recovery, recovery_for
 from redisaq_core.embedded import EmbeddedRedis, free_port
-from redisaq_core.failures import Recovery, recovery_for
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 

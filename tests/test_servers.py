@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from redisaq_core import EmbeddedRedisError
-from redisaq_core.embedded import EmbeddedRedis
-from redisaq_core.servers import (
+from redisaq_core.embedded import (
     DEFAULT_SERVER,
     KNOWN_SERVERS,
     MINIMUM_VERSION,
+    EmbeddedRedis,
     find_server,
     inspect_binary,
 )

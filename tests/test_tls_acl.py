@@ -24,10 +24,9 @@ from redis.asyncio import Redis
 from redisaq_core import Consumer, EmbeddedRedis, Message, Producer, ServiceInfo, ServiceRegistry
 from redisaq_core.cli.main import main
 from redisaq_core.dlq import DeadLetters
-from redisaq_core.embedded import free_port
+from redisaq_core.embedded import KNOWN_SERVERS, find_server, free_port
 from redisaq_core.errors import ConnectionFailedError, EmbeddedRedisError
 from redisaq_core.results import JobStatus, ResultStore
-from redisaq_core.servers import KNOWN_SERVERS, find_server
 from tests.helpers import eventually
 
 README = Path(__file__).resolve().parents[1] / "README.md"

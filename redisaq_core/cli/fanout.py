@@ -7,8 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..fanout import FanOut
-from ..fanout_lists import ListFanOut
+from ..fanout import FanOut, ListFanOut
 from ..registry import ServiceRegistry
 from ..signals import install_signal_handlers
 from .common import EXIT_OK, UsageError, add_format, leaf_parent, print_json, redis_url

@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
+from .._failures import CALL_FAILURES
 from ..errors import ConfigurationError
-from ..failures import CALL_FAILURES
+from ..metrics.prometheus import CONTENT_TYPE
 from ..monitor import Monitor
-from ..prometheus import CONTENT_TYPE
 from ..results import JobRecord, JobStatus
 from .common import EXIT_FAILED, EXIT_OK, UsageError, leaf_parent, print_table, redis_url
 

@@ -20,10 +20,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
+from .._failures import CALL_FAILURES
 from ..errors import ConfigurationError, ServiceNotFoundError
-from ..failures import CALL_FAILURES
-from ..health import HealthMonitor, Keepalive, StatusChange
-from ..registry import ServiceInfo, ServiceRegistry, ServiceStatus
+from ..registry import (
+    HealthMonitor,
+    Keepalive,
+    ServiceInfo,
+    ServiceRegistry,
+    ServiceStatus,
+    StatusChange,
+)
 from .common import (
     EXIT_OK,
     UsageError,

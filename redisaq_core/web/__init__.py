@@ -48,7 +48,7 @@ worker becomes ``connected`` (the server sends ``{"type": "connected"}``),
 every frame it sends is a heartbeat that makes it ``alive`` (answered with
 ``{"type": "heartbeat_ack"}``), closing the socket makes it
 ``disconnected``, and ``HEARTBEAT_TIMEOUT`` seconds of silence make it
-``not_responding`` (a :class:`~redisaq_core.health.HealthMonitor` runs in
+``not_responding`` (a :class:`~redisaq_core.registry.HealthMonitor` runs in
 each gateway). Close codes: **4404** no worker is registered under that id,
 **4410** its registration was removed while connected; on every socket
 **4401** missing or wrong token, **4403** opened by a web page of another

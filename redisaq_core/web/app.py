@@ -26,7 +26,7 @@ from ..errors import (
     RedisaqError,
 )
 from ..keys import RegistryKeys
-from ..prometheus import CONTENT_TYPE
+from ..metrics.prometheus import CONTENT_TYPE
 from ..registry import WorkerStatus
 from ..results import JobStatus
 from .gateway import Gateway, InvalidField, job_dict

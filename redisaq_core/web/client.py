@@ -29,9 +29,9 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from .._retry import backoff_delay
 from ..connection import redact_url
 from ..errors import ConfigurationError, GatewayError
-from ..retry import backoff_delay
 from .models import CLOSE_DEREGISTERED, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_WORKER
 
 __all__ = ["ManagerClient"]

@@ -3,7 +3,7 @@
 Every status change of a job is announced on its topic's job channel as
 ``"<job_id> <status>"`` (see :mod:`redisaq_core.results`), by whichever
 process made the change. :class:`JobFeed` is the gateway's one pub/sub
-connection (the reconnecting listener of :class:`~redisaq_core.job_events.JobEvents`,
+connection (the reconnecting listener of :class:`~redisaq_core._job_events.JobEvents`,
 which it extends): it subscribes to the channel of each topic whose jobs a
 client follows and hands each announcement to the followers of that job.
 For ``completed``, ``failed`` and ``dead`` the record is read once per
@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from .._job_events import JobEvents
 from ..connection import AnyRedis
 from ..errors import RedisaqError
-from ..job_events import JobEvents
 from ..keys import TopicKeys, parse_job_id
 from ..results import JobRecord, ResultStore
 

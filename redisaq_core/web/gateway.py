@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..codec import default_deserializer
+from .._codec import default_deserializer
 from ..connection import AnyRedis, create_client, redact_url
 from ..dlq import DeadLetters
 from ..dlq import _parse as parse_dead_letter
@@ -31,11 +31,18 @@ from ..errors import (
     PartitionKeyError,
     SerializationError,
 )
-from ..health import HealthMonitor, StatusChange, classify
 from ..keys import TopicKeys, validate_name
 from ..monitor import Monitor
 from ..producer import Producer
-from ..registry import ServiceInfo, ServiceRecord, ServiceRegistry, WorkerStatus
+from ..registry import (
+    HealthMonitor,
+    ServiceInfo,
+    ServiceRecord,
+    ServiceRegistry,
+    StatusChange,
+    WorkerStatus,
+    classify,
+)
 from ..results import JobRecord, JobStatus, ResultStore
 from .feed import JobFeed
 from .models import RESERVED_WORKER_IDS, ReplayRequest, SubmitJob, WorkerRegistration

@@ -17,13 +17,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .connection import AnyRedis
-from .errors import RedisaqError
-from .keys import TopicKeys
-from .message import Received
-from .metrics import MetricsRecorder
-from .scripts import ACK, ENSURE_PARTITIONS, FANOUT, FANOUT_FORGET, FANOUT_WRITE, ScriptCall
-from .scripts import run_pipelined as _run
+from .._scripts import ACK, ENSURE_PARTITIONS, FANOUT, FANOUT_FORGET, FANOUT_WRITE, ScriptCall
+from .._scripts import run_pipelined as _run
+from ..connection import AnyRedis
+from ..errors import RedisaqError
+from ..keys import TopicKeys
+from ..message import Received
+from ..metrics import MetricsRecorder
 
 __all__ = ["Entry", "FanOutStats", "Target", "Writer"]
 

@@ -5,7 +5,7 @@ The protocol, run by every member on each heartbeat:
 1. The heartbeat script records the member in the group's sorted set with
    the Redis server's time, drops members silent for longer than the TTL, and
    returns the live members, the partition count and the stored assignment.
-2. The member computes :func:`~redisaq_core.assignment.assign` from those
+2. The member computes :func:`~redisaq_core._assignment.assign` from those
    inputs. Every member computes the same result; when it differs from the
    stored one, it is written with a compare-and-set on its version.
 3. The member takes or renews the lease of each partition assigned to it. A
@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .assignment import assign
-from .codec import as_str
+from ._assignment import assign
+from ._codec import as_str
+from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
 from .connection import AnyRedis
 from .errors import DuplicateConsumerError
 from .keys import TopicKeys
-from .scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
 
 __all__ = ["GroupView", "LeaseState", "Membership"]
 

@@ -14,15 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import F_BYTES, Serializer, encode_payload
-from .connection import AnyRedis
-from .delivery import ConsumerStats, OwnedPartition, Undecodable
-from .dlq import dead_letter_fields
-from .errors import SerializationError
-from .keys import TopicKeys
-from .message import Received
-from .retry import backoff_delay
-from .scripts import (
+from ._codec import F_BYTES, Serializer, encode_payload
+from ._delivery import ConsumerStats, OwnedPartition, Undecodable
+from ._retry import backoff_delay
+from ._scripts import (
     ACK,
     ACK_DELETE,
     DEAD_LETTER,
@@ -33,6 +28,11 @@ from .scripts import (
     ScriptCall,
     run_pipelined,
 )
+from .connection import AnyRedis
+from .dlq import dead_letter_fields
+from .errors import SerializationError
+from .keys import TopicKeys
+from .message import Received
 
 __all__ = ["Failure", "Settler"]
 

@@ -16,8 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .cluster import read_streams
-from .codec import F_BYTES, F_CREATED, F_JOB, F_KEY, F_TIMEOUT, Deserializer, as_str, decode_payload
+from ._codec import (
+    F_BYTES,
+    F_CREATED,
+    F_JOB,
+    F_KEY,
+    F_TIMEOUT,
+    Deserializer,
+    as_str,
+    decode_payload,
+)
+from ._reads import read_streams
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys

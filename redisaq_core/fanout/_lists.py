@@ -52,14 +52,13 @@ from typing import TYPE_CHECKING, Any
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from .checks import integer, number
-from .connection import AnyRedis, RedisComponent, is_cluster
-from .errors import AlreadyRunningError, ConfigurationError
-from .failures import REDIS_FAILURES, Recovery, recovery_for
+from .._checks import integer, number
+from .._failures import REDIS_FAILURES, Recovery, recovery_for
+from ..connection import AnyRedis, RedisComponent, is_cluster
+from ..errors import AlreadyRunningError, ConfigurationError
 
 if TYPE_CHECKING:
-    from .health import Keepalive
-    from .registry import ServiceInfo, ServiceRegistry
+    from ..registry import Keepalive, ServiceInfo, ServiceRegistry
 
 __all__ = ["ListFanOut", "ListFanOutStats"]
 
@@ -138,7 +137,7 @@ class ListFanOut(RedisComponent):
         integer(batch_size, "batch_size")
         number(heartbeat_interval, "heartbeat_interval", above=0, seconds=True)
         if registry is not None:
-            from .registry import ServiceRegistry
+            from ..registry import ServiceRegistry
 
             if not isinstance(registry, ServiceRegistry):
                 raise ConfigurationError(f"registry must be a ServiceRegistry, got {registry!r}")
@@ -271,7 +270,7 @@ class ListFanOut(RedisComponent):
             await self._finished.wait()
 
     def _service_info(self) -> ServiceInfo:
-        from .registry import ServiceInfo
+        from ..registry import ServiceInfo
 
         return ServiceInfo(
             service_id=self.service_id,

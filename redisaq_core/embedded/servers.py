@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import EmbeddedRedisError
+from ..errors import EmbeddedRedisError
 
 __all__ = [
     "DEFAULT_SERVER",

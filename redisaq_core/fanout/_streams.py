@@ -80,7 +80,7 @@ to the fan-out); each target's metrics count the entries written to it as
 entries written and entries a transform skipped.
 
 ``FanOut.from_lists`` is the list mode for users of plain Redis lists
-(mpush): see :class:`~redisaq_core.fanout_lists.ListFanOut`.
+(mpush): see :class:`~redisaq_core.fanout.ListFanOut`.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from .checks import integer, number
-from .codec import (
+from .._checks import integer, number
+from .._codec import (
     F_BYTES,
     F_CREATED,
     F_KEY,
@@ -109,24 +109,23 @@ from .codec import (
     default_serializer,
     encode_payload,
 )
-from .connection import AnyRedis, is_cluster
-from .consumer import Consumer
-from .errors import (
+from .._failures import REDIS_FAILURES, UNREACHABLE
+from ..connection import AnyRedis, is_cluster
+from ..consumer import Consumer
+from ..errors import (
     AlreadyRunningError,
     ConfigurationError,
     NotConnectedError,
     PartitionKeyError,
 )
-from .failures import REDIS_FAILURES, UNREACHABLE
-from .fanout_writer import Entry, FanOutStats, Fields, Target, Writer
-from .keys import TopicKeys, validate_name
-from .message import Message, Received
-from .metrics import MetricsRecorder
+from ..keys import TopicKeys, validate_name
+from ..message import Message, Received
+from ..metrics import MetricsRecorder
+from ._writer import Entry, FanOutStats, Fields, Target, Writer
 
 if TYPE_CHECKING:
-    from .fanout_lists import ListFanOut
-    from .health import Keepalive
-    from .registry import ServiceInfo, ServiceRegistry
+    from ..registry import Keepalive, ServiceInfo, ServiceRegistry
+    from ._lists import ListFanOut
 
 __all__ = ["FANOUT_SERVICE_TYPE", "FanOut", "FanOutStats", "Transform"]
 
@@ -216,7 +215,7 @@ class FanOut:
             )
         self.refresh_interval = number(refresh_interval, "refresh_interval", above=0, seconds=True)
         if registry is not None:
-            from .registry import ServiceRegistry
+            from ..registry import ServiceRegistry
 
             if not isinstance(registry, ServiceRegistry):
                 raise ConfigurationError(f"registry must be a ServiceRegistry, got {registry!r}")
@@ -309,9 +308,9 @@ class FanOut:
     ) -> ListFanOut:
         """The list mode (mpush): pop ``in_list``, push each item to every list of ``out_lists``.
 
-        See :class:`~redisaq_core.fanout_lists.ListFanOut`.
+        See :class:`~redisaq_core.fanout.ListFanOut`.
         """
-        from .fanout_lists import ListFanOut
+        from ._lists import ListFanOut
 
         return ListFanOut(
             in_list, out_lists, pending=pending, pop_timeout=pop_timeout, redis_url=redis_url,
@@ -445,7 +444,7 @@ class FanOut:
             await self._finished.wait()
 
     def _service_info(self) -> ServiceInfo:
-        from .registry import ServiceInfo
+        from ..registry import ServiceInfo
 
         return ServiceInfo(
             service_id=self.service_id,

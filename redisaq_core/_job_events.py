@@ -1,7 +1,7 @@
 """The waiting machinery of :class:`~redisaq_core.results.ResultStore`.
 
 :class:`JobEvents` is a store's one pub/sub connection and the waiters it
-wakes; record reads share round trips through :class:`~redisaq_core.batching.CommandBatcher`.
+wakes; record reads share round trips through :class:`~redisaq_core._batching.CommandBatcher`.
 See :mod:`redisaq_core.results` for the protocol (subscribe, read, wait).
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .codec import optional_text
+from ._codec import optional_text
+from ._failures import REDIS_FAILURES
 from .connection import AnyRedis
 from .errors import NotConnectedError
-from .failures import REDIS_FAILURES
 
 __all__ = ["FINAL_STATUSES", "JobEvents"]
 

@@ -23,13 +23,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._delivery import ConsumerStats, OwnedPartition, Undecodable
+from ._settlement import Failure, Settler, batch_failures
 from .connection import AnyRedis
-from .delivery import ConsumerStats, OwnedPartition, Undecodable
 from .errors import ConsumerError
 from .keys import TopicKeys
 from .message import Received
 from .metrics import MetricsRecorder
-from .settlement import Failure, Settler, batch_failures
 
 __all__ = ["Dispatcher", "uncancel"]
 

@@ -36,12 +36,12 @@ from weakref import WeakKeyDictionary
 
 from redis.exceptions import ResponseError
 
-from .codec import shown_text
+from ._codec import shown_text
+from ._failures import REDIS_FAILURES
+from ._scripts import TRIM_ACKED
 from .connection import AnyRedis
 from .errors import ConfigurationError
-from .failures import REDIS_FAILURES
 from .keys import TopicKeys
-from .scripts import TRIM_ACKED
 
 __all__ = ["TRIM_MODES", "Retention", "ServerFeatures", "TrimMode", "server_features"]
 

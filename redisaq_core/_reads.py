@@ -39,10 +39,8 @@ from redis.exceptions import (
 )
 
 from .connection import AnyRedis
-from .keys import TopicKeys
 
 __all__ = [
-    "partition_slots",
     "read_streams",
     "slot_groups",
 ]
@@ -68,17 +66,6 @@ def slot_groups(keys: Iterable[str]) -> dict[int, list[str]]:
     for key in keys:
         groups.setdefault(key_slot(key.encode()), []).append(key)
     return groups
-
-
-def partition_slots(topic: str, partitions: int) -> dict[int, int]:
-    """The hash slot of each partition of ``topic`` (partition number -> slot).
-
-    Everything of a partition (its streams, dead letters, leases, job records)
-    shares the partition's hash tag, so this is where all of it lives; compare
-    with ``CLUSTER SLOTS`` to see which node serves each partition.
-    """
-    keys = TopicKeys(topic)
-    return {p: key_slot(keys.stream(p).encode()) for p in range(partitions)}
 
 
 def _pairs(response: Any) -> _Pairs:

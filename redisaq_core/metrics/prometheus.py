@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .metrics import COUNTERS
+from ._recorder import COUNTERS
 
 __all__ = ["CONTENT_TYPE", "render_prometheus"]
 
