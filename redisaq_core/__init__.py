@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ._assignment import partition_for_key
-from .consumer import BatchCallback, Callback, Consumer, ConsumerStats
+from .consumer import BatchCallback, Callback, Consumer, ConsumerStats, SingleCallback
 from .dlq import DeadLetter, DeadLetters
 from .embedded import EmbeddedCluster, EmbeddedRedis
 from .errors import (
@@ -104,6 +104,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceRegistry",
     "ServiceStatus",
+    "SingleCallback",
     "StatusChange",
     "WorkerStatus",
     "__version__",

@@ -101,7 +101,7 @@ async def server_features(client: AnyRedis) -> ServerFeatures:
             server=f"{product} {shown}",
             eviction=eviction,
         )
-        log.debug("server features of %s %s: %s", product, info.get("redis_version"), known)
+        log.debug("server features: %s", known)
         if eviction not in (None, "noeviction"):
             log.warning(
                 "Redis maxmemory-policy is %s: under memory pressure the server may evict "

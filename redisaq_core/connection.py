@@ -199,6 +199,11 @@ class RedisComponent:
         return redact_url(self._url) if self._given is None else "<given client>"
 
     @property
+    def redis_url(self) -> str:
+        """Same as :attr:`url` (redisaq 0.1.5's name)."""
+        return self.url
+
+    @property
     def connected(self) -> bool:
         """Whether ``connect()`` has completed and ``close()`` has not been called."""
         return self._redis is not None
@@ -217,9 +222,13 @@ class RedisComponent:
         return NotConnectedError(f"{name} is not connected: call `await connect()` first")
 
     async def connect(self) -> None:
-        """Connect (idempotent). Raises ``ConnectionFailedError`` naming the URL if unreachable."""
-        if self._closed:
-            raise self._not_connected()
+        """Connect (idempotent). Raises ``ConnectionFailedError`` naming the URL if unreachable.
+
+        After :meth:`close`, ``connect()`` opens the component again (an application whose
+        startup and shutdown run more than once); any other use after close raises
+        ``NotConnectedError``.
+        """
+        self._closed = False
         if self._redis is not None:
             return
         if self._connect_lock is None:
@@ -250,6 +259,8 @@ class RedisComponent:
 
     async def _ensure(self) -> AnyRedis:
         """The client, connecting first if needed (raises after close)."""
+        if self._closed:
+            raise self._not_connected()
         if self._redis is None:
             await self.connect()
         assert self._redis is not None

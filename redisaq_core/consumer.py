@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
+from ._compat import legacy_logger
 from ._delivery import ConsumerStats, OwnedPartition, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher, uncancel
@@ -44,11 +45,12 @@ from .metrics import MetricsRecorder
 if TYPE_CHECKING:
     from .registry import Keepalive, ServiceRegistry
 
-__all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats"]
+__all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats", "SingleCallback"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Received], Awaitable[Any]]
+SingleCallback = Callback  # redisaq 0.1.5's name
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
 SWEEP_EVERY = 10
@@ -87,7 +89,9 @@ class Consumer(RedisComponent):
     then dead-lettered), so a hung handler can't hold its partition while the
     consumer keeps heartbeating; it is checked on every heartbeat, so the cut
     comes within ``heartbeat_interval`` after the limit. ``Message.timeout``
-    sets a limit per message, to the millisecond.
+    sets a limit per message, to the millisecond. ``logger``: where the
+    consumer's own log records go (default ``redisaq_core.consumer``); ``debug``
+    is accepted from redisaq 0.1.5 code and deprecated.
     """
 
     def __init__(
@@ -118,17 +122,18 @@ class Consumer(RedisComponent):
         on_revoke: PartitionsHook | None = None,
         registry: ServiceRegistry | None = None,
         metrics: bool = True,
+        logger: logging.Logger | None = None,
+        debug: bool | None = None,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
+        self.logger = legacy_logger("Consumer", debug, logger, log)
         self.keys = TopicKeys(topic)
         self.topic = topic
         self.group = validate_name(group_name, "group_name")
         if consumer_name is not None:
             validate_name(consumer_name, "consumer_name")
         self.name = consumer_name or _default_name()
-        integer(batch_size, "batch_size")
-        if batch_size > 5000:
-            raise ConfigurationError(f"batch_size must be <= 5000, got {batch_size!r}")
+        integer(batch_size, "batch_size", maximum=5000)
         number(heartbeat_interval, "heartbeat_interval", minimum=0.01)
         if heartbeat_ttl is None:
             heartbeat_ttl = 3.0 * heartbeat_interval
@@ -230,6 +235,32 @@ class Consumer(RedisComponent):
         return sorted(p for p, s in self._owned.items() if not s.revoking)
 
     @property
+    def group_name(self) -> str:
+        """The consumer group's name (``group``)."""
+        return self.group
+
+    @property
+    def consumer_name(self) -> str:
+        """The name of this member in the group (``name``)."""
+        return self.name
+
+    @property
+    def partitions(self) -> list[int]:
+        """Same as :attr:`assigned_partitions` (redisaq 0.1.5's name)."""
+        return self.assigned_partitions
+
+    @property
+    def serializer(self) -> Serializer:
+        """How handler results of jobs are stored (``serializer=``)."""
+        return self._settler.serializer
+
+    async def get_num_partitions(self) -> int:
+        """The topic's partition count as stored in Redis now (connecting if needed)."""
+        redis = await self._ensure()
+        raw = await redis.hget(self.keys.meta, "partitions")
+        return int(raw or 0)
+
+    @property
     def members(self) -> tuple[str, ...]:
         """Live members of the group as of the last heartbeat."""
         return self._members
@@ -245,9 +276,18 @@ class Consumer(RedisComponent):
         """Handle messages one at a time with ``callback(message)`` until :meth:`stop`."""
         await self._run(callback, batch=False)
 
-    async def process_batch(self, callback: BatchCallback) -> None:
-        """Handle lists of up to ``batch_size`` messages with ``callback(messages)`` until stop."""
+    async def process_batch(self, callback: BatchCallback, batch_size: int | None = None) -> None:
+        """Handle lists of up to ``batch_size`` messages with ``callback(messages)`` until stop.
+
+        ``batch_size`` here replaces the consumer's (as redisaq 0.1.5's ``consume_batch``).
+        """
+        if batch_size is not None:
+            self._set_batch_size(batch_size)
         await self._run(callback, batch=True)
+
+    def _set_batch_size(self, batch_size: int) -> None:
+        integer(batch_size, "batch_size", maximum=5000)
+        self.batch_size = self._reader.batch_size = self._dispatcher.batch_size = batch_size
 
     consume = process
     consume_batch = process_batch
@@ -270,7 +310,7 @@ class Consumer(RedisComponent):
         try:
             await asyncio.wait_for(asyncio.shield(self._stopped.wait()), deadline)
         except asyncio.TimeoutError:
-            log.warning(
+            self.logger.warning(
                 "consumer %s: handlers still running after %.1fs, cancelling", self.name, deadline
             )
             if self._runner is not None:
@@ -384,7 +424,9 @@ class Consumer(RedisComponent):
                 if recovery_for(exc) is not Recovery.RETRY:
                     raise
                 if not told:
-                    log.warning("consumer %s: cannot join yet (%s); retrying", self.name, exc)
+                    self.logger.warning(
+                        "consumer %s: cannot join yet (%s); retrying", self.name, exc
+                    )
                     told = True
                 await self._pause(delay)
                 if self._stopping.is_set():
@@ -403,13 +445,13 @@ class Consumer(RedisComponent):
             await asyncio.wait_for(asyncio.shield(job), limit)
         except asyncio.TimeoutError:
             job.cancel()
-            log.warning("consumer %s: Redis did not answer while leaving", self.name)
+            self.logger.warning("consumer %s: Redis did not answer while leaving", self.name)
         except asyncio.CancelledError:
             if not self._forced:
                 raise
             job.cancel()
             uncancel()
-            log.warning("consumer %s: Redis did not answer while leaving", self.name)
+            self.logger.warning("consumer %s: Redis did not answer while leaving", self.name)
 
     def _interrupt_read(self) -> None:
         """End a blocking read early (stop, or partitions gained or revoked)."""
@@ -461,9 +503,9 @@ class Consumer(RedisComponent):
                 self.redis,
                 [(FORGET_CONSUMER, [s], [self.group, self.name]) for s in streams],
             )
-            log.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
+            self.logger.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
         except REDIS_FAILURES as exc:
-            log.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
+            self.logger.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
         if owned and self.on_revoke is not None:
             await self._call_hook(self.on_revoke, owned)
 
@@ -478,10 +520,10 @@ class Consumer(RedisComponent):
                 await self._sync()
                 await self._report_partitions()
                 if failing:
-                    log.info("consumer %s: heartbeat restored", self.name)
+                    self.logger.info("consumer %s: heartbeat restored", self.name)
                 failing = False
             except DuplicateConsumerError as exc:
-                log.error("consumer %s: replaced by another instance; stopping", self.name)
+                self.logger.error("consumer %s: replaced by another instance; stopping", self.name)
                 self._fatal = exc
                 self._owned.clear()
                 self._stopping.set()
@@ -489,7 +531,7 @@ class Consumer(RedisComponent):
                 return
             except REDIS_FAILURES as exc:
                 if not failing:
-                    log.warning("consumer %s: heartbeat failed: %s", self.name, exc)
+                    self.logger.warning("consumer %s: heartbeat failed: %s", self.name, exc)
                 failing = True
 
     async def _sync(self) -> None:
@@ -502,7 +544,7 @@ class Consumer(RedisComponent):
         view = await self._membership.beat()
         if view.partitions < self._partition_count:
             # The topic's metadata is gone (flushed or restarted Redis): put it back.
-            log.warning(
+            self.logger.warning(
                 "consumer %s: topic %s lost its metadata; restoring %d partitions",
                 self.name, self.topic, self._partition_count,
             )  # fmt: skip
@@ -530,7 +572,7 @@ class Consumer(RedisComponent):
             current = self._owned.get(p)
             if state == LeaseState.LOST:
                 if current is not None:
-                    log.warning("consumer %s: lease of partition %d lost", self.name, p)
+                    self.logger.warning("consumer %s: lease of partition %d lost", self.name, p)
                     del self._owned[p]
                 continue
             stale = current is not None and len(current.streams) != self._priorities
@@ -568,7 +610,7 @@ class Consumer(RedisComponent):
             self._interrupt_read()
         if gained:
             await self._read_retention()
-            log.info("consumer %s: assigned partitions %s", self.name, gained)
+            self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             if self.on_assign is not None:
                 await self._call_hook(self.on_assign, gained)
 
@@ -587,7 +629,7 @@ class Consumer(RedisComponent):
         if now - self._recreated_at < 5.0:
             await self._pause(min(self.poll_interval, 1.0))  # deleted again at once: no spin
         else:
-            log.warning(
+            self.logger.warning(
                 "consumer %s: group %s or its stream is gone (%s); creating it again",
                 self.name, self.group, exc,
             )  # fmt: skip
@@ -604,7 +646,7 @@ class Consumer(RedisComponent):
             for p in revoked:
                 del self._owned[p]
             await self._membership.release(revoked)
-        log.info("consumer %s: released partitions %s", self.name, revoked)
+        self.logger.info("consumer %s: released partitions %s", self.name, revoked)
         if self.on_revoke is not None:
             await self._call_hook(self.on_revoke, revoked)
 
@@ -614,11 +656,11 @@ class Consumer(RedisComponent):
             if asyncio.iscoroutine(result):
                 await result
         except Exception:
-            log.exception("consumer %s: partition hook %r failed", self.name, hook)
+            self.logger.exception("consumer %s: partition hook %r failed", self.name, hook)
 
     async def _connection_lost(self, exc: BaseException) -> None:
         if not self._redis_down:
-            log.warning("consumer %s: Redis unreachable (%s); retrying", self.name, exc)
+            self.logger.warning("consumer %s: Redis unreachable (%s); retrying", self.name, exc)
         self._redis_down = True
         await self._pause(min(self.poll_interval, 1.0))
 
@@ -629,7 +671,7 @@ class Consumer(RedisComponent):
 
     def _connection_restored(self) -> None:
         if self._redis_down:
-            log.info("consumer %s: Redis reachable again", self.name)
+            self.logger.info("consumer %s: Redis reachable again", self.name)
             self._redis_down = False
 
     # ---- reading --------------------------------------------------------------------
@@ -692,7 +734,7 @@ class Consumer(RedisComponent):
 
     def _fenced(self, part: OwnedPartition, count: int) -> None:
         self.stats.fenced += count
-        log.warning(
+        self.logger.warning(
             "consumer %s: partition %d is no longer ours; %d result(s) not acknowledged "
             "(the new owner will handle them again)", self.name, part.number, count,
         )  # fmt: skip

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
+
+from .keys import TopicKeys
 
 __all__ = ["Message", "Received"]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class Message:
     """One message of a topic.
 
@@ -31,10 +33,13 @@ class Message:
     * ``priority``: its priority level (0 unless the topic has several);
     * ``job_id``: set for messages sent with ``Producer.submit``: their status
       and the handler's return value are tracked (see :mod:`redisaq_core.results`).
+
+    ``topic`` and ``payload`` may be given by position, the rest by keyword.
     """
 
     topic: str
     payload: Any
+    _: KW_ONLY
     msg_id: str | None = None
     partition_key: str | None = None
     partition: int | None = None
@@ -45,6 +50,25 @@ class Message:
     group: str | None = None
     priority: int = 0
     job_id: str | None = None
+
+    @property
+    def stream(self) -> str:
+        """The key of the stream the message was read from (its partition and priority)."""
+        return TopicKeys(self.topic).stream(self.partition or 0, self.priority)
+
+    def get_partition(self) -> int | None:
+        """The partition (``None`` before the message was read): redisaq 0.1.5's spelling."""
+        return self.partition
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a dict (the payload as it is)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        """A ``Message`` from :meth:`to_dict`'s output; unknown keys are ignored."""
+        known = {f.name for f in fields(Message)}
+        return Message(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(slots=True, kw_only=True)

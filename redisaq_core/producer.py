@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from ._codec import (
     default_serializer,
     encode_payload,
 )
+from ._compat import UNSET, legacy_logger, renamed, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
@@ -86,7 +88,9 @@ class Producer(RedisComponent):
     default; ``None``: no limit) is refused with ``SerializationError`` before
     anything is written. ``idempotency_window``: how long (seconds, 24 h by
     default) an ``idempotency_key`` given to :meth:`enqueue`, :meth:`batch_enqueue`
-    or :meth:`submit` is remembered.
+    or :meth:`submit` is remembered. ``logger``: where the producer's own log
+    records go (default ``redisaq_core.producer``); ``debug`` is accepted from
+    redisaq 0.1.5 code and deprecated.
     """
 
     def __init__(
@@ -106,8 +110,11 @@ class Producer(RedisComponent):
         metrics: bool = True,
         max_payload_bytes: int | None = 1_048_576,
         idempotency_window: float = 86_400.0,
+        logger: logging.Logger | None = None,
+        debug: bool | None = None,
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
+        self.logger = legacy_logger("Producer", debug, logger, log)
         self.keys = TopicKeys(topic)
         self.topic = topic
         if maxlen is not None:
@@ -176,9 +183,11 @@ class Producer(RedisComponent):
             self._refresher = None
         if self._batcher is not None:
             await self._batcher.aclose()
+            self._batcher = None  # bound to this client; connect() again makes another
         await self._retention.close()
         if self._results is not None:
             await self._results.close()
+            self._results = None
         if self._metrics is not None:
             await self._metrics.stop()
             self._metrics = None
@@ -187,7 +196,7 @@ class Producer(RedisComponent):
         if count == self._partitions:
             return
         if self._partitions:
-            log.info("topic %s: partitions %d -> %d", self.topic, self._partitions, count)
+            self.logger.info("topic %s: partitions %d -> %d", self.topic, self._partitions, count)
         trim = self._retention.xadd_options()
         self._heads = [["XADD", self.keys.stream(p), *trim, "*"] for p in range(count)]
         self._partitions = count
@@ -199,7 +208,7 @@ class Producer(RedisComponent):
             try:
                 raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
             except REDIS_FAILURES as exc:
-                log.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
+                self.logger.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
                 continue
             if levels is not None:
                 self._levels = max(self._levels, int(levels))
@@ -208,7 +217,7 @@ class Producer(RedisComponent):
             try:
                 await self._retention.sweep(self.redis, self._streams())
             except REDIS_FAILURES as exc:
-                log.warning("topic %s: cannot trim: %s", self.topic, exc)
+                self.logger.warning("topic %s: cannot trim: %s", self.topic, exc)
 
     def _streams(self) -> list[str]:
         return [
@@ -232,9 +241,9 @@ class Producer(RedisComponent):
                     f"message topic {item.topic!r} differs from producer topic {self.topic!r}"
                 )
             payload = item.payload
-            partition_key = partition_key or item.partition_key
+            partition_key = partition_key or zero_is_none(item.partition_key)
             extra += [F_CREATED, repr(number(item.created_at, "Message.created_at"))]
-            if item.timeout is not None:
+            if zero_is_none(item.timeout) is not None:
                 timeout = number(item.timeout, "Message.timeout", above=0)
                 extra += [F_TIMEOUT, repr(timeout)]
             if priority is None and item.priority:
@@ -242,6 +251,7 @@ class Producer(RedisComponent):
         else:
             payload = item
         level = self._level(priority)
+        partition_key = zero_is_none(partition_key)
         if partition_key is None and once is not None:
             partition = partition_for_key(once, self._partitions)
         elif partition_key is None:
@@ -271,13 +281,48 @@ class Producer(RedisComponent):
         return priority
 
     def _command(
-        self, item: Any, partition_key: str | None, priority: int | None = None
+        self,
+        item: Any,
+        partition_key: str | None,
+        priority: int | None = None,
+        trim: list[Any] | None = None,
     ) -> tuple[int, list[Any]]:
-        """(partition, XADD arguments) for one payload or ``Message``; raises before sending."""
+        """(partition, XADD arguments) for one payload or ``Message``; raises before sending.
+
+        ``trim``: XADD trim options for this call instead of the producer's.
+        """
         partition, level, fields = self._fields(item, partition_key, priority)
-        if not level:
+        if not level and trim is None:
             return partition, [*self._heads[partition], *fields]
-        return partition, ["XADD", self.keys.stream(partition, level), *self._trim, "*", *fields]
+        options = self._trim if trim is None else trim
+        return partition, ["XADD", self.keys.stream(partition, level), *options, "*", *fields]
+
+    def _legacy(
+        self, item: Any, timeout: float | None, maxlen: int | None, approximate: bool | None
+    ) -> tuple[Any, list[Any] | None]:
+        """Redisaq 0.1.5's ``timeout``, ``maxlen`` and ``approximate`` of one call.
+
+        ``timeout`` becomes the message's ``Message.timeout`` (0: none); ``maxlen`` and
+        ``approximate`` trim this call's XADD (deprecated: set them on the producer).
+        """
+        if zero_is_none(timeout) is not None:
+            if isinstance(item, Message):
+                raise ConfigurationError("pass timeout on the Message, not to enqueue()")
+            item = Message(self.topic, item, timeout=timeout)
+        if maxlen is None and approximate is None:
+            return item, None
+        warnings.warn(
+            "maxlen= and approximate= per call are deprecated: set them on the Producer",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if self.trim != "maxlen":
+            raise ConfigurationError(f"maxlen per call needs trim='maxlen', not {self.trim!r}")
+        limit = self.maxlen if maxlen is None else integer(maxlen, "maxlen")
+        if limit is None:
+            return item, []
+        exact = self.approximate if approximate is None else approximate
+        return item, ["MAXLEN", "~" if exact else "=", limit]
 
     @staticmethod
     def _key_value(payload: Any, partition_key: str) -> Any:
@@ -300,11 +345,15 @@ class Producer(RedisComponent):
 
     async def enqueue(
         self,
-        message: Any,
+        message: Any = UNSET,
         partition_key: str | None = None,
         *,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        payload: Any = UNSET,
+        timeout: float | None = None,
+        maxlen: int | None = None,
+        approximate: bool | None = None,
     ) -> str:
         """Put one payload (or ``Message``) on the topic and return its stream entry id.
 
@@ -316,14 +365,22 @@ class Producer(RedisComponent):
         ``idempotency_window`` writes nothing and returns the first call's entry id
         (the check and the write are one atomic step on the server, so a call resent
         after a lost reply is safe). Without a ``partition_key`` the key picks the
-        partition.
+        partition. ``payload=`` (for ``message``), ``timeout`` (the handler's time
+        limit, as ``Message.timeout``), ``maxlen`` and ``approximate`` are
+        redisaq 0.1.5's spellings.
         """
+        message = renamed("payload", "message", payload, message)
+        if message is UNSET:
+            raise TypeError("enqueue() needs the message (or payload=)")
+        message, trim = self._legacy(message, timeout, maxlen, approximate)
         redis = self._redis or await self._ensure()
         if idempotency_key is not None:
             once = _check_once(idempotency_key)
+            if trim is not None:
+                raise ConfigurationError("maxlen per call does not go with idempotency_key")
             with self._refusals("the message was not enqueued"):
                 return await self._enqueue_once(redis, message, partition_key, priority, once)
-        partition, command = self._command(message, partition_key, priority)
+        partition, command = self._command(message, partition_key, priority, trim)
         with self._refusals("the message was not enqueued"):
             entry_id = _text(await self._send(redis, command))
         self._retention.wrote(redis, (command[1],))
@@ -393,6 +450,9 @@ class Producer(RedisComponent):
         *,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        timeout: float | None = None,
+        maxlen: int | None = None,
+        approximate: bool | None = None,
     ) -> list[str]:
         """Enqueue many payloads in one round trip; return their ids in input order.
 
@@ -401,13 +461,19 @@ class Producer(RedisComponent):
         A batch cut off half-way (the connection dropped) may have written some
         of its entries: give an ``idempotency_key`` and a retry of the same batch
         writes only those missing (payload ``i`` is enqueued under ``"<key>:<i>"``).
+        ``timeout``, ``maxlen`` and ``approximate``: as for :meth:`enqueue`.
         """
+        items, trims = [], None
+        for item in payloads:
+            item, trims = self._legacy(item, timeout, maxlen, approximate)
+            items.append(item)
+        payloads = items
         redis = self._redis or await self._ensure()
         if idempotency_key is not None:
             key = _check_once(idempotency_key)
             with self._refusals("entries refused were not enqueued; the same call enqueues them"):
                 return await self._batch_once(redis, list(payloads), partition_key, priority, key)
-        commands = [self._command(item, partition_key, priority) for item in payloads]
+        commands = [self._command(item, partition_key, priority, trims) for item in payloads]
         if not commands:
             return []
         pipe = redis.pipeline(transaction=False)
@@ -494,7 +560,15 @@ class Producer(RedisComponent):
             self._results = ResultStore(redis=redis, deserializer=None)
         return JobHandle(job, self._results)
 
-    async def request_partition_increase(self, partitions: int) -> int:
+    async def get_num_partitions(self) -> int:
+        """The topic's partition count as stored in Redis now (connecting if needed)."""
+        redis = self._redis or await self._ensure()
+        raw = await redis.hget(self.keys.meta, "partitions")
+        return int(raw or 0)
+
+    async def request_partition_increase(
+        self, partitions: int = UNSET, *, num_partitions: int = UNSET
+    ) -> int:
         """Raise the topic's partition count to ``partitions`` and return it.
 
         Partitions are never removed: a lower count raises ``PartitionError``.
@@ -502,7 +576,9 @@ class Producer(RedisComponent):
         producers within ``refresh_interval``. Keys map to partitions by
         ``crc32(key) % partitions``, so after an increase some keys move to a
         new partition: order per key holds from then on, not across the change.
+        ``num_partitions=`` is redisaq 0.1.5's spelling.
         """
+        partitions = renamed("num_partitions", "partitions", num_partitions, partitions)
         integer(partitions, "partitions")
         redis = self._redis or await self._ensure()
         try:
