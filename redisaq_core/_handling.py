@@ -29,7 +29,6 @@ from .connection import AnyRedis
 from .errors import ConsumerError
 from .keys import TopicKeys
 from .message import Received
-from .metrics import MetricsRecorder
 
 __all__ = ["Dispatcher", "uncancel"]
 
@@ -89,7 +88,6 @@ class Dispatcher:
         self.dead_letter = dead_letter
         self.max_deliveries = max_deliveries
         self.max_processing_time = max_processing_time
-        self.metrics: MetricsRecorder | None = None
         self._calls: set[_Call] = set()
 
     def cut_off_hung(self, now: float) -> None:
@@ -209,7 +207,7 @@ class Dispatcher:
                 except Exception as exc:
                     failures += batch_failures(chunk, exc)
                     continue
-                if self.metrics is not None:
+                if self.stats.recorder is not None:
                     self._count_batch(chunk, loop.time() - started)
                 if isinstance(result, (list, tuple)) and len(result) == len(chunk):
                     done += list(zip(chunk, result, strict=True))
@@ -237,23 +235,22 @@ class Dispatcher:
         await self.settler.settle(redis, self.owned, done, failures, loop.time(), self.fenced)
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
-        assert self.metrics is not None
+        recorder = self.stats.recorder
+        assert recorder is not None
         now = time.time()
         first = chunk[0].partition
         if all(m.partition == first for m in chunk):
-            ages = [None if m.enqueued_at is None else now - m.enqueued_at for m in chunk]
-            self.metrics.handled_many(first or 0, took, ages)
+            recorder.handled_many(first, took, [now - m.enqueued_at for m in chunk])
             return
         by_partition: dict[int, list[float | None]] = {}
         for m in chunk:
-            age = None if m.enqueued_at is None else now - m.enqueued_at
-            by_partition.setdefault(m.partition, []).append(age)
+            by_partition.setdefault(m.partition, []).append(now - m.enqueued_at)
         for partition, values in by_partition.items():
-            self.metrics.handled_many(partition, took, values)
+            recorder.handled_many(partition, took, values)
 
     def _in_flight(self, messages: list[Received] | dict[int, int], sign: int) -> dict[int, int]:
         """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
-        if self.metrics is None:
+        if self.stats.recorder is None:
             return {}
         if isinstance(messages, dict):
             counts = messages
@@ -262,7 +259,7 @@ class Dispatcher:
             for m in messages:
                 counts[m.partition] = counts.get(m.partition, 0) + 1
         for partition, n in counts.items():
-            self.metrics.in_flight(partition, sign * n)
+            self.stats.recorder.in_flight(partition, sign * n)
         return counts
 
     @staticmethod
@@ -274,6 +271,7 @@ class Dispatcher:
     ) -> tuple[list[tuple[Received, Any]], Failure | None]:
         ok: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
+        recorder = self.stats.recorder
         for i, m in enumerate(msgs):
             part = self.owned.get(m.partition)
             if part is None or part.valid_until <= loop.time():
@@ -295,8 +293,8 @@ class Dispatcher:
                 return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
                 return ok, Failure(m, exc, msgs[i + 1 :])
-            if self.metrics is not None:
-                self.metrics.handled(m.partition, loop.time() - started, _age(m))
+            if recorder is not None:
+                recorder.handled(m.partition, loop.time() - started, time.time() - m.enqueued_at)
             ok.append((m, result))
         return ok, None
 
@@ -310,8 +308,3 @@ class _Call:
         self.task = task
         self.started = started
         self.cut_off = False
-
-
-def _age(message: Received) -> float | None:
-    """Seconds since the message was enqueued (``None`` when unknown)."""
-    return None if message.enqueued_at is None else time.time() - message.enqueued_at

@@ -348,7 +348,6 @@ class Consumer(RedisComponent):
         try:
             if self.metrics:
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
-                self._dispatcher.metrics = self._metrics
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
             await self._join(redis)
@@ -398,7 +397,7 @@ class Consumer(RedisComponent):
                 self._registration = None
             if self._metrics is not None:
                 await self._clean_up(self._metrics.stop())
-                self._metrics = self.stats.recorder = self._dispatcher.metrics = None
+                self._metrics = self.stats.recorder = None
             self._forced = False
             self._running = False
             self._reading = None

@@ -43,7 +43,7 @@ WebSocket ``/ws/jobs`` (JSON text frames with a ``type``):
   ``{"type": "error", "detail", "request_id"?}`` naming the fields; the
   socket stays open.
 
-WebSocket ``/ws/{worker_id}`` (seed 002's heartbeat socket): on connect the
+WebSocket ``/ws/{worker_id}``: on connect the
 worker becomes ``connected`` (the server sends ``{"type": "connected"}``),
 every frame it sends is a heartbeat that makes it ``alive`` (answered with
 ``{"type": "heartbeat_ack"}``), closing the socket makes it

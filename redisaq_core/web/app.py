@@ -308,7 +308,7 @@ def create_app(
 
     @app.get(
         "/jobs",
-        response_model=list[JobModel],
+        response_model=list[JobModel],  # type: ignore[valid-type]  # built from JobRecord
         tags=["jobs"],
         summary="List jobs",
         responses=_COMMON,

@@ -1,4 +1,4 @@
-"""``ManagerClient``: the worker side of the gateway's worker manager (seed 002).
+"""``ManagerClient``: the worker side of the gateway's worker manager.
 
 ::
 

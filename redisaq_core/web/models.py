@@ -6,12 +6,13 @@ the WebSocket frames are documented in :mod:`redisaq_core.web`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from ..registry import WorkerStatus
-from ..results import JobStatus
+from ..results import JobRecord
 
 __all__ = [
     "CLOSE_DEREGISTERED",
@@ -110,38 +111,30 @@ class JobAccepted(BaseModel):
     client_id: str | None = None
 
 
-class JobModel(BaseModel):
-    """A job's status record (:meth:`redisaq_core.results.JobRecord.as_dict` plus ``job_id``).
+def _record_model() -> type[BaseModel]:
+    """``JobModel``: :class:`~redisaq_core.results.JobRecord`'s fields, plus ``job_id``.
 
-    Times are Unix seconds of the Redis server's clock; ``result`` is the
-    handler's return value once the job is ``completed``.
+    Built from the record's own fields, so that the two can't drift apart.
     """
+    hints = get_type_hints(JobRecord)
+    fields: dict[str, Any] = {"job_id": (str, ...)}
+    for f in dataclasses.fields(JobRecord):
+        default = ... if f.default is dataclasses.MISSING else f.default
+        fields[f.name] = (hints[f.name], default)
+    model: type[BaseModel] = create_model("JobModel", **fields)
+    model.__doc__ = (
+        "A job's status record (``JobRecord.as_dict()`` plus ``job_id``).\n\n"
+        "Times are Unix seconds of the Redis server's clock; ``result`` is the\n"
+        "handler's return value once the job is ``completed``."
+    )
+    return model
 
-    job_id: str
-    id: str
-    topic: str
-    partition: int
-    status: JobStatus
-    msg_id: str | None = None
-    priority: int = 0
-    attempts: int = 0
-    worker: str | None = None
-    error: str | None = None
-    error_type: str | None = None
-    queued_at: float | None = None
-    active_at: float | None = None
-    completed_at: float | None = None
-    failed_at: float | None = None
-    dead_at: float | None = None
-    updated_at: float | None = None
-    result_ttl: int | None = None
-    has_result: bool = False
-    result: Any = None
-    result_error: str | None = None
+
+JobModel = _record_model()
 
 
 class WorkerRegistration(BaseModel):
-    """``POST /register``: a worker announcing itself (seed 002).
+    """``POST /register``: a worker announcing itself.
 
     ``worker_id`` is generated if not given; registering an id again replaces
     its registration.

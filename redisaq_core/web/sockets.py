@@ -443,7 +443,7 @@ def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str
 
 
 async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None:
-    """Serve a worker's heartbeat socket (seed 002) until it closes.
+    """Serve a worker's heartbeat socket until it closes.
 
     Every frame is answered; a frame is written to Redis as a heartbeat only
     when the worker's last one is ``gateway.heartbeat_min_interval`` seconds
