@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -256,3 +257,35 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _seconds_arg(text: str, *, zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise argparse.ArgumentTypeError(f"must be a number of seconds {bound}, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An ``argparse`` type: a number of seconds > 0."""
+    return _seconds_arg(text, zero=False)
+
+
+def seconds_or_zero(text: str) -> float:
+    """An ``argparse`` type: a number of seconds >= 0."""
+    return _seconds_arg(text, zero=True)
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value

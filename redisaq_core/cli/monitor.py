@@ -36,7 +36,16 @@ from ..errors import ConfigurationError
 from ..metrics.prometheus import CONTENT_TYPE
 from ..monitor import Monitor
 from ..results import JobRecord, JobStatus
-from .common import EXIT_FAILED, EXIT_OK, UsageError, leaf_parent, print_table, redis_url
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    leaf_parent,
+    positive_int,
+    print_table,
+    redis_url,
+    seconds,
+)
 
 __all__ = ["add_commands"]
 
@@ -62,26 +71,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
-    return value
-
-
 def add_commands(sub: Any) -> None:
     """Register ``monitor`` and its commands."""
     p = sub.add_parser("monitor", help="watch topics, consumer groups, workers, jobs and metrics")
@@ -92,12 +81,12 @@ def add_commands(sub: Any) -> None:
         a: argparse.ArgumentParser = commands.add_parser(
             name, help=help_text, description=help_text, parents=[leaf_parent()]
         )
-        a.add_argument("--stale-after", type=_seconds, default=15.0,
+        a.add_argument("--stale-after", type=seconds, default=15.0,
                        help="alive: last heartbeat at most this old, s (15)")  # fmt: skip
         if action is not None:
             a.add_argument("--format", choices=["table", "text", "json"], default="table",
                            help="output format (default table; json is JSON only)")  # fmt: skip
-            a.add_argument("--watch", type=_seconds, metavar="SECONDS",
+            a.add_argument("--watch", type=seconds, metavar="SECONDS",
                            help="redraw every SECONDS until Ctrl-C")  # fmt: skip
             a.set_defaults(func=_runner(action))
         return a
@@ -106,7 +95,7 @@ def add_commands(sub: Any) -> None:
     a = command("jobs", "jobs, most recently changed first", _jobs)
     a.add_argument("--status", help=f"only this status ({_STATUSES})")
     a.add_argument("--topic", help="only this topic")
-    a.add_argument("--limit", type=_positive, default=100, help="at most this many (100)")
+    a.add_argument("--limit", type=positive_int, default=100, help="at most this many (100)")
     a = command("job", "one job's record; exit 1 if it has none", _job)
     a.add_argument("job_id", metavar="ID")
     a = command("workers", "live group members of every topic, and registered consumers", _workers)

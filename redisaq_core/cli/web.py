@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import math
 import os
 import re
 import signal
@@ -32,8 +31,11 @@ from .common import (
     EXIT_OK,
     UsageError,
     leaf_parent,
+    positive_int,
     read_secret_file,
     redis_url,
+    seconds,
+    seconds_or_zero,
     warn_once,
 )
 
@@ -57,36 +59,6 @@ class RedactTokens(logging.Filter):
             record.msg = _TOKEN_IN_TEXT.sub(r"\1***", message)
             record.args = ()
         return True
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
 
 
 def add_commands(sub: Any) -> None:
@@ -135,41 +107,41 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--heartbeat-timeout",
-        type=_timeout,
+        type=seconds,
         default=None,
         help="seconds without a heartbeat before a worker is not_responding "
         "(env HEARTBEAT_TIMEOUT, default 15)",
     )
     p.add_argument(
         "--heartbeat-min-interval",
-        type=_seconds,
+        type=seconds_or_zero,
         default=None,
         help="seconds between two heartbeats of a worker written to Redis "
         "(default a quarter of the timeout, at most 1)",
     )
     p.add_argument(
         "--max-body-size",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="bytes of a request body or WebSocket frame (default 1 MiB); a larger frame is "
         "refused by the server before it is read (close code 1009)",
     )
     p.add_argument(
         "--max-sockets",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="WebSockets served at once (default 1000); more are closed with 1013",
     )
     p.add_argument(
         "--socket-queue-bytes",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="bytes of frames a /ws/jobs client may leave unread (default 1 MiB); then it is "
         "closed with 4408",
     )
     p.add_argument(
         "--dead-letter-page-bytes",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="bytes of dead letters in one page of GET /dlq/{topic} (default 1 MiB)",
     )
@@ -229,7 +201,7 @@ def _settings(args: argparse.Namespace) -> tuple[str | None, float]:
     if timeout is None:
         raw = os.environ.get("HEARTBEAT_TIMEOUT", "15")
         try:
-            timeout = _timeout(raw)
+            timeout = seconds(raw)
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"HEARTBEAT_TIMEOUT: {exc}") from None
     if not 0 <= args.port <= 65535:
