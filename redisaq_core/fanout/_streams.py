@@ -121,11 +121,11 @@ from ..errors import (
 from ..keys import TopicKeys, validate_name
 from ..message import Message, Received
 from ..metrics import MetricsRecorder
+from ._lists import ListFanOut
 from ._writer import Entry, FanOutStats, Fields, Target, Writer
 
 if TYPE_CHECKING:
     from ..registry import Keepalive, ServiceInfo, ServiceRegistry
-    from ._lists import ListFanOut
 
 __all__ = ["FANOUT_SERVICE_TYPE", "FanOut", "FanOutStats", "Transform"]
 
@@ -291,32 +291,8 @@ class FanOut:
             out.append(Target(len(out), topic, transform))
         return out
 
-    @classmethod
-    def from_lists(
-        cls,
-        in_list: str,
-        out_lists: Sequence[str],
-        *,
-        pending: str | None = None,
-        pop_timeout: float = 5.0,
-        redis_url: str | None = None,
-        redis: AnyRedis | None = None,
-        batch_size: int = 100,
-        registry: ServiceRegistry | None = None,
-        heartbeat_interval: float = 3.0,
-        name: str | None = None,
-    ) -> ListFanOut:
-        """The list mode (mpush): pop ``in_list``, push each item to every list of ``out_lists``.
-
-        See :class:`~redisaq_core.fanout.ListFanOut`.
-        """
-        from ._lists import ListFanOut
-
-        return ListFanOut(
-            in_list, out_lists, pending=pending, pop_timeout=pop_timeout, redis_url=redis_url,
-            redis=redis, batch_size=batch_size, registry=registry,
-            heartbeat_interval=heartbeat_interval, name=name,
-        )  # fmt: skip
+    from_lists = staticmethod(ListFanOut)
+    """The list mode (mpush): :class:`~redisaq_core.fanout.ListFanOut`, under this name too."""
 
     # ---- life cycle -----------------------------------------------------------------
 
