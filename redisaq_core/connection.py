@@ -192,6 +192,7 @@ class RedisComponent:
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
         self._longest_block = 0.0  # seconds of its longest blocking command: create_client()
+        self._made: AnyRedis | None = None  # the client made from the URL (closed with us)
 
     @property
     def url(self) -> str:
@@ -236,13 +237,12 @@ class RedisComponent:
         async with self._connect_lock:
             if self._redis is not None:
                 return
-            client = self._given
-            if client is None:
-                client = create_client(self._url, longest_block=self._longest_block)
+            client = self._client()
             try:
                 await client.ping()
             except REDIS_FAILURES as exc:
                 if self._given is None:
+                    self._made = None
                     await client.aclose()
                 raise ConnectionFailedError(
                     f"cannot connect to Redis at {self.url}: {type(exc).__name__}: "
@@ -254,8 +254,21 @@ class RedisComponent:
             except BaseException:
                 self._redis = None
                 if self._given is None:
+                    self._made = None
                     await client.aclose()
                 raise
+
+    def _client(self) -> AnyRedis:
+        """The client to use: the one given, or one made from the URL (no I/O until used).
+
+        A component whose parts share its client (a bridge's consumer) takes it here,
+        before connecting.
+        """
+        if self._given is not None:
+            return self._given
+        if self._made is None:
+            self._made = create_client(self._url, longest_block=self._longest_block)
+        return self._made
 
     async def _ensure(self) -> AnyRedis:
         """The client, connecting first if needed (raises after close)."""
@@ -286,8 +299,9 @@ class RedisComponent:
                 finally:
                     self._redis = None
         finally:
-            if client is not None and self._given is None:
-                await client.aclose()
+            made, self._made = self._made, None
+            if made is not None:
+                await made.aclose()
 
     async def aclose(self) -> None:
         """Alias of :meth:`close`."""

@@ -93,7 +93,6 @@ import socket
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._checks import integer, number
@@ -110,12 +109,11 @@ from .._codec import (
     encode_payload,
 )
 from .._failures import REDIS_FAILURES, UNREACHABLE
-from ..connection import AnyRedis, is_cluster
+from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..consumer import Consumer
 from ..errors import (
     AlreadyRunningError,
     ConfigurationError,
-    NotConnectedError,
     PartitionKeyError,
 )
 from ..keys import TopicKeys, validate_name
@@ -143,7 +141,7 @@ def _raw(data: bytes | str) -> bytes | str:
     return data
 
 
-class FanOut:
+class FanOut(RedisComponent):
     """Fan a topic out to several topics: every message to every target, exactly once.
 
     ``source``: the topic read; ``targets``: topic names, or a mapping of
@@ -195,6 +193,8 @@ class FanOut:
         shutdown_timeout: float = 30.0,
         static: bool = False,
     ) -> None:
+        super().__init__(redis=redis, redis_url=redis_url)
+        self._longest_block = poll_interval
         self.source = validate_name(source, "source")
         self.group = validate_name(group_name, "group_name")
         integer(batch_size, "batch_size", maximum=5000)
@@ -229,7 +229,7 @@ class FanOut:
         self.consumer = Consumer(
             source, group_name=group_name, consumer_name=consumer_name, batch_size=batch_size,
             heartbeat_interval=heartbeat_interval, heartbeat_ttl=heartbeat_ttl,
-            redis_url=redis_url, redis=redis, deserializer=_raw, start=start,
+            redis=self._client(), deserializer=_raw, start=start,
             max_deliveries=max_deliveries, dead_letter=dead_letter,
             dead_letter_maxlen=dead_letter_maxlen, retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max, poll_interval=poll_interval,
@@ -251,9 +251,6 @@ class FanOut:
         self._plain = [t.index for t in self.targets if t.transform is None]
         self._transformed = [t for t in self.targets if t.transform is not None]
         self._cluster = False
-        self._connected = False
-        self._closed = False
-        self._connect_lock = asyncio.Lock()
         self._stopping = False
         self._running = False
         self._finished = asyncio.Event()
@@ -316,21 +313,19 @@ class FanOut:
         """Source partitions this bridge holds now."""
         return self.consumer.assigned_partitions
 
-    @property
-    def redis(self) -> AnyRedis:
-        """The client in use (raises ``NotConnectedError`` before ``connect()``)."""
-        return self.consumer.redis
-
     async def connect(self) -> None:
-        """Connect, create missing target topics and read their partition counts (idempotent)."""
-        async with self._connect_lock:
-            if self._connected:
-                return
-            await self.consumer.connect()
-            redis = self.consumer.redis
-            self._cluster = is_cluster(redis)
-            await self._prepare(redis)
-            self._connected = True
+        """Connect, create missing target topics and read their partition counts (idempotent).
+
+        A bridge is not opened again after :meth:`close`: make a new one.
+        """
+        if self._closed:
+            raise self._not_connected()
+        await super().connect()
+
+    async def _on_connect(self, client: AnyRedis) -> None:
+        await self.consumer.connect()
+        self._cluster = is_cluster(client)
+        await self._prepare(client)
 
     async def _prepare(self, redis: AnyRedis) -> None:
         count = self.target_partitions
@@ -345,11 +340,7 @@ class FanOut:
                 target.recorder = MetricsRecorder(redis, target.topic)
                 await target.recorder.start()
 
-    async def close(self) -> None:
-        """Stop, flush metrics and release the client if the bridge made it (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _on_close(self) -> None:
         await self.stop()
         for target in self.targets:
             if target.recorder is not None:
@@ -357,28 +348,12 @@ class FanOut:
                 target.recorder = None
         await self.consumer.close()
 
-    async def aclose(self) -> None:
-        """Alias of :meth:`close`."""
-        await self.close()
-
-    async def __aenter__(self) -> FanOut:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def run(self) -> None:
         """Fan out until :meth:`stop` (or a remote shutdown through the registry)."""
         if self._running:
             raise AlreadyRunningError(f"fan-out bridge {self.name} is already running")
         if self._closed:
-            raise NotConnectedError(f"FanOut {self.name} is closed; make a new one")
+            raise self._not_connected()
         self._running = True
         self._task = asyncio.current_task()
         self._finished.clear()
