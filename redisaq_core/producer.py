@@ -536,6 +536,7 @@ class Producer(RedisComponent):
         if timeout is not None:
             if isinstance(payload, Message):
                 raise ConfigurationError("pass timeout on the Message, not to submit()")
+            number(timeout, "Message.timeout", above=0)  # 0 means "none" only on enqueue
             item = Message(topic=self.topic, payload=payload, timeout=timeout)
         once = None if idempotency_key is None else _check_once(idempotency_key)
         partition, level, fields = self._fields(item, partition_key, priority, once)
