@@ -24,7 +24,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
@@ -45,12 +45,38 @@ from .metrics import MetricsRecorder
 if TYPE_CHECKING:
     from .registry import Keepalive, ServiceRegistry
 
-__all__ = ["BatchCallback", "Callback", "Consumer", "ConsumerStats", "SingleCallback"]
+__all__ = [
+    "BatchCallback",
+    "Callback",
+    "Consumer",
+    "ConsumerOptions",
+    "ConsumerStats",
+    "SingleCallback",
+]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Received], Awaitable[Any]]
 SingleCallback = Callback  # redisaq 0.1.5's name
+
+
+class ConsumerOptions(TypedDict, total=False):
+    """How a consumer runs in its group: the keywords a bridge passes on to its consumer."""
+
+    heartbeat_interval: float
+    heartbeat_ttl: float | None
+    poll_interval: float
+    start: Literal["earliest", "latest"]
+    max_deliveries: int
+    dead_letter: bool
+    dead_letter_maxlen: int | None
+    retry_backoff: float
+    retry_backoff_max: float
+    shutdown_timeout: float
+    max_processing_time: float | None
+    static: bool
+
+
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
 SWEEP_EVERY = 10

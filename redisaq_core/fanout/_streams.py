@@ -93,7 +93,7 @@ import socket
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .._checks import integer, number
 from .._codec import (
@@ -123,6 +123,9 @@ from ._lists import ListFanOut
 from ._writer import Entry, FanOutStats, Fields, Target, Writer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..consumer import ConsumerOptions
     from ..registry import Keepalive, ServiceInfo, ServiceRegistry
 
 __all__ = ["FANOUT_SERVICE_TYPE", "FanOut", "FanOutStats", "Transform"]
@@ -181,20 +184,10 @@ class FanOut(RedisComponent):
         refresh_interval: float = 3.0,
         registry: ServiceRegistry | None = None,
         metrics: bool = True,
-        heartbeat_interval: float = 3.0,
-        heartbeat_ttl: float | None = None,
-        poll_interval: float = 1.0,
-        start: Literal["earliest", "latest"] = "earliest",
-        max_deliveries: int = 5,
-        dead_letter: bool = True,
-        dead_letter_maxlen: int | None = None,
-        retry_backoff: float = 0.5,
-        retry_backoff_max: float = 30.0,
-        shutdown_timeout: float = 30.0,
-        static: bool = False,
+        **consumer_options: Unpack[ConsumerOptions],
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
-        self._longest_block = poll_interval
+        self._longest_block = consumer_options.get("poll_interval", 1.0)
         self.source = validate_name(source, "source")
         self.group = validate_name(group_name, "group_name")
         integer(batch_size, "batch_size", maximum=5000)
@@ -228,12 +221,7 @@ class FanOut(RedisComponent):
         self.metrics = metrics
         self.consumer = Consumer(
             source, group_name=group_name, consumer_name=consumer_name, batch_size=batch_size,
-            heartbeat_interval=heartbeat_interval, heartbeat_ttl=heartbeat_ttl,
-            redis=self._client(), deserializer=_raw, start=start,
-            max_deliveries=max_deliveries, dead_letter=dead_letter,
-            dead_letter_maxlen=dead_letter_maxlen, retry_backoff=retry_backoff,
-            retry_backoff_max=retry_backoff_max, poll_interval=poll_interval,
-            shutdown_timeout=shutdown_timeout, static=static, metrics=metrics,
+            redis=self._client(), deserializer=_raw, metrics=metrics, **consumer_options,
         )  # fmt: skip
         """The consumer that reads the source (its ``stats`` count reads, retries, dead letters)."""
         self.stats = FanOutStats(
