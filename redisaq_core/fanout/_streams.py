@@ -156,9 +156,10 @@ class FanOut(RedisComponent):
     the bridge (default: the source's). ``dedupe_ttl`` / ``dedupe_grace``:
     lifetimes of the idempotency records on Redis Cluster. ``registry``:
     register the bridge (service type ``fanout``) while it runs; deleting the
-    registration stops it gracefully. The remaining keyword arguments are the
-    :class:`~redisaq_core.consumer.Consumer`'s (heartbeats, retries,
-    dead letters, shutdown) and are passed to it.
+    registration stops it gracefully. The remaining keyword arguments
+    (:class:`~redisaq_core.consumer.ConsumerOptions`: heartbeats, retries, dead
+    letters, shutdown) are passed to the bridge's
+    :class:`~redisaq_core.consumer.Consumer`.
 
     Give either ``redis=`` (a client that is never closed here) or
     ``redis_url=``. ``await run()`` until ``await stop()``; or ``async with``.
