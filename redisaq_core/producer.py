@@ -10,12 +10,11 @@ pipeline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -251,7 +250,8 @@ class Producer(RedisComponent):
         else:
             payload = item
         level = self._level(priority)
-        partition_key = zero_is_none(partition_key)
+        if partition_key == "":  # redisaq 0.1.5's "no key"
+            partition_key = None
         if partition_key is None and once is not None:
             partition = partition_for_key(once, self._partitions)
         elif partition_key is None:
@@ -369,37 +369,42 @@ class Producer(RedisComponent):
         limit, as ``Message.timeout``), ``maxlen`` and ``approximate`` are
         redisaq 0.1.5's spellings.
         """
-        message = renamed("payload", "message", payload, message)
+        trim = None
+        legacy = timeout is not None or maxlen is not None or approximate is not None
+        if legacy or payload is not UNSET:
+            message = renamed("payload", "message", payload, message)
+            message, trim = self._legacy(message, timeout, maxlen, approximate)
         if message is UNSET:
             raise TypeError("enqueue() needs the message (or payload=)")
-        message, trim = self._legacy(message, timeout, maxlen, approximate)
         redis = self._redis or await self._ensure()
         if idempotency_key is not None:
             once = _check_once(idempotency_key)
             if trim is not None:
                 raise ConfigurationError("maxlen per call does not go with idempotency_key")
-            with self._refusals("the message was not enqueued"):
+            try:
                 return await self._enqueue_once(redis, message, partition_key, priority, once)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory("the message was not enqueued") from exc
+                raise
         partition, command = self._command(message, partition_key, priority, trim)
-        with self._refusals("the message was not enqueued"):
+        try:
             entry_id = _text(await self._send(redis, command))
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory("the message was not enqueued") from exc
+            raise
         self._retention.wrote(redis, (command[1],))
         if self._metrics is not None:
             self._metrics.produced(partition)
         return entry_id
 
-    @contextlib.contextmanager
-    def _refusals(self, what: str) -> Iterator[None]:
-        """Turn Redis's OOM reply into ``ServerOutOfMemoryError`` saying ``what`` happened."""
-        try:
-            yield
-        except Exception as exc:
-            if not out_of_memory(exc):
-                raise
-            raise ServerOutOfMemoryError(
-                f"Redis is out of memory (at its maxmemory) and refused the write to topic "
-                f"{self.topic!r}: {what}"
-            ) from exc
+    def _out_of_memory(self, what: str) -> ServerOutOfMemoryError:
+        """What a write refused with Redis's OOM reply raises, saying ``what`` happened."""
+        return ServerOutOfMemoryError(
+            f"Redis is out of memory (at its maxmemory) and refused the write to topic "
+            f"{self.topic!r}: {what}"
+        )
 
     def _once_call(
         self, item: Any, partition_key: str | None, priority: int | None, key: str
@@ -415,7 +420,8 @@ class Producer(RedisComponent):
         key: str,
     ) -> str:  # fmt: skip
         partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
-        created, entry_id = await self._run(redis, script, keys, args)
+        command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        created, entry_id = await self._run(redis, script, command)
         if created:
             self._retention.wrote(redis, keys[:1])
             if self._metrics is not None:
@@ -428,13 +434,16 @@ class Producer(RedisComponent):
             self._batcher = CommandBatcher(redis)
         return await self._batcher.call(*command)
 
-    async def _run(self, redis: AnyRedis, script: Script, keys: list[Any], args: list[Any]) -> Any:
-        """Run a script through :meth:`_send`, loading it where it runs if the server lacks it."""
-        command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+    async def _run(self, redis: AnyRedis, script: Script, command: list[Any]) -> Any:
+        """Run an ``EVALSHA`` of ``script`` (``command``) through :meth:`_send`.
+
+        If the server lacks the script, it is loaded where the call runs (the node of the
+        first key, ``command[3]``) and the call repeated.
+        """
         try:
             return await self._send(redis, command)
         except NoScriptError:
-            await script.load(redis, keys[:1])
+            await script.load(redis, command[3:4])
             return await self._send(redis, command)
 
     def _trim_args(self) -> tuple[int, str]:
@@ -463,27 +472,39 @@ class Producer(RedisComponent):
         writes only those missing (payload ``i`` is enqueued under ``"<key>:<i>"``).
         ``timeout``, ``maxlen`` and ``approximate``: as for :meth:`enqueue`.
         """
-        items, trims = [], None
-        for item in payloads:
-            item, trims = self._legacy(item, timeout, maxlen, approximate)
-            items.append(item)
-        payloads = items
+        trims = None
+        if timeout is not None or maxlen is not None or approximate is not None:
+            items = []
+            for item in payloads:
+                item, trims = self._legacy(item, timeout, maxlen, approximate)
+                items.append(item)
+            payloads = items
         redis = self._redis or await self._ensure()
         if idempotency_key is not None:
             key = _check_once(idempotency_key)
-            with self._refusals("entries refused were not enqueued; the same call enqueues them"):
+            try:
                 return await self._batch_once(redis, list(payloads), partition_key, priority, key)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory(
+                        "entries refused were not enqueued; the same call enqueues them"
+                    ) from exc
+                raise
         commands = [self._command(item, partition_key, priority, trims) for item in payloads]
         if not commands:
             return []
         pipe = redis.pipeline(transaction=False)
         for _, command in commands:
             pipe.execute_command(*command)
-        with self._refusals(
-            "part of the batch may have been written; "
-            "call with an idempotency_key to make a retry write only what is missing"
-        ):
+        try:
             results = await pipe.execute()
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory(
+                    "part of the batch may have been written; "
+                    "call with an idempotency_key to make a retry write only what is missing"
+                ) from exc
+            raise
         self._retention.wrote(redis, [command[1] for _, command in commands])
         if self._metrics is not None:
             for partition, _ in commands:
@@ -543,16 +564,22 @@ class Producer(RedisComponent):
         job = job_id(self.topic, partition, uuid.uuid4().hex)
         maxlen, op = self._trim_args()
         stream = self.keys.stream(partition, level)
-        keys = [stream, self.keys.job(partition, job), self.keys.jobs(partition)]
-        if once is not None:
-            keys.append(self.keys.once(partition, once))
-        args = [
+        command = [
+            "EVALSHA", SUBMIT.sha, 3 if once is None else 4,
+            stream, self.keys.job(partition, job), self.keys.jobs(partition),
+            *(() if once is None else (self.keys.once(partition, once),)),
             maxlen, op, job, self.keys.job_channel, self.topic, partition, level,
             max(1, int(ttl)), self.idempotency_window if once else 0, *fields, F_JOB, job,
         ]  # fmt: skip
-        with self._refusals("the job was not submitted"):
-            created, _, first = await self._run(redis, SUBMIT, keys, args)
-        job = _text(first)
+        try:
+            reply = await self._run(redis, SUBMIT, command)
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory("the job was not submitted") from exc
+            raise
+        created = True
+        if once is not None:  # {created, entry id, job id}: a repeat returns the first job
+            created, job = bool(reply[0]), _text(reply[2])
         if created:
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:

@@ -6,7 +6,8 @@
 --       not acknowledged, always exact: Redis 8.2 trims nothing with "~" and ACKED), job_id,
 --       channel, topic, partition, priority, result_ttl, window (seconds; 0 without a
 --       marker), field, value, ...
--- Returns {1, entry id, job id} for a new job, {0, entry id, job id} of the first for a repeat.
+-- Returns the entry id; with a marker, {1, entry id, job id} for a new job and
+-- {0, entry id, job id} of the first for a repeat.
 if KEYS[4] then
   local prior = redis.call('GET', KEYS[4])
   if prior then
@@ -31,5 +32,6 @@ redis.call('ZADD', KEYS[3], now, ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[3] .. ' queued')
 if KEYS[4] then
   redis.call('SET', KEYS[4], id .. ' ' .. ARGV[3], 'EX', ARGV[9])
+  return {1, id, ARGV[3]}
 end
-return {1, id, ARGV[3]}
+return id
