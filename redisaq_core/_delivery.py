@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio import Redis
+
 from ._codec import (
     F_BYTES,
     F_CREATED,
@@ -27,6 +29,7 @@ from ._codec import (
     decode_payload,
 )
 from ._reads import read_streams
+from ._scripts import ScriptCall
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
@@ -35,7 +38,7 @@ from .message import Received, received
 if TYPE_CHECKING:
     from .metrics import MetricsRecorder
 
-__all__ = ["ConsumerStats", "OwnedPartition", "Reader", "Undecodable"]
+__all__ = ["ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,15 @@ class Undecodable(Received):
         self.error = error
 
 
+class ReadAfterError(Exception):
+    """The read of :meth:`Reader.read_after` failed; ``replies`` are those of the calls."""
+
+    def __init__(self, replies: list[Any], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.replies = replies
+        self.error = error
+
+
 class Reader:
     """The read side of one consumer: turns Redis replies into ``Message`` objects."""
 
@@ -224,15 +236,48 @@ class Reader:
         self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
     ) -> list[Received]:
         """New entries of ``parts`` (XREADGROUP ``>``), blocking up to ``block_ms``."""
+        streams, where = self._wanted(parts)
+        response: Any = await read_streams(
+            redis, self.group, self.name, streams, count=self.batch_size, block_ms=block_ms
+        )
+        return self._received(response, where)
+
+    async def read_after(
+        self, redis: Redis, parts: list[OwnedPartition], calls: list[ScriptCall]
+    ) -> tuple[list[Received], list[Any]]:
+        """``calls`` (acknowledgements), then a read of ``parts`` without blocking: one round trip.
+
+        One server only. Returns the messages read and the replies of ``calls``
+        (exception objects where one failed). A failed read is raised after the replies
+        are returned to :meth:`Settler.record <redisaq_core._settlement.Settler.record>`
+        by the caller: see ``Consumer._fetch``.
+        """
+        streams, where = self._wanted(parts)
+        pipe = redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        pipe.xreadgroup(self.group, self.name, streams, count=self.batch_size)
+        replies = await pipe.execute(raise_on_error=False)
+        response = replies.pop()
+        if isinstance(response, Exception):
+            raise ReadAfterError(replies, response)
+        return self._received(response, where), replies
+
+    @staticmethod
+    def _wanted(
+        parts: list[OwnedPartition],
+    ) -> tuple[dict[Any, Any], dict[str, tuple[OwnedPartition, int]]]:
         streams: dict[Any, Any] = {}
         where: dict[str, tuple[OwnedPartition, int]] = {}
         for part in parts:
             for level in range(len(part.streams) - 1, -1, -1):
                 streams[part.streams[level]] = ">"
                 where[part.streams[level]] = (part, level)
-        response: Any = await read_streams(
-            redis, self.group, self.name, streams, count=self.batch_size, block_ms=block_ms
-        )
+        return streams, where
+
+    def _received(
+        self, response: Any, where: dict[str, tuple[OwnedPartition, int]]
+    ) -> list[Received]:
         if not response:
             return []
         items = response.items() if isinstance(response, dict) else response

@@ -154,7 +154,7 @@ class Dispatcher:
                 await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
                 await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
             return
-        await self._dispatch_now(redis, handler, messages, batch)
+        await self._dispatch_now(redis, handler, messages, batch, defer=True)
 
     async def _dispatch_now(
         self,
@@ -164,11 +164,13 @@ class Dispatcher:
         batch: bool,
         *,
         ran: int = 0,
+        defer: bool = False,
     ) -> None:
         """Run the handler over ``messages`` and settle them.
 
         ``ran``: handler runs counted for a redelivered message (``messages`` is that one
-        message), this run included.
+        message), this run included. ``defer``: plain acknowledgements may go out with the
+        next read (never for redelivered entries: each is settled before the next).
         """
         failures: list[Failure] = []
         if any(isinstance(m, Undecodable) for m in messages):
@@ -232,7 +234,9 @@ class Dispatcher:
                 if failure is not None:
                     failures.append(failure)
         self._in_flight(flight, -1)
-        await self.settler.settle(redis, self.owned, done, failures, loop.time(), self.fenced)
+        await self.settler.settle(
+            redis, self.owned, done, failures, loop.time(), self.fenced, defer=defer
+        )
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
         recorder = self.stats.recorder

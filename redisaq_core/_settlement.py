@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from ._codec import F_BYTES, Serializer, encode_payload
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._retry import backoff_delay
@@ -90,6 +92,9 @@ class Settler:
         self.stats = stats
         self.delete_acked = False
         """Delete entries once every group acknowledged them (the topic's ``delete-acked``)."""
+        self.deferrable = False
+        """Plain acknowledgements may wait for the consumer's next read (see :meth:`settle`)."""
+        self._deferred: list[ScriptCall] = []
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
@@ -129,12 +134,19 @@ class Settler:
         failures: list[Failure],
         now: float,
         on_lost: Callable[[OwnedPartition, int], None],
+        *,
+        defer: bool = False,
     ) -> None:
         """Acknowledge ``done`` (message, handler result) and deal with ``failures``.
 
         Plain messages are acknowledged in one script call per (partition,
         level); jobs one by one, each with its result. Failures are held for a
         retry after a backoff or, past ``max_deliveries``, dead-lettered.
+
+        ``defer`` (and :attr:`deferrable`): when everything to send is plain
+        acknowledgements, they are kept for the consumer to send in the same round
+        trip as its next read (:meth:`take_deferred`, then :meth:`record`), which the
+        consumer does before anything else reaches Redis for these partitions.
         """
         acks: dict[tuple[int, int], list[bytes]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes, bytes]]] = {}
@@ -179,7 +191,47 @@ class Settler:
             calls += _deletions(calls)
         if not calls:
             return
-        results = await run_pipelined(redis, calls)
+        if defer and self.deferrable and not dead and all(c[0] is ACK for c in calls):
+            self._deferred += calls
+            return
+        await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
+
+    def take_deferred(self) -> list[ScriptCall]:
+        """The acknowledgements :meth:`settle` kept back (the caller now sends them)."""
+        calls, self._deferred = self._deferred, []
+        return calls
+
+    async def flush(
+        self,
+        redis: AnyRedis,
+        owned: dict[int, OwnedPartition],
+        on_lost: Callable[[OwnedPartition, int], None],
+    ) -> None:
+        """Send the acknowledgements :meth:`settle` kept back, in a round trip of their own."""
+        calls = self.take_deferred()
+        if calls:
+            await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost)
+
+    async def record(
+        self,
+        redis: AnyRedis,
+        calls: list[ScriptCall],
+        results: list[Any],
+        owned: dict[int, OwnedPartition],
+        on_lost: Callable[[OwnedPartition, int], None],
+        dead: list[Failure] | None = None,
+    ) -> None:
+        """Count the outcome of ``calls`` (their ``results``, in order).
+
+        A call that found no script (sent in another command's round trip) is sent again
+        on its own, loading the script.
+        """
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            again = await run_pipelined(redis, [calls[i] for i in missing])
+            results = list(results)
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
         for (script, call_keys, call_args), result in zip(calls, results, strict=True):
             if isinstance(result, Exception):
                 raise result
@@ -199,7 +251,7 @@ class Settler:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(
                     "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
-                    self.name, call_args[2], call_keys[0], _deliveries(dead, call_args[2]),
+                    self.name, call_args[2], call_keys[0], _deliveries(dead or [], call_args[2]),
                     call_args[7],
                 )  # fmt: skip
             else:

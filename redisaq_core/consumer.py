@@ -26,17 +26,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+from redis.asyncio import Redis
+
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from ._compat import legacy_logger
-from ._delivery import ConsumerStats, OwnedPartition, Reader
+from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher, uncancel
 from ._membership import LeaseState, Membership
 from ._retention import server_features
 from ._scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
-from .connection import AnyRedis, RedisComponent
+from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
 from .message import Message, Received
@@ -366,6 +368,7 @@ class Consumer(RedisComponent):
             self._runner = None
             self._stopped.set()
             raise
+        self._settler.deferrable = not is_cluster(redis)
         self._membership = Membership(
             redis, self.keys, self.group, self.name, self.token, self.heartbeat_ttl,
             static=self.static,
@@ -515,9 +518,17 @@ class Consumer(RedisComponent):
 
     async def _leave(self) -> None:
         membership, owned = self._membership, list(self._owned)
-        self._owned.clear()
         if membership is None:
+            self._owned.clear()
             return
+        try:
+            # What the last batch left to acknowledge goes before the leases.
+            await self._settler.flush(self.redis, self._owned, self._fenced)
+        except REDIS_FAILURES as exc:
+            self.logger.warning(
+                "consumer %s: could not acknowledge the last batch: %s", self.name, exc
+            )
+        self._owned.clear()
         try:
             await membership.release(owned)
             await membership.leave()
@@ -666,6 +677,7 @@ class Consumer(RedisComponent):
     async def _release_revoked(self) -> None:
         if self._membership is None or not any(s.revoking for s in self._owned.values()):
             return
+        await self._settler.flush(self.redis, self._owned, self._fenced)  # before the leases go
         async with self._ownership:
             revoked = [p for p, s in self._owned.items() if s.revoking]
             for p in revoked:
@@ -702,22 +714,40 @@ class Consumer(RedisComponent):
     # ---- reading --------------------------------------------------------------------
 
     async def _fetch(self, redis: AnyRedis) -> list[Received]:
-        """The next messages to handle: retries due, then reclaimed entries, then new ones."""
+        """The next messages to handle: retries due, then reclaimed entries, then new ones.
+
+        Acknowledgements the last batch left for now go out first: with the read, in one
+        round trip, when it is a read of new entries; else on their own.
+        """
         self._reclaimed = False
         now = asyncio.get_running_loop().time()
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
+        claiming = [s for s in ready if s.claiming and not s.held]
+        reading = [s for s in ready if not s.held]
+        acks = self._settler.take_deferred()
+        if acks and (due or claiming or not reading or not isinstance(redis, Redis)):
+            results = await run_pipelined(redis, acks)
+            await self._settler.record(redis, acks, results, self._owned, self._fenced)
+        elif acks:
+            assert isinstance(redis, Redis)
+            try:
+                messages, results = await self._reader.read_after(redis, reading, acks)
+            except ReadAfterError as failed:
+                await self._settler.record(redis, acks, failed.replies, self._owned, self._fenced)
+                raise failed.error from None
+            await self._settler.record(redis, acks, results, self._owned, self._fenced)
+            if messages:
+                return messages
         if due:
             messages, gone = await self._reader.retries(redis, due)
             await self._ack_gone(redis, gone)
             return messages
-        claiming = [s for s in ready if s.claiming and not s.held]
         if claiming:
             messages, gone = await self._reader.claim(redis, claiming)
             await self._ack_gone(redis, gone)
             self._reclaimed = True
             return messages
-        reading = [s for s in ready if not s.held]
         wait = self.poll_interval
         waiting = [s.retry_at - now for s in ready if s.held]
         if waiting:
