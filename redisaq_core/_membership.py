@@ -17,7 +17,7 @@ The protocol, run by every member on each heartbeat:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._assignment import assign
 from ._codec import as_str
@@ -77,16 +77,19 @@ class Membership:
         self.static = static
         self.previous_token = ""
         self._joined = False
+        self._known = ""  # "<version> <members version> <partitions>" of the cached view
+        self._view: GroupView | None = None
 
     async def beat(self) -> GroupView:
         """Heartbeat, then return the group's view with an up-to-date assignment."""
         k, g = self.keys, self.group
-        keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g)]
+        keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g), k.members_version(g)]
         mode = "beat" if self._joined else ("static-join" if self.static else "join")
-        args = [self.name, self.token, self.ttl_ms, mode]
         for _ in range(5):
+            known = self._known if self._view is not None else ""
+            args = [self.name, self.token, self.ttl_ms, mode, known]
             reply = await HEARTBEAT(self.redis, keys, args)
-            now, partitions, members, flat, version, other, levels = reply
+            now, partitions, members, flat, version, other, levels, members_version = reply
             if int(partitions) < 0:
                 if self._joined:
                     raise DuplicateConsumerError(
@@ -99,24 +102,39 @@ class Membership:
                     + ("" if self.static else " or pass static=True for a restart")
                 )
             self._joined = True
+            mode = "beat"
             if other:
                 self.previous_token = as_str(other)
+            count, priorities = int(partitions), int(levels)
+            if self._view is not None and not members and not flat and known:
+                # Nothing changed since the last view: the script sent no lists.
+                self._view = replace(self._view, now_ms=int(now), priorities=priorities)
+                return self._view
             stored = {int(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
             live = tuple(as_str(m) for m in members)
-            wanted = assign(live, int(partitions), stored)
+            wanted = assign(live, count, stored)
+            view = GroupView(int(now), count, live, wanted, priorities)
             if wanted == stored:
-                return GroupView(int(now), int(partitions), live, wanted, int(levels))
+                return self._keep(view, int(version), int(members_version))
             pairs: list[object] = [version]
             for p, m in wanted.items():
                 pairs += [p, m]
             if await COMMIT_ASSIGNMENT(self.redis, [k.assignment(g)], pairs):
                 log.info(
                     "group %s of %s: %d member(s), %d partition(s), assignment v%d",
-                    g, k.topic, len(live), int(partitions), int(version) + 1,
+                    g, k.topic, len(live), count, int(version) + 1,
                 )  # fmt: skip
-                return GroupView(int(now), int(partitions), live, wanted, int(levels))
+                return self._keep(view, int(version) + 1, int(members_version))
+            self._view = None
         # Members keep racing to commit; they all computed from fresh inputs, so use ours.
-        return GroupView(int(now), int(partitions), live, wanted, int(levels))
+        self._view = None
+        return view
+
+    def _keep(self, view: GroupView, version: int, members_version: int) -> GroupView:
+        """Cache ``view`` as of these versions: the next heartbeat sends only what changed."""
+        self._view = view
+        self._known = f"{version} {members_version} {view.partitions}"
+        return view
 
     async def leases(self, partitions: list[int]) -> dict[int, int]:
         """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`."""
@@ -143,4 +161,6 @@ class Membership:
     async def leave(self) -> None:
         """Leave the group at once, so that peers rebalance on their next heartbeat."""
         k, g = self.keys, self.group
-        await LEAVE(self.redis, [k.members(g), k.tokens(g)], [self.name, self.token])
+        await LEAVE(
+            self.redis, [k.members(g), k.tokens(g), k.members_version(g)], [self.name, self.token]
+        )

@@ -16,6 +16,9 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{t:T}:g:G:members                 zset  member name -> last heartbeat (ms, server time)
     redisaq:{t:T}:g:G:tokens                  hash  member name -> instance token
     redisaq:{t:T}:g:G:assignment              hash  partition -> member name, "_v" -> version
+    redisaq:{t:T}:g:G:mv                      string members version: raised by each join,
+                                                    leave or expiry (heartbeats send lists
+                                                    only when it or "_v" moved)
     redisaq:{t:T}:metrics                     hash  counters and histograms (see metrics.py)
     redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
     redisaq:{p:T:N}:stream                    stream the partition's entries (priority 0)
@@ -133,6 +136,10 @@ class TopicKeys:
     def runs(self, partition: int, group: str) -> str:
         """Hash of entry id to the handler runs of a redelivered entry (see handling.py)."""
         return f"{self._partition_tag(partition)}:runs:{group}"
+
+    def members_version(self, group: str) -> str:
+        """Counter raised whenever a member of ``group`` joins, leaves or expires."""
+        return f"{self._tag}:g:{group}:mv"
 
     @property
     def metrics(self) -> str:

@@ -256,6 +256,28 @@ async def test_a_signal_drains_every_process(
     assert "restarting it in" not in log
 
 
+async def test_a_second_signal_stops_the_processes_at_once(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    await create_topic(redis_url, topic)
+    proc = workers.start(redis_url, topic, "--processes", "2", "--shutdown-timeout", "60",
+                         delay=30)  # fmt: skip
+    pids = workers.children(proc, 2)
+    await workers.settled(2)
+    await produce(redis_url, topic, 8)
+    await eventually(lambda: workers.pids() == set(pids), message="both processes handling")
+    proc.send_signal(signal.SIGTERM)
+    await eventually(
+        lambda: workers.log().count("received SIGTERM: stopping gracefully") == 2,
+        message="both processes told",
+    )
+    assert proc.poll() is None  # waiting for the handlers, which take 30 s
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 10, workers) == 0, workers.log()[-3000:]
+    assert "received SIGTERM again: stopping the workers now" in workers.log()
+    assert workers.pids("end") == set()  # the handlers were cancelled
+
+
 async def test_a_crashed_process_is_restarted(redis_url: str, topic: str, workers: Workers) -> None:
     await create_topic(redis_url, topic)
     proc = workers.start(redis_url, topic, "--processes", "2", "--restart-delay", "0.1")

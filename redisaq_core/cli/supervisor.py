@@ -33,7 +33,6 @@ __all__ = [
     "RESET_AFTER",
     "Backoff",
     "Supervisor",
-    "describe_exit",
     "watch_supervisor",
 ]
 
@@ -45,7 +44,7 @@ EXIT_CANNOT_START = 78
 RESET_AFTER = 60.0
 """Seconds a child must run (or the restart cap, if longer) for its next restart to be quick."""
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -76,7 +75,7 @@ class Backoff:
         return delay
 
 
-def describe_exit(code: int) -> str:
+def _describe_exit(code: int) -> str:
     """``"exited with status 3"`` or ``"was killed by SIGKILL"``, from a return code."""
     if code >= 0:
         return f"exited with status {code}"
@@ -128,7 +127,7 @@ class Supervisor:
         """Start the children and keep them running until a signal; return the exit code."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        for sig in STOP_SIGNALS:
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         slots = [asyncio.create_task(self._keep(slot)) for slot in range(len(self.commands))]
         try:
@@ -144,7 +143,7 @@ class Supervisor:
             for task in slots:
                 task.result()
         finally:
-            for sig in STOP_SIGNALS:
+            for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             for task in slots:
                 task.cancel()
@@ -209,7 +208,7 @@ class Supervisor:
             delay = backoff.next_delay(ran)
             log.warning(
                 "worker %d (pid %d) %s after %.1fs; restarting it in %.2fs",
-                slot, proc.pid, describe_exit(code), ran, delay,
+                slot, proc.pid, _describe_exit(code), ran, delay,
             )  # fmt: skip
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)

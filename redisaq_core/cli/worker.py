@@ -38,8 +38,12 @@ def add_commands(sub: Any) -> None:
         description="Run a consumer whose handler is MODULE:FUNCTION (an async function taking "
         "a Message, or a list of them with --batch). The first SIGTERM/SIGINT stops it "
         "gracefully (in-flight handlers finish, partitions are released), a second at once. "
-        "With --processes N, a supervisor runs N such consumers (each its own process, in the "
-        "same group), forwards the signal to them, and restarts one that crashes.",
+        "With --processes N, a supervisor runs N such consumers, each its own process, in the "
+        "same group (--name X names them X-0 to X-<N-1>). It forwards SIGTERM/SIGINT to them, "
+        "kills any still running --shutdown-timeout plus the heartbeat TTL later, and restarts "
+        "one that crashes. It exits 0 when every process stopped cleanly after the signal; 1 "
+        "when a process could not load the handler (nothing is restarted then), had to be "
+        "killed, failed while stopping, or was down after a crash; 2 on bad usage.",
     )
     p.add_argument("handler", metavar="MODULE:FUNCTION")
     p.add_argument("--topic", required=True)

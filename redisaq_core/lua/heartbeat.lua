@@ -1,11 +1,16 @@
 -- Record a group member's heartbeat and return the group's view.
--- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash)
+-- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash), members version
+--       (string: raised whenever a member joins, leaves or expires)
 -- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
---       restart: this token replaces a live earlier instance of the same name)
+--       restart: this token replaces a live earlier instance of the same name),
+--       known: "<assignment version> <members version> <partitions>" the caller last saw
+--       (empty: it saw nothing yet)
+-- The assignment hash holds "_v", its version, raised by each commit.
 -- Returns {now_ms, partitions, {member...}, {partition, owner, ...}, version, replaced_token,
--- priorities}, or {now_ms, -1, {}, {}, 0, holder_token, 1} when another live instance holds
--- the name.
-local members, tokens, meta, assignment = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- priorities, members_version}; the member and assignment lists are empty ({}) when nothing
+-- changed since "known" (the caller keeps what it has). {now_ms, -1, {}, {}, 0,
+-- holder_token, 1, 0} when another live instance holds the name.
+local members, tokens, meta, assignment, mv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -15,30 +20,42 @@ for _, m in ipairs(expired) do
   redis.call('ZREM', members, m)
   redis.call('HDEL', tokens, m)
 end
+if #expired > 0 then
+  redis.call('INCR', mv)
+end
 
 local replaced = ''
 local holder = redis.call('HGET', tokens, name)
 if holder and holder ~= token then
   if ARGV[4] ~= 'static-join' then
-    return {now, -1, {}, {}, 0, holder, 1}
+    return {now, -1, {}, {}, 0, holder, 1, 0}
   end
   replaced = holder
 end
-redis.call('HSET', tokens, name, token)
-redis.call('ZADD', members, now, name)
+if not holder then
+  redis.call('HSET', tokens, name, token)
+elseif replaced ~= '' then
+  redis.call('HSET', tokens, name, token)
+end
+if redis.call('ZADD', members, now, name) == 1 then
+  redis.call('INCR', mv)
+end
 
-local partitions = tonumber(redis.call('HGET', meta, 'partitions') or '0')
-local priorities = tonumber(redis.call('HGET', meta, 'priorities') or '1')
+local info = redis.call('HMGET', meta, 'partitions', 'priorities')
+local partitions = tonumber(info[1] or '0')
+local priorities = tonumber(info[2] or '1')
+local version = tonumber(redis.call('HGET', assignment, '_v') or '0')
+local members_version = tonumber(redis.call('GET', mv) or '0')
+if ARGV[5] == version .. ' ' .. members_version .. ' ' .. partitions then
+  return {now, partitions, {}, {}, version, replaced, priorities, members_version}
+end
 local live = redis.call('ZRANGE', members, 0, -1)
 local current = redis.call('HGETALL', assignment)
-local version = 0
 local pairs_out = {}
 for i = 1, #current, 2 do
-  if current[i] == '_v' then
-    version = tonumber(current[i + 1])
-  else
+  if current[i] ~= '_v' then
     pairs_out[#pairs_out + 1] = current[i]
     pairs_out[#pairs_out + 1] = current[i + 1]
   end
 end
-return {now, partitions, live, pairs_out, version, replaced, priorities}
+return {now, partitions, live, pairs_out, version, replaced, priorities, members_version}
