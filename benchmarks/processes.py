@@ -12,7 +12,11 @@ SIGTERM and checks that the worker exits 0.
   last one acknowledged (start-up before the first delivery excluded; joining
   the group, rebalancing and reaching full speed included).
 * ``wall s``: from starting the command to the last acknowledgement
-  (interpreter start-up and imports included).
+  (interpreter start-up and imports included); ``incl. start``: ``--n``
+  over that.
+
+``--work-us U`` makes the handler spin U microseconds of CPU per message
+(a CPU-bound handler, the case several processes are for).
 * ``cpu us``: CPU time of all the worker's processes (supervisor included,
   start-up included) per message; ``server``: the redis-server's CPU time
   over the handling span, in cores.
@@ -52,12 +56,25 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUP = "default"
 
 
+_WORK = float(os.environ.get("BENCH_WORK_US", "0")) / 1e6
+
+
+def _work(count: int) -> None:
+    """Keep the CPU busy for ``--work-us`` per message (nothing by default)."""
+    if _WORK:
+        end = time.perf_counter() + _WORK * count
+        while time.perf_counter() < end:
+            pass
+
+
 async def handle(message: Message) -> None:
-    """The workers' handler: does nothing."""
+    """The workers' handler: does nothing (or spins ``--work-us``)."""
+    _work(1)
 
 
 async def handle_batch(messages: list[Message]) -> None:
-    """The workers' handler with ``--batch``: does nothing."""
+    """The workers' handler with ``--batch``: does nothing (or spins ``--work-us`` each)."""
+    _work(len(messages))
 
 
 @dataclass
@@ -134,7 +151,7 @@ async def one_run(url: str, args: argparse.Namespace, processes: int) -> Run:
         launched = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             *command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env=dict(os.environ, LOG_LEVEL="ERROR"),
+            env=dict(os.environ, LOG_LEVEL="ERROR", BENCH_WORK_US=str(args.work_us)),
         )  # fmt: skip
         try:
             first = await _watch(client, streams, last, proc, args.timeout)
@@ -185,12 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.processes",
         description="Consume rate of `redisaq worker --processes K` for K = 1 and 2.",
     )
-    p.add_argument("--n", type=int, default=200_000, help="messages per run (default 200000)")
-    p.add_argument("--repeat", type=int, default=2, help="runs per count, best kept (default 2)")
+    p.add_argument("--n", type=int, default=500_000, help="messages per run (default 500000)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per count, best kept (default 3)")
     p.add_argument("--processes", default="1,2", help="process counts (default 1,2)")
     p.add_argument("--partitions", type=int, default=8, help="partitions (default 8)")
     p.add_argument("--batch-size", type=int, default=100, help="worker --batch-size (default 100)")
     p.add_argument("--batch", action="store_true", help="a batch handler (worker --batch)")
+    p.add_argument("--work-us", type=float, default=0.0,
+                   help="CPU microseconds the handler spins per message (default 0)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a run may take")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -217,17 +236,21 @@ def _table(args: argparse.Namespace, measured: dict[str, Any]) -> str:
     mode = "process_batch" if args.batch else "process"
     lines = [
         f"processes benchmark: --n {args.n}, best of {args.repeat} run(s), {args.partitions} "
-        f"partitions, worker --batch-size {args.batch_size}, {mode}, no-op handler",
+        f"partitions, worker --batch-size {args.batch_size}, {mode}, "
+        + (
+            f"handler spinning {args.work_us:g} us per message" if args.work_us else "no-op handler"
+        ),
         "",
-        f"{'processes':>9} {'msgs/s':>10} {'speed-up':>9} {'wall s':>7} {'cpu us':>7} "
-        f"{'server':>7}",
-        "-" * 56,
+        f"{'processes':>9} {'msgs/s':>10} {'speed-up':>9} {'incl. start':>12} {'wall s':>7} "
+        f"{'cpu us':>7} {'server':>7}",
+        "-" * 69,
     ]
     for count in results:
         best = count.best
         lines.append(
-            f"{count.processes:>9} {best.rate:>10,.0f} {best.rate / base:>8.2f}x {best.wall:>7.2f} "
-            f"{best.cpu_us:>7.1f} {best.server_cores:>6.2f}c"
+            f"{count.processes:>9} {best.rate:>10,.0f} {best.rate / base:>8.2f}x "
+            f"{args.n / best.wall:>12,.0f} {best.wall:>7.2f} {best.cpu_us:>7.1f} "
+            f"{best.server_cores:>6.2f}c"
         )
     lines += [
         "",
@@ -248,6 +271,7 @@ def _json(args: argparse.Namespace, measured: dict[str, Any]) -> str:
             "partitions": args.partitions,
             "batch_size": args.batch_size,
             "batch": args.batch,
+            "work_us": args.work_us,
         },
         "environment": measured["env"],
         "results": [
