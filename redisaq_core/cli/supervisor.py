@@ -237,9 +237,11 @@ class Supervisor:
     def _exit_code(self) -> int:
         if self._cannot_start is not None:
             return 1
+        # A child the forwarded signal ended before its own handlers were in place (SIGINT:
+        # KeyboardInterrupt, 130) had not joined the group yet: nothing of it was lost.
         clean = {0} | {-sig for sig in self._sent}
         if signal.SIGINT in self._sent:
-            clean.add(130)  # KeyboardInterrupt before the child's own handlers were in place
+            clean.add(130)
         return 0 if all(code is None or code in clean for code in self._last) else 1
 
 
