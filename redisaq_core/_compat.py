@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["UNSET", "legacy_logger", "renamed", "zero_is_none"]
+if TYPE_CHECKING:
+    from .connection import AnyRedis
+    from .keys import TopicKeys
+
+__all__ = ["UNSET", "legacy_logger", "renamed", "stored_partitions", "zero_is_none"]
 
 UNSET: Any = object()
 """Default of an argument that has an older spelling: tells "not given" from ``None``."""
@@ -46,3 +50,9 @@ def zero_is_none(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     return None if value == 0 or value == "" else value
+
+
+async def stored_partitions(redis: AnyRedis, keys: TopicKeys) -> int:
+    """The partition count stored for a topic (redisaq 0.1.5's ``get_num_partitions``)."""
+    raw = await redis.hget(keys.meta, "partitions")
+    return int(raw or 0)

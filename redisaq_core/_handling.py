@@ -18,6 +18,7 @@ times (its first delivery counted as a run) is dead-lettered, not run again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,9 @@ from .errors import ConsumerError
 from .keys import TopicKeys
 from .message import Received
 
-__all__ = ["Dispatcher", "uncancel"]
+__all__ = ["Dispatcher", "cancel_and_wait", "uncancel"]
+
+log = logging.getLogger(__name__)
 
 RUNS_TTL = 7 * 86_400
 """Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
@@ -41,6 +44,15 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background task %s failed: %r", task.get_name(), task.exception())
 
 
 _T = TypeVar("_T")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from ._assignment import assign
 from ._codec import as_str
 from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
-from .connection import AnyRedis
+from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
 from .keys import TopicKeys
 
@@ -79,17 +79,26 @@ class Membership:
         self._joined = False
         self._known = ""  # "<version> <members version> <partitions>" of the cached view
         self._view: GroupView | None = None
+        self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
 
-    async def beat(self) -> GroupView:
-        """Heartbeat, then return the group's view with an up-to-date assignment."""
+    async def beat(self, renew: list[int] | None = None) -> GroupView:
+        """Heartbeat, then return the group's view with an up-to-date assignment.
+
+        ``renew``: partitions whose leases to take or renew in the same script (one server
+        only: on a cluster the leases live in other slots); their states are in
+        :attr:`renewed` afterwards.
+        """
         k, g = self.keys, self.group
         keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g), k.members_version(g)]
+        renew = [] if renew is None or is_cluster(self.redis) else renew
+        keys += [k.lease(p, g) for p in renew]
         mode = "beat" if self._joined else ("static-join" if self.static else "join")
+        self.renewed = {}
         for _ in range(5):
             known = self._known if self._view is not None else ""
-            args = [self.name, self.token, self.ttl_ms, mode, known]
+            args = [self.name, self.token, self.ttl_ms, mode, known, self.previous_token]
             reply = await HEARTBEAT(self.redis, keys, args)
-            now, partitions, members, flat, version, other, levels, members_version = reply
+            now, partitions, members, flat, version, other, levels, members_version, states = reply
             if int(partitions) < 0:
                 if self._joined:
                     raise DuplicateConsumerError(
@@ -103,6 +112,7 @@ class Membership:
                 )
             self._joined = True
             mode = "beat"
+            self.renewed = {p: int(state) for p, state in zip(renew, states, strict=True)}
             if other:
                 self.previous_token = as_str(other)
             count, priorities = int(partitions), int(levels)

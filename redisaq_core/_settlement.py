@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from ._codec import F_BYTES, Serializer, encode_payload
-from ._delivery import ConsumerStats, OwnedPartition, Undecodable
+from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
 from ._retry import backoff_delay
 from ._scripts import (
     ACK,
@@ -206,11 +207,28 @@ class Settler:
         redis: AnyRedis,
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
-    ) -> None:
-        """Send the acknowledgements :meth:`settle` kept back, in a round trip of their own."""
+        reader: Reader | None = None,
+        parts: list[OwnedPartition] | None = None,
+    ) -> list[Received]:
+        """Send the acknowledgements :meth:`settle` kept back.
+
+        With a ``reader`` and ``parts`` (one server only), in the same round trip as a read
+        of new entries of ``parts`` that does not block; returns what it read. Otherwise
+        in a round trip of their own.
+        """
         calls = self.take_deferred()
-        if calls:
+        if not calls:
+            return []
+        if reader is None or not parts or not isinstance(redis, Redis):
             await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost)
+            return []
+        try:
+            messages, results = await reader.read_after(redis, parts, calls)
+        except ReadAfterError as failed:
+            await self.record(redis, calls, failed.replies, owned, on_lost)
+            raise failed.error from None
+        await self.record(redis, calls, results, owned, on_lost)
+        return messages
 
     async def record(
         self,

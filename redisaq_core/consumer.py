@@ -26,14 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from redis.asyncio import Redis
-
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
-from ._compat import legacy_logger
-from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader
+from ._compat import legacy_logger, stored_partitions
+from ._delivery import ConsumerStats, OwnedPartition, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
-from ._handling import Dispatcher, uncancel
+from ._handling import Dispatcher, cancel_and_wait, uncancel
 from ._membership import LeaseState, Membership
 from ._retention import server_features
 from ._scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
@@ -284,9 +282,7 @@ class Consumer(RedisComponent):
 
     async def get_num_partitions(self) -> int:
         """The topic's partition count as stored in Redis now (connecting if needed)."""
-        redis = await self._ensure()
-        raw = await redis.hget(self.keys.meta, "partitions")
-        return int(raw or 0)
+        return await stored_partitions(await self._ensure(), self.keys)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -419,7 +415,7 @@ class Consumer(RedisComponent):
             uncancel()
         finally:
             if heart is not None:
-                await _cancel(heart)
+                await cancel_and_wait(heart)
             await self._clean_up(self._leave())
             if self._registration is not None:
                 await self._clean_up(self._registration.stop())
@@ -577,7 +573,10 @@ class Consumer(RedisComponent):
 
     async def _sync_locked(self) -> None:
         assert self._membership is not None
-        view = await self._membership.beat()
+        loop = asyncio.get_running_loop()
+        valid_until = loop.time() + self.heartbeat_ttl * 0.8  # from before any renewal
+        view = await self._membership.beat(renew=sorted(self._owned))
+        renewed = self._membership.renewed
         if view.partitions < self._partition_count:
             # The topic's metadata is gone (flushed or restarted Redis): put it back.
             self.logger.warning(
@@ -599,9 +598,10 @@ class Consumer(RedisComponent):
             part.revoking = True
         if revoked:
             self._interrupt_read()
-        loop = asyncio.get_running_loop()
-        valid_until = loop.time() + self.heartbeat_ttl * 0.8
-        states = await self._membership.leases(sorted(mine | set(self._owned)))
+        states = dict(renewed)
+        rest = sorted((mine | set(self._owned)) - set(renewed))
+        if rest:
+            states.update(await self._membership.leases(rest))
         gained: list[int] = []
         fresh: list[int] = []
         for p, state in states.items():
@@ -725,20 +725,12 @@ class Consumer(RedisComponent):
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]
         reading = [s for s in ready if not s.held]
-        acks = self._settler.take_deferred()
-        if acks and (due or claiming or not reading or not isinstance(redis, Redis)):
-            results = await run_pipelined(redis, acks)
-            await self._settler.record(redis, acks, results, self._owned, self._fenced)
-        elif acks:
-            assert isinstance(redis, Redis)
-            try:
-                messages, results = await self._reader.read_after(redis, reading, acks)
-            except ReadAfterError as failed:
-                await self._settler.record(redis, acks, failed.replies, self._owned, self._fenced)
-                raise failed.error from None
-            await self._settler.record(redis, acks, results, self._owned, self._fenced)
-            if messages:
-                return messages
+        then_read = reading if not (due or claiming) else []
+        messages = await self._settler.flush(
+            redis, self._owned, self._fenced, self._reader, then_read
+        )
+        if messages:
+            return messages
         if due:
             messages, gone = await self._reader.retries(redis, due)
             await self._ack_gone(redis, gone)
@@ -795,12 +787,3 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         if self._owned.get(part.number) is part:
             del self._owned[part.number]
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.5)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("background task %s failed: %r", task.get_name(), task.exception())

@@ -31,7 +31,7 @@ from ._codec import (
     default_serializer,
     encode_payload,
 )
-from ._compat import UNSET, legacy_logger, renamed, zero_is_none
+from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
@@ -590,9 +590,7 @@ class Producer(RedisComponent):
 
     async def get_num_partitions(self) -> int:
         """The topic's partition count as stored in Redis now (connecting if needed)."""
-        redis = self._redis or await self._ensure()
-        raw = await redis.hget(self.keys.meta, "partitions")
-        return int(raw or 0)
+        return await stored_partitions(self._redis or await self._ensure(), self.keys)
 
     async def request_partition_increase(
         self, partitions: int = UNSET, *, num_partitions: int = UNSET

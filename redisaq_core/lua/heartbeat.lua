@@ -1,15 +1,18 @@
 -- Record a group member's heartbeat and return the group's view.
 -- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash), members version
---       (string: raised whenever a member joins, leaves or expires)
+--       (string: raised whenever a member joins, leaves or expires), then the leases to take
+--       or renew in the same step (one server only: they are in other slots), as lease.lua
+--       does with ARGV[6] (the member's previous token, may be empty)
 -- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
 --       restart: this token replaces a live earlier instance of the same name),
 --       known: "<assignment version> <members version> <partitions>" the caller last saw
 --       (empty: it saw nothing yet)
 -- The assignment hash holds "_v", its version, raised by each commit.
 -- Returns {now_ms, partitions, {member...}, {partition, owner, ...}, version, replaced_token,
--- priorities, members_version}; the member and assignment lists are empty ({}) when nothing
--- changed since "known" (the caller keeps what it has). {now_ms, -1, {}, {}, 0,
--- holder_token, 1, 0} when another live instance holds the name.
+-- priorities, members_version, {lease state...}}; the member and assignment lists are empty
+-- ({}) when nothing changed since "known" (the caller keeps what it has); a lease state is
+-- lease.lua's (1 renewed, 2 acquired, 0 held by another). {now_ms, -1, {}, {}, 0,
+-- holder_token, 1, 0, {}} when another live instance holds the name.
 local members, tokens, meta, assignment, mv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -28,7 +31,7 @@ local replaced = ''
 local holder = redis.call('HGET', tokens, name)
 if holder and holder ~= token then
   if ARGV[4] ~= 'static-join' then
-    return {now, -1, {}, {}, 0, holder, 1, 0}
+    return {now, -1, {}, {}, 0, holder, 1, 0, {}}
   end
   replaced = holder
 end
@@ -41,13 +44,27 @@ if redis.call('ZADD', members, now, name) == 1 then
   redis.call('INCR', mv)
 end
 
+local states = {}
+for i = 6, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur == token then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    states[#states + 1] = 1
+  elseif (not cur) or (ARGV[6] ~= '' and cur == ARGV[6]) then
+    redis.call('SET', KEYS[i], token, 'PX', ttl)
+    states[#states + 1] = 2
+  else
+    states[#states + 1] = 0
+  end
+end
+
 local info = redis.call('HMGET', meta, 'partitions', 'priorities')
 local partitions = tonumber(info[1] or '0')
 local priorities = tonumber(info[2] or '1')
 local version = tonumber(redis.call('HGET', assignment, '_v') or '0')
 local members_version = tonumber(redis.call('GET', mv) or '0')
 if ARGV[5] == version .. ' ' .. members_version .. ' ' .. partitions then
-  return {now, partitions, {}, {}, version, replaced, priorities, members_version}
+  return {now, partitions, {}, {}, version, replaced, priorities, members_version, states}
 end
 local live = redis.call('ZRANGE', members, 0, -1)
 local current = redis.call('HGETALL', assignment)
@@ -58,4 +75,4 @@ for i = 1, #current, 2 do
     pairs_out[#pairs_out + 1] = current[i + 1]
   end
 end
-return {now, partitions, live, pairs_out, version, replaced, priorities, members_version}
+return {now, partitions, live, pairs_out, version, replaced, priorities, members_version, states}
