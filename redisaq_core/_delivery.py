@@ -164,6 +164,8 @@ class Reader:
         self.batch_size = batch_size
         self.deserializer = deserializer
         self.stats = stats
+        self.behind = False
+        """The last read filled a whole batch from a stream: more is likely waiting."""
 
     def partition(self, number: int, levels: int, valid_until: float) -> OwnedPartition:
         """State for a partition just taken: its pending entries are claimed first."""
@@ -278,12 +280,15 @@ class Reader:
     def _received(
         self, response: Any, where: dict[str, tuple[OwnedPartition, int]]
     ) -> list[Received]:
+        self.behind = False
         if not response:
             return []
         items = response.items() if isinstance(response, dict) else response
         out: list[Received] = []
         for name, entries in items:
             part, level = where[as_str(name)]
+            if len(entries) >= self.batch_size:
+                self.behind = True
             for entry_id, fields in entries:
                 out.append(self.decode(part, level, entry_id, fields, 1))
         return _by_priority(out)
