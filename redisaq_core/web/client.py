@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,6 +28,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from .._checks import number
 from .._retry import backoff_delay
 from ..connection import redact_url
 from ..errors import ConfigurationError, GatewayError
@@ -37,17 +37,6 @@ from .models import CLOSE_DEREGISTERED, CLOSE_UNAUTHORIZED, CLOSE_UNKNOWN_WORKER
 __all__ = ["ManagerClient"]
 
 log = logging.getLogger(__name__)
-
-
-def _seconds(value: object, argument: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigurationError(f"{argument} must be a number of seconds > 0, got {value!r}")
-    return float(value)
 
 
 class ManagerClient:
@@ -91,9 +80,9 @@ class ManagerClient:
         self.name = name
         self.host = host
         self.port = port
-        self.interval = _seconds(interval, "interval")
-        self.backoff = _seconds(backoff, "backoff")
-        self.backoff_max = _seconds(backoff_max, "backoff_max")
+        self.interval = number(interval, "interval", above=0, seconds=True)
+        self.backoff = number(backoff, "backoff", above=0, seconds=True)
+        self.backoff_max = number(backoff_max, "backoff_max", above=0, seconds=True)
         self.metadata = dict(metadata or {})
         self._token = token
         self._worker_id = worker_id

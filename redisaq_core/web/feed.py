@@ -24,11 +24,9 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
-
+from .._failures import CALL_FAILURES
 from .._job_events import JobEvents
 from ..connection import AnyRedis
-from ..errors import RedisaqError
 from ..keys import TopicKeys, parse_job_id
 from ..results import JobRecord, ResultStore
 
@@ -105,7 +103,7 @@ class JobFeed(JobEvents):
     async def _read_record(self, job_id: str) -> JobRecord | None:
         try:
             return await self._store.get(job_id)
-        except (RedisError, OSError, RedisaqError) as exc:
+        except CALL_FAILURES as exc:
             log.warning("job feed: cannot read job %s: %s", job_id, exc)
             return None
 
@@ -138,7 +136,7 @@ class JobFeed(JobEvents):
         try:
             for topic in topics:
                 await self.subscribed(TopicKeys(topic).job_channel)
-        except (RedisError, OSError, RedisaqError) as exc:
+        except CALL_FAILURES as exc:
             log.warning("job feed: re-subscribing failed: %s", exc)
             return
         log.info("job feed: resubscribed; re-reading %d followed job(s)", len(self._followers))

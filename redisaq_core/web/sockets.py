@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..errors import ConfigurationError, MalformedServiceError, RedisaqError
+from .._failures import CALL_FAILURES
+from ..errors import ConfigurationError, MalformedServiceError
 from ..results import JobRecord, JobStatus
 from .feed import RECORD_STATUSES
 from .gateway import Gateway, InvalidField
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 FINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.DEAD.value})
 FRAME_TYPES = ("submit_job", "subscribe", "unsubscribe", "ping")
-_FAILURES = (RedisError, OSError, RedisaqError)
 
 
 def dumps(value: Any) -> str:
@@ -335,7 +334,7 @@ class JobsSession:
                 name = ".".join(exc.location)
                 self._error(f"{name}: {exc.message}", request_id, fields=[name])
                 return
-            except _FAILURES as exc:
+            except CALL_FAILURES as exc:
                 log.warning("jobs socket: submit failed: %s", exc)
                 self._error("Redis unavailable; the job was not queued", request_id)
                 return
@@ -358,7 +357,7 @@ class JobsSession:
                 self._following.pop(job_id, None)
                 self._error(f"job_id: {exc}", request_id, field="job_id")
                 return
-            except _FAILURES as exc:
+            except CALL_FAILURES as exc:
                 self._following.pop(job_id, None)
                 log.warning("jobs socket: cannot follow %s: %s", job_id, exc)
                 self._error("Redis unavailable", request_id, job_id=job_id)
@@ -457,7 +456,7 @@ async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None
         log.warning("worker socket %s refused: %s", worker_id, exc)
         await ws.close(CLOSE_UNKNOWN_WORKER, "unknown or unreadable worker")
         return
-    except _FAILURES as exc:
+    except CALL_FAILURES as exc:
         log.warning("worker socket %s: %s", worker_id, exc)
         await ws.close(1011, "Redis unavailable")
         return
@@ -484,7 +483,7 @@ async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None
             await ws.send_text(
                 dumps({"type": "heartbeat_ack", "worker_id": worker_id, "status": "alive"})
             )
-    except _FAILURES as exc:
+    except CALL_FAILURES as exc:
         log.warning("worker socket %s: %s", worker_id, exc)
         if ws.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -493,7 +492,7 @@ async def worker_socket(ws: WebSocket, gateway: Gateway, worker_id: str) -> None
         log.info("worker %s disconnected", worker_id)
         try:
             await asyncio.shield(gateway.worker_disconnected(worker_id, connection))
-        except _FAILURES as exc:
+        except CALL_FAILURES as exc:
             log.warning("worker %s: cannot record the disconnection: %s", worker_id, exc)
 
 
@@ -550,7 +549,7 @@ class DashboardHub:
             self._poke.clear()
             try:
                 frame = dumps(await self.gateway.snapshot())
-            except _FAILURES as exc:
+            except CALL_FAILURES as exc:
                 log.warning("dashboard: cannot read the snapshot: %s", exc)
                 frame = dumps({"type": "error", "detail": "Redis unavailable"})
             await asyncio.gather(*(self._send(ws, frame) for ws in list(self._sockets)))
