@@ -33,7 +33,7 @@ from redisaq_core import EmbeddedRedis, FanOut, Producer
 
 from .common import FIELD, GROUP, entries_of, raw_client
 from .consume import fill
-from .report import environment
+from .report import environment, environment_lines
 
 __all__ = ["main"]
 
@@ -204,10 +204,7 @@ def _table(args: argparse.Namespace, measured: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"versions: redis-py {env['redis_py']} ({env['parser']}), hiredis {env['hiredis']}, "
-        f"orjson {env['orjson']}, Python {env['python']}, redis-server {env['redis_server']}, "
-        f"redisaq-core {env['redisaq_core']} ({env['git_commit'] or 'no git'})",
-        f"machine: {env['cores']} cores, {env['cpu']}, {env['os']}",
+        *environment_lines(env),
     ]
     return "\n".join(lines)
 

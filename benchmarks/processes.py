@@ -48,7 +48,7 @@ from redisaq_core import EmbeddedRedis, Message, Producer
 
 from .common import raw_client
 from .consume import fill
-from .report import environment
+from .report import environment, environment_lines
 
 __all__ = ["handle", "handle_batch", "main"]
 
@@ -254,10 +254,7 @@ def _table(args: argparse.Namespace, measured: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"versions: redis-py {env['redis_py']} ({env['parser']}), hiredis {env['hiredis']}, "
-        f"orjson {env['orjson']}, Python {env['python']}, redis-server {env['redis_server']}, "
-        f"redisaq-core {env['redisaq_core']} ({env['git_commit'] or 'no git'})",
-        f"machine: {env['cores']} cores, {env['cpu']}, {env['os']}",
+        *environment_lines(env),
     ]
     return "\n".join(lines)
 

@@ -233,9 +233,16 @@ def render_table(
         ]
     lines += [
         "",
+        *environment_lines(env),
+    ]
+    return "\n".join(lines)
+
+
+def environment_lines(env: dict[str, Any]) -> list[str]:
+    """The versions and machine lines that end every benchmark table."""
+    return [
         f"versions: redis-py {env['redis_py']} ({env['parser']}), hiredis {env['hiredis']}, "
         f"orjson {env['orjson']}, Python {env['python']}, redis-server {env['redis_server']}, "
         f"redisaq-core {env['redisaq_core']} ({env['git_commit'] or 'no git'})",
         f"machine: {env['cores']} cores, {env['cpu']}, {env['os']}",
     ]
-    return "\n".join(lines)
