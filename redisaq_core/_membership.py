@@ -77,7 +77,7 @@ class Membership:
         self.static = static
         self.previous_token = ""
         self._joined = False
-        self._known = ""  # "<version> <members version> <partitions>" of the cached view
+        self._known = ""  # "<version> <members version> <partitions> <members>" of the view
         self._view: GroupView | None = None
         self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
 
@@ -143,7 +143,7 @@ class Membership:
     def _keep(self, view: GroupView, version: int, members_version: int) -> GroupView:
         """Cache ``view`` as of these versions: the next heartbeat sends only what changed."""
         self._view = view
-        self._known = f"{version} {members_version} {view.partitions}"
+        self._known = f"{version} {members_version} {view.partitions} {len(view.members)}"
         return view
 
     async def leases(self, partitions: list[int]) -> dict[int, int]:

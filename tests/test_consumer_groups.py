@@ -314,3 +314,39 @@ async def test_claiming_goes_past_pages_of_deleted_entries(
         await eventually(lambda: _no_pending(redis, topic, 1))
     await consumer.close()
     assert consumer.stats.trimmed == 250
+
+
+async def test_a_member_that_leaves_without_raising_the_members_version_is_noticed(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """A member of an older release joins and leaves without touching the members version.
+
+    Its arrival and its graceful leave still change how many members there are, which the
+    heartbeat compares as well: the others rebalance at once, not after its TTL.
+    """
+    async with Producer(topic, redis_url=redis_url, init_partitions=4):
+        pass
+    keys = TopicKeys(topic)
+    members, tokens = keys.members("default"), keys.tokens("default")
+    consumer = Consumer(topic, consumer_name="new", redis_url=redis_url, heartbeat_ttl=60, **FAST)
+
+    stop = asyncio.Event()
+
+    async def older_beats() -> None:  # stopped by an event: a cancelled command can hang
+        while not stop.is_set():
+            seconds, micros = await redis.time()
+            await redis.zadd(members, {"older": seconds * 1000 + micros // 1000})
+            await asyncio.sleep(0.1)
+
+    async with Running(consumer, _noop):
+        await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3])
+        await redis.hset(tokens, "older", "older-token")
+        beats = asyncio.create_task(older_beats())
+        try:
+            await eventually(lambda: len(consumer.assigned_partitions) == 2, timeout=5)
+        finally:
+            stop.set()
+            await beats
+        await redis.zrem(members, "older")
+        await redis.hdel(tokens, "older")
+        await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3], timeout=5)

@@ -5,8 +5,9 @@
 --       does with ARGV[6] (the member's previous token, may be empty)
 -- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
 --       restart: this token replaces a live earlier instance of the same name),
---       known: "<assignment version> <members version> <partitions>" the caller last saw
---       (empty: it saw nothing yet)
+--       known: "<assignment version> <members version> <partitions> <members>" the caller
+--       last saw (empty: it saw nothing yet); the member count catches a member of an older
+--       release, which joins and leaves without raising the members version
 -- The assignment hash holds "_v", its version, raised by each commit.
 -- Returns {now_ms, partitions, {member...}, {partition, owner, ...}, version, replaced_token,
 -- priorities, members_version, {lease state...}}; the member and assignment lists are empty
@@ -63,7 +64,8 @@ local partitions = tonumber(info[1] or '0')
 local priorities = tonumber(info[2] or '1')
 local version = tonumber(redis.call('HGET', assignment, '_v') or '0')
 local members_version = tonumber(redis.call('GET', mv) or '0')
-if ARGV[5] == version .. ' ' .. members_version .. ' ' .. partitions then
+local seen = version .. ' ' .. members_version .. ' ' .. partitions
+if ARGV[5] == seen .. ' ' .. redis.call('ZCARD', members) then
   return {now, partitions, {}, {}, version, replaced, priorities, members_version, states}
 end
 local live = redis.call('ZRANGE', members, 0, -1)
