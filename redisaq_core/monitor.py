@@ -27,7 +27,7 @@ from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
 from .keys import TopicKeys
-from .metrics import COUNTERS, topic_metrics
+from .metrics import COUNTERS, record_lag, topic_metrics, topic_series
 from .metrics.prometheus import render_prometheus
 from .registry import CONSUMER_SERVICE_TYPE, ServiceInfo, ServiceRegistry
 from .results import JobRecord, JobStatus, ResultStore
@@ -102,6 +102,23 @@ class Monitor(RedisComponent):
         if not view["exists"] and name not in await self.topic_names():
             return None
         return view
+
+    async def topic_series(
+        self, name: str, view: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The topic's last 15 minutes (:func:`~redisaq_core.metrics.topic_series`), or ``None``.
+
+        Each group's lag, read now (or taken from ``view``, a :meth:`topic`
+        view read just before), is first written into the current bucket, so
+        that every reader of the series draws the same lag line.
+        """
+        view = view if view is not None else await self.topic(name)
+        if view is None:
+            return None
+        redis, _, _ = await self._parts()
+        lags = {g["group"]: int(g["totals"]["lag"]) for g in view["groups"]}
+        await record_lag(redis, name, lags)
+        return await topic_series(redis, name)
 
     async def topic_views(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The full views of ``names`` (default: every topic), a few read at a time."""
