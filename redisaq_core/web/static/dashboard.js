@@ -293,12 +293,14 @@
 
   async function refreshCharts() {
     try {
+      if (document.hidden) return; // a tab in the background draws nothing
       await Promise.all(chartTopics.map(async (topic) => {
         try {
           drawSeries(topic, await fetchSeries(topic));
         } catch (error) {
           const entry = charts.get(topic);
           if (entry) entry.node.setAttribute("data-error", String(error.message || error));
+          $("charts-note").textContent = String(error.message || error);
         }
       }));
     } finally {
