@@ -10,9 +10,10 @@
 Every figure comes from the indexes the library keeps (the topic set, each
 topic's metadata, groups, membership sets, assignments, job indexes and
 metrics hash) and from the streams themselves; nothing is discovered with
-``SCAN`` or ``KEYS``. The dicts returned are JSON-ready and their shapes are
-documented on each method; the CLI prints them as they are with
-``--format json``.
+``SCAN`` or ``KEYS``. Its one write is the lag sample that
+:meth:`Monitor.topic_series` adds to a topic's series. The dicts returned
+are JSON-ready and their shapes are documented on each method; the CLI
+prints them as they are with ``--format json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import logging
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
@@ -117,7 +120,10 @@ class Monitor(RedisComponent):
             return None
         redis, _, _ = await self._parts()
         lags = {g["group"]: int(g["totals"]["lag"]) for g in view["groups"]}
-        await record_lag(redis, name, lags)
+        try:
+            await record_lag(redis, name, lags)
+        except ResponseError as exc:  # a read-only user or replica: the series without it
+            log.debug("series of %s: lag not recorded: %s", name, exc)
         return await topic_series(redis, name)
 
     async def topic_views(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 from typing import Any
 
 import pytest
@@ -149,3 +150,33 @@ async def test_malformed_records_are_skipped_and_replaced(redis: Redis, topic: s
     if record["t"] == start:
         assert record == {"t": start, "p": 0, "g": {"g": {"h": 0, "b": {"0.005": 0}, "l": 2}}}
     assert (await topic_series(redis, topic))["skipped"] == len(bad) - 1
+
+
+@pytest.mark.single_node
+async def test_a_read_only_user_gets_the_series_without_its_lag_sample(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 1})
+    await redis.xgroup_create(TopicKeys(topic).stream(0), "readers", id="0", mkstream=True)
+    user, password = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    rule = [
+        "on",
+        ">" + password,
+        "resetkeys",
+        "~redisaq:*",
+        "-@all",
+        "+@read",
+        "+@connection",
+        "+time",
+    ]
+    await redis.execute_command("ACL", "SETUSER", user, *rule)
+    try:
+        url = redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+        async with Monitor(redis_url=url) as monitor:
+            series: Any = await monitor.topic_series(topic)
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)
+    assert sum(series["produced"]) > 0
+    assert series["groups"] == []  # the lag sample was refused; nothing else names the group
+    assert await redis.exists(TopicKeys(topic).series)
