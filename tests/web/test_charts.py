@@ -65,7 +65,7 @@ async def test_two_gateways_serve_the_same_series(
         assert len(a["times"]) == len(a["produced"]) == SERIES_WINDOW // SERIES_STEP
         (group,) = a["groups"]
         assert group["group"] == c.group and any(group["handled"])
-        assert any(v is not None for v in group["p99"]) and group["lag"][-1] == 0
+        assert any(v is not None for v in group["p99"]) and 0 in group["lag"][-2:]
 
         assert (await one.get("/topics/no-such-topic/series")).status_code == 404
         r = await one.get("/topics/%7Bbad%7D/series")
