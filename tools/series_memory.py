@@ -1,6 +1,6 @@
 """How much memory a topic's 15-minute series takes: fill every slot, ask MEMORY USAGE.
 
-    python tools/series_memory.py redis://127.0.0.1:PORT/0 [GROUPS]
+    PYTHONPATH=. python tools/series_memory.py redis://127.0.0.1:PORT/0 [GROUPS]
 
 One bucket record is written by the real metrics flush (a producer's counts
 and, for each of GROUPS consumer groups (default 1), handled messages in
@@ -23,6 +23,7 @@ from redisaq_core.metrics._series import SLOTS, STEP
 
 
 async def main(url: str, groups: int) -> None:
+    """Fill one topic's series on ``url`` for ``groups`` groups and print its memory."""
     redis = create_client(url)
     topic = f"series-memory-{uuid.uuid4().hex[:8]}"
     key = TopicKeys(topic).series
@@ -41,7 +42,8 @@ async def main(url: str, groups: int) -> None:
             await recorder.stop()
         await record_lag(redis, topic, {f"group-{i}": 1_234_567 for i in range(groups)})
         bucket = int(sec) // STEP
-        raw: bytes = await redis.hget(key, str(bucket % SLOTS))
+        raw = await redis.hget(key, str(bucket % SLOTS))
+        assert isinstance(raw, bytes), raw
         start = b'"t":%d' % (bucket * STEP)
         assert raw.count(start) == 1, raw
         for k in range(SLOTS):
