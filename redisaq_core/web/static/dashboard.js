@@ -221,7 +221,7 @@
       axes: [{ stroke: "#6a7380", grid: { stroke: "#e1e4e8" } },
         { stroke: "#6a7380", grid: { stroke: "#e1e4e8" }, size: 48 }],
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max || 0)] } },
-      legend: { show: true, live: false },
+      legend: { show: true, live: false, markers: { fill: (u, i) => u.series[i].stroke(u, i) } },
       cursor: { show: true, drag: { x: false, y: false } },
     };
     return new uPlot(options, [[]].concat(spec.series.map(() => [])), node);
