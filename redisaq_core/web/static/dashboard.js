@@ -262,7 +262,8 @@
       for (const plot of entry.plots.values()) plot.destroy();
       entry.plots.clear();
       row.replaceChildren(...specs.map((spec) => el("div", {
-        class: "chart", "data-chart": spec.kind, "data-draws": "0" }, [
+        class: "chart", "data-chart": spec.kind, "data-draws": "0", role: "img",
+        "aria-label": topic + ": " + spec.title + ", last 15 minutes" }, [
         el("div", { class: "chart-title muted small", text: spec.title })])));
       entry.signature = signature;
     }
