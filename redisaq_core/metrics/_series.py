@@ -191,7 +191,8 @@ async def topic_series(redis: AnyRedis, topic: str) -> dict[str, Any]:
 
     Rates of the current bucket are over the part of it that has passed.
     ``lag`` is ``None`` where nobody sampled it, ``p50``/``p99`` (handler
-    time) where nothing was handled. One round trip.
+    time) where nothing was handled. Two commands (``HGETALL``, ``TIME``),
+    sent together.
     """
     raw, (sec, usec) = await asyncio.gather(redis.hgetall(TopicKeys(topic).series), redis.time())
     now = int(sec) + int(usec) / 1e6
