@@ -20,6 +20,8 @@ Layout (``redisaq`` is the fixed namespace)::
                                                     leave or expiry (heartbeats send lists
                                                     only when it or "_v" moved)
     redisaq:{t:T}:metrics                     hash  counters and histograms (see metrics.py)
+    redisaq:{t:T}:series                      hash  slot -> JSON record of a 5 s bucket, a ring
+                                                    of the last 15 minutes (see metrics/_series.py)
     redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
     redisaq:{p:T:N}:stream                    stream the partition's entries (priority 0)
     redisaq:{p:T:N}:stream:P                  stream the partition's entries of priority P >= 1
@@ -145,6 +147,11 @@ class TopicKeys:
     def metrics(self) -> str:
         """Hash of the topic's metrics (counters and histogram buckets)."""
         return f"{self._tag}:metrics"
+
+    @property
+    def series(self) -> str:
+        """Hash of the topic's recent time series: a ring of bucket records (metrics/_series.py)."""
+        return f"{self._tag}:series"
 
     @property
     def job_channel(self) -> str:

@@ -10,9 +10,10 @@
 Every figure comes from the indexes the library keeps (the topic set, each
 topic's metadata, groups, membership sets, assignments, job indexes and
 metrics hash) and from the streams themselves; nothing is discovered with
-``SCAN`` or ``KEYS``. The dicts returned are JSON-ready and their shapes are
-documented on each method; the CLI prints them as they are with
-``--format json``.
+``SCAN`` or ``KEYS``. Its one write is the lag sample that
+:meth:`Monitor.topic_series` adds to a topic's series. The dicts returned
+are JSON-ready and their shapes are documented on each method; the CLI
+prints them as they are with ``--format json``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
 from .keys import TopicKeys
-from .metrics import COUNTERS, topic_metrics
+from .metrics import COUNTERS, record_lag, topic_metrics, topic_series
 from .metrics.prometheus import render_prometheus
 from .registry import CONSUMER_SERVICE_TYPE, ServiceInfo, ServiceRegistry
 from .results import JobRecord, JobStatus, ResultStore
@@ -102,6 +105,26 @@ class Monitor(RedisComponent):
         if not view["exists"] and name not in await self.topic_names():
             return None
         return view
+
+    async def topic_series(
+        self, name: str, view: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The topic's last 15 minutes (:func:`~redisaq_core.metrics.topic_series`), or ``None``.
+
+        Each group's lag, read now (or taken from ``view``, a :meth:`topic`
+        view read just before), is first written into the current bucket, so
+        that every reader of the series draws the same lag line.
+        """
+        view = view if view is not None else await self.topic(name)
+        if view is None:
+            return None
+        redis, _, _ = await self._parts()
+        lags = {g["group"]: int(g["totals"]["lag"]) for g in view["groups"]}
+        try:
+            await record_lag(redis, name, lags)
+        except ResponseError as exc:  # a read-only user or replica: the series without it
+            log.debug("series of %s: lag not recorded: %s", name, exc)
+        return await topic_series(redis, name)
 
     async def topic_views(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The full views of ``names`` (default: every topic), a few read at a time."""

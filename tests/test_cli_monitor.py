@@ -22,7 +22,7 @@ from redisaq_core.keys import TopicKeys, job_id
 from redisaq_core.metrics import COUNTERS, MetricsRecorder
 from redisaq_core.registry import consumer_service_info
 from tests import job_records as jr
-from tests.helpers import eventually
+from tests.helpers import Running, eventually
 
 
 @dataclass
@@ -283,6 +283,106 @@ async def test_watch_redraws_until_interrupted(scene: Scene) -> None:
     assert frames[0].startswith("Every 0.1s: redisaq")
     docs = [json.loads(line) for line in lines.splitlines() if line.strip()]
     assert len(docs) >= 3 and all(d["topic"] == scene.topic for d in docs)
+
+
+class _Frames:
+    """The frames a ``--watch`` subprocess has drawn so far."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.text = ""
+
+    @property
+    def frames(self) -> list[str]:
+        return self.text.split("\x1b[H\x1b[2J")[1:-1]  # the last may be half written
+
+    async def until(self, found: Any, timeout: float = 30) -> Any:
+        """Read until ``found(frames)`` returns something truthy; return it."""
+        assert self.proc.stdout is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (value := found(self.frames)):
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"not drawn within {timeout}s; last frames: {self.frames[-2:]}"
+            data = await asyncio.wait_for(self.proc.stdout.read(4096), left)
+            assert data, "the watch ended by itself"
+            self.text += data.decode("utf-8")
+        return value
+
+
+def _spark(frame: str, label: str) -> str | None:
+    line = next((ln for ln in frame.splitlines() if ln.startswith(f"  {label} ")), None)
+    return None if line is None else line.split(" now ")[0]
+
+
+async def test_watch_draws_the_topic_throughput_as_sparklines(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    from redisaq_core import Consumer, Message, Producer
+    from redisaq_core.metrics._series import SLOTS, STEP
+
+    # records another client wrote, not of the series' shape: skipped, the loop goes on
+    now, _ = await redis.time()
+    old = [str((int(now) // STEP - k) % SLOTS) for k in (20, 21, 22)]
+    await redis.hset(
+        TopicKeys(topic).series,
+        mapping={old[0]: "not json", old[1]: '{"t": []}', old[2]: '{"t": 5, "g": 1}', "x": "1"},
+    )
+    stop = asyncio.Event()
+
+    async def handle(m: Message) -> None:
+        pass
+
+    async def produce(producer: Producer) -> None:
+        n = 0
+        while not stop.is_set():
+            await producer.batch_enqueue([{"n": n + i} for i in range(5)])
+            n += 5
+            await asyncio.sleep(0.05)
+
+    argv = _argv(redis_url, "cli-spark:", ["topic", topic, "--watch", "0.3"])
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+        feeding = asyncio.create_task(produce(producer))
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env()
+        )
+        try:
+            watch = _Frames(proc)
+            async with Running(consumer, handle):
+                first = await watch.until(
+                    lambda frames: next(
+                        (s for f in frames if (s := _spark(f, "produced/s")) and s[-1] != s[0]),
+                        None,
+                    )
+                )
+                # the line changes while the producer runs
+                await watch.until(lambda frames: _spark(frames[-1], "produced/s") != first)
+                await watch.until(lambda frames: " now 0.0" not in frames[-1].split("handled/s")[1])
+            stop.set()
+            await feeding
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            stop.set()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    frame = watch.frames[-1]
+    assert f"topic {topic}: 2 partition(s)" in frame
+    assert "throughput, last 5 min (5 s buckets):" in frame
+    line = _spark(frame, "produced/s")
+    assert line is not None and len(line.split(" ", 3)[-1]) == 60
+
+
+def test_sparkline_scales_to_the_largest_value() -> None:
+    from redisaq_core.cli.monitor import sparkline
+
+    assert sparkline([0, 1, 2, 4, 8]) == "\u2581\u2582\u2583\u2585\u2588"
+    assert sparkline([0.0, 0.0]) == "\u2581\u2581"
+    assert sparkline([0.01, 100.0], "_.-:=+*#") == ".#"
+    assert sparkline([]) == ""
 
 
 async def _get(port: int, path: str) -> tuple[str, dict[str, str], str]:

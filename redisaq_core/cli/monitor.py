@@ -11,7 +11,9 @@ documented on :class:`redisaq_core.monitor.Monitor` (``summary``,
 (``topic``) and :meth:`redisaq_core.results.JobRecord.as_dict` (``jobs`` is a
 list of them, ``job`` one). ``--watch SECONDS`` redraws the output every
 SECONDS in place (with ``--format json``: one compact JSON document per line
-instead) until Ctrl-C or SIGTERM, then exits 0.
+instead) until Ctrl-C or SIGTERM, then exits 0; ``topic NAME --watch`` adds
+the topic's produced and handled per second over the last 5 minutes as
+sparklines (from the series the dashboard draws).
 
 Exit codes: 0 done, 1 not found (unknown job, worker or topic) or a failed
 Redis call, 2 bad usage.
@@ -345,6 +347,8 @@ async def _topic(args: argparse.Namespace, monitor: Monitor) -> Output:
             f"retention: maxlen {view['maxlen']}, trim {view['trim']}, "
             f"held past maxlen by lagging groups {view['over_maxlen']}\n"
         )
+    if args.watch is not None and args.format != "json":
+        text += _throughput(await monitor.topic_series(args.name, view))
     if not view["groups"]:
         rows: list[tuple[Any, ...]] = [
             (p, s["length"], s["dead_letters"], s["produced"]) for p, s in stats.items()
@@ -365,6 +369,47 @@ async def _topic(args: argparse.Namespace, monitor: Monitor) -> Output:
                    "HANDLED", "FAILED", "RETRIED", "DEAD_LETTERED", "TRIMMED_UNREAD"]  # fmt: skip
         text += _table(rows, headers)
     return view, text
+
+
+_SPARK = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
+_SPARK_ASCII = "_.-:=+*#"
+SPARK_BUCKETS = 60
+"""Buckets in a ``--watch`` sparkline (5 minutes of 5 s buckets)."""
+
+
+def sparkline(values: list[float], chars: str = _SPARK) -> str:
+    """``values`` as one line of block characters, the tallest for the largest.
+
+    Zero is the lowest block; any value above zero is at least the second.
+    """
+    top = max(values, default=0.0)
+    last = len(chars) - 1
+    return "".join(
+        chars[0] if v <= 0 or top <= 0 else chars[max(1, min(last, round(v / top * last)))]
+        for v in values
+    )
+
+
+def _spark_chars() -> str:
+    try:
+        _SPARK.encode(sys.stdout.encoding or "ascii")
+    except (LookupError, UnicodeEncodeError):
+        return _SPARK_ASCII
+    return _SPARK
+
+
+def _throughput(series: dict[str, Any] | None) -> str:
+    """The lines ``--watch`` adds to ``topic``: produced and handled per second, as sparklines."""
+    if series is None:
+        return ""
+    chars = _spark_chars()
+    handled = [sum(g["handled"][i] for g in series["groups"]) for i in range(len(series["times"]))]
+    minutes = SPARK_BUCKETS * series["step"] / 60
+    text = f"\nthroughput, last {minutes:g} min ({series['step']} s buckets):\n"
+    for label, values in (("produced/s", series["produced"]), ("handled/s ", handled)):
+        shown = values[-SPARK_BUCKETS:]
+        text += f"  {label} {sparkline(shown, chars)} now {shown[-1]:.1f}, peak {max(shown):.1f}\n"
+    return text
 
 
 # ---- serve-metrics ---------------------------------------------------------------------

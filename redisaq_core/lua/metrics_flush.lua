@@ -1,5 +1,7 @@
--- Add one recorder's counts to a topic's metrics hash, in one step.
+-- Add one recorder's counts to a topic's metrics hash and its series, in one step.
 -- KEYS[1]: the metrics hash
+-- KEYS[2]: the topic's series hash (a ring of bucket records, see metrics/_series.py);
+--          needed only by the series ops
 -- ARGV[1]: the recorder's flush interval (ms), stored beside each gauge
 -- ARGV[2..]: triples (op, field, value):
 --   i  add an integer (HINCRBY)
@@ -7,9 +9,68 @@
 --   m  keep the larger of the stored value and this one
 --   g  set a gauge: "<value> <server time ms> <flush interval ms>"
 --   d  delete the field
+--   w  open the series record of the current bucket: field = bucket length (s), value =
+--      slots in the ring; the series ops below need it before them
+--   p  add value to the messages produced (field unused)
+--   h  add value to the messages handled by group <field>
+--   b  add value to the handled messages of group G whose handler took <= bound B and more
+--      than the next smaller bound: field "G B" (B as the metrics hash writes it)
+--   l  lag of group <field> seen now: the record keeps the largest seen in its bucket
+-- A series record that does not decode (written by another client) is replaced; values of
+-- the wrong type in it count as 0.
 -- Returns the number of triples applied.
+local MAX_RECORD = 65536
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local record, slot, ttl = nil, nil, 0
+
+local function num(v)
+  if type(v) == 'number' and v == v and v < math.huge and v > -math.huge then return v end
+  return 0
+end
+
+local function clean(d, start)
+  local r = {t = start, p = num(d.p), g = {}}
+  if type(d.g) ~= 'table' then return r end
+  for name, g in pairs(d.g) do
+    if type(name) == 'string' and type(g) == 'table' then
+      local c = {h = num(g.h), b = {}}
+      if g.l ~= nil then c.l = num(g.l) end
+      if type(g.b) == 'table' then
+        for bound, n in pairs(g.b) do
+          if type(bound) == 'string' then c.b[bound] = num(n) end
+        end
+      end
+      r.g[name] = c
+    end
+  end
+  return r
+end
+
+local function open(step, slots)
+  local bucket = math.floor(tonumber(t[1]) / step)
+  local start = bucket * step
+  slot = string.format('%d', bucket % slots)
+  ttl = (slots + 1) * step * 1000
+  local raw = redis.call('HGET', KEYS[2], slot)
+  local ok, decoded = false, nil
+  if raw and #raw <= MAX_RECORD then ok, decoded = pcall(cjson.decode, raw) end
+  if ok and type(decoded) == 'table' and decoded.t == start then
+    record = clean(decoded, start)
+  else
+    record = {t = start, p = 0, g = {}}
+  end
+end
+
+local function group(name)
+  local g = record.g[name]
+  if not g then
+    g = {h = 0, b = {}}
+    record.g[name] = g
+  end
+  return g
+end
+
 local n = 0
 for i = 2, #ARGV - 2, 3 do
   local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -26,7 +87,28 @@ for i = 2, #ARGV - 2, 3 do
     redis.call('HSET', KEYS[1], field, value .. ' ' .. now .. ' ' .. ARGV[1])
   elseif op == 'd' then
     redis.call('HDEL', KEYS[1], field)
+  elseif op == 'w' then
+    open(tonumber(field), tonumber(value))
+  elseif record and op == 'p' then
+    record.p = record.p + tonumber(value)
+  elseif record and op == 'h' then
+    local g = group(field)
+    g.h = g.h + tonumber(value)
+  elseif record and op == 'b' then
+    local name, bound = string.match(field, '^(%S+) (%S+)$')
+    if name then
+      local g = group(name)
+      g.b[bound] = (g.b[bound] or 0) + tonumber(value)
+    end
+  elseif record and op == 'l' then
+    local g = group(field)
+    local lag = tonumber(value)
+    if g.l == nil or lag > g.l then g.l = lag end
   end
   n = n + 1
+end
+if record then
+  redis.call('HSET', KEYS[2], slot, cjson.encode(record))
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return n

@@ -40,19 +40,31 @@ last-delivered-id, at most :data:`LAG_SCAN_LIMIT` of them: a larger lag is
 exact only when none of the stream was delivered yet (then it is the stream
 length); otherwise the view reports :data:`LAG_SCAN_LIMIT` with ``lag_exact``
 false, a lower bound.
+
+The last 15 minutes of each topic (produced and handled per second, lag,
+handler time p50/p99) are kept in a second hash, ``TopicKeys(topic).series``,
+a ring of 5-second buckets written by the same flush: :func:`topic_series`
+reads it (the layout is in :mod:`redisaq_core.metrics._series`).
 """
 
 from __future__ import annotations
 
 from ._reader import LAG_SCAN_LIMIT, topic_metrics
 from ._recorder import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, MetricsRecorder, bucket_label
+from ._series import STEP as SERIES_STEP
+from ._series import WINDOW as SERIES_WINDOW
+from ._series import record_lag, topic_series
 
 __all__ = [
     "COUNTERS",
     "DEFAULT_BUCKETS",
     "HISTOGRAMS",
     "LAG_SCAN_LIMIT",
+    "SERIES_STEP",
+    "SERIES_WINDOW",
     "MetricsRecorder",
     "bucket_label",
+    "record_lag",
     "topic_metrics",
+    "topic_series",
 ]

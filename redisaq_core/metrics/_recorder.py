@@ -20,6 +20,7 @@ from .._scripts import Script
 from ..connection import AnyRedis
 from ..errors import ConfigurationError
 from ..keys import TopicKeys, validate_name
+from ._series import series_args
 
 __all__ = [
     "COUNTERS",
@@ -316,8 +317,8 @@ class MetricsRecorder:
             try:
                 await METRICS_FLUSH(
                     self.redis,
-                    [self.keys.metrics],
-                    [int(self.flush_interval * 1000), *args, *gauges],
+                    [self.keys.metrics, self.keys.series],
+                    [int(self.flush_interval * 1000), *args, *gauges, *series_args(ints)],
                 )
             except BaseException:
                 self._merge(ints, sums, maxes)

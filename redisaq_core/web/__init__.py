@@ -19,6 +19,8 @@ HTTP routes (the OpenAPI schema is at ``/openapi.json``)::
     POST /register               a worker -> 201 {"worker_id", "status": "registered"}
     GET  /workers, /workers/{worker_id}
     GET  /topics, /topics/{name}  partitions with owner, lag, pending, dead letters
+    GET  /topics/{name}/series   the last 15 minutes in 5 s buckets: produced and
+                                 handled per second, lag, handler time p50/p99
     GET  /dlq/{topic}?limit=&cursor=  dead letters with origin and error, by pages
                                  (X-Next-Cursor names the next)
     POST /dlq/{topic}/replay     {"ids": [...]} or {"all": true}

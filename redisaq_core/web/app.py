@@ -6,6 +6,7 @@ import base64
 import hashlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -40,6 +41,7 @@ from .models import (
     ReplayRequest,
     ReplayResult,
     SubmitJob,
+    TopicSeriesModel,
     TopicSummaryModel,
     TopicViewModel,
     WorkerModel,
@@ -120,15 +122,32 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(digest).decode() + "'"
 
 
+_PAGE_PARTS = {
+    "UPLOT_STYLE": "uplot/uPlot.min.css",
+    "STYLE": "dashboard.css",
+    "UPLOT": "uplot/uPlot.iife.min.js",
+    "SCRIPT": "dashboard.js",
+}
+"""The page's placeholders (``/*NAME*/``) and the static files put in their place."""
+
+
 def _page() -> tuple[str, str]:
-    """The dashboard as one HTML document (CSS and script inline), and its CSP header."""
+    """The dashboard as one HTML document (CSS and scripts inline), and its CSP header.
+
+    The charting library (uPlot, MIT) is vendored in ``static/uplot`` beside its license.
+    """
     static = resources.files("redisaq_core.web").joinpath("static")
     html = static.joinpath("index.html").read_text(encoding="utf-8")
-    css = static.joinpath("dashboard.css").read_text(encoding="utf-8")
-    script = static.joinpath("dashboard.js").read_text(encoding="utf-8")
-    page = html.replace("/*STYLE*/", css).replace("/*SCRIPT*/", script)
+    parts = {
+        name: static.joinpath(path).read_text(encoding="utf-8")
+        for name, path in _PAGE_PARTS.items()
+    }
+    # One pass, so that nothing inserted is searched for placeholders again.
+    page = re.sub(r"/\*([A-Z_]+)\*/", lambda m: parts.get(m[1], m[0]), html)
+    scripts = " ".join(_csp_hash(parts[name]) for name in ("UPLOT", "SCRIPT"))
+    styles = " ".join(_csp_hash(parts[name]) for name in ("UPLOT_STYLE", "STYLE"))
     policy = (
-        f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(css)}; "
+        f"default-src 'none'; script-src {scripts}; style-src {styles}; "
         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     )
@@ -415,6 +434,24 @@ def create_app(
         if view is None:
             return JSONResponse({"detail": f"no topic {name!r}"}, status_code=404)
         return view
+
+    @app.get(
+        "/topics/{name}/series",
+        response_model=TopicSeriesModel,
+        tags=["topics"],
+        summary="One topic's last 15 minutes",
+        responses={**_COMMON, **_E404},
+    )
+    async def get_topic_series(name: Annotated[str, Path(max_length=200)]) -> Any:
+        """Produced and handled per second, lag and handler time p50/p99, in 5 s buckets.
+
+        Read from Redis, so every gateway answers the same. Each call also
+        samples the groups' lag into the current bucket.
+        """
+        series = await gateway.topic_series(name)
+        if series is None:
+            return JSONResponse({"detail": f"no topic {name!r}"}, status_code=404)
+        return series
 
     @app.get(
         "/dlq/{topic}",

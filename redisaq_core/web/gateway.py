@@ -433,6 +433,12 @@ class Gateway:
         self._check_topic(name, ("path", "name"))
         return await self.monitor.topic(name)
 
+    async def topic_series(self, name: str) -> dict[str, Any] | None:
+        """A topic's last 15 minutes (its groups' lag sampled first), or ``None`` if unknown."""
+        assert self.monitor is not None
+        self._check_topic(name, ("path", "name"))
+        return await self.monitor.topic_series(name)
+
     async def known_topic(self, name: str) -> bool:
         """Whether ``name`` is a known topic."""
         assert self.monitor is not None

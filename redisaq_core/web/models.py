@@ -279,6 +279,29 @@ class TopicViewModel(BaseModel):
     groups: list[GroupModel]
 
 
+class SeriesGroupModel(BaseModel):
+    """A consumer group's series: one value per bucket, oldest first."""
+
+    group: str
+    handled: list[float] = Field(description="messages handled per second")
+    lag: list[int | None] = Field(description="largest lag seen in the bucket (null: not sampled)")
+    p50: list[float | None] = Field(description="handler time median, s (null: nothing handled)")
+    p99: list[float | None] = Field(description="handler time 99th percentile, s")
+
+
+class TopicSeriesModel(BaseModel):
+    """A topic's last 15 minutes (:func:`redisaq_core.metrics.topic_series`), in 5 s buckets."""
+
+    topic: str
+    time: float = Field(description="the server's time of the reading, Unix s")
+    step: int = Field(description="seconds per bucket")
+    window: int = Field(description="seconds covered")
+    times: list[int] = Field(description="start of each bucket, Unix s (the last: the current)")
+    produced: list[float] = Field(description="messages produced per second")
+    groups: list[SeriesGroupModel]
+    skipped: int = Field(description="stored records that could not be read")
+
+
 class DeadLetterModel(BaseModel):
     """A dead letter, where it came from and why it failed.
 

@@ -1,12 +1,14 @@
 """The dashboard in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
 Playwright is given the system browser (``executable_path``), never a
-downloaded one. Without Chromium the test is skipped. A screenshot of the
-dashboard is saved as ``test-artifacts/dashboard.png``.
+downloaded one. Without Chromium the tests are skipped. Screenshots of the
+dashboard are saved as ``test-artifacts/dashboard.png`` and, of its charts
+while a producer runs, ``test-artifacts/dashboard-charts.png``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import uuid
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from redisaq_core import Producer
 from tests.helpers import Running
 from tests.web.conftest import LiveGateway, consumer, echo
 
@@ -113,5 +116,84 @@ async def test_dashboard_submits_a_job_and_shows_workers_live(
             finally:
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                await browser.close()
+    assert problems == []
+
+
+_CANVAS_INK = """(selector) => {
+    const canvas = document.querySelector(selector + " canvas");
+    if (!canvas || !canvas.width) return null;
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    let ink = 0, sum = 0;
+    for (let i = 0; i < pixels.length; i += 4) {
+        if (pixels[i + 3] > 0) { ink += 1; sum = (sum * 31 + pixels[i] + pixels[i + 1] * 7) % 1e9; }
+    }
+    return { ink: ink, sum: sum };
+}"""
+
+
+async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
+    web_redis_url: str, prefix: str, topic: str
+) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    token = uuid.uuid4().hex
+    chart = f'#charts [data-topic="{topic}"]'
+    throughput = f'{chart} [data-chart="throughput"]'
+    with LiveGateway(
+        redis_url=web_redis_url, key_prefix=prefix, token=token, heartbeat_timeout=5.0
+    ) as gateway:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            stop = asyncio.Event()
+
+            async def produce(producer: Producer) -> None:
+                n = 0
+                while not stop.is_set():
+                    await producer.batch_enqueue([{"n": n + i} for i in range(10)])
+                    n += 10
+                    await asyncio.sleep(0.05)
+
+            try:
+                async with Producer(topic, redis_url=web_redis_url, init_partitions=2) as producer:
+                    c = consumer(topic, web_redis_url)
+                    async with Running(c, echo):
+                        feeding = asyncio.create_task(produce(producer))
+                        await page.goto(f"{gateway.url}/#token={token}")
+                        # drawn: a canvas with lines on it, and the figures behind them
+                        await page.wait_for_function(
+                            "(s) => Number(document.querySelector(s)?.dataset.total) > 0",
+                            arg=throughput, timeout=20_000,
+                        )  # fmt: skip
+                        first = await page.evaluate(_CANVAS_INK, throughput)
+                        assert first is not None and first["ink"] > 500
+                        total = await page.get_attribute(throughput, "data-total")
+                        # moving: the figures and the pixels change while the producer runs
+                        await page.wait_for_function(
+                            "([s, t]) => document.querySelector(s).dataset.total !== t",
+                            arg=[throughput, total], timeout=20_000,
+                        )  # fmt: skip
+                        later = await page.evaluate(_CANVAS_INK, throughput)
+                        assert later is not None and later["sum"] != first["sum"]
+                        latency = f'{chart} [data-chart="latency"]'
+                        await page.wait_for_function(
+                            "(s) => document.querySelector(s)?.dataset.last > 0",
+                            arg=latency, timeout=20_000,
+                        )  # fmt: skip
+                        lag = f'{chart} [data-chart="lag"]'
+                        assert await page.evaluate(_CANVAS_INK, lag) is not None
+                        legend = await page.locator(f"{throughput} .u-legend").inner_text()
+                        assert "produced" in legend and f"handled {c.group}" in legend
+                        ARTIFACTS.mkdir(exist_ok=True)
+                        await page.locator("#charts-section").screenshot(
+                            path=str(ARTIFACTS / "dashboard-charts.png")
+                        )
+                        stop.set()
+                        await feeding
+            finally:
+                stop.set()
                 await browser.close()
     assert problems == []

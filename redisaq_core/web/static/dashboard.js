@@ -182,8 +182,145 @@
     );
   }
 
+  // ---- charts ---------------------------------------------------------------------------
+  // Each topic's last 15 minutes from GET /topics/{name}/series (read from Redis, so every
+  // gateway draws the same lines), redrawn every few seconds with the vendored uPlot.
+
+  const CHART_TOPICS = 10;
+  const CHART_EVERY = 2000;
+  const COLORS = ["#2874a6", "#1e8449", "#c0392b", "#8e44ad", "#d35400", "#16a085", "#7f8c8d"];
+  const charts = new Map(); // topic -> { node, plots: Map(kind -> uPlot), signature }
+  let chartTopics = [];
+
+  function chartSpecs(s) {
+    const groups = s.groups;
+    const ms = (values) => values.map((v) => (v === null ? null : v * 1000));
+    return [
+      { kind: "throughput", title: "messages / s", points: false, series: [
+        { label: "produced", values: s.produced },
+        ...groups.map((g) => ({ label: "handled " + g.group, values: g.handled })) ] },
+      { kind: "lag", title: "lag (entries)", points: true, series:
+        groups.map((g) => ({ label: g.group, values: g.lag })) },
+      { kind: "latency", title: "handler time (ms)", points: true, series: groups.flatMap((g) => [
+        { label: "p50 " + g.group, values: ms(g.p50) },
+        { label: "p99 " + g.group, values: ms(g.p99), dash: [4, 3] } ]) },
+    ];
+  }
+
+  function chartWidth(node) {
+    return Math.max(220, Math.floor(node.clientWidth || 300));
+  }
+
+  function makePlot(spec, node) {
+    const options = {
+      width: chartWidth(node),
+      height: 150,
+      series: [{}, ...spec.series.map((x, i) => ({
+        label: x.label, stroke: COLORS[i % COLORS.length], width: 1.5, dash: x.dash,
+        spanGaps: false, points: { show: spec.points, size: 4 } }))],
+      axes: [{ stroke: "#6a7380", grid: { stroke: "#e1e4e8" } },
+        { stroke: "#6a7380", grid: { stroke: "#e1e4e8" }, size: 48 }],
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max || 0)] } },
+      legend: { show: true, live: false, markers: { fill: (u, i) => u.series[i].stroke(u, i) } },
+      cursor: { show: true, drag: { x: false, y: false } },
+    };
+    return new uPlot(options, [[]].concat(spec.series.map(() => [])), node);
+  }
+
+  function chartBlock(topic) {
+    let entry = charts.get(topic);
+    if (!entry) {
+      const node = el("div", { class: "chart-topic", "data-topic": topic }, [
+        el("h3", { text: topic }), el("div", { class: "chart-row" })]);
+      entry = { node: node, plots: new Map(), signature: "" };
+      charts.set(topic, entry);
+    }
+    return entry;
+  }
+
+  function syncCharts(topics) {
+    chartTopics = topics.slice(0, CHART_TOPICS);
+    for (const [topic, entry] of charts) {
+      if (!chartTopics.includes(topic)) {
+        for (const plot of entry.plots.values()) plot.destroy();
+        charts.delete(topic);
+      }
+    }
+    $("charts").replaceChildren(...chartTopics.map((t) => chartBlock(t).node));
+    $("charts-empty").hidden = chartTopics.length > 0;
+    $("charts-note").textContent = topics.length > chartTopics.length
+      ? "(the first " + chartTopics.length + " topics)" : "";
+  }
+
+  function drawSeries(topic, s) {
+    const entry = charts.get(topic);
+    if (!entry) return;
+    const specs = chartSpecs(s);
+    const signature = JSON.stringify(specs.map((x) => x.series.map((y) => y.label)));
+    const row = entry.node.querySelector(".chart-row");
+    if (signature !== entry.signature) {
+      for (const plot of entry.plots.values()) plot.destroy();
+      entry.plots.clear();
+      row.replaceChildren(...specs.map((spec) => el("div", {
+        class: "chart", "data-chart": spec.kind, "data-draws": "0", role: "img",
+        "aria-label": topic + ": " + spec.title + ", last 15 minutes" }, [
+        el("div", { class: "chart-title muted small", text: spec.title })])));
+      entry.signature = signature;
+    }
+    for (const spec of specs) {
+      const box = row.querySelector('[data-chart="' + spec.kind + '"]');
+      let plot = entry.plots.get(spec.kind);
+      if (!plot) {
+        plot = makePlot(spec, box);
+        entry.plots.set(spec.kind, plot);
+      }
+      plot.setData([s.times].concat(spec.series.map((x) => x.values)));
+      const first = spec.series.length ? spec.series[0].values : [];
+      const last = first.filter((v) => v !== null).slice(-1)[0];
+      box.setAttribute("data-draws", String(Number(box.getAttribute("data-draws")) + 1));
+      box.setAttribute("data-total", String(first.reduce((a, v) => a + (v || 0), 0)));
+      box.setAttribute("data-last", last === undefined ? "" : String(last));
+    }
+    entry.node.setAttribute("data-time", String(s.time));
+  }
+
+  async function fetchSeries(topic) {
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    const response = await fetch("/topics/" + encodeURIComponent(topic) + "/series",
+      { headers: headers, cache: "no-store" });
+    if (!response.ok) throw new Error("series of " + topic + ": HTTP " + response.status);
+    return response.json();
+  }
+
+  async function refreshCharts() {
+    try {
+      if (document.hidden) return; // a tab in the background draws nothing
+      await Promise.all(chartTopics.map(async (topic) => {
+        try {
+          drawSeries(topic, await fetchSeries(topic));
+        } catch (error) {
+          const entry = charts.get(topic);
+          if (entry) entry.node.setAttribute("data-error", String(error.message || error));
+          $("charts-note").textContent = String(error.message || error);
+        }
+      }));
+    } finally {
+      setTimeout(refreshCharts, CHART_EVERY);
+    }
+  }
+
+  window.addEventListener("resize", () => {
+    for (const entry of charts.values()) {
+      for (const [kind, plot] of entry.plots) {
+        const box = entry.node.querySelector('[data-chart="' + kind + '"]');
+        plot.setSize({ width: chartWidth(box), height: 150 });
+      }
+    }
+  });
+
   function render(snapshot) {
     renderWorkers(snapshot.workers);
+    syncCharts(snapshot.topics.map((t) => t.topic));
     renderTopics(snapshot.topics, snapshot.topics_total);
     renderDeadLetters(snapshot.dead_letters);
     renderRecentJobs(snapshot.jobs);
@@ -314,4 +451,5 @@
 
   connectDashboard();
   connectJobs();
+  refreshCharts();
 })();
