@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import operator
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +58,7 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 
 
 _T = TypeVar("_T")
+_job_id = operator.attrgetter("job_id")
 
 if sys.version_info >= (3, 11):
 
@@ -185,7 +188,7 @@ class Dispatcher:
         next read (never for redelivered entries: each is settled before the next).
         """
         failures: list[Failure] = []
-        if any(isinstance(m, Undecodable) for m in messages):
+        if Undecodable in map(type, messages):
             failures += [Failure(m, m.error, []) for m in messages if isinstance(m, Undecodable)]
             messages = [m for m in messages if not isinstance(m, Undecodable)]
         if ran and messages and ran + 1 > self.max_deliveries:
@@ -280,39 +283,75 @@ class Dispatcher:
 
     @staticmethod
     def _has_jobs(messages: list[Received]) -> bool:
-        return any(m.job_id for m in messages)
+        return any(map(_job_id, messages))
 
     async def _run_partition(
         self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received]
     ) -> tuple[list[tuple[Received, Any]], Failure | None]:
+        """One partition's messages in order, one handler call each (the hot path).
+
+        One :class:`_Call` serves the whole run: the calls follow each other in this task,
+        and nothing between two of them awaits, so :meth:`cut_off_hung` only ever finds
+        this task inside a handler.
+        """
         ok: list[tuple[Received, Any]] = []
-        loop = asyncio.get_running_loop()
-        recorder = self.stats.recorder
-        for i, m in enumerate(msgs):
-            part = self.owned.get(m.partition)
-            if part is None or part.valid_until <= loop.time():
-                # The lease may have passed to another member (this process was paused or
-                # cut off): leave the rest pending. If the next heartbeat finds the lease
-                # still ours, they are claimed back from our pending list, before anything
-                # newer is read; if not, the new owner claims them.
-                if part is not None:
-                    part.reclaim()
-                return ok, None
-            started = loop.time()
-            limit = m.timeout or self.max_processing_time
-            try:
-                result = await self._call(handler, m, started, m.timeout)
-            except asyncio.TimeoutError as exc:
-                self.stats.add_timed_out(m.partition)
-                error = TimeoutError(f"handler did not finish within {limit}s")
-                error.__cause__ = exc
-                return ok, Failure(m, error, msgs[i + 1 :])
-            except Exception as exc:
-                return ok, Failure(m, exc, msgs[i + 1 :])
-            if recorder is not None:
-                recorder.handled(m.partition, loop.time() - started, time.time() - m.enqueued_at)
-            ok.append((m, result))
-        return ok, None
+        clock = asyncio.get_running_loop().time
+        owned = self.owned
+        task = asyncio.current_task()
+        call = None
+        if self.max_processing_time is not None and task is not None:
+            call = _Call(task, math.inf)
+            self._calls.add(call)
+        marks = [clock()]  # when each call started, then when the last one ended
+        try:
+            for i, m in enumerate(msgs):
+                started = marks[-1]
+                part = owned.get(m.partition)
+                if part is None or part.valid_until <= started:
+                    # The lease may have passed to another member (this process was paused
+                    # or cut off): leave the rest pending. If the next heartbeat finds the
+                    # lease still ours, they are claimed back from our pending list, before
+                    # anything newer is read; if not, the new owner claims them.
+                    if part is not None:
+                        part.reclaim()
+                    return ok, None
+                try:
+                    if m.timeout:
+                        if call is not None:
+                            call.started = math.inf  # its own timeout bounds it
+                        result = await _bounded(handler(m), m.timeout)
+                    else:
+                        if call is not None:
+                            call.started = started
+                        result = await handler(m)
+                except asyncio.CancelledError:
+                    if call is None or not call.cut_off:
+                        raise
+                    uncancel()
+                    return ok, self._timed_out(m, msgs[i + 1 :], None)
+                except asyncio.TimeoutError as exc:
+                    return ok, self._timed_out(m, msgs[i + 1 :], exc)
+                except Exception as exc:
+                    return ok, Failure(m, exc, msgs[i + 1 :])
+                marks.append(clock())
+                ok.append((m, result))
+            return ok, None
+        finally:
+            if call is not None:
+                self._calls.discard(call)
+            if self.stats.recorder is not None and ok:
+                offset = time.time() - clock()
+                took = [marks[i + 1] - marks[i] for i in range(len(ok))]
+                ages = [marks[i + 1] + offset - m.enqueued_at for i, (m, _) in enumerate(ok)]
+                self.stats.recorder.handled_each(msgs[0].partition, took, ages)
+
+    def _timed_out(self, m: Received, rest: list[Received], cause: BaseException | None) -> Failure:
+        self.stats.add_timed_out(m.partition)
+        error = TimeoutError(
+            f"handler did not finish within {m.timeout or self.max_processing_time}s"
+        )
+        error.__cause__ = cause
+        return Failure(m, error, rest)
 
 
 class _Call:

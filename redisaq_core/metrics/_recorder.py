@@ -191,6 +191,38 @@ class MetricsRecorder:
         if end_to_end_seconds is not None:
             self._observe(f.e2e, end_to_end_seconds)
 
+    def handled_each(
+        self, partition: int, handler_seconds: Sequence[float], ages: Sequence[float]
+    ) -> None:
+        """Messages handled one handler call each, in ``handler_seconds``; ``ages``: end to end."""
+        if not handler_seconds:
+            return
+        f = self._fields.get(partition) or self._make(partition)
+        field = f.counters["handled"]
+        self._ints[field] = self._ints.get(field, 0) + len(handler_seconds)
+        self._observe_many(f.handler, handler_seconds)
+        self._observe_many(f.e2e, ages)
+
+    def _observe_many(self, h: _Histogram, values: Sequence[float]) -> None:
+        if not values:
+            return
+        bounds, ints = self._bounds, self._ints
+        counts = [0] * len(h.buckets)
+        total, top = 0.0, self._maxes.get(h.max, -1.0)
+        for value in values:
+            if value < 0:
+                value = 0.0
+            total += value
+            if value > top:
+                top = value
+            counts[bisect.bisect_left(bounds, value)] += 1
+        ints[h.count] = ints.get(h.count, 0) + len(values)
+        self._sums[h.sum] = self._sums.get(h.sum, 0.0) + total
+        self._maxes[h.max] = top
+        for name, n in zip(h.buckets, counts, strict=True):
+            if n:
+                ints[name] = ints.get(name, 0) + n
+
     def handled_many(
         self, partition: int, handler_seconds: float, ages: Sequence[float | None]
     ) -> None:
