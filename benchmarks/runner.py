@@ -68,13 +68,20 @@ def cases(ctx: Context) -> list[Case]:
             min_ratio=0.8,
             scale=2,
         ),
-        Case("process", "consume, process", consume.lib_process, consume.raw_process, scale=3),
+        Case(
+            "process",
+            "consume, process",
+            consume.lib_process,
+            consume.raw_process,
+            min_ratio=0.8,
+            scale=3,
+        ),
         Case(
             "process_batch",
             "consume, process_batch",
             consume.lib_process_batch,
             consume.raw_process,
-            min_ratio=0.7,
+            min_ratio=0.9,
             scale=3,
         ),
         Case(
@@ -97,6 +104,7 @@ def cases(ctx: Context) -> list[Case]:
             "consume jobs, process_batch",
             consume.lib_jobs_batch,
             consume.raw_process,
+            min_ratio=0.5,
             scale=1,
         ),
         Case(
@@ -104,7 +112,7 @@ def cases(ctx: Context) -> list[Case]:
             "end-to-end, max rate",
             endtoend.lib_saturated,
             endtoend.raw_saturated,
-            min_ratio=0.5,
+            min_ratio=0.9,
             scale=2,
         ),
         Case(
