@@ -59,6 +59,7 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 
 _T = TypeVar("_T")
 _job_id = operator.attrgetter("job_id")
+_partition = operator.attrgetter("partition")
 
 if sys.version_info >= (3, 11):
 
@@ -231,9 +232,7 @@ class Dispatcher:
                 else:
                     done += [(m, None) for m in chunk]
         else:
-            groups: dict[int, list[Received]] = {}
-            for m in messages:
-                groups.setdefault(m.partition, []).append(m)
+            groups = _by_partition(messages)
             if len(groups) == 1:
                 results = [await self._run_partition(handler, messages)]
             else:
@@ -274,9 +273,7 @@ class Dispatcher:
         if isinstance(messages, dict):
             counts = messages
         else:
-            counts = {}
-            for m in messages:
-                counts[m.partition] = counts.get(m.partition, 0) + 1
+            counts = {p: len(msgs) for p, msgs in _by_partition(messages).items()}
         for partition, n in counts.items():
             self.stats.recorder.in_flight(partition, sign * n)
         return counts
@@ -352,6 +349,17 @@ class Dispatcher:
         )
         error.__cause__ = cause
         return Failure(m, error, rest)
+
+
+def _by_partition(messages: list[Received]) -> dict[int, list[Received]]:
+    """``messages`` by partition, in order (mostly one partition: then without a loop here)."""
+    partitions = set(map(_partition, messages))
+    if len(partitions) == 1:
+        return {partitions.pop(): messages}
+    groups: dict[int, list[Received]] = {}
+    for m in messages:
+        groups.setdefault(m.partition, []).append(m)
+    return groups
 
 
 class _Call:
