@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
@@ -24,12 +24,14 @@ from ._codec import (
     F_JOB,
     F_KEY,
     F_TIMEOUT,
+    F_TRACE,
     Deserializer,
     as_str,
     decode_payload,
 )
 from ._reads import read_streams
 from ._scripts import ScriptCall
+from ._tracing import Traced
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
@@ -206,10 +208,14 @@ class Reader:
         timeout = _number_field(fields, F_TIMEOUT, problems, positive=True)
         key = _text_field(fields, F_KEY, problems)
         job = _text_field(fields, F_JOB, problems)
+        trace = fields.get(F_TRACE)  # read only by a consumer that traces (see _tracing)
         message = received(
             self.topic, None, msg_id, part.number, self.group, enqueued, deliveries, level,
             partition_key=key, created_at=created, timeout=timeout, job_id=job,
+            kind=Received if trace is None else Traced,
         )  # fmt: skip
+        if trace is not None:
+            cast(Traced, message).trace = trace
         if problems:
             # Another client (or an old writer) put metadata here that can't be read: the
             # entry goes to the dead letters with its raw fields; the partition goes on.

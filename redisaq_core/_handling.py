@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._settlement import Failure, Settler, batch_failures
+from ._tracing import ProcessSpans, process_spans
 from .connection import AnyRedis
 from .errors import ConsumerError
 from .keys import TopicKeys
@@ -202,12 +203,14 @@ class Dispatcher:
         if messages and self._has_jobs(messages):
             await self.settler.started(redis, messages)
         flight = self._in_flight(messages, +1)
+        spans = process_spans(self.keys.topic, self.group, self.settler.name)
         if batch:
             for i in range(0, len(messages), self.batch_size):
                 chunk = messages[i : i + self.batch_size]
                 started = loop.time()
                 try:
-                    result = await self._call(handler, chunk, started, None)
+                    call = self._call(handler, chunk, started, None)
+                    result = await (call if spans is None else spans.run(chunk, call))
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
                         self.stats.add_timed_out(m.partition)
@@ -232,13 +235,13 @@ class Dispatcher:
             for m in messages:
                 groups.setdefault(m.partition, []).append(m)
             if len(groups) == 1:
-                results = [await self._run_partition(handler, messages)]
+                results = [await self._run_partition(handler, messages, spans)]
             else:
                 gate = asyncio.Semaphore(self.concurrency)
 
                 async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
                     async with gate:
-                        return await self._run_partition(handler, msgs)
+                        return await self._run_partition(handler, msgs, spans)
 
                 results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
             for ok, failure in results:
@@ -246,8 +249,18 @@ class Dispatcher:
                 if failure is not None:
                     failures.append(failure)
         self._in_flight(flight, -1)
-        await self.settler.settle(
-            redis, self.owned, done, failures, loop.time(), self.fenced, defer=defer
+        try:
+            await self.settler.settle(
+                redis, self.owned, done, failures, loop.time(), self.fenced, defer=defer
+            )
+        finally:
+            if spans is not None:
+                spans.end((f.message, f.error, self._final(f.message)) for f in failures)
+
+    def _final(self, m: Received) -> bool:
+        """Whether settling a failure of ``m`` dead-letters it (as the settler decides)."""
+        return isinstance(m, Undecodable) or (
+            self.dead_letter and m.deliveries >= self.max_deliveries
         )
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
@@ -283,8 +296,9 @@ class Dispatcher:
         return any(m.job_id for m in messages)
 
     async def _run_partition(
-        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received]
-    ) -> tuple[list[tuple[Received, Any]], Failure | None]:
+        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received],
+        spans: ProcessSpans | None = None,
+    ) -> tuple[list[tuple[Received, Any]], Failure | None]:  # fmt: skip
         ok: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         recorder = self.stats.recorder
@@ -301,7 +315,8 @@ class Dispatcher:
             started = loop.time()
             limit = m.timeout or self.max_processing_time
             try:
-                result = await self._call(handler, m, started, m.timeout)
+                call = self._call(handler, m, started, m.timeout)
+                result = await (call if spans is None else spans.run([m], call))
             except asyncio.TimeoutError as exc:
                 self.stats.add_timed_out(m.partition)
                 error = TimeoutError(f"handler did not finish within {limit}s")

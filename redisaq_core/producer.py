@@ -35,6 +35,7 @@ from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_n
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
+from ._tracing import send_spans
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -388,12 +389,14 @@ class Producer(RedisComponent):
                     raise self._out_of_memory("the message was not enqueued") from exc
                 raise
         partition, command = self._command(message, partition_key, priority, trim)
-        try:
-            entry_id = _text(await self._send(redis, command))
-        except Exception as exc:
-            if out_of_memory(exc):
-                raise self._out_of_memory("the message was not enqueued") from exc
-            raise
+        with send_spans(self.topic, "enqueue", ((partition, command),)) as spans:
+            try:
+                entry_id = _text(await self._send(redis, command))
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory("the message was not enqueued") from exc
+                raise
+            spans.sent((entry_id,))
         self._retention.wrote(redis, (command[1],))
         if self._metrics is not None:
             self._metrics.produced(partition)
@@ -420,8 +423,10 @@ class Producer(RedisComponent):
         key: str,
     ) -> str:  # fmt: skip
         partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
-        command = ["EVALSHA", script.sha, len(keys), *keys, *args]
-        created, entry_id = await self._run(redis, script, command)
+        with send_spans(self.topic, "enqueue", ((partition, args),)) as spans:
+            command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+            created, entry_id = await self._run(redis, script, command)
+            spans.sent((entry_id,))
         if created:
             self._retention.wrote(redis, keys[:1])
             if self._metrics is not None:
@@ -493,18 +498,20 @@ class Producer(RedisComponent):
         commands = [self._command(item, partition_key, priority, trims) for item in payloads]
         if not commands:
             return []
-        pipe = redis.pipeline(transaction=False)
-        for _, command in commands:
-            pipe.execute_command(*command)
-        try:
-            results = await pipe.execute()
-        except Exception as exc:
-            if out_of_memory(exc):
-                raise self._out_of_memory(
-                    "part of the batch may have been written; "
-                    "call with an idempotency_key to make a retry write only what is missing"
-                ) from exc
-            raise
+        with send_spans(self.topic, "batch_enqueue", commands) as spans:
+            pipe = redis.pipeline(transaction=False)
+            for _, command in commands:
+                pipe.execute_command(*command)
+            try:
+                results = await pipe.execute()
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory(
+                        "part of the batch may have been written; "
+                        "call with an idempotency_key to make a retry write only what is missing"
+                    ) from exc
+                raise
+            spans.sent(results)
         self._retention.wrote(redis, [command[1] for _, command in commands])
         if self._metrics is not None:
             for partition, _ in commands:
@@ -519,10 +526,12 @@ class Producer(RedisComponent):
             self._once_call(item, partition_key, priority, f"{key}:{i}")
             for i, item in enumerate(items)
         ]
-        replies = await run_pipelined(redis, [call for _, call in calls])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        with send_spans(self.topic, "batch_enqueue", [(p, c[2]) for p, c in calls]) as spans:
+            replies = await run_pipelined(redis, [call for _, call in calls])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            spans.sent([reply[1] for reply in replies])
         written = [call for call, reply in zip(calls, replies, strict=True) if reply[0]]
         self._retention.wrote(redis, [keys[0] for _, (_, keys, _) in written])
         if self._metrics is not None:
@@ -571,15 +580,17 @@ class Producer(RedisComponent):
             maxlen, op, job, self.keys.job_channel, self.topic, partition, level,
             max(1, int(ttl)), self.idempotency_window if once else 0, *fields, F_JOB, job,
         ]  # fmt: skip
-        try:
-            reply = await self._run(redis, SUBMIT, command)
-        except Exception as exc:
-            if out_of_memory(exc):
-                raise self._out_of_memory("the job was not submitted") from exc
-            raise
-        created = True
-        if once is not None:  # {created, entry id, job id}: a repeat returns the first job
-            created, job = bool(reply[0]), _text(reply[2])
+        with send_spans(self.topic, "submit", ((partition, command),)) as spans:
+            try:
+                reply = await self._run(redis, SUBMIT, command)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory("the job was not submitted") from exc
+                raise
+            created = True
+            if once is not None:  # {created, entry id, job id}: a repeat returns the first job
+                created, job = bool(reply[0]), _text(reply[2])
+            spans.sent((reply if once is None else reply[1],), job)
         if created:
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:
