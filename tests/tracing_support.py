@@ -8,6 +8,7 @@ a span processor), its spans written to ``SPANS_FILE`` as JSON lines.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections.abc import Sequence
@@ -103,6 +104,14 @@ def sdk_in_this_process() -> tuple[InMemorySpanExporter, Switch]:
 async def handle(message: Any) -> Any:
     """A worker's handler: a job's result is its payload, under ``echo``."""
     return {"echo": message.payload}
+
+
+async def flaky(message: Any) -> Any:
+    """A worker's handler that logs, and fails a message's first delivery."""
+    logging.getLogger("tests.handler").warning("handling %s", message.msg_id)
+    if message.deliveries == 1:
+        raise RuntimeError("first delivery fails")
+    return "done"
 
 
 def main(argv: list[str]) -> int:
