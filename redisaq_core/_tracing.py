@@ -274,7 +274,7 @@ class ProcessSpans:
             for m in messages:
                 remote = context_of(m.trace) if isinstance(m, Traced) else None
                 if remote is not None:
-                    links.append(_trace.Link(remote, {"messaging.message.id": m.msg_id}))
+                    links.append(_trace.Link(remote))
         span = self.tracer.start_span(
             f"process {self.topic}",
             context=parent,
