@@ -31,7 +31,7 @@ from ._codec import (
 )
 from ._reads import read_streams
 from ._scripts import ScriptCall
-from ._tracing import Traced
+from ._tracing import Traced, mark
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable"]
 
 log = logging.getLogger(__name__)
+
+_PARTITION = "messaging.destination.partition.id"
+_BATCH = "messaging.batch.message_count"
 
 
 @dataclass
@@ -178,6 +181,7 @@ class Reader:
             valid_until=valid_until,
         )
         part.reclaim()
+        mark("assign", self.topic, self.group, self.name, **{_PARTITION: str(number)})
         return part
 
     def decode(
@@ -345,6 +349,8 @@ class Reader:
             else:
                 part.claims[level] = cursor
         self.stats.reclaimed += len(out)
+        if out:
+            mark("claim", self.topic, self.group, self.name, **{_BATCH: len(out)})
         for (part, _), ids in gone.items():
             self.stats.add_trimmed(part.number, len(ids))
         return _by_priority(out), gone

@@ -50,6 +50,7 @@ __all__ = [
     "Traced",
     "context_of",
     "detach",
+    "mark",
     "process_spans",
     "remote_parent",
     "send_spans",
@@ -326,6 +327,27 @@ def _failed(span: Span, exc: BaseException) -> None:
     span.record_exception(exc)
     span.set_attribute("error.type", _name(exc))
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, f"{_name(exc)}: {exc}"))
+
+
+def mark(operation: str, topic: str, group: str, consumer: str, **attributes: Any) -> None:
+    """A span of no length for a rare step of a consumer (a partition taken, released, claimed).
+
+    Nothing while tracing is off.
+    """
+    found = tracer()
+    if found is None:
+        return
+    found.start_span(
+        f"{operation} {topic}",
+        attributes={
+            "messaging.system": SYSTEM,
+            "messaging.operation.name": operation,
+            "messaging.destination.name": topic,
+            "messaging.consumer.group.name": group,
+            "messaging.client.id": consumer,
+            **attributes,
+        },
+    ).end()
 
 
 def process_spans(topic: str, group: str, consumer: str) -> ProcessSpans | None:

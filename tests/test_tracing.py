@@ -224,6 +224,8 @@ async def test_a_batch_handler_links_every_messages_context(
     assert done["parent_id"] is None
     assert done["links"] == [s["trace_id"] for s in sent]
     assert done["attributes"]["messaging.batch.message_count"] == 3
+    (assigned,) = finished(spans, f"assign {topic}")  # a partition taken: a span of no length
+    assert assigned["attributes"]["messaging.destination.partition.id"] == "0"
 
 
 async def test_retries_dead_lettering_and_timeouts_are_events(

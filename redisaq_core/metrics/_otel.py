@@ -36,7 +36,7 @@ the recorder makes no call here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._tracing import SYSTEM
@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - the otel extra is not installed
     _metrics = None  # type: ignore[assignment]
 
-__all__ = ["GAUGE_INTERVAL", "OtelMetrics", "otel_metrics"]
+__all__ = ["GAUGE_INTERVAL", "OtelMetrics", "View", "otel_metrics", "read_views_with"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,18 @@ COUNTER_NAMES = {
     "trimmed": "redisaq.messages.trimmed",
 }
 """The recorder's counters other than ``handled``, by their instrument names."""
+
+
+View = Callable[[AnyRedis, str], Awaitable[dict[str, Any]]]
+"""What reads a topic's view (:func:`~redisaq_core.metrics.topic_metrics`)."""
+
+_view: View | None = None
+
+
+def read_views_with(view: View) -> None:
+    """Read the gauges with ``view`` (set by the package: the reader imports the recorder)."""
+    global _view
+    _view = view
 
 
 class _Instruments:
@@ -179,9 +191,9 @@ class OtelMetrics:
 
     async def read_gauges(self, redis: AnyRedis) -> None:
         """Read lag, pending and dead letters of the topic (for this recorder's group)."""
-        from ._reader import topic_metrics
-
-        view = await topic_metrics(redis, self.topic)
+        if _view is None:
+            return
+        view = await _view(redis, self.topic)
         gauges = self.instruments.gauges
         base: dict[str, Any] = {
             "messaging.system": SYSTEM,
