@@ -79,7 +79,8 @@ async def _both(url: str, n: int, batch: int) -> dict[str, Any]:
     total = ctx.warm + n
     async with Producer(topic, redis_url=url) as producer:
         for start in range(0, total, batch):
-            await producer.batch_enqueue([{"i": i} for i in range(start, min(total, start + batch))])
+            end = min(total, start + batch)
+            await producer.batch_enqueue([{"i": i} for i in range(start, end)])
     sink = Sink(ctx.warm, n)
     consumer = Consumer(topic, group_name=GROUP, batch_size=batch, redis_url=url)
     await run_consumer(consumer, sink, batch=True, timeout=ctx.timeout)
