@@ -49,6 +49,7 @@ __all__ = [
     "ProcessSpans",
     "Traced",
     "context_of",
+    "current_field",
     "detach",
     "mark",
     "process_spans",
@@ -265,7 +266,7 @@ class ProcessSpans:
             attributes["redisaq.message.delivery_count"] = first.deliveries
             if first.job_id:
                 attributes["redisaq.job.id"] = first.job_id
-            remote = context_of(first.trace) if isinstance(first, Traced) else None
+            remote = context_of(getattr(first, "trace", None))
             if remote is not None:
                 parent = _trace.set_span_in_context(_trace.NonRecordingSpan(remote))
         else:
@@ -273,7 +274,7 @@ class ProcessSpans:
             attributes = self._attributes(first.partition if same else None)
             attributes["messaging.batch.message_count"] = len(messages)
             for m in messages:
-                remote = context_of(m.trace) if isinstance(m, Traced) else None
+                remote = context_of(getattr(m, "trace", None))
                 if remote is not None:
                     links.append(_trace.Link(remote))
         span = self.tracer.start_span(
@@ -348,6 +349,19 @@ def mark(operation: str, topic: str, group: str, consumer: str, **attributes: An
             **attributes,
         },
     ).end()
+
+
+def current_field() -> list[Any]:
+    """``[F_TRACE, traceparent]`` of the current span if it records, else ``[]``.
+
+    For entries written on behalf of a handler (the fan-out bridge's copies).
+    """
+    if tracer() is None or _trace is None:
+        return []
+    span = _trace.get_current_span()
+    if not span.is_recording():
+        return []
+    return [F_TRACE, traceparent(span.get_span_context())]
 
 
 def process_spans(topic: str, group: str, consumer: str) -> ProcessSpans | None:

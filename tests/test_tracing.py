@@ -26,7 +26,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import Consumer, FanOut, Message, Producer
 from redisaq_core._tracing import MAX_FIELD, detach, remote_parent
 from redisaq_core.dlq import DeadLetters
 from redisaq_core.keys import TopicKeys
@@ -372,3 +372,30 @@ async def test_a_servers_request_headers_become_the_parent_when_no_span_is_curre
     assert sent["parent_id"] == "00f067aa0ba902b7"
     with trace.get_tracer("tests").start_as_current_span("instrumented server"):
         assert remote_parent({"traceparent": header}) is None
+
+
+async def test_a_fan_out_copy_continues_from_the_bridges_span(
+    spans: InMemorySpanExporter, redis_url: str, topic: str
+) -> None:
+    target = f"{topic}-copy"
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 1})
+    (sent,) = finished(spans, f"send {topic}")
+    bridge = FanOut(topic, [target], redis_url=redis_url, batch_size=10, **FAST)
+    got: list[Any] = []
+
+    async def handle(message: Message) -> None:
+        got.append(message.payload)
+
+    async with bridge:
+        task = asyncio.create_task(bridge.run())
+        try:
+            async with Running(Consumer(target, redis_url=redis_url, **FAST), handle):
+                await eventually(lambda: got and finished(spans, f"process {target}"))
+        finally:
+            await bridge.stop(timeout=10)
+            await asyncio.wait_for(task, 15)
+    (copied,) = finished(spans, f"process {topic}")  # the bridge's span (a batch of one)
+    assert (copied["trace_id"], copied["parent_id"]) == (sent["trace_id"], sent["span_id"])
+    (done,) = finished(spans, f"process {target}")
+    assert (done["trace_id"], done["parent_id"]) == (sent["trace_id"], copied["span_id"])
