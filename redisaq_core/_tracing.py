@@ -296,6 +296,12 @@ class ProcessSpans:
         except Exception as exc:
             _failed(span, exc)
             raise
+        except asyncio.CancelledError:  # the consumer stopped: no settlement will end it
+            span.add_event("cancelled")
+            span.end()
+            for m in messages:
+                self.open.pop(id(m), None)
+            raise
         finally:
             _context.detach(token)
 

@@ -108,6 +108,17 @@ def test_an_unknown_log_format_is_refused_at_start_up(
     assert "argument --log-format: invalid choice: 'yaml'" in err and "json" in err
 
 
+def test_a_commands_error_is_a_json_line_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:1/0"
+    assert main(["--log-format", "json", "--redis-url", url, "registry", "count"]) == 1
+    (line,) = lines_of(capsys.readouterr().err)
+    assert line["level"] == "ERROR" and line["logger"] == "redisaq"
+    assert "cannot connect to Redis at redis://:***@127.0.0.1:1/0" in line["message"]
+    assert PASSWORD not in json.dumps(line)
+
+
 def test_an_unknown_log_format_stops_a_real_process() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "redisaq_core.cli.main", "worker", "m:f", "--topic", "t"],

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import ConfigurationError, RedisaqError
-from ..logs import LOG_FORMATS, configure_logging, log_format
+from ..logs import LOG_FORMATS, JsonFormatter, configure_logging, log_format
 from . import demo, dlq, fanout, monitor, registry, server, web, worker
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
 
@@ -50,13 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int, fmt: str | None = None) -> None:
+def _setup_logging(verbose: int, fmt: str | None = None) -> str:
     level: int | str = os.environ.get("LOG_LEVEL", "WARNING").upper()
     if verbose == 1:
         level = logging.INFO
     elif verbose >= 2:
         level = logging.DEBUG
-    configure_logging(level, log_format(fmt), sys.stderr)
+    chosen = log_format(fmt)
+    configure_logging(level, chosen, sys.stderr)
+    return chosen
+
+
+def _error(text: str, fmt: str) -> None:
+    """The command's last word on stderr: a line of text, or a JSON log line."""
+    if fmt == "json":
+        print(JsonFormatter().format(logging.makeLogRecord({
+            "name": "redisaq", "levelname": "ERROR", "levelno": logging.ERROR, "msg": text,
+        })), file=sys.stderr)  # fmt: skip
+    else:
+        print(f"redisaq: error: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _setup_logging(args.verbose, args.log_format)
+        fmt = _setup_logging(args.verbose, args.log_format)
     except ConfigurationError as exc:
         print(f"redisaq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -74,10 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result or 0)
     except UsageError as exc:
-        print(f"redisaq: error: {exc}", file=sys.stderr)
+        _error(str(exc), fmt)
         return EXIT_USAGE
     except RedisaqError as exc:
-        print(f"redisaq: error: {exc}", file=sys.stderr)
+        _error(str(exc), fmt)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
