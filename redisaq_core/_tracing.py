@@ -25,8 +25,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Awaitable, Iterable, Sequence
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._codec import F_TRACE
@@ -147,14 +146,11 @@ class _Off:
 
     __slots__ = ()
 
-    def __enter__(self) -> _Off:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def sent(self, ids: Iterable[Any], job_id: str | None = None) -> None:
-        """Nothing to record."""
+    def wrap(
+        self, call: Awaitable[_T], ids: Callable[[_T], Iterable[Any]], job_id: str | None = None
+    ) -> Awaitable[_T]:
+        """``call`` itself."""
+        return call
 
 
 _OFF = _Off()
@@ -163,12 +159,12 @@ _OFF = _Off()
 class _Sends:
     """The producer spans of one call, one per message; the entries get their context."""
 
-    __slots__ = ("spans", "token")
+    __slots__ = ("spans",)
 
     def __init__(
         self, tracer: Tracer, topic: str, operation: str, items: Sequence[tuple[int, list[Any]]]
     ) -> None:
-        assert _trace is not None and _context is not None
+        assert _trace is not None
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
@@ -187,40 +183,50 @@ class _Sends:
             if span.is_recording():
                 fields += [F_TRACE, traceparent(span.get_span_context())]
             self.spans.append(span)
-        # One message: its span is current while it is sent (redis-py's spans nest under it).
-        self.token = (
-            _context.attach(_trace.set_span_in_context(self.spans[0])) if len(items) == 1 else None
-        )
 
-    def __enter__(self) -> _Sends:
-        return self
+    def wrap(
+        self, call: Awaitable[_T], ids: Callable[[_T], Iterable[Any]], job_id: str | None = None
+    ) -> Awaitable[_T]:
+        """``call`` (the write), ending the spans with its outcome: ``ids(reply)`` are the ids."""
+        return self._sent(call, ids, job_id)
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def _sent(
+        self, call: Awaitable[_T], ids: Callable[[_T], Iterable[Any]], job_id: str | None
+    ) -> _T:
         assert _trace is not None and _context is not None
-        if self.token is not None:
-            _context.detach(self.token)
-        for span in self.spans:
-            if exc is not None:
+        # One message: its span is current while it is sent (redis-py's spans nest under it).
+        one = len(self.spans) == 1
+        token = _context.attach(_trace.set_span_in_context(self.spans[0])) if one else None
+        try:
+            reply = await call
+        except BaseException as exc:
+            for span in self.spans:
                 _failed(span, exc)
-            span.end()
-
-    def sent(self, ids: Iterable[Any], job_id: str | None = None) -> None:
-        """The entry ids the messages got (in order), and the job id of a submitted one."""
-        for span, entry_id in zip(self.spans, ids, strict=False):
-            if isinstance(entry_id, bytes):
-                entry_id = entry_id.decode()
-            span.set_attribute("messaging.message.id", str(entry_id))
-            if job_id is not None:
-                span.set_attribute("redisaq.job.id", job_id)
+            raise
+        else:
+            for span, entry_id in zip(self.spans, ids(reply), strict=False):
+                if entry_id is None:
+                    continue
+                if isinstance(entry_id, bytes):
+                    entry_id = entry_id.decode()
+                span.set_attribute("messaging.message.id", str(entry_id))
+                if job_id is not None:
+                    span.set_attribute("redisaq.job.id", job_id)
+            return reply
+        finally:
+            if token is not None:
+                _context.detach(token)
+            for span in self.spans:
+                span.end()
 
 
 def send_spans(topic: str, operation: str, items: Sequence[tuple[int, list[Any]]]) -> _Sends | _Off:
-    """Producer spans for ``items`` ((partition, list ending with the entry's fields)).
+    """Producer spans for ``items`` ((partition, list that ends with the entry's fields)).
 
-    Use as a context manager around the write; call ``sent(ids)`` once it succeeded.
-    While tracing is off this returns a shared object that does nothing.
+    When a span records, its context is added to the end of its list: build the
+    write from the lists after this call, then ``await spans.wrap(write, ids)``.
+    While tracing is off this returns a shared object whose ``wrap`` returns the
+    write itself.
     """
     found = tracer()
     if found is None or not items:

@@ -389,14 +389,13 @@ class Producer(RedisComponent):
                     raise self._out_of_memory("the message was not enqueued") from exc
                 raise
         partition, command = self._command(message, partition_key, priority, trim)
-        with send_spans(self.topic, "enqueue", ((partition, command),)) as spans:
-            try:
-                entry_id = _text(await self._send(redis, command))
-            except Exception as exc:
-                if out_of_memory(exc):
-                    raise self._out_of_memory("the message was not enqueued") from exc
-                raise
-            spans.sent((entry_id,))
+        spans = send_spans(self.topic, "enqueue", ((partition, command),))
+        try:
+            entry_id = _text(await spans.wrap(self._send(redis, command), _entry_ids))
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory("the message was not enqueued") from exc
+            raise
         self._retention.wrote(redis, (command[1],))
         if self._metrics is not None:
             self._metrics.produced(partition)
@@ -423,10 +422,9 @@ class Producer(RedisComponent):
         key: str,
     ) -> str:  # fmt: skip
         partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
-        with send_spans(self.topic, "enqueue", ((partition, args),)) as spans:
-            command = ["EVALSHA", script.sha, len(keys), *keys, *args]
-            created, entry_id = await self._run(redis, script, command)
-            spans.sent((entry_id,))
+        spans = send_spans(self.topic, "enqueue", ((partition, args),))
+        command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        created, entry_id = await spans.wrap(self._run(redis, script, command), _entry_ids)
         if created:
             self._retention.wrote(redis, keys[:1])
             if self._metrics is not None:
@@ -498,20 +496,19 @@ class Producer(RedisComponent):
         commands = [self._command(item, partition_key, priority, trims) for item in payloads]
         if not commands:
             return []
-        with send_spans(self.topic, "batch_enqueue", commands) as spans:
-            pipe = redis.pipeline(transaction=False)
-            for _, command in commands:
-                pipe.execute_command(*command)
-            try:
-                results = await pipe.execute()
-            except Exception as exc:
-                if out_of_memory(exc):
-                    raise self._out_of_memory(
-                        "part of the batch may have been written; "
-                        "call with an idempotency_key to make a retry write only what is missing"
-                    ) from exc
-                raise
-            spans.sent(results)
+        spans = send_spans(self.topic, "batch_enqueue", commands)
+        pipe = redis.pipeline(transaction=False)
+        for _, command in commands:
+            pipe.execute_command(*command)
+        try:
+            results = await spans.wrap(pipe.execute(), _entry_ids)
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory(
+                    "part of the batch may have been written; "
+                    "call with an idempotency_key to make a retry write only what is missing"
+                ) from exc
+            raise
         self._retention.wrote(redis, [command[1] for _, command in commands])
         if self._metrics is not None:
             for partition, _ in commands:
@@ -526,12 +523,11 @@ class Producer(RedisComponent):
             self._once_call(item, partition_key, priority, f"{key}:{i}")
             for i, item in enumerate(items)
         ]
-        with send_spans(self.topic, "batch_enqueue", [(p, c[2]) for p, c in calls]) as spans:
-            replies = await run_pipelined(redis, [call for _, call in calls])
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            spans.sent([reply[1] for reply in replies])
+        spans = send_spans(self.topic, "batch_enqueue", [(p, c[2]) for p, c in calls])
+        replies = await spans.wrap(run_pipelined(redis, [c for _, c in calls]), _entry_ids)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         written = [call for call, reply in zip(calls, replies, strict=True) if reply[0]]
         self._retention.wrote(redis, [keys[0] for _, (_, keys, _) in written])
         if self._metrics is not None:
@@ -580,17 +576,16 @@ class Producer(RedisComponent):
             maxlen, op, job, self.keys.job_channel, self.topic, partition, level,
             max(1, int(ttl)), self.idempotency_window if once else 0, *fields, F_JOB, job,
         ]  # fmt: skip
-        with send_spans(self.topic, "submit", ((partition, command),)) as spans:
-            try:
-                reply = await self._run(redis, SUBMIT, command)
-            except Exception as exc:
-                if out_of_memory(exc):
-                    raise self._out_of_memory("the job was not submitted") from exc
-                raise
-            created = True
-            if once is not None:  # {created, entry id, job id}: a repeat returns the first job
-                created, job = bool(reply[0]), _text(reply[2])
-            spans.sent((reply if once is None else reply[1],), job)
+        spans = send_spans(self.topic, "submit", ((partition, command),))
+        try:
+            reply = await spans.wrap(self._run(redis, SUBMIT, command), _entry_ids, job)
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory("the job was not submitted") from exc
+            raise
+        created = True
+        if once is not None:  # {created, entry id, job id}: a repeat returns the first job
+            created, job = bool(reply[0]), _text(reply[2])
         if created:
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:
@@ -633,3 +628,15 @@ class Producer(RedisComponent):
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _entry_ids(reply: Any) -> list[Any]:
+    """The entry ids in a write's reply, for its spans: an id, ``[created, id, ...]``, or a list."""
+    if not isinstance(reply, list):
+        return [reply]
+    if reply and isinstance(reply[0], int):
+        return [reply[1]]
+    return [
+        r[1] if isinstance(r, list) and len(r) > 1 else None if isinstance(r, Exception) else r
+        for r in reply
+    ]

@@ -399,3 +399,21 @@ async def test_a_fan_out_copy_continues_from_the_bridges_span(
     assert (copied["trace_id"], copied["parent_id"]) == (sent["trace_id"], sent["span_id"])
     (done,) = finished(spans, f"process {target}")
     assert (done["trace_id"], done["parent_id"]) == (sent["trace_id"], copied["span_id"])
+
+
+async def test_idempotent_writes_get_their_spans_and_fields(
+    spans: InMemorySpanExporter, redis: Redis, redis_url: str, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        first = await producer.enqueue({"n": 1}, idempotency_key="k1")
+        again = await producer.enqueue({"n": 1}, idempotency_key="k1")  # writes nothing
+        ids = await producer.batch_enqueue([{"n": 2}, {"n": 3}], idempotency_key="k2")
+        job = await producer.submit({"n": 4}, idempotency_key="k3")
+    assert again == first
+    sent = finished(spans, f"send {topic}")
+    assert [s["attributes"]["messaging.message.id"] for s in sent][:4] == [first, first, *ids]
+    assert sent[4]["attributes"]["redisaq.job.id"] == job.id
+    entries = await redis.xrange(TopicKeys(topic).stream(0))
+    assert len(entries) == 4
+    for (_, fields), span in zip(entries, [sent[0], *sent[2:]], strict=True):
+        assert fields[b"t"].decode().startswith(f"00-{span['trace_id']}-{span['span_id']}-")
