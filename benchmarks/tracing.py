@@ -64,6 +64,7 @@ def child(url: str, n: int, batch: int) -> None:
 
     out = asyncio.run(_both(url, n, batch))
     out["tracer"] = type(_tracing.tracer()).__name__
+    out["api"] = "opentelemetry" in sys.modules and sys.modules["opentelemetry"] is not None
     print(json.dumps(out))
 
 
