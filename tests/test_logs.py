@@ -18,7 +18,8 @@ from opentelemetry import trace
 from redis import Redis as SyncRedis
 
 from redisaq_core import EmbeddedRedis, JsonFormatter, Producer
-from redisaq_core.cli.main import main
+from redisaq_core.cli.main import build_parser, main
+from redisaq_core.cli.worker import child_command
 from redisaq_core.logs import log_context, log_format, reset_log_context
 from tests.helpers import eventually
 from tests.tracing_support import read_spans, sdk_in_this_process
@@ -158,3 +159,11 @@ def test_the_formatter_writes_fields_context_trace_and_exception() -> None:
     assert out["time"].endswith("Z") and "ValueError: boom" in out["exception"]
     plain = json.loads(JsonFormatter().format(logging.LogRecord("x", 20, "", 1, "m", (), None)))
     assert set(plain) == {"time", "level", "logger", "message"}
+
+
+def test_a_supervisors_children_log_in_its_format() -> None:
+    args = build_parser().parse_args(
+        ["--log-format", "json", "-v", "worker", "m:f", "--topic", "t", "--processes", "2"]
+    )
+    command = child_command(args, 1)
+    assert command[3:6] == ["-v", "--log-format", "json"]
