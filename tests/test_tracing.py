@@ -271,9 +271,9 @@ def test_with_the_api_and_no_sdk_nothing_is_traced(redis_url: str, topic: str) -
     script = f"""
 import asyncio, json, sys
 import fastapi  # which brings the OpenTelemetry API along
-from redis import Redis
 from redisaq_core import Producer
 from redisaq_core import _tracing
+from redisaq_core.connection import create_client
 from redisaq_core.keys import TopicKeys
 
 async def main():
@@ -281,8 +281,10 @@ async def main():
         await p.enqueue({{"n": 1}})
         await p.batch_enqueue([{{"n": 2}}])
         await p.submit({{"n": 3}})
-    fields = [sorted(k.decode() for k in f) for _, f in Redis.from_url({redis_url!r}).xrange(
-        TopicKeys({topic!r}).stream(0))]
+    client = create_client({redis_url!r})
+    entries = await client.xrange(TopicKeys({topic!r}).stream(0))
+    await client.aclose()
+    fields = [sorted(k.decode() for k in f) for _, f in entries]
     print(json.dumps({{"tracer": _tracing.tracer() is None, "fields": fields}}))
 
 asyncio.run(main())
