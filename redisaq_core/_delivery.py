@@ -343,6 +343,7 @@ class Reader:
                 log.warning(
                     "consumer %s: %d pending entries of partition %d were trimmed before "
                     "being handled", self.name, len(claimed[2]), part.number,
+                    extra={"partition": part.number},
                 )  # fmt: skip
             if cursor in ("0-0", "0"):
                 part.claims.pop(level, None)
@@ -413,7 +414,7 @@ class Reader:
             if others:
                 log.info(
                     "consumer %s: partition %d has entries pending with %s; claiming them",
-                    self.name, part.number, ", ".join(others),
+                    self.name, part.number, ", ".join(others), extra={"partition": part.number},
                 )  # fmt: skip
                 found.append(part)
         return found
