@@ -299,8 +299,8 @@ class MetricsRecorder:
         self._otel.next_gauges = now + max(GAUGE_INTERVAL, self.flush_interval)
         try:
             await self._otel.read_gauges(self.redis)
-        except REDIS_FAILURES as exc:
-            log.debug("metrics of %s: gauges not read: %s", self.topic, exc)
+        except Exception as exc:  # Redis away, or a view it can't read: the next time, then
+            log.debug("metrics of %s: gauges not read: %r", self.topic, exc)
 
     def _flushed(self, flush: asyncio.Future[None]) -> None:
         error = None if flush.cancelled() else flush.exception()
