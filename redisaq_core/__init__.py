@@ -43,6 +43,7 @@ from .errors import (
     ServiceNotFoundError,
 )
 from .fanout import FanOut, FanOutStats, ListFanOut, ListFanOutStats
+from .logs import JsonFormatter
 from .message import Message, Received
 from .monitor import Monitor
 from .producer import Producer
@@ -84,6 +85,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobTimeoutError",
+    "JsonFormatter",
     "Keepalive",
     "ListFanOut",
     "ListFanOutStats",

@@ -9,7 +9,9 @@ they are written and parsed for every message:
 * ``k``: the name of the payload field that picked the partition;
 * ``c``: ``created_at`` (float seconds), only for ``Message`` objects;
 * ``o``: the handler timeout in seconds;
-* ``j``: the job id, for messages sent with ``Producer.submit``.
+* ``j``: the job id, for messages sent with ``Producer.submit``;
+* ``t``: the W3C ``traceparent`` of the producer's span, only when that span was
+  recording (see :mod:`redisaq_core._tracing`); readers that don't trace ignore it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ F_KEY = b"k"
 F_CREATED = b"c"
 F_TIMEOUT = b"o"
 F_JOB = b"j"
+F_TRACE = b"t"
 
 
 def default_serializer(value: Any) -> bytes:

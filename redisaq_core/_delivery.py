@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -25,6 +25,7 @@ from ._codec import (
     F_JOB,
     F_KEY,
     F_TIMEOUT,
+    F_TRACE,
     Deserializer,
     as_str,
     decode_payload,
@@ -32,6 +33,7 @@ from ._codec import (
 )
 from ._reads import read_streams
 from ._scripts import ScriptCall
+from ._tracing import Traced, mark
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable"]
 
 log = logging.getLogger(__name__)
+
+_PARTITION = "messaging.destination.partition.id"
+_BATCH = "messaging.batch.message_count"
 
 
 @dataclass
@@ -178,6 +183,7 @@ class Reader:
             valid_until=valid_until,
         )
         part.reclaim()
+        mark("assign", self.topic, self.group, self.name, **{_PARTITION: str(number)})
         return part
 
     def decode(
@@ -208,10 +214,14 @@ class Reader:
         timeout = _number_field(fields, F_TIMEOUT, problems, positive=True)
         key = _text_field(fields, F_KEY, problems)
         job = _text_field(fields, F_JOB, problems)
+        trace = fields.get(F_TRACE)  # read only by a consumer that traces (see _tracing)
         message = received(
             self.topic, None, msg_id, part.number, self.group, enqueued, deliveries, level,
             partition_key=key, created_at=created, timeout=timeout, job_id=job,
+            kind=Received if trace is None else Traced,
         )  # fmt: skip
+        if trace is not None:
+            cast(Traced, message).trace = trace
         if problems:
             # Another client (or an old writer) put metadata here that can't be read: the
             # entry goes to the dead letters with its raw fields; the partition goes on.
@@ -351,12 +361,15 @@ class Reader:
                 log.warning(
                     "consumer %s: %d pending entries of partition %d were trimmed before "
                     "being handled", self.name, len(claimed[2]), part.number,
+                    extra={"partition": part.number},
                 )  # fmt: skip
             if cursor in ("0-0", "0"):
                 part.claims.pop(level, None)
             else:
                 part.claims[level] = cursor
         self.stats.reclaimed += len(out)
+        if out:
+            mark("claim", self.topic, self.group, self.name, **{_BATCH: len(out)})
         for (part, _), ids in gone.items():
             self.stats.add_trimmed(part.number, len(ids))
         return _by_priority(out), gone
@@ -419,7 +432,7 @@ class Reader:
             if others:
                 log.info(
                     "consumer %s: partition %d has entries pending with %s; claiming them",
-                    self.name, part.number, ", ".join(others),
+                    self.name, part.number, ", ".join(others), extra={"partition": part.number},
                 )  # fmt: skip
                 found.append(part)
         return found

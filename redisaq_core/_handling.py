@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._settlement import Failure, Settler, batch_failures
+from ._tracing import ProcessSpans, process_spans
 from .connection import AnyRedis
 from .errors import ConsumerError
 from .keys import TopicKeys
@@ -206,12 +207,14 @@ class Dispatcher:
         if messages and self._has_jobs(messages):
             await self.settler.started(redis, messages)
         flight = self._in_flight(messages, +1)
+        spans = process_spans(self.keys.topic, self.group, self.settler.name)
         if batch:
             for i in range(0, len(messages), self.batch_size):
                 chunk = messages[i : i + self.batch_size]
                 started = loop.time()
                 try:
-                    result = await self._call(handler, chunk, started, None)
+                    call = self._call(handler, chunk, started, None)
+                    result = await (call if spans is None else spans.run(chunk, call))
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
                         self.stats.add_timed_out(m.partition)
@@ -234,13 +237,13 @@ class Dispatcher:
         else:
             groups = _by_partition(messages)
             if len(groups) == 1:
-                results = [await self._run_partition(handler, messages)]
+                results = [await self._run_partition(handler, messages, spans)]
             else:
                 gate = asyncio.Semaphore(self.concurrency)
 
                 async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
                     async with gate:
-                        return await self._run_partition(handler, msgs)
+                        return await self._run_partition(handler, msgs, spans)
 
                 results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
             for ok, failure in results:
@@ -248,8 +251,18 @@ class Dispatcher:
                 if failure is not None:
                     failures.append(failure)
         self._in_flight(flight, -1)
-        await self.settler.settle(
-            redis, self.owned, done, failures, loop.time(), self.fenced, defer=defer
+        try:
+            await self.settler.settle(
+                redis, self.owned, done, failures, loop.time(), self.fenced, defer=defer
+            )
+        finally:
+            if spans is not None:
+                spans.end((f.message, f.error, self._final(f.message)) for f in failures)
+
+    def _final(self, m: Received) -> bool:
+        """Whether settling a failure of ``m`` dead-letters it (as the settler decides)."""
+        return isinstance(m, Undecodable) or (
+            self.dead_letter and m.deliveries >= self.max_deliveries
         )
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
@@ -283,8 +296,9 @@ class Dispatcher:
         return any(map(_job_id, messages))
 
     async def _run_partition(
-        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received]
-    ) -> tuple[list[tuple[Received, Any]], Failure | None]:
+        self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received],
+        spans: ProcessSpans | None = None,
+    ) -> tuple[list[tuple[Received, Any]], Failure | None]:  # fmt: skip
         """One partition's messages in order, one handler call each (the hot path).
 
         One :class:`_Call` serves the whole run: the calls follow each other in this task,
@@ -316,11 +330,12 @@ class Dispatcher:
                     if m.timeout:
                         if call is not None:
                             call.started = math.inf  # its own timeout bounds it
-                        result = await _bounded(handler(m), m.timeout)
+                        running: Awaitable[Any] = _bounded(handler(m), m.timeout)
                     else:
                         if call is not None:
                             call.started = started
-                        result = await handler(m)
+                        running = handler(m)
+                    result = await (running if spans is None else spans.run([m], running))
                 except asyncio.CancelledError:
                     if call is None or not call.cut_off:
                         raise

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from ._assignment import assign
 from ._codec import as_str
 from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
+from ._tracing import mark
 from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
 from .keys import TopicKeys
@@ -166,6 +167,9 @@ class Membership:
         await run_pipelined(
             self.redis,
             [(RELEASE, [self.keys.lease(p, self.group)], [self.token]) for p in partitions],
+        )
+        mark(
+            "release", self.keys.topic, self.group, self.name, **{"redisaq.partitions": partitions}
         )
 
     async def leave(self) -> None:

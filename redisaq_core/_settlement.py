@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from ._codec import F_BYTES, Serializer, encode_payload
+from ._codec import F_BYTES, Serializer, encode_payload, optional_text
 from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
 from ._retry import backoff_delay
 from ._scripts import (
@@ -271,6 +271,9 @@ class Settler:
                     "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
                     self.name, call_args[2], call_keys[0], _deliveries(dead or [], call_args[2]),
                     call_args[7],
+                    extra={"partition": part.number if part is not None else None,
+                           "msg_id": optional_text(call_args[2]),
+                           "job_id": optional_text(call_args[4]) or None},
                 )  # fmt: skip
             else:
                 self.stats.handled += count
@@ -304,6 +307,7 @@ class Settler:
         log.info(
             "consumer %s: message %s of partition %d failed (delivery %d): %s: %s",
             self.name, m.msg_id, part.number, m.deliveries, error_type, error,
+            extra={"partition": part.number, "msg_id": m.msg_id, "job_id": m.job_id},
         )  # fmt: skip
         # Anything still held in the partition (the rest of an isolated batch) comes after.
         part.held, part.head_failed = [m, *failure.rest, *part.held], True

@@ -39,6 +39,7 @@ from ._settlement import Settler
 from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
+from .logs import log_context, reset_log_context
 from .message import Message, Received
 from .metrics import MetricsRecorder
 
@@ -370,6 +371,7 @@ class Consumer(RedisComponent):
             static=self.static,
         )  # fmt: skip
         heart: asyncio.Task[None] | None = None
+        logged = log_context(topic=self.topic, group=self.group, consumer=self.name)
         try:
             if self.metrics:
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
@@ -428,6 +430,7 @@ class Consumer(RedisComponent):
             self._reading = None
             self._runner = None
             self._stopped.set()
+            reset_log_context(logged)
 
     async def _join(self, redis: AnyRedis) -> None:
         """Join the group; while Redis can't serve it (down, out of memory), wait and retry."""

@@ -103,12 +103,13 @@ def received(
     created_at: float | None = None,
     timeout: float | None = None,
     job_id: str | None = None,
+    kind: type[Received] = Received,
 ) -> Received:
-    """Build a ``Received`` without the dataclass ``__init__`` (the hot path).
+    """Build a ``Received`` (or a subclass, ``kind``) without the dataclass ``__init__``.
 
-    ``created_at`` defaults to ``enqueued_at``.
+    The hot path. ``created_at`` defaults to ``enqueued_at``.
     """
-    m: Received = _new(Received)
+    m: Received = _new(kind)
     m.topic = topic
     m.payload = payload
     m.msg_id = msg_id

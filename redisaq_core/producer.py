@@ -35,6 +35,7 @@ from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_n
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
+from ._tracing import send_spans
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -388,8 +389,9 @@ class Producer(RedisComponent):
                     raise self._out_of_memory("the message was not enqueued") from exc
                 raise
         partition, command = self._command(message, partition_key, priority, trim)
+        spans = send_spans(self.topic, "enqueue", ((partition, command),))
         try:
-            entry_id = _text(await self._send(redis, command))
+            entry_id = _text(await spans.wrap(self._send(redis, command), _entry_ids))
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory("the message was not enqueued") from exc
@@ -420,8 +422,9 @@ class Producer(RedisComponent):
         key: str,
     ) -> str:  # fmt: skip
         partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
+        spans = send_spans(self.topic, "enqueue", ((partition, args),))
         command = ["EVALSHA", script.sha, len(keys), *keys, *args]
-        created, entry_id = await self._run(redis, script, command)
+        created, entry_id = await spans.wrap(self._run(redis, script, command), _entry_ids)
         if created:
             self._retention.wrote(redis, keys[:1])
             if self._metrics is not None:
@@ -493,11 +496,12 @@ class Producer(RedisComponent):
         commands = [self._command(item, partition_key, priority, trims) for item in payloads]
         if not commands:
             return []
+        spans = send_spans(self.topic, "batch_enqueue", commands)
         pipe = redis.pipeline(transaction=False)
         for _, command in commands:
             pipe.execute_command(*command)
         try:
-            results = await pipe.execute()
+            results = await spans.wrap(pipe.execute(), _entry_ids)
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory(
@@ -519,7 +523,8 @@ class Producer(RedisComponent):
             self._once_call(item, partition_key, priority, f"{key}:{i}")
             for i, item in enumerate(items)
         ]
-        replies = await run_pipelined(redis, [call for _, call in calls])
+        spans = send_spans(self.topic, "batch_enqueue", [(p, c[2]) for p, c in calls])
+        replies = await spans.wrap(run_pipelined(redis, [c for _, c in calls]), _entry_ids)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -571,8 +576,9 @@ class Producer(RedisComponent):
             maxlen, op, job, self.keys.job_channel, self.topic, partition, level,
             max(1, int(ttl)), self.idempotency_window if once else 0, *fields, F_JOB, job,
         ]  # fmt: skip
+        spans = send_spans(self.topic, "submit", ((partition, command),))
         try:
-            reply = await self._run(redis, SUBMIT, command)
+            reply = await spans.wrap(self._run(redis, SUBMIT, command), _entry_ids, job)
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory("the job was not submitted") from exc
@@ -622,3 +628,15 @@ class Producer(RedisComponent):
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _entry_ids(reply: Any) -> list[Any]:
+    """The entry ids in a write's reply, for its spans: an id, ``[created, id, ...]``, or a list."""
+    if not isinstance(reply, list):
+        return [reply]
+    if reply and isinstance(reply[0], int):
+        return [reply[1]]
+    return [
+        r[1] if isinstance(r, list) and len(r) > 1 else None if isinstance(r, Exception) else r
+        for r in reply
+    ]

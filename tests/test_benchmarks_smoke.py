@@ -65,3 +65,18 @@ def test_benchmarks_run_and_report_every_measurement() -> None:
     env = report["environment"]
     for name in ("redis_py", "hiredis", "python", "redis_server"):
         assert env[name]
+
+
+@pytest.mark.timeout(120)
+def test_the_tracing_benchmark_runs_each_mode() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tracing", "--n", "200", "--repeat", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = json.loads(out.stdout)["runs"]
+    assert {mode: [(r["api"], r["tracer"]) for r in found] for mode, found in runs.items()} == {
+        "off": [(False, "NoneType")], "api": [(True, "NoneType")], "sdk": [(True, "Tracer")],
+    }  # fmt: skip
+    for found in runs.values():
+        assert found[0]["process_batch"]["rate"] > 0 and found[0]["end_to_end"]["rate"] > 0

@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "redisaq_core"
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
     ("data", ["keys", "message", "signals", "_codec", "_checks", "_failures", "_assignment",
-              "_compat", "_retry", "embedded.servers"]),
+              "_compat", "_retry", "embedded.servers", "logs"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "embedded"]),
     ("parts", ["_job_events", "_retention", "_membership", "_delivery", "_settlement",
-               "_handling", "dlq", "results", "metrics", "registry"]),
+               "_handling", "_tracing", "dlq", "results", "metrics", "registry"]),
     ("components", ["producer", "consumer", "monitor"]),
     ("bridges", ["fanout"]),
     ("gateway", ["web"]),

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ..errors import RedisaqError
+from ..errors import ConfigurationError, RedisaqError
+from ..logs import LOG_FORMATS, JsonFormatter, configure_logging, log_format
 from . import demo, dlq, fanout, monitor, registry, server, web, worker
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"redisaq {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug); LOG_LEVEL sets it too")  # fmt: skip
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="log lines as text (the default) or one JSON object each; "
+                        "LOG_FORMAT sets it too")  # fmt: skip
     add_redis_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -46,32 +50,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, fmt: str | None = None) -> str:
     level: int | str = os.environ.get("LOG_LEVEL", "WARNING").upper()
     if verbose == 1:
         level = logging.INFO
     elif verbose >= 2:
         level = logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    chosen = log_format(fmt)
+    configure_logging(level, chosen, sys.stderr)
+    return chosen
+
+
+def _error(text: str, fmt: str) -> None:
+    """The command's last word on stderr: a line of text, or a JSON log line."""
+    if fmt == "json":
+        print(JsonFormatter().format(logging.makeLogRecord({
+            "name": "redisaq", "levelname": "ERROR", "levelno": logging.ERROR, "msg": text,
+        })), file=sys.stderr)  # fmt: skip
+    else:
+        print(f"redisaq: error: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``redisaq`` with ``argv`` and return the exit code (0 ok, 1 failed, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    try:
+        fmt = _setup_logging(args.verbose, args.log_format)
+    except ConfigurationError as exc:
+        print(f"redisaq: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)
     except UsageError as exc:
-        print(f"redisaq: error: {exc}", file=sys.stderr)
+        _error(str(exc), fmt)
         return EXIT_USAGE
     except RedisaqError as exc:
-        print(f"redisaq: error: {exc}", file=sys.stderr)
+        _error(str(exc), fmt)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -176,6 +176,8 @@ def child_command(args: argparse.Namespace, slot: int) -> list[str]:
     """
     command = [sys.executable, "-m", "redisaq_core.cli.main"]
     command += ["-v"] * int(getattr(args, "verbose", 0) or 0)
+    if getattr(args, "log_format", None):
+        command += ["--log-format", args.log_format]
     command += ["worker", args.handler]
     for dest in _PASSED_ON:
         value = getattr(args, dest)

@@ -109,6 +109,7 @@ from .._codec import (
     encode_payload,
 )
 from .._failures import REDIS_FAILURES, UNREACHABLE
+from .._tracing import current_field
 from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..consumer import Consumer
 from ..errors import (
@@ -457,6 +458,7 @@ class FanOut(RedisComponent):
             fields += [F_CREATED, repr(m.created_at)]
         if m.timeout is not None:
             fields += [F_TIMEOUT, repr(float(m.timeout))]
+        fields += current_field()  # the copy's trace goes on from the bridge's span
         decoded: Received | None = None
         if m.partition_key is not None:
             decoded = self._decoded(m)

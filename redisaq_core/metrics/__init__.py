@@ -49,11 +49,14 @@ reads it (the layout is in :mod:`redisaq_core.metrics._series`).
 
 from __future__ import annotations
 
+from ._otel import read_views_with
 from ._reader import LAG_SCAN_LIMIT, topic_metrics
 from ._recorder import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, MetricsRecorder, bucket_label
 from ._series import STEP as SERIES_STEP
 from ._series import WINDOW as SERIES_WINDOW
 from ._series import record_lag, topic_series
+
+read_views_with(topic_metrics)  # the OpenTelemetry gauges (_otel can't import the reader)
 
 __all__ = [
     "COUNTERS",

@@ -20,6 +20,7 @@ from .._scripts import Script
 from ..connection import AnyRedis
 from ..errors import ConfigurationError
 from ..keys import TopicKeys, validate_name
+from ._otel import GAUGE_INTERVAL, otel_metrics
 from ._series import series_args
 
 __all__ = [
@@ -143,6 +144,7 @@ class MetricsRecorder:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._otel = otel_metrics(topic, self.group)  # None: no OpenTelemetry meter provider
 
     def _make(self, partition: int) -> _Fields:
         if self.group is None:
@@ -158,6 +160,8 @@ class MetricsRecorder:
         f = self._fields.get(partition) or self._make(partition)
         field = f.counters[name]
         self._ints[field] = self._ints.get(field, 0) + n
+        if self._otel is not None:
+            self._otel.counted(partition, name, n)
 
     def _observe(self, h: _Histogram, seconds: float) -> None:
         seconds = seconds if seconds > 0 else 0.0
@@ -175,6 +179,8 @@ class MetricsRecorder:
         if field is None:
             field = self._produced[partition] = f"{partition} produced"
         self._ints[field] = self._ints.get(field, 0) + n
+        if self._otel is not None:
+            self._otel.produced(partition, n)
 
     def handled(
         self, partition: int, handler_seconds: float, end_to_end_seconds: float | None = None
@@ -190,6 +196,8 @@ class MetricsRecorder:
         self._observe(f.handler, handler_seconds)
         if end_to_end_seconds is not None:
             self._observe(f.e2e, end_to_end_seconds)
+        if self._otel is not None:
+            self._otel.handled(partition, handler_seconds, (end_to_end_seconds,))
 
     def handled_each(
         self, partition: int, handler_seconds: Sequence[float], ages: Sequence[float]
@@ -202,6 +210,9 @@ class MetricsRecorder:
         self._ints[field] = self._ints.get(field, 0) + len(handler_seconds)
         self._observe_many(f.handler, handler_seconds)
         self._observe_many(f.e2e, ages)
+        if self._otel is not None:
+            for seconds, age in zip(handler_seconds, ages, strict=True):
+                self._otel.handled(partition, seconds, (age,))
 
     def _observe_many(self, h: _Histogram, values: Sequence[float]) -> None:
         if not values:
@@ -233,6 +244,8 @@ class MetricsRecorder:
         n = len(ages)
         if not n:
             return
+        if self._otel is not None:
+            self._otel.handled(partition, handler_seconds, ages)
         f = self._fields.get(partition) or self._make(partition)
         ints, sums, maxes, bounds = self._ints, self._sums, self._maxes, self._bounds
         field = f.counters["handled"]
@@ -285,6 +298,8 @@ class MetricsRecorder:
             self._make(partition)
         self._gauges[partition] = self._gauges.get(partition, 0) + delta
         self._dirty_gauges.add(partition)
+        if self._otel is not None:
+            self._otel.in_flight(partition, delta)
 
     async def __aenter__(self) -> MetricsRecorder:
         await self.start()
@@ -307,6 +322,20 @@ class MetricsRecorder:
             flush.add_done_callback(self._flushed)
             with contextlib.suppress(*REDIS_FAILURES):  # _flushed says so
                 await asyncio.shield(flush)
+            await self._otel_gauges()
+
+    async def _otel_gauges(self) -> None:
+        """Read the OpenTelemetry gauges every ``GAUGE_INTERVAL`` (a consumer's recorder)."""
+        if self._otel is None:
+            self._otel = otel_metrics(self.topic, self.group)  # a provider set since
+        now = asyncio.get_running_loop().time()
+        if self._otel is None or self.group is None or now < self._otel.next_gauges:
+            return
+        self._otel.next_gauges = now + max(GAUGE_INTERVAL, self.flush_interval)
+        try:
+            await self._otel.read_gauges(self.redis)
+        except Exception as exc:  # Redis away, or a view it can't read: the next time, then
+            log.debug("metrics of %s: gauges not read: %r", self.topic, exc)
 
     def _flushed(self, flush: asyncio.Future[None]) -> None:
         error = None if flush.cancelled() else flush.exception()

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from .._tracing import detach, remote_parent
 from ..connection import AnyRedis
 from ..errors import (
     ConfigurationError,
@@ -321,9 +322,13 @@ def create_app(
         summary="Submit a job",
         responses=_WITH_BODY,
     )
-    async def submit_job(job: SubmitJob) -> dict[str, Any]:
+    async def submit_job(job: SubmitJob, request: Request) -> dict[str, Any]:
         """Queue a job on a topic (made with one partition if new) through ``Producer.submit``."""
-        return await gateway.submit(job)
+        token = remote_parent(request.headers)  # the job's trace continues the request's
+        try:
+            return await gateway.submit(job)
+        finally:
+            detach(token)
 
     @app.get(
         "/jobs",
