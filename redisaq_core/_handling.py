@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._settlement import Failure, Settler, batch_failures
 from .connection import AnyRedis
@@ -101,6 +102,8 @@ class Dispatcher:
         self.max_deliveries = max_deliveries
         self.max_processing_time = max_processing_time
         self._calls: set[_Call] = set()
+        self.jobs = RunningJobs(keys)
+        """Job handlers under way: cancelled on request (each heartbeat), their progress."""
 
     def cut_off_hung(self, now: float) -> None:
         """Cancel handler calls running past ``max_processing_time`` (on every heartbeat)."""
@@ -153,6 +156,7 @@ class Dispatcher:
 
         ``reclaimed``: they were claimed from a pending list (see the consumer).
         """
+        self.jobs.attach(redis)
         if reclaimed and any(m.deliveries > 1 for m in messages):
             for m in messages:  # one at a time, each settled before the next (module text)
                 if m.deliveries == 1 or not self.dead_letter:
@@ -200,7 +204,9 @@ class Dispatcher:
         done: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):
-            await self.settler.started(redis, messages)
+            cancelled = await self.settler.started(redis, messages)
+            if cancelled:
+                messages = skip_cancelled(messages, cancelled, done)
         flight = self._in_flight(messages, +1)
         if batch:
             for i in range(0, len(messages), self.batch_size):
@@ -300,8 +306,15 @@ class Dispatcher:
                 return ok, None
             started = loop.time()
             limit = m.timeout or self.max_processing_time
+            running = self.jobs.enter(m) if m.job_id else None
             try:
                 result = await self._call(handler, m, started, m.timeout)
+            except asyncio.CancelledError:
+                if running is None or not running.cancelled:
+                    raise
+                uncancel()  # its job was cancelled (RunningJobs.check): settle it so
+                ok.append((m, CANCELLED))
+                continue
             except asyncio.TimeoutError as exc:
                 self.stats.add_timed_out(m.partition)
                 error = TimeoutError(f"handler did not finish within {limit}s")
@@ -309,6 +322,9 @@ class Dispatcher:
                 return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
                 return ok, Failure(m, exc, msgs[i + 1 :])
+            finally:
+                if running is not None:
+                    self.jobs.leave(running)
             if recorder is not None:
                 recorder.handled(m.partition, loop.time() - started, time.time() - m.enqueued_at)
             ok.append((m, result))

@@ -551,6 +551,7 @@ class Consumer(RedisComponent):
             try:
                 await self._sync()
                 await self._report_partitions()
+                await self._dispatcher.jobs.check(self.redis)  # cancelled jobs' handlers
                 if failing:
                     self.logger.info("consumer %s: heartbeat restored", self.name)
                 failing = False

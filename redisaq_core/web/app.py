@@ -23,6 +23,8 @@ from ..connection import AnyRedis
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
+    JobFinishedError,
+    JobNotFoundError,
     NotConnectedError,
     RedisaqError,
 )
@@ -37,6 +39,7 @@ from .models import (
     ErrorModel,
     HealthModel,
     JobAccepted,
+    JobCancelModel,
     JobModel,
     ReplayRequest,
     ReplayResult,
@@ -74,6 +77,7 @@ Responses = dict[int | str, dict[str, Any]]
 _E401: Responses = {401: {"model": ErrorModel, "description": "Missing or wrong token"}}
 _E403: Responses = {403: {"model": ErrorModel, "description": "Cross-origin request refused"}}
 _E404: Responses = {404: {"model": ErrorModel, "description": "Not found"}}
+_E409: Responses = {409: {"model": ErrorModel, "description": "The job already finished"}}
 _E413: Responses = {413: {"model": ErrorModel, "description": "Request body too large"}}
 _E503: Responses = {503: {"model": ErrorModel, "description": "Redis unavailable"}}
 _PROMETHEUS: Responses = {
@@ -360,6 +364,29 @@ def create_app(
                 {"detail": f"job {job_id} has no record (unknown, or expired)"}, status_code=404
             )
         return job_dict(record)
+
+    @app.post(
+        "/jobs/{job_id:path}/cancel",
+        response_model=JobCancelModel,
+        tags=["jobs"],
+        summary="Cancel a job",
+        responses={**_COMMON, **_E403, **_E404, **_E409},
+    )
+    async def cancel_job(
+        job_id: Annotated[str, Path(description="topic/partition/id")],
+    ) -> Any:
+        """Cancel a job: one not started never starts, a running one's handler is stopped.
+
+        404 for an unknown (or expired) job, 409 for one already finished
+        (``completed``, ``dead`` or ``cancelled``); neither changes anything.
+        """
+        try:
+            status = await gateway.cancel(job_id)
+        except JobNotFoundError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        except JobFinishedError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return {"job_id": job_id, "status": status}
 
     # ---- workers -------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""Cancelling jobs, and the progress a running job reports.
+
+Cancelling (:func:`cancel_job`, one script on the job's record):
+
+* a job not started (``queued``, ``scheduled``, or ``failed`` and waiting for
+  its retry) becomes ``cancelled`` at once. The script that marks a batch's
+  jobs ``active`` (``lua/jobs_started.lua``, already one call per partition
+  and batch) returns the ids it found cancelled; the consumer settles those
+  without a handler call (``lua/jobs_cancelled.lua``: acknowledged, fenced by
+  the lease, the record expiring after its ``result_ttl``). So the hot path
+  pays no extra round trip for it;
+* a running job (``active``) becomes ``cancelling``. The state lives in the
+  record, so no notice can be lost: each heartbeat of a consumer with job
+  handlers under way reads their statuses (one pipelined read, none when no
+  job runs) and cancels the handler task of each ``cancelling`` one
+  (:class:`RunningJobs`). The handler sees ``asyncio.CancelledError``; the
+  job is settled ``cancelled``: acknowledged, not retried, not dead-lettered.
+  A job whose handler finished before its worker looked ends as the handler
+  ended it; a job that failed meanwhile is not retried (its retry finds it
+  ``cancelling`` and settles it ``cancelled``), as is a job whose worker died;
+* a finished job (``completed``, ``dead``, ``cancelled``) is left as it is
+  (:class:`~redisaq_core.errors.JobFinishedError`); an id without a record
+  raises :class:`~redisaq_core.errors.JobNotFoundError`.
+
+A batch handler (``process_batch``) is not interrupted: jobs cancelled
+before the batch starts are left out of it, a job cancelled while its batch
+runs ends as the batch ends.
+
+Progress (:meth:`RunningJobs.progress`, behind ``Received.progress``): a
+finite number or a JSON object of at most :data:`PROGRESS_MAX_BYTES` bytes,
+stored as JSON in the record's ``progress`` field and announced on the job
+channel as ``"<job_id> progress"``, only while the job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from ._codec import optional_text
+from ._delivery import OwnedPartition
+from ._scripts import Script, ScriptCall
+from .connection import AnyRedis
+from .errors import InvalidProgressError, JobFinishedError, JobNotFoundError, NotConnectedError
+from .keys import TopicKeys, parse_job_id
+from .message import PROGRESS, Received
+
+__all__ = [
+    "CANCELLED",
+    "JOBS_CANCELLED",
+    "PROGRESS_MAX_BYTES",
+    "RunningJobs",
+    "cancel_job",
+    "cancelled_calls",
+    "cancelled_ids",
+    "progress_text",
+    "skip_cancelled",
+]
+
+log = logging.getLogger(__name__)
+
+JOB_CANCEL = Script("job_cancel")
+JOBS_CANCELLED = Script("jobs_cancelled")
+JOB_PROGRESS = Script("job_progress")
+
+PROGRESS_MAX_BYTES = 4096
+"""The largest progress value, as JSON text."""
+
+
+class _Cancelled:
+    """The outcome of a job that was cancelled instead of handled (see :data:`CANCELLED`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CANCELLED"
+
+
+CANCELLED = _Cancelled()
+"""Stands for a handler result in the consumer: the job was cancelled, settle it so."""
+
+
+async def cancel_job(redis: AnyRedis, job_id: str) -> str:
+    """Cancel ``job_id``; return its new status, ``"cancelled"`` or ``"cancelling"``.
+
+    ``JobNotFoundError`` for an id without a record, ``JobFinishedError`` for a
+    finished job, ``ConfigurationError`` for a malformed id; none changes anything.
+    """
+    topic, partition = parse_job_id(job_id)
+    keys = TopicKeys(topic)
+    found, status = await JOB_CANCEL(
+        redis, [keys.job(partition, job_id), keys.jobs(partition)], [job_id, keys.job_channel]
+    )
+    status = optional_text(status) or ""
+    if found == 0:
+        raise JobNotFoundError(f"job {job_id} has no record (unknown, or expired)")
+    if found == 2:
+        raise JobFinishedError(
+            f"job {job_id} is already {status}: a finished job can't be cancelled",
+            job_id=job_id,
+            status=status,
+        )
+    return status
+
+
+def progress_text(value: Any) -> str:
+    """``value`` as the JSON text stored; ``InvalidProgressError`` says what is wrong with it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, dict)):
+        raise InvalidProgressError(
+            f"progress must be a number or a JSON object (dict), got {type(value).__name__}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidProgressError(f"progress must be a finite number, got {value!r}")
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidProgressError(f"progress can't be written as JSON: {exc}") from None
+    size = len(text.encode())
+    if size > PROGRESS_MAX_BYTES:
+        raise InvalidProgressError(
+            f"progress is {size} bytes as JSON; at most {PROGRESS_MAX_BYTES} are allowed"
+        )
+    return text
+
+
+def parse_progress(raw: bytes | None) -> Any:
+    """A stored progress value (``None`` when there is none or it is not JSON)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class _Running:
+    """A job handler under way: its task, and whether its job was cancelled."""
+
+    __slots__ = ("cancelled", "job_id", "key", "task")
+
+    def __init__(self, job_id: str, key: str, task: asyncio.Task[Any]) -> None:
+        self.job_id = job_id
+        self.key = key
+        self.task = task
+        self.cancelled = False
+
+
+class RunningJobs:
+    """A consumer's job handlers under way: cancelled on request, and their progress."""
+
+    def __init__(self, keys: TopicKeys) -> None:
+        self.keys = keys
+        self.redis: AnyRedis | None = None
+        self._running: dict[str, _Running] = {}
+        self._progress = self.progress
+
+    def attach(self, redis: AnyRedis) -> None:
+        """Handlers called from here on (in this context) report progress through ``redis``."""
+        self.redis = redis
+        PROGRESS.set(self._progress)
+
+    def enter(self, message: Received) -> _Running | None:
+        """A job's handler is about to run in the current task."""
+        task = asyncio.current_task()
+        if task is None or not message.job_id:
+            return None
+        running = _Running(message.job_id, self.keys.job(message.partition, message.job_id), task)
+        self._running[message.job_id] = running
+        return running
+
+    def leave(self, running: _Running) -> None:
+        """The handler of ``running`` returned (or raised)."""
+        if self._running.get(running.job_id) is running:
+            del self._running[running.job_id]
+
+    async def check(self, redis: AnyRedis) -> None:
+        """Cancel the handlers whose jobs are ``cancelling`` (one pipelined read; none if idle)."""
+        if not self._running:
+            return
+        watched = list(self._running.values())
+        pipe = redis.pipeline(transaction=False)
+        for running in watched:
+            pipe.hget(running.key, "status")
+        statuses = await pipe.execute()
+        for running, status in zip(watched, statuses, strict=True):
+            if status != b"cancelling" and status != "cancelling":
+                continue
+            if self._running.get(running.job_id) is running and not running.cancelled:
+                log.info("job %s cancelled: cancelling its handler", running.job_id)
+                running.cancelled = True
+                running.task.cancel()
+
+    async def progress(self, message: Received, value: Any) -> bool:
+        """Store and announce ``value`` as the progress of ``message``'s job.
+
+        Returns whether the record took it: ``False`` for a message that is no
+        job, or a job that is not running any more (nothing is written).
+        """
+        text = progress_text(value)
+        if not message.job_id:
+            return False
+        if self.redis is None:
+            raise NotConnectedError("progress() is only available inside a consumer's handler")
+        partition = message.partition
+        keys = [self.keys.job(partition, message.job_id), self.keys.jobs(partition)]
+        done = await JOB_PROGRESS(self.redis, keys, [message.job_id, self.keys.job_channel, text])
+        return bool(done)
+
+
+def cancelled_ids(replies: Iterable[Any]) -> set[str]:
+    """The job ids that ``jobs_started`` calls found cancelled (failed calls give none)."""
+    found: set[str] = set()
+    for reply in replies:
+        if isinstance(reply, list):
+            found.update(optional_text(r) or "" for r in reply)
+    return found
+
+
+def skip_cancelled(
+    messages: list[Received], ids: set[str], done: list[tuple[Received, Any]]
+) -> list[Received]:
+    """The messages to run: those of a cancelled job go to ``done`` as :data:`CANCELLED`."""
+    keep: list[Received] = []
+    for m in messages:
+        if m.job_id and m.job_id in ids:
+            done.append((m, CANCELLED))
+        else:
+            keep.append(m)
+    return keep
+
+
+def cancelled_calls(
+    keys: TopicKeys,
+    owned: dict[int, OwnedPartition],
+    group: str,
+    token: str,
+    cancelled: dict[tuple[int, int], list[Received]],
+) -> list[ScriptCall]:
+    """One ``jobs_cancelled`` call per (partition, level) of ``cancelled`` messages."""
+    calls: list[ScriptCall] = []
+    channel = keys.job_channel
+    for (p, level), messages in cancelled.items():
+        part = owned[p]
+        call_keys: list[Any] = [part.streams[level], part.lease, keys.jobs(p)]
+        args: list[Any] = [group, token, channel]
+        for m in messages:
+            job = m.job_id or ""
+            call_keys.append(keys.job(p, job))
+            args += [m.msg_id, job]
+        calls.append((JOBS_CANCELLED, call_keys, args))
+    return calls
