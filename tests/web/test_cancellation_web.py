@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from redisaq_core import Producer, Received
@@ -68,3 +70,54 @@ async def test_progress_and_cancellation_reach_a_jobs_socket(
                 assert (await recv(ws))["status"] == "cancelled"
         record = await job.record()
         assert record is not None and record.progress == {"step": 2, "of": 3}
+
+
+async def test_the_dashboard_shows_progress_and_the_cancellation(
+    web_redis_url: str, prefix: str, topic: str
+) -> None:
+    from tests.web.test_browser import CHROMIUM, FLAGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    reported = asyncio.Event()
+
+    async def handler(m: Received) -> Any:
+        await m.progress({"rows": 120})
+        reported.set()
+        await asyncio.sleep(60)
+
+    with LiveGateway(redis_url=web_redis_url, key_prefix=prefix) as gateway:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = await browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            try:
+                await page.goto(gateway.url)
+                await page.wait_for_function(
+                    "document.getElementById('connection').textContent === 'live'"
+                )
+                async with Running(consumer(topic, web_redis_url), handler):
+                    await page.fill("#job-topic", topic)
+                    await page.fill("#job-payload", '{"n": 1}')
+                    await page.click("#job-submit")
+                    await asyncio.wait_for(reported.wait(), 15)
+                    row = page.locator('#my-jobs tr[data-status="active"]')
+                    await row.wait_for(timeout=15_000)
+                    detail = row.locator(".detail")
+                    await page.wait_for_function(
+                        "el => el.textContent.includes('progress')",
+                        arg=await detail.element_handle(),
+                        timeout=15_000,
+                    )
+                    assert '{"rows":120}' in await detail.inner_text()
+                    job_id = await row.get_attribute("data-job-id")
+                    async with httpx.AsyncClient(base_url=gateway.url) as c:
+                        r = await c.post(f"/jobs/{job_id}/cancel")
+                    assert r.json()["status"] == "cancelling"
+                    done = page.locator('#my-jobs tr[data-status="cancelled"]')
+                    await done.wait_for(timeout=15_000)
+                assert problems == []
+            finally:
+                await browser.close()
