@@ -14,7 +14,8 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   handlers under way reads their statuses (one pipelined read, none when no
   job runs) and cancels the handler task of each ``cancelling`` one
   (:class:`RunningJobs`). The handler sees ``asyncio.CancelledError``; the
-  job is settled ``cancelled``: acknowledged, not retried, not dead-lettered.
+  job is settled ``cancelled`` however the handler ends after that:
+  acknowledged, not retried, not dead-lettered.
   A job whose handler finished before its worker looked ends as the handler
   ended it; a job that failed meanwhile is not retried (its retry finds it
   ``cancelling`` and settles it ``cancelled``), as is a job whose worker died;
@@ -173,9 +174,15 @@ class RunningJobs:
         return running
 
     def leave(self, running: _Running) -> None:
-        """The handler of ``running`` returned (or raised)."""
+        """The handler of ``running`` returned (or raised), in the task that ran it.
+
+        A cancellation :meth:`check` made is taken back from the task, however the
+        handler ended (it may have caught it), so it can't hit anything after it.
+        """
         if self._running.get(running.job_id) is running:
             del self._running[running.job_id]
+        if running.cancelled and hasattr(running.task, "uncancel"):
+            running.task.uncancel()
 
     async def check(self, redis: AnyRedis) -> None:
         """Cancel the handlers whose jobs are ``cancelling`` (one pipelined read; none if idle)."""

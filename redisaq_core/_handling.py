@@ -312,19 +312,21 @@ class Dispatcher:
             except asyncio.CancelledError:
                 if running is None or not running.cancelled:
                     raise
-                uncancel()  # its job was cancelled (RunningJobs.check): settle it so
-                ok.append((m, CANCELLED))
-                continue
             except asyncio.TimeoutError as exc:
                 self.stats.add_timed_out(m.partition)
                 error = TimeoutError(f"handler did not finish within {limit}s")
                 error.__cause__ = exc
                 return ok, Failure(m, error, msgs[i + 1 :])
             except Exception as exc:
-                return ok, Failure(m, exc, msgs[i + 1 :])
+                if running is None or not running.cancelled:
+                    return ok, Failure(m, exc, msgs[i + 1 :])
             finally:
                 if running is not None:
                     self.jobs.leave(running)
+            if running is not None and running.cancelled:
+                # Its job was cancelled (RunningJobs.check): settled so, however it ended.
+                ok.append((m, CANCELLED))
+                continue
             if recorder is not None:
                 recorder.handled(m.partition, loop.time() - started, time.time() - m.enqueued_at)
             ok.append((m, result))

@@ -160,6 +160,43 @@ async def test_a_running_job_is_cancelled_and_not_retried(
         assert record.attempts == 1 and record.error is None
 
 
+async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    running = asyncio.Event()
+    calls: list[str] = []
+
+    async def handler(m: Received) -> str:
+        calls.append(m.payload)
+        if m.payload == "slow":
+            await asyncio.sleep(1)  # longer than its timeout: the timer must still work
+            return "too late"
+        running.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if m.payload == "swallow":
+                return "swallowed"
+            raise RuntimeError("cancelled, reported as an error") from None
+        return "never"
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handler):
+            for payload in ("swallow", "wrap"):
+                running.clear()
+                job = await producer.submit(payload)
+                await asyncio.wait_for(running.wait(), 10)
+                assert await job.cancel() is JobStatus.CANCELLING
+                assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            # Nothing of those cancellations is left on the consumer's task.
+            slow = await producer.submit("slow", timeout=0.05)
+            assert (await slow.wait(timeout=10)).status is JobStatus.DEAD
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+        assert calls == ["swallow", "wrap", "slow"]
+        assert await dead_letters(redis, topic) == 1  # only the slow one
+
+
 async def test_a_job_waiting_for_its_retry_is_cancelled(
     redis_url: str, redis: Any, topic: str
 ) -> None:
