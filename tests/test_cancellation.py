@@ -33,6 +33,7 @@ from redisaq_core import (
     Received,
     ResultStore,
 )
+from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
@@ -92,6 +93,29 @@ async def test_a_queued_job_cancelled_before_a_consumer_runs_is_skipped(
         assert record.attempts == 0 and record.active_at is None and record.worker is None
         assert 0 < await ttl(redis, jobs[1].id) <= 600
         assert await dead_letters(redis, topic) == 0
+
+
+async def test_cancelled_entries_are_deleted_with_delete_acked(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("delete-acked needs Redis 8.2 or newer")
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(3)]
+        await jobs[1].cancel()
+
+        async def handler(m: Received) -> int:
+            return int(m.payload["n"])
+
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            assert await jobs[2].result(timeout=10) == 2
+
+            async def emptied() -> bool:
+                return int(await redis.xlen(stream)) == 0
+
+            await eventually(emptied, message="every entry deleted, the cancelled one too")
+        assert await jobs[1].status() is JobStatus.CANCELLED
 
 
 async def test_a_batch_handler_never_gets_a_cancelled_job(
