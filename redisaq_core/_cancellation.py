@@ -27,7 +27,7 @@ A batch handler (``process_batch``) is not interrupted: jobs cancelled
 before the batch starts are left out of it, a job cancelled while its batch
 runs ends as the batch ends.
 
-Progress (:meth:`RunningJobs.progress`, behind ``Received.progress``): a
+Progress (:meth:`RunningJobs.progress`, behind ``Message.progress``): a
 finite number or a JSON object of at most :data:`PROGRESS_MAX_BYTES` bytes,
 stored as JSON in the record's ``progress`` field and announced on the job
 channel as ``"<job_id> progress"``, only while the job runs.
@@ -48,7 +48,7 @@ from ._scripts import Script, ScriptCall
 from .connection import AnyRedis
 from .errors import InvalidProgressError, JobFinishedError, JobNotFoundError, NotConnectedError
 from .keys import TopicKeys, parse_job_id
-from .message import PROGRESS, Received
+from .message import PROGRESS, Message, Received
 
 __all__ = [
     "CANCELLED",
@@ -201,7 +201,7 @@ class RunningJobs:
                 running.cancelled = True
                 running.task.cancel()
 
-    async def progress(self, message: Received, value: Any) -> bool:
+    async def progress(self, message: Message, value: Any) -> bool:
         """Store and announce ``value`` as the progress of ``message``'s job.
 
         Returns whether the record took it: ``False`` for a message that is no
@@ -212,9 +212,10 @@ class RunningJobs:
             return False
         if self.redis is None:
             raise NotConnectedError("progress() is only available inside a consumer's handler")
-        partition = message.partition
-        keys = [self.keys.job(partition, message.job_id), self.keys.jobs(partition)]
-        done = await JOB_PROGRESS(self.redis, keys, [message.job_id, self.keys.job_channel, text])
+        topic, partition = parse_job_id(message.job_id)
+        tk = TopicKeys(topic)
+        keys = [tk.job(partition, message.job_id), tk.jobs(partition)]
+        done = await JOB_PROGRESS(self.redis, keys, [message.job_id, tk.job_channel, text])
         return bool(done)
 
 

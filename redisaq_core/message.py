@@ -13,10 +13,10 @@ from .keys import TopicKeys
 
 __all__ = ["PROGRESS", "Message", "Received"]
 
-PROGRESS: ContextVar[Callable[[Received, Any], Awaitable[bool]] | None] = ContextVar(
+PROGRESS: ContextVar[Callable[[Message, Any], Awaitable[bool]] | None] = ContextVar(
     "redisaq_progress", default=None
 )
-"""Where ``Received.progress`` reports to: set by the consumer that calls the handler."""
+"""Where ``Message.progress`` reports to: set by the consumer that calls the handler."""
 
 
 @dataclass(slots=True)
@@ -64,6 +64,22 @@ class Message:
         """The key of the stream the message was read from (its partition and priority)."""
         return TopicKeys(self.topic).stream(self.partition or 0, self.priority)
 
+    async def progress(self, value: Any) -> bool:
+        """Report how far the handler got with this job: a number, or a small JSON object.
+
+        The value is stored in the job's record (``progress``) and announced
+        to the job's followers (``/ws/jobs`` gets a ``job_status`` frame with
+        it). Returns ``True`` once stored; ``False``, writing nothing, when the
+        message is not a job (it was not sent with ``Producer.submit``) or its
+        job is no longer running. ``InvalidProgressError`` for a value that is
+        not a finite number or a JSON object of at most 4096 bytes (NaN, a set,
+        an object too large); ``NotConnectedError`` outside a consumer's handler.
+        """
+        report = PROGRESS.get()
+        if report is None:
+            raise NotConnectedError("progress() is only available inside a consumer's handler")
+        return await report(self, value)
+
     def get_partition(self) -> int | None:
         """The partition (``None`` before the message was read): redisaq 0.1.5's spelling."""
         return self.partition
@@ -92,22 +108,6 @@ class Received(Message):
     partition: int = 0
     group: str = ""
     enqueued_at: float = 0.0
-
-    async def progress(self, value: Any) -> bool:
-        """Report how far the handler got with this job: a number, or a small JSON object.
-
-        The value is stored in the job's record (``progress``) and announced
-        to the job's followers (``/ws/jobs`` gets a ``job_status`` frame with
-        it). Returns ``True`` once stored; ``False``, writing nothing, when the
-        message is not a job (it was not sent with ``Producer.submit``) or its
-        job is no longer running. ``InvalidProgressError`` for a value that is
-        not a finite number or a JSON object of at most 4096 bytes (NaN, a set,
-        an object too large); ``NotConnectedError`` outside a consumer's handler.
-        """
-        report = PROGRESS.get()
-        if report is None:
-            raise NotConnectedError("progress() is only available inside a consumer's handler")
-        return await report(self, value)
 
 
 _new = object.__new__

@@ -12,7 +12,7 @@ updates atomically with each step of the job's life::
 
 ``failed`` means an attempt failed and the job will be retried; ``completed``,
 ``dead`` and ``cancelled`` are final. A running handler may report its
-``progress`` (``Received.progress``), kept in the record. Each status reached
+``progress`` (``Message.progress``), kept in the record. Each status reached
 has its server-side timestamp (``<status>_at``, milliseconds), beside
 ``attempts`` (handler starts so far), ``worker`` (consumer name of the latest
 attempt) and the latest ``error``. A completed job holds ``result``, the
@@ -121,7 +121,7 @@ class JobRecord:
     not reached). ``result`` is the deserialized return value of a completed
     job (``None`` otherwise); ``result_error`` says why it could not be
     deserialized, if it could not. ``progress`` is what the handler last
-    reported with ``Received.progress`` (``None`` if nothing).
+    reported with ``Message.progress`` (``None`` if nothing).
     """
 
     id: str

@@ -39,7 +39,7 @@ WebSocket ``/ws/jobs`` (JSON text frames with a ``type``):
   status at the time the job was followed and on every change after it,
   from whichever process made the change; ``completed`` carries ``result``,
   ``failed`` and ``dead`` carry ``error`` and ``error_type``; each progress
-  report of a running job (``Received.progress``) gives an ``active`` frame
+  report of a running job (``Message.progress``) gives an ``active`` frame
   with ``progress``. After a final status (``completed``, ``dead``,
   ``cancelled``) the job is no longer followed.
 * ``{"type": "ping"}`` -> ``{"type": "pong"}``.
