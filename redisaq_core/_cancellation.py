@@ -185,14 +185,17 @@ class RunningJobs:
             running.task.uncancel()
 
     async def check(self, redis: AnyRedis) -> None:
-        """Cancel the handlers whose jobs are ``cancelling`` (one pipelined read; none if idle)."""
+        """Cancel the handlers whose jobs are ``cancelling`` (one pipelined read; none if idle).
+
+        A record another client overwrote with something else (an error reply) is skipped.
+        """
         if not self._running:
             return
         watched = list(self._running.values())
         pipe = redis.pipeline(transaction=False)
         for running in watched:
             pipe.hget(running.key, "status")
-        statuses = await pipe.execute()
+        statuses = await pipe.execute(raise_on_error=False)
         for running, status in zip(watched, statuses, strict=True):
             if status != b"cancelling" and status != "cancelling":
                 continue

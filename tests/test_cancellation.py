@@ -33,6 +33,7 @@ from redisaq_core import (
     Received,
     ResultStore,
 )
+from redisaq_core._cancellation import RunningJobs
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -219,6 +220,32 @@ async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled(
             await eventually(lambda: acked(redis, topic), message="acknowledged")
         assert calls == ["swallow", "wrap", "slow"]
         assert await dead_letters(redis, topic) == 1  # only the slow one
+
+
+async def test_a_record_another_client_broke_does_not_stop_the_check(
+    redis: Any, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    broken, asked = (f"{topic}/0/{uuid.uuid4().hex}" for _ in range(2))
+    await redis.set(keys.job(0, broken), "not a hash")
+    await redis.hset(keys.job(0, asked), mapping={"status": "cancelling"})
+    watcher = RunningJobs(keys)
+
+    async def run(job_id: str) -> None:
+        watcher.enter(Received(topic, None, partition=0, job_id=job_id))
+        await asyncio.sleep(60)
+
+    tasks = {job_id: asyncio.create_task(run(job_id)) for job_id in (broken, asked)}
+    try:
+        await eventually(lambda: len(watcher._running) == 2, message="both running")
+        await watcher.check(redis)
+        await asyncio.wait([tasks[asked]], timeout=5)
+        assert tasks[asked].cancelled()
+        assert not tasks[broken].done()
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 async def test_a_job_waiting_for_its_retry_is_cancelled(
