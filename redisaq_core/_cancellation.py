@@ -9,11 +9,14 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   without a handler call (``lua/jobs_cancelled.lua``: acknowledged, fenced by
   the lease, the record expiring after its ``result_ttl``). So the hot path
   pays no extra round trip for it;
-* a running job (``active``) becomes ``cancelling``. The state lives in the
-  record, so no notice can be lost: each heartbeat of a consumer with job
-  handlers under way reads their statuses (one pipelined read, none when no
-  job runs) and cancels the handler task of each ``cancelling`` one
-  (:class:`RunningJobs`). The handler sees ``asyncio.CancelledError``; the
+* a running job (``active``) becomes ``cancelling``, and its id is published
+  on the topic's cancel channel. A consumer that has run a job listens there
+  (one pub/sub connection, opened with its first job) and cancels the
+  handler task at once (:class:`RunningJobs`). Pub/sub drops notices while a
+  connection is down, so the state in the record is what counts: each
+  heartbeat of a consumer with job handlers under way also reads their
+  statuses (one pipelined read, none when no job runs) and cancels the
+  handler of each ``cancelling`` one. The handler sees ``asyncio.CancelledError``; the
   job is settled ``cancelled`` however the handler ends after that:
   acknowledged, not retried, not dead-lettered.
   A job whose handler finished before its worker looked ends as the handler
@@ -39,11 +42,13 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._codec import optional_text
 from ._delivery import OwnedPartition
+from ._failures import CALL_FAILURES
+from ._job_events import JobEvents
 from ._scripts import Script, ScriptCall
 from .connection import AnyRedis
 from .errors import InvalidProgressError, JobFinishedError, JobNotFoundError, NotConnectedError
@@ -94,7 +99,9 @@ async def cancel_job(redis: AnyRedis, job_id: str) -> str:
     topic, partition = parse_job_id(job_id)
     keys = TopicKeys(topic)
     found, status = await JOB_CANCEL(
-        redis, [keys.job(partition, job_id), keys.jobs(partition)], [job_id, keys.job_channel]
+        redis,
+        [keys.job(partition, job_id), keys.jobs(partition)],
+        [job_id, keys.job_channel, keys.cancel_channel],
     )
     status = optional_text(status) or ""
     if found == 0:
@@ -150,6 +157,20 @@ class _Running:
         self.cancelled = False
 
 
+class _CancelNotices(JobEvents):
+    """The pub/sub connection on a topic's cancel channel: hands each job id to ``notify``."""
+
+    def __init__(self, client: AnyRedis, notify: Callable[[str], None]) -> None:
+        super().__init__(client)
+        self._notify = notify
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "message":
+            self._notify(optional_text(message.get("data")) or "")
+        else:
+            super()._dispatch(message)
+
+
 class RunningJobs:
     """A consumer's job handlers under way: cancelled on request, and their progress."""
 
@@ -158,6 +179,8 @@ class RunningJobs:
         self.redis: AnyRedis | None = None
         self._running: dict[str, _Running] = {}
         self._progress = self.progress
+        self._notices: _CancelNotices | None = None
+        self._subscribing: asyncio.Task[None] | None = None
 
     def attach(self, redis: AnyRedis) -> None:
         """Handlers called from here on (in this context) report progress through ``redis``."""
@@ -171,7 +194,42 @@ class RunningJobs:
             return None
         running = _Running(message.job_id, self.keys.job(message.partition, message.job_id), task)
         self._running[message.job_id] = running
+        if self._notices is None and self.redis is not None:
+            self._notices = _CancelNotices(self.redis, self._notified)
+            self._subscribing = asyncio.create_task(
+                self._subscribe(self._notices), name="redisaq-job-cancels"
+            )
         return running
+
+    async def _subscribe(self, notices: _CancelNotices) -> None:
+        try:
+            await notices.subscribed(self.keys.cancel_channel)
+        except CALL_FAILURES as exc:
+            log.warning("cannot listen for job cancellations yet (%s); heartbeats look", exc)
+            if self._notices is notices:
+                self._notices = None  # the next job tries again
+            await notices.aclose()
+
+    def _notified(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is not None:
+            self._cancel(running)
+
+    def _cancel(self, running: _Running) -> None:
+        if self._running.get(running.job_id) is running and not running.cancelled:
+            log.info("job %s cancelled: cancelling its handler", running.job_id)
+            running.cancelled = True
+            running.task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop listening for cancellations (the consumer stopped)."""
+        notices, self._notices = self._notices, None
+        if self._subscribing is not None:
+            self._subscribing.cancel()
+            await asyncio.gather(self._subscribing, return_exceptions=True)
+            self._subscribing = None
+        if notices is not None:
+            await notices.aclose()
 
     def leave(self, running: _Running) -> None:
         """The handler of ``running`` returned (or raised), in the task that ran it.
@@ -197,12 +255,8 @@ class RunningJobs:
             pipe.hget(running.key, "status")
         statuses = await pipe.execute(raise_on_error=False)
         for running, status in zip(watched, statuses, strict=True):
-            if status != b"cancelling" and status != "cancelling":
-                continue
-            if self._running.get(running.job_id) is running and not running.cancelled:
-                log.info("job %s cancelled: cancelling its handler", running.job_id)
-                running.cancelled = True
-                running.task.cancel()
+            if status == b"cancelling" or status == "cancelling":
+                self._cancel(running)
 
     async def progress(self, message: Message, value: Any) -> bool:
         """Store and announce ``value`` as the progress of ``message``'s job.

@@ -416,6 +416,7 @@ class Consumer(RedisComponent):
         finally:
             if heart is not None:
                 await cancel_and_wait(heart)
+            await self._clean_up(self._dispatcher.jobs.aclose())
             await self._clean_up(self._leave())
             if self._registration is not None:
                 await self._clean_up(self._registration.stop())

@@ -185,6 +185,35 @@ async def test_a_running_job_is_cancelled_and_not_retried(
         assert record.attempts == 1 and record.error is None
 
 
+async def test_the_worker_is_told_at_once_and_the_heartbeat_finds_a_lost_notice(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    running = asyncio.Event()
+
+    async def handler(m: Received) -> None:
+        running.set()
+        await asyncio.sleep(60)
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        # Heartbeats 5 s apart: a cancellation within 2 s came through the cancel channel.
+        slow_beats = {"heartbeat_interval": 5.0, "poll_interval": 0.1}
+        async with Running(Consumer(topic, redis_url=redis_url, **slow_beats), handler):
+            job = await producer.submit(1)
+            await asyncio.wait_for(running.wait(), 10)
+            assert await job.cancel() is JobStatus.CANCELLING
+            assert (await job.wait(timeout=2)).status is JobStatus.CANCELLED
+
+        # A notice lost (here: none sent, the state written as the cancel script would):
+        # the next heartbeat reads the record and cancels the handler.
+        running.clear()
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            job = await producer.submit(2)
+            await asyncio.wait_for(running.wait(), 10)
+            await redis.hset(TopicKeys(topic).job(0, job.id), "status", "cancelling")
+            assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+
+
 async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled(
     redis_url: str, redis: Any, topic: str
 ) -> None:
