@@ -11,17 +11,18 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   pays no extra round trip for it;
 * a running job (``active``) becomes ``cancelling``, and its id is published
   on the topic's cancel channel. A consumer that has run a job listens there
-  (one pub/sub connection, opened with its first job) and cancels the
-  handler task at once (:class:`RunningJobs`). Pub/sub drops notices while a
+  (one pub/sub connection, opened with its first job) and cancels the handler
+  task at once (:class:`RunningJobs`). Pub/sub drops notices while a
   connection is down, so the state in the record is what counts: each
   heartbeat of a consumer with job handlers under way also reads their
-  statuses (one pipelined read, none when no job runs) and cancels the
-  handler of each ``cancelling`` one. The handler sees ``asyncio.CancelledError``; the
+  statuses (one pipelined read, none when no job runs) and cancels the handler
+  of each ``cancelling`` one. The handler sees ``asyncio.CancelledError``; the
   job is settled ``cancelled`` however the handler ends after that:
-  acknowledged, not retried, not dead-lettered.
-  A job whose handler finished before its worker looked ends as the handler
-  ended it; a job that failed meanwhile is not retried (its retry finds it
-  ``cancelling`` and settles it ``cancelled``), as is a job whose worker died;
+  acknowledged, not retried, not dead-lettered. A job whose handler finished
+  before its worker looked ends as the handler ended it; a job that failed
+  meanwhile is not retried (its retry finds it ``cancelling`` and settles it
+  ``cancelled``; on its last attempt it is dead-lettered as usual), nor is a
+  job whose worker died (whoever takes the partition settles it so);
 * a finished job (``completed``, ``dead``, ``cancelled``) is left as it is
   (:class:`~redisaq_core.errors.JobFinishedError`); an id without a record
   raises :class:`~redisaq_core.errors.JobNotFoundError`.
@@ -63,6 +64,7 @@ __all__ = [
     "cancel_job",
     "cancelled_calls",
     "cancelled_ids",
+    "parse_progress",
     "progress_text",
     "skip_cancelled",
 ]
@@ -125,7 +127,7 @@ def progress_text(value: Any) -> str:
         raise InvalidProgressError(f"progress must be a finite number, got {value!r}")
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidProgressError(f"progress can't be written as JSON: {exc}") from None
     size = len(text.encode())
     if size > PROGRESS_MAX_BYTES:
