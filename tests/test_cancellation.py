@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -401,18 +402,50 @@ def worker_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-async def test_a_running_job_is_cancelled_from_another_process(
-    redis_url: str, redis: Any, topic: str, worker_dir: Path
-) -> None:
-    records = worker_dir / "records.txt"
-    env = dict(os.environ, RECORD_FILE=str(records),
+def start_worker(redis_url: str, topic: str, worker_dir: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, RECORD_FILE=str(worker_dir / "records.txt"),
                PYTHONPATH=os.pathsep.join([str(worker_dir), str(ROOT)]))  # fmt: skip
     args = [sys.executable, "-m", "redisaq_core.cli.main", "-v", "worker", "cancel_handler:handle",
             "--redis-url", redis_url, "--topic", topic, "--heartbeat-interval", "0.3",
             "--heartbeat-ttl", "1.2", "--poll-interval", "0.2", "--max-deliveries", "3",
             "--retry-backoff", "0.05", "--shutdown-timeout", "5"]  # fmt: skip
     with open(worker_dir / "stderr.log", "ab") as log:
-        worker = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+
+async def test_a_job_whose_worker_was_killed_is_settled_cancelled_by_the_next(
+    redis_url: str, redis: Any, topic: str, worker_dir: Path
+) -> None:
+    records = worker_dir / "records.txt"
+    first = start_worker(redis_url, topic, worker_dir)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            job = await producer.submit("slow")
+            await eventually(lambda: "start slow" in records.read_text(), timeout=30,
+                             message="the first worker started the job")  # fmt: skip
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            # Nobody runs it now: the record says "active" until someone settles it.
+            assert await job.cancel() is JobStatus.CANCELLING
+            second = start_worker(redis_url, topic, worker_dir)
+            final = await job.wait(timeout=30)
+            assert final.status is JobStatus.CANCELLED and final.attempts == 1
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+            assert records.read_text().splitlines() == ["start slow 1"]  # not run again
+            assert await dead_letters(redis, topic) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+
+async def test_a_running_job_is_cancelled_from_another_process(
+    redis_url: str, redis: Any, topic: str, worker_dir: Path
+) -> None:
+    records = worker_dir / "records.txt"
+    worker = start_worker(redis_url, topic, worker_dir)
     try:
         async with Producer(topic, redis_url=redis_url) as producer:
             job = await producer.submit("slow")
