@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._settlement import Failure, Settler, batch_failures
 from ._tracing import ProcessSpans, process_spans
@@ -106,6 +107,8 @@ class Dispatcher:
         self.max_deliveries = max_deliveries
         self.max_processing_time = max_processing_time
         self._calls: set[_Call] = set()
+        self.jobs = RunningJobs(keys)
+        """Job handlers under way: cancelled on request (each heartbeat), their progress."""
 
     def cut_off_hung(self, now: float) -> None:
         """Cancel handler calls running past ``max_processing_time`` (on every heartbeat)."""
@@ -158,6 +161,7 @@ class Dispatcher:
 
         ``reclaimed``: they were claimed from a pending list (see the consumer).
         """
+        self.jobs.attach(redis)
         if reclaimed and any(m.deliveries > 1 for m in messages):
             for m in messages:  # one at a time, each settled before the next (module text)
                 if m.deliveries == 1 or not self.dead_letter:
@@ -205,7 +209,9 @@ class Dispatcher:
         done: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):
-            await self.settler.started(redis, messages)
+            cancelled = await self.settler.started(redis, messages)
+            if cancelled:
+                messages = skip_cancelled(messages, cancelled, done)
         flight = self._in_flight(messages, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
         if batch:
@@ -313,10 +319,12 @@ class Dispatcher:
         if self.max_processing_time is not None and task is not None:
             call = _Call(task, math.inf)
             self._calls.add(call)
-        marks = [clock()]  # when each call started, then when the last one ended
+        took: list[float] = []  # handler seconds and end-to-end ages of those handled
+        ages: list[float] = []
+        started = clock()
+        wall = time.time() - started  # loop time to wall-clock time
         try:
             for i, m in enumerate(msgs):
-                started = marks[-1]
                 part = owned.get(m.partition)
                 if part is None or part.valid_until <= started:
                     # The lease may have passed to another member (this process was paused
@@ -326,6 +334,7 @@ class Dispatcher:
                     if part is not None:
                         part.reclaim()
                     return ok, None
+                job = self.jobs.enter(m) if m.job_id else None
                 try:
                     if m.timeout:
                         if call is not None:
@@ -337,24 +346,33 @@ class Dispatcher:
                         running = handler(m)
                     result = await (running if spans is None else spans.run([m], running))
                 except asyncio.CancelledError:
-                    if call is None or not call.cut_off:
-                        raise
-                    uncancel()
-                    return ok, self._timed_out(m, msgs[i + 1 :], None)
+                    if job is None or not job.cancelled:
+                        if call is None or not call.cut_off:
+                            raise
+                        uncancel()
+                        return ok, self._timed_out(m, msgs[i + 1 :], None)
                 except asyncio.TimeoutError as exc:
                     return ok, self._timed_out(m, msgs[i + 1 :], exc)
                 except Exception as exc:
-                    return ok, Failure(m, exc, msgs[i + 1 :])
-                marks.append(clock())
-                ok.append((m, result))
+                    if job is None or not job.cancelled:
+                        return ok, Failure(m, exc, msgs[i + 1 :])
+                finally:
+                    if job is not None:
+                        self.jobs.leave(job)
+                ended = clock()
+                if job is not None and job.cancelled:
+                    # Its job was cancelled (RunningJobs.check): settled so, however it ended.
+                    ok.append((m, CANCELLED))
+                else:
+                    ok.append((m, result))
+                    took.append(ended - started)
+                    ages.append(ended + wall - m.enqueued_at)
+                started = ended
             return ok, None
         finally:
             if call is not None:
                 self._calls.discard(call)
-            if self.stats.recorder is not None and ok:
-                offset = time.time() - clock()
-                took = [marks[i + 1] - marks[i] for i in range(len(ok))]
-                ages = [marks[i + 1] + offset - m.enqueued_at for i, (m, _) in enumerate(ok)]
+            if self.stats.recorder is not None and took:
                 self.stats.recorder.handled_each(msgs[0].partition, took, ages)
 
     def _timed_out(self, m: Received, rest: list[Received], cause: BaseException | None) -> Failure:

@@ -23,7 +23,7 @@ __all__ = ["FINAL_STATUSES", "JobEvents"]
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = frozenset({"completed", "dead"})
+FINAL_STATUSES = frozenset({"completed", "dead", "cancelled"})
 """Statuses after which a job's record no longer changes."""
 _PING_INTERVAL = 15.0
 _READ_TIMEOUT = 1.0

@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from ._cancellation import CANCELLED, JOBS_CANCELLED, cancelled_calls, cancelled_ids
 from ._codec import F_BYTES, Serializer, encode_payload, optional_text
 from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
 from ._retry import backoff_delay
@@ -104,11 +105,12 @@ class Settler:
         partition = message.partition  # a job's record lives in its entry's partition
         return [self.keys.job(partition, job), self.keys.jobs(partition)]
 
-    async def started(self, redis: AnyRedis, messages: list[Received]) -> None:
+    async def started(self, redis: AnyRedis, messages: list[Received]) -> set[str]:
         """Mark the jobs among ``messages`` active: one script call per partition.
 
         A job's ``attempts`` is its entry's delivery count, so marking a job
         again before it ran (it waited behind a failed message) counts nothing.
+        Returns the ids of the jobs found cancelled (not marked; not to be run).
         """
         by_partition: dict[int, list[Received]] = {}
         for m in messages:
@@ -125,7 +127,8 @@ class Settler:
                 args += [job, b"%d" % m.deliveries]
             calls.append((JOBS_STARTED, keys, args))
         if calls:
-            await run_pipelined(redis, calls)
+            return cancelled_ids(await run_pipelined(redis, calls))
+        return set()
 
     async def settle(
         self,
@@ -151,6 +154,7 @@ class Settler:
         """
         acks: dict[tuple[int, int], list[bytes]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes, bytes]]] = {}
+        cancelled: dict[tuple[int, int], list[Received]] = {}
         for message, result in done:
             part = owned.get(message.partition)
             if part is None:
@@ -162,6 +166,9 @@ class Settler:
                 if ids is None:
                     ids = acks[key] = []
                 ids.append(message.msg_id.encode())
+                continue
+            if result is CANCELLED:
+                cancelled.setdefault(key, []).append(message)
                 continue
             try:
                 kind, data = encode_payload(self.serializer, result)
@@ -183,6 +190,8 @@ class Settler:
                 keys.append(self.keys.job(p, job).encode())
                 args += [message.msg_id.encode(), job.encode(), data, kind]
             calls.append((JOBS_COMPLETE, keys, args))
+        if cancelled:
+            calls += cancelled_calls(self.keys, owned, self.group, self.token, cancelled)
         dead: list[Failure] = []
         for failure in failures:
             self._schedule(owned, failure, now, dead, calls)
@@ -259,12 +268,15 @@ class Settler:
             count = (
                 len(call_args) - 2
                 if script is ACK or script is ACK_DELETE
-                else (len(call_keys) - 3 if script is JOBS_COMPLETE else 1)
-            )
+                else (len(call_keys) - 3 if script is JOBS_COMPLETE or script is JOBS_CANCELLED
+                      else 1)
+            )  # fmt: skip
             if not isinstance(result, bytes) and int(result) == -1:
                 if part is not None:
                     on_lost(part, count)
                 continue
+            if script is JOBS_CANCELLED:
+                continue  # settled, not handled
             if script is DEAD_LETTER:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(
@@ -361,6 +373,8 @@ def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
             ids.setdefault(keys[0], []).extend(args[4::4])
         elif script is DEAD_LETTER:
             ids.setdefault(keys[0], []).append(args[2])
+        elif script is JOBS_CANCELLED:
+            ids.setdefault(keys[0], []).extend(args[3::2])
     return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]
 
 

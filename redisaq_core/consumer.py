@@ -418,6 +418,7 @@ class Consumer(RedisComponent):
         finally:
             if heart is not None:
                 await cancel_and_wait(heart)
+            await self._clean_up(self._dispatcher.jobs.aclose())
             await self._clean_up(self._leave())
             if self._registration is not None:
                 await self._clean_up(self._registration.stop())
@@ -554,6 +555,7 @@ class Consumer(RedisComponent):
             try:
                 await self._sync()
                 await self._report_partitions()
+                await self._dispatcher.jobs.check(self.redis)  # cancelled jobs' handlers
                 if failing:
                     self.logger.info("consumer %s: heartbeat restored", self.name)
                 failing = False

@@ -16,7 +16,10 @@ The hierarchy::
     ├── JobError                a job's record or result can't be had
     │   ├── JobNotFoundError        no record under this job id (never written, or expired)
     │   ├── JobTimeoutError         waiting for a job to finish ran out of time
-    │   └── JobFailedError          the job is dead (retries exhausted); carries its error
+    │   ├── JobFailedError          the job is dead (retries exhausted); carries its error
+    │   ├── JobCancelledError       the job was cancelled: it has no result
+    │   ├── JobFinishedError        a finished job can't be cancelled
+    │   └── InvalidProgressError    a progress value that is no number or small JSON object
     ├── RegistryError           a service registry operation failed
     │   ├── ServiceNotFoundError    no service is registered under this id
     │   └── MalformedServiceError   a stored service record can't be read
@@ -34,8 +37,11 @@ __all__ = [
     "DuplicateConsumerError",
     "EmbeddedRedisError",
     "GatewayError",
+    "InvalidProgressError",
+    "JobCancelledError",
     "JobError",
     "JobFailedError",
+    "JobFinishedError",
     "JobNotFoundError",
     "JobTimeoutError",
     "MalformedServiceError",
@@ -131,6 +137,30 @@ class JobFailedError(JobError):
         self.error = error
         self.error_type = error_type
         self.record = record
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled (``redisaq jobs cancel``, ``JobHandle.cancel``): it has no result."""
+
+    def __init__(self, message: str, *, job_id: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFinishedError(JobError):
+    """The job already finished (``completed``, ``dead`` or ``cancelled``): it can't be cancelled.
+
+    ``status`` is the status it finished with.
+    """
+
+    def __init__(self, message: str, *, job_id: str = "", status: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+
+
+class InvalidProgressError(JobError, ValueError):
+    """A progress value that is not a finite number or a small JSON object; nothing was stored."""
 
 
 class RegistryError(RedisaqError):

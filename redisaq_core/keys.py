@@ -23,6 +23,7 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{t:T}:series                      hash  slot -> JSON record of a 5 s bucket, a ring
                                                     of the last 15 minutes (see metrics/_series.py)
     redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
+    redisaq:{t:T}:cancels                     pub/sub channel: "<job_id>" of a running job to stop
     redisaq:{p:T:N}:stream                    stream the partition's entries (priority 0)
     redisaq:{p:T:N}:stream:P                  stream the partition's entries of priority P >= 1
     redisaq:{p:T:N}:dlq                       stream the partition's dead letters
@@ -157,6 +158,11 @@ class TopicKeys:
     def job_channel(self) -> str:
         """Pub/sub channel announcing each job status change as ``"<job_id> <status>"``."""
         return f"{self._tag}:jobs"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel naming each running job asked to stop (its record says so too)."""
+        return f"{self._tag}:cancels"
 
     def job(self, partition: int, job_id: str) -> str:
         """Hash with one job's status record."""

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
+from .errors import NotConnectedError
 from .keys import TopicKeys
 
-__all__ = ["Message", "Received"]
+__all__ = ["PROGRESS", "Message", "Received"]
+
+PROGRESS: ContextVar[Callable[[Message, Any], Awaitable[bool]] | None] = ContextVar(
+    "redisaq_progress", default=None
+)
+"""Where ``Message.progress`` reports to: set by the consumer that calls the handler."""
 
 
 @dataclass(slots=True)
@@ -55,6 +63,22 @@ class Message:
     def stream(self) -> str:
         """The key of the stream the message was read from (its partition and priority)."""
         return TopicKeys(self.topic).stream(self.partition or 0, self.priority)
+
+    async def progress(self, value: Any) -> bool:
+        """Report how far the handler got with this job: a number, or a small JSON object.
+
+        The value is stored in the job's record (``progress``) and announced
+        to the job's followers (``/ws/jobs`` gets a ``job_status`` frame with
+        it). Returns ``True`` once stored; ``False``, writing nothing, when the
+        message is not a job (it was not sent with ``Producer.submit``) or its
+        job is no longer running. ``InvalidProgressError`` for a value that is
+        not a finite number or a JSON object of at most 4096 bytes (NaN, a set,
+        an object too large); ``NotConnectedError`` outside a consumer's handler.
+        """
+        report = PROGRESS.get()
+        if report is None:
+            raise NotConnectedError("progress() is only available inside a consumer's handler")
+        return await report(self, value)
 
     def get_partition(self) -> int | None:
         """The partition (``None`` before the message was read): redisaq 0.1.5's spelling."""

@@ -7,17 +7,20 @@ updates atomically with each step of the job's life::
     queued -> active -> completed
                      -> failed -> active -> ... -> completed
                                                  -> dead
+    queued, failed -> cancelled          (JobHandle.cancel before it runs)
+    active -> cancelling -> cancelled    (cancelled while it runs)
 
-``failed`` means an attempt failed and the job will be retried; ``completed``
-and ``dead`` are final. Each status reached has its server-side timestamp
-(``<status>_at``, milliseconds), beside ``attempts`` (handler starts so far),
-``worker`` (consumer name of the latest attempt) and the latest ``error``. A
-completed job holds ``result``, the handler's return value serialized with the
-topic's serializer (``result_kind`` ``b`` for bytes, ``s`` for text, which the
-deserializer gets back as ``str``). A finished record expires ``result_ttl``
-seconds after it finished. Each partition keeps an index of its job ids
-scored by their last change, and every change is announced on the topic's
-job channel as ``"<job_id> <status>"``.
+``failed`` means an attempt failed and the job will be retried; ``completed``,
+``dead`` and ``cancelled`` are final. A running handler may report its
+``progress`` (``Message.progress``), kept in the record. Each status reached
+has its server-side timestamp (``<status>_at``, milliseconds), beside
+``attempts`` (handler starts so far), ``worker`` (consumer name of the latest
+attempt) and the latest ``error``. A completed job holds ``result``, the
+handler's return value serialized with the topic's serializer (``result_kind``
+``b`` for bytes, ``s`` for text, which the deserializer gets back as ``str``).
+A finished record expires ``result_ttl`` seconds after it finished. Each
+partition keeps an index of its job ids scored by their last change, and every
+change is announced on the topic's job channel as ``"<job_id> <status>"``.
 
 :class:`ResultStore` reads records (:meth:`~ResultStore.get`,
 :meth:`~ResultStore.list_jobs`) and waits for jobs (:meth:`~ResultStore.wait`,
@@ -49,6 +52,7 @@ from enum import Enum
 from typing import Any
 
 from ._batching import BATCH, CommandBatcher
+from ._cancellation import cancel_job, parse_progress
 from ._checks import number
 from ._codec import Deserializer, default_deserializer, optional_text
 from ._failures import REDIS_FAILURES
@@ -57,6 +61,7 @@ from ._scripts import Script, run_pipelined
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
+    JobCancelledError,
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
@@ -84,14 +89,18 @@ class JobStatus(str, Enum):
     """The latest attempt failed; the job will be retried."""
     DEAD = "dead"
     """Every attempt failed; the job went to the dead-letter stream (final)."""
+    CANCELLING = "cancelling"
+    """Cancelled while its handler runs; its worker is stopping the handler."""
+    CANCELLED = "cancelled"
+    """Cancelled; its handler never ran, or was stopped (final)."""
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def finished(self) -> bool:
-        """Whether the status is final (``completed`` or ``dead``)."""
-        return self in (JobStatus.COMPLETED, JobStatus.DEAD)
+        """Whether the status is final (``completed``, ``dead`` or ``cancelled``)."""
+        return self in (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 
 _STATUSES = ", ".join(s.value for s in JobStatus)
@@ -111,7 +120,8 @@ class JobRecord:
     Times are Unix seconds of the Redis server's clock (``None`` for a status
     not reached). ``result`` is the deserialized return value of a completed
     job (``None`` otherwise); ``result_error`` says why it could not be
-    deserialized, if it could not.
+    deserialized, if it could not. ``progress`` is what the handler last
+    reported with ``Message.progress`` (``None`` if nothing).
     """
 
     id: str
@@ -129,15 +139,18 @@ class JobRecord:
     completed_at: float | None = None
     failed_at: float | None = None
     dead_at: float | None = None
+    cancelling_at: float | None = None
+    cancelled_at: float | None = None
     updated_at: float | None = None
     result_ttl: int | None = None
     has_result: bool = False
     result: Any = None
     result_error: str | None = None
+    progress: Any = None
 
     @property
     def finished(self) -> bool:
-        """Whether the job is ``completed`` or ``dead``."""
+        """Whether the job is ``completed``, ``dead`` or ``cancelled``."""
         return self.status.finished
 
     @property
@@ -168,11 +181,14 @@ class JobRecord:
             "completed_at": self.completed_at,
             "failed_at": self.failed_at,
             "dead_at": self.dead_at,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
             "updated_at": self.updated_at,
             "result_ttl": self.result_ttl,
             "has_result": self.has_result,
             "result": self.result,
             "result_error": self.result_error,
+            "progress": self.progress,
         }
 
 
@@ -226,11 +242,14 @@ def parse_record(
         completed_at=_seconds(raw.get(b"completed_at")),
         failed_at=_seconds(raw.get(b"failed_at")),
         dead_at=_seconds(raw.get(b"dead_at")),
+        cancelling_at=_seconds(raw.get(b"cancelling_at")),
+        cancelled_at=_seconds(raw.get(b"cancelled_at")),
         updated_at=_seconds(raw.get(b"updated_at")),
         result_ttl=_int(raw.get(b"result_ttl")),
         has_result=data is not None,
         result=result,
         result_error=result_error,
+        progress=parse_progress(raw.get(b"progress")),
     )
 
 
@@ -301,8 +320,23 @@ class ResultStore(RedisComponent):
         except ValueError:
             raise SerializationError(f"job {job_id!r}: unknown status {raw!r}") from None
 
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job; return ``CANCELLED``, or ``CANCELLING`` for a running job.
+
+        A job not started yet is never started: it is ``cancelled`` at once and
+        its consumer acknowledges it without calling the handler. A running
+        job's handler is cancelled by its worker on the worker's next heartbeat,
+        then the job is ``cancelled`` (not retried, not dead-lettered); wait for
+        that with :meth:`wait`. Cancelling a ``cancelling`` job again is fine.
+        ``JobFinishedError`` for a ``completed``, ``dead`` or ``cancelled`` job
+        and ``JobNotFoundError`` for an id without a record: neither changes
+        anything.
+        """
+        redis = await self._ensure()
+        return JobStatus(await cancel_job(redis, job_id))
+
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Wait until the job is ``completed`` or ``dead`` and return its record.
+        """Wait until the job is ``completed``, ``dead`` or ``cancelled``; return its record.
 
         A dead job is returned like a completed one (look at ``status``;
         :meth:`JobHandle.result` raises ``JobFailedError`` for it). Raises
@@ -539,18 +573,25 @@ class JobHandle:
         return await self.store.get(self.id)
 
     async def wait(self, timeout: float | None = None) -> JobRecord:
-        """Wait until the job is ``completed`` or ``dead``; return its record."""
+        """Wait until the job is ``completed``, ``dead`` or ``cancelled``; return its record."""
         return await self.store.wait(self.id, timeout)
+
+    async def cancel(self) -> JobStatus:
+        """Cancel the job (see :meth:`ResultStore.cancel`); ``CANCELLED`` or ``CANCELLING``."""
+        return await self.store.cancel(self.id)
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return the handler's (deserialized) return value.
 
         Raises ``JobFailedError`` (with the last error) if the job is dead,
+        ``JobCancelledError`` if it was cancelled,
         ``JobTimeoutError`` after ``timeout`` seconds, ``JobNotFoundError`` if
         the record is gone, ``SerializationError`` if the result can't be
         deserialized.
         """
         record = await self.wait(timeout)
+        if record.status is JobStatus.CANCELLED:
+            raise JobCancelledError(f"job {self.id} was cancelled", job_id=self.id)
         if record.status is JobStatus.DEAD:
             kind = record.error_type or "Error"
             raise JobFailedError(

@@ -267,7 +267,7 @@ async def _job(args: argparse.Namespace, monitor: Monitor) -> Output:
     for key, value in data.items():
         if key.endswith("_at") or key == "updated_at":
             value = _when(value)
-        elif key == "result" and record.has_result:
+        elif (key == "result" and record.has_result) or (key == "progress" and value is not None):
             value = _compact(value)
         rows.append((key, "" if value is None else value))
     return data, _table(rows, ["FIELD", "VALUE"])

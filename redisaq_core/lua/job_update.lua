@@ -2,8 +2,10 @@
 -- KEYS: job (hash), jobs index (zset)
 -- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type,
 --       deliveries (for "active": the attempt number, the entry's delivery count)
--- Returns 1, or 0 when the record no longer exists (it is not created again).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Returns 1, or 0 when the record no longer exists (it is not created again) or the job
+-- was cancelled meanwhile (its retry will find it cancelled and skip it).
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or current == 'cancelling' or current == 'cancelled' then
   return 0
 end
 local t = redis.call('TIME')

@@ -38,8 +38,10 @@ WebSocket ``/ws/jobs`` (JSON text frames with a ``type``):
 * The server sends ``{"type": "job_status", "job_id", "status"}`` for the
   status at the time the job was followed and on every change after it,
   from whichever process made the change; ``completed`` carries ``result``,
-  ``failed`` and ``dead`` carry ``error`` and ``error_type``. After a final
-  status (``completed``, ``dead``) the job is no longer followed.
+  ``failed`` and ``dead`` carry ``error`` and ``error_type``; each progress
+  report of a running job (``Message.progress``) gives an ``active`` frame
+  with ``progress``. After a final status (``completed``, ``dead``,
+  ``cancelled``) the job is no longer followed.
 * ``{"type": "ping"}`` -> ``{"type": "pong"}``.
 * A frame that is not JSON, has no known ``type`` or has invalid fields gets
   ``{"type": "error", "detail", "request_id"?}`` naming the fields; the

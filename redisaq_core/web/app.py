@@ -24,6 +24,8 @@ from ..connection import AnyRedis
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
+    JobFinishedError,
+    JobNotFoundError,
     NotConnectedError,
     RedisaqError,
 )
@@ -38,6 +40,7 @@ from .models import (
     ErrorModel,
     HealthModel,
     JobAccepted,
+    JobCancelModel,
     JobModel,
     ReplayRequest,
     ReplayResult,
@@ -75,6 +78,7 @@ Responses = dict[int | str, dict[str, Any]]
 _E401: Responses = {401: {"model": ErrorModel, "description": "Missing or wrong token"}}
 _E403: Responses = {403: {"model": ErrorModel, "description": "Cross-origin request refused"}}
 _E404: Responses = {404: {"model": ErrorModel, "description": "Not found"}}
+_E409: Responses = {409: {"model": ErrorModel, "description": "The job already finished"}}
 _E413: Responses = {413: {"model": ErrorModel, "description": "Request body too large"}}
 _E503: Responses = {503: {"model": ErrorModel, "description": "Redis unavailable"}}
 _PROMETHEUS: Responses = {
@@ -102,7 +106,8 @@ WebSockets (not in this schema; frames are JSON text):
 
 * `/ws/jobs`: send `{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?,
   "request_id"?}`, get `{"type": "job_accepted", "job_id", "request_id"}` and then
-  `{"type": "job_status", "job_id", "status", "result"?, "error"?}` on every change.
+  `{"type": "job_status", "job_id", "status", "result"?, "error"?, "progress"?}` on every
+  change and progress report.
   `{"type": "subscribe", "job_id"}` follows any job, `unsubscribe` stops. A bad frame gets
   `{"type": "error", "detail"}`.
 * `/ws/{worker_id}`: a registered worker's heartbeat socket; every frame is a heartbeat.
@@ -365,6 +370,29 @@ def create_app(
                 {"detail": f"job {job_id} has no record (unknown, or expired)"}, status_code=404
             )
         return job_dict(record)
+
+    @app.post(
+        "/jobs/{job_id:path}/cancel",
+        response_model=JobCancelModel,
+        tags=["jobs"],
+        summary="Cancel a job",
+        responses={**_COMMON, **_E403, **_E404, **_E409},
+    )
+    async def cancel_job(
+        job_id: Annotated[str, Path(description="topic/partition/id")],
+    ) -> Any:
+        """Cancel a job: one not started never starts, a running one's handler is stopped.
+
+        404 for an unknown (or expired) job, 409 for one already finished
+        (``completed``, ``dead`` or ``cancelled``); neither changes anything.
+        """
+        try:
+            status = await gateway.cancel(job_id)
+        except JobNotFoundError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        except JobFinishedError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return {"job_id": job_id, "status": status}
 
     # ---- workers -------------------------------------------------------------------------
 

@@ -34,8 +34,8 @@ __all__ = ["RECORD_STATUSES", "Follower", "JobFeed"]
 
 log = logging.getLogger(__name__)
 
-RECORD_STATUSES = frozenset({"completed", "failed", "dead"})
-"""Statuses whose push carries something from the record (the result, or the error)."""
+RECORD_STATUSES = frozenset({"completed", "failed", "dead", "progress"})
+"""Announcements whose push carries something from the record (result, error, progress)."""
 
 
 class Follower(Protocol):

@@ -270,6 +270,17 @@ class Gateway:
         except ConfigurationError as exc:
             raise InvalidField(("job_id",), str(exc)) from None
 
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job; its new status. ``JobNotFoundError``, ``JobFinishedError`` as the library.
+
+        :class:`InvalidField` for a malformed id.
+        """
+        assert self.store is not None
+        try:
+            return (await self.store.cancel(job_id)).value
+        except ConfigurationError as exc:
+            raise InvalidField(("path", "job_id"), str(exc)) from None
+
     async def jobs(
         self, *, status: JobStatus | None, topic: str | None, limit: int
     ) -> list[JobRecord]:

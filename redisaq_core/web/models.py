@@ -31,6 +31,7 @@ __all__ = [
     "GroupModel",
     "HealthModel",
     "JobAccepted",
+    "JobCancelModel",
     "JobModel",
     "PartitionRowModel",
     "PartitionStatsModel",
@@ -109,6 +110,17 @@ class JobAccepted(BaseModel):
     partition: int
     job_type: str | None = None
     client_id: str | None = None
+
+
+class JobCancelModel(BaseModel):
+    """``POST /jobs/{job_id}/cancel``: the job's status after the request.
+
+    ``cancelled``: it had not started and never will; ``cancelling``: it runs,
+    and its worker stops the handler on its next heartbeat.
+    """
+
+    job_id: str
+    status: Literal["cancelled", "cancelling"]
 
 
 def _record_model() -> type[BaseModel]:

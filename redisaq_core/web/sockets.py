@@ -31,7 +31,9 @@ __all__ = ["DashboardHub", "JobsSession", "dumps", "worker_socket"]
 
 log = logging.getLogger(__name__)
 
-FINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.DEAD.value})
+FINAL = frozenset({JobStatus.COMPLETED.value, JobStatus.DEAD.value, JobStatus.CANCELLED.value})
+PROGRESS = "progress"
+"""The announcement of a running job's progress: a ``job_status`` frame with ``progress``."""
 FRAME_TYPES = ("submit_job", "subscribe", "unsubscribe", "ping")
 
 
@@ -410,7 +412,9 @@ class JobsSession:
         job_id, status = item.job_id, item.status
         if item.data is None or status is None or self._closing:
             return
-        if job_id not in self._following or self._sent.get(job_id) == status:
+        if job_id not in self._following or (
+            status != PROGRESS and self._sent.get(job_id) == status
+        ):
             return
         await self.ws.send_text(item.data.decode())
         self._sent[job_id] = status
@@ -426,8 +430,16 @@ def _outcome(future: asyncio.Future[JobRecord | None] | None) -> JobRecord | Non
 
 
 def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str, Any]:
-    """The ``job_status`` frame of a change to ``status`` (with what ``record`` adds)."""
+    """The ``job_status`` frame of a change to ``status`` (with what ``record`` adds).
+
+    A progress announcement gives an ``active`` frame with the record's ``progress``.
+    """
     frame: dict[str, Any] = {"type": "job_status", "job_id": job_id, "status": status}
+    if status == PROGRESS:
+        frame["status"] = JobStatus.ACTIVE.value
+        if record is not None:
+            frame["progress"] = record.progress
+        return frame
     if record is None or status not in RECORD_STATUSES:
         return frame
     frame["attempts"] = record.attempts

@@ -15,7 +15,7 @@
   }
 
   const $ = (id) => document.getElementById(id);
-  const FINAL = new Set(["completed", "dead"]);
+  const FINAL = new Set(["completed", "dead", "cancelled"]);
 
   function socketUrl(path) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -400,7 +400,8 @@
       row.setAttribute("data-status", frame.status);
       row.querySelector(".status-cell").replaceChildren(badge(frame.status));
       const detail = row.querySelector(".detail");
-      if ("result" in frame) detail.textContent = short(frame.result);
+      if ("progress" in frame) detail.textContent = "progress: " + short(frame.progress);
+      else if ("result" in frame) detail.textContent = short(frame.result);
       else if (frame.error) detail.textContent = (frame.error_type || "Error") + ": " + frame.error;
       detail.title = detail.textContent;
       if (FINAL.has(frame.status)) refresh();

@@ -1,0 +1,31 @@
+-- Acknowledge cancelled jobs of one partition stream without running them (or after their
+-- handler was cancelled), only while the caller holds the partition's lease; each record
+-- becomes "cancelled" and expires after its result_ttl. Announces the records that change.
+-- KEYS: stream, lease, jobs index (zset), job hash, job hash, ...
+-- ARGV: group, token, channel, then per job: msg_id, job_id
+-- Returns the number of entries acknowledged, or -1 when the lease is not ours (nothing
+-- is written).
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 4, #KEYS do
+  local a = 2 + 2 * (i - 4)
+  local job_id = ARGV[a + 3]
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[a + 2])
+  local status = redis.call('HGET', KEYS[i], 'status')
+  if status then
+    if status ~= 'cancelled' then
+      redis.call('HSET', KEYS[i], 'status', 'cancelled', 'cancelled_at', now)
+      redis.call('PUBLISH', ARGV[3], job_id .. ' cancelled')
+    end
+    redis.call('HSET', KEYS[i], 'updated_at', now)
+    local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0')
+    if ttl > 0 then
+      redis.call('EXPIRE', KEYS[i], ttl)
+    end
+    redis.call('ZADD', KEYS[3], now, job_id)
+  end
+end
+return #KEYS - 3

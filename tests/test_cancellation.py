@@ -1,0 +1,489 @@
+"""Cancelling jobs (queued, waiting for a retry, running, finished) and job progress.
+
+The running job is cancelled both in a consumer of this process and in a real
+``redisaq worker`` subprocess, from the CLI (another process). Every test
+runs on a Redis Cluster too (``--cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from redisaq_core import (
+    ConfigurationError,
+    Consumer,
+    InvalidProgressError,
+    JobCancelledError,
+    JobFinishedError,
+    JobHandle,
+    JobNotFoundError,
+    JobStatus,
+    NotConnectedError,
+    Producer,
+    Received,
+    ResultStore,
+)
+from redisaq_core._cancellation import RunningJobs
+from redisaq_core._retention import server_features
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.01}
+
+
+async def acked(redis: Any, topic: str, partition: int = 0, group: str = "default") -> bool:
+    """Whether every entry of a partition delivered to ``group`` was acknowledged."""
+    summary = await redis.xpending(TopicKeys(topic).stream(partition), group)
+    return int(summary["pending"]) == 0
+
+
+async def dead_letters(redis: Any, topic: str, partition: int = 0) -> int:
+    return int(await redis.xlen(TopicKeys(topic).dead_letters(partition)))
+
+
+async def ttl(redis: Any, job_id: str) -> int:
+    topic, _, rest = job_id.partition("/")
+    return int(await redis.ttl(TopicKeys(topic).job(int(rest.split("/")[0]), job_id)))
+
+
+async def expiring(redis: Any, job_id: str) -> bool:
+    return await ttl(redis, job_id) > 0
+
+
+async def test_a_queued_job_cancelled_before_a_consumer_runs_is_skipped(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, result_ttl=600) as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(3)]
+        assert await jobs[1].cancel() is JobStatus.CANCELLED
+        record = await jobs[1].record()
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert record.cancelled_at is not None and record.finished
+        assert await ttl(redis, jobs[1].id) == -1  # kept until a consumer settles the entry
+        # Waiting on it returns at once; its result is an error that says why.
+        assert (await jobs[1].wait(timeout=5)).status is JobStatus.CANCELLED
+        with pytest.raises(JobCancelledError, match="was cancelled"):
+            await jobs[1].result(timeout=5)
+
+        seen: list[int] = []
+
+        async def handler(m: Received) -> int:
+            seen.append(m.payload["n"])
+            return int(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            assert await jobs[0].result(timeout=10) == 0
+            assert await jobs[2].result(timeout=10) == 2
+            await eventually(lambda: acked(redis, topic), message="all acknowledged")
+            await eventually(lambda: expiring(redis, jobs[1].id), message="the record expires")
+        assert seen == [0, 2]
+        record = await jobs[1].record()
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert record.attempts == 0 and record.active_at is None and record.worker is None
+        assert 0 < await ttl(redis, jobs[1].id) <= 600
+        assert await dead_letters(redis, topic) == 0
+
+
+async def test_cancelled_entries_are_deleted_with_delete_acked(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("delete-acked needs Redis 8.2 or newer")
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(3)]
+        await jobs[1].cancel()
+
+        async def handler(m: Received) -> int:
+            return int(m.payload["n"])
+
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            assert await jobs[2].result(timeout=10) == 2
+
+            async def emptied() -> bool:
+                return int(await redis.xlen(stream)) == 0
+
+            await eventually(emptied, message="every entry deleted, the cancelled one too")
+        assert await jobs[1].status() is JobStatus.CANCELLED
+
+
+async def test_a_batch_handler_never_gets_a_cancelled_job(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url) as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(4)]
+        await jobs[0].cancel()
+        await jobs[3].cancel()
+        batches: list[list[int]] = []
+
+        async def handler(batch: list[Received]) -> list[int]:
+            batches.append([m.payload["n"] for m in batch])
+            return [m.payload["n"] for m in batch]
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler, batch=True):
+            assert [await j.result(timeout=10) for j in jobs[1:3]] == [1, 2]
+            await eventually(lambda: acked(redis, topic), message="all acknowledged")
+        assert sorted(n for b in batches for n in b) == [1, 2]
+        statuses = [await j.status() for j in jobs]
+        assert statuses == [JobStatus.CANCELLED, JobStatus.COMPLETED, JobStatus.COMPLETED,
+                            JobStatus.CANCELLED]  # fmt: skip
+
+
+async def test_a_running_job_is_cancelled_and_not_retried(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    started = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def handler(m: Received) -> str:
+        if m.payload == "slow":
+            assert await m.progress(0.25) is True
+            assert await m.progress({"step": 2, "of": 4}) is True
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+                raise
+        outcomes.append(str(m.payload))
+        return str(m.payload)
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit("slow")
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, **FAST)
+        async with Running(consumer, handler):
+            await asyncio.wait_for(started.wait(), 10)
+            record = await job.record()
+            assert record is not None and record.progress == {"step": 2, "of": 4}
+            async with ResultStore(redis_url=redis_url) as other:  # another client
+                assert await other.cancel(job.id) is JobStatus.CANCELLING
+                assert await other.cancel(job.id) is JobStatus.CANCELLING  # asked again: fine
+                final = await other.wait(job.id, timeout=10)
+            assert final.status is JobStatus.CANCELLED and final.attempts == 1
+            assert final.cancelling_at is not None and final.cancelled_at is not None
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+            # The consumer goes on with the next job.
+            assert await (await producer.submit("next")).result(timeout=10) == "next"
+        assert outcomes == ["cancelled", "next"]
+        assert await dead_letters(redis, topic) == 0
+        assert consumer.stats.failed == 0
+        record = await job.record()
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert record.attempts == 1 and record.error is None
+
+
+async def test_the_worker_is_told_at_once_and_the_heartbeat_finds_a_lost_notice(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    running = asyncio.Event()
+
+    async def handler(m: Received) -> None:
+        running.set()
+        await asyncio.sleep(60)
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        # Heartbeats 5 s apart: a cancellation within 2 s came through the cancel channel.
+        slow_beats = {"heartbeat_interval": 5.0, "poll_interval": 0.1}
+        async with Running(Consumer(topic, redis_url=redis_url, **slow_beats), handler):
+            job = await producer.submit(1)
+            await asyncio.wait_for(running.wait(), 10)
+            assert await job.cancel() is JobStatus.CANCELLING
+            assert (await job.wait(timeout=2)).status is JobStatus.CANCELLED
+
+        # A notice lost (here: none sent, the state written as the cancel script would):
+        # the next heartbeat reads the record and cancels the handler.
+        running.clear()
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            job = await producer.submit(2)
+            await asyncio.wait_for(running.wait(), 10)
+            await redis.hset(TopicKeys(topic).job(0, job.id), "status", "cancelling")
+            assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+
+
+async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    running = asyncio.Event()
+    calls: list[str] = []
+
+    async def handler(m: Received) -> str:
+        calls.append(m.payload)
+        if m.payload == "slow":
+            await asyncio.sleep(1)  # longer than its timeout: the timer must still work
+            return "too late"
+        running.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if m.payload == "swallow":
+                return "swallowed"
+            raise RuntimeError("cancelled, reported as an error") from None
+        return "never"
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handler):
+            for payload in ("swallow", "wrap"):
+                running.clear()
+                job = await producer.submit(payload)
+                await asyncio.wait_for(running.wait(), 10)
+                assert await job.cancel() is JobStatus.CANCELLING
+                assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            # Nothing of those cancellations is left on the consumer's task.
+            slow = await producer.submit("slow", timeout=0.05)
+            assert (await slow.wait(timeout=10)).status is JobStatus.DEAD
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+        assert calls == ["swallow", "wrap", "slow"]
+        assert await dead_letters(redis, topic) == 1  # only the slow one
+
+
+async def test_a_record_another_client_broke_does_not_stop_the_check(
+    redis: Any, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    broken, asked = (f"{topic}/0/{uuid.uuid4().hex}" for _ in range(2))
+    await redis.set(keys.job(0, broken), "not a hash")
+    await redis.hset(keys.job(0, asked), mapping={"status": "cancelling"})
+    watcher = RunningJobs(keys)
+
+    async def run(job_id: str) -> None:
+        watcher.enter(Received(topic, None, partition=0, job_id=job_id))
+        await asyncio.sleep(60)
+
+    tasks = {job_id: asyncio.create_task(run(job_id)) for job_id in (broken, asked)}
+    try:
+        await eventually(lambda: len(watcher._running) == 2, message="both running")
+        await watcher.check(redis)
+        await asyncio.wait([tasks[asked]], timeout=5)
+        assert tasks[asked].cancelled()
+        assert not tasks[broken].done()
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def test_a_job_waiting_for_its_retry_is_cancelled(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    calls: list[int] = []
+
+    async def handler(m: Received) -> None:
+        calls.append(m.deliveries)
+        raise RuntimeError("try again later")
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit({"n": 1})
+        options = {**FAST, "retry_backoff": 1.0, "retry_backoff_max": 1.0}
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=5, **options)
+        async with Running(consumer, handler):
+
+            async def failed() -> bool:
+                return await job.status() is JobStatus.FAILED
+
+            await eventually(failed, message="first attempt failed")
+            assert await job.cancel() is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), timeout=15, message="settled")
+        assert calls == [1]
+        assert await dead_letters(redis, topic) == 0
+        assert await job.status() is JobStatus.CANCELLED
+
+
+async def test_finished_and_unknown_jobs_say_so_and_change_nothing(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    async def handler(m: Received) -> int:
+        return 1
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        done = await producer.submit({"n": 1})
+        cancelled = await producer.submit({"n": 2})
+        await cancelled.cancel()
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            assert await done.result(timeout=10) == 1
+        before = await done.record()
+        assert before is not None
+        with pytest.raises(JobFinishedError, match="already completed") as caught:
+            await done.cancel()
+        assert caught.value.status == "completed" and caught.value.job_id == done.id
+        assert await done.record() == before
+        with pytest.raises(JobFinishedError, match="already cancelled"):
+            await cancelled.cancel()
+
+    async with ResultStore(redis_url=redis_url) as store:
+        unknown = JobHandle(f"{topic}/0/{uuid.uuid4().hex}", store)
+        with pytest.raises(JobNotFoundError, match="has no record"):
+            await unknown.cancel()
+        assert await unknown.record() is None
+        with pytest.raises(ConfigurationError, match="not a job id"):
+            await store.cancel("nope")
+
+
+async def test_progress_values_are_checked_and_non_jobs_are_a_no_op(
+    redis_url: str, topic: str
+) -> None:
+    errors: list[str] = []
+    results: list[bool] = []
+
+    async def handler(m: Received) -> None:
+        for bad in (math.nan, math.inf, {"x": math.nan}, {1, 2}, True, "half", {"x": object()},
+                    {"big": "x" * 5000}):  # fmt: skip
+            try:
+                await m.progress(bad)
+            except InvalidProgressError as exc:
+                errors.append(str(exc))
+        results.append(await m.progress(3))
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"plain": True})
+        job = await producer.submit({"job": True})
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handler):
+            await job.wait(timeout=10)
+            await eventually(lambda: len(results) == 2, message="both handled")
+        record = await job.record()
+    assert len(errors) == 16
+    assert any("finite number" in e for e in errors)
+    assert any("at most 4096" in e for e in errors)
+    assert any("got set" in e for e in errors) and any("got bool" in e for e in errors)
+    assert sorted(results) == [False, True]  # the plain message: nothing to record
+    assert record is not None and record.progress == 3
+    outside = Received(topic, {"x": 1}, job_id=job.id)
+    with pytest.raises(NotConnectedError, match="inside a consumer's handler"):
+        await outside.progress(1)
+
+
+# ---- a real worker process, cancelled from the CLI --------------------------------------
+
+HANDLER = """
+import asyncio, os
+
+_FILE = open(os.environ["RECORD_FILE"], "a", buffering=1)
+
+
+async def handle(m):
+    _FILE.write(f"start {m.payload} {m.deliveries}\\n")
+    if m.payload == "slow":
+        await m.progress({"step": 1})
+        try:
+            await asyncio.sleep(120)
+        except asyncio.CancelledError:
+            _FILE.write(f"cancelled {m.payload}\\n")
+            raise
+    return m.payload
+"""
+
+
+def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redisaq_core.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def worker_dir(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "cancel_handler.py").write_text(HANDLER)
+    (tmp_path / "records.txt").touch()
+    yield tmp_path
+
+
+def start_worker(redis_url: str, topic: str, worker_dir: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, RECORD_FILE=str(worker_dir / "records.txt"),
+               PYTHONPATH=os.pathsep.join([str(worker_dir), str(ROOT)]))  # fmt: skip
+    args = [sys.executable, "-m", "redisaq_core.cli.main", "-v", "worker", "cancel_handler:handle",
+            "--redis-url", redis_url, "--topic", topic, "--heartbeat-interval", "0.3",
+            "--heartbeat-ttl", "1.2", "--poll-interval", "0.2", "--max-deliveries", "3",
+            "--retry-backoff", "0.05", "--shutdown-timeout", "5"]  # fmt: skip
+    with open(worker_dir / "stderr.log", "ab") as log:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+
+async def test_a_job_whose_worker_was_killed_is_settled_cancelled_by_the_next(
+    redis_url: str, redis: Any, topic: str, worker_dir: Path
+) -> None:
+    records = worker_dir / "records.txt"
+    first = start_worker(redis_url, topic, worker_dir)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            job = await producer.submit("slow")
+            await eventually(lambda: "start slow" in records.read_text(), timeout=30,
+                             message="the first worker started the job")  # fmt: skip
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            # Nobody runs it now: the record says "active" until someone settles it.
+            assert await job.cancel() is JobStatus.CANCELLING
+            second = start_worker(redis_url, topic, worker_dir)
+            final = await job.wait(timeout=30)
+            assert final.status is JobStatus.CANCELLED and final.attempts == 1
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+            assert records.read_text().splitlines() == ["start slow 1"]  # not run again
+            assert await dead_letters(redis, topic) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+
+async def test_a_running_job_is_cancelled_from_another_process(
+    redis_url: str, redis: Any, topic: str, worker_dir: Path
+) -> None:
+    records = worker_dir / "records.txt"
+    worker = start_worker(redis_url, topic, worker_dir)
+    try:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            job = await producer.submit("slow")
+            await eventually(lambda: "start slow" in records.read_text(), timeout=30,
+                             message="the worker started the job")  # fmt: skip
+
+            async def progressed() -> bool:
+                record = await job.record()
+                return record is not None and record.progress == {"step": 1}
+
+            await eventually(progressed, message="progress recorded")
+            result = redisaq("--redis-url", redis_url, "jobs", "cancel", job.id)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.split() == [job.id, "cancelling"]
+            final = await job.wait(timeout=15)
+            assert final.status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="acknowledged")
+            # The worker goes on; the cancelled job was never run again.
+            assert await (await producer.submit("after")).result(timeout=15) == "after"
+            lines = records.read_text().splitlines()
+            assert lines == ["start slow 1", "cancelled slow", "start after 1"]
+            assert await dead_letters(redis, topic) == 0
+
+            again = redisaq("--redis-url", redis_url, "jobs", "cancel", job.id)
+            assert again.returncode == 1 and "already cancelled" in again.stderr
+            unknown = redisaq("--redis-url", redis_url, "jobs", "cancel",
+                              f"{topic}/0/{uuid.uuid4().hex}", "--format", "json")  # fmt: skip
+            assert unknown.returncode == 1 and "has no record" in unknown.stderr
+            assert unknown.stdout == ""
+            malformed = redisaq("--redis-url", redis_url, "jobs", "cancel", "nope")
+            assert malformed.returncode == 2 and "not a job id" in malformed.stderr
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+    assert worker.returncode == 0, (worker_dir / "stderr.log").read_text()
+    # With no worker running, a queued job is cancelled at once (JSON output).
+    async with Producer(topic, redis_url=redis_url) as producer:
+        queued = await producer.submit("later")
+    as_json = redisaq("--redis-url", redis_url, "jobs", "cancel", queued.id, "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert '"status": "cancelled"' in as_json.stdout
