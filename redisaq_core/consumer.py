@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from ._compat import legacy_logger, stored_partitions
+from ._delayed import DelayedMover
 from ._delivery import ConsumerStats, OwnedPartition, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher, cancel_and_wait, uncancel
@@ -229,6 +230,10 @@ class Consumer(RedisComponent):
             batch_size=batch_size, concurrency=concurrency, dead_letter=dead_letter,
             max_deliveries=max_deliveries, max_processing_time=self.max_processing_time,
         )  # fmt: skip
+        self._mover = DelayedMover(
+            self.keys, self.group, self.name, self.token, self._owned,
+            check_interval=self.heartbeat_interval, logger=self.logger,
+        )  # fmt: skip
         self._priorities = 1
         self._beats = 0
         # Held while the heartbeat changes ownership, and while revoked partitions are released.
@@ -379,6 +384,7 @@ class Consumer(RedisComponent):
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
+            self._mover.start(redis)  # moves due delayed entries of the owned partitions
             while not self._stopping.is_set():
                 try:
                     if self._groups_gone is not None:
@@ -416,6 +422,7 @@ class Consumer(RedisComponent):
         finally:
             if heart is not None:
                 await cancel_and_wait(heart)
+            await self._mover.stop()
             await self._clean_up(self._leave())
             if self._registration is not None:
                 await self._clean_up(self._registration.stop())
@@ -480,6 +487,7 @@ class Consumer(RedisComponent):
     def _interrupt_read(self) -> None:
         """End a blocking read early (stop, or partitions gained or revoked)."""
         self._wake.set()
+        self._mover.wake()
         self._read_interrupted = True
         if self._reading is not None and self._read_started:
             self._reading.cancel()

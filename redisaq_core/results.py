@@ -4,12 +4,14 @@ A job sent with ``Producer.submit`` has a status record, a hash in its
 partition's hash slot (see :mod:`redisaq_core.keys`), that the consumer
 updates atomically with each step of the job's life::
 
-    queued -> active -> completed
+    (scheduled ->) queued -> active -> completed
                      -> failed -> active -> ... -> completed
                                                  -> dead
 
-``failed`` means an attempt failed and the job will be retried; ``completed``
-and ``dead`` are final. Each status reached has its server-side timestamp
+``scheduled`` is a job submitted with ``delay`` or ``at`` that is not due yet
+(``due_at`` says when it is); it becomes ``queued`` when it is moved into
+its partition's stream. ``failed`` means an attempt failed and the job will
+be retried; ``completed`` and ``dead`` are final. Each status reached has its server-side timestamp
 (``<status>_at``, milliseconds), beside ``attempts`` (handler starts so far),
 ``worker`` (consumer name of the latest attempt) and the latest ``error``. A
 completed job holds ``result``, the handler's return value serialized with the
@@ -74,8 +76,10 @@ JOB_INDEX_CLEAN = Script("job_index_clean")
 class JobStatus(str, Enum):
     """Where a job is in its life."""
 
+    SCHEDULED = "scheduled"
+    """Submitted with ``delay`` or ``at``; waiting until it is due."""
     QUEUED = "queued"
-    """Submitted; waiting for a consumer."""
+    """Submitted (and due); waiting for a consumer."""
     ACTIVE = "active"
     """A handler is running it."""
     COMPLETED = "completed"
@@ -111,7 +115,8 @@ class JobRecord:
     Times are Unix seconds of the Redis server's clock (``None`` for a status
     not reached). ``result`` is the deserialized return value of a completed
     job (``None`` otherwise); ``result_error`` says why it could not be
-    deserialized, if it could not.
+    deserialized, if it could not. ``due_at``: when a job submitted with
+    ``delay`` or ``at`` is (or was) due.
     """
 
     id: str
@@ -124,6 +129,7 @@ class JobRecord:
     worker: str | None = None
     error: str | None = None
     error_type: str | None = None
+    scheduled_at: float | None = None
     queued_at: float | None = None
     active_at: float | None = None
     completed_at: float | None = None
@@ -134,6 +140,7 @@ class JobRecord:
     has_result: bool = False
     result: Any = None
     result_error: str | None = None
+    due_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -163,6 +170,8 @@ class JobRecord:
             "worker": self.worker,
             "error": self.error,
             "error_type": self.error_type,
+            "scheduled_at": self.scheduled_at,
+            "due_at": self.due_at,
             "queued_at": self.queued_at,
             "active_at": self.active_at,
             "completed_at": self.completed_at,
@@ -221,6 +230,8 @@ def parse_record(
         worker=optional_text(raw.get(b"worker")) or None,
         error=optional_text(raw.get(b"error")),
         error_type=optional_text(raw.get(b"error_type")),
+        scheduled_at=_seconds(raw.get(b"scheduled_at")),
+        due_at=_seconds(raw.get(b"due_at")),
         queued_at=_seconds(raw.get(b"queued_at")),
         active_at=_seconds(raw.get(b"active_at")),
         completed_at=_seconds(raw.get(b"completed_at")),

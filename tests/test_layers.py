@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data", ["keys", "message", "signals", "_codec", "_checks", "_failures", "_assignment",
               "_compat", "_retry", "embedded.servers"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "embedded"]),
-    ("parts", ["_job_events", "_retention", "_membership", "_delivery", "_settlement",
+    ("parts", ["_job_events", "_retention", "_membership", "_delivery", "_delayed", "_settlement",
                "_handling", "dlq", "results", "metrics", "registry"]),
     ("components", ["producer", "consumer", "monitor"]),
     ("bridges", ["fanout"]),
