@@ -147,9 +147,9 @@ class DelayedMover:
             parts = [p for p in self.owned.values() if p.streams and p.valid_until > now]
             every = self._check_all or now - last_all >= self.check_interval
             todo = [p for p in parts if every or self._due(p) <= now]
+            if every:
+                self._check_all, last_all = False, now
             if todo:
-                if every:
-                    self._check_all, last_all = False, now
                 try:
                     await self._move(todo)
                 except REDIS_FAILURES as exc:
@@ -169,9 +169,8 @@ class DelayedMover:
 
     async def _sleep(self, seconds: float) -> None:
         self._event.clear()
-        if seconds > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._event.wait(), seconds)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event.wait(), max(seconds, 0.001))
 
     def _call(self, part: OwnedPartition, jobs: list[str]) -> ScriptCall:
         keys = [part.lease, self.keys.jobs(part.number), self.keys.dead_letters(part.number)]
@@ -220,6 +219,8 @@ class DelayedMover:
             if not again:
                 return
             todo = again  # entries of jobs: called again with their records' keys
+        for part in todo:  # still asking after all those calls: look again a little later
+            self._next[part.number] = (part, loop.time() + 0.05)
 
     # ---- nudges ------------------------------------------------------------------------
 

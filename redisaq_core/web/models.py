@@ -191,6 +191,7 @@ class TopicSummaryModel(BaseModel):
     produced: int
     length: int
     dead_letters: int
+    scheduled: int = 0
     over_maxlen: int = 0
     pending: int
     lag: int
@@ -210,6 +211,7 @@ class PartitionStatsModel(BaseModel):
     produced: int
     length: int
     dead_letters: int
+    scheduled: int = 0
 
 
 class GroupMemberModel(BaseModel):
