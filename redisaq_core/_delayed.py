@@ -86,6 +86,7 @@ class DelayedMover:
         self._event = asyncio.Event()
         self._check_all = True
         self._tasks: list[asyncio.Task[None]] = []
+        self._failing: set[int] = set()
 
     def start(self, redis: AnyRedis) -> None:
         """Start moving and listening for nudges (no-op if started)."""
@@ -195,11 +196,19 @@ class DelayedMover:
             replies = await run_pipelined(self._redis, calls)
             arrived = loop.time() * 1000.0
             again: dict[OwnedPartition, list[str]] = {}
-            failure: BaseException | None = None
             for part, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, BaseException):
-                    failure = failure or reply
+                    # This partition only (a key of the wrong type, a node failing over):
+                    # the others go on; it is tried again a little later.
+                    if part.number not in self._failing:
+                        self.logger.warning(
+                            "consumer %s: cannot move delayed entries of partition %d: %s",
+                            self.name, part.number, reply,
+                        )  # fmt: skip
+                    self._failing.add(part.number)
+                    self._next[part.number] = (part, loop.time() + min(self.check_interval, 1.0))
                     continue
+                self._failing.discard(part.number)
                 if int(reply[0]) < 0:  # the lease is no longer ours: the heartbeat sees to it
                     self._next[part.number] = (part, math.inf)
                     continue
@@ -214,8 +223,6 @@ class DelayedMover:
                 if moved == 0 and next_due >= 0 and next_due <= server_now:
                     when = loop.time() + 0.05  # due but not movable now: no spin
                 self._next[part.number] = (part, when)
-            if failure is not None:
-                raise failure
             if not again:
                 return
             todo = again  # entries of jobs: called again with their records' keys

@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Monitor, Producer
+from redisaq_core._assignment import partition_for_key
 from redisaq_core._scripts import MOVE_DUE
 from redisaq_core.keys import TopicKeys
 from redisaq_core.results import JobStatus, ResultStore
@@ -321,6 +322,31 @@ async def test_a_member_written_by_another_client_goes_to_the_dead_letters(
             await eventually(lambda: got == [{"n": 1}], timeout=5, message="the real one")
         assert await redis.xlen(keys.dead_letters(0)) == 1
         assert await _scheduled(redis, topic) == 0
+
+
+async def test_foreign_data_in_the_delayed_keys_or_on_the_due_channel_stops_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    got: list[Any] = []
+
+    async def handler(m: Message) -> None:
+        got.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
+        async with Running(consumer, handler):
+            await _idle(consumer)
+            other = 1 - partition_for_key("a", 2)
+            await redis.set(keys.delayed(other), "not a sorted set")
+            for junk in ("", "x y z", "0 not-a-number", "1 inf", "999 5"):
+                await redis.publish(keys.due_channel, junk)
+            await producer.enqueue({"n": 1, "k": "a"}, "k", delay=0.2)
+            await producer.enqueue({"n": 2, "k": "a"}, "k", delay=0.3)
+            await eventually(lambda: sorted(got) == [1, 2] or consumer.running is False,
+                             timeout=5, message="delivered")  # fmt: skip
+            assert consumer.running
+        assert sorted(got) == [1, 2]
 
 
 async def test_monitor_shows_the_scheduled_count(redis_url: str, redis: Redis, topic: str) -> None:
