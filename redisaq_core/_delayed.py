@@ -18,9 +18,10 @@ The mover knows when to call from three sources:
   publishes ``"<partition> <due ms>"`` on the topic's due channel, to which the
   mover is subscribed; so an entry scheduled while the consumer is blocked in
   a read, due before the read ends, is moved on time;
-* a check of every owned partition each ``check_interval`` (the heartbeat
-  interval), right after a partition is gained, and after each (re)subscription,
-  which covers nudges lost while the pub/sub connection was down.
+* a check of every owned partition right after a partition is gained, after
+  each (re)subscription (nudges sent while the pub/sub connection was down went
+  nowhere), and every ``check_interval`` (ten heartbeats) in case a connection
+  died without anyone noticing.
 
 Server times are turned into this process's monotonic clock with the offset
 seen in the latest reply (the reply arrives after the script read ``TIME``, so

@@ -232,7 +232,7 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         self._mover = DelayedMover(
             self.keys, self.group, self.name, self.token, self._owned,
-            check_interval=self.heartbeat_interval, logger=self.logger,
+            check_interval=self.heartbeat_interval * SWEEP_EVERY, logger=self.logger,
         )  # fmt: skip
         self._priorities = 1
         self._beats = 0

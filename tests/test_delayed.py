@@ -28,7 +28,7 @@ from tests.faults.checker import check, load
 from tests.faults.conftest import Workers
 from tests.helpers import Running, eventually
 
-# A read blocks up to 5 s and the safety-net check runs every 3 s: a message due sooner
+# A read blocks up to 5 s and the safety-net check runs every 30 s: a message due sooner
 # than that is moved on time only through the owner's timer and the producer's nudge.
 SLOW_POLL = {"poll_interval": 5.0, "heartbeat_interval": 3.0}
 LATE = 0.25
