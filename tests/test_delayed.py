@@ -371,6 +371,40 @@ async def test_monitor_shows_the_scheduled_count(redis_url: str, redis: Redis, t
     assert row[header.split().index("SCHEDULED")] == "6"
 
 
+async def test_the_gateway_schedules_jobs_with_a_delay(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    httpx = pytest.importorskip("httpx")
+    lifespan = pytest.importorskip("asgi_lifespan")
+    from redisaq_core.web import create_app
+
+    app = create_app(redis_url=redis_url, key_prefix=f"{topic}:", heartbeat_timeout=1.5)
+    async with lifespan.LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            bad = await client.post("/jobs", json={"topic": topic, "payload": 1, "delay": -1})
+            assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "delay"
+            r = await client.post("/jobs", json={"topic": topic, "payload": 5, "delay": 0.3})
+            assert r.status_code == 201, r.text
+            assert r.json()["status"] == "scheduled"
+            job_id = r.json()["job_id"]
+            assert (await client.get(f"/jobs/{job_id}")).json()["status"] == "scheduled"
+
+            async def handler(m: Message) -> Any:
+                return m.payload * 2
+
+            consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
+            async with Running(consumer, handler):
+
+                async def completed() -> Any:
+                    body = (await client.get(f"/jobs/{job_id}")).json()
+                    return body if body["status"] == "completed" else None
+
+                record = await eventually(completed, timeout=5, message="job completed")
+            assert record["result"] == 10
+            assert record["scheduled_at"] < record["due_at"] <= record["queued_at"]
+
+
 # ---- a real worker process killed before the message is due --------------------------
 
 
