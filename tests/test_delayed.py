@@ -360,6 +360,9 @@ async def test_monitor_shows_the_scheduled_count(redis_url: str, redis: Redis, t
         assert sum(s["scheduled"] for s in view["partition_stats"]) == 6
         (summary,) = [t for t in await monitor.topics() if t["topic"] == topic]
         assert summary["scheduled"] == 6 and summary["length"] == 1
+        text = await monitor.prometheus([topic])
+        exposed = [line for line in text.splitlines() if line.startswith("redisaq_messages_sched")]
+        assert sum(float(line.split()[-1]) for line in exposed) == 6
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "redisaq_core.cli.main", "--redis-url", redis_url,
         "monitor", "topics", stdout=asyncio.subprocess.PIPE,
