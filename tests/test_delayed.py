@@ -181,6 +181,37 @@ async def test_a_delayed_message_goes_behind_what_was_due_before_it(
     assert seen == ["waiting", "due-now"]
 
 
+async def test_priority_levels_and_groups_each_get_a_delayed_message_once(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """Each level has its own delayed set; the owners of two groups race, one move wins."""
+    seen: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+
+    def recorder(group: str) -> Any:
+        async def handler(m: Message) -> None:
+            seen[group].append((m.payload["n"], m.priority))
+
+        return handler
+
+    async with Producer(topic, redis_url=redis_url, priorities=3) as producer:
+        first = Consumer(topic, group_name="a", redis_url=redis_url, **SLOW_POLL)
+        second = Consumer(topic, group_name="b", redis_url=redis_url, **SLOW_POLL)
+        async with Running(first, recorder("a")), Running(second, recorder("b")):
+            await _idle(first)
+            await _idle(second)
+            for n, level in enumerate((0, 2, 1, 2)):
+                await producer.enqueue({"n": n}, priority=level, delay=0.2)
+            assert await _scheduled(redis, topic, levels=3) == 4
+            await eventually(
+                lambda: len(seen["a"]) == 4 and len(seen["b"]) == 4, timeout=5,
+                message="each group got every message",
+            )  # fmt: skip
+            await asyncio.sleep(0.3)  # a second move would have been read by now
+    for group in ("a", "b"):
+        assert sorted(seen[group]) == [(0, 0), (1, 2), (2, 1), (3, 2)], group
+    assert sum([await redis.xlen(TopicKeys(topic).stream(0, lv)) for lv in range(3)]) == 4
+
+
 async def test_a_delayed_job_is_scheduled_then_queued_then_completed(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
