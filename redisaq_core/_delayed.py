@@ -58,7 +58,8 @@ class DelayedMover:
     """Moves the due delayed entries of the partitions in ``owned`` into their streams.
 
     ``owned`` is the consumer's map of partitions whose lease it holds; the mover
-    reads it and never changes it. Call :meth:`wake` when it changed.
+    reads it and never changes it. Call :meth:`wake` when it changed. ``moved``
+    counts the entries this mover has moved.
     """
 
     def __init__(
