@@ -17,7 +17,7 @@ from typing import Any
 from redisaq_core import EmbeddedRedis
 from redisaq_core._retention import server_features
 
-from . import consume, endtoend, enqueue
+from . import consume, delayed, endtoend, enqueue
 from .common import Context, Run, raw_client
 from .idle import IdleCost, measure_idle
 from .report import CaseResult, environment, render_json, render_table
@@ -121,6 +121,26 @@ def cases(ctx: Context) -> list[Case]:
             endtoend.lib_paced,
             endtoend.raw_paced,
             max_p99_ms=10.0,
+            scale=0.5,
+        ),
+        Case(
+            "delayed_enqueue",
+            f"delayed enqueue, {ctx.concurrency} concurrent tasks",
+            delayed.lib_delayed_enqueue,
+            delayed.raw_delayed_enqueue,
+        ),
+        Case(
+            "delayed_move",
+            "delayed: move + consume, all due at once",
+            delayed.lib_move,
+            delayed.raw_move,
+        ),
+        Case(
+            "delayed_lateness",
+            f"delayed: lateness, {delayed.DELAYED_RATE:,.0f}/s offered",
+            delayed.lib_lateness,
+            delayed.raw_lateness,
+            max_p99_ms=50.0,
             scale=0.5,
         ),
     ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["integer", "number"]
+__all__ = ["Due", "due_time", "integer", "number"]
 
 
 def _bounds(minimum: float | None, above: float | None, maximum: float | None) -> str:
@@ -57,3 +58,32 @@ def integer(value: Any, argument: str, *, minimum: int = 1, maximum: int | None 
             f"{argument} must be an integer{_bounds(minimum, None, maximum)}, got {value!r}"
         )
     return value
+
+
+Due = tuple[str, int]
+"""When a delayed entry is due: ``("in", ms from the server's now)`` or ``("at", Unix ms)``."""
+
+_LONGEST_DELAY = 10 * 366 * 86_400.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def due_time(delay: Any, at: Any) -> Due | None:
+    """The due time of ``delay=`` (seconds) or ``at=`` (an aware datetime); ``None`` for neither.
+
+    Both given, a delay that is negative, NaN, infinite or over ten years, or an ``at``
+    that is no timezone-aware ``datetime`` raise ``ConfigurationError``.
+    """
+    if delay is None and at is None:
+        return None
+    if delay is not None and at is not None:
+        raise ConfigurationError(f"give delay or at, not both (got delay={delay!r}, at={at!r})")
+    if delay is not None:
+        seconds = number(delay, "delay", minimum=0, maximum=_LONGEST_DELAY, seconds=True)
+        return "in", math.ceil(seconds * 1000)
+    if not isinstance(at, datetime):
+        raise ConfigurationError(f"at must be a timezone-aware datetime, got {at!r}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ConfigurationError(
+            f"at must be timezone-aware (e.g. datetime.now(timezone.utc)), got naive {at!r}"
+        )
+    return "at", math.ceil((at - _EPOCH) / timedelta(milliseconds=1))

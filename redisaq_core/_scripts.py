@@ -33,6 +33,7 @@ __all__ = [
     "ACK_DELETE",
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
+    "DELAY",
     "DELETE_ACKED",
     "ENQUEUE_ONCE",
     "ENSURE_PARTITIONS",
@@ -46,6 +47,7 @@ __all__ = [
     "JOB_UPDATE",
     "LEASE",
     "LEAVE",
+    "MOVE_DUE",
     "REGISTRY_CLEANUP",
     "REGISTRY_CLEAR",
     "REGISTRY_DEREGISTER",
@@ -178,6 +180,7 @@ ACK = Script("ack")
 ACK_DELETE = Script("ack_delete")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
+DELAY = Script("delay")
 DELETE_ACKED = Script("delete_acked", follows=True)
 ENQUEUE_ONCE = Script("enqueue_once")
 ENSURE_PARTITIONS = Script("ensure_partitions")
@@ -191,6 +194,7 @@ JOBS_COMPLETE = Script("jobs_complete")
 JOBS_STARTED = Script("jobs_started")
 LEASE = Script("lease")
 LEAVE = Script("leave")
+MOVE_DUE = Script("move_due")
 REGISTRY_CLEANUP = Script("registry_cleanup")
 REGISTRY_CLEAR = Script("registry_clear")
 REGISTRY_DEREGISTER = Script("registry_deregister")

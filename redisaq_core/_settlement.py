@@ -206,6 +206,17 @@ class Settler:
             return
         await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
 
+    async def ack_gone(
+        self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
+    ) -> None:
+        """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
+        if gone:
+            calls: list[ScriptCall] = [
+                (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
+                for (part, level), ids in gone.items()
+            ]
+            await run_pipelined(redis, calls)
+
     def take_deferred(self) -> list[ScriptCall]:
         """The acknowledgements :meth:`settle` kept back (the caller now sends them)."""
         calls, self._deferred = self._deferred, []

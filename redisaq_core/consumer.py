@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from ._compat import legacy_logger, stored_partitions
+from ._delayed import DelayedMover
 from ._delivery import ConsumerStats, OwnedPartition, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher, cancel_and_wait, uncancel
 from ._membership import LeaseState, Membership
 from ._retention import server_features
-from ._scripts import ACK, ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
+from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
 from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
@@ -230,6 +231,10 @@ class Consumer(RedisComponent):
             batch_size=batch_size, concurrency=concurrency, dead_letter=dead_letter,
             max_deliveries=max_deliveries, max_processing_time=self.max_processing_time,
         )  # fmt: skip
+        self._mover = DelayedMover(
+            self.keys, self.group, self.name, self.token, self._owned,
+            check_interval=self.heartbeat_interval * SWEEP_EVERY, logger=self.logger,
+        )  # fmt: skip
         self._priorities = 1
         self._beats = 0
         # Held while the heartbeat changes ownership, and while revoked partitions are released.
@@ -381,6 +386,7 @@ class Consumer(RedisComponent):
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
+            self._mover.start(redis)  # moves due delayed entries of the owned partitions
             while not self._stopping.is_set():
                 try:
                     if self._groups_gone is not None:
@@ -419,6 +425,7 @@ class Consumer(RedisComponent):
             if heart is not None:
                 await cancel_and_wait(heart)
             await self._clean_up(self._dispatcher.jobs.aclose())
+            await self._mover.stop()
             await self._clean_up(self._leave())
             if self._registration is not None:
                 await self._clean_up(self._registration.stop())
@@ -484,6 +491,7 @@ class Consumer(RedisComponent):
     def _interrupt_read(self) -> None:
         """End a blocking read early (stop, or partitions gained or revoked)."""
         self._wake.set()
+        self._mover.wake()
         self._read_interrupted = True
         if self._reading is not None and self._read_started:
             self._reading.cancel()
@@ -740,11 +748,11 @@ class Consumer(RedisComponent):
             return messages
         if due:
             messages, gone = await self._reader.retries(redis, due)
-            await self._ack_gone(redis, gone)
+            await self._settler.ack_gone(redis, gone)
             return messages
         if claiming:
             messages, gone = await self._reader.claim(redis, claiming)
-            await self._ack_gone(redis, gone)
+            await self._settler.ack_gone(redis, gone)
             self._reclaimed = True
             return messages
         wait = self.poll_interval
@@ -774,17 +782,6 @@ class Consumer(RedisComponent):
             return []
         finally:
             self._reading = None
-
-    async def _ack_gone(
-        self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
-    ) -> None:
-        """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
-        if gone:
-            calls = [
-                (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
-                for (part, level), ids in gone.items()
-            ]
-            await run_pipelined(redis, calls)
 
     def _fenced(self, part: OwnedPartition, count: int) -> None:
         self.stats.fenced += count

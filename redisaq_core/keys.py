@@ -24,9 +24,15 @@ Layout (``redisaq`` is the fixed namespace)::
                                                     of the last 15 minutes (see metrics/_series.py)
     redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
     redisaq:{t:T}:cancels                     pub/sub channel: "<job_id>" of a running job to stop
+    redisaq:{t:T}:due                         pub/sub channel: "<partition> <due ms>" when a
+                                                    delayed entry becomes its partition's earliest
     redisaq:{p:T:N}:stream                    stream the partition's entries (priority 0)
     redisaq:{p:T:N}:stream:P                  stream the partition's entries of priority P >= 1
     redisaq:{p:T:N}:dlq                       stream the partition's dead letters
+    redisaq:{p:T:N}:delayed                   zset  delayed entries (priority 0) -> due time (ms,
+                                                    server time), until moved into the stream
+    redisaq:{p:T:N}:delayed:P                 zset  the same for priority P >= 1
+    redisaq:{p:T:N}:delayed-seq               string counter numbering the delayed entries
     redisaq:{p:T:N}:lease:G                   string owner token of partition N for group G
     redisaq:{p:T:N}:runs:G                    hash  entry id -> handler runs after its first
                                                     delivery, for group G (while unsettled)
@@ -127,6 +133,26 @@ class TopicKeys:
         if priority:
             return f"{self._partition_tag(partition)}:stream:{priority}"
         return f"{self._partition_tag(partition)}:stream"
+
+    def delayed(self, partition: int, priority: int = 0) -> str:
+        """Sorted set of a partition's delayed entries of one priority level, scored by due ms.
+
+        A member is the entry's number in the partition (16 hex digits, so that entries due
+        at the same time keep the order they were scheduled in) followed by its fields, each
+        as 8 hex digits of length and the bytes.
+        """
+        if priority:
+            return f"{self._partition_tag(partition)}:delayed:{priority}"
+        return f"{self._partition_tag(partition)}:delayed"
+
+    def delayed_sequence(self, partition: int) -> str:
+        """Counter that numbers a partition's delayed entries."""
+        return f"{self._partition_tag(partition)}:delayed-seq"
+
+    @property
+    def due_channel(self) -> str:
+        """Pub/sub channel telling owners ``"<partition> <due ms>"`` of a new earliest entry."""
+        return f"{self._tag}:due"
 
     def dead_letters(self, partition: int) -> str:
         """The dead-letter stream of a partition."""

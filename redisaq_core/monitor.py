@@ -143,7 +143,7 @@ class Monitor(RedisComponent):
         """One line's worth of a topic view.
 
         ``{"topic", "partitions", "priorities", "groups": [names], "members",
-        "produced", "length", "dead_letters", "over_maxlen", "pending", "lag",
+        "produced", "length", "dead_letters", "scheduled", "over_maxlen", "pending", "lag",
         "in_flight", "handled", "failed", "retried", "dead_lettered", "timed_out",
         "trimmed"}`` (the group figures summed over the groups).
         """
@@ -156,6 +156,7 @@ class Monitor(RedisComponent):
             "produced": view["produced"],
             "length": view["length"],
             "dead_letters": view["dead_letters"],
+            "scheduled": view.get("scheduled", 0),
             "over_maxlen": view.get("over_maxlen", 0),
         }
         for key in _TOPIC_FIGURES:
@@ -268,7 +269,7 @@ class Monitor(RedisComponent):
         """The system at a glance.
 
         ``{"time", "topics", "partitions", "groups", "workers": {"alive", "stale"},
-        "messages": {"produced", "length", "dead_letters", "pending", "lag",
+        "messages": {"produced", "length", "dead_letters", "scheduled", "pending", "lag",
         "in_flight", "handled", "failed", "retried", "dead_lettered",
         "timed_out", "trimmed"}, "jobs": {"tracked"}}``: counts summed over
         every topic and group; ``jobs.tracked`` counts job index entries.
@@ -280,7 +281,7 @@ class Monitor(RedisComponent):
         sec, usec = await redis.time()
         messages = {
             key: sum(t[key] for t in topics)
-            for key in ("produced", "length", "dead_letters", *_TOPIC_FIGURES)
+            for key in ("produced", "length", "dead_letters", "scheduled", *_TOPIC_FIGURES)
         }
         alive = sum(1 for w in workers if w["alive"])
         return {

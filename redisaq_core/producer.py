@@ -15,13 +15,14 @@ import logging
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from ._assignment import partition_for_key
 from ._batching import CommandBatcher
-from ._checks import integer, number
+from ._checks import Due, due_time, integer, number
 from ._codec import (
     F_CREATED,
     F_JOB,
@@ -34,7 +35,15 @@ from ._codec import (
 from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
-from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
+from ._scripts import (
+    DELAY,
+    ENQUEUE_ONCE,
+    ENSURE_PARTITIONS,
+    SUBMIT,
+    Script,
+    ScriptCall,
+    run_pipelined,
+)
 from ._tracing import send_spans
 from .connection import AnyRedis, RedisComponent
 from .errors import (
@@ -351,6 +360,8 @@ class Producer(RedisComponent):
         *,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
         payload: Any = UNSET,
         timeout: float | None = None,
         maxlen: int | None = None,
@@ -366,10 +377,14 @@ class Producer(RedisComponent):
         ``idempotency_window`` writes nothing and returns the first call's entry id
         (the check and the write are one atomic step on the server, so a call resent
         after a lost reply is safe). Without a ``partition_key`` the key picks the
-        partition. ``payload=`` (for ``message``), ``timeout`` (the handler's time
-        limit, as ``Message.timeout``), ``maxlen`` and ``approximate`` are
-        redisaq 0.1.5's spellings.
+        partition. ``delay`` (seconds) or ``at`` (a timezone-aware ``datetime``): the
+        message waits in its partition until then (by the Redis server's clock), and
+        the id returned is ``"delayed:<partition>:<n>"`` (see "Delayed messages" in the
+        README); a message already due goes straight to the stream. ``payload=`` (for
+        ``message``), ``timeout`` (the handler's time limit, as ``Message.timeout``),
+        ``maxlen`` and ``approximate`` are redisaq 0.1.5's spellings.
         """
+        due = due_time(delay, at)
         trim = None
         legacy = timeout is not None or maxlen is not None or approximate is not None
         if legacy or payload is not UNSET:
@@ -378,6 +393,18 @@ class Producer(RedisComponent):
         if message is UNSET:
             raise TypeError("enqueue() needs the message (or payload=)")
         redis = self._redis or await self._ensure()
+        if due is not None:
+            if trim is not None:
+                raise ConfigurationError("maxlen per call does not go with delay or at")
+            once = None if idempotency_key is None else _check_once(idempotency_key)
+            partition, stream, call = self._delay_call(message, partition_key, priority, due, once)
+            try:
+                reply = await self._run_call(redis, call)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory("the message was not enqueued") from exc
+                raise
+            return self._delayed(redis, partition, stream, reply)[0]
         if idempotency_key is not None:
             once = _check_once(idempotency_key)
             if trim is not None:
@@ -431,6 +458,46 @@ class Producer(RedisComponent):
                 self._metrics.produced(partition)
         return _text(entry_id)
 
+    def _delay_call(
+        self, item: Any, partition_key: str | None, priority: int | None, due: Due,
+        once: str | None, job_ttl: int | None = None,
+    ) -> tuple[int, str, ScriptCall]:  # fmt: skip
+        """(partition, stream, ``delay.lua`` call) scheduling one entry; nothing is sent.
+
+        With ``job_ttl`` the entry is a job's, and the call creates its record.
+        """
+        partition, level, fields = self._fields(item, partition_key, priority, once)
+        stream = self.keys.stream(partition, level)
+        keys = [self.keys.delayed(partition, level), self.keys.delayed_sequence(partition), stream]
+        job = ""
+        if job_ttl is not None:
+            job = job_id(self.topic, partition, uuid.uuid4().hex)
+            fields += [F_JOB, job]
+            keys += [self.keys.job(partition, job), self.keys.jobs(partition)]
+        if once is not None:
+            keys.append(self.keys.once(partition, once))
+        maxlen, op = self._trim_args()
+        args = [
+            due[0], due[1], self.keys.due_channel, partition, maxlen, op,
+            self.idempotency_window if once is not None else 0, job, self.keys.job_channel,
+            self.topic, level, job_ttl or 0, *fields,
+        ]  # fmt: skip
+        return partition, stream, (DELAY, keys, args)
+
+    async def _run_call(self, redis: AnyRedis, call: ScriptCall) -> Any:
+        script, keys, args = call
+        return await self._run(redis, script, ["EVALSHA", script.sha, len(keys), *keys, *args])
+
+    def _delayed(self, redis: AnyRedis, partition: int, stream: str, reply: Any) -> tuple[str, str]:
+        """(id, job id) from a ``delay.lua`` reply, counting what it wrote."""
+        created, entry_id, job = bool(reply[0]), _text(reply[1]), _text(reply[2])
+        if created:
+            if not entry_id.startswith("delayed:"):
+                self._retention.wrote(redis, (stream,))
+            if self._metrics is not None:
+                self._metrics.produced(partition)
+        return entry_id, job
+
     async def _send(self, redis: AnyRedis, command: list[Any]) -> Any:
         """Run one command, sharing a pipeline round trip with concurrent callers."""
         if self._batcher is None:
@@ -462,6 +529,8 @@ class Producer(RedisComponent):
         *,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
         timeout: float | None = None,
         maxlen: int | None = None,
         approximate: bool | None = None,
@@ -473,8 +542,10 @@ class Producer(RedisComponent):
         A batch cut off half-way (the connection dropped) may have written some
         of its entries: give an ``idempotency_key`` and a retry of the same batch
         writes only those missing (payload ``i`` is enqueued under ``"<key>:<i>"``).
-        ``timeout``, ``maxlen`` and ``approximate``: as for :meth:`enqueue`.
+        ``delay`` or ``at`` (every payload due then, in input order), ``timeout``,
+        ``maxlen`` and ``approximate``: as for :meth:`enqueue`.
         """
+        due = due_time(delay, at)
         trims = None
         if timeout is not None or maxlen is not None or approximate is not None:
             items = []
@@ -483,6 +554,13 @@ class Producer(RedisComponent):
                 items.append(item)
             payloads = items
         redis = self._redis or await self._ensure()
+        if due is not None:
+            if trims is not None:
+                raise ConfigurationError("maxlen per call does not go with delay or at")
+            key = None if idempotency_key is None else _check_once(idempotency_key)
+            return await self._batch_delayed(
+                redis, list(payloads), partition_key, priority, due, key
+            )
         if idempotency_key is not None:
             key = _check_once(idempotency_key)
             try:
@@ -535,6 +613,38 @@ class Producer(RedisComponent):
                 self._metrics.produced(partition)
         return [_text(reply[1]) for reply in replies]
 
+    async def _batch_delayed(
+        self, redis: AnyRedis, items: list[Any], partition_key: str | None,
+        priority: int | None, due: Due, key: str | None,
+    ) -> list[str]:  # fmt: skip
+        calls = [
+            self._delay_call(
+                item, partition_key, priority, due, None if key is None else f"{key}:{i}"
+            )
+            for i, item in enumerate(items)
+        ]
+        try:
+            replies = await run_pipelined(redis, [call for _, _, call in calls])
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise self._out_of_memory("part of the batch may have been written") from exc
+            raise
+        ids = []
+        failure: Exception | None = None
+        for (partition, stream, _), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                failure = failure or reply
+            else:
+                ids.append(self._delayed(redis, partition, stream, reply)[0])
+        if failure is not None:
+            if out_of_memory(failure):
+                raise self._out_of_memory(
+                    "part of the batch may have been written; "
+                    "call with an idempotency_key to make a retry write only what is missing"
+                ) from failure
+            raise failure
+        return ids
+
     async def submit(
         self,
         payload: Any,
@@ -544,6 +654,8 @@ class Producer(RedisComponent):
         result_ttl: float | None = None,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> JobHandle:
         """Enqueue ``payload`` as a job whose status and result are tracked; return its handle.
 
@@ -552,9 +664,12 @@ class Producer(RedisComponent):
         handler's return value (kept ``result_ttl`` seconds), or ``failed``
         (retrying) and finally ``dead``. ``timeout``: seconds the handler may run.
         ``idempotency_key``: as for :meth:`enqueue`; a repeat returns the first job's handle.
+        ``delay`` or ``at``: as for :meth:`enqueue`; the job is ``scheduled`` until due,
+        then ``queued``.
         """
         from .results import JobHandle, ResultStore
 
+        due = due_time(delay, at)
         redis = self._redis or await self._ensure()
         ttl = self.result_ttl if result_ttl is None else result_ttl
         number(ttl, "result_ttl", minimum=1, seconds=True)
@@ -565,6 +680,20 @@ class Producer(RedisComponent):
             number(timeout, "Message.timeout", above=0)  # 0 means "none" only on enqueue
             item = Message(topic=self.topic, payload=payload, timeout=timeout)
         once = None if idempotency_key is None else _check_once(idempotency_key)
+        if due is not None:
+            partition, stream, call = self._delay_call(
+                item, partition_key, priority, due, once, max(1, int(ttl))
+            )
+            try:
+                reply = await self._run_call(redis, call)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise self._out_of_memory("the job was not submitted") from exc
+                raise
+            job = self._delayed(redis, partition, stream, reply)[1]
+            if self._results is None:
+                self._results = ResultStore(redis=redis, deserializer=None)
+            return JobHandle(job, self._results)
         partition, level, fields = self._fields(item, partition_key, priority, once)
         job = job_id(self.topic, partition, uuid.uuid4().hex)
         maxlen, op = self._trim_args()

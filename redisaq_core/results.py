@@ -4,18 +4,20 @@ A job sent with ``Producer.submit`` has a status record, a hash in its
 partition's hash slot (see :mod:`redisaq_core.keys`), that the consumer
 updates atomically with each step of the job's life::
 
-    queued -> active -> completed
+    (scheduled ->) queued -> active -> completed
                      -> failed -> active -> ... -> completed
                                                  -> dead
     queued, failed -> cancelled          (JobHandle.cancel before it runs)
     active -> cancelling -> cancelled    (cancelled while it runs)
 
-``failed`` means an attempt failed and the job will be retried; ``completed``,
-``dead`` and ``cancelled`` are final. A running handler may report its
-``progress`` (``Message.progress``), kept in the record. Each status reached
-has its server-side timestamp (``<status>_at``, milliseconds), beside
-``attempts`` (handler starts so far), ``worker`` (consumer name of the latest
-attempt) and the latest ``error``. A completed job holds ``result``, the
+``scheduled`` is a job submitted with ``delay`` or ``at`` that is not due yet
+(``due_at`` says when it is); it becomes ``queued`` when it is moved into its
+partition's stream. ``failed`` means an attempt failed and the job will be
+retried; ``completed``, ``dead`` and ``cancelled`` are final. A running handler
+may report its ``progress`` (``Message.progress``), kept in the record. Each
+status reached has its server-side timestamp (``<status>_at``, milliseconds),
+beside ``attempts`` (handler starts so far), ``worker`` (consumer name of the
+latest attempt) and the latest ``error``. A completed job holds ``result``, the
 handler's return value serialized with the topic's serializer (``result_kind``
 ``b`` for bytes, ``s`` for text, which the deserializer gets back as ``str``).
 A finished record expires ``result_ttl`` seconds after it finished. Each
@@ -79,8 +81,10 @@ JOB_INDEX_CLEAN = Script("job_index_clean")
 class JobStatus(str, Enum):
     """Where a job is in its life."""
 
+    SCHEDULED = "scheduled"
+    """Submitted with ``delay`` or ``at``; waiting until it is due."""
     QUEUED = "queued"
-    """Submitted; waiting for a consumer."""
+    """Submitted (and due); waiting for a consumer."""
     ACTIVE = "active"
     """A handler is running it."""
     COMPLETED = "completed"
@@ -121,7 +125,8 @@ class JobRecord:
     not reached). ``result`` is the deserialized return value of a completed
     job (``None`` otherwise); ``result_error`` says why it could not be
     deserialized, if it could not. ``progress`` is what the handler last
-    reported with ``Message.progress`` (``None`` if nothing).
+    reported with ``Message.progress`` (``None`` if nothing). ``due_at``: when a
+    job submitted with ``delay`` or ``at`` is (or was) due.
     """
 
     id: str
@@ -134,6 +139,7 @@ class JobRecord:
     worker: str | None = None
     error: str | None = None
     error_type: str | None = None
+    scheduled_at: float | None = None
     queued_at: float | None = None
     active_at: float | None = None
     completed_at: float | None = None
@@ -147,6 +153,7 @@ class JobRecord:
     result: Any = None
     result_error: str | None = None
     progress: Any = None
+    due_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -176,6 +183,8 @@ class JobRecord:
             "worker": self.worker,
             "error": self.error,
             "error_type": self.error_type,
+            "scheduled_at": self.scheduled_at,
+            "due_at": self.due_at,
             "queued_at": self.queued_at,
             "active_at": self.active_at,
             "completed_at": self.completed_at,
@@ -237,6 +246,8 @@ def parse_record(
         worker=optional_text(raw.get(b"worker")) or None,
         error=optional_text(raw.get(b"error")),
         error_type=optional_text(raw.get(b"error_type")),
+        scheduled_at=_seconds(raw.get(b"scheduled_at")),
+        due_at=_seconds(raw.get(b"due_at")),
         queued_at=_seconds(raw.get(b"queued_at")),
         active_at=_seconds(raw.get(b"active_at")),
         completed_at=_seconds(raw.get(b"completed_at")),

@@ -25,6 +25,9 @@ EXPECTED = {
     "jobs_batch",
     "end_to_end",
     "end_to_end_paced",
+    "delayed_enqueue",
+    "delayed_move",
+    "delayed_lateness",
     "idle",
 }
 

@@ -126,8 +126,8 @@ async def test_summary(scene: Scene) -> None:
     assert s["workers"]["alive"] >= 3  # two members and a registered consumer
     assert s["workers"]["stale"] >= 1
     m = s["messages"]
-    assert set(m) == {"produced", "length", "dead_letters", "pending", "lag", "in_flight",
-                      *COUNTERS}  # fmt: skip
+    assert set(m) == {"produced", "length", "dead_letters", "scheduled", "pending", "lag",
+                      "in_flight", *COUNTERS}  # fmt: skip
     assert m["length"] >= 7 and m["dead_letters"] >= 1 and m["pending"] >= 3
     assert m["handled"] >= 1 and m["failed"] >= 1 and s["jobs"]["tracked"] >= 4
     lines = table.out.splitlines()

@@ -323,12 +323,12 @@ async def _topics(args: argparse.Namespace, monitor: Monitor) -> Output:
     topics = await monitor.topics()
     rows = [
         (t["topic"], t["partitions"], ",".join(t["groups"]) or "-", t["members"], t["length"],
-         t["pending"], t["lag"], t["in_flight"], t["dead_letters"], t["produced"], t["handled"],
-         t["failed"])
+         t["scheduled"], t["pending"], t["lag"], t["in_flight"], t["dead_letters"],
+         t["produced"], t["handled"], t["failed"])
         for t in topics
     ]  # fmt: skip
-    headers = ["TOPIC", "PARTITIONS", "GROUPS", "MEMBERS", "LENGTH", "PENDING", "LAG",
-               "IN_FLIGHT", "DLQ", "PRODUCED", "HANDLED", "FAILED"]  # fmt: skip
+    headers = ["TOPIC", "PARTITIONS", "GROUPS", "MEMBERS", "LENGTH", "SCHEDULED", "PENDING",
+               "LAG", "IN_FLIGHT", "DLQ", "PRODUCED", "HANDLED", "FAILED"]  # fmt: skip
     return topics, _table(rows, headers)
 
 
@@ -340,7 +340,8 @@ async def _topic(args: argparse.Namespace, monitor: Monitor) -> Output:
     text = (
         f"topic {view['topic']}: {view['partitions']} partition(s), "
         f"{view['priorities']} priority level(s), length {view['length']}, "
-        f"dead letters {view['dead_letters']}, produced {view['produced']}\n"
+        f"dead letters {view['dead_letters']}, scheduled {view.get('scheduled', 0)}, "
+        f"produced {view['produced']}\n"
     )
     if view.get("maxlen") is not None:
         text += (

@@ -138,10 +138,10 @@ async def topic_metrics(redis: AnyRedis, topic: str) -> dict[str, Any]:
     Shape (times in Unix seconds of the server's clock)::
 
         {"topic", "time", "exists", "partitions", "priorities", "groups_count",
-         "produced", "length", "dead_letters",            # topic totals
+         "produced", "length", "dead_letters", "scheduled",  # topic totals
          "maxlen", "trim", "over_maxlen",                 # retention (Producer(maxlen, trim))
          "partition_stats": [{"partition", "produced", "length", "dead_letters",
-                              "over_maxlen"}],
+                              "scheduled", "over_maxlen"}],
          "groups": [{"group",
                      "members": [{"name", "last_heartbeat", "age", "partitions",
                                   "pending", "in_flight"}],
@@ -158,6 +158,7 @@ async def topic_metrics(redis: AnyRedis, topic: str) -> dict[str, Any]:
     metadata (all figures are then zero). Three pipelined round trips (two on
     Redis 7 when every lag is known). ``over_maxlen``: entries a ``trim="acked"``
     topic keeps past ``maxlen`` because a group has not acknowledged them.
+    ``scheduled``: delayed entries not moved into their stream yet (every level).
     ``trimmed_unread``: entries trimmed before the group read them (from the
     stream's entries-added and the group's entries-read; on Redis 6.2, which
     keeps neither, only for a group that has read nothing, from the producers'
@@ -182,6 +183,7 @@ class _TopicReader:
         self.infos: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
         self.length: dict[int, int] = {}
         self.dlq: list[int] = []
+        self.scheduled: dict[int, int] = {}
         self.maxlen: int | None = None
         self.trim = "maxlen"
         self.added: dict[tuple[int, int], tuple[int, int | None]] = {}
@@ -203,6 +205,7 @@ class _TopicReader:
             "produced": sum(stored.produced.values()),
             "length": sum(self.length.values()),
             "dead_letters": sum(self.dlq),
+            "scheduled": sum(self.scheduled.values()),
             "maxlen": self.maxlen,
             "trim": self.trim,
             "over_maxlen": sum(self._over(p) for p in range(self.partitions)),
@@ -212,6 +215,7 @@ class _TopicReader:
                     "produced": stored.produced.get(p, 0),
                     "length": self.length[p],
                     "dead_letters": self.dlq[p],
+                    "scheduled": self.scheduled[p],
                     "over_maxlen": self._over(p),
                 }
                 for p in range(self.partitions)
@@ -256,7 +260,14 @@ class _TopicReader:
             pipe.xlen(keys.dead_letters(p))
         for p, level in self.streams:
             pipe.xinfo_stream(keys.stream(p, level))
+        for p, level in self.streams:
+            pipe.zcard(keys.delayed(p, level))
         results = await pipe.execute(raise_on_error=False)
+        counted = results[len(results) - len(self.streams) :]
+        results = results[: len(results) - len(self.streams)]
+        self.scheduled = dict.fromkeys(range(self.partitions), 0)
+        for (p, _), n in zip(self.streams, counted, strict=True):
+            self.scheduled[p] += n if isinstance(n, int) else 0
         described = results[2 * len(self.streams) + self.partitions :]
         for (p, level), info in zip(self.streams, described, strict=True):
             if isinstance(info, dict):

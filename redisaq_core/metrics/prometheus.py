@@ -6,7 +6,8 @@ their labels:
 
 * ``topic``: ``redisaq_topic_partitions``;
 * ``topic, partition``: ``redisaq_stream_length``, ``redisaq_dead_letters``,
-  ``redisaq_messages_produced_total``, ``redisaq_stream_over_maxlen``;
+  ``redisaq_messages_produced_total``, ``redisaq_stream_over_maxlen``,
+  ``redisaq_messages_scheduled``;
 * ``topic, group``: ``redisaq_group_members``;
 * ``topic, group, partition``:
   ``redisaq_messages_{handled,failed,retried,dead_lettered,timed_out,trimmed}_total``
@@ -40,6 +41,7 @@ _FAMILIES: dict[str, tuple[str, str]] = {
         "Entries a trim='acked' partition keeps past maxlen because a group has not acked them.",
     ),
     "redisaq_messages_produced_total": ("counter", "Messages added to the partition."),
+    "redisaq_messages_scheduled": ("gauge", "Delayed messages waiting to be due (all priorities)."),
     "redisaq_group_members": ("gauge", "Members in the consumer group's membership set."),
     "redisaq_messages_handled_total": ("counter", "Handler calls that returned."),
     "redisaq_messages_failed_total": ("counter", "Handler calls that raised or timed out."),
@@ -128,6 +130,7 @@ def render_prometheus(view: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> 
             out.add("redisaq_dead_letters", labels, s["dead_letters"])
             out.add("redisaq_messages_produced_total", labels, s["produced"])
             out.add("redisaq_stream_over_maxlen", labels, s.get("over_maxlen", 0))
+            out.add("redisaq_messages_scheduled", labels, s.get("scheduled", 0))
         for g in v["groups"]:
             group = g["group"]
             out.add("redisaq_group_members", {"topic": topic, "group": group}, len(g["members"]))

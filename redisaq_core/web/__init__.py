@@ -30,7 +30,7 @@ HTTP routes (the OpenAPI schema is at ``/openapi.json``)::
 
 WebSocket ``/ws/jobs`` (JSON text frames with a ``type``):
 
-* ``{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?,
+* ``{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?, "delay"?,
   "timeout"?, "request_id"?}`` -> ``{"type": "job_accepted", "job_id",
   "request_id", "status": "queued", "topic", "partition"}``; the socket then
   follows the job.

@@ -105,7 +105,7 @@ Jobs over HTTP and WebSocket, a worker manager and a live dashboard, on redisaq-
 WebSockets (not in this schema; frames are JSON text):
 
 * `/ws/jobs`: send `{"type": "submit_job", "topic", "payload", "priority"?, "partition_key"?,
-  "request_id"?}`, get `{"type": "job_accepted", "job_id", "request_id"}` and then
+  "delay"?, "request_id"?}`, get `{"type": "job_accepted", "job_id", "request_id"}` and then
   `{"type": "job_status", "job_id", "status", "result"?, "error"?, "progress"?}` on every
   change and progress report.
   `{"type": "subscribe", "job_id"}` follows any job, `unsubscribe` stops. A bad frame gets

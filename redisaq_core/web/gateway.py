@@ -74,7 +74,7 @@ class InvalidField(Exception):
         self.message = message
 
 
-_SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "topic")
+_SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "delay", "topic")
 
 
 def _field_of(exc: Exception, fields: tuple[str, ...], default: str) -> str:
@@ -248,6 +248,7 @@ class Gateway:
                 priority=job.priority,
                 partition_key=job.partition_key,
                 timeout=job.timeout,
+                delay=job.delay or None,
             )
         except PartitionKeyError as exc:
             raise InvalidField(("partition_key",), str(exc)) from None
@@ -255,7 +256,7 @@ class Gateway:
             raise InvalidField((_field_of(exc, _SUBMIT_FIELDS, "payload"),), str(exc)) from None
         return {
             "job_id": handle.id,
-            "status": JobStatus.QUEUED.value,
+            "status": (JobStatus.SCHEDULED if job.delay else JobStatus.QUEUED).value,
             "topic": job.topic,
             "partition": handle.partition,
             "job_type": job.job_type,

@@ -88,8 +88,9 @@ class SubmitJob(BaseModel):
 
     ``priority`` must be below the topic's number of priority levels (a topic
     created here has one, so only 0). ``partition_key`` names a payload field
-    whose value picks the partition. ``job_type`` and ``client_id`` are echoed
-    back; the job record does not keep them.
+    whose value picks the partition. ``delay``: seconds the job waits before it
+    is queued (status ``scheduled`` until then). ``job_type`` and ``client_id``
+    are echoed back; the job record does not keep them.
     """
 
     topic: TopicName
@@ -97,15 +98,18 @@ class SubmitJob(BaseModel):
     priority: StrictInt = Field(0, ge=0, le=15)
     partition_key: str | None = Field(None, min_length=1, max_length=200)
     timeout: float | None = Field(None, gt=0, le=86_400, description="Seconds a handler may run.")
+    delay: float | None = Field(
+        None, ge=0, le=10 * 366 * 86_400, description="Seconds before the job is queued."
+    )
     job_type: str | None = Field(None, max_length=200)
     client_id: str | None = Field(None, max_length=200)
 
 
 class JobAccepted(BaseModel):
-    """A job was queued."""
+    """A job was queued (or, with a delay, scheduled)."""
 
     job_id: str
-    status: Literal["queued"]
+    status: Literal["queued", "scheduled"]
     topic: str
     partition: int
     job_type: str | None = None
@@ -203,6 +207,7 @@ class TopicSummaryModel(BaseModel):
     produced: int
     length: int
     dead_letters: int
+    scheduled: int = 0
     over_maxlen: int = 0
     pending: int
     lag: int
@@ -222,6 +227,7 @@ class PartitionStatsModel(BaseModel):
     produced: int
     length: int
     dead_letters: int
+    scheduled: int = 0
 
 
 class GroupMemberModel(BaseModel):

@@ -132,6 +132,7 @@
             figure("pending", t.pending),
             figure("lag", t.lag),
             figure("dead letters", t.dead_letters),
+            figure("scheduled", t.scheduled ?? 0),
           ]),
           el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)]),
         ]);
