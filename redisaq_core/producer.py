@@ -54,6 +54,9 @@ __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
 
+MAX_PRIORITIES = 16
+"""The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
+
 
 def _check_once(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 512:
@@ -80,8 +83,11 @@ class Producer(RedisComponent):
     :meth:`request_partition_increase` elsewhere are used without a restart.
     ``priorities``: the number of priority levels (``0 .. priorities-1``, higher
     is more urgent); with the default 1 there is one stream per partition and no
-    cost at all. ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's
-    record and result once it has finished. ``metrics``: count produced messages
+    cost at all. A message's ``priority`` (0 to 15) maps onto the levels the topic
+    has: one at or above the highest level goes to the highest, so on a topic with
+    one level every priority is accepted and all messages are level 0.
+    ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's record and
+    result once it has finished. ``metrics``: count produced messages
     per partition in the topic's metrics (flushed once a second).
     ``max_payload_bytes``: a serialized payload larger than this (1 MiB by
     default; ``None``: no limit) is refused with ``SerializationError`` before
@@ -119,7 +125,7 @@ class Producer(RedisComponent):
         if maxlen is not None:
             integer(maxlen, "maxlen")
         integer(init_partitions, "init_partitions")
-        integer(priorities, "priorities", maximum=16)
+        integer(priorities, "priorities", maximum=MAX_PRIORITIES)
         number(result_ttl, "result_ttl", minimum=1, seconds=True)
         number(refresh_interval, "refresh_interval", above=0, seconds=True)
         if serializer is not None and not callable(serializer):
@@ -273,12 +279,13 @@ class Producer(RedisComponent):
             return 0
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an integer, got {priority!r}")
-        if not 0 <= priority < self._levels:
+        if not 0 <= priority < MAX_PRIORITIES:
             raise ConfigurationError(
-                f"priority must be between 0 and {self._levels - 1} for topic {self.topic!r} "
-                f"(it has {self._levels} priority level(s)), got {priority!r}"
+                f"priority must be between 0 and {MAX_PRIORITIES - 1}, got {priority!r}"
             )
-        return priority
+        # A priority maps onto the levels the topic has: one above its highest level goes
+        # to the highest (on a topic with one level, every message is level 0).
+        return min(priority, self._levels - 1)
 
     def _command(
         self,
@@ -359,9 +366,10 @@ class Producer(RedisComponent):
 
         ``partition_key`` names a payload field; messages with equal values of
         that field go to the same partition, in order. Without it messages
-        are spread over the partitions in turn. ``priority`` (``0 <=
-        priority < priorities``): consumers take waiting messages of a higher
-        level first. ``idempotency_key``: a second call with the same key within
+        are spread over the partitions in turn. ``priority`` (0 to 15):
+        consumers take waiting messages of a higher level first; a priority above
+        the topic's highest level goes to that level. ``idempotency_key``: a second
+        call with the same key within
         ``idempotency_window`` writes nothing and returns the first call's entry id
         (the check and the write are one atomic step on the server, so a call resent
         after a lost reply is safe). Without a ``partition_key`` the key picks the
