@@ -35,6 +35,7 @@ from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_n
 from ._failures import REDIS_FAILURES, out_of_memory
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import ENQUEUE_ONCE, ENSURE_PARTITIONS, SUBMIT, Script, run_pipelined
+from ._ticks import Ticker
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -49,6 +50,7 @@ from .metrics import MetricsRecorder
 
 if TYPE_CHECKING:
     from .results import JobHandle, ResultStore
+    from .schedule import Schedule
 
 __all__ = ["Producer"]
 
@@ -154,6 +156,7 @@ class Producer(RedisComponent):
         self._round_robin = itertools.count()
         self._batcher: CommandBatcher | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._ticker = Ticker(None, self._self_for, self.logger)
 
     @property
     def partitions(self) -> int:
@@ -180,8 +183,10 @@ class Producer(RedisComponent):
         self._levels = int(levels)
         self._set_partitions(int(count))
         self._refresher = asyncio.create_task(self._refresh_loop(), name="redisaq-producer-refresh")
+        self._ticker.start(client)
 
     async def _on_close(self) -> None:
+        await self._ticker.stop()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
@@ -595,6 +600,23 @@ class Producer(RedisComponent):
         if self._results is None:
             self._results = ResultStore(redis=redis, deserializer=None)
         return JobHandle(job, self._results)
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Enqueue the ticks of ``schedule`` on this topic while the producer is connected.
+
+        Any number of processes may run the same schedule: each tick is enqueued once
+        (see :mod:`redisaq_core.schedule`). A schedule's ``topic``, if set, must be
+        this producer's.
+        """
+        if schedule.topic not in (None, self.topic):
+            raise ConfigurationError(
+                f"schedule {schedule.name!r} is for topic {schedule.topic!r}, "
+                f"not this producer's {self.topic!r}"
+            )
+        self._ticker.add(schedule)
+
+    async def _self_for(self, schedule: Schedule) -> Producer:
+        return self
 
     async def get_num_partitions(self) -> int:
         """The topic's partition count as stored in Redis now (connecting if needed)."""

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import RedisaqError
-from . import demo, dlq, fanout, monitor, registry, server, web, worker
+from . import demo, dlq, fanout, monitor, registry, schedule, server, web, worker
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
 
 __all__ = ["build_parser", "main"]
 
 # Each module adds its sub-commands; a sub-command's ``func(args)`` returns an exit code
 # or an awaitable of one.
-COMMAND_MODULES = [server, dlq, demo, registry, worker, monitor, web, fanout]
+COMMAND_MODULES = [server, dlq, demo, registry, worker, monitor, web, fanout, schedule]
 
 
 def _version() -> str:
