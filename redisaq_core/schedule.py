@@ -117,10 +117,9 @@ class Schedule:
         if cron is not None:
             self._cron = _check_cron(cron)
         else:
-            seconds = every.total_seconds() if isinstance(every, timedelta) else every
-            number(seconds, "every", minimum=MIN_EVERY, seconds=True)
-            self._every_ms = round(float(seconds) * 1000)  # type: ignore[arg-type]
-            self.every = self._every_ms / 1000
+            given = every.total_seconds() if isinstance(every, timedelta) else every
+            self._every_ms = round(number(given, "every", minimum=MIN_EVERY, seconds=True) * 1000)
+            self.every = self._every_ms / 1000  # whole milliseconds
         self.payload = payload
         if partition_key is not None and (not isinstance(partition_key, str) or not partition_key):
             raise ConfigurationError(
@@ -299,14 +298,15 @@ class Scheduler(RedisComponent):
             raise ConfigurationError(f"schedule {schedule.name!r}: a stored schedule needs topic=")
         data = _dumps(schedule)
         redis = self._redis or await self._ensure()
-        if not replace and await redis.hexists(schedule_definitions(), schedule.name):
+        seconds, micros = await redis.time()
+        if replace:
+            await redis.hset(schedule_definitions(), schedule.name, data)
+        elif not await redis.hsetnx(schedule_definitions(), schedule.name, data):
             raise ConfigurationError(
                 f"schedule {schedule.name!r} exists: remove it first, or replace it"
             )
-        seconds, micros = await redis.time()
         due = schedule.before(int(seconds) * 1000 + int(micros) // 1000 + 1)
         await redis.zadd(schedule_ticks(), {schedule.name: due}, nx=True)
-        await redis.hset(schedule_definitions(), schedule.name, data)
 
     async def remove(self, name: str) -> bool:
         """Delete the stored schedule ``name`` and its last tick; whether it existed."""
