@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,17 @@ LATE = 0.001
 """Seconds after a tick's time a ticker wakes up for it."""
 TICKS_PER_ROUND = 1000
 """The most ticks one schedule enqueues before it looks at the clock again."""
+
+
+SKEW_MS = 60_000
+"""How far a recorded tick may be ahead of the server's clock (clocks of cluster nodes)."""
+
+
+def _checked(raw: float, now: int) -> int | None:
+    """A recorded last tick, or ``None`` if another client wrote something that isn't one."""
+    if not math.isfinite(raw) or raw < 0 or raw > now + SKEW_MS:
+        return None
+    return int(raw)
 
 
 class Ticker:
@@ -119,9 +131,15 @@ class Ticker:
         seconds, micros = await redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         raw = await redis.zscore(schedule_ticks(), schedule.name)
-        last = None if raw is None else int(raw)
+        last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
-        if last is None:
+        if last is None and raw is not None:
+            self.logger.warning(
+                "schedule %s: its last tick in Redis (%r) is not a time up to now; "
+                "starting again from the next tick", schedule.name, raw,
+            )  # fmt: skip
+            await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True)
+        elif last is None:
             await redis.zadd(schedule_ticks(), {schedule.name: record}, nx=True)
         else:
             done = last

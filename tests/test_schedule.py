@@ -245,6 +245,20 @@ def _fired(logs: list[Path], name: str) -> list[set[int]]:
     return [{int(t) for t in pattern.findall(log.read_text())} for log in logs]
 
 
+@pytest.mark.parametrize("garbage", [math.inf, 1e15, -5.0])
+async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
+    redis_url: str, redis: Redis, topic: str, garbage: float
+) -> None:
+    name = _name()
+    await redis.zadd(schedule_ticks(), {name: garbage})
+    async with Producer(topic, redis_url=redis_url) as producer:
+        producer.add_schedule(Schedule(name, every=0.1))
+        await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
+    now = await _server_ms(redis)
+    assert now - 5000 < (await redis.zscore(schedule_ticks(), name) or 0) <= now
+    await redis.zrem(schedule_ticks(), name)
+
+
 async def _just_after_a_tick(redis: Redis, every_ms: int) -> int | None:
     now = await _server_ms(redis)
     return now if 50 <= now % every_ms <= 400 else None
