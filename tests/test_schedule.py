@@ -295,8 +295,13 @@ async def test_cli_add_list_remove(redis_url: str, redis: Redis, topic: str) -> 
                     "--payload", '{"report": "sales"}', "--format", "json")  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["cron"] == "*/5 * * * *"
+    garbage = f"{name}-garbage"
+    await redis.hset(schedule_definitions(), garbage, '{"name": "other", "every": 1}')
     listed = redisaq("--redis-url", redis_url, "schedule", "list", "--format", "json")
+    await redis.hdel(schedule_definitions(), garbage)
     assert listed.returncode == 0, listed.stderr
+    assert f"stored schedule '{garbage}' can't be read" in listed.stderr
+    assert garbage not in listed.stdout
     (row,) = [r for r in json.loads(listed.stdout) if r["name"] == name]
     assert row["topic"] == topic and row["timezone"] == "Europe/Paris"
     assert row["payload"] == {"report": "sales"} and row["last_tick"] is not None
