@@ -219,16 +219,16 @@ async def test_missed_ticks_are_skipped_or_caught_up_up_to_the_bound(
     skip, catch_up = _name(), _name()
     every = 2.0
     grid = Schedule("grid", every=every)
-    # Start just after a tick, so that the newest tick is on time (grace 1 s) and the ones
-    # before it were missed: the scheduler "was down" for the 10 ticks before it.
-    now = await eventually(lambda: _just_after_a_tick(redis, 2000), timeout=5)
-    due = grid.before(now + 1)
-    await redis.zadd(schedule_ticks(), {skip: due - 20_000, catch_up: due - 20_000})
     keys = {skip: f"{topic}-skip", catch_up: f"{topic}-catch"}
     async with (
         Producer(keys[skip], redis_url=redis_url) as p1,
         Producer(keys[catch_up], redis_url=redis_url) as p2,
     ):
+        # Start just after a tick, so that the newest tick is on time (grace 1 s) and the
+        # ones before it were missed: the scheduler "was down" for the 10 ticks before it.
+        now = await eventually(lambda: _just_after_a_tick(redis, 2000), timeout=5)
+        due = grid.before(now + 1)
+        await redis.zadd(schedule_ticks(), {skip: due - 20_000, catch_up: due - 20_000})
         p1.add_schedule(Schedule(skip, every=every, grace=1))
         p2.add_schedule(Schedule(catch_up, every=every, grace=1, missed="catch_up", max_catch_up=3))
         await eventually(lambda: _count(redis, keys[catch_up], 1, 4), timeout=5)
