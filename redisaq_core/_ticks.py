@@ -33,6 +33,8 @@ LATE = 0.001
 """Seconds after a tick's time a ticker wakes up for it."""
 TICKS_PER_ROUND = 1000
 """The most ticks one schedule enqueues before it looks at the clock again."""
+STOP_WAIT = 10.0
+"""Seconds :meth:`Ticker.stop` waits for its tasks to end."""
 
 
 SKEW_MS = 60_000
@@ -84,7 +86,7 @@ class Ticker:
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=STOP_WAIT)
 
     def start(self, redis: AnyRedis | None = None) -> None:
         """Start a task for each schedule that has none (``redis``: the client to use)."""
@@ -96,12 +98,15 @@ class Ticker:
                 self._spawn(schedule)
 
     async def stop(self) -> None:
-        """Cancel every task and wait for them; :meth:`start` starts them again."""
+        """Cancel every task and wait for them (at most ``STOP_WAIT`` s); :meth:`start` again."""
         self._started = False
         tasks, self._tasks = list(self._tasks.values()), {}
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT)
+            for task in pending:
+                self.logger.warning("%s did not stop within %.0fs", task.get_name(), STOP_WAIT)
 
     def _spawn(self, schedule: Schedule) -> None:
         self._tasks[schedule.name] = asyncio.create_task(
@@ -109,6 +114,7 @@ class Ticker:
         )
 
     async def _run(self, schedule: Schedule) -> None:
+        self.logger.info("schedule %s: running", schedule.name)
         failures = 0
         while True:
             try:
@@ -142,15 +148,12 @@ class Ticker:
         elif last is None:
             await redis.zadd(schedule_ticks(), {schedule.name: record}, nx=True)
         else:
-            done = last
-            try:
-                for tick in ticks:
-                    await self._fire(schedule, tick)
-                    done = tick
-                done = record
-            finally:
-                if done > last:
-                    await redis.zadd(schedule_ticks(), {schedule.name: done}, xx=True, gt=True)
+            # A round cut off half-way records nothing: the next one finds the ticks
+            # enqueued so far already there (their idempotency keys) and writes nothing.
+            for tick in ticks:
+                await self._fire(schedule, tick)
+            if record > last:
+                await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True, gt=True)
             if len(ticks) >= TICKS_PER_ROUND:
                 return 0.0
         return min(MAX_SLEEP, (schedule.after(now) - now) / 1000 + LATE)

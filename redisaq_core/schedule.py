@@ -377,9 +377,9 @@ class Scheduler(RedisComponent):
         assert schedule.topic is not None
         producer = self._producers.get(schedule.topic)
         if producer is None:
-            producer = Producer(schedule.topic, redis=self.redis)
-            await producer.connect()
-            self._producers[schedule.topic] = producer
+            # Made before connecting, so that schedules of one topic share one producer.
+            producer = self._producers[schedule.topic] = Producer(schedule.topic, redis=self.redis)
+        await producer.connect()  # at once when connected; a failed connect is tried again
         return producer
 
     async def stop(self, timeout: float | None = None) -> None:
