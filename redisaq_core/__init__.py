@@ -60,6 +60,7 @@ from .registry import (
     WorkerStatus,
 )
 from .results import JobHandle, JobRecord, JobStatus, ResultStore
+from .schedule import Schedule, Scheduler
 from .signals import install_signal_handlers
 
 __all__ = [
@@ -106,6 +107,8 @@ __all__ = [
     "RedisaqError",
     "RegistryError",
     "ResultStore",
+    "Schedule",
+    "Scheduler",
     "SerializationError",
     "ServerOutOfMemoryError",
     "ServiceInfo",

@@ -10,7 +10,9 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["assign", "moved_partitions", "partition_for_key"]
+from .errors import ConfigurationError, PartitionKeyError
+
+__all__ = ["assign", "key_value", "moved_partitions", "partition_for_key"]
 
 
 def partition_for_key(value: Any, partitions: int) -> int:
@@ -70,3 +72,22 @@ def assign(
 def moved_partitions(before: Mapping[int, str], after: Mapping[int, str]) -> set[int]:
     """Partitions whose owner differs between two assignments (gained, lost or changed)."""
     return {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+
+
+def key_value(payload: Any, partition_key: str) -> Any:
+    """The value of field ``partition_key`` of ``payload``: what picks its partition."""
+    if not isinstance(partition_key, str) or not partition_key:
+        raise ConfigurationError(
+            f"partition_key must be a non-empty field name, got {partition_key!r}"
+        )
+    if not isinstance(payload, Mapping):
+        raise PartitionKeyError(
+            f"partition_key {partition_key!r} needs a mapping payload, got {type(payload).__name__}"
+        )
+    try:
+        return payload[partition_key]
+    except KeyError:
+        raise PartitionKeyError(
+            f"partition_key {partition_key!r} is not a field of the payload "
+            f"(fields: {', '.join(map(str, list(payload)[:10]))})"
+        ) from None

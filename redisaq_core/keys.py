@@ -40,6 +40,12 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{p:T:N}:jobs                      zset  job id -> last change (ms), for listings
     redisaq:{p:T:N}:once:K                    string entry id (and job id) enqueued under
                                                     idempotency key K (expires after the window)
+    redisaq:{schedules}:defs                  hash  schedule name -> its definition (JSON),
+                                                    for ``redisaq schedule run``
+    redisaq:{schedules}:ticks                 zset  schedule name -> its last tick handled
+                                                    (ms); a tick's own record is the
+                                                    idempotency marker ``once:schedule:NAME:MS``
+                                                    in its partition
     redisaq:{p:T:N}:fo:L:S:G:SP:LV:ID         string a fan-out bridge (group G) wrote entry ID of
                                                     partition SP (level LV) of topic S (name length
                                                     L) here (Redis Cluster only; expires)
@@ -65,6 +71,8 @@ __all__ = [
     "job_id",
     "parse_job_id",
     "partition_slots",
+    "schedule_definitions",
+    "schedule_ticks",
     "validate_name",
 ]
 
@@ -217,6 +225,16 @@ class TopicKeys:
             f"{self._partition_tag(partition)}:fo:{len(source)}:{source}:{group}:"
             f"{source_partition}:{level}:"
         )
+
+
+def schedule_definitions() -> str:
+    """Hash of the stored schedules: name -> definition (JSON)."""
+    return f"{NAMESPACE}:{{schedules}}:defs"
+
+
+def schedule_ticks() -> str:
+    """Sorted set of schedule names scored by their last tick handled (ms since the epoch)."""
+    return f"{NAMESPACE}:{{schedules}}:ticks"
 
 
 def partition_slots(topic: str, partitions: int) -> dict[int, int]:

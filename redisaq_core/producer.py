@@ -14,13 +14,13 @@ import itertools
 import logging
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from ._assignment import partition_for_key
+from ._assignment import key_value, partition_for_key
 from ._batching import CommandBatcher
 from ._checks import Due, due_time, integer, number
 from ._codec import (
@@ -44,12 +44,12 @@ from ._scripts import (
     ScriptCall,
     run_pipelined,
 )
+from ._ticks import Ticker
 from ._tracing import send_spans
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
     PartitionError,
-    PartitionKeyError,
     SerializationError,
     ServerOutOfMemoryError,
 )
@@ -59,10 +59,14 @@ from .metrics import MetricsRecorder
 
 if TYPE_CHECKING:
     from .results import JobHandle, ResultStore
+    from .schedule import Schedule
 
 __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
+
+MAX_PRIORITIES = 16
+"""The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
 
 
 def _check_once(value: Any) -> str:
@@ -90,8 +94,11 @@ class Producer(RedisComponent):
     :meth:`request_partition_increase` elsewhere are used without a restart.
     ``priorities``: the number of priority levels (``0 .. priorities-1``, higher
     is more urgent); with the default 1 there is one stream per partition and no
-    cost at all. ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's
-    record and result once it has finished. ``metrics``: count produced messages
+    cost at all. A message's ``priority`` (0 to 15) maps onto the levels the topic
+    has: one at or above the highest level goes to the highest, so on a topic with
+    one level every priority is accepted and all messages are level 0.
+    ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's record and
+    result once it has finished. ``metrics``: count produced messages
     per partition in the topic's metrics (flushed once a second).
     ``max_payload_bytes``: a serialized payload larger than this (1 MiB by
     default; ``None``: no limit) is refused with ``SerializationError`` before
@@ -129,7 +136,7 @@ class Producer(RedisComponent):
         if maxlen is not None:
             integer(maxlen, "maxlen")
         integer(init_partitions, "init_partitions")
-        integer(priorities, "priorities", maximum=16)
+        integer(priorities, "priorities", maximum=MAX_PRIORITIES)
         number(result_ttl, "result_ttl", minimum=1, seconds=True)
         number(refresh_interval, "refresh_interval", above=0, seconds=True)
         if serializer is not None and not callable(serializer):
@@ -158,6 +165,7 @@ class Producer(RedisComponent):
         self._round_robin = itertools.count()
         self._batcher: CommandBatcher | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._ticker = Ticker(None, self._self_for, self.logger)
 
     @property
     def partitions(self) -> int:
@@ -184,8 +192,10 @@ class Producer(RedisComponent):
         self._levels = int(levels)
         self._set_partitions(int(count))
         self._refresher = asyncio.create_task(self._refresh_loop(), name="redisaq-producer-refresh")
+        self._ticker.start(client)
 
     async def _on_close(self) -> None:
+        await self._ticker.stop()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
@@ -267,7 +277,7 @@ class Producer(RedisComponent):
         elif partition_key is None:
             partition = next(self._round_robin) % self._partitions
         else:
-            partition = partition_for_key(self._key_value(payload, partition_key), self._partitions)
+            partition = partition_for_key(key_value(payload, partition_key), self._partitions)
             extra += [F_KEY, partition_key]
         field, data = encode_payload(self.serializer, payload)
         size = len(data) if isinstance(data, bytes) else len(data.encode())
@@ -283,12 +293,13 @@ class Producer(RedisComponent):
             return 0
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an integer, got {priority!r}")
-        if not 0 <= priority < self._levels:
+        if not 0 <= priority < MAX_PRIORITIES:
             raise ConfigurationError(
-                f"priority must be between 0 and {self._levels - 1} for topic {self.topic!r} "
-                f"(it has {self._levels} priority level(s)), got {priority!r}"
+                f"priority must be between 0 and {MAX_PRIORITIES - 1}, got {priority!r}"
             )
-        return priority
+        # A priority maps onto the levels the topic has: one above its highest level goes
+        # to the highest (on a topic with one level, every message is level 0).
+        return min(priority, self._levels - 1)
 
     def _command(
         self,
@@ -334,25 +345,6 @@ class Producer(RedisComponent):
         exact = self.approximate if approximate is None else approximate
         return item, ["MAXLEN", "~" if exact else "=", limit]
 
-    @staticmethod
-    def _key_value(payload: Any, partition_key: str) -> Any:
-        if not isinstance(partition_key, str) or not partition_key:
-            raise ConfigurationError(
-                f"partition_key must be a non-empty field name, got {partition_key!r}"
-            )
-        if not isinstance(payload, Mapping):
-            raise PartitionKeyError(
-                f"partition_key {partition_key!r} needs a mapping payload, "
-                f"got {type(payload).__name__}"
-            )
-        try:
-            return payload[partition_key]
-        except KeyError:
-            raise PartitionKeyError(
-                f"partition_key {partition_key!r} is not a field of the payload "
-                f"(fields: {', '.join(map(str, list(payload)[:10]))})"
-            ) from None
-
     async def enqueue(
         self,
         message: Any = UNSET,
@@ -371,9 +363,10 @@ class Producer(RedisComponent):
 
         ``partition_key`` names a payload field; messages with equal values of
         that field go to the same partition, in order. Without it messages
-        are spread over the partitions in turn. ``priority`` (``0 <=
-        priority < priorities``): consumers take waiting messages of a higher
-        level first. ``idempotency_key``: a second call with the same key within
+        are spread over the partitions in turn. ``priority`` (0 to 15):
+        consumers take waiting messages of a higher level first; a priority above
+        the topic's highest level goes to that level. ``idempotency_key``: a second
+        call with the same key within
         ``idempotency_window`` writes nothing and returns the first call's entry id
         (the check and the write are one atomic step on the server, so a call resent
         after a lost reply is safe). Without a ``partition_key`` the key picks the
@@ -722,6 +715,23 @@ class Producer(RedisComponent):
         if self._results is None:
             self._results = ResultStore(redis=redis, deserializer=None)
         return JobHandle(job, self._results)
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Enqueue the ticks of ``schedule`` on this topic while the producer is connected.
+
+        Any number of processes may run the same schedule: each tick is enqueued once
+        (see :mod:`redisaq_core.schedule`). A schedule's ``topic``, if set, must be
+        this producer's.
+        """
+        if schedule.topic not in (None, self.topic):
+            raise ConfigurationError(
+                f"schedule {schedule.name!r} is for topic {schedule.topic!r}, "
+                f"not this producer's {self.topic!r}"
+            )
+        self._ticker.add(schedule)
+
+    async def _self_for(self, schedule: Schedule) -> Producer:
+        return self
 
     async def get_num_partitions(self) -> int:
         """The topic's partition count as stored in Redis now (connecting if needed)."""

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import ConfigurationError, Consumer, Message, Producer
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from redisaq_core.registry import ServiceRegistry
@@ -100,8 +100,8 @@ async def test_higher_priority_first_under_backlog(redis_url: str, topic: str) -
         await producer.batch_enqueue([{"n": i, "p": 0} for i in range(20)])
         await producer.batch_enqueue([{"n": i, "p": 2} for i in range(5)], priority=2)
         await producer.batch_enqueue([{"n": i, "p": 1} for i in range(5)], priority=1)
-        with pytest.raises(Exception, match="priority must be between 0 and 2"):
-            await producer.enqueue({"n": 0}, priority=3)
+        with pytest.raises(ConfigurationError, match="priority must be between 0 and 15"):
+            await producer.enqueue({"n": 0}, priority=16)
     order: list[tuple[int, int]] = []
 
     async def handle(m: Message) -> None:

@@ -16,9 +16,9 @@ LAYERS: list[tuple[str, list[str]]] = [
               "_compat", "_retry", "embedded.servers", "logs"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "embedded"]),
     ("parts", ["_job_events", "_cancellation", "_retention", "_membership", "_delivery",
-               "_delayed", "_settlement", "_handling", "_tracing", "dlq", "results", "metrics",
-               "registry"]),
-    ("components", ["producer", "consumer", "monitor"]),
+               "_delayed", "_settlement", "_handling", "_tracing", "_ticks", "dlq", "results",
+               "metrics", "registry"]),
+    ("components", ["producer", "consumer", "monitor", "schedule"]),
     ("bridges", ["fanout"]),
     ("gateway", ["web"]),
     ("commands", ["cli"]),
@@ -118,6 +118,6 @@ def test_internal_modules_are_private() -> None:
     public = {m for m in MODULES if not any(p.startswith("_") for p in m.split("."))}
     internal = {"_assignment", "_batching", "_checks", "_codec", "_delivery", "_failures",
                 "_handling", "_job_events", "_membership", "_reads", "_retention", "_retry",
-                "_scripts", "_settlement"}  # fmt: skip
+                "_scripts", "_settlement", "_ticks"}  # fmt: skip
     assert internal <= set(MODULES)
     assert not public & {m.lstrip("_") for m in internal}

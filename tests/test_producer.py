@@ -192,3 +192,25 @@ async def test_given_client_is_not_closed(redis: Redis, topic: str) -> None:
     async with Producer(topic, redis=redis) as producer:
         await producer.enqueue({"n": 1})
     assert await redis.ping()
+
+
+async def test_a_priority_maps_onto_the_levels_of_the_topic(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url) as producer:  # one level
+        await producer.enqueue({"n": 1}, priority=5)
+        handle = await producer.submit({"n": 2}, priority=15)
+        assert (await handle.status()) is not None
+        assert await redis.xlen(keys.stream(0)) == 2
+        assert not await redis.exists(keys.stream(0, 5), keys.stream(0, 15))
+        for bad in (-1, 16, "1", True, 2.0):
+            with pytest.raises(ConfigurationError, match="priority must be"):
+                await producer.enqueue({"n": 3}, priority=bad)
+        assert await redis.xlen(keys.stream(0)) == 2
+    other = f"{topic}-levels"
+    async with Producer(other, redis_url=redis_url, priorities=3) as producer:
+        await producer.enqueue({"n": 1}, priority=7)
+        await producer.enqueue({"n": 2}, priority=1)
+    levels = TopicKeys(other)
+    assert [await redis.xlen(levels.stream(0, p)) for p in range(3)] == [0, 1, 1]

@@ -12,14 +12,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import ConfigurationError, RedisaqError
 from ..logs import LOG_FORMATS, JsonFormatter, configure_logging, log_format
-from . import demo, dlq, fanout, jobs, monitor, registry, server, web, worker
+from . import demo, dlq, fanout, jobs, monitor, registry, schedule, server, web, worker
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
 
 __all__ = ["build_parser", "main"]
 
 # Each module adds its sub-commands; a sub-command's ``func(args)`` returns an exit code
 # or an awaitable of one.
-COMMAND_MODULES = [server, dlq, demo, registry, worker, monitor, web, fanout, jobs]
+COMMAND_MODULES = [server, dlq, demo, registry, worker, monitor, web, fanout, jobs, schedule]
 
 
 def _version() -> str:

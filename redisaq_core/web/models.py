@@ -86,10 +86,11 @@ class HealthModel(BaseModel):
 class SubmitJob(BaseModel):
     """``POST /jobs`` (and the ``submit_job`` frame): a job for a topic's consumers.
 
-    ``priority`` must be below the topic's number of priority levels (a topic
-    created here has one, so only 0). ``partition_key`` names a payload field
-    whose value picks the partition. ``delay``: seconds the job waits before it
-    is queued (status ``scheduled`` until then). ``job_type`` and ``client_id``
+    ``priority`` (0 to 15) maps onto the topic's priority levels: one above the
+    highest level goes to the highest, so a topic created here (one level) takes
+    every priority and queues them all at level 0. ``partition_key`` names a payload
+    field whose value picks the partition. ``delay``: seconds the job waits before
+    it is queued (status ``scheduled`` until then). ``job_type`` and ``client_id``
     are echoed back; the job record does not keep them.
     """
 

@@ -12,7 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from redisaq_core import EmbeddedRedis, Producer, ServiceRegistry
+from redisaq_core import Consumer, EmbeddedRedis, Message, Producer, ServiceRegistry
 from redisaq_core.keys import TopicKeys
 from redisaq_core.web import create_app
 from tests.helpers import Running, eventually
@@ -94,9 +94,6 @@ async def test_invalid_job_requests_name_the_field(
 async def test_refusals_of_the_library_are_422_naming_the_field(
     client: httpx.AsyncClient, topic: str
 ) -> None:
-    # The topic has one priority level: 0 is the only valid priority.
-    r = await client.post("/jobs", json={"topic": topic, "payload": 1, "priority": 2})
-    assert _fields(r) == ["priority"] and "priority level" in r.text
     r = await client.post(
         "/jobs", json={"topic": topic, "payload": {"a": 1}, "partition_key": "user"}
     )
@@ -114,7 +111,38 @@ async def test_priorities_of_a_topic_with_levels(
     assert r.status_code == 201, r.text
     r = await client.get(f"/jobs/{r.json()['job_id']}")
     assert r.json()["priority"] == 2
-    assert _fields(await client.post("/jobs", json={"topic": topic, "payload": 1, "priority": 3}))
+    # Above the highest level: the highest.
+    r = await client.post("/jobs", json={"topic": topic, "payload": 1, "priority": 9})
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/jobs/{r.json()['job_id']}")).json()["priority"] == 2
+
+
+async def test_a_priority_on_a_topic_nobody_set_up(
+    client: httpx.AsyncClient, web_redis_url: str, topic: str
+) -> None:
+    """Seed 001's clients send ``"priority": 5`` to a topic the gateway creates (one level)."""
+    r = await client.post("/jobs", json={"topic": topic, "payload": {"n": 1}, "priority": 5})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    assert (await client.get(f"/jobs/{job_id}")).json()["priority"] == 0
+    seen: list[Any] = []
+
+    async def handle(message: Message) -> str:
+        seen.append(message.payload)
+        return "done"
+
+    consumer = Consumer(topic, redis_url=web_redis_url, heartbeat_interval=0.2, poll_interval=0.05)
+    async with Running(consumer, handle):
+        await eventually(lambda: seen == [{"n": 1}], message="the job is handled")
+    record = await eventually(
+        lambda: _completed(client, job_id), message="the job's record says completed"
+    )
+    assert record["result"] == "done"
+
+
+async def _completed(client: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
+    record: dict[str, Any] = (await client.get(f"/jobs/{job_id}")).json()
+    return record if record["status"] == "completed" else None
 
 
 async def test_bad_json_and_oversized_bodies(client: httpx.AsyncClient) -> None:

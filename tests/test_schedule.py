@@ -1,0 +1,398 @@
+"""Periodic jobs: ``Schedule``'s ticks, ``Producer.add_schedule``, ``redisaq schedule``.
+
+With real processes: three ``redisaq schedule run`` share one schedule and each of its
+ticks is enqueued once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
+from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
+from tests.helpers import Running, eventually
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redisaq_core.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _name() -> str:
+    return f"s-{uuid.uuid4().hex[:10]}"
+
+
+async def _ticks(redis: Redis, topic: str, partitions: int = 1) -> list[int]:
+    """The tick (ms) of every entry of the topic: its ``created_at``."""
+    keys = TopicKeys(topic)
+    found = []
+    for p in range(partitions):
+        for _, fields in await redis.xrange(keys.stream(p)):
+            found.append(round(float(fields[b"c"]) * 1000))
+    return sorted(found)
+
+
+async def _server_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+# ---- the schedule itself -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({}, "exactly one of cron= and every=, got neither"),
+        ({"cron": "* * * * *", "every": 5}, "exactly one of cron= and every=, got both"),
+        ({"every": 0}, "every must be >= 0.01"),
+        ({"every": -1}, "every must be >= 0.01"),
+        ({"every": timedelta(seconds=-5)}, "every must be >= 0.01"),
+        ({"every": 0.001}, "every must be >= 0.01"),
+        ({"every": math.nan}, "every must be a finite number of seconds"),
+        ({"every": "5"}, "every must be a finite number"),
+        ({"cron": "61 * * * *"}, "cron expression '61 * * * *' is not valid"),
+        ({"cron": "every day"}, "cron expression 'every day' is not valid"),
+        ({"cron": ""}, "cron must be a cron expression string"),
+        ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not"),
+        ({"every": 1, "timezone": "../etc/passwd"}, "is not a known IANA zone"),
+        ({"every": 1, "missed": "sometimes"}, "missed must be 'skip' or 'catch_up'"),
+        ({"every": 1, "max_catch_up": 0}, "max_catch_up must be an integer >= 1"),
+        ({"every": 1, "priority": 16}, "priority must be an integer >= 0 and <= 15"),
+        ({"every": 1, "partition_key": ""}, "partition_key must be a non-empty field name"),
+        ({"every": 1, "topic": "a b"}, "topic must not contain braces or whitespace"),
+        ({"every": 1, "grace": -1}, "grace must be >= 0"),
+    ],
+)
+def test_bad_schedules_name_what_is_wrong(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Schedule("reports", **kwargs)
+    assert needle in str(caught.value)
+
+
+def test_a_bad_name_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="schedule name must not contain"):
+        Schedule("a b", every=1)
+    with pytest.raises(ConfigurationError, match="at most 200 bytes"):
+        Schedule("x" * 201, every=1)
+
+
+def test_every_takes_a_timedelta_or_seconds_and_ticks_on_the_epoch_grid() -> None:
+    assert Schedule("r", every=timedelta(minutes=5)).every == 300.0
+    fast = Schedule("r", every=0.1)
+    assert fast.every == 0.1
+    assert fast.before(1_000) == 900 and fast.before(1_001) == 1_000
+    assert fast.after(1_000) == 1_100 and fast.after(999) == 1_000
+    assert fast.idempotency_key(1_000) == "schedule:r:1000"
+
+
+def test_plan_on_time_ticks_and_a_schedule_that_never_ran() -> None:
+    s = Schedule("r", every=1)
+    assert s.plan(None, 10_500) == ([], 10_000)  # a new schedule starts with its next tick
+    assert s.plan(10_000, 10_500) == ([], 10_000)
+    assert s.plan(10_000, 11_000) == ([11_000], 11_000)
+    assert s.plan(10_000, 13_200) == ([11_000, 12_000, 13_000], 13_000)  # late, within grace
+
+
+def test_plan_missed_ticks_skip_or_catch_up_with_a_bound() -> None:
+    # Last tick at 0 s, now 100 s, ticks every second, on time when at most 60 s late.
+    skip = Schedule("r", every=1, grace=60)
+    ticks, last = skip.plan(0, 100_000)
+    assert ticks == list(range(40_000, 100_001, 1_000)) and last == 100_000
+    catch_up = Schedule("r", every=1, grace=60, missed="catch_up", max_catch_up=3)
+    ticks, last = catch_up.plan(0, 100_000)
+    assert ticks == list(range(37_000, 100_001, 1_000)) and last == 100_000
+    # A bound larger than what was missed catches up everything after the last tick.
+    everything = Schedule("r", every=1, grace=60, missed="catch_up", max_catch_up=1000)
+    assert everything.plan(95_000, 100_000)[0] == [96_000, 97_000, 98_000, 99_000, 100_000]
+    assert everything.plan(0, 100_000)[0][0] == 1_000
+    # Nothing on time, everything missed: skip records the newest missed tick as handled.
+    strict = Schedule("r", every=10, grace=0)
+    assert strict.plan(0, 95_000) == ([], 90_000)
+    assert strict.plan(0, 100_000) == ([100_000], 100_000)
+
+
+def test_plan_never_hands_out_more_than_a_round() -> None:
+    s = Schedule("r", every=0.01, grace=3600)
+    ticks, last = s.plan(0, 1_000_000)
+    assert ticks == list(range(10, 10_001, 10)) and last == 10_000
+    assert s.plan(last, 1_000_000)[0][0] == 10_010
+
+
+def test_cron_ticks_in_the_schedule_time_zone() -> None:
+    s = Schedule("reports", cron="0 9 * * *", timezone="Europe/Paris")
+    winter = datetime(2026, 1, 15, 0, 0, tzinfo=timezone.utc)
+    summer = datetime(2026, 7, 15, 0, 0, tzinfo=timezone.utc)
+    for day, utc_hour in ((winter, 8), (summer, 7)):
+        tick = s.after(round(day.timestamp() * 1000))
+        assert datetime.fromtimestamp(tick / 1000, timezone.utc) == day.replace(hour=utc_hour)
+    five = Schedule("five", cron="*/5 * * * *")
+    start = round(datetime(2026, 1, 1, 12, 3, 30, tzinfo=timezone.utc).timestamp() * 1000)
+    assert five.after(start) - start == 90_000 and start - five.before(start) == 210_000
+    previous = five.before(start)
+    assert five.plan(previous - 300_000, start) == ([], previous)  # 210 s late: missed
+    lenient = Schedule("five", cron="*/5 * * * *", grace=300)
+    assert lenient.plan(previous - 300_000, start) == ([previous], previous)
+
+
+def test_without_croniter_a_cron_schedule_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['croniter'] = None\n"
+        "from redisaq_core import Schedule, ConfigurationError\n"
+        "Schedule('ok', every=5)\n"
+        "try:\n"
+        "    Schedule('r', cron='* * * * *')\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'redisaq-core[cron]'" in done.stdout
+
+
+def test_a_schedule_round_trips_through_its_stored_form() -> None:
+    s = Schedule("r", cron="0 * * * *", timezone="Asia/Tokyo", topic="t", payload={"a": [1]},
+                 partition_key="a", priority=3, job=True, missed="catch_up", max_catch_up=5,
+                 grace=2.5)  # fmt: skip
+    assert Schedule.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    for bad in ([1], {"name": 5}, {"name": "r", "every": 1, "color": "red"}, {"name": "r"}):
+        with pytest.raises(ConfigurationError):
+            Schedule.from_dict(bad)
+
+
+# ---- running it -----------------------------------------------------------------------------
+
+
+async def test_producers_share_a_schedule_and_enqueue_each_tick_once(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    name = _name()
+    producers = [Producer(topic, redis_url=redis_url, init_partitions=3) for _ in range(3)]
+    for producer in producers:
+        producer.add_schedule(Schedule(name, every=0.1, payload={"kind": "beat"}))
+        await producer.connect()
+    try:
+        await eventually(lambda: _count(redis, topic, 3, 25), timeout=20, message="25 ticks")
+    finally:
+        for producer in producers:
+            await producer.close()
+    ticks = await _ticks(redis, topic, 3)
+    assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
+    assert all(b - a == 100 for a, b in itertools.pairwise(ticks)), "a tick was missed"
+    assert await redis.zscore(schedule_ticks(), name) == ticks[-1]
+
+
+async def _count(redis: Redis, topic: str, partitions: int, at_least: int) -> bool:
+    keys = TopicKeys(topic)
+    return sum([await redis.xlen(keys.stream(p)) for p in range(partitions)]) >= at_least
+
+
+async def test_a_schedule_for_another_topic_is_refused(redis_url: str, topic: str) -> None:
+    producer = Producer(topic, redis_url=redis_url)
+    with pytest.raises(ConfigurationError, match="is for topic 'other'"):
+        producer.add_schedule(Schedule("r", every=1, topic="other"))
+    producer.add_schedule(Schedule("r", every=1))
+    with pytest.raises(ConfigurationError, match="already added"):
+        producer.add_schedule(Schedule("r", every=2))
+
+
+async def test_missed_ticks_are_skipped_or_caught_up_up_to_the_bound(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    skip, catch_up = _name(), _name()
+    every = 2.0
+    grid = Schedule("grid", every=every)
+    keys = {skip: f"{topic}-skip", catch_up: f"{topic}-catch"}
+    async with (
+        Producer(keys[skip], redis_url=redis_url) as p1,
+        Producer(keys[catch_up], redis_url=redis_url) as p2,
+    ):
+        # Start just after a tick, so that the newest tick is on time (grace 1 s) and the
+        # ones before it were missed: the scheduler "was down" for the 10 ticks before it.
+        now = await eventually(lambda: _just_after_a_tick(redis, 2000), timeout=5)
+        due = grid.before(now + 1)
+        await redis.zadd(schedule_ticks(), {skip: due - 20_000, catch_up: due - 20_000})
+        p1.add_schedule(Schedule(skip, every=every, grace=1))
+        p2.add_schedule(Schedule(catch_up, every=every, grace=1, missed="catch_up", max_catch_up=3))
+        await eventually(lambda: _count(redis, keys[catch_up], 1, 4), timeout=5)
+        await eventually(lambda: _count(redis, keys[skip], 1, 1), timeout=5)
+    assert [t for t in await _ticks(redis, keys[skip]) if t <= due] == [due]
+    caught = [t for t in await _ticks(redis, keys[catch_up]) if t <= due]
+    assert caught == [due - 6000, due - 4000, due - 2000, due]
+    await redis.zrem(schedule_ticks(), skip, catch_up)
+
+
+@pytest.mark.parametrize("garbage", [math.inf, 1e15, -5.0])
+async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
+    redis_url: str, redis: Redis, topic: str, garbage: float
+) -> None:
+    name = _name()
+    await redis.zadd(schedule_ticks(), {name: garbage})
+    async with Producer(topic, redis_url=redis_url) as producer:
+        producer.add_schedule(Schedule(name, every=0.1))
+        await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
+    now = await _server_ms(redis)
+    assert now - 5000 < (await redis.zscore(schedule_ticks(), name) or 0) <= now
+    await redis.zrem(schedule_ticks(), name)
+
+
+async def _just_after_a_tick(redis: Redis, every_ms: int) -> int | None:
+    now = await _server_ms(redis)
+    return now if 50 <= now % every_ms <= 400 else None
+
+
+async def test_a_job_schedule_submits_tracked_jobs_handled_by_a_consumer(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    seen: list[Message] = []
+
+    async def handle(message: Message) -> str:
+        seen.append(message)
+        return "ok"
+
+    async with Producer(topic, redis_url=redis_url, priorities=2) as producer:
+        producer.add_schedule(
+            Schedule(_name(), every=0.1, payload={"report": "daily"}, job=True, priority=1)
+        )
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.05)
+        async with Running(consumer, handle):
+            await eventually(lambda: len(seen) >= 3, timeout=10)
+    first = seen[0]
+    assert first.payload == {"report": "daily"} and first.job_id and first.priority == 1
+    assert round(first.created_at * 1000) % 100 == 0  # the tick's time
+
+
+# ---- redisaq schedule ------------------------------------------------------------------------
+
+
+async def test_cli_add_list_remove(redis_url: str, redis: Redis, topic: str) -> None:
+    name = _name()
+    added = redisaq("--redis-url", redis_url, "schedule", "add", name, "--topic", topic,
+                    "--cron", "*/5 * * * *", "--timezone", "Europe/Paris",
+                    "--payload", '{"report": "sales"}', "--format", "json")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["cron"] == "*/5 * * * *"
+    garbage = f"{name}-garbage"
+    await redis.hset(schedule_definitions(), garbage, '{"name": "other", "every": 1}')
+    listed = redisaq("--redis-url", redis_url, "schedule", "list", "--format", "json")
+    await redis.hdel(schedule_definitions(), garbage)
+    assert listed.returncode == 0, listed.stderr
+    assert f"stored schedule '{garbage}' can't be read" in listed.stderr
+    assert garbage not in listed.stdout
+    (row,) = [r for r in json.loads(listed.stdout) if r["name"] == name]
+    assert row["topic"] == topic and row["timezone"] == "Europe/Paris"
+    assert row["payload"] == {"report": "sales"} and row["last_tick"] is not None
+    table = redisaq("--redis-url", redis_url, "schedule", "list")
+    assert table.returncode == 0 and name in table.stdout and "*/5 * * * *" in table.stdout
+    again = redisaq("--redis-url", redis_url, "schedule", "add", name, "--topic", topic,
+                    "--every", "60")  # fmt: skip
+    assert again.returncode == 1 and "exists" in again.stderr
+    replaced = redisaq("--redis-url", redis_url, "schedule", "add", name, "--topic", topic,
+                       "--every", "60", "--replace")  # fmt: skip
+    assert replaced.returncode == 0, replaced.stderr
+    async with Scheduler(redis_url=redis_url) as scheduler:
+        (stored,) = [s for s in await scheduler.list() if s.name == name]
+    assert stored.every == 60.0 and stored.cron is None
+    removed = redisaq("--redis-url", redis_url, "schedule", "remove", name, "--format", "json")
+    assert removed.returncode == 0 and json.loads(removed.stdout) == {"name": name,
+                                                                      "removed": True}  # fmt: skip
+    assert not await redis.hexists(schedule_definitions(), name)
+    assert await redis.zscore(schedule_ticks(), name) is None
+    gone = redisaq("--redis-url", redis_url, "schedule", "remove", name)
+    assert gone.returncode == 1 and f"no schedule named {name!r}" in gone.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--cron", "61 * * * *"], "cron expression '61 * * * *' is not valid"),
+        (["--cron", "* * * * *", "--timezone", "Nowhere/Land"], "timezone 'Nowhere/Land'"),
+        (["--cron", "* * * * *", "--every", "5"], "got both"),
+        ([], "got neither"),
+        (["--every", "0"], "every must be >= 0.01"),
+        (["--every", "-3"], "every must be >= 0.01"),
+        (["--every", "soon"], "invalid float value"),
+        (["--every", "5", "--payload", "{nope"], "--payload is not JSON"),
+    ],
+)
+async def test_cli_bad_input_exits_2_and_stores_nothing(
+    redis_url: str, redis: Redis, topic: str, args: list[str], needle: str
+) -> None:
+    name = _name()
+    done = redisaq("--redis-url", redis_url, "schedule", "add", name, "--topic", topic, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert needle in done.stderr
+    assert not await redis.hexists(schedule_definitions(), name)
+    assert await redis.zscore(schedule_ticks(), name) is None
+
+
+async def test_three_scheduler_processes_enqueue_sixty_ticks_once_each(
+    redis_url: str, redis: Redis, topic: str, tmp_path: Path
+) -> None:
+    name = _name()
+    async with Producer(topic, redis_url=redis_url, init_partitions=3):
+        pass
+    added = redisaq("--redis-url", redis_url, "schedule", "add", name, "--topic", topic,
+                    "--every", "0.1", "--payload", '{"beat": true}')  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    # What another client wrote: a definition that is not one. Every process skips it.
+    garbage = f"{name}-garbage"
+    await redis.hset(schedule_definitions(), garbage, b"\xff not json")
+    logs = [tmp_path / f"scheduler-{i}.log" for i in range(3)]
+    command = [sys.executable, "-m", "redisaq_core.cli.main", "-v", "--redis-url", redis_url,
+               "schedule", "run", name, garbage, "--reload-interval", "0.5"]  # fmt: skip
+    files = [log.open("w") for log in logs]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT) for f in files
+    ]
+    try:
+        # 60 ticks from the moment all three processes were running the schedule.
+        await eventually(
+            lambda: all(f"schedule {name}: running" in log.read_text() for log in logs),
+            timeout=30,
+            message="three schedulers running",
+        )
+        start = await _server_ms(redis)
+
+        async def sixty_ticks() -> bool:
+            return len([t for t in await _ticks(redis, topic, 3) if t > start]) >= 60
+
+        await eventually(sixty_ticks, timeout=30, interval=0.2, message="60 ticks")
+        assert all(p.poll() is None for p in procs), "a scheduler exited early"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p, f in zip(procs, files, strict=True):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # fails the returncode check below
+                p.kill()
+                p.wait()
+            f.close()
+        await redis.hdel(schedule_definitions(), name, garbage)
+    outputs = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for err in outputs]
+    ticks = await _ticks(redis, topic, 3)
+    assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert gaps == [100] * len(gaps), "a tick was missed"
+    assert len([t for t in ticks if t > start]) >= 60
+    for err in outputs:
+        assert err.count(f"stored schedule '{garbage}' can't be read") == 1
