@@ -158,6 +158,9 @@ async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
                     await asyncio.sleep(0.05)
 
             try:
+                for i in range(11):  # idle topics whose names sort first: the busy one is charted
+                    async with Producer(f"0-idle-{i}-{topic}", redis_url=web_redis_url):
+                        pass
                 async with Producer(topic, redis_url=web_redis_url, init_partitions=2) as producer:
                     c = consumer(topic, web_redis_url)
                     async with Running(c, echo):

@@ -239,8 +239,24 @@
     return entry;
   }
 
+  const chartTotals = new Map(); // topic -> produced + handled at the previous snapshot
+
+  // The busiest topics get the charts: most messages since the previous snapshot, then most
+  // in all, then by name.
+  function busiest(topics) {
+    const rank = topics.map((t) => {
+      const total = (t.produced || 0) + (t.handled || 0);
+      const before = chartTotals.get(t.topic);
+      chartTotals.set(t.topic, total);
+      return { topic: t.topic, recent: before === undefined ? 0 : total - before, total: total };
+    });
+    rank.sort((a, b) => b.recent - a.recent || b.total - a.total
+      || (a.topic < b.topic ? -1 : a.topic > b.topic ? 1 : 0));
+    return rank.map((r) => r.topic);
+  }
+
   function syncCharts(topics) {
-    chartTopics = topics.slice(0, CHART_TOPICS);
+    chartTopics = busiest(topics).slice(0, CHART_TOPICS);
     for (const [topic, entry] of charts) {
       if (!chartTopics.includes(topic)) {
         for (const plot of entry.plots.values()) plot.destroy();
@@ -250,7 +266,7 @@
     $("charts").replaceChildren(...chartTopics.map((t) => chartBlock(t).node));
     $("charts-empty").hidden = chartTopics.length > 0;
     $("charts-note").textContent = topics.length > chartTopics.length
-      ? "(the first " + chartTopics.length + " topics)" : "";
+      ? "(the " + chartTopics.length + " busiest topics)" : "";
   }
 
   function drawSeries(topic, s) {
@@ -321,7 +337,7 @@
 
   function render(snapshot) {
     renderWorkers(snapshot.workers);
-    syncCharts(snapshot.topics.map((t) => t.topic));
+    syncCharts(snapshot.topics);
     renderTopics(snapshot.topics, snapshot.topics_total);
     renderDeadLetters(snapshot.dead_letters);
     renderRecentJobs(snapshot.jobs);
