@@ -69,10 +69,17 @@ MAX_PRIORITIES = 16
 """The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
 
 
+MAX_IDEMPOTENCY_KEY = 256
+"""Bytes of an idempotency key, UTF-8 encoded."""
+
+
 def _check_once(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 512:
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_IDEMPOTENCY_KEY:
+        shown = repr(value) if not isinstance(value, str) else f"{value[:40]!r}"
+        size = f" ({len(value.encode())} bytes)" if isinstance(value, str) and value else ""
         raise ConfigurationError(
-            f"idempotency_key must be a non-empty string of at most 512 characters, got {value!r}"
+            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
+            f"bytes, got {shown}{size}"
         )
     return value
 

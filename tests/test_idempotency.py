@@ -31,7 +31,14 @@ async def test_a_repeated_enqueue_returns_the_first_id_and_writes_nothing(
         assert await _entries(redis, topic, 4) == 3
         with pytest.raises(ConfigurationError, match="idempotency_key must be a non-empty"):
             await producer.enqueue({"order": 4}, idempotency_key="")
-        assert await _entries(redis, topic, 4) == 3
+        with pytest.raises(
+            ConfigurationError, match=r"at most 256 bytes, got 'éééé.*\(258 bytes\)"
+        ):
+            await producer.enqueue({"order": 4}, idempotency_key="é" * 129)
+        with pytest.raises(ConfigurationError, match="at most 256 bytes"):
+            await producer.submit({"order": 4}, idempotency_key="k" * 257)
+        await producer.enqueue({"order": 4}, idempotency_key="k" * 256)
+        assert await _entries(redis, topic, 4) == 4
 
 
 async def test_without_a_partition_key_the_idempotency_key_picks_the_partition(
