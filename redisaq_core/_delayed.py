@@ -41,6 +41,7 @@ from ._codec import optional_text
 from ._delivery import OwnedPartition
 from ._failures import REDIS_FAILURES
 from ._scripts import MOVE_DUE, ScriptCall, run_pipelined
+from ._tasks import cancel_and_wait, wait_event
 from .connection import AnyRedis
 from .keys import TopicKeys
 
@@ -105,9 +106,7 @@ class DelayedMover:
         """Stop both tasks; a move under way is not cut half-way (it is one script)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(task)
 
     def wake(self) -> None:
         """Look at the owned partitions again (some were gained or lost)."""
@@ -172,8 +171,7 @@ class DelayedMover:
 
     async def _sleep(self, seconds: float) -> None:
         self._event.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), max(seconds, 0.001))
+        await wait_event(self._event, max(seconds, 0.001))
 
     def _call(self, part: OwnedPartition, jobs: list[str]) -> ScriptCall:
         keys = [part.lease, self.keys.jobs(part.number), self.keys.dead_letters(part.number)]

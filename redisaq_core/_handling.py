@@ -29,34 +29,19 @@ from typing import Any, TypeVar
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
 from ._settlement import Failure, Settler, batch_failures
+from ._tasks import uncancel
 from ._tracing import ProcessSpans, process_spans
 from .connection import AnyRedis
 from .errors import ConsumerError
 from .keys import TopicKeys
 from .message import Received
 
-__all__ = ["Dispatcher", "cancel_and_wait", "uncancel"]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 
 RUNS_TTL = 7 * 86_400
 """Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
-
-
-def uncancel() -> None:
-    """Take back a cancellation of this task that was caught on purpose (Python 3.11+)."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):
-        task.uncancel()
-
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.5)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("background task %s failed: %r", task.get_name(), task.exception())
 
 
 _T = TypeVar("_T")

@@ -120,11 +120,11 @@ class Settler:
         for partition, jobs in by_partition.items():
             # Arguments as bytes: redis-py packs them as they are.
             keys = [self.keys.jobs(partition).encode()]
-            args: list[Any] = [self._channel, self._name]
+            prefix = self.keys.job(partition, "")
+            args: list[Any] = [self._channel, self._name, len(prefix)]
             for m in jobs:
-                job = (m.job_id or "").encode()
-                keys.append(self.keys.job(partition, m.job_id or "").encode())
-                args += [job, b"%d" % m.deliveries]
+                keys.append(f"{prefix}{m.job_id}".encode())
+                args.append(b"%d" % m.deliveries)
             calls.append((JOBS_STARTED, keys, args))
         if calls:
             return cancelled_ids(await run_pipelined(redis, calls))
@@ -147,13 +147,14 @@ class Settler:
         level); jobs one by one, each with its result. Failures are held for a
         retry after a backoff or, past ``max_deliveries``, dead-lettered.
 
-        ``defer`` (and :attr:`deferrable`): when everything to send is plain
-        acknowledgements, they are kept for the consumer to send in the same round
-        trip as its next read (:meth:`take_deferred`, then :meth:`record`), which the
-        consumer does before anything else reaches Redis for these partitions.
+        ``defer`` (and :attr:`deferrable`): when everything to send is acknowledgements
+        (of plain messages, or of jobs with their results), they are kept for the
+        consumer to send in the same round trip as its next read (:meth:`take_deferred`,
+        then :meth:`record`), which the consumer does before anything else reaches Redis
+        for these partitions.
         """
         acks: dict[tuple[int, int], list[bytes]] = {}
-        jobs: dict[tuple[int, int], list[tuple[Received, bytes, bytes]]] = {}
+        jobs: dict[tuple[int, int], list[tuple[Received, bytes]]] = {}  # result: kind + data
         cancelled: dict[tuple[int, int], list[Received]] = {}
         for message, result in done:
             part = owned.get(message.partition)
@@ -175,7 +176,7 @@ class Settler:
             except SerializationError as exc:
                 failures.append(Failure(message, exc, []))
                 continue
-            jobs.setdefault(key, []).append((message, data, b"b" if kind == F_BYTES else b"s"))
+            jobs.setdefault(key, []).append((message, (b"b" if kind == F_BYTES else b"s") + data))
         ack = ACK_DELETE if self.delete_acked else ACK
         calls: list[ScriptCall] = [
             (ack, [owned[p].streams[level], owned[p].lease], [self.group, self.token, *ids])
@@ -184,11 +185,11 @@ class Settler:
         for (p, level), done_jobs in jobs.items():
             part = owned[p]
             keys: list[Any] = [part.streams[level], part.lease, self.keys.jobs(p)]
-            args: list[Any] = [self.group, self.token, self._channel, self._name]
-            for message, data, kind in done_jobs:
-                job = message.job_id or ""
-                keys.append(self.keys.job(p, job).encode())
-                args += [message.msg_id.encode(), job.encode(), data, kind]
+            prefix = self.keys.job(p, "")
+            args: list[Any] = [self.group, self.token, self._channel, self._name, len(prefix)]
+            for message, result in done_jobs:
+                keys.append(f"{prefix}{message.job_id}".encode())
+                args += [message.msg_id.encode(), result]
             calls.append((JOBS_COMPLETE, keys, args))
         if cancelled:
             calls += cancelled_calls(self.keys, owned, self.group, self.token, cancelled)
@@ -201,7 +202,7 @@ class Settler:
             calls += _deletions(calls)
         if not calls:
             return
-        if defer and self.deferrable and not dead and all(c[0] is ACK for c in calls):
+        if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
             self._deferred += calls
             return
         await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
@@ -372,6 +373,10 @@ class Settler:
         return calls
 
 
+_DEFERRABLE = (ACK, JOBS_COMPLETE)
+"""What may wait for the next read: acknowledgements, with or without a job's result."""
+
+
 def _deliveries(failures: list[Failure], msg_id: Any) -> int:
     return next((f.message.deliveries for f in failures if f.message.msg_id == msg_id), 0)
 
@@ -381,7 +386,7 @@ def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
     ids: dict[Any, list[Any]] = {}
     for script, keys, args in calls:
         if script is JOBS_COMPLETE:
-            ids.setdefault(keys[0], []).extend(args[4::4])
+            ids.setdefault(keys[0], []).extend(args[5::2])
         elif script is DEAD_LETTER:
             ids.setdefault(keys[0], []).append(args[2])
         elif script is JOBS_CANCELLED:

@@ -18,7 +18,6 @@ dead-letter stream and the partition goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -32,11 +31,12 @@ from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import ConsumerStats, OwnedPartition, Reader
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
-from ._handling import Dispatcher, cancel_and_wait, uncancel
+from ._handling import Dispatcher
 from ._membership import LeaseState, Membership
 from ._retention import server_features
 from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
+from ._tasks import cancel_and_wait, uncancel, wait_event
 from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
@@ -716,8 +716,7 @@ class Consumer(RedisComponent):
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the consumer is told to stop meanwhile."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await wait_event(self._stopping, seconds)
 
     def _connection_restored(self) -> None:
         if self._redis_down:
@@ -761,8 +760,7 @@ class Consumer(RedisComponent):
             wait = max(0.001, min(wait, *waiting))
         if not reading:
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
             return []
         self._read_interrupted = self._read_started = False
         self._reading = asyncio.ensure_future(self._read(redis, reading, int(wait * 1000)))

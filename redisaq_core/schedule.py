@@ -18,7 +18,6 @@ is stored in Redis (:meth:`Scheduler.add`) and run by :meth:`Scheduler.run`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ import orjson
 
 from ._checks import integer, number
 from ._failures import REDIS_FAILURES
+from ._tasks import wait_event
 from ._ticks import TICKS_PER_ROUND, Ticker
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
@@ -365,8 +365,7 @@ class Scheduler(RedisComponent):
                     await ticker.remove(name)
                     del running[name]
                 ticker.start()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.reload_interval)
+                await wait_event(stopping, self.reload_interval)
         finally:
             await ticker.stop()
             producers, self._producers = list(self._producers.values()), {}

@@ -77,7 +77,7 @@ async def activate(redis: Redis, jid: str, worker: str = "w1") -> None:
     await JOBS_STARTED(
         redis,
         [keys.jobs(partition), keys.job(partition, jid)],
-        [keys.job_channel, worker, jid, attempts],
+        [keys.job_channel, worker, len(keys.job(partition, "")), attempts],
     )
 
 
@@ -130,7 +130,15 @@ async def complete(
     await JOBS_COMPLETE(
         redis,
         [stream, keys.lease(partition, _GROUP), keys.jobs(partition), keys.job(partition, jid)],
-        [_GROUP, _LEASE_TOKEN, keys.job_channel, worker, msg_id, jid, data, kind],
+        [
+            _GROUP,
+            _LEASE_TOKEN,
+            keys.job_channel,
+            worker,
+            len(keys.job(partition, "")),
+            msg_id,
+            kind + (data if isinstance(data, str) else data.decode()),
+        ],
     )
 
 

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from .._failures import CALL_FAILURES
+from .._tasks import wait_event
 from ..errors import ConfigurationError
 from ..metrics.prometheus import CONTENT_TYPE
 from ..monitor import Monitor
@@ -186,8 +187,7 @@ async def _watch(args: argparse.Namespace, monitor: Monitor, action: Action) -> 
                 head = f"Every {args.watch:g}s: redisaq {command}    {stamp}\n\n"
                 sys.stdout.write(_CLEAR + head + text)
             sys.stdout.flush()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.watch)
+            await wait_event(stop, args.watch)
     finally:
         remove()
     return EXIT_OK

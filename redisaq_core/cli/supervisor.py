@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .._tasks import wait_event
 from ..signals import Stoppable
 
 __all__ = [
@@ -210,8 +211,7 @@ class Supervisor:
                 "worker %d (pid %d) %s after %.1fs; restarting it in %.2fs",
                 slot, proc.pid, _describe_exit(code), ran, delay,
             )  # fmt: skip
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
 
     async def _spawn(self, slot: int) -> tuple[asyncio.subprocess.Process, int]:
         """Start the child of ``slot``; return it and the write end of its pipe."""

@@ -39,7 +39,6 @@ checks this when it connects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -54,6 +53,7 @@ from redis.exceptions import ResponseError
 
 from .._checks import integer, number
 from .._failures import REDIS_FAILURES, Recovery, recovery_for
+from .._tasks import wait_event
 from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..errors import AlreadyRunningError, ConfigurationError
 
@@ -244,8 +244,7 @@ class ListFanOut(RedisComponent):
                     log.warning("list fan-out %s: Redis unreachable (%s); retrying", self.name, exc)
                 failing = True
                 recover = True  # a pop whose reply was lost left its item in the pending list
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 0.5)
+                await wait_event(self._stopping, 0.5)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop after the pop in progress (at most ``pop_timeout``) and its push.

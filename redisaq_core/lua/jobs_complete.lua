@@ -1,20 +1,24 @@
 -- Acknowledge jobs of one partition stream and store their results, atomically, only while
 -- the caller holds the partition's lease; then announce each.
 -- KEYS: stream, lease, jobs index (zset), job hash, job hash, ...
--- ARGV: group, token, channel, worker, then per job: msg_id, job_id, result, result_kind
+-- ARGV: group, token, channel, worker, length of the job hashes' key prefix (a job's id
+--       follows it), then per job: msg_id, result (its kind, "b" bytes or "s" text, then
+--       the serialized value)
 -- Returns the number of jobs completed, or -1 when the lease is not ours (nothing is written).
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local skip = tonumber(ARGV[5])
 for i = 4, #KEYS do
-  local a = 4 + 4 * (i - 4)
-  local job_id = ARGV[a + 2]
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[a + 1])
+  local a = 6 + 2 * (i - 4)
+  local job_id = string.sub(KEYS[i], skip + 1)
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[a])
   if redis.call('EXISTS', KEYS[i]) == 1 then
+    local result = ARGV[a + 1]
     redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', now, 'updated_at', now,
-      'worker', ARGV[4], 'result', ARGV[a + 3], 'result_kind', ARGV[a + 4])
+      'worker', ARGV[4], 'result', string.sub(result, 2), 'result_kind', string.sub(result, 1, 1))
     local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0')
     if ttl > 0 then
       redis.call('EXPIRE', KEYS[i], ttl)

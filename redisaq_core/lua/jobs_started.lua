@@ -1,20 +1,22 @@
 -- Mark jobs of one partition active (a worker took them), then announce each.
 -- KEYS: jobs index (zset), job hash, job hash, ...
--- ARGV: channel, worker, then per job: job_id, deliveries (the attempt number)
+-- ARGV: channel, worker, length of the job hashes' key prefix (a job's id follows it), then
+--       per job: deliveries (the attempt number)
 -- Records that no longer exist are skipped (never created again). A job cancelled before
 -- it started ("cancelled", or "cancelling" when its worker stopped before settling it) is
 -- not marked. Returns the ids of those cancelled jobs (to settle without a handler call).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local skip = tonumber(ARGV[3])
 local cancelled = {}
 for i = 2, #KEYS do
-  local job_id = ARGV[1 + 2 * (i - 1)]
+  local job_id = string.sub(KEYS[i], skip + 1)
   local status = redis.call('HGET', KEYS[i], 'status')
   if status == 'cancelled' or status == 'cancelling' then
     cancelled[#cancelled + 1] = job_id
   elseif status then
     redis.call('HSET', KEYS[i], 'status', 'active', 'active_at', now, 'updated_at', now,
-      'worker', ARGV[2], 'attempts', ARGV[2 + 2 * (i - 1)])
+      'worker', ARGV[2], 'attempts', ARGV[2 + i])
     redis.call('ZADD', KEYS[1], now, job_id)
     redis.call('PUBLISH', ARGV[1], job_id .. ' active')
   end

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from typing import Any
 
 from .._checks import number
 from .._failures import CALL_FAILURES
+from .._tasks import wait_event
 from ..errors import ConfigurationError, NotConnectedError
 from ._model import ServiceInfo, WorkerStatus
 from ._registry import ServiceRegistry
@@ -207,8 +207,7 @@ class HealthMonitor:
                 if not failing:
                     log.warning("health monitor: check failed: %s", exc)
                 failing = True
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            await wait_event(self._stopping, self.interval)
 
     async def start(self) -> None:
         """Start checking in a background task (idempotent)."""

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .._failures import CALL_FAILURES
+from .._tasks import wait_event
 from ..errors import ConfigurationError, MalformedServiceError
 from ..results import JobRecord, JobStatus
 from .feed import RECORD_STATUSES
@@ -566,8 +567,7 @@ class DashboardHub:
                 frame = dumps({"type": "error", "detail": "Redis unavailable"})
             await asyncio.gather(*(self._send(ws, frame) for ws in list(self._sockets)))
             await asyncio.sleep(0.2)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.interval)
+            await wait_event(self._poke, self.interval)
 
     async def _send(self, ws: WebSocket, frame: str) -> None:
         try:
