@@ -11,20 +11,29 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local skip = tonumber(ARGV[5])
+local ids, index = {}, {}
 for i = 4, #KEYS do
   local a = 6 + 2 * (i - 4)
   local job_id = string.sub(KEYS[i], skip + 1)
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[a])
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  ids[#ids + 1] = ARGV[a]
+  local record = redis.call('HMGET', KEYS[i], 'status', 'result_ttl')
+  if record[1] then
     local result = ARGV[a + 1]
     redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', now, 'updated_at', now,
       'worker', ARGV[4], 'result', string.sub(result, 2), 'result_kind', string.sub(result, 1, 1))
-    local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0')
-    if ttl > 0 then
+    local ttl = tonumber(record[2] or '0')
+    if ttl and ttl > 0 then
       redis.call('EXPIRE', KEYS[i], ttl)
     end
-    redis.call('ZADD', KEYS[3], now, job_id)
+    index[#index + 1] = now
+    index[#index + 1] = job_id
     redis.call('PUBLISH', ARGV[3], job_id .. ' completed')
   end
+end
+for i = 1, #ids, 512 do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 511, #ids)))
+end
+for i = 1, #index, 512 do
+  redis.call('ZADD', KEYS[3], unpack(index, i, math.min(i + 511, #index)))
 end
 return #KEYS - 3

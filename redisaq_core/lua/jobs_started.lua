@@ -8,7 +8,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local skip = tonumber(ARGV[3])
-local cancelled = {}
+local cancelled, index = {}, {}
 for i = 2, #KEYS do
   local job_id = string.sub(KEYS[i], skip + 1)
   local status = redis.call('HGET', KEYS[i], 'status')
@@ -17,8 +17,12 @@ for i = 2, #KEYS do
   elseif status then
     redis.call('HSET', KEYS[i], 'status', 'active', 'active_at', now, 'updated_at', now,
       'worker', ARGV[2], 'attempts', ARGV[2 + i])
-    redis.call('ZADD', KEYS[1], now, job_id)
+    index[#index + 1] = now
+    index[#index + 1] = job_id
     redis.call('PUBLISH', ARGV[1], job_id .. ' active')
   end
+end
+for i = 1, #index, 512 do
+  redis.call('ZADD', KEYS[1], unpack(index, i, math.min(i + 511, #index)))
 end
 return cancelled
