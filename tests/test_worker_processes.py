@@ -300,8 +300,19 @@ async def test_a_crashed_process_is_restarted(redis_url: str, topic: str, worker
         r"restarting it in 0\.10s",
         workers.log(),
     ), workers.log()[-3000:]
-    await produce(redis_url, topic, 40, start=20)
-    await eventually(lambda: new in workers.pids("end"), message="the new process handling")
+    sent = 20
+
+    async def new_one_handles() -> bool:
+        # More messages until the new process has partitions of its own and handles some:
+        # the survivor may hold every partition for a while (the killed one's TTL first).
+        nonlocal sent
+        if new in workers.pids("end"):
+            return True
+        await produce(redis_url, topic, 8, start=sent)
+        sent += 8
+        return False
+
+    await eventually(new_one_handles, interval=0.2, message="the new process handling")
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 15, workers) == 0, workers.log()[-3000:]
 

@@ -179,8 +179,12 @@ async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
                             "([s, t]) => document.querySelector(s).dataset.total !== t",
                             arg=[throughput, total], timeout=20_000,
                         )  # fmt: skip
-                        later = await page.evaluate(_CANVAS_INK, throughput)
-                        assert later is not None and later["sum"] != first["sum"]
+                        # the redraw follows the figures: wait for the pixels too
+                        await page.wait_for_function(
+                            f"([s, before]) => {{ const r = ({_CANVAS_INK})(s); "
+                            "return r !== null && r.sum !== before; }",
+                            arg=[throughput, first["sum"]], timeout=20_000,
+                        )  # fmt: skip
                         latency = f'{chart} [data-chart="latency"]'
                         await page.wait_for_function(
                             "(s) => document.querySelector(s)?.dataset.last > 0",
