@@ -70,6 +70,7 @@ async def _server_ms(redis: Redis) -> int:
         ({"cron": "61 * * * *"}, "cron expression '61 * * * *' is not valid"),
         ({"cron": "every day"}, "cron expression 'every day' is not valid"),
         ({"cron": ""}, "cron must be a cron expression string"),
+        ({"cron": "0 0 30 2 *"}, "cron expression '0 0 30 2 *' is not valid: it matches no date"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not"),
         ({"every": 1, "timezone": "../etc/passwd"}, "is not a known IANA zone"),
         ({"every": 1, "missed": "sometimes"}, "missed must be 'skip' or 'catch_up'"),
