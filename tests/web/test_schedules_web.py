@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from redisaq_core import Scheduler
+from redisaq_core.connection import create_client
 from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
 from tests.helpers import eventually
 from tests.web.conftest import LiveGateway
@@ -31,7 +31,7 @@ async def name(web_redis_url: str) -> AsyncIterator[str]:
 
 async def stored(web_redis_url: str, name: str) -> tuple[Any, Any]:
     """The raw definition and last tick kept in Redis for ``name``."""
-    redis = Redis.from_url(web_redis_url)
+    redis = create_client(web_redis_url)
     try:
         return (
             await redis.hget(schedule_definitions(), name),
@@ -68,7 +68,7 @@ async def test_a_schedule_put_over_http_is_listed_run_and_removed(
     scheduler = Scheduler(redis_url=web_redis_url, reload_interval=0.2)
     async with scheduler:
         running = asyncio.create_task(scheduler.run([name]))
-        redis = Redis.from_url(web_redis_url)
+        redis = create_client(web_redis_url)
         try:
 
             async def ticked() -> bool:
