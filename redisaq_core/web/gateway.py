@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -548,7 +549,8 @@ class Gateway:
             found = [s for s in found if s.name == name]
         if not found:
             return []
-        last = await self.scheduler.last_ticks()
+        # A last tick is a time unless another client wrote something else (inf, say).
+        last = {n: t for n, t in (await self.scheduler.last_ticks()).items() if math.isfinite(t)}
         seconds, micros = await self.client.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         return [

@@ -186,3 +186,26 @@ async def test_the_dashboard_snapshot_lists_schedules(
 
         row = await eventually(listed, timeout=15, message="the schedule in a snapshot")
         assert row == r.json()
+
+
+async def test_what_other_clients_wrote_is_shown_or_skipped_never_a_500(
+    client: httpx.AsyncClient, web_redis_url: str, topic: str, name: str
+) -> None:
+    broken = f"{name}-broken"
+    r = await client.put(f"/schedules/{name}", json={"topic": topic, "every": 60})
+    assert r.status_code == 200, r.text
+    redis = create_client(web_redis_url)
+    try:
+        await redis.zadd(schedule_ticks(), {name: float("inf")})
+        await redis.hset(schedule_definitions(), broken, b"{not json")
+        listed = await client.get("/schedules")
+        assert listed.status_code == 200, listed.text
+        names = [s["name"] for s in listed.json()]
+        assert name in names and broken not in names
+        shown = (await client.get(f"/schedules/{name}")).json()
+        assert shown["last_tick"] is None and shown["next_tick"] is not None
+        assert (await client.get(f"/schedules/{broken}")).status_code == 404
+        assert (await client.delete(f"/schedules/{broken}")).status_code == 204
+    finally:
+        await redis.hdel(schedule_definitions(), broken)
+        await redis.aclose()
