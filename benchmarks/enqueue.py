@@ -15,7 +15,9 @@ from .common import FIELD, Clock, Context, Run, payload, raw_client
 __all__ = [
     "lib_batch",
     "lib_concurrent",
+    "lib_concurrent_idempotent",
     "lib_one",
+    "lib_one_idempotent",
     "raw_batch",
     "raw_concurrent",
     "raw_one",
@@ -48,6 +50,17 @@ async def lib_one(ctx: Context) -> Run:
     return clock.run(ctx.n)
 
 
+async def lib_one_idempotent(ctx: Context) -> Run:
+    """``await producer.enqueue(payload, idempotency_key=...)`` in a loop, every key new."""
+    async with _producer(ctx, "one-idempotent") as producer:
+        for i in range(ctx.warm):
+            await producer.enqueue(payload(i), idempotency_key=f"warm-{i}")
+        with Clock() as clock:
+            for i in range(ctx.n):
+                await producer.enqueue(payload(i), idempotency_key=f"key-{i}")
+    return clock.run(ctx.n)
+
+
 async def raw_one(ctx: Context) -> Run:
     """``await r.xadd(stream, {p: orjson})`` in a loop, round-robin over the partitions."""
     streams = ctx.raw_streams("one")
@@ -72,6 +85,22 @@ async def lib_concurrent(ctx: Context) -> Run:
         await asyncio.gather(*(worker(producer, c) for c in _split(ctx.warm, ctx.concurrency)))
         with Clock() as clock:
             await asyncio.gather(*(worker(producer, c) for c in _split(ctx.n, ctx.concurrency)))
+    return clock.run(ctx.n)
+
+
+async def lib_concurrent_idempotent(ctx: Context) -> Run:
+    """``ctx.concurrency`` tasks, each awaiting ``enqueue`` with a new idempotency key."""
+
+    async def worker(producer: Producer, phase: str, task: int, count: int) -> None:
+        for i in range(count):
+            await producer.enqueue(payload(i), idempotency_key=f"{phase}-{task}-{i}")
+
+    async with _producer(ctx, "concurrent-idempotent") as producer:
+        warm = _split(ctx.warm, ctx.concurrency)
+        await asyncio.gather(*(worker(producer, "warm", t, c) for t, c in enumerate(warm)))
+        with Clock() as clock:
+            timed = _split(ctx.n, ctx.concurrency)
+            await asyncio.gather(*(worker(producer, "key", t, c) for t, c in enumerate(timed)))
     return clock.run(ctx.n)
 
 

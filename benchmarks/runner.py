@@ -55,6 +55,19 @@ def cases(ctx: Context) -> list[Case]:
             min_ratio=1.5,
         ),
         Case(
+            "enqueue_idempotent",
+            "idempotent enqueue, one at a time",
+            enqueue.lib_one_idempotent,
+            enqueue.raw_one,
+            scale=0.25,
+        ),
+        Case(
+            "enqueue_idempotent_concurrent",
+            f"idempotent enqueue, {ctx.concurrency} concurrent",
+            enqueue.lib_concurrent_idempotent,
+            enqueue.raw_concurrent,
+        ),
+        Case(
             "submit_concurrent",
             f"submit (jobs), {ctx.concurrency} concurrent tasks",
             enqueue.lib_submit_concurrent,

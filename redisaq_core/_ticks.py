@@ -128,6 +128,10 @@ class Ticker:
                     schedule.name, type(exc).__name__, exc, delay,
                     exc_info=not isinstance(exc, (*REDIS_FAILURES, RedisaqError)),
                 )  # fmt: skip
+            if self._tasks.get(schedule.name) is not asyncio.current_task():
+                # Stopped, removed or replaced. The cancellation itself may have been lost:
+                # redis-py can swallow one that lands mid-command.
+                return
             await asyncio.sleep(delay)
 
     async def _round(self, schedule: Schedule) -> float:

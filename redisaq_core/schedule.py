@@ -245,6 +245,13 @@ def _check_cron(expression: Any) -> Any:
         croniter(expression)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(f"cron expression {expression!r} is not valid: {exc}") from None
+    try:  # such as "0 0 30 2 *": it reads, but no date matches it
+        croniter(expression).get_next(float)
+        croniter(expression).get_prev(float)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        raise ConfigurationError(
+            f"cron expression {expression!r} is not valid: it matches no date"
+        ) from None
     return croniter
 
 

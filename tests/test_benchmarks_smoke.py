@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = {
     "enqueue",
     "enqueue_concurrent",
+    "enqueue_idempotent",
+    "enqueue_idempotent_concurrent",
     "submit_concurrent",
     "batch_enqueue",
     "process",

@@ -8,6 +8,7 @@ runs on a Redis Cluster too (``--cluster``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -487,3 +488,52 @@ async def test_a_running_job_is_cancelled_from_another_process(
     as_json = redisaq("--redis-url", redis_url, "jobs", "cancel", queued.id, "--format", "json")
     assert as_json.returncode == 0, as_json.stderr
     assert '"status": "cancelled"' in as_json.stdout
+
+
+# ---- a delayed job cancelled while it waits ---------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["handle", "cli"])
+async def test_a_delayed_job_cancelled_while_scheduled_is_moved_but_never_run(
+    redis_url: str, redis: Any, topic: str, via: str
+) -> None:
+    seen: list[str] = []
+
+    async def handler(m: Received) -> str:
+        seen.append(m.payload)
+        return str(m.payload)
+
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with contextlib.AsyncExitStack() as stack:
+            if via == "handle":  # the owner is there, waiting for the entry to fall due
+                await stack.enter_async_context(Running(consumer, handler))
+                await eventually(lambda: consumer.assigned_partitions, message="partition owned")
+                job = await producer.submit("delayed", delay=0.5)
+                assert await job.status() is JobStatus.SCHEDULED
+                assert await job.cancel() is JobStatus.CANCELLED
+            else:  # no owner yet, so the entry stays scheduled however long the CLI takes
+                job = await producer.submit("delayed", delay=0.2)
+                assert await job.status() is JobStatus.SCHEDULED
+                result = await asyncio.to_thread(
+                    redisaq, "--redis-url", redis_url, "jobs", "cancel", job.id
+                )
+                assert result.returncode == 0, result.stderr
+                assert result.stdout.split() == [job.id, "cancelled"]
+                await stack.enter_async_context(Running(consumer, handler))
+            assert await job.status() is JobStatus.CANCELLED
+            later = await producer.submit("later", delay=0.3)  # due after the cancelled one
+            assert await later.result(timeout=15) == "later"
+
+            async def both_moved() -> bool:
+                waiting = int(await redis.zcard(keys.delayed(0, 0)))
+                return waiting == 0 and int(await redis.xlen(keys.stream(0))) == 2
+
+            await eventually(both_moved, message="the cancelled entry moved into the stream too")
+            await eventually(lambda: acked(redis, topic), message="both acknowledged")
+        assert seen == ["later"]
+        record = await job.record()
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert record.attempts == 0 and record.active_at is None and record.worker is None
+        assert await dead_letters(redis, topic) == 0

@@ -24,6 +24,9 @@ HTTP routes (the OpenAPI schema is at ``/openapi.json``)::
     GET  /dlq/{topic}?limit=&cursor=  dead letters with origin and error, by pages
                                  (X-Next-Cursor names the next)
     POST /dlq/{topic}/replay     {"ids": [...]} or {"all": true}
+    GET  /schedules, /schedules/{name}  stored schedules with last and next tick
+    PUT  /schedules/{name}       store or replace one (the fields of ``Schedule``)
+    DELETE /schedules/{name}     -> 204 (404 if none)
     GET  /metrics                Prometheus text
     GET  /health
     GET  /                       the dashboard

@@ -44,6 +44,8 @@ from .models import (
     JobModel,
     ReplayRequest,
     ReplayResult,
+    ScheduleModel,
+    SchedulePut,
     SubmitJob,
     TopicSeriesModel,
     TopicSummaryModel,
@@ -92,10 +94,15 @@ _WITH_BODY: Responses = {**_COMMON, **_E403, **_E413}
 
 _BODY_PARSE_ERROR = "There was an error parsing the body"
 
+ScheduleName = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=NAME_PATTERN, description="schedule name")
+]
+
 _TAGS = [
     {"name": "jobs", "description": "Submit jobs and read their status records."},
     {"name": "workers", "description": "The worker manager: registration and liveness."},
     {"name": "topics", "description": "Topics, partitions, dead letters and metrics."},
+    {"name": "schedules", "description": "Periodic jobs stored in Redis (`redisaq schedule`)."},
     {"name": "gateway", "description": "The gateway itself and its dashboard."},
 ]
 
@@ -545,6 +552,65 @@ def create_app(
     async def metrics() -> Response:
         """Every topic's metrics in the Prometheus text format."""
         return Response(await gateway.metrics(), media_type=CONTENT_TYPE)
+
+    # ---- schedules -----------------------------------------------------------------------
+
+    @app.get(
+        "/schedules",
+        response_model=list[ScheduleModel],
+        tags=["schedules"],
+        summary="List schedules",
+        responses=_COMMON,
+    )
+    async def list_schedules() -> list[dict[str, Any]]:
+        """The stored schedules by name, with their last tick handled and their next tick.
+
+        ``redisaq schedule run`` (any number of processes) enqueues their ticks.
+        """
+        return await gateway.schedules()
+
+    @app.get(
+        "/schedules/{name:path}",
+        response_model=ScheduleModel,
+        tags=["schedules"],
+        summary="One schedule",
+        responses={**_COMMON, **_E404},
+    )
+    async def get_schedule(name: ScheduleName) -> Any:
+        """A stored schedule with its last and next tick, or 404."""
+        found = await gateway.schedules(name)
+        if not found:
+            return JSONResponse({"detail": f"no schedule {name!r}"}, status_code=404)
+        return found[0]
+
+    @app.put(
+        "/schedules/{name:path}",
+        response_model=ScheduleModel,
+        tags=["schedules"],
+        summary="Store a schedule",
+        responses={**_WITH_BODY, **_E404},  # 404: a name with a line break is no path
+    )
+    async def put_schedule(name: ScheduleName, schedule: SchedulePut) -> dict[str, Any]:
+        """Store the schedule ``name``, or replace it (a replaced schedule keeps its last tick).
+
+        A new schedule starts with its next tick. A bad cron expression, time
+        zone or interval gets 422 and stores nothing.
+        """
+        return await gateway.put_schedule(name, schedule)
+
+    @app.delete(
+        "/schedules/{name:path}",
+        status_code=204,
+        response_class=Response,
+        tags=["schedules"],
+        summary="Remove a schedule",
+        responses={**_COMMON, **_E403, **_E404},
+    )
+    async def delete_schedule(name: ScheduleName) -> Response:
+        """Delete the schedule and its last tick; no more ticks are enqueued (404 if unknown)."""
+        if not await gateway.remove_schedule(name):
+            return JSONResponse({"detail": f"no schedule {name!r}"}, status_code=404)
+        return Response(status_code=204)
 
     # ---- the gateway ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -44,8 +45,15 @@ from ..registry import (
     classify,
 )
 from ..results import JobRecord, JobStatus, ResultStore
+from ..schedule import Schedule, Scheduler
 from .feed import JobFeed
-from .models import RESERVED_WORKER_IDS, ReplayRequest, SubmitJob, WorkerRegistration
+from .models import (
+    RESERVED_WORKER_IDS,
+    ReplayRequest,
+    SchedulePut,
+    SubmitJob,
+    WorkerRegistration,
+)
 
 __all__ = ["WORKER_SERVICE_TYPE", "Gateway", "InvalidField", "job_dict"]
 
@@ -61,6 +69,8 @@ DASHBOARD_DEAD_LETTER_BYTES = 65_536
 """Most bytes of dead letters (as JSON) per topic a dashboard snapshot shows."""
 DASHBOARD_JOBS = 15
 """Recent jobs a dashboard snapshot shows."""
+DASHBOARD_SCHEDULES = 50
+"""Most schedules a dashboard snapshot shows (in name order)."""
 _CURSOR = re.compile(r"^(\d{1,6}):(\d{1,20}-\d{1,20})$")
 _INTERNAL_METADATA = ("name", "connection_id")
 
@@ -75,6 +85,7 @@ class InvalidField(Exception):
 
 
 _SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "delay", "topic")
+_SCHEDULE_FIELDS = tuple(f for f in SchedulePut.model_fields if f != "payload")
 
 
 def _field_of(exc: Exception, fields: tuple[str, ...], default: str) -> str:
@@ -129,6 +140,7 @@ class Gateway:
         self.store: ResultStore | None = None
         self.registry: ServiceRegistry | None = None
         self.monitor: Monitor | None = None
+        self.scheduler: Scheduler | None = None
         self.health: HealthMonitor | None = None
         self.feed: JobFeed | None = None
 
@@ -161,6 +173,8 @@ class Gateway:
             await self.store.connect()
             await self.registry.connect()
             await self.monitor.connect()
+            self.scheduler = Scheduler(redis=client)
+            await self.scheduler.connect()
             self.feed = JobFeed(client, self.store)
             self.health = HealthMonitor(
                 self.registry, timeout=self.heartbeat_timeout, on_change=self._status_changed
@@ -182,7 +196,7 @@ class Gateway:
         for producer in producers:
             await producer.close()
         await asyncio.gather(*self._closing, return_exceptions=True)
-        for component in (self.monitor, self.registry, self.store):
+        for component in (self.scheduler, self.monitor, self.registry, self.store):
             if component is not None:
                 await component.close()
         client, self._client = self._client, None
@@ -525,6 +539,49 @@ class Gateway:
         """Whether Redis answers."""
         return bool(await self.client.ping())
 
+    # ---- schedules -----------------------------------------------------------------------
+
+    async def schedules(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The stored schedules (only ``name``'s if given) with their last and next tick."""
+        assert self.scheduler is not None
+        found = await self.scheduler.list()
+        if name is not None:
+            found = [s for s in found if s.name == name]
+        if not found:
+            return []
+        # A last tick is a time unless another client wrote something else (inf, say).
+        last = {n: t for n, t in (await self.scheduler.last_ticks()).items() if math.isfinite(t)}
+        seconds, micros = await self.client.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return [
+            {**s.to_dict(), "last_tick": last.get(s.name), "next_tick": _next_tick(s, now)}
+            for s in found
+        ]
+
+    async def put_schedule(self, name: str, request: SchedulePut) -> dict[str, Any]:
+        """Store (or replace) the schedule ``name``; :class:`InvalidField` when refused."""
+        assert self.scheduler is not None
+        try:
+            schedule = Schedule(name, **request.model_dump())
+        except ConfigurationError as exc:
+            if str(exc).startswith("schedule name"):
+                raise InvalidField(("path", "name"), str(exc)) from None
+            raise InvalidField((_field_of(exc, _SCHEDULE_FIELDS, "cron"),), str(exc)) from None
+        await self.scheduler.add(schedule, replace=True)
+        log.info("stored schedule %s (topic %s)", name, schedule.topic)
+        self.changed()
+        stored = await self.schedules(name)
+        return stored[0] if stored else {**schedule.to_dict(), "last_tick": None, "next_tick": None}
+
+    async def remove_schedule(self, name: str) -> bool:
+        """Delete the schedule ``name``; whether there was one."""
+        assert self.scheduler is not None
+        removed = await self.scheduler.remove(name)
+        if removed:
+            log.info("removed schedule %s", name)
+            self.changed()
+        return removed
+
     # ---- the dashboard -------------------------------------------------------------------
 
     async def snapshot(self) -> dict[str, Any]:
@@ -572,6 +629,7 @@ class Gateway:
                     {"topic": view["topic"], "count": view["dead_letters"], "items": items}
                 )
         jobs = await self.store.list_jobs(limit=DASHBOARD_JOBS)
+        schedules = await self.schedules()
         return {
             "type": "snapshot",
             "topics": topics,
@@ -579,5 +637,15 @@ class Gateway:
             "workers": await self.workers(),
             "dead_letters": letters,
             "jobs": [job_dict(r) for r in jobs],
+            "schedules": schedules[:DASHBOARD_SCHEDULES],
+            "schedules_total": len(schedules),
             "heartbeat_timeout": self.heartbeat_timeout,
         }
+
+
+def _next_tick(schedule: Schedule, now_ms: int) -> float | None:
+    """The schedule's first tick after ``now_ms``, in seconds; ``None`` if there is none."""
+    try:
+        return schedule.after(now_ms) / 1000
+    except (ValueError, OverflowError):  # a cron expression whose dates ran out
+        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model
 
 from ..registry import WorkerStatus
 from ..results import JobRecord
@@ -22,6 +22,7 @@ __all__ = [
     "CLOSE_TOO_SLOW",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_UNKNOWN_WORKER",
+    "MAX_SCHEDULE_EVERY",
     "NAME_PATTERN",
     "RESERVED_WORKER_IDS",
     "WORKER_ID_PATTERN",
@@ -37,6 +38,8 @@ __all__ = [
     "PartitionStatsModel",
     "ReplayRequest",
     "ReplayResult",
+    "ScheduleModel",
+    "SchedulePut",
     "SubmitJob",
     "TopicSummaryModel",
     "TopicViewModel",
@@ -68,6 +71,8 @@ RESERVED_WORKER_IDS = frozenset({"jobs", "dashboard"})
 """Worker ids that would collide with the gateway's other sockets (``/ws/jobs``, ...)."""
 
 TopicName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+MAX_SCHEDULE_EVERY = 10 * 366 * 86_400
+"""The longest ``every`` interval the gateway takes, in seconds (ten years)."""
 
 
 class ErrorModel(BaseModel):
@@ -354,3 +359,54 @@ class ReplayResult(BaseModel):
     """How many dead letters went back on their partitions."""
 
     replayed: int
+
+
+class SchedulePut(BaseModel):
+    """``PUT /schedules/{name}``: a periodic job (:class:`~redisaq_core.schedule.Schedule`).
+
+    Exactly one of ``cron`` (read in ``timezone``, an IANA name; a sixth field
+    counts seconds) and ``every`` (seconds, at least 0.01) says when it ticks.
+    Each tick enqueues ``payload`` on ``topic`` (``job: true``: as a tracked
+    job), with ``partition_key`` and ``priority`` as for ``POST /jobs``. A tick
+    up to ``grace`` seconds late is on time; older ones were missed while no
+    scheduler ran: ``skip`` drops them, ``catch_up`` enqueues the latest
+    ``max_catch_up``. Unknown fields are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    topic: TopicName
+    cron: str | None = Field(None, min_length=1, max_length=200, examples=["*/5 * * * *"])
+    every: float | None = Field(None, ge=0.01, le=MAX_SCHEDULE_EVERY, description="Seconds.")
+    timezone: str = Field("UTC", min_length=1, max_length=100)
+    payload: Any = Field(None, description="Any JSON value; each tick's message carries it.")
+    partition_key: str | None = Field(None, min_length=1, max_length=200)
+    priority: StrictInt | None = Field(None, ge=0, le=15)
+    job: StrictBool = False
+    missed: Literal["skip", "catch_up"] = "skip"
+    max_catch_up: StrictInt = Field(10, ge=1, le=1000)
+    grace: float = Field(60.0, ge=0, le=86_400, description="Seconds.")
+
+
+class ScheduleModel(BaseModel):
+    """A stored schedule (``Schedule.to_dict()``), its last tick and its next one.
+
+    ``last_tick``: the last tick handled (``null``: none yet), ``next_tick``:
+    the first tick after now (``null``: none), both Unix seconds of the Redis
+    server's clock.
+    """
+
+    name: str
+    topic: str
+    cron: str | None
+    every: float | None
+    timezone: str
+    payload: Any = None
+    partition_key: str | None
+    priority: int | None
+    job: bool
+    missed: Literal["skip", "catch_up"]
+    max_catch_up: int
+    grace: float
+    last_tick: float | None
+    next_tick: float | None

@@ -204,3 +204,40 @@ async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
                 stop.set()
                 await browser.close()
     assert problems == []
+
+
+async def test_dashboard_lists_the_stored_schedules(
+    web_redis_url: str, prefix: str, topic: str
+) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    from redisaq_core import Scheduler
+
+    name = f"browser-{uuid.uuid4().hex[:8]}"
+    with LiveGateway(redis_url=web_redis_url, key_prefix=prefix) as gateway:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = await browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            try:
+                await page.goto(gateway.url)
+                await page.wait_for_function(
+                    "document.getElementById('connection').textContent === 'live'"
+                )
+                body = {"topic": topic, "cron": "0 7 * * *", "timezone": "Europe/Paris"}
+                async with httpx.AsyncClient(base_url=gateway.url) as http:
+                    r = await http.put(f"/schedules/{name}", json=body)
+                    assert r.status_code == 200, r.text
+                    row = page.locator(f'#schedules tr[data-schedule="{name}"]')
+                    await row.wait_for(timeout=15_000)
+                    cells = await row.locator("td").all_inner_texts()
+                    assert cells[:3] == [name, topic, "0 7 * * * (Europe/Paris)"]
+                    assert cells[3] != "never" and cells[4]  # last tick and next tick
+                    assert await page.locator("#schedules-empty").is_hidden()
+                    assert (await http.delete(f"/schedules/{name}")).status_code == 204
+                await row.wait_for(state="detached", timeout=15_000)
+                assert problems == []
+            finally:
+                await browser.close()
+                async with Scheduler(redis_url=web_redis_url) as scheduler:
+                    await scheduler.remove(name)

@@ -183,6 +183,32 @@
     );
   }
 
+  function moment(ts) {
+    if (!ts) return "";
+    const date = new Date(ts * 1000);
+    const today = date.toDateString() === new Date().toDateString();
+    return today ? date.toLocaleTimeString() : date.toLocaleString();
+  }
+
+  function renderSchedules(schedules, total) {
+    $("schedules").tBodies[0].replaceChildren(
+      ...schedules.map((s) => {
+        const when = s.cron === null ? "every " + s.every + " s"
+          : s.cron + (s.timezone === "UTC" ? "" : " (" + s.timezone + ")");
+        return el("tr", { "data-schedule": s.name }, [
+          el("td", { class: "mono truncate", text: s.name, title: s.name }),
+          td(s.topic, "mono"),
+          td(when, "mono when"),
+          td(s.last_tick ? moment(s.last_tick) : "never", "last"),
+          td(moment(s.next_tick), "next"),
+        ]);
+      })
+    );
+    $("schedules-empty").hidden = schedules.length > 0;
+    const shown = total > schedules.length ? schedules.length + " of " + total : total;
+    $("schedules-count").textContent = total ? "(" + shown + ")" : "";
+  }
+
   // ---- charts ---------------------------------------------------------------------------
   // Each topic's last 15 minutes from GET /topics/{name}/series (read from Redis, so every
   // gateway draws the same lines), redrawn every few seconds with the vendored uPlot.
@@ -341,6 +367,7 @@
     renderTopics(snapshot.topics, snapshot.topics_total);
     renderDeadLetters(snapshot.dead_letters);
     renderRecentJobs(snapshot.jobs);
+    renderSchedules(snapshot.schedules || [], snapshot.schedules_total || 0);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   }
 
