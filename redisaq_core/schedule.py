@@ -38,6 +38,10 @@ from .producer import MAX_PRIORITIES, Producer
 
 __all__ = ["MissedTicks", "Schedule", "Scheduler"]
 
+WAKE_SLACK_MS = 1000
+"""Milliseconds after a tick's time that count as on time whatever ``grace`` is (a
+scheduler wakes up just after a tick, then asks the server's time)."""
+
 log = logging.getLogger(__name__)
 
 MissedTicks = Literal["skip", "catch_up"]
@@ -73,9 +77,10 @@ class Schedule:
     (``Producer.submit``), whose status and result are tracked. Each tick's
     message has ``created_at`` set to the tick's time.
 
-    A tick enqueued up to ``grace`` seconds (default 60) after its time is on
-    time. Older ticks were missed (no scheduler ran): ``missed="skip"`` (the
-    default) drops them, ``missed="catch_up"`` enqueues the latest
+    A tick enqueued up to ``grace`` seconds (default 60) after its time, plus a
+    second for the scheduler to wake up and ask the server's time, is on time.
+    Older ticks were missed (no scheduler ran): ``missed="skip"`` (the default)
+    drops them, ``missed="catch_up"`` enqueues the latest
     ``max_catch_up`` of them (default 10, at most 1000), oldest first. A
     schedule that has never run starts with its next tick.
     """
@@ -176,7 +181,7 @@ class Schedule:
         due = self.before(now + 1)
         if last is None or due <= last:
             return [], due if last is None else last
-        cutoff = now - round(self.grace * 1000)  # ticks before it were missed
+        cutoff = now - round(self.grace * 1000) - WAKE_SLACK_MS  # ticks before it were missed
         start = max(last, self.before(cutoff))
         if self.missed == "catch_up":
             for _ in range(self.max_catch_up):

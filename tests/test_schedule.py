@@ -105,6 +105,12 @@ def test_every_takes_a_timedelta_or_seconds_and_ticks_on_the_epoch_grid() -> Non
     assert fast.idempotency_key(1_000) == "schedule:r:1000"
 
 
+def test_a_schedule_with_no_grace_still_enqueues_the_tick_it_woke_up_for() -> None:
+    s = Schedule("r", every=1, grace=0)
+    assert s.plan(10_000, 11_001) == ([11_000], 11_000)  # woken 1 ms after the tick
+    assert s.plan(10_000, 13_500) == ([13_000], 13_000)  # 11 and 12 were missed
+
+
 def test_plan_on_time_ticks_and_a_schedule_that_never_ran() -> None:
     s = Schedule("r", every=1)
     assert s.plan(None, 10_500) == ([], 10_000)  # a new schedule starts with its next tick
@@ -114,13 +120,14 @@ def test_plan_on_time_ticks_and_a_schedule_that_never_ran() -> None:
 
 
 def test_plan_missed_ticks_skip_or_catch_up_with_a_bound() -> None:
-    # Last tick at 0 s, now 100 s, ticks every second, on time when at most 60 s late.
+    # Last tick at 0 s, now 100 s, ticks every second, on time when at most 60 s late (and
+    # the second a scheduler takes to wake up).
     skip = Schedule("r", every=1, grace=60)
     ticks, last = skip.plan(0, 100_000)
-    assert ticks == list(range(40_000, 100_001, 1_000)) and last == 100_000
+    assert ticks == list(range(39_000, 100_001, 1_000)) and last == 100_000
     catch_up = Schedule("r", every=1, grace=60, missed="catch_up", max_catch_up=3)
     ticks, last = catch_up.plan(0, 100_000)
-    assert ticks == list(range(37_000, 100_001, 1_000)) and last == 100_000
+    assert ticks == list(range(36_000, 100_001, 1_000)) and last == 100_000
     # A bound larger than what was missed catches up everything after the last tick.
     everything = Schedule("r", every=1, grace=60, missed="catch_up", max_catch_up=1000)
     assert everything.plan(95_000, 100_000)[0] == [96_000, 97_000, 98_000, 99_000, 100_000]
