@@ -455,8 +455,10 @@ async def test_paused_consumer_loses_partitions_and_stays_fenced(
         moved_back = await client.hgetall(keys.assignment("default"))
         regained = {int(k) for k, v in moved_back.items() if v == b"paused" and k != b"_v"}
         assert all(e.partition in regained for e in late_starts), late_starts[:5]
-        report = check(events, set(range(n)))
-        assert not report.lost and not report.order_violations
+        report = check(events, set(range(n)), late_redeliveries=True)
+        assert not report.lost and not report.order_violations, report.order_violations
+        # Redeliveries out of order: at most a batch per partition it lost (README).
+        assert report.late_redeliveries <= 10 * 4
         # Duplicates are allowed only for what was in flight when it was paused.
         assert report.duplicates <= 10 * 4
         del stopped_at
