@@ -206,6 +206,9 @@ class RunningJobs:
     async def _subscribe(self, notices: _CancelNotices) -> None:
         try:
             await notices.subscribed(self.keys.cancel_channel)
+            if self.redis is not None:
+                # A cancellation sent before the subscription took is in the records.
+                await self.check(self.redis)
         except CALL_FAILURES as exc:
             log.warning("cannot listen for job cancellations yet (%s); heartbeats look", exc)
             if self._notices is notices:

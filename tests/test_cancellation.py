@@ -35,7 +35,7 @@ from redisaq_core import (
     Received,
     ResultStore,
 )
-from redisaq_core._cancellation import RunningJobs
+from redisaq_core._cancellation import RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -214,6 +214,35 @@ async def test_the_worker_is_told_at_once_and_the_heartbeat_finds_a_lost_notice(
             await redis.hset(TopicKeys(topic).job(0, job.id), "status", "cancelling")
             assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
             await eventually(lambda: acked(redis, topic), message="acknowledged")
+
+
+async def test_a_cancellation_sent_before_the_worker_listens_is_not_left_to_the_heartbeat(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel channel is subscribed to when the first job starts; a cancellation
+    published before that took is read back from the records right after it."""
+    cancelled = asyncio.Event()
+    subscribed = _CancelNotices.subscribed
+
+    async def late(self: _CancelNotices, *channels: str) -> None:
+        await cancelled.wait()  # the listener comes up only after the notice went out
+        await subscribed(self, *channels)
+
+    monkeypatch.setattr(_CancelNotices, "subscribed", late)
+    started = asyncio.Event()
+
+    async def handler(m: Received) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    slow_beats = {"heartbeat_interval": 5.0, "poll_interval": 0.1}
+    consumer = Consumer(topic, redis_url=redis_url, **slow_beats)
+    async with Producer(topic, redis_url=redis_url) as producer, Running(consumer, handler):
+        job = await producer.submit(1)
+        await asyncio.wait_for(started.wait(), 10)
+        assert await job.cancel() is JobStatus.CANCELLING  # published to nobody
+        cancelled.set()
+        assert (await job.wait(timeout=3)).status is JobStatus.CANCELLED
 
 
 async def test_a_handler_that_swallows_the_cancellation_still_ends_cancelled(
