@@ -42,12 +42,27 @@ from .message import Received, received
 if TYPE_CHECKING:
     from .metrics import MetricsRecorder
 
-__all__ = ["ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable"]
+__all__ = [
+    "POLL_INTERVAL", "ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable",
+    "sweep_period",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 _PARTITION = "messaging.destination.partition.id"
 _BATCH = "messaging.batch.message_count"
+
+POLL_INTERVAL = 10.0
+"""A consumer's default ``poll_interval`` (seconds): an idle read mostly ends sooner, at the
+local deadline of its leases (0.8 x ``heartbeat_ttl`` after their renewal)."""
+
+SWEEP_SECONDS = 60.0
+"""About how often a partition is looked at for strays after its first heartbeat."""
+
+
+def sweep_period(interval: float) -> int:
+    """Heartbeats between two stray sweeps of a settled partition (at least 10)."""
+    return max(10, math.ceil(SWEEP_SECONDS / interval))
 
 
 @dataclass
@@ -115,7 +130,7 @@ class OwnedPartition:
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
     retry_at: float = 0.0
     valid_until: float = 0.0
-    sweeps: int = 3  # heartbeats left that look for strays (see Reader.strays)
+    sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)
 
     @property
     def claiming(self) -> bool:

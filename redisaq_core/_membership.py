@@ -11,12 +11,16 @@ The protocol, run by every member on each heartbeat:
 3. The member takes or renews the lease of each partition assigned to it. A
    partition is read only while its lease is held, and acknowledgements check
    the lease in the same script, so a member that lost its lease (paused
-   longer than the TTL) can no longer acknowledge for that partition.
+   longer than the TTL) can no longer acknowledge for that partition. A held
+   lease is renewed only when :func:`lease_due` says so (about every other
+   heartbeat), and while the member still holds it by its own clock, with
+   one GETEX that renews it and reads its holder (``docs/design.md``, Leases).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from ._assignment import assign
@@ -27,9 +31,25 @@ from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
 from .keys import TopicKeys
 
-__all__ = ["GroupView", "LeaseState", "Membership"]
+__all__ = ["LEASE_VALIDITY", "GroupView", "LeaseState", "Membership", "lease_due"]
 
 log = logging.getLogger(__name__)
+
+LEASE_VALIDITY = 0.8
+"""Fraction of the lease's TTL during which a member takes a lease it renewed as its own."""
+
+
+def lease_due(valid_until: float, now: float, interval: float, ttl: float) -> bool:
+    """Whether a held lease (locally valid until ``valid_until``) is renewed on this heartbeat.
+
+    It is renewed once ``min(ttl / 2, 1.5 * interval)`` has passed since it was
+    last renewed, so at most every other heartbeat and before half of it is used,
+    and earlier when its local deadline would come less than 1.1 intervals after
+    this heartbeat. All times are the member's monotonic clock, in seconds.
+    """
+    renewed = valid_until - LEASE_VALIDITY * ttl
+    limit = min(ttl / 2, 1.5 * interval, LEASE_VALIDITY * ttl - 1.1 * interval)
+    return now - renewed >= limit
 
 
 class LeaseState:
@@ -74,6 +94,7 @@ class Membership:
         self.group = group
         self.name = name
         self.token = token
+        self.ttl = ttl
         self.ttl_ms = max(1, int(ttl * 1000))
         self.static = static
         self.previous_token = ""
@@ -82,12 +103,13 @@ class Membership:
         self._view: GroupView | None = None
         self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
 
-    async def beat(self, renew: list[int] | None = None) -> GroupView:
+    async def beat(self, renew: list[int] | None = None, blind: int = 0) -> GroupView:
         """Heartbeat, then return the group's view with an up-to-date assignment.
 
         ``renew``: partitions whose leases to take or renew in the same script (one server
         only: on a cluster the leases live in other slots); their states are in
-        :attr:`renewed` afterwards.
+        :attr:`renewed` afterwards. The first ``blind`` of them are held by this member's
+        own reckoning: renewed with one GETEX, not checked first.
         """
         k, g = self.keys, self.group
         keys = [k.members(g), k.tokens(g), k.meta, k.assignment(g), k.members_version(g)]
@@ -97,7 +119,7 @@ class Membership:
         self.renewed = {}
         for _ in range(5):
             known = self._known if self._view is not None else ""
-            args = [self.name, self.token, self.ttl_ms, mode, known, self.previous_token]
+            args = [self.name, self.token, self.ttl_ms, mode, known, self.previous_token, blind]
             reply = await HEARTBEAT(self.redis, keys, args)
             now, partitions, members, flat, version, other, levels, members_version, states = reply
             if int(partitions) < 0:
@@ -147,13 +169,31 @@ class Membership:
         self._known = f"{version} {members_version} {view.partitions} {len(view.members)}"
         return view
 
-    async def leases(self, partitions: list[int]) -> dict[int, int]:
-        """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`."""
+    def due(
+        self, deadlines: Mapping[int, float], now: float, interval: float
+    ) -> tuple[list[int], list[int]]:
+        """Held leases (partition -> local deadline) to renew on this heartbeat.
+
+        Returns them, those still held by this member's own clock first, and those.
+        """
+        due = [p for p, until in deadlines.items() if lease_due(until, now, interval, self.ttl)]
+        held = [p for p in due if deadlines[p] > now]
+        return held + [p for p in due if deadlines[p] <= now], held
+
+    async def leases(self, partitions: list[int], held: Collection[int] = ()) -> dict[int, int]:
+        """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`.
+
+        ``held``: those this member holds by its own reckoning (renewed with one GETEX).
+        """
         if not partitions:
             return {}
         args = [self.token, self.ttl_ms, self.previous_token]
         results = await run_pipelined(
-            self.redis, [(LEASE, [self.keys.lease(p, self.group)], args) for p in partitions]
+            self.redis,
+            [
+                (LEASE, [self.keys.lease(p, self.group)], [*args, "renew" if p in held else ""])
+                for p in partitions
+            ],
         )
         for r in results:
             if isinstance(r, Exception):

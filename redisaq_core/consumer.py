@@ -29,10 +29,10 @@ from ._checks import integer, number
 from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
 from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
-from ._delivery import ConsumerStats, OwnedPartition, Reader
+from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher
-from ._membership import LeaseState, Membership
+from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._retention import server_features
 from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
@@ -81,7 +81,6 @@ class ConsumerOptions(TypedDict, total=False):
 
 BatchCallback = Callable[[list[Message]], Awaitable[Any]]
 PartitionsHook = Callable[[list[int]], Any]
-SWEEP_EVERY = 10
 
 
 def _default_name() -> str:
@@ -102,10 +101,11 @@ class Consumer(RedisComponent):
     ones). ``max_deliveries``: deliveries before a failing message goes to the
     dead-letter stream (``dead_letter=False`` keeps it retrying). ``retry_backoff``:
     the base of the exponential retry delay in seconds, capped at
-    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks, which
-    bounds idle traffic. ``static``: a restart with the same ``consumer_name``
-    within ``heartbeat_ttl`` keeps its partitions. ``on_assign`` / ``on_revoke``:
-    called with the partitions gained or given up. ``registry``: a
+    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks (never past
+    the lease's local deadline), which bounds idle traffic. ``static``: a restart
+    with the same ``consumer_name`` within ``heartbeat_ttl`` keeps its partitions.
+    ``on_assign`` / ``on_revoke``: called with the partitions gained or given up.
+    ``registry``: a
     :class:`~redisaq_core.registry.ServiceRegistry` in which the consumer registers
     itself (service type ``consumer``, id ``topic/group/name``, its partitions in
     the metadata) while it runs; deleting that registration stops it gracefully.
@@ -142,7 +142,7 @@ class Consumer(RedisComponent):
         dead_letter_maxlen: int | None = None,
         retry_backoff: float = 0.5,
         retry_backoff_max: float = 30.0,
-        poll_interval: float = 1.0,
+        poll_interval: float = POLL_INTERVAL,
         shutdown_timeout: float = 30.0,
         max_processing_time: float | None = 300.0,
         static: bool = False,
@@ -233,7 +233,7 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         self._mover = DelayedMover(
             self.keys, self.group, self.name, self.token, self._owned,
-            check_interval=self.heartbeat_interval * SWEEP_EVERY, logger=self.logger,
+            check_interval=self.heartbeat_interval * 10, logger=self.logger,
         )  # fmt: skip
         self._priorities = 1
         self._beats = 0
@@ -586,9 +586,11 @@ class Consumer(RedisComponent):
 
     async def _sync_locked(self) -> None:
         assert self._membership is not None
-        loop = asyncio.get_running_loop()
-        valid_until = loop.time() + self.heartbeat_ttl * 0.8  # from before any renewal
-        view = await self._membership.beat(renew=sorted(self._owned))
+        now = asyncio.get_running_loop().time()
+        valid_until = now + self.heartbeat_ttl * LEASE_VALIDITY  # from before any renewal
+        deadlines = {p: s.valid_until for p, s in self._owned.items()}
+        due, held = self._membership.due(deadlines, now, self.heartbeat_interval)
+        view = await self._membership.beat(renew=due, blind=len(held))
         renewed = self._membership.renewed
         if view.partitions < self._partition_count:
             # The topic's metadata is gone (flushed or restarted Redis): put it back.
@@ -612,9 +614,10 @@ class Consumer(RedisComponent):
         if revoked:
             self._interrupt_read()
         states = dict(renewed)
-        rest = sorted((mine | set(self._owned)) - set(renewed))
+        rebuild = {p for p, s in self._owned.items() if len(s.streams) != self._priorities}
+        rest = sorted(((mine - set(self._owned)) | set(due) | rebuild) - set(renewed))
         if rest:
-            states.update(await self._membership.leases(rest))
+            states.update(await self._membership.leases(rest, set(held)))
         gained: list[int] = []
         fresh: list[int] = []
         for p, state in states.items():
@@ -639,15 +642,16 @@ class Consumer(RedisComponent):
             # Newly ours, or ours again after the lease lapsed: start from the pending entries.
             (fresh if current is not None else gained).append(p)
             self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
+        self._wake.set()  # a partition past its local deadline may be readable again
         if gained or fresh:
             await self._create_groups([self._owned[p] for p in gained + fresh])
             for p in gained + fresh:
                 self._touched.update(self._owned[p].streams)
             self._interrupt_read()
-        # Strays appear around a hand-over: look each heartbeat just after one, and every
-        # SWEEP_EVERY heartbeats otherwise.
+        # Strays appear around a hand-over: look on the heartbeat just after one, and about
+        # once a minute otherwise.
         self._beats += 1
-        every = self._beats % SWEEP_EVERY == 0
+        every = self._beats % sweep_period(self.heartbeat_interval) == 0
         settled = [
             s for s in self._owned.values()
             if not s.revoking and not s.claiming and (s.sweeps > 0 or every)
@@ -762,6 +766,8 @@ class Consumer(RedisComponent):
             self._wake.clear()
             await wait_event(self._wake, wait)
             return []
+        # Not past the leases' local deadline: nothing is handed to it once they may lapse.
+        wait = max(0.001, min(wait, *(s.valid_until - now for s in reading)))
         self._read_interrupted = self._read_started = False
         self._reading = asyncio.ensure_future(self._read(redis, reading, int(wait * 1000)))
         try:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from .._delivery import POLL_INTERVAL
 from ..errors import ConfigurationError
 from ..fanout import FanOut, ListFanOut
 from ..registry import ServiceRegistry
@@ -43,7 +44,7 @@ def add_commands(sub: Any) -> None:
                         "(default: the source's)")  # fmt: skip
     stream.add_argument("--heartbeat-interval", type=float, default=3.0)
     stream.add_argument("--heartbeat-ttl", type=float, default=None)
-    stream.add_argument("--poll-interval", type=float, default=1.0,
+    stream.add_argument("--poll-interval", type=float, default=POLL_INTERVAL,
                         help="longest blocking read, seconds (default %(default)s)")  # fmt: skip
     stream.add_argument("--max-deliveries", type=int, default=5)
     stream.add_argument("--retry-backoff", type=float, default=0.5)

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .._delivery import POLL_INTERVAL
 from ..consumer import Consumer
 from ..errors import RedisaqError
 from ..signals import install_signal_handlers
@@ -56,7 +57,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--heartbeat-ttl", type=float, default=None)
     p.add_argument("--max-deliveries", type=int, default=5)
     p.add_argument("--retry-backoff", type=float, default=0.5)
-    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL)
     p.add_argument("--shutdown-timeout", type=float, default=30.0)
     p.add_argument("--static", action="store_true", help="static membership (needs --name)")
     p.add_argument("--start", choices=["earliest", "latest"], default="earliest")

@@ -108,6 +108,7 @@ from .._codec import (
     default_serializer,
     encode_payload,
 )
+from .._delivery import POLL_INTERVAL
 from .._failures import REDIS_FAILURES, UNREACHABLE
 from .._tracing import current_field
 from ..connection import AnyRedis, RedisComponent, is_cluster
@@ -189,7 +190,7 @@ class FanOut(RedisComponent):
         **consumer_options: Unpack[ConsumerOptions],
     ) -> None:
         super().__init__(redis=redis, redis_url=redis_url)
-        self._longest_block = consumer_options.get("poll_interval", 1.0)
+        self._longest_block = consumer_options.get("poll_interval", POLL_INTERVAL)
         self.source = validate_name(source, "source")
         self.group = validate_name(group_name, "group_name")
         integer(batch_size, "batch_size", maximum=5000)

@@ -2,9 +2,11 @@
 -- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash), members version
 --       (string: raised whenever a member joins, leaves or expires), then the leases to take
 --       or renew in the same step (one server only: they are in other slots), as lease.lua
---       does with ARGV[6] (the member's previous token, may be empty)
+--       does with ARGV[6] (the member's previous token, may be empty); the first ARGV[7] of
+--       them (0 if absent) are renewed without a check first, as lease.lua's "renew" mode
 -- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
---       restart: this token replaces a live earlier instance of the same name),
+--       restart: this token replaces a live earlier instance of the same name, and the
+--       members version is raised so that the earlier instance's next beat checks its name),
 --       known: "<assignment version> <members version> <partitions> <members>" the caller
 --       last saw (empty: it saw nothing yet); the member count catches a member of an older
 --       release, which joins and leaves without raising the members version
@@ -28,6 +30,24 @@ if #expired > 0 then
   redis.call('INCR', mv)
 end
 
+local function versions()
+  local info = redis.call('HMGET', meta, 'partitions', 'priorities')
+  local v = tonumber(redis.call('HGET', assignment, '_v') or '0')
+  local m = tonumber(redis.call('GET', mv) or '0')
+  local partitions = tonumber(info[1] or '0')
+  local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
+  return partitions, tonumber(info[2] or '1'), v, m, seen
+end
+
+-- A steady beat without leases: nothing changed since "known" (a static restart that takes
+-- the name over raises the members version), so the name is still this instance's.
+if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 then
+  local partitions, priorities, version, members_version, seen = versions()
+  if ARGV[5] == seen and redis.call('ZADD', members, 'XX', 'CH', now, name) == 1 then
+    return {now, partitions, {}, {}, version, '', priorities, members_version, {}}
+  end
+end
+
 local replaced = ''
 local holder = redis.call('HGET', tokens, name)
 if holder and holder ~= token then
@@ -35,6 +55,7 @@ if holder and holder ~= token then
     return {now, -1, {}, {}, 0, holder, 1, 0, {}}
   end
   replaced = holder
+  redis.call('INCR', mv)
 end
 if not holder then
   redis.call('HSET', tokens, name, token)
@@ -46,10 +67,18 @@ if redis.call('ZADD', members, now, name) == 1 then
 end
 
 local states = {}
+local blind = 5 + tonumber(ARGV[7] or '0')
 for i = 6, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
+  local cur
+  if i <= blind then
+    cur = redis.call('GETEX', KEYS[i], 'PX', ttl)
+  else
+    cur = redis.call('GET', KEYS[i])
+  end
   if cur == token then
-    redis.call('PEXPIRE', KEYS[i], ttl)
+    if i > blind then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
     states[#states + 1] = 1
   elseif (not cur) or (ARGV[6] ~= '' and cur == ARGV[6]) then
     redis.call('SET', KEYS[i], token, 'PX', ttl)
@@ -59,13 +88,8 @@ for i = 6, #KEYS do
   end
 end
 
-local info = redis.call('HMGET', meta, 'partitions', 'priorities')
-local partitions = tonumber(info[1] or '0')
-local priorities = tonumber(info[2] or '1')
-local version = tonumber(redis.call('HGET', assignment, '_v') or '0')
-local members_version = tonumber(redis.call('GET', mv) or '0')
-local seen = version .. ' ' .. members_version .. ' ' .. partitions
-if ARGV[5] == seen .. ' ' .. redis.call('ZCARD', members) then
+local partitions, priorities, version, members_version, seen = versions()
+if ARGV[5] == seen then
   return {now, partitions, {}, {}, version, replaced, priorities, members_version, states}
 end
 local live = redis.call('ZRANGE', members, 0, -1)

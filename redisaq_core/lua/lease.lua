@@ -1,12 +1,23 @@
 -- Take or renew a partition lease.
 -- KEYS: lease
--- ARGV: token, ttl_ms, previous_token (may be empty: a static member's earlier instance)
+-- ARGV: token, ttl_ms, previous_token (may be empty: a static member's earlier instance),
+--       mode (optional): "renew" for a lease the caller holds by its own reckoning (taken or
+--       renewed less than 0.8 x ttl_ms ago): one GETEX both renews and reads the holder. Were
+--       the caller wrong, another holder's lease is extended once; nothing else changes.
 -- Returns 1 renewed (it was ours), 2 acquired (it was free or our earlier instance's),
 -- 0 held by another member.
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local cur
+if ARGV[4] == 'renew' then
+  cur = redis.call('GETEX', KEYS[1], 'PX', ARGV[2])
+  if cur == ARGV[1] then
+    return 1
+  end
+else
+  cur = redis.call('GET', KEYS[1])
+  if cur == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+  end
 end
 if (not cur) or (ARGV[3] ~= '' and cur == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
