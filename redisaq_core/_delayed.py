@@ -20,8 +20,8 @@ The mover knows when to call from three sources:
   a read, due before the read ends, is moved on time;
 * a check of every owned partition right after a partition is gained, after
   each (re)subscription (nudges sent while the pub/sub connection was down went
-  nowhere), and every ``check_interval`` (ten heartbeats) in case a connection
-  died without anyone noticing.
+  nowhere), and every ``check_interval`` (about a minute, as the stray sweep)
+  in case a connection died without anyone noticing.
 
 Server times are turned into this process's monotonic clock with the offset
 seen in the latest reply (the reply arrives after the script read ``TIME``, so

@@ -233,7 +233,8 @@ class Consumer(RedisComponent):
         )  # fmt: skip
         self._mover = DelayedMover(
             self.keys, self.group, self.name, self.token, self._owned,
-            check_interval=self.heartbeat_interval * 10, logger=self.logger,
+            check_interval=self.heartbeat_interval * sweep_period(heartbeat_interval),
+            logger=self.logger,
         )  # fmt: skip
         self._priorities = 1
         self._beats = 0
@@ -648,8 +649,7 @@ class Consumer(RedisComponent):
             for p in gained + fresh:
                 self._touched.update(self._owned[p].streams)
             self._interrupt_read()
-        # Strays appear around a hand-over: look on the heartbeat just after one, and about
-        # once a minute otherwise.
+        # Strays come at a hand-over: look on the next heartbeat, then about once a minute.
         self._beats += 1
         every = self._beats % sweep_period(self.heartbeat_interval) == 0
         settled = [
