@@ -101,11 +101,11 @@ class Consumer(RedisComponent):
     ones). ``max_deliveries``: deliveries before a failing message goes to the
     dead-letter stream (``dead_letter=False`` keeps it retrying). ``retry_backoff``:
     the base of the exponential retry delay in seconds, capped at
-    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks (never past
-    the lease's local deadline), which bounds idle traffic. ``static``: a restart
-    with the same ``consumer_name`` within ``heartbeat_ttl`` keeps its partitions.
-    ``on_assign`` / ``on_revoke``: called with the partitions gained or given up.
-    ``registry``: a
+    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks (10 s; an
+    idle read ends sooner, at its leases' local deadline), which bounds idle
+    traffic. ``static``: a restart with the same ``consumer_name`` within
+    ``heartbeat_ttl`` keeps its partitions. ``on_assign`` / ``on_revoke``: called
+    with the partitions gained or given up. ``registry``: a
     :class:`~redisaq_core.registry.ServiceRegistry` in which the consumer registers
     itself (service type ``consumer``, id ``topic/group/name``, its partitions in
     the metadata) while it runs; deleting that registration stops it gracefully.

@@ -1,0 +1,117 @@
+"""Leases renewed when due, and idle reads that end at the leases' local deadline.
+
+A held lease is renewed about every other heartbeat (``lease_due``), with one
+GETEX while the member holds it by its own clock; it never lapses while the
+member heartbeats, a lease found in another's hands is given up at once, and
+an idle read blocks until the leases' local deadline, not once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core._membership import lease_due
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+
+def test_a_lease_is_renewed_every_other_heartbeat_with_the_default_ttl() -> None:
+    interval, ttl = 3.0, 9.0
+    renewed_at = 100.0
+    deadline = renewed_at + 0.8 * ttl
+    # The heartbeat loop sleeps an interval, then beats: a little later each time.
+    assert not lease_due(deadline, renewed_at + interval + 0.05, interval, ttl)
+    assert lease_due(deadline, renewed_at + 2 * interval + 0.1, interval, ttl)
+    # Late past its local deadline: renewed (and checked, as it may have lapsed).
+    assert lease_due(deadline, deadline + 1.0, interval, ttl)
+
+
+def test_a_short_ttl_renews_on_every_heartbeat() -> None:
+    for interval, ttl in ((1.0, 1.5), (1.0, 2.0), (1.0, 2.5), (0.2, 0.3)):
+        renewed_at = 50.0
+        assert lease_due(renewed_at + 0.8 * ttl, renewed_at + interval, interval, ttl), ttl
+
+
+def test_a_skipped_renewal_leaves_more_than_half_the_lease() -> None:
+    for interval in (0.1, 0.3, 1.0, 3.0):
+        for factor in (1.2, 2.0, 3.0, 4.0, 10.0):
+            ttl = interval * factor
+            renewed_at = 10.0
+            deadline = renewed_at + 0.8 * ttl
+            for step in range(1, 40):
+                now = renewed_at + step * interval * 0.5
+                if not lease_due(deadline, now, interval, ttl):
+                    # Skipped: the lease itself still has over half its TTL, and its local
+                    # deadline is more than an interval away (reads go on until the next).
+                    assert renewed_at + ttl - now > ttl / 2, (interval, ttl, now)
+                    assert deadline - now > interval, (interval, ttl, now)
+
+
+async def _calls(redis: Redis, command: str) -> int:
+    info: Any = await redis.info("commandstats")
+    return int(info.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_an_idle_member_keeps_its_lease_and_reads_rarely(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2)
+        lease = TopicKeys(topic).lease(0, "default")
+        async with Running(consumer, handle):
+            await eventually(lambda: consumer.assigned_partitions == [0])
+            reads_before = await _calls(redis, "xreadgroup")
+            started = time.monotonic()
+            lowest = 10_000
+            while time.monotonic() - started < 3.0:
+                # The lease (TTL 0.6 s) never lapses while its owner heartbeats.
+                ttl_ms = await redis.pttl(lease)
+                assert ttl_ms > 0, "the lease lapsed"
+                assert await redis.get(lease) == consumer.token.encode()
+                lowest = min(lowest, ttl_ms)
+                await asyncio.sleep(0.02)
+            reads = await _calls(redis, "xreadgroup") - reads_before
+            # Renewed about every other heartbeat: it runs down below the 0.4 s that
+            # renewing on each 0.2 s heartbeat would leave.
+            assert lowest < 350, lowest
+            # One read per renewal (0.4 s): about 8 in 3 s, where a 0.1 s poll would make 30.
+            assert reads <= 12, reads
+            await producer.enqueue({"n": 1})
+            await eventually(lambda: seen == [1], timeout=5)
+        await consumer.close()
+    assert consumer.stats.fenced == 0
+
+
+async def test_a_lease_found_in_other_hands_on_renewal_is_given_up(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=1):
+        pass
+    consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2)
+    lease = TopicKeys(topic).lease(0, "default")
+
+    async def handle(m: Message) -> None:
+        """Nothing arrives."""
+
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions == [0])
+        # Someone else's token where the member believes its own lease is (a key deleted
+        # and taken by another): the next renewal, a GETEX, tells and the partition goes.
+        await redis.set(lease, b"another-token", px=5000)
+        await eventually(lambda: consumer.assigned_partitions == [], timeout=5)
+        assert await redis.get(lease) == b"another-token"
+        # Once that lease is gone, the partition, still assigned to it, is taken again.
+        await redis.delete(lease)
+        await eventually(lambda: consumer.assigned_partitions == [0], timeout=5)
+        assert await redis.get(lease) == consumer.token.encode()
+    await consumer.close()
