@@ -22,8 +22,8 @@ and measures, in this order:
    ran, Lua scripts' inner calls included), the server's CPU time and the
    member processes' CPU time and memory; then ``MONITOR`` over as long a
    window (requests, i.e. commands clients sent, told apart from those Lua
-   ran; the default 10 s spans one stray sweep of every member, which comes
-   every 10 heartbeats); then ``SLOWLOG`` at threshold 0 over
+   ran; a member's stray sweep and delayed-entry check come about once a
+   minute, so a 10 s window holds about a sixth of them); then ``SLOWLOG`` at threshold 0 over
    ``--slowlog-seconds`` (the duration of each heartbeat script call of the
    members), and once more while a probe sends 200 heartbeats back to back
    into a copy of the group (see ``scale_probe.warm_heartbeats``);
