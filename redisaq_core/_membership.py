@@ -174,7 +174,8 @@ class Membership:
     ) -> tuple[list[int], list[int]]:
         """Held leases (partition -> local deadline) to renew on this heartbeat.
 
-        Returns them, those still held by this member's own clock first, and those.
+        Returns ``(due, held)``: the due ones, those still held by this member's own clock
+        (before their local deadline) first, and those held ones alone.
         """
         due = [p for p, until in deadlines.items() if lease_due(until, now, interval, self.ttl)]
         held = [p for p in due if deadlines[p] > now]

@@ -60,10 +60,13 @@ def test_benchmarks_run_and_report_every_measurement() -> None:
     results = {r["key"]: r for r in report["results"]}
     assert set(results) == EXPECTED
     for key, result in results.items():
+        if key == "idle":
+            # A 1 s window may hold no request: an idle read ends at the leases' deadline.
+            assert result["rate"] >= 0 and result["server_commands_per_s"] >= 0
+            continue
         assert result["rate"] > 0, key
-        if key != "idle":
-            assert result["raw_rate"] > 0, key
-            assert result["ratio"] > 0, key
+        assert result["raw_rate"] > 0, key
+        assert result["ratio"] > 0, key
     for key in ("end_to_end", "end_to_end_paced"):
         assert results[key]["p50_ms"] > 0
         assert results[key]["p99_ms"] >= results[key]["p50_ms"]
