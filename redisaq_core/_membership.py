@@ -35,6 +35,9 @@ __all__ = ["LEASE_VALIDITY", "GroupView", "LeaseState", "Membership", "lease_due
 
 log = logging.getLogger(__name__)
 
+NAME_CHECK_EVERY = 10
+"""Heartbeats between two checks of the member's name on a steady heartbeat without leases."""
+
 LEASE_VALIDITY = 0.8
 """Fraction of the lease's TTL during which a member takes a lease it renewed as its own."""
 
@@ -101,6 +104,7 @@ class Membership:
         self._joined = False
         self._known = ""  # "<version> <members version> <partitions> <members>" of the view
         self._view: GroupView | None = None
+        self._beats = 0
         self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
 
     async def beat(self, renew: list[int] | None = None, blind: int = 0) -> GroupView:
@@ -117,9 +121,12 @@ class Membership:
         keys += [k.lease(p, g) for p in renew]
         mode = "beat" if self._joined else ("static-join" if self.static else "join")
         self.renewed = {}
+        self._beats += 1
+        check = "check" if self._beats % NAME_CHECK_EVERY == 0 else ""
         for _ in range(5):
             known = self._known if self._view is not None else ""
             args = [self.name, self.token, self.ttl_ms, mode, known, self.previous_token, blind]
+            args.append(check)
             reply = await HEARTBEAT(self.redis, keys, args)
             now, partitions, members, flat, version, other, levels, members_version, states = reply
             if int(partitions) < 0:

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer
 from redisaq_core._membership import lease_due
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -115,3 +115,35 @@ async def test_a_lease_found_in_other_hands_on_renewal_is_given_up(
         await eventually(lambda: consumer.assigned_partitions == [0], timeout=5)
         assert await redis.get(lease) == consumer.token.encode()
     await consumer.close()
+
+
+async def test_a_member_without_leases_still_notices_its_name_taken_over(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=1):
+        pass
+    keys = TopicKeys(topic)
+
+    async def handle(m: Message) -> None:
+        """Nothing arrives."""
+
+    owner = Consumer(topic, consumer_name="owner", redis_url=redis_url, heartbeat_interval=0.1)
+    spare = Consumer(topic, consumer_name="spare", redis_url=redis_url, heartbeat_interval=0.1)
+    async with Running(owner, handle):
+        await eventually(lambda: owner.assigned_partitions == [0])
+        task = asyncio.create_task(spare.process(handle))
+        try:
+            await eventually(lambda: spare.members == ("owner", "spare"))
+            # What a static restart of an older release does: it takes the name over
+            # without raising the members version. The spare's heartbeats carry no lease,
+            # so only its periodic name check can tell.
+            await redis.hset(keys.tokens("default"), "spare", "a-newer-instance")
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except DuplicateConsumerError:
+            pass
+        else:
+            raise AssertionError("the replaced member did not stop")
+        finally:
+            await spare.stop()
+        await spare.close()
+    await owner.close()

@@ -3,7 +3,8 @@
 --       (string: raised whenever a member joins, leaves or expires), then the leases to take
 --       or renew in the same step (one server only: they are in other slots), as lease.lua
 --       does with ARGV[6] (the member's previous token, may be empty); the first ARGV[7] of
---       them (0 if absent) are renewed without a check first, as lease.lua's "renew" mode
+--       them (0 if absent) are renewed without a check first, as lease.lua's "renew" mode;
+--       ARGV[8] "check" has the name checked even on a steady beat
 -- ARGV: name, token, ttl_ms, mode: "beat", "join", or "static-join" (a static member's
 --       restart: this token replaces a live earlier instance of the same name, and the
 --       members version is raised so that the earlier instance's next beat checks its name),
@@ -40,8 +41,9 @@ local function versions()
 end
 
 -- A steady beat without leases: nothing changed since "known" (a static restart that takes
--- the name over raises the members version), so the name is still this instance's.
-if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 then
+-- the name over raises the members version), so the name is still this instance's. An older
+-- release's restart does not raise it: "check" beats (and those with leases) look anyway.
+if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 and ARGV[8] ~= 'check' then
   local partitions, priorities, version, members_version, seen = versions()
   if ARGV[5] == seen and redis.call('ZADD', members, 'XX', 'CH', now, name) == 1 then
     return {now, partitions, {}, {}, version, '', priorities, members_version, {}}
