@@ -601,6 +601,8 @@ class Consumer(RedisComponent):
             )  # fmt: skip
             await ENSURE_PARTITIONS(self.redis, [self.keys.meta], [self._partition_count, 0])
             view = await self._membership.beat()
+        for part in self._owned.values() if view.members != self._members else ():
+            part.sweeps = max(part.sweeps, 2)  # one back from a pause may have read ours
         self._members = view.members
         self._partition_count = view.partitions
         if view.priorities != self._priorities:
