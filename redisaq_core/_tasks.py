@@ -28,7 +28,7 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait for it; cancel again if a cancellation got lost on the way."""
     while not task.done():
         task.cancel()
-        await asyncio.wait([task], timeout=0.5)
+        await asyncio.wait([task], timeout=0.05)
     if not task.cancelled() and task.exception() is not None:
         log.warning("background task %s failed: %r", task.get_name(), task.exception())
 

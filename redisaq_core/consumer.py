@@ -738,6 +738,8 @@ class Consumer(RedisComponent):
         round trip, when it is a read of new entries; else on their own.
         """
         self._reclaimed = False
+        # An interrupt (stop, a rebalance) during the sends below: the read returns at once.
+        self._read_interrupted = self._read_started = False
         now = asyncio.get_running_loop().time()
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
@@ -770,7 +772,6 @@ class Consumer(RedisComponent):
             return []
         # Not past the leases' local deadline: nothing is handed to it once they may lapse.
         wait = max(0.001, min(wait, *(s.valid_until - now for s in reading)))
-        self._read_interrupted = self._read_started = False
         self._reading = asyncio.ensure_future(self._read(redis, reading, int(wait * 1000)))
         try:
             return await asyncio.shield(self._reading)

@@ -356,3 +356,29 @@ async def test_a_hung_handler_is_cut_off_after_max_processing_time(
     async with DeadLetters(topic, redis_url=redis_url) as dl:
         (record,) = await dl.list()
     assert record.payload["n"] == 1 and "within 0.3s" in record.error
+
+
+async def test_a_stop_while_acknowledgements_go_out_does_not_wait_for_a_blocking_read(
+    redis_url: str, topic: str
+) -> None:
+    """stop() lands while the consumer sends the last batch's acknowledgements: the read
+    that follows returns at once rather than blocking for its whole poll interval."""
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(10)])
+    seen = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(m: Message) -> None:
+        handled.append(m.payload["n"])
+        if len(handled) == 10:
+            seen.set()
+
+    consumer = Consumer(topic, redis_url=redis_url, poll_interval=30, heartbeat_ttl=30)
+    task = asyncio.create_task(consumer.process(handle))
+    try:
+        await asyncio.wait_for(seen.wait(), 10)
+        await asyncio.wait_for(consumer.stop(), 3)  # the read would block for 24 s
+    finally:
+        await consumer.stop()
+        await task
+        await consumer.close()
