@@ -260,9 +260,9 @@ class Dispatcher:
         recorder = self.stats.recorder
         assert recorder is not None
         now = time.time()
-        first = chunk[0].partition
-        if all(m.partition == first for m in chunk):
-            recorder.handled_many(first, took, [now - m.enqueued_at for m in chunk])
+        partitions = set(map(_partition, chunk))
+        if len(partitions) == 1:
+            recorder.handled_many(partitions.pop(), took, [now - m.enqueued_at for m in chunk])
             return
         by_partition: dict[int, list[float | None]] = {}
         for m in chunk:

@@ -215,24 +215,25 @@ class MetricsRecorder:
                 self._otel.handled(partition, seconds, (age,))
 
     def _observe_many(self, h: _Histogram, values: Sequence[float]) -> None:
+        """Observe ``values`` at once: sorted, each bucket's count is two bisects."""
         if not values:
             return
-        bounds, ints = self._bounds, self._ints
-        counts = [0] * len(h.buckets)
-        total, top = 0.0, self._maxes.get(h.max, -1.0)
-        for value in values:
-            if value < 0:
-                value = 0.0
-            total += value
-            if value > top:
-                top = value
-            counts[bisect.bisect_left(bounds, value)] += 1
-        ints[h.count] = ints.get(h.count, 0) + len(values)
-        self._sums[h.sum] = self._sums.get(h.sum, 0.0) + total
-        self._maxes[h.max] = top
-        for name, n in zip(h.buckets, counts, strict=True):
-            if n:
-                ints[name] = ints.get(name, 0) + n
+        ordered = sorted(values)
+        if ordered[0] < 0:
+            ordered = [v if v > 0 else 0.0 for v in ordered]
+        ints, n, below = self._ints, len(ordered), 0
+        for name, bound in zip(h.buckets, self._bounds, strict=False):
+            upto = bisect.bisect_right(ordered, bound)
+            if upto > below:
+                ints[name] = ints.get(name, 0) + upto - below
+                below = upto
+        if n > below:
+            last = h.buckets[-1]
+            ints[last] = ints.get(last, 0) + n - below
+        ints[h.count] = ints.get(h.count, 0) + n
+        self._sums[h.sum] = self._sums.get(h.sum, 0.0) + sum(ordered)
+        if ordered[-1] > self._maxes.get(h.max, -1.0):
+            self._maxes[h.max] = ordered[-1]
 
     def handled_many(
         self, partition: int, handler_seconds: float, ages: Sequence[float | None]
@@ -258,19 +259,7 @@ class MetricsRecorder:
             maxes[h.max] = took
         bucket = h.buckets[bisect.bisect_left(bounds, took)]
         ints[bucket] = ints.get(bucket, 0) + n
-        e = f.e2e
-        known = [a if a > 0 else 0.0 for a in ages if a is not None]
-        if not known:
-            return
-        ints[e.count] = ints.get(e.count, 0) + len(known)
-        sums[e.sum] = sums.get(e.sum, 0.0) + sum(known)
-        top = max(known)
-        if top > maxes.get(e.max, -1.0):
-            maxes[e.max] = top
-        names = e.buckets
-        for age in known:
-            name = names[bisect.bisect_left(bounds, age)]
-            ints[name] = ints.get(name, 0) + 1
+        self._observe_many(f.e2e, [a for a in ages if a is not None])
 
     def failed(self, partition: int) -> None:
         """A handler raised (or was cancelled at its timeout)."""
