@@ -197,7 +197,8 @@ class Dispatcher:
             cancelled = await self.settler.started(redis, messages)
             if cancelled:
                 messages = skip_cancelled(messages, cancelled, done)
-        flight = self._in_flight(messages, +1)
+        groups = _by_partition(messages)
+        flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
         if batch:
             for i in range(0, len(messages), self.batch_size):
@@ -226,7 +227,6 @@ class Dispatcher:
                 else:
                     done += [(m, None) for m in chunk]
         else:
-            groups = _by_partition(messages)
             if len(groups) == 1:
                 results = [await self._run_partition(handler, messages, spans)]
             else:
@@ -270,14 +270,10 @@ class Dispatcher:
         for partition, values in by_partition.items():
             recorder.handled_many(partition, took, values)
 
-    def _in_flight(self, messages: list[Received] | dict[int, int], sign: int) -> dict[int, int]:
+    def _in_flight(self, counts: dict[int, int], sign: int) -> dict[int, int]:
         """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
         if self.stats.recorder is None:
             return {}
-        if isinstance(messages, dict):
-            counts = messages
-        else:
-            counts = {p: len(msgs) for p, msgs in _by_partition(messages).items()}
         for partition, n in counts.items():
             self.stats.recorder.in_flight(partition, sign * n)
         return counts
