@@ -84,7 +84,7 @@ class InvalidField(Exception):
         self.message = message
 
 
-_SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "delay", "topic")
+_SUBMIT_FIELDS = ("priority", "partition_key", "timeout", "delay", "idempotency_key", "topic")
 _SCHEDULE_FIELDS = tuple(f for f in SchedulePut.model_fields if f != "payload")
 
 
@@ -263,6 +263,7 @@ class Gateway:
                 partition_key=job.partition_key,
                 timeout=job.timeout,
                 delay=job.delay or None,
+                idempotency_key=job.idempotency_key,
             )
         except PartitionKeyError as exc:
             raise InvalidField(("partition_key",), str(exc)) from None

@@ -95,8 +95,10 @@ class SubmitJob(BaseModel):
     highest level goes to the highest, so a topic created here (one level) takes
     every priority and queues them all at level 0. ``partition_key`` names a payload
     field whose value picks the partition. ``delay``: seconds the job waits before
-    it is queued (status ``scheduled`` until then). ``job_type`` and ``client_id``
-    are echoed back; the job record does not keep them.
+    it is queued (status ``scheduled`` until then). ``idempotency_key``: a client
+    retrying after a lost reply sends the same key, and gets the first job back
+    (``Producer.submit``'s). ``job_type`` and ``client_id`` are echoed back; the
+    job record does not keep them.
     """
 
     topic: TopicName
@@ -106,6 +108,12 @@ class SubmitJob(BaseModel):
     timeout: float | None = Field(None, gt=0, le=86_400, description="Seconds a handler may run.")
     delay: float | None = Field(
         None, ge=0, le=10 * 366 * 86_400, description="Seconds before the job is queued."
+    )
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="A retry with the same key within 24 h returns the first job, writing nothing.",
     )
     job_type: str | None = Field(None, max_length=200)
     client_id: str | None = Field(None, max_length=200)

@@ -61,6 +61,23 @@ async def test_job_submitted_over_http_is_followed_to_its_result(
     assert (await client.get("/jobs", params={"limit": 1})).status_code == 200
 
 
+async def test_a_job_post_retried_with_its_idempotency_key_returns_the_first_job(
+    client: httpx.AsyncClient, web_redis_url: str, topic: str
+) -> None:
+    body = {"topic": topic, "payload": {"n": 1}, "idempotency_key": "order-1"}
+    first = await client.post("/jobs", json=body)
+    again = await client.post("/jobs", json=body)  # as after a reply lost on its way
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other = await client.post("/jobs", json={**body, "idempotency_key": "order-2"})
+    assert other.json()["job_id"] != first.json()["job_id"]
+    r = await client.get("/jobs", params={"topic": topic, "status": "queued"})
+    assert len(r.json()) == 2
+    long_key = {**body, "idempotency_key": "é" * 129}  # 258 bytes
+    assert _fields(await client.post("/jobs", json=long_key)) == ["idempotency_key"]
+    assert len((await client.get("/jobs", params={"topic": topic})).json()) == 2
+
+
 async def test_unknown_and_malformed_job_ids(client: httpx.AsyncClient, topic: str) -> None:
     r = await client.get(f"/jobs/{topic}/0/{uuid.uuid4().hex}")
     assert r.status_code == 404 and "no record" in r.json()["detail"]
@@ -83,6 +100,8 @@ async def test_unknown_and_malformed_job_ids(client: httpx.AsyncClient, topic: s
         ({"topic": "t", "payload": 1, "priority": True}, "priority"),
         ({"topic": "t", "payload": 1, "timeout": 0}, "timeout"),
         ({"topic": "t", "payload": 1, "partition_key": ""}, "partition_key"),
+        ({"topic": "t", "payload": 1, "idempotency_key": ""}, "idempotency_key"),
+        ({"topic": "t", "payload": 1, "idempotency_key": "k" * 257}, "idempotency_key"),
     ],
 )
 async def test_invalid_job_requests_name_the_field(
