@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedCluster, EmbeddedRedis
 from tests.cluster_helpers import crossslot_errors
+from tests.faults.conftest import Workers
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -148,3 +150,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 def topic() -> str:
     """A topic name no other test uses."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes recording what they handle (tests/faults), all killed at the end."""
+    w = Workers(tmp_path / "records.txt")
+    w.record_file.touch()
+    try:
+        yield w
+    finally:
+        w.stop_all()

@@ -11,9 +11,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -440,16 +438,6 @@ async def test_the_gateway_schedules_jobs_with_a_delay(
 
 
 # ---- a real worker process killed before the message is due --------------------------
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(tmp_path / "records.txt")
-    w.record_file.touch()
-    try:
-        yield w
-    finally:
-        w.stop_all()
 
 
 @pytest.mark.slow

@@ -6,10 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,13 +53,3 @@ class Workers:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
             proc.wait(timeout=10)
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(tmp_path / "records.txt")
-    w.record_file.touch()
-    try:
-        yield w
-    finally:
-        w.stop_all()
