@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -66,3 +69,11 @@ class Running:
         await self.consumer.stop(timeout=10)
         await asyncio.wait_for(self.task, 15)
         await self.consumer.close()
+
+
+def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the ``redisaq`` command line in a child process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "redisaq_core.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip

@@ -38,7 +38,7 @@ from redisaq_core import (
 from redisaq_core._cancellation import RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
-from tests.helpers import Running, eventually
+from tests.helpers import Running, eventually, redisaq
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.01}
@@ -416,13 +416,6 @@ async def handle(m):
             raise
     return m.payload
 """
-
-
-def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redisaq_core.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from redisaq_core import Consumer, Message, Producer
-from tests.helpers import Running, eventually
+from tests.helpers import Running, eventually, redisaq
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redisaq_core.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
 
 
 async def _dead_letters(redis_url: str, topic: str) -> None:

@@ -24,16 +24,9 @@ from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
 from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
-from tests.helpers import Running, eventually
+from tests.helpers import Running, eventually, redisaq
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redisaq_core.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
 
 
 def _name() -> str:
