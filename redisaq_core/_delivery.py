@@ -31,13 +31,13 @@ from ._codec import (
     decode_payload,
     default_deserializer,
 )
-from ._reads import read_streams
+from ._reads import XREADGROUP, read_streams, xreadgroup_args
 from ._scripts import ScriptCall
 from ._tracing import Traced, mark
 from .connection import AnyRedis
 from .errors import SerializationError
 from .keys import TopicKeys
-from .message import Received, received
+from .message import Received, new_message, received
 
 if TYPE_CHECKING:
     from .metrics import MetricsRecorder
@@ -285,7 +285,9 @@ class Reader:
         pipe = redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        pipe.xreadgroup(self.group, self.name, streams, count=self.batch_size)
+        pipe.execute_command(
+            XREADGROUP, *xreadgroup_args(self.group, self.name, streams, self.batch_size, None)
+        )
         replies = await pipe.execute(raise_on_error=False)
         response = replies.pop()
         if isinstance(response, Exception):
@@ -307,19 +309,30 @@ class Reader:
     def _received(
         self, response: Any, where: dict[str, tuple[OwnedPartition, int]]
     ) -> list[Received]:
+        """The messages of an XREADGROUP reply, highest priority first.
+
+        The reply may come as the server sent it (each entry's fields a flat list, see
+        :mod:`redisaq_core._reads`) or converted by redis-py (a dict): both are read.
+        """
         self.behind = False
         if not response:
             return []
         items = response.items() if isinstance(response, dict) else response
         out: list[Received] = []
+        append = out.append
         topic, group, deserializer = self.topic, self.group, self.deserializer
+        levels = False
         for name, entries in items:
             part, level = where[as_str(name)]
             if len(entries) >= self.batch_size:
                 self.behind = True
+            levels = levels or level > 0
             number = part.number
             for entry_id, fields in entries:
-                raw = fields.get(F_BYTES) if len(fields) == 1 else None
+                if type(fields) is list:
+                    raw = fields[1] if len(fields) == 2 and fields[0] == F_BYTES else None
+                else:
+                    raw = fields.get(F_BYTES) if len(fields) == 1 else None
                 if raw is not None:
                     # decode()'s common case, inlined: a payload and nothing else.
                     try:
@@ -328,13 +341,22 @@ class Reader:
                         pass
                     else:
                         msg_id = entry_id.decode()
-                        enqueued = int(msg_id[: msg_id.index("-")]) / 1000.0
-                        out.append(
-                            received(topic, payload, msg_id, number, group, enqueued, 1, level)
-                        )
+                        m: Received = new_message(Received)
+                        m.topic = topic
+                        m.payload = payload
+                        m.msg_id = msg_id
+                        m.partition_key = m.timeout = m.job_id = None
+                        m.partition = number
+                        m.created_at = m.enqueued_at = int(msg_id[: msg_id.index("-")]) / 1000.0
+                        m.deliveries = 1
+                        m.group = group
+                        m.priority = level
+                        append(m)
                         continue
-                out.append(self.decode(part, level, entry_id, fields, 1))
-        return _by_priority(out)
+                if type(fields) is list:
+                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
+                append(self.decode(part, level, entry_id, fields, 1))
+        return _by_priority(out) if levels else out
 
     async def claim(
         self, redis: AnyRedis, parts: list[OwnedPartition]

@@ -62,6 +62,8 @@ __all__ = [
     "TRIM_ACKED",
     "Script",
     "ScriptCall",
+    "ack_call",
+    "ack_count",
     "run_pipelined",
 ]
 
@@ -178,6 +180,23 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
 
 ACK = Script("ack")
 ACK_DELETE = Script("ack_delete")
+
+
+def ack_call(
+    script: Script, stream: Any, lease: Any, group: str, token: str, ids: Iterable[str]
+) -> ScriptCall:
+    """A call of ``ACK`` (or ``ACK_DELETE``) for entries ``ids`` of ``stream``: one argument.
+
+    Entry ids never hold a space, so they travel joined by spaces, encoded once.
+    """
+    return (script, [stream, lease], [group, token, " ".join(ids).encode()])
+
+
+def ack_count(args: Sequence[Any]) -> int:
+    """How many entries an :func:`ack_call`'s arguments name."""
+    return int(args[2].count(b" ")) + 1 if args[2] else 0
+
+
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
 DELAY = Script("delay")

@@ -30,6 +30,8 @@ from ._scripts import (
     JOBS_COMPLETE,
     JOBS_STARTED,
     ScriptCall,
+    ack_call,
+    ack_count,
     run_pipelined,
 )
 from .connection import AnyRedis
@@ -153,7 +155,7 @@ class Settler:
         then :meth:`record`), which the consumer does before anything else reaches Redis
         for these partitions.
         """
-        acks: dict[tuple[int, int], list[bytes]] = {}
+        acks: dict[tuple[int, int], list[str]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes]]] = {}  # result: kind + data
         cancelled: dict[tuple[int, int], list[Received]] = {}
         for message, result in done:
@@ -162,11 +164,10 @@ class Settler:
                 continue
             key = (part.number, message.priority)
             if not message.job_id:
-                # bytes ids: redis-py packs them as they are (str ids cost an encode each).
                 ids = acks.get(key)
                 if ids is None:
                     ids = acks[key] = []
-                ids.append(message.msg_id.encode())
+                ids.append(message.msg_id)
                 continue
             if result is CANCELLED:
                 cancelled.setdefault(key, []).append(message)
@@ -179,7 +180,7 @@ class Settler:
             jobs.setdefault(key, []).append((message, (b"b" if kind == F_BYTES else b"s") + data))
         ack = ACK_DELETE if self.delete_acked else ACK
         calls: list[ScriptCall] = [
-            (ack, [owned[p].streams[level], owned[p].lease], [self.group, self.token, *ids])
+            ack_call(ack, owned[p].streams[level], owned[p].lease, self.group, self.token, ids)
             for (p, level), ids in acks.items()
         ]
         for (p, level), done_jobs in jobs.items():
@@ -213,7 +214,7 @@ class Settler:
         """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
         if gone:
             calls: list[ScriptCall] = [
-                (ACK, [part.streams[level], part.lease], [self.group, self.token, *ids])
+                ack_call(ACK, part.streams[level], part.lease, self.group, self.token, ids)
                 for (part, level), ids in gone.items()
             ]
             await run_pipelined(redis, calls)
@@ -278,7 +279,7 @@ class Settler:
                 continue
             part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
             count = (
-                len(call_args) - 2
+                ack_count(call_args)
                 if script is ACK or script is ACK_DELETE
                 else (len(call_keys) - 3 if script is JOBS_COMPLETE or script is JOBS_CANCELLED
                       else 1)

@@ -110,7 +110,8 @@ class Received(Message):
     enqueued_at: float = 0.0
 
 
-_new = object.__new__
+new_message = object.__new__
+"""A message object with no field set yet: the hot path sets every one itself."""
 
 
 def received(
@@ -133,7 +134,7 @@ def received(
 
     The hot path. ``created_at`` defaults to ``enqueued_at``.
     """
-    m: Received = _new(kind)
+    m: Received = new_message(kind)
     m.topic = topic
     m.payload = payload
     m.msg_id = msg_id
