@@ -319,44 +319,51 @@ class Reader:
             return []
         items = response.items() if isinstance(response, dict) else response
         out: list[Received] = []
-        append = out.append
-        topic, group, deserializer = self.topic, self.group, self.deserializer
         levels = False
         for name, entries in items:
             part, level = where[as_str(name)]
             if len(entries) >= self.batch_size:
                 self.behind = True
             levels = levels or level > 0
-            number = part.number
-            for entry_id, fields in entries:
-                if type(fields) is list:
-                    raw = fields[1] if len(fields) == 2 and fields[0] == F_BYTES else None
-                else:
-                    raw = fields.get(F_BYTES) if len(fields) == 1 else None
-                if raw is not None:
-                    # decode()'s common case, inlined: a payload and nothing else.
-                    try:
-                        payload = deserializer(raw)
-                    except Exception:
-                        pass
-                    else:
-                        msg_id = entry_id.decode()
-                        m: Received = new_message(Received)
-                        m.topic = topic
-                        m.payload = payload
-                        m.msg_id = msg_id
-                        m.partition_key = m.timeout = m.job_id = None
-                        m.partition = number
-                        m.created_at = m.enqueued_at = int(msg_id[: msg_id.index("-")]) / 1000.0
-                        m.deliveries = 1
-                        m.group = group
-                        m.priority = level
-                        append(m)
-                        continue
-                if type(fields) is list:
-                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
-                append(self.decode(part, level, entry_id, fields, 1))
+            start = len(out)
+            try:
+                self._plain(entries, part.number, level, out)
+            except Exception:
+                # Not every entry is the common kind (a payload alone, which decodes):
+                # this stream's entries go through decode() one by one.
+                del out[start:]
+                for entry_id, fields in entries:
+                    if type(fields) is list:
+                        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+                    out.append(self.decode(part, level, entry_id, fields, 1))
         return _by_priority(out) if levels else out
+
+    def _plain(self, entries: list[Any], number: int, level: int, out: list[Received]) -> None:
+        """Append the messages of ``entries`` of one stream, each a payload and nothing else.
+
+        The hot path: raises (anything) at the first entry of another kind, or whose payload
+        does not decode, for the caller to read that stream entry by entry instead.
+        """
+        topic, group, deserializer, append = self.topic, self.group, self.deserializer, out.append
+        same: bytes = b"-"  # the id's first 14 bytes, "<13 digits>-", whose time is ``at``
+        at = 0.0
+        for entry_id, (key, raw) in entries:
+            if key != F_BYTES:
+                raise ValueError(key)
+            m: Received = new_message(Received)
+            m.payload = deserializer(raw)
+            m.msg_id = msg_id = entry_id.decode()
+            if entry_id[:14] != same:
+                at = int(msg_id[: msg_id.index("-")]) / 1000.0
+                same = entry_id[:14] if entry_id[13:14] == b"-" else b"-"
+            m.created_at = m.enqueued_at = at
+            m.topic = topic
+            m.partition_key = m.timeout = m.job_id = None
+            m.partition = number
+            m.deliveries = 1
+            m.group = group
+            m.priority = level
+            append(m)
 
     async def claim(
         self, redis: AnyRedis, parts: list[OwnedPartition]

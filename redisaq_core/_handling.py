@@ -24,6 +24,7 @@ import operator
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from itertools import groupby
 from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
@@ -260,13 +261,14 @@ class Dispatcher:
         recorder = self.stats.recorder
         assert recorder is not None
         now = time.time()
-        partitions = set(map(_partition, chunk))
-        if len(partitions) == 1:
-            recorder.handled_many(partitions.pop(), took, [now - m.enqueued_at for m in chunk])
-            return
-        by_partition: dict[int, list[float | None]] = {}
-        for m in chunk:
-            by_partition.setdefault(m.partition, []).append(now - m.enqueued_at)
+        by_partition: dict[int, list[float]] = {}
+        for partition, run in groupby(chunk, _partition):
+            ages = [now - m.enqueued_at for m in run]
+            found = by_partition.get(partition)
+            if found is None:
+                by_partition[partition] = ages
+            else:
+                found += ages
         for partition, values in by_partition.items():
             recorder.handled_many(partition, took, values)
 
@@ -293,8 +295,10 @@ class Dispatcher:
         this task inside a handler.
         """
         ok: list[tuple[Received, Any]] = []
-        clock = asyncio.get_running_loop().time
-        owned = self.owned
+        loop = asyncio.get_running_loop()
+        # asyncio's own loop reads time.monotonic(): called directly, a Python call less.
+        clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        owned, number = self.owned, msgs[0].partition
         task = asyncio.current_task()
         call = None
         if self.max_processing_time is not None and task is not None:
@@ -306,7 +310,7 @@ class Dispatcher:
         wall = time.time() - started  # loop time to wall-clock time
         try:
             for i, m in enumerate(msgs):
-                part = owned.get(m.partition)
+                part = owned.get(number)
                 if part is None or part.valid_until <= started:
                     # The lease may have passed to another member (this process was paused
                     # or cut off): leave the rest pending. If the next heartbeat finds the
@@ -354,7 +358,7 @@ class Dispatcher:
             if call is not None:
                 self._calls.discard(call)
             if self.stats.recorder is not None and took:
-                self.stats.recorder.handled_each(msgs[0].partition, took, ages)
+                self.stats.recorder.handled_each(number, took, ages)
 
     def _timed_out(self, m: Received, rest: list[Received], cause: BaseException | None) -> Failure:
         self.stats.add_timed_out(m.partition)
@@ -366,13 +370,14 @@ class Dispatcher:
 
 
 def _by_partition(messages: list[Received]) -> dict[int, list[Received]]:
-    """``messages`` by partition, in order (mostly one partition: then without a loop here)."""
-    partitions = set(map(_partition, messages))
-    if len(partitions) == 1:
-        return {partitions.pop(): messages}
+    """``messages`` by partition, in order (a read brings each partition's entries together)."""
     groups: dict[int, list[Received]] = {}
-    for m in messages:
-        groups.setdefault(m.partition, []).append(m)
+    for partition, run in groupby(messages, _partition):
+        found = groups.get(partition)
+        if found is None:
+            groups[partition] = list(run)
+        else:
+            found += run
     return groups
 
 

@@ -158,17 +158,19 @@ class Settler:
         acks: dict[tuple[int, int], list[str]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes]]] = {}  # result: kind + data
         cancelled: dict[tuple[int, int], list[Received]] = {}
+        ids: list[str] = []
+        at: tuple[int, int] = (-1, -1)  # the (partition, level) ``ids`` collects for
         for message, result in done:
+            if not message.job_id:
+                if message.partition != at[0] or message.priority != at[1]:
+                    at = (message.partition, message.priority)
+                    ids = acks.setdefault(at, [])
+                ids.append(message.msg_id)
+                continue
             part = owned.get(message.partition)
             if part is None:
                 continue
             key = (part.number, message.priority)
-            if not message.job_id:
-                ids = acks.get(key)
-                if ids is None:
-                    ids = acks[key] = []
-                ids.append(message.msg_id)
-                continue
             if result is CANCELLED:
                 cancelled.setdefault(key, []).append(message)
                 continue
@@ -182,6 +184,7 @@ class Settler:
         calls: list[ScriptCall] = [
             ack_call(ack, owned[p].streams[level], owned[p].lease, self.group, self.token, ids)
             for (p, level), ids in acks.items()
+            if p in owned  # a partition dropped meanwhile: its new owner handles them again
         ]
         for (p, level), done_jobs in jobs.items():
             part = owned[p]

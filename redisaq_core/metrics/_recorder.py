@@ -235,12 +235,10 @@ class MetricsRecorder:
         if ordered[-1] > self._maxes.get(h.max, -1.0):
             self._maxes[h.max] = ordered[-1]
 
-    def handled_many(
-        self, partition: int, handler_seconds: float, ages: Sequence[float | None]
-    ) -> None:
+    def handled_many(self, partition: int, handler_seconds: float, ages: Sequence[float]) -> None:
         """``len(ages)`` messages were handled by one handler call (a batch) in ``handler_seconds``.
 
-        ``ages`` are the messages' end-to-end times (``None`` when unknown).
+        ``ages`` are the messages' end-to-end times.
         """
         n = len(ages)
         if not n:
@@ -259,7 +257,7 @@ class MetricsRecorder:
             maxes[h.max] = took
         bucket = h.buckets[bisect.bisect_left(bounds, took)]
         ints[bucket] = ints.get(bucket, 0) + n
-        self._observe_many(f.e2e, [a for a in ages if a is not None])
+        self._observe_many(f.e2e, ages)
 
     def failed(self, partition: int) -> None:
         """A handler raised (or was cancelled at its timeout)."""
