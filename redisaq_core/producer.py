@@ -224,7 +224,10 @@ class Producer(RedisComponent):
         if self._partitions:
             self.logger.info("topic %s: partitions %d -> %d", self.topic, self._partitions, count)
         trim = self._retention.xadd_options()
-        self._heads = [["XADD", self.keys.stream(p), *trim, "*"] for p in range(count)]
+        # The options as bytes: redis-py passes bytes through, where it encodes a str or an
+        # int anew for every entry. (The key stays text: the retention counts by it.)
+        options = [str(a).encode() for a in (*trim, "*")]
+        self._heads = [["XADD", self.keys.stream(p), *options] for p in range(count)]
         self._partitions = count
         self._trim = trim
 

@@ -382,3 +382,56 @@ async def test_a_stop_while_acknowledgements_go_out_does_not_wait_for_a_blocking
         await consumer.stop()
         await task
         await consumer.close()
+
+
+async def test_entries_of_every_kind_keep_stream_order_and_their_times(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Plain entries are read by one fast loop that parses an id's time once per millisecond;
+    # any other entry sends its stream through the general decoder. Ids of other lengths
+    # (written by another client) must not share a cached time with their neighbours.
+    await _produce(redis_url, topic, 0, partitions=1)
+    stream = TopicKeys(topic).stream(0)
+    ids = ["5-0", "5-1", "1000000000000-0", "1000000000000-7", "1000000000001-0",
+           "10000000000000-0", "10000000000001-0", "10000000000002-0", "10000000000002-1",
+           "10000000000003-0", "10000000000003-1"]  # fmt: skip
+    for n, entry_id in enumerate(ids):
+        fields = {b"p": b'{"n": %d}' % n}
+        if n == 7:
+            fields[b"k"] = b"key"  # another field: this stream goes entry by entry
+        if n == 9:
+            fields = {b"p": b"{not json"}  # undecodable: dead-lettered, the rest go on
+        await redis.xadd(stream, fields, id=entry_id)
+    seen: list[Message] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=50, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(seen) == len(ids) - 1)
+        await eventually(lambda: consumer.stats.dead_lettered == 1)
+    wanted = [i for n, i in enumerate(ids) if n != 9]
+    assert [m.msg_id for m in seen] == wanted
+    assert [m.payload["n"] for m in seen] == [n for n in range(len(ids)) if n != 9]
+    assert [m.enqueued_at for m in seen] == [int(i.split("-")[0]) / 1000 for i in wanted]
+    assert [m.partition_key for m in seen] == [None] * 7 + ["key"] + [None] * 2
+    assert await _pending(redis, topic, "default", 1) == 0
+
+
+async def test_a_batch_of_the_largest_size_is_acknowledged_whole(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # 5,000 ids in one acknowledgement: the script acknowledges them in chunks.
+    await _produce(redis_url, topic, 5000, partitions=1)
+    seen: list[int] = []
+
+    async def handle(batch: list[Message]) -> None:
+        seen.extend(m.payload["n"] for m in batch)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=5000, **FAST)
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: len(seen) == 5000)
+        await eventually(lambda: consumer.stats.handled == 5000)
+    assert seen == list(range(5000))
+    assert await _pending(redis, topic, "default", 1) == 0
