@@ -326,23 +326,27 @@ class Reader:
                 self.behind = True
             levels = levels or level > 0
             start = len(out)
-            try:
-                self._plain(entries, part.number, level, out)
-            except Exception:
-                # Not every entry is the common kind (a payload alone, which decodes):
-                # this stream's entries go through decode() one by one.
-                del out[start:]
-                for entry_id, fields in entries:
-                    if type(fields) is list:
-                        fields = dict(zip(fields[::2], fields[1::2], strict=True))
-                    out.append(self.decode(part, level, entry_id, fields, 1))
+            if entries and type(entries[0][1]) is list:  # as the server sent it
+                try:
+                    self._plain(entries, part.number, level, out)
+                    continue
+                except Exception:
+                    del out[start:]
+            # Not every entry is the common kind (a payload alone, which decodes), or
+            # redis-py made each entry's fields a dict: this stream goes entry by entry.
+            for entry_id, fields in entries:
+                if type(fields) is list:
+                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
+                out.append(self.decode(part, level, entry_id, fields, 1))
         return _by_priority(out) if levels else out
 
     def _plain(self, entries: list[Any], number: int, level: int, out: list[Received]) -> None:
         """Append the messages of ``entries`` of one stream, each a payload and nothing else.
 
-        The hot path: raises (anything) at the first entry of another kind, or whose payload
-        does not decode, for the caller to read that stream entry by entry instead.
+        The hot path, for entries as the server sent them (fields a flat list; a dict of
+        two fields would unpack as its two names). Raises (anything) at the first entry of
+        another kind, or whose payload does not decode, for the caller to read that stream
+        entry by entry instead.
         """
         topic, group, deserializer, append = self.topic, self.group, self.deserializer, out.append
         same: bytes = b"-"  # the id's first 14 bytes, "<13 digits>-", whose time is ``at``

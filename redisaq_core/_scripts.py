@@ -31,6 +31,7 @@ from .connection import AnyRedis
 __all__ = [
     "ACK",
     "ACK_DELETE",
+    "APPEND",
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
     "DELAY",
@@ -180,6 +181,7 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
 
 ACK = Script("ack")
 ACK_DELETE = Script("ack_delete")
+APPEND = Script("append")
 
 
 def ack_call(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from ._appends import append
 from ._assignment import key_value, partition_for_key
 from ._batching import CommandBatcher
 from ._checks import Due, due_time, integer, number
@@ -574,15 +575,15 @@ class Producer(RedisComponent):
                         "entries refused were not enqueued; the same call enqueues them"
                     ) from exc
                 raise
-        commands = [self._command(item, partition_key, priority, trims) for item in payloads]
-        if not commands:
+        entries = [self._fields(item, partition_key, priority) for item in payloads]
+        if not entries:
             return []
-        spans = send_spans(self.topic, "batch_enqueue", commands)
-        pipe = redis.pipeline(transaction=False)
-        for _, command in commands:
-            pipe.execute_command(*command)
+        spans = send_spans(self.topic, "batch_enqueue", [(p, f) for p, _, f in entries])
+        streams = [self.keys.stream(p, level) for p, level, _ in entries]
+        write = append(redis, list(zip(streams, (f for _, _, f in entries), strict=True)),
+                       self._trim if trims is None else trims)  # fmt: skip
         try:
-            results = await spans.wrap(pipe.execute(), _entry_ids)
+            results = await spans.wrap(write, list)
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory(
@@ -590,9 +591,9 @@ class Producer(RedisComponent):
                     "call with an idempotency_key to make a retry write only what is missing"
                 ) from exc
             raise
-        self._retention.wrote(redis, [command[1] for _, command in commands])
+        self._retention.wrote(redis, streams)
         if self._metrics is not None:
-            for partition, _ in commands:
+            for partition, _, _ in entries:
                 self._metrics.produced(partition)
         return [r.decode() for r in results]
 

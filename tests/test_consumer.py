@@ -17,6 +17,9 @@ from redisaq_core import (
     Message,
     Producer,
 )
+from redisaq_core._codec import default_deserializer
+from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
+from redisaq_core._reads import XREADGROUP, xreadgroup_args
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
@@ -435,3 +438,38 @@ async def test_a_batch_of_the_largest_size_is_acknowledged_whole(
         await eventually(lambda: consumer.stats.handled == 5000)
     assert seen == list(range(5000))
     assert await _pending(redis, topic, "default", 1) == 0
+
+
+@pytest.mark.single_node
+@pytest.mark.parametrize("deserializer", ["default", "pass-through"])
+async def test_a_reply_redis_py_converted_reads_as_the_servers_own(
+    redis: Redis, topic: str, deserializer: str
+) -> None:
+    # On a cluster the reads come back with each entry's fields a dict, where a dict of
+    # two fields must not be taken for a payload and its value (a pass-through
+    # deserializer accepts anything, so nothing would fail to show it).
+    keys = TopicKeys(topic)
+    stream = keys.stream(0)
+    await redis.xadd(stream, {b"p": b'{"n": 1}', b"k": b"n"})
+    await redis.xadd(stream, {b"p": b'{"n": 2}', b"k": b"n"})
+    await redis.xgroup_create(stream, "g", id="0")
+    await redis.xgroup_create(stream, "h", id="0")
+    chosen = default_deserializer if deserializer == "default" else (lambda raw: raw)
+    replies = [
+        await redis.xreadgroup("g", "c", {stream: ">"}, count=10),  # converted by redis-py
+        await redis.execute_command(
+            XREADGROUP, *xreadgroup_args("h", "c", {stream: ">"}, 10, None)
+        ),
+    ]
+    read = []
+    for reply in replies:
+        reader = Reader(keys, "g", "c", batch_size=10, deserializer=chosen, stats=ConsumerStats())
+        part = OwnedPartition(0, keys.lease(0, "g"), [stream], valid_until=0.0)
+        read.append(
+            [(m.payload, m.partition_key) for m in reader._received(reply, {stream: (part, 0)})]
+        )
+    assert read[0] == read[1]
+    if deserializer == "default":
+        assert read[0] == [({"n": 1}, "n"), ({"n": 2}, "n")]
+    else:
+        assert read[0] == [(b'{"n": 1}', "n"), (b'{"n": 2}', "n")]

@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
     ("data", ["keys", "message", "signals", "_codec", "_checks", "_failures", "_assignment",
               "_compat", "_retry", "_tasks", "embedded.servers", "logs"]),
-    ("redis", ["connection", "_scripts", "_reads", "_batching", "embedded"]),
+    ("redis", ["connection", "_scripts", "_reads", "_batching", "_appends", "embedded"]),
     ("parts", ["_job_events", "_cancellation", "_retention", "_membership", "_delivery",
                "_delayed", "_settlement", "_handling", "_tracing", "_ticks", "dlq", "results",
                "metrics", "registry"]),

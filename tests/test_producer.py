@@ -61,6 +61,51 @@ async def test_batch_enqueue_ids_in_input_order(redis_url: str, redis: Redis, to
     assert await producer_empty_batch(redis_url, topic) == []
 
 
+async def test_a_large_mixed_batch_lands_whole_in_order_with_every_field(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # 3,500 entries over 3 partitions (one gets over 1,000: more than one script call),
+    # entries with different numbers of fields side by side, each read back as given.
+    keys = TopicKeys(topic)
+    items: list[Any] = []
+    for i in range(3500):
+        if i % 7 == 0:
+            items.append(Message(topic, {"n": i, "k": i % 5}, created_at=1000.0 + i, timeout=9))
+        else:
+            items.append({"n": i, "k": i % 5})
+    async with Producer(topic, redis_url=redis_url, init_partitions=3) as producer:
+        ids = await producer.batch_enqueue(items, partition_key="k")
+    assert len(set(ids)) == 3500
+    found: dict[str, dict[bytes, bytes]] = {}
+    for p in range(3):
+        entries: Any = await redis.xrange(keys.stream(p))
+        found.update({e[0].decode(): e[1] for e in entries})
+        ns = [orjson.loads(e[1][b"p"])["n"] for e in entries]
+        assert ns == sorted(ns)  # each partition in input order
+    assert set(found) == set(ids)
+    for i, entry_id in enumerate(ids):
+        fields = found[entry_id]
+        assert orjson.loads(fields[b"p"]) == {"n": i, "k": i % 5}
+        assert fields[b"k"] == b"k"
+        if i % 7 == 0:
+            assert float(fields[b"c"]) == 1000.0 + i and float(fields[b"o"]) == 9
+        else:
+            assert b"c" not in fields and b"o" not in fields
+
+
+async def test_a_batch_of_large_payloads_is_split_by_size(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # 12 payloads of 1.5 MiB: several script calls (about 4 MiB each), all in order.
+    async with Producer(
+        topic, redis_url=redis_url, init_partitions=1, max_payload_bytes=None
+    ) as producer:
+        ids = await producer.batch_enqueue([{"n": i, "body": "x" * (3 << 19)} for i in range(12)])
+    entries: Any = await redis.xrange(TopicKeys(topic).stream(0))
+    assert [e[0].decode() for e in entries] == ids
+    assert [orjson.loads(e[1][b"p"])["n"] for e in entries] == list(range(12))
+
+
 async def producer_empty_batch(redis_url: str, topic: str) -> list[str]:
     async with Producer(topic, redis_url=redis_url) as producer:
         return await producer.batch_enqueue([])
