@@ -187,7 +187,7 @@ class Reader:
         self.deserializer = orjson.loads if deserializer is default_deserializer else deserializer
         self.stats = stats
         self.behind = False
-        """The last read brought entries: more may be waiting (the next read need not block)."""
+        """The last read filled a whole batch from a stream: more is likely waiting."""
 
     def partition(self, number: int, levels: int, valid_until: float) -> OwnedPartition:
         """State for a partition just taken: its pending entries are claimed first."""
@@ -322,7 +322,7 @@ class Reader:
         levels = False
         for name, entries in items:
             part, level = where[as_str(name)]
-            if entries:
+            if len(entries) >= self.batch_size:
                 self.behind = True
             levels = levels or level > 0
             start = len(out)

@@ -745,8 +745,8 @@ class Consumer(RedisComponent):
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]
         reading = [s for s in ready if not s.held]
-        # With a read that does not block, while busy: a consumer that found nothing last
-        # waits for new entries in a blocking read, and its acknowledgements must not wait.
+        # With the read only while behind: a consumer that caught up waits for new entries
+        # in a blocking read, and its acknowledgements should not wait with it.
         then_read = reading if self._reader.behind and not (due or claiming) else []
         messages = await self._settler.flush(
             redis, self._owned, self._fenced, self._reader, then_read
