@@ -8,24 +8,42 @@ end of the warm-up to the last message handled.
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core._retention import TrimMode
+from redisaq_core.keys import TopicKeys
 
-from .common import FIELD, GROUP, Context, Run, Sink, payload, raw_client, raw_consume
+from .common import (
+    FIELD,
+    GROUP,
+    Context,
+    Run,
+    Sink,
+    entries_of,
+    payload,
+    raw_client,
+    raw_consume,
+)
 
 __all__ = [
+    "drain_jobs",
+    "drain_raw",
+    "drain_raw_jobs",
     "fill",
     "lib_jobs_batch",
     "lib_process",
     "lib_process_batch",
     "lib_process_batch_delete_acked",
     "lib_process_batch_no_metrics",
+    "raw_jobs_batch",
     "raw_process",
     "run_consumer",
+    "submit_jobs",
 ]
 
 _FILL_CHUNK = 10_000
@@ -124,14 +142,24 @@ async def lib_process_batch_delete_acked(ctx: Context) -> Run:
     return await _lib(ctx, batch=True, trim="delete-acked")
 
 
-async def lib_jobs_batch(ctx: Context) -> Run:
-    """``Consumer.process_batch`` draining jobs (``Producer.submit``): status and results too."""
-    topic = ctx.topic("jobs")
-    total = ctx.warm + ctx.n
+async def submit_jobs(ctx: Context, topic: str, total: int) -> TopicKeys:
+    """Put ``total`` jobs on a new ``topic`` with ``Producer.submit`` (untimed set-up)."""
     async with Producer(topic, redis_url=ctx.url, init_partitions=ctx.partitions) as producer:
         for start in range(0, total, 1000):
             count = min(1000, total - start)
             await asyncio.gather(*(producer.submit(payload(start + i)) for i in range(count)))
+        return producer.keys
+
+
+async def lib_jobs_batch(ctx: Context) -> Run:
+    """``Consumer.process_batch`` draining jobs (``Producer.submit``): status and results too."""
+    topic = ctx.topic("jobs")
+    await submit_jobs(ctx, topic, ctx.warm + ctx.n)
+    return await drain_jobs(ctx, topic)
+
+
+async def drain_jobs(ctx: Context, topic: str) -> Run:
+    """``Consumer.process_batch`` over the jobs :func:`submit_jobs` put on ``topic``."""
     sink = Sink(ctx.warm, ctx.n)
     consumer = Consumer(topic, group_name=GROUP, batch_size=ctx.batch, redis_url=ctx.url)
     await run_consumer(consumer, sink, batch=True, timeout=ctx.timeout)
@@ -141,11 +169,77 @@ async def lib_jobs_batch(ctx: Context) -> Run:
 async def raw_process(ctx: Context) -> Run:
     """XREADGROUP COUNT ``batch`` + XACK of each batch, draining pre-filled raw streams."""
     streams = ctx.raw_streams("consume")
-    total = ctx.warm + ctx.n
     async with raw_client(ctx.url) as r:
-        await fill(r, streams, total)
+        await fill(r, streams, ctx.warm + ctx.n)
         for stream in streams:
             await r.xgroup_create(stream, GROUP, id="0")
+    return await drain_raw(ctx, streams)
+
+
+async def drain_raw(ctx: Context, streams: list[str]) -> Run:
+    """The raw XREADGROUP + XACK loop over ``streams`` (their group made, entries added)."""
+    async with raw_client(ctx.url) as r:
         sink = Sink(ctx.warm, ctx.n)
         await asyncio.wait_for(raw_consume(r, streams, ctx.batch, sink), ctx.timeout)
+        return sink.run()
+
+
+async def raw_jobs_batch(ctx: Context) -> Run:
+    """The job records' writes as plain pipelined commands, beside a raw XREADGROUP loop.
+
+    Per batch: one pipeline marks each job active (HSET, PUBLISH), one completes it (HSET
+    with its result, EXPIRE, index ZADD, PUBLISH) and acknowledges its entry: what
+    ``Consumer`` writes for a job, without the scripts that make it atomic and fenced.
+    """
+    keys = await submit_jobs(ctx, ctx.topic("raw-jobs"), ctx.warm + ctx.n)
+    return await drain_raw_jobs(ctx, keys)
+
+
+async def drain_raw_jobs(ctx: Context, keys: TopicKeys) -> Run:
+    """The raw loop of :func:`raw_jobs_batch` over the jobs put on ``keys``' topic."""
+    parts = {keys.stream(p).encode(): p for p in range(ctx.partitions)}
+    wanted: dict[Any, Any] = dict.fromkeys(parts, ">")
+    sink = Sink(ctx.warm, ctx.n)
+    async with raw_client(ctx.url) as r:
+        for stream in parts:
+            await r.xgroup_create(stream, GROUP, id="0")
+
+        async def drain() -> None:
+            channel = keys.job_channel
+            while not sink.done.is_set():
+                response = await r.xreadgroup(GROUP, "raw", wanted, count=ctx.batch, block=100)
+                read = [
+                    (stream, entry_id, fields[b"j"].decode(), parts[stream], fields[FIELD])
+                    for stream, entries in entries_of(response)
+                    for entry_id, fields in entries
+                ]
+                now = int(time.time() * 1000)
+                pipe = r.pipeline(transaction=False)
+                for _, _, job, p, _ in read:
+                    pipe.execute_command(
+                        "HSET", keys.job(p, job), "status", "active", "active_at", now,
+                        "updated_at", now, "worker", "raw", "attempts", 1,
+                    )  # fmt: skip
+                    pipe.execute_command("PUBLISH", channel, f"{job} active")
+                await pipe.execute()
+                done = [
+                    (stream, entry_id, job, p, orjson.loads(data))
+                    for stream, entry_id, job, p, data in read
+                ]
+                now = int(time.time() * 1000)
+                pipe = r.pipeline(transaction=False)
+                for stream, entry_id, job, p, item in done:
+                    sink.add(item)
+                    record = keys.job(p, job)
+                    pipe.execute_command(
+                        "HSET", record, "status", "completed", "completed_at", now,
+                        "updated_at", now, "worker", "raw", "result", b"null", "result_kind", "b",
+                    )  # fmt: skip
+                    pipe.execute_command("EXPIRE", record, 3600)
+                    pipe.execute_command("ZADD", keys.jobs(p), now, job)
+                    pipe.execute_command("PUBLISH", channel, f"{job} completed")
+                    pipe.execute_command("XACK", stream, GROUP, entry_id)
+                await pipe.execute()
+
+        await asyncio.wait_for(drain(), ctx.timeout)
         return sink.run()

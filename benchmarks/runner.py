@@ -121,6 +121,13 @@ def cases(ctx: Context) -> list[Case]:
             scale=1,
         ),
         Case(
+            "jobs_batch_records",
+            "consume jobs, beside raw job-record writes",
+            consume.lib_jobs_batch,
+            consume.raw_jobs_batch,
+            scale=1,
+        ),
+        Case(
             "end_to_end",
             "end-to-end, max rate",
             endtoend.lib_saturated,

@@ -25,6 +25,7 @@ EXPECTED = {
     "process_batch",
     "process_batch_no_metrics",
     "jobs_batch",
+    "jobs_batch_records",
     "end_to_end",
     "end_to_end_paced",
     "delayed_enqueue",
