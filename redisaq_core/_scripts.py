@@ -30,7 +30,6 @@ from .connection import AnyRedis
 
 __all__ = [
     "ACK",
-    "ACK_DELETE",
     "APPEND",
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
@@ -180,23 +179,22 @@ async def run_pipelined(client: AnyRedis, calls: Sequence[ScriptCall]) -> list[A
 
 
 ACK = Script("ack")
-ACK_DELETE = Script("ack_delete")
 APPEND = Script("append")
 
 
 def ack_call(
-    script: Script, stream: Any, lease: Any, group: str, token: str, ids: Iterable[str]
+    stream: Any, lease: Any, group: str, token: str, ids: Iterable[str], *, delete: bool = False
 ) -> ScriptCall:
-    """A call of ``ACK`` (or ``ACK_DELETE``) for entries ``ids`` of ``stream``: one argument.
+    """A call of ``ACK`` for entries ``ids`` of ``stream``; ``delete``: XACKDEL ... ACKED.
 
     Entry ids never hold a space, so they travel joined by spaces, encoded once.
     """
-    return (script, [stream, lease], [group, token, " ".join(ids).encode()])
+    return (ACK, [stream, lease], [group, token, b"1" if delete else b"0", " ".join(ids).encode()])
 
 
 def ack_count(args: Sequence[Any]) -> int:
     """How many entries an :func:`ack_call`'s arguments name."""
-    return int(args[2].count(b" ")) + 1 if args[2] else 0
+    return int(args[3].count(b" ")) + 1 if args[3] else 0
 
 
 COMMIT_ASSIGNMENT = Script("commit_assignment")

@@ -23,7 +23,6 @@ from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Un
 from ._retry import backoff_delay
 from ._scripts import (
     ACK,
-    ACK_DELETE,
     DEAD_LETTER,
     DELETE_ACKED,
     JOB_UPDATE,
@@ -180,9 +179,11 @@ class Settler:
                 failures.append(Failure(message, exc, []))
                 continue
             jobs.setdefault(key, []).append((message, (b"b" if kind == F_BYTES else b"s") + data))
-        ack = ACK_DELETE if self.delete_acked else ACK
+        delete = self.delete_acked
         calls: list[ScriptCall] = [
-            ack_call(ack, owned[p].streams[level], owned[p].lease, self.group, self.token, ids)
+            ack_call(
+                owned[p].streams[level], owned[p].lease, self.group, self.token, ids, delete=delete
+            )
             for (p, level), ids in acks.items()
             if p in owned  # a partition dropped meanwhile: its new owner handles them again
         ]
@@ -217,7 +218,7 @@ class Settler:
         """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
         if gone:
             calls: list[ScriptCall] = [
-                ack_call(ACK, part.streams[level], part.lease, self.group, self.token, ids)
+                ack_call(part.streams[level], part.lease, self.group, self.token, ids)
                 for (part, level), ids in gone.items()
             ]
             await run_pipelined(redis, calls)
@@ -283,7 +284,7 @@ class Settler:
             part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
             count = (
                 ack_count(call_args)
-                if script is ACK or script is ACK_DELETE
+                if script is ACK
                 else (len(call_keys) - 3 if script is JOBS_COMPLETE or script is JOBS_CANCELLED
                       else 1)
             )  # fmt: skip

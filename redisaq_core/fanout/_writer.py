@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._scripts import (
-    ACK,
     ENSURE_PARTITIONS,
     FANOUT,
     FANOUT_FORGET,
@@ -333,7 +332,7 @@ class Writer:
         for (partition, level), group in groups.items():
             stream, lease = self._source(partition, level)
             ids = [e.message.msg_id for e in group]
-            acks.append(ack_call(ACK, stream, lease, self.group, self.token, ids))
+            acks.append(ack_call(stream, lease, self.group, self.token, ids))
         done: list[str] = []
         for (where, group), result in zip(groups.items(), await _run(redis, acks), strict=True):
             if isinstance(result, Exception):
