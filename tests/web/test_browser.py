@@ -12,7 +12,10 @@ import asyncio
 import json
 import shutil
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +31,7 @@ FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+WIDE = {"width": 1280, "height": 1000}
 
 pytestmark = [
     pytest.mark.skipif(
@@ -38,28 +42,47 @@ pytestmark = [
 ]
 
 
+@asynccontextmanager
+async def browser_page(
+    *, viewport: dict[str, int] | None = None, console_errors: bool = False
+) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A page of headless Chromium (closed on exit) and the list its errors go to.
+
+    Uncaught page errors always; with ``console_errors``, errors logged to the console too.
+    """
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = await (browser.new_page(viewport=viewport) if viewport else browser.new_page())
+            problems: list[str] = []
+            if console_errors:
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page, problems
+        finally:
+            await browser.close()
+
+
+async def open_live(page: Any, url: str) -> None:
+    """Open the dashboard at ``url`` and wait until its live connection is up."""
+    await page.goto(url)
+    await page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+
+
 async def test_dashboard_submits_a_job_and_shows_workers_live(
     web_redis_url: str, prefix: str, topic: str
 ) -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
     token = uuid.uuid4().hex
     auth = {"Authorization": f"Bearer {token}"}
     with LiveGateway(
         redis_url=web_redis_url, key_prefix=prefix, token=token, heartbeat_timeout=1.5
     ) as gateway:
-        async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+        async with browser_page(viewport=WIDE, console_errors=True) as (page, problems):
             try:
                 # the fragment never reaches the server; the page sends the token as a
                 # subprotocol on its sockets and as a header on its requests
-                await page.goto(f"{gateway.url}/#token={token}")
-                await page.wait_for_function(
-                    "document.getElementById('connection').textContent === 'live'"
-                )
+                await open_live(page, f"{gateway.url}/#token={token}")
                 assert "token" not in page.url  # taken out of the address bar
 
                 # a job submitted from the form becomes completed, live
@@ -116,7 +139,6 @@ async def test_dashboard_submits_a_job_and_shows_workers_live(
             finally:
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-                await browser.close()
     assert problems == []
 
 
@@ -135,19 +157,13 @@ _CANVAS_INK = """(selector) => {
 async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
     web_redis_url: str, prefix: str, topic: str
 ) -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
     token = uuid.uuid4().hex
     chart = f'#charts [data-topic="{topic}"]'
     throughput = f'{chart} [data-chart="throughput"]'
     with LiveGateway(
         redis_url=web_redis_url, key_prefix=prefix, token=token, heartbeat_timeout=5.0
     ) as gateway:
-        async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-            problems: list[str] = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+        async with browser_page(viewport=WIDE, console_errors=True) as (page, problems):
             stop = asyncio.Event()
 
             async def produce(producer: Producer) -> None:
@@ -202,28 +218,19 @@ async def test_dashboard_charts_draw_and_move_while_a_producer_runs(
                         await feeding
             finally:
                 stop.set()
-                await browser.close()
     assert problems == []
 
 
 async def test_dashboard_lists_the_stored_schedules(
     web_redis_url: str, prefix: str, topic: str
 ) -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
     from redisaq_core import Scheduler
 
     name = f"browser-{uuid.uuid4().hex[:8]}"
     with LiveGateway(redis_url=web_redis_url, key_prefix=prefix) as gateway:
-        async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = await browser.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
+        async with browser_page() as (page, problems):
             try:
-                await page.goto(gateway.url)
-                await page.wait_for_function(
-                    "document.getElementById('connection').textContent === 'live'"
-                )
+                await open_live(page, gateway.url)
                 body = {"topic": topic, "cron": "0 7 * * *", "timezone": "Europe/Paris"}
                 async with httpx.AsyncClient(base_url=gateway.url) as http:
                     r = await http.put(f"/schedules/{name}", json=body)
@@ -238,6 +245,5 @@ async def test_dashboard_lists_the_stored_schedules(
                 await row.wait_for(state="detached", timeout=15_000)
                 assert problems == []
             finally:
-                await browser.close()
                 async with Scheduler(redis_url=web_redis_url) as scheduler:
                     await scheduler.remove(name)

@@ -75,11 +75,10 @@ async def test_progress_and_cancellation_reach_a_jobs_socket(
 async def test_the_dashboard_shows_progress_and_the_cancellation(
     web_redis_url: str, prefix: str, topic: str
 ) -> None:
-    from tests.web.test_browser import CHROMIUM, FLAGS
+    from tests.web.test_browser import CHROMIUM, browser_page, open_live
 
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.async_api")
     reported = asyncio.Event()
 
     async def handler(m: Received) -> Any:
@@ -88,36 +87,26 @@ async def test_the_dashboard_shows_progress_and_the_cancellation(
         await asyncio.sleep(60)
 
     with LiveGateway(redis_url=web_redis_url, key_prefix=prefix) as gateway:
-        async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = await browser.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            try:
-                await page.goto(gateway.url)
+        async with browser_page() as (page, problems):
+            await open_live(page, gateway.url)
+            async with Running(consumer(topic, web_redis_url), handler):
+                await page.fill("#job-topic", topic)
+                await page.fill("#job-payload", '{"n": 1}')
+                await page.click("#job-submit")
+                await asyncio.wait_for(reported.wait(), 15)
+                row = page.locator('#my-jobs tr[data-status="active"]')
+                await row.wait_for(timeout=15_000)
+                detail = row.locator(".detail")
                 await page.wait_for_function(
-                    "document.getElementById('connection').textContent === 'live'"
+                    "el => el.textContent.includes('progress')",
+                    arg=await detail.element_handle(),
+                    timeout=15_000,
                 )
-                async with Running(consumer(topic, web_redis_url), handler):
-                    await page.fill("#job-topic", topic)
-                    await page.fill("#job-payload", '{"n": 1}')
-                    await page.click("#job-submit")
-                    await asyncio.wait_for(reported.wait(), 15)
-                    row = page.locator('#my-jobs tr[data-status="active"]')
-                    await row.wait_for(timeout=15_000)
-                    detail = row.locator(".detail")
-                    await page.wait_for_function(
-                        "el => el.textContent.includes('progress')",
-                        arg=await detail.element_handle(),
-                        timeout=15_000,
-                    )
-                    assert '{"rows":120}' in await detail.inner_text()
-                    job_id = await row.get_attribute("data-job-id")
-                    async with httpx.AsyncClient(base_url=gateway.url) as c:
-                        r = await c.post(f"/jobs/{job_id}/cancel")
-                    assert r.json()["status"] == "cancelling"
-                    done = page.locator('#my-jobs tr[data-status="cancelled"]')
-                    await done.wait_for(timeout=15_000)
-                assert problems == []
-            finally:
-                await browser.close()
+                assert '{"rows":120}' in await detail.inner_text()
+                job_id = await row.get_attribute("data-job-id")
+                async with httpx.AsyncClient(base_url=gateway.url) as c:
+                    r = await c.post(f"/jobs/{job_id}/cancel")
+                assert r.json()["status"] == "cancelling"
+                done = page.locator('#my-jobs tr[data-status="cancelled"]')
+                await done.wait_for(timeout=15_000)
+            assert problems == []
