@@ -281,14 +281,29 @@ class Reader:
         are returned to :meth:`Settler.record <redisaq_core._settlement.Settler.record>`
         by the caller: see ``Consumer._fetch``.
         """
-        streams, where = self._wanted(parts)
+        commands, where = self.after_commands(parts, calls)
         pipe = redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        pipe.execute_command(
-            XREADGROUP, *xreadgroup_args(self.group, self.name, streams, self.batch_size, None)
+        for command in commands:
+            pipe.execute_command(*command)
+        return self.after_replies(await pipe.execute(raise_on_error=False), where)
+
+    def after_commands(
+        self, parts: list[OwnedPartition], calls: list[ScriptCall]
+    ) -> tuple[list[tuple[Any, ...]], dict[str, tuple[OwnedPartition, int]]]:
+        """The commands of :meth:`read_after`, and where each stream read belongs."""
+        streams, where = self._wanted(parts)
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls
+        ]
+        commands.append(
+            (XREADGROUP, *xreadgroup_args(self.group, self.name, streams, self.batch_size, None))
         )
-        replies = await pipe.execute(raise_on_error=False)
+        return commands, where
+
+    def after_replies(
+        self, replies: list[Any], where: dict[str, tuple[OwnedPartition, int]]
+    ) -> tuple[list[Received], list[Any]]:
+        """The messages and the calls' replies of :meth:`after_commands`' ``replies``."""
         response = replies.pop()
         if isinstance(response, Exception):
             raise ReadAfterError(replies, response)

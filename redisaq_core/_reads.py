@@ -30,6 +30,11 @@ values, which the consumer reads as it is instead of having redis-py build a
 dict per entry first (a third of the client's cost per message in a busy
 read). Callers accept either shape, so a redis-py that converts it anyway
 costs only that time.
+
+:func:`send_ahead` (one server) writes a pipeline at once and leaves reading
+its replies to a task, so that Python can go on with other work while Redis
+serves it (a consumer's read ahead, see :mod:`redisaq_core._read_ahead`).
+redis-py's own pipeline starts writing only once its task runs.
 """
 
 from __future__ import annotations
@@ -40,17 +45,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from redis.asyncio import RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import (
-    RedisClusterException,
-)
+from redis.exceptions import RedisClusterException, ResponseError
 
 from .connection import AnyRedis
 
 __all__ = [
     "XREADGROUP",
     "read_streams",
+    "send_ahead",
     "slot_groups",
     "xreadgroup_args",
 ]
@@ -267,3 +271,38 @@ async def read_streams(
     else:
         idle.add((group, consumer))
     return found
+
+
+async def send_ahead(redis: Redis, commands: list[tuple[Any, ...]]) -> asyncio.Task[list[Any]]:
+    """Write ``commands`` to Redis now, in one write; a task reads their replies.
+
+    The task's result has the replies in order, an exception object in place of
+    each error reply (as ``pipeline.execute(raise_on_error=False)``). The
+    connection goes back to the pool once every reply is read; a connection
+    failure, or the task cancelled midway, closes it first.
+    """
+    pool: Any = redis.connection_pool  # get_connection is untyped
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+    except BaseException:
+        await conn.disconnect()
+        await pool.release(conn)
+        raise
+    return asyncio.ensure_future(_replies(pool, conn, len(commands)))
+
+
+async def _replies(pool: Any, conn: Any, count: int) -> list[Any]:
+    replies: list[Any] = []
+    try:
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    return replies

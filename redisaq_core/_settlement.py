@@ -10,7 +10,7 @@ the dead-lettering (``dead``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,14 +242,28 @@ class Settler:
         of new entries of ``parts`` that does not block; returns what it read. Otherwise
         in a round trip of their own.
         """
-        calls = self.take_deferred()
-        if not calls:
+        if not self._deferred:
             return []
         if reader is None or not parts or not isinstance(redis, Redis):
+            calls = self.take_deferred()
             await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost)
             return []
+        calls = self.take_deferred()
+        return await self.record_read(
+            redis, calls, reader.read_after(redis, parts, calls), owned, on_lost
+        )
+
+    async def record_read(
+        self,
+        redis: AnyRedis,
+        calls: list[ScriptCall],
+        read: Awaitable[tuple[list[Received], list[Any]]],
+        owned: dict[int, OwnedPartition],
+        on_lost: Callable[[OwnedPartition, int], None],
+    ) -> list[Received]:
+        """Await ``read`` (``calls`` sent with a read), record the calls; return what it read."""
         try:
-            messages, results = await reader.read_after(redis, parts, calls)
+            messages, results = await read
         except ReadAfterError as failed:
             await self.record(redis, calls, failed.replies, owned, on_lost)
             raise failed.error from None

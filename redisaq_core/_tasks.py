@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "uncancel", "wait_event"]
+__all__ = ["cancel_and_wait", "finish_shielded", "uncancel", "wait_event"]
 
 log = logging.getLogger("redisaq_core")
 
@@ -31,6 +32,30 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
         await asyncio.wait([task], timeout=0.05)
     if not task.cancelled() and task.exception() is not None:
         log.warning("background task %s failed: %r", task.get_name(), task.exception())
+
+
+async def finish_shielded(
+    step: Awaitable[Any], limit: float | None, *, forced: Callable[[], bool]
+) -> bool:
+    """Run ``step`` shielded from the caller's cancellation; return whether it finished.
+
+    ``limit``: the seconds it may take (``None``: no limit); then it is cancelled. A
+    cancellation of the caller is passed on, unless ``forced()`` says, when it comes,
+    that it was meant to end the wait (the caller goes on): then the step is cancelled
+    and the cancellation taken back.
+    """
+    job = asyncio.ensure_future(step)
+    try:
+        await asyncio.wait_for(asyncio.shield(job), limit)
+        return True
+    except asyncio.TimeoutError:
+        job.cancel()
+    except asyncio.CancelledError:
+        if not forced():
+            raise
+        job.cancel()
+        uncancel()
+    return False
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

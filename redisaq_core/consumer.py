@@ -33,10 +33,11 @@ from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, swe
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
+from ._read_ahead import ReadAhead
 from ._retention import server_features
 from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
-from ._tasks import cancel_and_wait, uncancel, wait_event
+from ._tasks import cancel_and_wait, finish_shielded, uncancel, wait_event
 from .connection import AnyRedis, RedisComponent, is_cluster
 from .errors import AlreadyRunningError, ConfigurationError, ConsumerError, DuplicateConsumerError
 from .keys import TopicKeys, validate_name
@@ -225,6 +226,7 @@ class Consumer(RedisComponent):
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
             stats=self.stats,
         )  # fmt: skip
+        self._ahead = ReadAhead(self._settler, self._reader, self._owned, self._fenced)
         self._dispatcher = Dispatcher(
             keys=self.keys, group=self.group, settler=self._settler, stats=self.stats,
             owned=self._owned, fenced=self._fenced,
@@ -388,7 +390,7 @@ class Consumer(RedisComponent):
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
             self._mover.start(redis)  # moves due delayed entries of the owned partitions
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() or self._ahead.pending:
                 try:
                     if self._groups_gone is not None:
                         await self._recreate_groups(self._groups_gone)
@@ -423,6 +425,7 @@ class Consumer(RedisComponent):
             # stop() ran out of time and cancelled the handlers: that is a stop, not an error.
             uncancel()
         finally:
+            await self._clean_up(self._ahead.discard())
             if heart is not None:
                 await cancel_and_wait(heart)
             await self._clean_up(self._dispatcher.jobs.aclose())
@@ -475,18 +478,8 @@ class Consumer(RedisComponent):
         Once stop() has cancelled the handlers, Redis may be what held them up: each step
         then gets at most ``heartbeat_ttl``, and what it could not do expires on its own.
         """
-        job = asyncio.ensure_future(step)
-        try:
-            limit = self.heartbeat_ttl if self._forced else None
-            await asyncio.wait_for(asyncio.shield(job), limit)
-        except asyncio.TimeoutError:
-            job.cancel()
-            self.logger.warning("consumer %s: Redis did not answer while leaving", self.name)
-        except asyncio.CancelledError:
-            if not self._forced:
-                raise
-            job.cancel()
-            uncancel()
+        limit = self.heartbeat_ttl if self._forced else None
+        if not await finish_shielded(step, limit, forced=lambda: self._forced):
             self.logger.warning("consumer %s: Redis did not answer while leaving", self.name)
 
     def _interrupt_read(self) -> None:
@@ -696,7 +689,9 @@ class Consumer(RedisComponent):
     async def _release_revoked(self) -> None:
         if self._membership is None or not any(s.revoking for s in self._owned.values()):
             return
-        await self._settler.flush(self.redis, self._owned, self._fenced)  # before the leases go
+        # Before the leases go: what a read ahead brings is pending, the acks are sent.
+        await self._ahead.wait()
+        await self._settler.flush(self.redis, self._owned, self._fenced)
         async with self._ownership:
             revoked = [p for p, s in self._owned.items() if s.revoking]
             for p in revoked:
@@ -732,15 +727,18 @@ class Consumer(RedisComponent):
     # ---- reading --------------------------------------------------------------------
 
     async def _fetch(self, redis: AnyRedis) -> list[Received]:
-        """The next messages to handle: retries due, then reclaimed entries, then new ones.
+        """The next messages to handle: read ahead, retries due, reclaimed entries, new ones.
 
         Acknowledgements the last batch left for now go out first: with the read, in one
-        round trip, when it is a read of new entries; else on their own.
+        round trip, when it is a read of new entries; else on their own. While behind, the
+        next read goes out before the messages are handled (``_read_ahead.py``).
         """
         self._reclaimed = False
         # An interrupt (stop, a rebalance) during the sends below: the read returns at once.
         self._read_interrupted = self._read_started = False
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        messages = await self._ahead.take(loop.time()) if self._ahead.pending else []
+        now = loop.time()
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]
@@ -748,10 +746,12 @@ class Consumer(RedisComponent):
         # With the read only while behind: a consumer that caught up waits for new entries
         # in a blocking read, and its acknowledgements should not wait with it.
         then_read = reading if self._reader.behind and not (due or claiming) else []
-        messages = await self._settler.flush(
+        messages = messages or await self._settler.flush(
             redis, self._owned, self._fenced, self._reader, then_read
         )
         if messages:
+            if not self._stopping.is_set():
+                await self._ahead.start(redis)
             return messages
         if due:
             messages, gone = await self._reader.retries(redis, due)

@@ -1,0 +1,146 @@
+"""A consumer that is behind reads its next batch while handlers run (``_read_ahead.py``).
+
+What the read brings must never pass a retry, outlive a stop, or be stranded by a
+hand-over: each test here drives a consumer through one of those with a backlog, so
+that a read is under way every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core._read_ahead import ReadAhead
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+pytestmark = pytest.mark.single_node  # a cluster client reads nothing ahead
+
+
+async def _produce(redis_url: str, topic: str, n: int, partitions: int) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=partitions) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(n)])
+
+
+async def _pending(redis: Redis, topic: str, partitions: int) -> int:
+    keys = TopicKeys(topic)
+    total = 0
+    for p in range(partitions):
+        info: Any = await redis.xpending(keys.stream(p), "default")
+        total += int(info["pending"])
+    return total
+
+
+def _count_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the reads sent ahead that brought something (proof the tests exercise them)."""
+    taken: list[int] = []
+    take = ReadAhead.take
+
+    async def counted(self: ReadAhead, now: float) -> list[Any]:
+        messages = await take(self, now)
+        taken.append(len(messages))
+        return messages
+
+    monkeypatch.setattr(ReadAhead, "take", counted)
+    return taken
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_what_was_read_ahead_waits_behind_a_retry(
+    redis_url: str, redis: Redis, topic: str, batch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Message 15 fails once while the read of 20-29 is already under way: those must
+    # come after 15's retry (and 16-19, held behind it), in stream order.
+    taken = _count_starts(monkeypatch)
+    await _produce(redis_url, topic, 200, partitions=1)
+    succeeded: list[int] = []
+    failed = False
+
+    async def handle(m: Message) -> None:
+        nonlocal failed
+        if m.payload["n"] == 15 and not failed:
+            failed = True
+            raise RuntimeError("once")
+        succeeded.append(m.payload["n"])
+
+    async def handle_batch(ms: list[Message]) -> None:
+        nonlocal failed
+        if not failed and any(m.payload["n"] == 15 for m in ms):
+            failed = True
+            raise RuntimeError("once")
+        succeeded.extend(m.payload["n"] for m in ms)
+
+    async def drained() -> bool:
+        return await _pending(redis, topic, 1) == 0
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, retry_backoff=0.05, **FAST)
+    async with Running(consumer, handle_batch if batch else handle, batch=batch):
+        await eventually(lambda: len(set(succeeded)) == 200)
+        await eventually(drained)
+    firsts = list(dict.fromkeys(succeeded))  # the first success of each message, in order
+    assert firsts == list(range(200))
+    assert consumer.stats.retried >= 1
+    assert sum(1 for n in taken if n) > 5  # reads ahead happened and were used
+
+
+async def test_a_stop_hands_what_was_read_ahead_to_the_handlers_first(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop lands while a read is under way: its messages are handled and acknowledged
+    # before the consumer leaves, not left pending for a later owner.
+    taken = _count_starts(monkeypatch)
+    await _produce(redis_url, topic, 2000, partitions=2)
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+        await asyncio.sleep(0.0005)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=25, **FAST)
+    task = asyncio.create_task(consumer.process(handle))
+    try:
+        await eventually(lambda: len(seen) >= 300)
+        await consumer.stop()
+    finally:
+        await consumer.stop()
+        await task
+        await consumer.close()
+    assert 300 <= len(seen) < 2000
+    assert len(set(seen)) == len(seen)
+    assert sum(1 for n in taken if n) > 2
+    assert await _pending(redis, topic, 2) == 0
+
+
+async def test_a_hand_over_strands_nothing_that_was_read_ahead(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Members join and leave while the first one is behind: every message is handled and
+    # nothing stays pending with anyone.
+    taken = _count_starts(monkeypatch)
+    await _produce(redis_url, topic, 3000, partitions=4)
+    seen: set[int] = set()
+
+    async def handle(m: Message) -> None:
+        seen.add(m.payload["n"])
+        await asyncio.sleep(0.0002)
+
+    first = Consumer(topic, redis_url=redis_url, batch_size=20, **FAST)
+    async with Running(first, handle):
+        await eventually(lambda: len(seen) >= 300)
+        second = Consumer(topic, redis_url=redis_url, batch_size=20, **FAST)
+        async with Running(second, handle):
+            await eventually(lambda: len(second.assigned_partitions) == 2)
+            await eventually(lambda: len(seen) >= 1500)
+        await eventually(lambda: len(seen) == 3000, timeout=20)
+
+        async def drained() -> bool:
+            return await _pending(redis, topic, 4) == 0
+
+        await eventually(drained)
+    assert sum(1 for n in taken if n) > 2
