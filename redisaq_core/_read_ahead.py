@@ -96,15 +96,13 @@ class ReadAhead:
         if self._task is not None:
             await asyncio.wait([self._task])
 
-    async def take(self, now: float) -> list[Received]:
-        """The messages read ahead that may be handled now (raises what the read raised).
-
-        ``now``: loop time, against the leases' local deadlines.
-        """
+    async def take(self) -> list[Received]:
+        """The messages read ahead that may be handled now (raises what the read raised)."""
         task, self._task = self._task, None
         assert task is not None
         parts, self._parts = self._parts, {}
         messages = await task
+        now = asyncio.get_running_loop().time()
         usable = {
             number for number, part in parts.items()
             if self._owned.get(number) is part and not part.revoking and not part.held

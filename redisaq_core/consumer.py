@@ -328,9 +328,10 @@ class Consumer(RedisComponent):
     async def stop(self, timeout: float | None = None) -> None:
         """Stop reading, let in-flight handlers finish, release partitions and leave the group.
 
-        Returns when the consumer has stopped. Handlers still running after
-        ``timeout`` (default ``shutdown_timeout``) are cancelled; their
-        messages stay pending and are reclaimed by the next owner.
+        Returns when the consumer has stopped (a batch it read ahead is handled
+        first). Handlers still running after ``timeout`` (default
+        ``shutdown_timeout``) are cancelled; their messages stay pending and are
+        reclaimed by the next owner.
         Idempotent; safe to call from a signal handler's task or a handler.
         """
         if not self._running:
@@ -736,9 +737,8 @@ class Consumer(RedisComponent):
         self._reclaimed = False
         # An interrupt (stop, a rebalance) during the sends below: the read returns at once.
         self._read_interrupted = self._read_started = False
-        loop = asyncio.get_running_loop()
-        messages = await self._ahead.take(loop.time()) if self._ahead.pending else []
-        now = loop.time()
+        messages = await self._ahead.take() if self._ahead.pending else []
+        now = asyncio.get_running_loop().time()
         ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]

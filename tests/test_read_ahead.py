@@ -42,8 +42,8 @@ def _count_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     taken: list[int] = []
     take = ReadAhead.take
 
-    async def counted(self: ReadAhead, now: float) -> list[Any]:
-        messages = await take(self, now)
+    async def counted(self: ReadAhead) -> list[Any]:
+        messages = await take(self)
         taken.append(len(messages))
         return messages
 
