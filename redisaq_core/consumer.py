@@ -391,7 +391,7 @@ class Consumer(RedisComponent):
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
             self._mover.start(redis)  # moves due delayed entries of the owned partitions
-            while not self._stopping.is_set() or self._ahead.pending:
+            while not self._stopping.is_set() or (self._ahead.pending and not self._redis_down):
                 try:
                     if self._groups_gone is not None:
                         await self._recreate_groups(self._groups_gone)

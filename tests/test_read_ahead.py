@@ -8,13 +8,16 @@ that a read is under way every time.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core._read_ahead import ReadAhead
+from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
@@ -144,3 +147,46 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
 
         await eventually(drained)
     assert sum(1 for n in taken if n) > 2
+
+
+async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis goes away while a read ahead is pending and a step before the next take keeps
+    # failing (here: recreating a group found gone, forced at the right moment, as a
+    # NOGROUP reply to a settlement would): the stop returns once the consumer has left,
+    # not when shutdown_timeout cuts it off.
+    taken = _count_starts(monkeypatch)
+    server = EmbeddedRedis()
+    await asyncio.to_thread(server.start)
+    try:
+        await _produce(server.url, topic, 3000, partitions=2)
+        at_gate, gate = asyncio.Event(), asyncio.Event()
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+            if len(seen) == 400:
+                at_gate.set()
+                await gate.wait()
+
+        consumer = Consumer(topic, redis_url=server.url, batch_size=50, **FAST)
+        task = asyncio.create_task(consumer.process(handle))
+        try:
+            await asyncio.wait_for(at_gate.wait(), 10)
+            assert sum(1 for n in taken if n) > 1 and consumer._ahead.pending
+            consumer._groups_gone = ResponseError("NOGROUP No such consumer group")
+            await asyncio.to_thread(server.stop)
+            began = time.monotonic()
+            stopping = asyncio.create_task(consumer.stop(timeout=8))
+            gate.set()
+            await asyncio.wait_for(stopping, 15)
+            took = time.monotonic() - began
+        finally:
+            gate.set()
+            await consumer.stop()
+            await task
+            await consumer.close()
+        assert took < 4, took
+    finally:
+        await asyncio.to_thread(server.stop)
