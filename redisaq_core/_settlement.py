@@ -242,13 +242,12 @@ class Settler:
         of new entries of ``parts`` that does not block; returns what it read. Otherwise
         in a round trip of their own.
         """
-        if not self._deferred:
+        calls = self.take_deferred()
+        if not calls:
             return []
         if reader is None or not parts or not isinstance(redis, Redis):
-            calls = self.take_deferred()
             await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost)
             return []
-        calls = self.take_deferred()
         return await self.record_read(
             redis, calls, reader.read_after(redis, parts, calls), owned, on_lost
         )
