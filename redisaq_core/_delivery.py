@@ -137,6 +137,10 @@ class OwnedPartition:
         """Whether pending entries must be claimed before new ones are read."""
         return bool(self.claims)
 
+    def ready(self, now: float) -> bool:
+        """Whether it may be read at loop time ``now``: kept, and its lease not due to lapse."""
+        return not self.revoking and self.valid_until > now
+
     def reclaim(self) -> None:
         """Claim every pending entry (from the start of each stream) before reading new ones."""
         self.claims = {level: "0-0" for level in range(len(self.streams))}

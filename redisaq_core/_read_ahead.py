@@ -76,7 +76,7 @@ class ReadAhead:
         if not self._reader.behind or not isinstance(redis, Redis):
             return
         now = asyncio.get_running_loop().time()
-        parts = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
+        parts = [s for s in self._owned.values() if s.ready(now)]
         if not parts or any(s.held or s.claiming for s in parts):
             return
         calls = self._settler.take_deferred()
@@ -105,8 +105,8 @@ class ReadAhead:
         now = asyncio.get_running_loop().time()
         usable = {
             number for number, part in parts.items()
-            if self._owned.get(number) is part and not part.revoking and not part.held
-            and not part.claiming and part.valid_until > now
+            if self._owned.get(number) is part and part.ready(now) and not part.held
+            and not part.claiming
         }  # fmt: skip
         if len(usable) == len(parts):
             return messages

@@ -739,7 +739,7 @@ class Consumer(RedisComponent):
         self._read_interrupted = self._read_started = False
         messages = await self._ahead.take() if self._ahead.pending else []
         now = asyncio.get_running_loop().time()
-        ready = [s for s in self._owned.values() if not s.revoking and s.valid_until > now]
+        ready = [s for s in self._owned.values() if s.ready(now)]
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]
         reading = [s for s in ready if not s.held]
