@@ -261,16 +261,8 @@ class Dispatcher:
         recorder = self.stats.recorder
         assert recorder is not None
         now = time.time()
-        by_partition: dict[int, list[float]] = {}
-        for partition, run in groupby(chunk, _partition):
-            ages = [now - m.enqueued_at for m in run]
-            found = by_partition.get(partition)
-            if found is None:
-                by_partition[partition] = ages
-            else:
-                found += ages
-        for partition, values in by_partition.items():
-            recorder.handled_many(partition, took, values)
+        for partition, msgs in _by_partition(chunk).items():
+            recorder.handled_many(partition, took, [now - m.enqueued_at for m in msgs])
 
     def _in_flight(self, counts: dict[int, int], sign: int) -> dict[int, int]:
         """Add (or, with ``sign=-1``, remove) messages to the in-flight gauge per partition."""
