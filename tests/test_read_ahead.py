@@ -40,8 +40,8 @@ async def _pending(redis: Redis, topic: str, partitions: int) -> int:
     return total
 
 
-def _count_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the reads sent ahead that brought something (proof the tests exercise them)."""
+def _record_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of messages each take of a read ahead handed on (proof the tests use them)."""
     taken: list[int] = []
     take = ReadAhead.take
 
@@ -60,7 +60,7 @@ async def test_what_was_read_ahead_waits_behind_a_retry(
 ) -> None:
     # Message 15 fails once while the read of 20-29 is already under way: those must
     # come after 15's retry (and 16-19, held behind it), in stream order.
-    taken = _count_starts(monkeypatch)
+    taken = _record_takes(monkeypatch)
     await _produce(redis_url, topic, 200, partitions=1)
     succeeded: list[int] = []
     failed = False
@@ -97,7 +97,7 @@ async def test_a_stop_hands_what_was_read_ahead_to_the_handlers_first(
 ) -> None:
     # A stop lands while a read is under way: its messages are handled and acknowledged
     # before the consumer leaves, not left pending for a later owner.
-    taken = _count_starts(monkeypatch)
+    taken = _record_takes(monkeypatch)
     await _produce(redis_url, topic, 2000, partitions=2)
     seen: list[int] = []
 
@@ -125,7 +125,7 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
 ) -> None:
     # Members join and leave while the first one is behind: every message is handled and
     # nothing stays pending with anyone.
-    taken = _count_starts(monkeypatch)
+    taken = _record_takes(monkeypatch)
     await _produce(redis_url, topic, 3000, partitions=4)
     seen: set[int] = set()
 
@@ -156,7 +156,7 @@ async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
     # failing (here: recreating a group found gone, forced at the right moment, as a
     # NOGROUP reply to a settlement would): the stop returns once the consumer has left,
     # not when shutdown_timeout cuts it off.
-    taken = _count_starts(monkeypatch)
+    taken = _record_takes(monkeypatch)
     server = EmbeddedRedis()
     await asyncio.to_thread(server.start)
     try:
