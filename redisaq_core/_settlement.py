@@ -369,7 +369,9 @@ class Settler:
         calls: list[ScriptCall] = []
         for f in failures:
             m = f.message
-            part = owned[m.partition]
+            part = owned.get(m.partition)
+            if part is None:  # found lost meanwhile (heartbeat, fenced ack): its owner's now
+                continue
             stream = part.streams[m.priority]
             if isinstance(m, Undecodable):
                 raw = m.fields

@@ -426,7 +426,7 @@ class Consumer(RedisComponent):
             # stop() ran out of time and cancelled the handlers: that is a stop, not an error.
             uncancel()
         finally:
-            await self._clean_up(self._ahead.discard())
+            await self._clean_up(self._ahead.discard(self.redis, give_back=not self._redis_down))
             if heart is not None:
                 await cancel_and_wait(heart)
             await self._clean_up(self._dispatcher.jobs.aclose())
@@ -468,7 +468,7 @@ class Consumer(RedisComponent):
                         "consumer %s: cannot join yet (%s); retrying", self.name, exc
                     )
                     told = True
-                await self._pause(delay)
+                await wait_event(self._stopping, delay)
                 if self._stopping.is_set():
                     return
                 delay = min(delay * 2, 5.0)
@@ -676,7 +676,8 @@ class Consumer(RedisComponent):
         """A stream or the group was deleted (or Redis flushed): create the groups again."""
         now = asyncio.get_running_loop().time()
         if now - self._recreated_at < 5.0:
-            await self._pause(min(self.poll_interval, 1.0))  # deleted again at once: no spin
+            # Deleted again at once: no spin.
+            await wait_event(self._stopping, min(self.poll_interval, 1.0))
         else:
             self.logger.warning(
                 "consumer %s: group %s or its stream is gone (%s); creating it again",
@@ -688,13 +689,14 @@ class Consumer(RedisComponent):
         await self._create_groups(list(self._owned.values()))
 
     async def _release_revoked(self) -> None:
-        if self._membership is None or not any(s.revoking for s in self._owned.values()):
+        going = [s for s in self._owned.values() if s.revoking]
+        if self._membership is None or not going:
             return
-        # Before the leases go: what a read ahead brings is pending, the acks are sent.
-        await self._ahead.wait()
+        # Before the leases go: what a read ahead brings is given back, the acks are sent.
+        await self._ahead.give_back(self.redis, going)
         await self._settler.flush(self.redis, self._owned, self._fenced)
-        async with self._ownership:
-            revoked = [p for p, s in self._owned.items() if s.revoking]
+        async with self._ownership:  # revoked meanwhile: released on the next round
+            revoked = [s.number for s in going if self._owned.get(s.number) is s and s.revoking]
             for p in revoked:
                 del self._owned[p]
             await self._membership.release(revoked)
@@ -714,11 +716,7 @@ class Consumer(RedisComponent):
         if not self._redis_down:
             self.logger.warning("consumer %s: Redis unreachable (%s); retrying", self.name, exc)
         self._redis_down = True
-        await self._pause(min(self.poll_interval, 1.0))
-
-    async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if the consumer is told to stop meanwhile."""
-        await wait_event(self._stopping, seconds)
+        await wait_event(self._stopping, min(self.poll_interval, 1.0))
 
     def _connection_restored(self) -> None:
         if self._redis_down:
@@ -737,7 +735,9 @@ class Consumer(RedisComponent):
         self._reclaimed = False
         # An interrupt (stop, a rebalance) during the sends below: the read returns at once.
         self._read_interrupted = self._read_started = False
-        messages = await self._ahead.take() if self._ahead.pending else []
+        messages = await self._ahead.take(redis) if self._ahead.pending else []
+        if self._stopping.is_set():
+            return messages  # what was read ahead is handled; nothing more is read
         now = asyncio.get_running_loop().time()
         ready = [s for s in self._owned.values() if s.ready(now)]
         due = [s for s in ready if s.held and s.retry_at <= now]

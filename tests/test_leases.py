@@ -12,11 +12,16 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer
+from redisaq_core._codec import default_deserializer, default_serializer
+from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._membership import lease_due
+from redisaq_core._settlement import Failure, Settler
 from redisaq_core.keys import TopicKeys
+from redisaq_core.message import received
 from tests.helpers import Running, eventually
 
 
@@ -147,3 +152,45 @@ async def test_a_member_without_leases_still_notices_its_name_taken_over(
             await spare.stop()
         await spare.close()
     await owner.close()
+
+
+async def test_dead_lettering_goes_on_past_a_partition_found_lost_meanwhile(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dead-lettering reads each failed entry back from its stream; meanwhile the heartbeat
+    # (or an acknowledgement read ahead, fenced) may drop a partition found lost. The
+    # other partition's failure is still dead-lettered; the lost one's is left pending
+    # for its new owner. It used to stop the consumer with a KeyError.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stats = ConsumerStats()
+    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
+                    stats=stats)  # fmt: skip
+    settler = Settler(
+        keys, group, "me", token, serializer=default_serializer, max_deliveries=1,
+        dead_letter=True, dead_letter_maxlen=0, retry_backoff=0.1, retry_backoff_max=1.0,
+        stats=stats,
+    )  # fmt: skip
+    owned: dict[int, OwnedPartition] = {}
+    failures: list[Failure] = []
+    for p in (0, 1):
+        stream = keys.stream(p)
+        await redis.xgroup_create(stream, group, "0", mkstream=True)
+        msg_id = (await redis.xadd(stream, {"p": b'{"n": 1}'})).decode()
+        await redis.xreadgroup(group, "me", {stream: ">"})
+        await redis.set(keys.lease(p, group), token)
+        owned[p] = reader.partition(p, 1, valid_until=1e12)
+        failures.append(Failure(
+            received(topic, {"n": 1}, msg_id, p, group, 0.0, 1, 0), RuntimeError("poison"), []
+        ))  # fmt: skip
+    xrange = redis.xrange
+
+    async def xrange_then_lose(*args: Any, **kwargs: Any) -> Any:
+        owned.pop(1, None)  # the heartbeat found partition 1 lost while this was read
+        return await xrange(*args, **kwargs)
+
+    monkeypatch.setattr(redis, "xrange", xrange_then_lose)
+    await settler.settle(redis, owned, [], failures, 0.0, lambda part, count: None)
+    assert await redis.xlen(keys.dead_letters(0)) == 1
+    assert await redis.exists(keys.dead_letters(1)) == 0
+    pending: Any = await redis.xpending(keys.stream(1), group)
+    assert pending["pending"] == 1

@@ -45,8 +45,8 @@ def _record_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     taken: list[int] = []
     take = ReadAhead.take
 
-    async def counted(self: ReadAhead) -> list[Any]:
-        messages = await take(self)
+    async def counted(self: ReadAhead, redis: Any) -> list[Any]:
+        messages = await take(self, redis)
         taken.append(len(messages))
         return messages
 
@@ -92,6 +92,67 @@ async def test_what_was_read_ahead_waits_behind_a_retry(
     assert sum(1 for n in taken if n) > 5  # reads ahead happened and were used
 
 
+@pytest.mark.parametrize("max_deliveries", [1, 2])
+async def test_what_was_read_ahead_behind_a_failure_comes_as_a_first_delivery(
+    redis_url: str, redis: Redis, topic: str, max_deliveries: int
+) -> None:
+    # Message 15 always fails while the read of 20-29 is under way. Those were never
+    # handed to a handler: claimed back after 15 is settled, each must still count as
+    # its first delivery, not be dead-lettered or lose an attempt as if it had run.
+    await _produce(redis_url, topic, 200, partitions=1)
+    first: dict[int, int] = {}  # message -> its delivery count at its first handler call
+
+    async def handle(m: Message) -> None:
+        first.setdefault(m.payload["n"], m.deliveries)
+        if m.payload["n"] == 15:
+            raise RuntimeError("poison")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, retry_backoff=0.05,
+        max_deliveries=max_deliveries, **FAST,
+    )  # fmt: skip
+    async with Running(consumer, handle):
+        await eventually(lambda: len(first) == 200 or consumer.stats.dead_lettered > 1)
+        await eventually(lambda: consumer.stats.dead_lettered >= 1)
+    assert consumer.stats.reclaimed >= 10  # 20-29 were claimed back
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
+    assert sorted(first) == list(range(200))
+    assert {n: d for n, d in first.items() if d != 1} == {}
+
+
+async def test_a_stop_reads_nothing_after_what_was_read_ahead(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Two full batches: the read ahead sent with the second finds nothing. Entries added
+    # before the stop (during the second batch) must stay unread: a stop reads no more.
+    await _produce(redis_url, topic, 20, partitions=1)
+    seen: list[int] = []
+    stopping: list[asyncio.Task[None]] = []
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+        if m.payload["n"] == 12:
+            async with Producer(topic, redis_url=redis_url) as producer:
+                await producer.batch_enqueue([{"n": 100 + i} for i in range(5)])
+            stopping.append(asyncio.create_task(consumer.stop()))
+            await asyncio.sleep(0)  # the stop begins (and is told) while this batch runs
+
+    task = asyncio.create_task(consumer.process(handle))
+    try:
+        await eventually(lambda: bool(stopping))
+        await asyncio.wait_for(stopping[0], 10)
+    finally:
+        await consumer.stop()
+        await task
+        await consumer.close()
+    assert seen == list(range(20))
+    groups: Any = await redis.xinfo_groups(TopicKeys(topic).stream(0))
+    newest: Any = await redis.xrevrange(TopicKeys(topic).stream(0), count=6)
+    assert groups[0]["last-delivered-id"] == newest[5][0]  # message 19: nothing after it
+    assert await _pending(redis, topic, 1) == 0
+
+
 async def test_a_stop_hands_what_was_read_ahead_to_the_handlers_first(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,8 +189,11 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
     taken = _record_takes(monkeypatch)
     await _produce(redis_url, topic, 3000, partitions=4)
     seen: set[int] = set()
+    again: list[int] = []  # messages whose first handler call came as a redelivery
 
     async def handle(m: Message) -> None:
+        if m.payload["n"] not in seen and m.deliveries > 1:
+            again.append(m.payload["n"])
         seen.add(m.payload["n"])
         await asyncio.sleep(0.0002)
 
@@ -147,6 +211,7 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
 
         await eventually(drained)
     assert sum(1 for n in taken if n) > 2
+    assert again == []  # what was read ahead for a partition given up was given back
 
 
 async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
