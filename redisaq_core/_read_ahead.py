@@ -11,16 +11,18 @@ are done.
 What the read brings is only handed on for partitions whose state still allows
 it when it is taken (see :meth:`ReadAhead.take`): owned by the same lease, not
 being given up, not holding a failed message for its retry, not claiming its
-pending entries. The entries of any other partition are given back
+pending entries. The entries of any other partition are owed a give-back
 (``lua/give_back.lua``): they stay in this member's pending list with their
 delivery count set back to 0, so that the claim that brings them again counts
 as their first delivery, not as a handler run that ended without a result
-(which ``max_deliveries`` would hold against them). A partition still ours
-claims them back before anything newer, in stream order; a partition being
-given up is given back before its lease goes, and its new owner claims them.
-Only a read whose partitions were lost without notice (a lease lapsed, Redis
-unreachable) leaves entries counted as delivered, as a member that dies with a
-batch read does.
+(which ``max_deliveries`` would hold against them). The consumer gives back
+what is owed before it retries or claims anything, and before it releases a
+lease; a failed attempt keeps them owed for the next. A partition still ours
+then claims them back before anything newer, in stream order; a partition
+given up is claimed by its new owner. Only entries whose partition was lost
+without notice (a lease lapsed) or that a member leaving with Redis
+unreachable could not give back stay counted as delivered, as those of a
+member that dies with a batch read do.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ class ReadAhead:
         self._owned = owned
         self._on_lost = on_lost
         self._task: asyncio.Task[list[Received]] | None = None
-        self._parts: dict[int, OwnedPartition] = {}  # read, and not given back yet
-        self._back: set[int] = set()  # read, and given back already
+        self._parts: dict[int, OwnedPartition] = {}  # read (those not owed a give-back yet)
+        self._width = 0  # how many partitions the read covered
+        self._owed: dict[int, list[Received]] = {}  # partition -> entries to give back
 
     @property
     def pending(self) -> bool:
@@ -101,20 +104,20 @@ class ReadAhead:
             return self._reader.after_replies(await sent, where)
 
         self._parts = {part.number: part for part in parts}
+        self._width = len(parts)
         self._task = asyncio.ensure_future(
             self._settler.record_read(redis, calls, read(), self._owned, self._on_lost)
         )
 
-    async def take(self, redis: AnyRedis) -> list[Received]:
+    async def take(self) -> list[Received]:
         """The messages read ahead that may be handled now (raises what the read raised).
 
-        Those of any other partition are given back; a partition still ours claims
-        them again, in order, once it may.
+        Those of any other partition are owed a give-back (:meth:`give_back`); a
+        partition still ours claims them again, in order, once it may.
         """
         task, self._task = self._task, None
         assert task is not None
         parts, self._parts = self._parts, {}
-        back, self._back = self._back, set()
         messages = await task
         now = asyncio.get_running_loop().time()
         usable = {
@@ -122,34 +125,27 @@ class ReadAhead:
             if self._owned.get(number) is part and part.ready(now) and not part.held
             and not part.claiming
         }  # fmt: skip
-        if len(usable) == len(parts) and not back:
+        if len(usable) == self._width:
             return messages
-        unusable = [part for number, part in parts.items() if number not in usable]
-        await self._give_back(redis, unusable, messages)
-        for part in unusable:
-            if self._owned.get(part.number) is part:
-                part.reclaim()  # after its retry, or its other pending entries: in order
+        self._owe([part for number, part in parts.items() if number not in usable], messages)
         return [m for m in messages if m.partition in usable]
 
-    async def give_back(self, redis: AnyRedis, parts: Iterable[OwnedPartition]) -> None:
-        """Give back what the read under way brings for ``parts``, which are being given up.
+    async def give_back(self, redis: AnyRedis, parts: Iterable[OwnedPartition] = ()) -> None:
+        """Give back the entries owed, with those the read under way brings for ``parts``.
 
-        Waits for the read's reply; called before the partitions' leases are released.
-        :meth:`take` leaves those messages out. A failed read gives nothing here (its
-        take raises).
+        ``parts``: partitions being given up (this waits for the read's reply first;
+        :meth:`take` then leaves their messages out). Called before anything is
+        retried or claimed, and before a lease is released. Raises what Redis raised;
+        what was not given back stays owed, for the next call.
         """
         task = self._task
-        if task is None:
-            return
-        await asyncio.wait([task])
-        if task.cancelled() or task.exception() is not None:
-            return
-        chosen = [part for part in parts if self._parts.get(part.number) is part]
-        for part in chosen:
-            del self._parts[part.number]
-            self._back.add(part.number)
-            part.reclaim()  # in case it stays ours after all (assigned back)
-        await self._give_back(redis, chosen, task.result())
+        if task is not None and parts:
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is None:
+                self._owe([part for part in parts if self._parts.get(part.number) is part],
+                          task.result())  # fmt: skip
+        if self._owed:
+            await self._give_back_owed(redis)
 
     async def discard(self, redis: AnyRedis, *, give_back: bool) -> None:
         """Let a read under way end (a consumer leaving early, or failing); give back its entries.
@@ -159,41 +155,64 @@ class ReadAhead:
         they stay pending, counted as delivered, for the partitions' next owner.
         """
         task, self._task = self._task, None
-        parts, self._parts, self._back = self._parts, {}, set()
-        if task is None:
-            return
-        await asyncio.wait([task], timeout=_DISCARD_WAIT)
-        if not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-        if task.cancelled() or task.exception() is not None:
-            return  # retrieved: a stopping consumer's failed read is not reported
-        ours = [part for number, part in parts.items() if self._owned.get(number) is part]
-        if not give_back or not ours:
+        parts, self._parts = self._parts, {}
+        if task is not None:
+            await asyncio.wait([task], timeout=_DISCARD_WAIT)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is None:  # retrieved: not reported
+                self._owe(list(parts.values()), task.result())
+        if not give_back or not self._owed:
+            self._owed = {}
             return
         try:
-            await asyncio.wait_for(self._give_back(redis, ours, task.result()), _DISCARD_WAIT)
+            await asyncio.wait_for(self._give_back_owed(redis), _DISCARD_WAIT)
         except _GIVE_BACK_FAILURES as exc:
             log.warning(
                 "consumer %s: entries read ahead were not given back (%s); they stay pending "
                 "as delivered once", self._reader.name, type(exc).__name__,
             )  # fmt: skip
+        self._owed = {}
 
-    async def _give_back(
-        self, redis: AnyRedis, parts: list[OwnedPartition], messages: list[Received]
-    ) -> None:
-        """Set the delivery count of ``messages`` of ``parts`` back to 0 where the lease is ours."""
-        chosen = {part.number for part in parts}
-        ids: dict[tuple[int, int], list[str]] = {}
+    def _owe(self, parts: list[OwnedPartition], messages: list[Received]) -> None:
+        """Owe a give-back of the ``messages`` of ``parts``, which then claim their entries."""
+        numbers = set()
+        for part in parts:
+            self._parts.pop(part.number, None)
+            if self._owned.get(part.number) is part:
+                part.reclaim()  # after its retry, or its other pending entries: in order
+            numbers.add(part.number)
         for m in messages:
-            if m.partition in chosen:
-                ids.setdefault((m.partition, m.priority), []).append(m.msg_id)
+            if m.partition in numbers:
+                self._owed.setdefault(m.partition, []).append(m)
+
+    async def _give_back_owed(self, redis: AnyRedis) -> None:
+        """Set the delivery count of the owed entries back to 0 (where the lease is ours)."""
         keys, group, token = self._reader.keys, self._settler.group, self._settler.token
-        calls: list[ScriptCall] = [
-            (GIVE_BACK, [keys.stream(p, level), keys.lease(p, group)],
-             [group, token, self._reader.name, " ".join(level_ids).encode()])
-            for (p, level), level_ids in ids.items()
-        ]  # fmt: skip
-        for reply in await run_pipelined(redis, calls):
+        calls: list[ScriptCall] = []
+        where: list[int] = []
+        for number, messages in self._owed.items():
+            by_level: dict[int, list[str]] = {}
+            for m in messages:
+                by_level.setdefault(m.priority, []).append(m.msg_id)
+            for level, ids in by_level.items():
+                lease = keys.lease(number, group)
+                calls.append((GIVE_BACK, [keys.stream(number, level), lease],
+                              [group, token, self._reader.name, *ids]))  # fmt: skip
+                where.append(number)
+        replies = await run_pipelined(redis, calls)
+        self._owed = {}  # every call was answered: given back, or no longer ours to give
+        failure = None
+        for number, reply in zip(where, replies, strict=True):
             if isinstance(reply, Exception):
-                raise reply
+                failure = failure or reply
+            elif reply != -1 and int(reply[1]):
+                self._reader.stats.add_trimmed(number, int(reply[1]))
+                log.warning(
+                    "consumer %s: %d entries read ahead of partition %d were trimmed before "
+                    "being handled", self._reader.name, int(reply[1]), number,
+                    extra={"partition": number},
+                )  # fmt: skip
+        if failure is not None:
+            raise failure

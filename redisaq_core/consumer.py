@@ -545,8 +545,7 @@ class Consumer(RedisComponent):
             self.logger.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
         except REDIS_FAILURES as exc:
             self.logger.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
-        if owned and self.on_revoke is not None:
-            await self._call_hook(self.on_revoke, owned)
+        await self._call_hook(self.on_revoke, owned)
 
     # ---- membership -----------------------------------------------------------------
 
@@ -660,8 +659,7 @@ class Consumer(RedisComponent):
         if gained:
             await self._read_retention()
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
-            if self.on_assign is not None:
-                await self._call_hook(self.on_assign, gained)
+            await self._call_hook(self.on_assign, gained)
 
     async def _read_retention(self) -> None:
         """Whether the topic deletes entries once acknowledged (``trim="delete-acked"``)."""
@@ -700,11 +698,13 @@ class Consumer(RedisComponent):
             for p in revoked:
                 del self._owned[p]
             await self._membership.release(revoked)
-        self.logger.info("consumer %s: released partitions %s", self.name, revoked)
-        if self.on_revoke is not None:
+        if revoked:
+            self.logger.info("consumer %s: released partitions %s", self.name, revoked)
             await self._call_hook(self.on_revoke, revoked)
 
-    async def _call_hook(self, hook: PartitionsHook, partitions: list[int]) -> None:
+    async def _call_hook(self, hook: PartitionsHook | None, partitions: list[int]) -> None:
+        if hook is None or not partitions:
+            return
         try:
             result = hook(sorted(partitions))
             if asyncio.iscoroutine(result):
@@ -735,7 +735,7 @@ class Consumer(RedisComponent):
         self._reclaimed = False
         # An interrupt (stop, a rebalance) during the sends below: the read returns at once.
         self._read_interrupted = self._read_started = False
-        messages = await self._ahead.take(redis) if self._ahead.pending else []
+        messages = await self._ahead.take() if self._ahead.pending else []
         if self._stopping.is_set():
             return messages  # what was read ahead is handled; nothing more is read
         now = asyncio.get_running_loop().time()
@@ -753,14 +753,14 @@ class Consumer(RedisComponent):
             if not self._stopping.is_set():
                 await self._ahead.start(redis)
             return messages
-        if due:
-            messages, gone = await self._reader.retries(redis, due)
+        await self._ahead.give_back(redis)  # what partitions could not take, before they claim
+        if due or claiming:  # retries first: claims come after them
+            if due:
+                messages, gone = await self._reader.retries(redis, due)
+            else:
+                messages, gone = await self._reader.claim(redis, claiming)
+                self._reclaimed = True
             await self._settler.ack_gone(redis, gone)
-            return messages
-        if claiming:
-            messages, gone = await self._reader.claim(redis, claiming)
-            await self._settler.ack_gone(redis, gone)
-            self._reclaimed = True
             return messages
         wait = self.poll_interval
         waiting = [s.retry_at - now for s in ready if s.held]

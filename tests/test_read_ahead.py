@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core import _read_ahead as read_ahead
 from redisaq_core._read_ahead import ReadAhead
+from redisaq_core._scripts import GIVE_BACK
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -45,13 +48,28 @@ def _record_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     taken: list[int] = []
     take = ReadAhead.take
 
-    async def counted(self: ReadAhead, redis: Any) -> list[Any]:
-        messages = await take(self, redis)
+    async def counted(self: ReadAhead) -> list[Any]:
+        messages = await take(self)
         taken.append(len(messages))
         return messages
 
     monkeypatch.setattr(ReadAhead, "take", counted)
     return taken
+
+
+def _fail_first_give_back(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the first attempt to give entries back fail as a lost connection would."""
+    attempts: list[int] = []
+    run = read_ahead.run_pipelined
+
+    async def failing_once(redis: Any, calls: Any) -> list[Any]:
+        attempts.append(len(calls))
+        if len(attempts) == 1:
+            raise RedisConnectionError("connection lost (injected)")
+        return await run(redis, calls)
+
+    monkeypatch.setattr(read_ahead, "run_pipelined", failing_once)
+    return attempts
 
 
 @pytest.mark.parametrize("batch", [False, True])
@@ -120,6 +138,35 @@ async def test_what_was_read_ahead_behind_a_failure_comes_as_a_first_delivery(
     assert {n: d for n, d in first.items() if d != 1} == {}
 
 
+async def test_a_give_back_that_failed_is_made_before_the_partition_claims(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above on two partitions, the first give-back failing: partition 1's messages
+    # read ahead with partition 0's are handled, and partition 0's are given back on the
+    # next attempt, before its claim: every message still comes as a first delivery.
+    attempts = _fail_first_give_back(monkeypatch)
+    await _produce(redis_url, topic, 400, partitions=2)
+    first: dict[int, int] = {}
+    zero: list[int] = []
+
+    async def handle(m: Message) -> None:
+        first.setdefault(m.payload["n"], m.deliveries)
+        if m.partition == 0:
+            zero.append(m.payload["n"])
+            if len(zero) == 16:  # dead-lettered at once (max_deliveries=1)
+                raise RuntimeError("poison")
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, retry_backoff=0.05,
+                        max_deliveries=1, **FAST)  # fmt: skip
+    async with Running(consumer, handle):
+        await eventually(lambda: len(first) == 400 or consumer.stats.dead_lettered > 1)
+        await eventually(lambda: consumer.stats.dead_lettered >= 1)
+    assert len(attempts) >= 2  # the failed give-back was made again
+    assert consumer.stats.dead_lettered == 1
+    assert sorted(first) == list(range(400))
+    assert {n: d for n, d in first.items() if d != 1} == {}
+
+
 async def test_a_stop_reads_nothing_after_what_was_read_ahead(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
@@ -181,12 +228,14 @@ async def test_a_stop_hands_what_was_read_ahead_to_the_handlers_first(
     assert await _pending(redis, topic, 2) == 0
 
 
+@pytest.mark.parametrize("blip", [False, True])
 async def test_a_hand_over_strands_nothing_that_was_read_ahead(
-    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch, blip: bool
 ) -> None:
     # Members join and leave while the first one is behind: every message is handled and
-    # nothing stays pending with anyone.
+    # nothing stays pending with anyone. With ``blip``, the first give-back fails.
     taken = _record_takes(monkeypatch)
+    attempts = _fail_first_give_back(monkeypatch) if blip else []
     await _produce(redis_url, topic, 3000, partitions=4)
     seen: set[int] = set()
     again: list[int] = []  # messages whose first handler call came as a redelivery
@@ -212,6 +261,7 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
         await eventually(drained)
     assert sum(1 for n in taken if n) > 2
     assert again == []  # what was read ahead for a partition given up was given back
+    assert len(attempts) >= 2 if blip else attempts == []
 
 
 async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
@@ -255,3 +305,29 @@ async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
         assert took < 4, took
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_give_back_leaves_entries_another_member_claimed_alone(
+    redis: Redis, topic: str
+) -> None:
+    # Entries read ahead by a member whose lease lapsed may have been claimed (and run)
+    # by another since; a give-back after it took the partition back (same token) resets
+    # only what is still pending with it, never a count the other member's runs made.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stream = keys.stream(0)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    ours, theirs = [(await redis.xadd(stream, {"p": b"1"})).decode() for _ in range(2)]
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.xclaim(stream, group, "other", 0, [theirs])  # delivered twice now
+    await redis.set(keys.lease(0, group), token)
+    reply = await GIVE_BACK(
+        redis, [stream, keys.lease(0, group)], [group, token, "me", ours, theirs]
+    )
+    assert reply == [1, 0]
+    pending: Any = await redis.xpending_range(stream, group, "-", "+", 10)
+    counts = {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
+    assert counts == {ours: (b"me", 0), theirs: (b"other", 2)}
+    await redis.set(keys.lease(0, group), "another token")
+    assert (
+        await GIVE_BACK(redis, [stream, keys.lease(0, group)], [group, token, "me", theirs]) == -1
+    )
