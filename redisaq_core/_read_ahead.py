@@ -20,9 +20,9 @@ what is owed before it retries or claims anything, and before it releases a
 lease; a failed attempt keeps them owed for the next. A partition still ours
 then claims them back before anything newer, in stream order; a partition
 given up is claimed by its new owner. Only entries whose partition was lost
-without notice (a lease lapsed) or that a member leaving with Redis
-unreachable could not give back stay counted as delivered, as those of a
-member that dies with a batch read do.
+without notice (a lease lapsed), whose read lost its reply, or that a member
+leaving with Redis unreachable could not give back stay counted as delivered,
+as those of a member that dies with a batch read do.
 """
 
 from __future__ import annotations
