@@ -51,6 +51,9 @@ _GIVE_BACK_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, asyncio.Tim
 _DISCARD_WAIT = 5.0
 """Seconds a stopping consumer waits for a read under way (then for giving its entries back)."""
 
+_DOWN_WAIT = 0.5
+"""Seconds it tries to give entries back when its last call found Redis unreachable."""
+
 
 class ReadAhead:
     """At most one read sent ahead for a consumer, and the partitions it read, as they were.
@@ -147,12 +150,12 @@ class ReadAhead:
         if self._owed:
             await self._give_back_owed(redis)
 
-    async def discard(self, redis: AnyRedis, *, give_back: bool) -> None:
+    async def discard(self, redis: AnyRedis, *, redis_down: bool) -> None:
         """Let a read under way end (a consumer leaving early, or failing); give back its entries.
 
-        ``give_back``: Redis is thought reachable, and the entries read are given back
-        while the leases are still held (within a bound; a failure is logged). Else
-        they stay pending, counted as delivered, for the partitions' next owner.
+        They are given back while the leases are still held, within a bound (short
+        when ``redis_down``: the consumer's last call failed); a failure is logged,
+        and they stay pending, counted as delivered, for the partitions' next owner.
         """
         task, self._task = self._task, None
         parts, self._parts = self._parts, {}
@@ -163,11 +166,11 @@ class ReadAhead:
                 await asyncio.wait([task])
             if not task.cancelled() and task.exception() is None:  # retrieved: not reported
                 self._owe(list(parts.values()), task.result())
-        if not give_back or not self._owed:
-            self._owed = {}
+        if not self._owed:
             return
         try:
-            await asyncio.wait_for(self._give_back_owed(redis), _DISCARD_WAIT)
+            limit = _DOWN_WAIT if redis_down else _DISCARD_WAIT
+            await asyncio.wait_for(self._give_back_owed(redis), limit)
         except _GIVE_BACK_FAILURES as exc:
             log.warning(
                 "consumer %s: entries read ahead were not given back (%s); they stay pending "
@@ -201,12 +204,13 @@ class ReadAhead:
                 calls.append((GIVE_BACK, [keys.stream(number, level), lease],
                               [group, token, self._reader.name, *ids]))  # fmt: skip
                 where.append(number)
-        replies = await run_pipelined(redis, calls)
-        self._owed = {}  # every call was answered: given back, or no longer ours to give
+        replies = await run_pipelined(redis, calls)  # raises, or an error in place of a reply
+        owed, self._owed = self._owed, {}
         failure = None
         for number, reply in zip(where, replies, strict=True):
-            if isinstance(reply, Exception):
+            if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
                 failure = failure or reply
+                self._owed[number] = owed[number]
             elif reply != -1 and int(reply[1]):
                 self._reader.stats.add_trimmed(number, int(reply[1]))
                 log.warning(

@@ -426,7 +426,7 @@ class Consumer(RedisComponent):
             # stop() ran out of time and cancelled the handlers: that is a stop, not an error.
             uncancel()
         finally:
-            await self._clean_up(self._ahead.discard(self.redis, give_back=not self._redis_down))
+            await self._clean_up(self._ahead.discard(self.redis, redis_down=self._redis_down))
             if heart is not None:
                 await cancel_and_wait(heart)
             await self._clean_up(self._dispatcher.jobs.aclose())

@@ -57,16 +57,23 @@ def _record_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return taken
 
 
-def _fail_first_give_back(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make the first attempt to give entries back fail as a lost connection would."""
+def _fail_first_give_back(monkeypatch: pytest.MonkeyPatch, fault: str) -> list[int]:
+    """Make the first attempt to give entries back fail as a lost connection would.
+
+    ``fault``: "raised" as a pipeline of calls raises it, or "replied" as a single
+    call reports it (``run_pipelined`` puts the error in place of the reply).
+    """
     attempts: list[int] = []
     run = read_ahead.run_pipelined
 
     async def failing_once(redis: Any, calls: Any) -> list[Any]:
         attempts.append(len(calls))
-        if len(attempts) == 1:
-            raise RedisConnectionError("connection lost (injected)")
-        return await run(redis, calls)
+        if len(attempts) > 1:
+            return await run(redis, calls)
+        lost = RedisConnectionError("connection lost (injected)")
+        if fault == "raised":
+            raise lost
+        return [lost for _ in calls]
 
     monkeypatch.setattr(read_ahead, "run_pipelined", failing_once)
     return attempts
@@ -138,13 +145,14 @@ async def test_what_was_read_ahead_behind_a_failure_comes_as_a_first_delivery(
     assert {n: d for n, d in first.items() if d != 1} == {}
 
 
+@pytest.mark.parametrize("fault", ["raised", "replied"])
 async def test_a_give_back_that_failed_is_made_before_the_partition_claims(
-    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     # As above on two partitions, the first give-back failing: partition 1's messages
     # read ahead with partition 0's are handled, and partition 0's are given back on the
     # next attempt, before its claim: every message still comes as a first delivery.
-    attempts = _fail_first_give_back(monkeypatch)
+    attempts = _fail_first_give_back(monkeypatch, fault)
     await _produce(redis_url, topic, 400, partitions=2)
     first: dict[int, int] = {}
     zero: list[int] = []
@@ -165,6 +173,43 @@ async def test_a_give_back_that_failed_is_made_before_the_partition_claims(
     assert consumer.stats.dead_lettered == 1
     assert sorted(first) == list(range(400))
     assert {n: d for n, d in first.items() if d != 1} == {}
+
+
+async def test_a_cancelled_consumer_gives_back_what_it_read_ahead(
+    redis_url: str, topic: str
+) -> None:
+    # process() cancelled while a handler of 10-19 runs and the read of 20-29 is under
+    # way: the consumer leaves, and what it never handed on reaches the next member as
+    # first deliveries (the batch 10-19 was handed on, not settled: redeliveries).
+    await _produce(redis_url, topic, 100, partitions=1)
+    at_gate = asyncio.Event()
+
+    async def stuck(m: Message) -> None:
+        if m.payload["n"] == 15:
+            at_gate.set()
+            await asyncio.Event().wait()
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    task = asyncio.create_task(consumer.process(stuck))
+    try:
+        await asyncio.wait_for(at_gate.wait(), 10)
+        assert consumer._ahead.pending
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await consumer.stop()
+        await consumer.close()
+    first: dict[int, int] = {}
+
+    async def handle(m: Message) -> None:
+        first.setdefault(m.payload["n"], m.deliveries)
+
+    after = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    async with Running(after, handle):
+        await eventually(lambda: len(first) == 90)
+    assert sorted(first) == list(range(10, 100))
+    assert {n: d for n, d in first.items() if d != 1} == {n: 2 for n in range(10, 20)}
 
 
 async def test_a_stop_reads_nothing_after_what_was_read_ahead(
@@ -228,14 +273,14 @@ async def test_a_stop_hands_what_was_read_ahead_to_the_handlers_first(
     assert await _pending(redis, topic, 2) == 0
 
 
-@pytest.mark.parametrize("blip", [False, True])
+@pytest.mark.parametrize("fault", ["", "raised", "replied"])
 async def test_a_hand_over_strands_nothing_that_was_read_ahead(
-    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch, blip: bool
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     # Members join and leave while the first one is behind: every message is handled and
-    # nothing stays pending with anyone. With ``blip``, the first give-back fails.
+    # nothing stays pending with anyone. With a ``fault``, the first give-back fails.
     taken = _record_takes(monkeypatch)
-    attempts = _fail_first_give_back(monkeypatch) if blip else []
+    attempts = _fail_first_give_back(monkeypatch, fault) if fault else []
     await _produce(redis_url, topic, 3000, partitions=4)
     seen: set[int] = set()
     again: list[int] = []  # messages whose first handler call came as a redelivery
@@ -261,7 +306,7 @@ async def test_a_hand_over_strands_nothing_that_was_read_ahead(
         await eventually(drained)
     assert sum(1 for n in taken if n) > 2
     assert again == []  # what was read ahead for a partition given up was given back
-    assert len(attempts) >= 2 if blip else attempts == []
+    assert len(attempts) >= 2 if fault else attempts == []
 
 
 async def test_a_stop_with_redis_gone_does_not_wait_for_what_was_read_ahead(
