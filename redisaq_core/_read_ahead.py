@@ -89,8 +89,8 @@ class ReadAhead:
         Only after a read that filled a batch (``Reader.behind``), and not while a retry
         is due or entries are to be claimed anywhere (those come first, and a read
         would pass them). Nothing is sent on a cluster client (its reads are not
-        pipelined with scripts). A failed write raises, as a failed
-        :meth:`Settler.flush` does.
+        pipelined with scripts). A failed write sends nothing, and raises nothing:
+        the acknowledgements are kept back again and the messages in hand are handled.
         """
         assert self._task is None, "one read ahead at a time"
         if not self._reader.behind or not isinstance(redis, Redis):
@@ -101,7 +101,13 @@ class ReadAhead:
             return
         calls = self._settler.take_deferred()
         commands, where = self._reader.after_commands(parts, calls)
-        sent = await send_ahead(redis, commands)
+        try:
+            sent = await send_ahead(redis, commands)
+        except REDIS_FAILURES:
+            # Nothing went out. The messages in hand are handled still; the acknowledgements
+            # wait for the next round trip, which meets the outage if it lasts.
+            self._settler.keep(calls)
+            return
 
         async def read() -> tuple[list[Received], list[Any]]:
             return self._reader.after_replies(await sent, where)
@@ -118,10 +124,13 @@ class ReadAhead:
         Those of any other partition are owed a give-back (:meth:`give_back`); a
         partition still ours claims them again, in order, once it may.
         """
-        task, self._task = self._task, None
+        task = self._task
         assert task is not None
+        # Left in place while waiting: cancelled meanwhile, :meth:`discard` gives it back.
+        await asyncio.wait([task])
+        self._task = None
         parts, self._parts = self._parts, {}
-        messages = await task
+        messages = task.result()
         now = asyncio.get_running_loop().time()
         usable = {
             number for number, part in parts.items()

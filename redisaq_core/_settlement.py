@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError
 from ._cancellation import CANCELLED, JOBS_CANCELLED, cancelled_calls, cancelled_ids
 from ._codec import F_BYTES, Serializer, encode_payload, optional_text
 from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
+from ._failures import REDIS_FAILURES
 from ._retry import backoff_delay
 from ._scripts import (
     ACK,
@@ -228,6 +229,15 @@ class Settler:
         calls, self._deferred = self._deferred, []
         return calls
 
+    def keep(self, calls: list[ScriptCall]) -> None:
+        """Keep back again acknowledgements that failed: they go first in the next round trip.
+
+        Each is fenced by its partition's lease and idempotent, so one that did reach
+        Redis (its reply was lost) does no harm sent again; one whose lease is gone
+        meanwhile is refused, and its entries are handled again by the new owner.
+        """
+        self._deferred[:0] = calls
+
     async def flush(
         self,
         redis: AnyRedis,
@@ -246,7 +256,12 @@ class Settler:
         if not calls:
             return []
         if reader is None or not parts or not isinstance(redis, Redis):
-            await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost)
+            try:
+                results = await run_pipelined(redis, calls)
+            except REDIS_FAILURES:
+                self.keep(calls)
+                raise
+            await self.record(redis, calls, results, owned, on_lost, keep=True)
             return []
         return await self.record_read(
             redis, calls, reader.read_after(redis, parts, calls), owned, on_lost
@@ -260,13 +275,19 @@ class Settler:
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
     ) -> list[Received]:
-        """Await ``read`` (``calls`` sent with a read), record the calls; return what it read."""
+        """Await ``read`` (``calls`` sent with a read), record the calls; return what it read.
+
+        ``calls`` that failed, or whose replies were lost, are kept back again (:meth:`keep`).
+        """
         try:
             messages, results = await read
         except ReadAfterError as failed:
-            await self.record(redis, calls, failed.replies, owned, on_lost)
+            await self.record(redis, calls, failed.replies, owned, on_lost, keep=True)
             raise failed.error from None
-        await self.record(redis, calls, results, owned, on_lost)
+        except REDIS_FAILURES:
+            self.keep(calls)
+            raise
+        await self.record(redis, calls, results, owned, on_lost, keep=True)
         return messages
 
     async def record(
@@ -277,21 +298,29 @@ class Settler:
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
         dead: list[Failure] | None = None,
+        *,
+        keep: bool = False,
     ) -> None:
         """Count the outcome of ``calls`` (their ``results``, in order).
 
         A call that found no script (sent in another command's round trip) is sent again
-        on its own, loading the script.
+        on its own, loading the script. A failed call raises its error once the others
+        are counted; with ``keep`` (kept-back acknowledgements) the failed ones are kept
+        back again first.
         """
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            again = await run_pipelined(redis, [calls[i] for i in missing])
+            try:
+                again = await run_pipelined(redis, [calls[i] for i in missing])
+            except REDIS_FAILURES as exc:
+                again = [exc] * len(missing)
             results = list(results)
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
+        failed = [(c, r) for c, r in zip(calls, results, strict=True) if isinstance(r, Exception)]
         for (script, call_keys, call_args), result in zip(calls, results, strict=True):
             if isinstance(result, Exception):
-                raise result
+                continue
             if script is JOB_UPDATE or script is DELETE_ACKED:
                 continue
             part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
@@ -322,6 +351,10 @@ class Settler:
                 if part is not None:
                     pp = self.stats.per_partition
                     pp[part.number] = pp.get(part.number, 0) + count
+        if failed:
+            if keep:
+                self.keep([call for call, _ in failed])
+            raise failed[0][1]
 
     def _schedule(
         self,

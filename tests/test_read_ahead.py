@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -20,9 +22,11 @@ from redisaq_core import Consumer, Message, Producer
 from redisaq_core import _read_ahead as read_ahead
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._scripts import GIVE_BACK
+from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
+from tests.proxy import FaultProxy
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
 
@@ -376,3 +380,135 @@ async def test_a_give_back_leaves_entries_another_member_claimed_alone(
     assert (
         await GIVE_BACK(redis, [stream, keys.lease(0, group)], [group, token, "me", theirs]) == -1
     )
+
+
+def _handled(calls: dict[int, list[int]], n: int) -> dict[str, Any]:
+    """What a run did to messages 0..n-1: never handled, run twice, first run not a first."""
+    return {
+        "never": sorted(set(range(n)) - set(calls)),
+        "twice": {m: d for m, d in calls.items() if len(d) > 1},
+        "not first": {m: d for m, d in calls.items() if d[0] != 1},
+    }
+
+
+@pytest.mark.parametrize("max_deliveries", [1, 5])
+async def test_a_read_ahead_that_could_not_be_sent_drops_nothing(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch,
+    max_deliveries: int,
+) -> None:  # fmt: skip
+    # The third read ahead fails to go out: the batch in hand is handled all the same, and
+    # the acknowledgements that were to go with it go with the next round trip.
+    sends: list[int] = []
+    send = read_ahead.send_ahead
+
+    async def failing_third(r: Any, commands: Any) -> Any:
+        sends.append(len(commands))
+        if len(sends) == 3:
+            raise RedisConnectionError("connection lost (injected)")
+        return await send(r, commands)
+
+    monkeypatch.setattr(read_ahead, "send_ahead", failing_third)
+    await _produce(redis_url, topic, 100, partitions=1)
+    calls: dict[int, list[int]] = {}
+
+    async def handle(m: Message) -> None:
+        calls.setdefault(m.payload["n"], []).append(m.deliveries)
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, max_deliveries=max_deliveries, **FAST
+    )
+    async with Running(consumer, handle):
+        await eventually(lambda: len(calls) == 100 and consumer.stats.handled == 100)
+        assert await _pending(redis, topic, 1) == 0
+    assert len(sends) > 3
+    assert _handled(calls, 100) == {"never": [], "twice": {}, "not first": {}}
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 0
+
+
+@pytest.mark.parametrize("max_deliveries", [1, 5])
+async def test_an_outage_after_a_read_ahead_came_back_drops_nothing(
+    redis_url: str, redis: Redis, topic: str, max_deliveries: int
+) -> None:
+    # Redis unreachable for 0.4 s while message 25 is handled, once the read of 30-39 is in:
+    # nothing is dead-lettered, and what the consumer had in hand keeps its first delivery.
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    await _produce(redis_url, topic, 100, partitions=1)
+    calls: dict[int, list[int]] = {}
+    restoring: list[asyncio.Future[None]] = []
+    async with FaultProxy(port) as proxy:
+        client = create_client(proxy.url, retry=Retry(NoBackoff(), 0))  # fails at once
+        consumer = Consumer(
+            topic, redis=client, batch_size=10, max_deliveries=max_deliveries,
+            heartbeat_interval=1.0, poll_interval=0.1,
+        )  # fmt: skip
+
+        async def restore() -> None:
+            await asyncio.sleep(0.4)
+            proxy.refuse = False
+
+        async def handle(m: Message) -> None:
+            calls.setdefault(m.payload["n"], []).append(m.deliveries)
+            if m.payload["n"] == 25 and len(calls[25]) == 1:
+                task = consumer._ahead._task
+                assert task is not None
+                await asyncio.wait([task])  # the read of 30-39 came back
+                proxy.refuse = True
+                await proxy.cut()
+                restoring.append(asyncio.ensure_future(restore()))
+
+        async with Running(consumer, handle):
+            await eventually(lambda: len(calls) == 100 and consumer.stats.handled >= 100)
+
+            async def drained() -> bool:
+                return await _pending(redis, topic, 1) == 0
+
+            await eventually(drained)
+        await client.aclose()
+    assert restoring and restoring[0].done()
+    result = _handled(calls, 100)
+    assert result["never"] == [] and result["not first"] == {}
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 0
+
+
+async def test_a_consumer_cancelled_waiting_for_its_read_ahead_gives_it_back(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # process() cancelled while it waits for a read ahead still on a slow link: the read
+    # is let finish, and what it brought reaches the next member as first deliveries.
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    await _produce(redis_url, topic, 100, partitions=1)
+    running: list[asyncio.Task[None]] = []
+    take = ReadAhead.take
+
+    async def cancelled_in_take(self: ReadAhead) -> list[Any]:
+        task = self._task
+        if len(running) == 1 and task is not None and not task.done():
+            asyncio.get_running_loop().call_soon(running.pop().cancel)
+        return await take(self)
+
+    monkeypatch.setattr(ReadAhead, "take", cancelled_in_take)
+    seen: set[int] = set()
+    async with FaultProxy(port) as proxy:
+        consumer = Consumer(topic, redis_url=proxy.url, batch_size=10, **FAST)
+
+        async def handle(m: Message) -> None:
+            seen.add(m.payload["n"])
+            if m.payload["n"] == 25:
+                proxy.delay = 0.3  # a slow link from here on: the read ahead stays out
+
+        running.append(asyncio.create_task(consumer.process(handle)))
+        task = running[0]
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+        await consumer.close()
+    assert not running  # cancelled in take()
+    monkeypatch.setattr(ReadAhead, "take", take)
+    first: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        first.setdefault(m.payload["n"], m.deliveries)
+
+    after = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    async with Running(after, record):
+        await eventually(lambda: seen | set(first) == set(range(100)))
+    assert {n: d for n, d in first.items() if n not in seen and d != 1} == {}
