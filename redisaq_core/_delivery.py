@@ -128,6 +128,7 @@ class OwnedPartition:
     held: list[Received] = field(default_factory=list)
     head_failed: bool = False  # held[0] failed and waits for its retry (else: just held back)
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
+    unrun: set[str] = field(default_factory=set)  # ids of held entries never handed on
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)
@@ -453,6 +454,7 @@ class Reader:
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry
             part.held = []
+            part.unrun.clear()
         parts = [p for p in parts if p.held]
         if not parts:
             return out, {}
@@ -467,6 +469,8 @@ class Reader:
             part.head_failed = part.isolate = False
             # Isolated: the head runs alone; the rest is handed out on the next round.
             part.held = rest if isolate else []
+            if not isolate:
+                part.unrun.clear()
             if claimed and claimed[0][1] is not None:
                 head.deliveries += 1
                 out.append(head)

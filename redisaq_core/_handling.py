@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
+from ._give_back import GiveBack
 from ._settlement import Failure, Settler, batch_failures
 from ._tasks import uncancel
 from ._tracing import ProcessSpans, process_spans
@@ -80,8 +81,10 @@ class Dispatcher:
         dead_letter: bool,
         max_deliveries: int,
         max_processing_time: float | None,
+        give_back: GiveBack,
     ) -> None:
         self.keys = keys
+        self.give_back = give_back
         self.group = group
         self.settler = settler
         self.stats = stats
@@ -202,8 +205,13 @@ class Dispatcher:
         flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
         if batch:
+            failed: dict[int, Failure] = {}  # by partition: the rest of it waits behind
             for i in range(0, len(messages), self.batch_size):
                 chunk = messages[i : i + self.batch_size]
+                if failed:
+                    chunk = _held_back(chunk, failed)
+                    if not chunk:
+                        continue
                 started = loop.time()
                 try:
                     call = self._call(handler, chunk, started, None)
@@ -216,10 +224,10 @@ class Dispatcher:
                         "(max_processing_time)"
                     )
                     error.__cause__ = exc
-                    failures += batch_failures(chunk, error)
+                    failures += _note(batch_failures(chunk, error), failed)
                     continue
                 except Exception as exc:
-                    failures += batch_failures(chunk, exc)
+                    failures += _note(batch_failures(chunk, exc), failed)
                     continue
                 if self.stats.recorder is not None:
                     self._count_batch(chunk, loop.time() - started)
@@ -310,6 +318,7 @@ class Dispatcher:
                     # anything newer is read; if not, the new owner claims them.
                     if part is not None:
                         part.reclaim()
+                        self.give_back.owe(number, msgs[i:])  # before they are claimed
                     return ok, None
                 job = self.jobs.enter(m) if m.job_id else None
                 try:
@@ -332,7 +341,7 @@ class Dispatcher:
                     return ok, self._timed_out(m, msgs[i + 1 :], exc)
                 except Exception as exc:
                     if job is None or not job.cancelled:
-                        return ok, Failure(m, exc, msgs[i + 1 :])
+                        return ok, Failure(m, exc, waiting=msgs[i + 1 :])
                 finally:
                     if job is not None:
                         self.jobs.leave(job)
@@ -358,7 +367,26 @@ class Dispatcher:
             f"handler did not finish within {m.timeout or self.max_processing_time}s"
         )
         error.__cause__ = cause
-        return Failure(m, error, rest)
+        return Failure(m, error, waiting=rest)
+
+
+def _note(failures: list[Failure], failed: dict[int, Failure]) -> list[Failure]:
+    """Note ``failures`` (of a batch) by partition in ``failed``; return them."""
+    for f in failures:
+        failed[f.message.partition] = f
+    return failures
+
+
+def _held_back(chunk: list[Received], failed: dict[int, Failure]) -> list[Received]:
+    """The messages of ``chunk`` to run: those of a partition that failed wait behind it."""
+    run: list[Received] = []
+    for m in chunk:
+        failure = failed.get(m.partition)
+        if failure is None:
+            run.append(m)
+        else:
+            failure.waiting.append(m)
+    return run
 
 
 def _by_partition(messages: list[Received]) -> dict[int, list[Received]]:

@@ -12,17 +12,11 @@ What the read brings is only handed on for partitions whose state still allows
 it when it is taken (see :meth:`ReadAhead.take`): owned by the same lease, not
 being given up, not holding a failed message for its retry, not claiming its
 pending entries. The entries of any other partition are owed a give-back
-(``lua/give_back.lua``): they stay in this member's pending list with their
-delivery count set back to 0, so that the claim that brings them again counts
-as their first delivery, not as a handler run that ended without a result
-(which ``max_deliveries`` would hold against them). The consumer gives back
-what is owed before it retries or claims anything, and before it releases a
-lease; a failed attempt keeps them owed for the next. A partition still ours
-then claims them back before anything newer, in stream order; a partition
-given up is claimed by its new owner. Only entries whose partition was lost
-without notice (a lease lapsed), whose read lost its reply, or that a member
-leaving with Redis unreachable could not give back stay counted as delivered,
-as those of a member that dies with a batch read do.
+(``_give_back.py``), so that the claim that brings them again counts as their
+first delivery; a partition still ours then claims them back before anything
+newer, in stream order; a partition given up is claimed by its new owner.
+Only entries whose read lost its reply stay counted as delivered, as those of
+a member that dies with a batch read do.
 """
 
 from __future__ import annotations
@@ -36,8 +30,8 @@ from redis.asyncio import Redis
 
 from ._delivery import OwnedPartition, Reader
 from ._failures import REDIS_FAILURES
+from ._give_back import GiveBack
 from ._reads import send_ahead
-from ._scripts import GIVE_BACK, ScriptCall, run_pipelined
 from ._settlement import Settler
 from .connection import AnyRedis
 from .message import Received
@@ -68,15 +62,16 @@ class ReadAhead:
         reader: Reader,
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
+        give_back: GiveBack,
     ) -> None:
         self._settler = settler
+        self._give_back = give_back
         self._reader = reader
         self._owned = owned
         self._on_lost = on_lost
         self._task: asyncio.Task[list[Received]] | None = None
         self._parts: dict[int, OwnedPartition] = {}  # read (those not owed a give-back yet)
         self._width = 0  # how many partitions the read covered
-        self._owed: dict[int, list[Received]] = {}  # partition -> entries to give back
 
     @property
     def pending(self) -> bool:
@@ -143,25 +138,28 @@ class ReadAhead:
         return [m for m in messages if m.partition in usable]
 
     async def give_back(self, redis: AnyRedis, parts: Iterable[OwnedPartition] = ()) -> None:
-        """Give back the entries owed, with those the read under way brings for ``parts``.
+        """Give back the entries owed, with those of ``parts`` that never ran.
 
-        ``parts``: partitions being given up (this waits for the read's reply first;
-        :meth:`take` then leaves their messages out). Called before anything is
-        retried or claimed, and before a lease is released. Raises what Redis raised;
-        what was not given back stays owed, for the next call.
+        ``parts``: partitions being given up: what the read under way brings for
+        them (this waits for its reply; :meth:`take` then leaves their messages
+        out), and the entries they hold behind a failure that never ran. Called
+        before anything is retried or claimed, and before a lease is released.
+        Raises what Redis raised; what was not given back stays owed, for the next call.
         """
+        parts = list(parts)
         task = self._task
         if task is not None and parts:
             await asyncio.wait([task])
             if not task.cancelled() and task.exception() is None:
                 self._owe([part for part in parts if self._parts.get(part.number) is part],
                           task.result())  # fmt: skip
-        if self._owed:
-            await self._give_back_owed(redis)
+        self._give_back.owe_held(parts)
+        await self._give_back.make(redis)
 
     async def discard(self, redis: AnyRedis, *, redis_down: bool) -> None:
         """Let a read under way end (a consumer leaving early, or failing); give back its entries.
 
+        With them, the entries the partitions hold behind a failure that never ran.
         They are given back while the leases are still held, within a bound (short
         when ``redis_down``: the consumer's last call failed); a failure is logged,
         and they stay pending, counted as delivered, for the partitions' next owner.
@@ -175,17 +173,18 @@ class ReadAhead:
                 await asyncio.wait([task])
             if not task.cancelled() and task.exception() is None:  # retrieved: not reported
                 self._owe(list(parts.values()), task.result())
-        if not self._owed:
+        self._give_back.owe_held(self._owned.values())
+        if not self._give_back.owed:
             return
         try:
             limit = _DOWN_WAIT if redis_down else _DISCARD_WAIT
-            await asyncio.wait_for(self._give_back_owed(redis), limit)
+            await asyncio.wait_for(self._give_back.make(redis), limit)
         except _GIVE_BACK_FAILURES as exc:
             log.warning(
-                "consumer %s: entries read ahead were not given back (%s); they stay pending "
-                "as delivered once", self._reader.name, type(exc).__name__,
+                "consumer %s: entries delivered but never handled were not given back (%s); "
+                "they stay pending as delivered once", self._reader.name, type(exc).__name__,
             )  # fmt: skip
-        self._owed = {}
+        self._give_back.drop()
 
     def _owe(self, parts: list[OwnedPartition], messages: list[Received]) -> None:
         """Owe a give-back of the ``messages`` of ``parts``, which then claim their entries."""
@@ -195,37 +194,5 @@ class ReadAhead:
             if self._owned.get(part.number) is part:
                 part.reclaim()  # after its retry, or its other pending entries: in order
             numbers.add(part.number)
-        for m in messages:
-            if m.partition in numbers:
-                self._owed.setdefault(m.partition, []).append(m)
-
-    async def _give_back_owed(self, redis: AnyRedis) -> None:
-        """Set the delivery count of the owed entries back to 0 (where the lease is ours)."""
-        keys, group, token = self._reader.keys, self._settler.group, self._settler.token
-        calls: list[ScriptCall] = []
-        where: list[int] = []
-        for number, messages in self._owed.items():
-            by_level: dict[int, list[str]] = {}
-            for m in messages:
-                by_level.setdefault(m.priority, []).append(m.msg_id)
-            for level, ids in by_level.items():
-                lease = keys.lease(number, group)
-                calls.append((GIVE_BACK, [keys.stream(number, level), lease],
-                              [group, token, self._reader.name, *ids]))  # fmt: skip
-                where.append(number)
-        replies = await run_pipelined(redis, calls)  # raises, or an error in place of a reply
-        owed, self._owed = self._owed, {}
-        failure = None
-        for number, reply in zip(where, replies, strict=True):
-            if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
-                failure = failure or reply
-                self._owed[number] = owed[number]
-            elif reply != -1 and int(reply[1]):
-                self._reader.stats.add_trimmed(number, int(reply[1]))
-                log.warning(
-                    "consumer %s: %d entries read ahead of partition %d were trimmed before "
-                    "being handled", self._reader.name, int(reply[1]), number,
-                    extra={"partition": number},
-                )  # fmt: skip
-        if failure is not None:
-            raise failure
+        for number in numbers:
+            self._give_back.owe(number, [m for m in messages if m.partition == number])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -49,14 +49,17 @@ log = logging.getLogger(__name__)
 class Failure:
     """A message whose handler failed, and the messages of its partition held behind it.
 
-    ``isolate``: the failure belongs to a whole batch, so which message caused it
-    is unknown; the retry runs the first message alone, then the rest.
+    ``rest``: the others of its batch, handed to the handler with it. ``isolate``:
+    the failure belongs to a whole batch, so which message caused it is unknown;
+    the retry runs the first message alone, then the rest. ``waiting``: those
+    behind it never handed to a handler.
     """
 
     message: Received
     error: BaseException | str
-    rest: list[Received]
+    rest: list[Received] = field(default_factory=list)
     isolate: bool = False
+    waiting: list[Received] = field(default_factory=list)
 
 
 def _error_text(error: BaseException | str) -> tuple[str, str]:
@@ -372,10 +375,12 @@ class Settler:
         final = isinstance(m, Undecodable) or (
             self.dead_letter and m.deliveries >= self.max_deliveries
         )
+        part.unrun.difference_update(x.msg_id for x in (m, *failure.rest))
+        part.unrun.update(x.msg_id for x in failure.waiting)
         if final:
             dead.append(failure)
-            if failure.rest or part.held:
-                part.held = [*failure.rest, *part.held]
+            if failure.rest or failure.waiting or part.held:
+                part.held = [*failure.rest, *failure.waiting, *part.held]
                 part.head_failed, part.isolate, part.retry_at = False, False, now
             return
         error, error_type = _error_text(failure.error)
@@ -385,7 +390,7 @@ class Settler:
             extra={"partition": part.number, "msg_id": m.msg_id, "job_id": m.job_id},
         )  # fmt: skip
         # Anything still held in the partition (the rest of an isolated batch) comes after.
-        part.held, part.head_failed = [m, *failure.rest, *part.held], True
+        part.held, part.head_failed = [m, *failure.rest, *failure.waiting, *part.held], True
         part.isolate = failure.isolate
         part.retry_at = now + backoff_delay(
             m.deliveries, self.retry_backoff, self.retry_backoff_max

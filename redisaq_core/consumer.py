@@ -31,6 +31,7 @@ from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
+from ._give_back import GiveBack
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
@@ -222,21 +223,20 @@ class Consumer(RedisComponent):
         self._settler = Settler(
             self.keys, self.group, self.name, self.token,
             serializer=serializer or default_serializer, max_deliveries=max_deliveries,
-            dead_letter=dead_letter, dead_letter_maxlen=self.dead_letter_maxlen,
+            dead_letter=dead_letter, dead_letter_maxlen=self.dead_letter_maxlen, stats=self.stats,
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
-            stats=self.stats,
         )  # fmt: skip
-        self._ahead = ReadAhead(self._settler, self._reader, self._owned, self._fenced)
+        give_back = GiveBack(self._reader, self.group, self.token)  # what never ran
+        self._ahead = ReadAhead(self._settler, self._reader, self._owned, self._fenced, give_back)
         self._dispatcher = Dispatcher(
             keys=self.keys, group=self.group, settler=self._settler, stats=self.stats,
-            owned=self._owned, fenced=self._fenced,
-            batch_size=batch_size, concurrency=concurrency, dead_letter=dead_letter,
-            max_deliveries=max_deliveries, max_processing_time=self.max_processing_time,
+            owned=self._owned, fenced=self._fenced, batch_size=batch_size,
+            concurrency=concurrency, dead_letter=dead_letter, max_deliveries=max_deliveries,
+            max_processing_time=self.max_processing_time, give_back=give_back,
         )  # fmt: skip
         self._mover = DelayedMover(
-            self.keys, self.group, self.name, self.token, self._owned,
+            self.keys, self.group, self.name, self.token, self._owned, logger=self.logger,
             check_interval=self.heartbeat_interval * sweep_period(heartbeat_interval),
-            logger=self.logger,
         )  # fmt: skip
         self._priorities = 1
         self._beats = 0

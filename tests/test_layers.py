@@ -16,8 +16,8 @@ LAYERS: list[tuple[str, list[str]]] = [
               "_compat", "_retry", "_tasks", "embedded.servers", "logs"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "_appends", "embedded"]),
     ("parts", ["_job_events", "_cancellation", "_retention", "_membership", "_delivery",
-               "_read_ahead", "_delayed", "_settlement", "_handling", "_tracing", "_ticks", "dlq",
-               "results", "metrics", "registry"]),
+               "_give_back", "_read_ahead", "_delayed", "_settlement", "_handling", "_tracing",
+               "_ticks", "dlq", "results", "metrics", "registry"]),
     ("components", ["producer", "consumer", "monitor", "schedule"]),
     ("bridges", ["fanout"]),
     ("gateway", ["web"]),
@@ -117,7 +117,7 @@ def test_internal_modules_are_private() -> None:
     """What users import has a plain name; the parts of a component start with ``_``."""
     public = {m for m in MODULES if not any(p.startswith("_") for p in m.split("."))}
     internal = {"_assignment", "_batching", "_checks", "_codec", "_delivery", "_failures",
-                "_handling", "_job_events", "_membership", "_reads", "_retention", "_retry",
-                "_scripts", "_settlement", "_ticks"}  # fmt: skip
+                "_give_back", "_handling", "_job_events", "_membership", "_reads", "_retention",
+                "_retry", "_scripts", "_settlement", "_ticks"}  # fmt: skip
     assert internal <= set(MODULES)
     assert not public & {m.lstrip("_") for m in internal}

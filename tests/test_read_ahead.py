@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core import _give_back as give_back
 from redisaq_core import _read_ahead as read_ahead
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._scripts import GIVE_BACK
@@ -68,7 +69,7 @@ def _fail_first_give_back(monkeypatch: pytest.MonkeyPatch, fault: str) -> list[i
     call reports it (``run_pipelined`` puts the error in place of the reply).
     """
     attempts: list[int] = []
-    run = read_ahead.run_pipelined
+    run = give_back.run_pipelined
 
     async def failing_once(redis: Any, calls: Any) -> list[Any]:
         attempts.append(len(calls))
@@ -79,7 +80,7 @@ def _fail_first_give_back(monkeypatch: pytest.MonkeyPatch, fault: str) -> list[i
             raise lost
         return [lost for _ in calls]
 
-    monkeypatch.setattr(read_ahead, "run_pipelined", failing_once)
+    monkeypatch.setattr(give_back, "run_pipelined", failing_once)
     return attempts
 
 
@@ -369,17 +370,14 @@ async def test_a_give_back_leaves_entries_another_member_claimed_alone(
     await redis.xreadgroup(group, "me", {stream: ">"})
     await redis.xclaim(stream, group, "other", 0, [theirs])  # delivered twice now
     await redis.set(keys.lease(0, group), token)
-    reply = await GIVE_BACK(
-        redis, [stream, keys.lease(0, group)], [group, token, "me", ours, theirs]
-    )
+    lease = keys.lease(0, group)
+    reply = await GIVE_BACK(redis, [stream, lease], [group, token, "me", ours, 0, theirs, 0])
     assert reply == [1, 0]
     pending: Any = await redis.xpending_range(stream, group, "-", "+", 10)
     counts = {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
     assert counts == {ours: (b"me", 0), theirs: (b"other", 2)}
-    await redis.set(keys.lease(0, group), "another token")
-    assert (
-        await GIVE_BACK(redis, [stream, keys.lease(0, group)], [group, token, "me", theirs]) == -1
-    )
+    await redis.set(lease, "another token")
+    assert await GIVE_BACK(redis, [stream, lease], [group, token, "me", theirs, 0]) == -1
 
 
 def _handled(calls: dict[int, list[int]], n: int) -> dict[str, Any]:

@@ -1,27 +1,43 @@
 -- Give back entries this member was delivered but never handed to a handler (a read ahead
--- whose partition could not take them): those still pending with it keep their place, with
--- their delivery count set back to 0, so that whoever claims them next counts that claim
--- as their first delivery. Only while the caller holds the partition's lease.
+-- whose partition could not take them, entries held behind a failure when the partition is
+-- given up, the rest of a batch cut off at the lease's deadline): those still pending with
+-- it keep their place, their delivery count set back to what it was before that delivery,
+-- so that whoever claims them next counts that claim as the delivery that never ran. Only
+-- while the caller holds the partition's lease.
 -- KEYS: stream, lease
--- ARGV: group, token, consumer, entry id, entry id, ...
+-- ARGV: group, token, consumer, then per entry: its id, the delivery count to set
 -- Returns {given back, gone} (gone: trimmed while pending; Redis 7+ drops them from the
 -- pending list here), or -1 when the lease is not ours (nothing is changed).
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
-local args = {KEYS[1], ARGV[1], ARGV[3], 0}
-for i = 4, #ARGV do
+local by_count, counts = {}, {}
+local mine = 0
+for i = 4, #ARGV, 2 do
   -- Only its own: an entry another member claimed meanwhile has a count of its own.
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[3]) > 0 then
-    args[#args + 1] = ARGV[i]
+    local ids = by_count[ARGV[i + 1]]
+    if not ids then
+      ids = {}
+      by_count[ARGV[i + 1]] = ids
+      counts[#counts + 1] = ARGV[i + 1]
+    end
+    ids[#ids + 1] = ARGV[i]
+    mine = mine + 1
   end
 end
-local mine = #args - 4
-if mine == 0 then
-  return {0, 0}
+local given = 0
+for _, count in ipairs(counts) do
+  local ids = by_count[count]
+  for j = 1, #ids, 512 do
+    local args = {KEYS[1], ARGV[1], ARGV[3], 0}
+    for k = j, math.min(j + 511, #ids) do
+      args[#args + 1] = ids[k]
+    end
+    args[#args + 1] = 'RETRYCOUNT'
+    args[#args + 1] = count
+    args[#args + 1] = 'JUSTID'
+    given = given + #redis.call('XCLAIM', unpack(args))
+  end
 end
-args[#args + 1] = 'RETRYCOUNT'
-args[#args + 1] = 0
-args[#args + 1] = 'JUSTID'
-local given = #redis.call('XCLAIM', unpack(args))
 return {given, mine - given}

@@ -1,0 +1,112 @@
+"""Giving back entries a consumer was delivered but never handed to a handler.
+
+Every read or claim of a stream entry adds one to its delivery count, and
+``max_deliveries`` holds that count against the entry as handler runs that ended
+without a result. Some deliveries never reach a handler:
+
+- a read ahead brings entries for a partition that can't take them when it is
+  taken (``_read_ahead.py``);
+- entries held behind a failed message are still waiting when the partition is
+  given up, or when the consumer leaves;
+- a batch is cut off at the lease's local deadline, and the rest of it is left
+  pending (``_handling.py``).
+
+:class:`GiveBack` keeps those entries owed and gives them back
+(``lua/give_back.lua``): while the lease is still ours, each entry still pending
+with this member gets back the delivery count it had before that delivery, so
+that the claim that brings it again, by this member or the partition's next
+owner, counts as the delivery that never ran. Owed entries are given back
+before the consumer retries or claims anything, and before it releases a lease;
+a failed attempt keeps them owed for the next. Only entries whose lease was
+lost without notice, or that a member leaving with Redis unreachable could not
+give back, stay counted, as those of a member that dies with a batch read do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ._delivery import OwnedPartition, Reader
+from ._scripts import GIVE_BACK, ScriptCall, run_pipelined
+from .connection import AnyRedis
+from .message import Received
+
+__all__ = ["GiveBack"]
+
+log = logging.getLogger(__name__)
+
+
+class GiveBack:
+    """The entries one consumer owes a give-back, per partition.
+
+    ``token``: the consumer's lease token (a give-back is fenced by the lease).
+    """
+
+    def __init__(self, reader: Reader, group: str, token: str) -> None:
+        self._reader = reader
+        self._group = group
+        self._token = token
+        self._owed: dict[int, list[Received]] = {}
+
+    @property
+    def owed(self) -> bool:
+        """Whether any entry waits to be given back."""
+        return bool(self._owed)
+
+    def owe(self, partition: int, messages: Iterable[Received]) -> None:
+        """Owe a give-back of ``messages`` of ``partition``: delivered, never handed on."""
+        owed = self._owed.setdefault(partition, [])
+        known = {m.msg_id for m in owed}
+        owed += [m for m in messages if m.msg_id not in known]
+        if not owed:
+            del self._owed[partition]
+
+    def owe_held(self, parts: Iterable[OwnedPartition]) -> None:
+        """Owe the entries held behind a failure in ``parts`` that never ran (being given up)."""
+        for part in parts:
+            if part.unrun:
+                self.owe(part.number, [m for m in part.held if m.msg_id in part.unrun])
+
+    def drop(self) -> None:
+        """Forget what is owed (the consumer leaves; those entries stay counted)."""
+        self._owed = {}
+
+    async def make(self, redis: AnyRedis) -> None:
+        """Give back what is owed, where the lease is still ours.
+
+        Raises what Redis raised (as a pipeline does, or in place of a reply);
+        what was not given back stays owed.
+        """
+        if not self._owed:
+            return
+        keys, group = self._reader.keys, self._group
+        calls: list[ScriptCall] = []
+        where: list[int] = []
+        for number, messages in self._owed.items():
+            by_level: dict[int, list[Any]] = {}
+            for m in messages:
+                by_level.setdefault(m.priority, []).extend(
+                    (m.msg_id, b"%d" % max(m.deliveries - 1, 0))
+                )
+            for level, pairs in by_level.items():
+                calls.append((GIVE_BACK, [keys.stream(number, level), keys.lease(number, group)],
+                              [group, self._token, self._reader.name, *pairs]))  # fmt: skip
+                where.append(number)
+        replies = await run_pipelined(redis, calls)  # raises, or an error in place of a reply
+        owed, self._owed = self._owed, {}
+        failure = None
+        for number, reply in zip(where, replies, strict=True):
+            if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
+                failure = failure or reply
+                self._owed[number] = owed[number]
+            elif reply != -1 and int(reply[1]):
+                self._reader.stats.add_trimmed(number, int(reply[1]))
+                log.warning(
+                    "consumer %s: %d entries of partition %d delivered but never handled were "
+                    "trimmed meanwhile", self._reader.name, int(reply[1]), number,
+                    extra={"partition": number},
+                )  # fmt: skip
+        if failure is not None:
+            raise failure
