@@ -28,9 +28,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ._delivery import OwnedPartition, Reader
+from ._delivery import ConsumerStats, OwnedPartition
 from ._scripts import GIVE_BACK, ScriptCall, run_pipelined
 from .connection import AnyRedis
+from .keys import TopicKeys
 from .message import Received
 
 __all__ = ["GiveBack"]
@@ -39,15 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class GiveBack:
-    """The entries one consumer owes a give-back, per partition.
+    """The entries one consumer (``name``) owes a give-back, per partition.
 
     ``token``: the consumer's lease token (a give-back is fenced by the lease).
     """
 
-    def __init__(self, reader: Reader, group: str, token: str) -> None:
-        self._reader = reader
+    def __init__(
+        self, keys: TopicKeys, group: str, name: str, token: str, stats: ConsumerStats
+    ) -> None:
+        self._keys = keys
         self._group = group
+        self._name = name
         self._token = token
+        self._stats = stats
         self._owed: dict[int, list[Received]] = {}
 
     @property
@@ -81,7 +86,7 @@ class GiveBack:
         """
         if not self._owed:
             return
-        keys, group = self._reader.keys, self._group
+        keys, group = self._keys, self._group
         calls: list[ScriptCall] = []
         where: list[int] = []
         for number, messages in self._owed.items():
@@ -92,7 +97,7 @@ class GiveBack:
                 )
             for level, pairs in by_level.items():
                 calls.append((GIVE_BACK, [keys.stream(number, level), keys.lease(number, group)],
-                              [group, self._token, self._reader.name, *pairs]))  # fmt: skip
+                              [group, self._token, self._name, *pairs]))  # fmt: skip
                 where.append(number)
         replies = await run_pipelined(redis, calls)  # raises, or an error in place of a reply
         owed, self._owed = self._owed, {}
@@ -102,10 +107,10 @@ class GiveBack:
                 failure = failure or reply
                 self._owed[number] = owed[number]
             elif reply != -1 and int(reply[1]):
-                self._reader.stats.add_trimmed(number, int(reply[1]))
+                self._stats.add_trimmed(number, int(reply[1]))
                 log.warning(
                     "consumer %s: %d entries of partition %d delivered but never handled were "
-                    "trimmed meanwhile", self._reader.name, int(reply[1]), number,
+                    "trimmed meanwhile", self._name, int(reply[1]), number,
                     extra={"partition": number},
                 )  # fmt: skip
         if failure is not None:

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import ConsumerStats, OwnedPartition, Undecodable
-from ._give_back import GiveBack
 from ._settlement import Failure, Settler, batch_failures
 from ._tasks import uncancel
 from ._tracing import ProcessSpans, process_spans
@@ -81,10 +80,8 @@ class Dispatcher:
         dead_letter: bool,
         max_deliveries: int,
         max_processing_time: float | None,
-        give_back: GiveBack,
     ) -> None:
         self.keys = keys
-        self.give_back = give_back
         self.group = group
         self.settler = settler
         self.stats = stats
@@ -318,7 +315,7 @@ class Dispatcher:
                     # anything newer is read; if not, the new owner claims them.
                     if part is not None:
                         part.reclaim()
-                        self.give_back.owe(number, msgs[i:])  # before they are claimed
+                        self.settler.give_back.owe(number, msgs[i:])  # before they are claimed
                     return ok, None
                 job = self.jobs.enter(m) if m.job_id else None
                 try:

@@ -30,7 +30,6 @@ from redis.asyncio import Redis
 
 from ._delivery import OwnedPartition, Reader
 from ._failures import REDIS_FAILURES
-from ._give_back import GiveBack
 from ._reads import send_ahead
 from ._settlement import Settler
 from .connection import AnyRedis
@@ -62,10 +61,9 @@ class ReadAhead:
         reader: Reader,
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
-        give_back: GiveBack,
     ) -> None:
         self._settler = settler
-        self._give_back = give_back
+        self._give_back = settler.give_back
         self._reader = reader
         self._owned = owned
         self._on_lost = on_lost

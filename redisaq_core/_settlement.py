@@ -21,6 +21,7 @@ from ._cancellation import CANCELLED, JOBS_CANCELLED, cancelled_calls, cancelled
 from ._codec import F_BYTES, Serializer, encode_payload, optional_text
 from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
 from ._failures import REDIS_FAILURES
+from ._give_back import GiveBack
 from ._retry import backoff_delay
 from ._scripts import (
     ACK,
@@ -102,6 +103,8 @@ class Settler:
         self.deferrable = False
         """Plain acknowledgements may wait for the consumer's next read (see :meth:`settle`)."""
         self._deferred: list[ScriptCall] = []
+        self.give_back = GiveBack(keys, group, name, token, stats)
+        """What this consumer was delivered and never handed to a handler (to give back)."""
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
@@ -290,7 +293,16 @@ class Settler:
         except REDIS_FAILURES:
             self.keep(calls)
             raise
-        await self.record(redis, calls, results, owned, on_lost, keep=True)
+        try:
+            await self.record(redis, calls, results, owned, on_lost, keep=True)
+        except REDIS_FAILURES:
+            # What the read brought is not handled now: owed a give-back, claimed after it.
+            for number, part in owned.items():
+                mine = [m for m in messages if m.partition == number]
+                if mine:
+                    part.reclaim()
+                    self.give_back.owe(number, mine)
+            raise
         return messages
 
     async def record(

@@ -31,7 +31,6 @@ from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
-from ._give_back import GiveBack
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
@@ -226,13 +225,12 @@ class Consumer(RedisComponent):
             dead_letter=dead_letter, dead_letter_maxlen=self.dead_letter_maxlen, stats=self.stats,
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
         )  # fmt: skip
-        give_back = GiveBack(self._reader, self.group, self.token)  # what never ran
-        self._ahead = ReadAhead(self._settler, self._reader, self._owned, self._fenced, give_back)
+        self._ahead = ReadAhead(self._settler, self._reader, self._owned, self._fenced)
         self._dispatcher = Dispatcher(
             keys=self.keys, group=self.group, settler=self._settler, stats=self.stats,
             owned=self._owned, fenced=self._fenced, batch_size=batch_size,
             concurrency=concurrency, dead_letter=dead_letter, max_deliveries=max_deliveries,
-            max_processing_time=self.max_processing_time, give_back=give_back,
+            max_processing_time=self.max_processing_time,
         )  # fmt: skip
         self._mover = DelayedMover(
             self.keys, self.group, self.name, self.token, self._owned, logger=self.logger,
@@ -754,6 +752,8 @@ class Consumer(RedisComponent):
                 await self._ahead.start(redis)
             return messages
         await self._ahead.give_back(redis)  # what partitions could not take, before they claim
+        # Only partitions still ours: a heartbeat may have found a lease lost meanwhile.
+        due, claiming = ([s for s in x if self._owned.get(s.number) is s] for x in (due, claiming))
         if due or claiming:  # retries first: claims come after them
             if due:
                 messages, gone = await self._reader.retries(redis, due)

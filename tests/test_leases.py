@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer
 from redisaq_core._codec import default_deserializer, default_serializer
 from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
+from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
 from redisaq_core._settlement import Failure, Settler
 from redisaq_core.keys import TopicKeys
@@ -194,3 +195,54 @@ async def test_dead_lettering_goes_on_past_a_partition_found_lost_meanwhile(
     assert await redis.exists(keys.dead_letters(1)) == 0
     pending: Any = await redis.xpending(keys.stream(1), group)
     assert pending["pending"] == 1
+
+
+@pytest.mark.single_node  # a cluster client reads nothing ahead, so gives nothing back
+async def test_a_partition_found_lost_before_its_retry_claims_nothing(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Message 15 fails, its retry due at once: the batch read ahead behind it is given back
+    # first. The heartbeat finds the lease lost while that give-back is made: neither the
+    # retry nor a claim may then touch the partition's pending entries (its new owner's).
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(60)])
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, retry_backoff=0.0, heartbeat_interval=0.2,
+        poll_interval=0.1,
+    )  # fmt: skip
+    lost: list[int] = []
+    make = GiveBack.make
+
+    async def lease_lost_meanwhile(self: GiveBack, redis: Any) -> None:
+        if self.owed and not lost:
+            lost.append(len(consumer._owned))
+            consumer._owned.pop(0)  # as the heartbeat does when a renewal finds the lease gone
+        await make(self, redis)
+
+    strays: list[int] = []
+    retries, claim = Reader.retries, Reader.claim
+
+    async def checked_retries(self: Reader, redis: Any, parts: list[OwnedPartition]) -> Any:
+        strays.extend(p.number for p in parts if consumer._owned.get(p.number) is not p)
+        return await retries(self, redis, parts)
+
+    async def checked_claim(self: Reader, redis: Any, parts: list[OwnedPartition]) -> Any:
+        strays.extend(p.number for p in parts if consumer._owned.get(p.number) is not p)
+        return await claim(self, redis, parts)
+
+    monkeypatch.setattr(GiveBack, "make", lease_lost_meanwhile)
+    monkeypatch.setattr(Reader, "retries", checked_retries)
+    monkeypatch.setattr(Reader, "claim", checked_claim)
+    seen: set[int] = set()
+    failed: list[int] = []
+
+    async def fails_at_15(m: Message) -> None:
+        if m.payload["n"] == 15 and not failed:
+            failed.append(m.deliveries)
+            raise RuntimeError("fails once")
+        seen.add(m.payload["n"])
+
+    async with Running(consumer, fails_at_15):
+        await eventually(lambda: seen == set(range(60)), timeout=15)
+    assert lost == [1]
+    assert strays == []

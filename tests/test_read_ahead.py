@@ -23,6 +23,7 @@ from redisaq_core import _give_back as give_back
 from redisaq_core import _read_ahead as read_ahead
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._scripts import GIVE_BACK
+from redisaq_core._settlement import Settler
 from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
@@ -510,3 +511,34 @@ async def test_a_consumer_cancelled_waiting_for_its_read_ahead_gives_it_back(
     async with Running(after, record):
         await eventually(lambda: seen | set(first) == set(range(100)))
     assert {n: d for n, d in first.items() if n not in seen and d != 1} == {}
+
+
+async def test_a_read_whose_acknowledgements_failed_is_given_back(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The acknowledgements sent with a read get an error reply (as under OOM) while the read
+    # itself succeeds: what it read is not handled then, and comes again as a first delivery.
+    refused: list[int] = []
+    record = Settler.record
+
+    async def refused_once(self: Settler, redis: Any, calls: Any, results: Any, *a: Any,
+                           **kw: Any) -> None:  # fmt: skip
+        if kw.get("keep") and not refused:
+            refused.append(len(calls))
+            results = [ResponseError("OOM command not allowed (injected)") for _ in results]
+        await record(self, redis, calls, results, *a, **kw)
+
+    monkeypatch.setattr(Settler, "record", refused_once)
+    await _produce(redis_url, topic, 60, partitions=1)
+    calls: dict[int, list[int]] = {}
+
+    async def handle(m: Message) -> None:
+        calls.setdefault(m.payload["n"], []).append(m.deliveries)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, max_deliveries=1, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: len(calls) == 60 and consumer.stats.handled == 60)
+        assert await _pending(redis, topic, 1) == 0
+    assert refused
+    assert _handled(calls, 60) == {"never": [], "twice": {}, "not first": {}}
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 0
