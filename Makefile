@@ -27,7 +27,7 @@ CORE_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer
 CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
 	tests/test_registry.py tests/test_results.py tests/test_jobs.py tests/test_idempotency.py \
 	tests/faults/test_faults.py tests/test_redisaq_compat.py tests/test_series.py \
-	tests/test_cancellation.py tests/test_delayed.py tests/test_leases.py
+	tests/test_cancellation.py tests/test_delayed.py tests/test_leases.py tests/test_give_back.py
 
 .PHONY: install lock demo test test-latest test-matrix test-server lint types pytest \
 	pytest-cluster servers bench bench-cluster bench-servers clean
