@@ -128,7 +128,7 @@ class OwnedPartition:
     held: list[Received] = field(default_factory=list)
     head_failed: bool = False  # held[0] failed and waits for its retry (else: just held back)
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
-    unrun: set[str] = field(default_factory=set)  # ids of held entries never handed on
+    unrun: set[tuple[int, str]] = field(default_factory=set)  # held, never handed on (level, id)
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)

@@ -63,16 +63,27 @@ class GiveBack:
     def owe(self, partition: int, messages: Iterable[Received]) -> None:
         """Owe a give-back of ``messages`` of ``partition``: delivered, never handed on."""
         owed = self._owed.setdefault(partition, [])
-        known = {m.msg_id for m in owed}
-        owed += [m for m in messages if m.msg_id not in known]
+        known = {(m.priority, m.msg_id) for m in owed}  # ids repeat across priority levels
+        owed += [m for m in messages if (m.priority, m.msg_id) not in known]
         if not owed:
             del self._owed[partition]
 
     def owe_held(self, parts: Iterable[OwnedPartition]) -> None:
-        """Owe the entries held behind a failure in ``parts`` that never ran (being given up)."""
+        """Owe the entries ``parts`` hold behind a failure that never ran (being given up).
+
+        They leave the partition's memory: should it stay ours after all, it claims them
+        back once its failure is settled, as it does any entries given back.
+        """
         for part in parts:
-            if part.unrun:
-                self.owe(part.number, [m for m in part.held if m.msg_id in part.unrun])
+            if not part.unrun:
+                continue
+            unrun = [m for m in part.held if (m.priority, m.msg_id) in part.unrun]
+            part.held = [m for m in part.held if (m.priority, m.msg_id) not in part.unrun]
+            part.unrun.clear()
+            if not part.held:
+                part.head_failed = part.isolate = False
+            part.reclaim()
+            self.owe(part.number, unrun)
 
     def drop(self) -> None:
         """Forget what is owed (the consumer leaves; those entries stay counted)."""

@@ -149,7 +149,12 @@ class Dispatcher:
         """
         self.jobs.attach(redis)
         if reclaimed and any(m.deliveries > 1 for m in messages):
+            waiting: dict[int, list[Received]] = {}  # behind a failure: claimed after it
             for m in messages:  # one at a time, each settled before the next (module text)
+                part = self.owned.get(m.partition)
+                if m.partition in waiting or (part is not None and part.held):
+                    waiting.setdefault(m.partition, []).append(m)
+                    continue
                 if m.deliveries == 1 or not self.dead_letter:
                     await self._dispatch_now(redis, handler, [m], batch)
                     continue
@@ -160,6 +165,10 @@ class Dispatcher:
                 count, _ = await pipe.execute()
                 await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
                 await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
+            for number, rest in waiting.items():  # they never ran: given back first
+                if (part := self.owned.get(number)) is not None:
+                    part.reclaim()
+                self.settler.give_back.owe(number, rest)
             return
         await self._dispatch_now(redis, handler, messages, batch, defer=True)
 

@@ -97,9 +97,12 @@ class ReadAhead:
         try:
             sent = await send_ahead(redis, commands)
         except REDIS_FAILURES:
-            # Nothing went out. The messages in hand are handled still; the acknowledgements
-            # wait for the next round trip, which meets the outage if it lasts.
+            # The messages in hand are handled still; the acknowledgements wait for the next
+            # round trip, which meets the outage if it lasts. Should the read have reached
+            # Redis all the same, what it delivered is claimed before anything newer is read.
             self._settler.keep(calls)
+            for part in parts:
+                part.reclaim()
             return
 
         async def read() -> tuple[list[Received], list[Any]]:

@@ -251,13 +251,32 @@ class Settler:
         on_lost: Callable[[OwnedPartition, int], None],
         reader: Reader | None = None,
         parts: list[OwnedPartition] | None = None,
+        *,
+        last: bool = False,
     ) -> list[Received]:
         """Send the acknowledgements :meth:`settle` kept back.
 
         With a ``reader`` and ``parts`` (one server only), in the same round trip as a read
         of new entries of ``parts`` that does not block; returns what it read. Otherwise
-        in a round trip of their own.
+        in a round trip of their own. ``last``: the consumer leaves; what fails is not
+        kept back (a later run of the same consumer holds its leases under the same token,
+        and its handlers may have settled those messages otherwise by then).
         """
+        try:
+            return await self._flush(redis, owned, on_lost, reader, parts)
+        except REDIS_FAILURES:
+            if last:
+                self._deferred = []
+            raise
+
+    async def _flush(
+        self,
+        redis: AnyRedis,
+        owned: dict[int, OwnedPartition],
+        on_lost: Callable[[OwnedPartition, int], None],
+        reader: Reader | None,
+        parts: list[OwnedPartition] | None,
+    ) -> list[Received]:
         calls = self.take_deferred()
         if not calls:
             return []
@@ -387,8 +406,8 @@ class Settler:
         final = isinstance(m, Undecodable) or (
             self.dead_letter and m.deliveries >= self.max_deliveries
         )
-        part.unrun.difference_update(x.msg_id for x in (m, *failure.rest))
-        part.unrun.update(x.msg_id for x in failure.waiting)
+        part.unrun.difference_update((x.priority, x.msg_id) for x in (m, *failure.rest))
+        part.unrun.update((x.priority, x.msg_id) for x in failure.waiting)
         if final:
             dead.append(failure)
             if failure.rest or failure.waiting or part.held:

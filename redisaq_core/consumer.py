@@ -524,7 +524,7 @@ class Consumer(RedisComponent):
             return
         try:
             # What the last batch left to acknowledge goes before the leases.
-            await self._settler.flush(self.redis, self._owned, self._fenced)
+            await self._settler.flush(self.redis, self._owned, self._fenced, last=True)
         except REDIS_FAILURES as exc:
             self.logger.warning(
                 "consumer %s: could not acknowledge the last batch: %s", self.name, exc

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core._read_ahead import ReadAhead
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
@@ -148,3 +150,138 @@ async def test_a_failed_batch_holds_back_what_its_partition_has_in_the_next_batc
         await eventually(lambda: consumer.stats.handled == 15)
     assert len(batches[0]) == 10  # both partitions were read together
     assert order == {0: list(range(0, 15, 2)), 1: list(range(1, 15, 2))}
+
+
+async def _count(redis: Redis, topic: str, msg_id: str) -> int:
+    pending: Any = await redis.xpending_range(
+        TopicKeys(topic).stream(0), "default", msg_id, msg_id, 1
+    )
+    return int(pending[0]["times_delivered"]) if pending else -1
+
+
+@pytest.mark.parametrize("assigned_back", [False, True])
+async def test_what_was_given_back_of_a_partition_assigned_back_keeps_its_count(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch,
+    assigned_back: bool,
+) -> None:  # fmt: skip
+    # 0 fails as its partition is being given up, and 1 waits behind it. Assigned back while
+    # 1 is given back, the partition claims 1 again (not from memory, at the count given
+    # back): 1 runs once, is cut off by a stop, and reaches max_deliveries=1 there.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(20)])
+
+    if assigned_back:
+        give_back = ReadAhead.give_back
+
+        async def and_assigned_back(self: ReadAhead, r: Any, parts: Any = ()) -> None:
+            parts = list(parts)
+            await give_back(self, r, parts)
+            for part in parts:  # what _sync_locked does when the assignment returns p
+                part.revoking = False
+
+        monkeypatch.setattr(ReadAhead, "give_back", and_assigned_back)
+
+    options = {"batch_size": 10, "max_deliveries": 1, "heartbeat_interval": 1.0,
+               "poll_interval": 0.1}  # fmt: skip
+    first = Consumer(topic, redis_url=redis_url, **options)
+    runs: dict[int, list[tuple[str, int, int]]] = {}
+    hung = asyncio.Event()
+
+    async def on_first(m: Message) -> None:
+        n = m.payload["n"]
+        runs.setdefault(n, []).append(("first", m.deliveries, await _count(redis, topic, m.msg_id)))
+        if n == 0:
+            first._owned[0].revoking = True  # the partition is being given up
+            raise RuntimeError("0 fails (dead-lettered: max_deliveries=1)")
+        if n == 1:
+            hung.set()
+            await asyncio.Event().wait()  # ends its process, as far as the queue can tell
+
+    task = asyncio.create_task(first.process(on_first))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.5)  # the handler of 1 is cut off: it ran, without a result
+    await task
+    await first.close()
+
+    async def on_second(m: Message) -> None:
+        runs.setdefault(m.payload["n"], []).append(("second", m.deliveries, -1))
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, on_second):
+
+        async def drained() -> bool:
+            info: Any = await redis.xpending(TopicKeys(topic).stream(0), "default")
+            return int(info["pending"]) == 0
+
+        await eventually(drained, timeout=15)
+    # 1 ran once and ended without a result: with max_deliveries=1 it is dead-lettered unrun.
+    assert [who for who, _, _ in runs[1]] == ["first"]
+
+
+async def test_a_failed_message_is_not_given_back_through_a_same_id_of_another_level(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Entry ids are numbered per stream: two levels written in the same millisecond share
+    # ids. 0 (level 1) fails; 2-4 (level 0) wait behind it, one of them with 0's id. 0
+    # ran, so only 1-4 are given back when the member stops: 0 runs twice in all.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2) as producer:
+        ids = await producer.batch_enqueue(
+            [Message(topic, {"n": n}, priority=1 if n < 2 else 0) for n in range(5)]
+        )
+    assert ids[0] in ids[2:]  # the same id in both levels (the same millisecond)
+    options = {"batch_size": 10, "max_deliveries": 2, "retry_backoff": 5.0,
+               "heartbeat_interval": 0.2, "poll_interval": 0.1}  # fmt: skip
+    runs: dict[int, list[tuple[str, int]]] = {}
+    first = Consumer(topic, redis_url=redis_url, **options)
+
+    async def on_first(m: Message) -> None:
+        runs.setdefault(m.payload["n"], []).append(("first", m.deliveries))
+        if m.payload["n"] == 0:
+            raise RuntimeError("0 fails")
+
+    async with Running(first, on_first):
+        await eventually(lambda: 0 in runs and first._owned and first._owned[0].head_failed)
+    # first stopped: what waited behind 0 (1..4) is given back, 0 itself ran and failed once
+
+    async def on_second(m: Message) -> None:
+        runs.setdefault(m.payload["n"], []).append(("second", m.deliveries))
+        if m.payload["n"] == 0:
+            raise RuntimeError("0 fails")
+
+    second = Consumer(topic, redis_url=redis_url, **{**options, "retry_backoff": 0.05})
+    async with Running(second, on_second):
+        await eventually(lambda: second.stats.dead_lettered == 1 and second.stats.handled == 4)
+    assert len(runs[0]) <= 2  # max_deliveries=2
+
+
+async def test_a_failure_in_the_reclaimed_path_holds_back_the_rest(
+    redis_url: str, topic: str
+) -> None:
+    # 0-4 are claimed from a member that stopped mid-handler (redeliveries: handled one at a
+    # time). 0 fails once there: 1-4 wait for its retry.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(5)])
+    options = {"batch_size": 10, "heartbeat_interval": 0.2, "poll_interval": 0.1}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    hung = asyncio.Event()
+
+    async def hangs(m: Message) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(first.process(hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    order: list[tuple[int, int]] = []
+
+    async def fails_once(m: Message) -> None:
+        order.append((m.payload["n"], m.deliveries))
+        if m.payload["n"] == 0 and len([o for o in order if o[0] == 0]) == 1:
+            raise RuntimeError("0 fails once")
+
+    second = Consumer(topic, redis_url=redis_url, retry_backoff=0.2, **options)
+    async with Running(second, fails_once):
+        await eventually(lambda: second.stats.handled == 5)
+    assert [n for n, _ in order] == [0, 0, 1, 2, 3, 4]

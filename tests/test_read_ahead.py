@@ -17,16 +17,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core import _give_back as give_back
 from redisaq_core import _read_ahead as read_ahead
+from redisaq_core import _settlement as settlement
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import GIVE_BACK
+from redisaq_core._scripts import GIVE_BACK, JOBS_COMPLETE
 from redisaq_core._settlement import Settler
 from redisaq_core.connection import create_client
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
+from redisaq_core.results import JobStatus, ResultStore
 from tests.helpers import Running, eventually
 from tests.proxy import FaultProxy
 
@@ -542,3 +545,100 @@ async def test_a_read_whose_acknowledgements_failed_is_given_back(
     assert refused
     assert _handled(calls, 60) == {"never": [], "twice": {}, "not first": {}}
     assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 0
+
+
+async def test_a_read_ahead_whose_write_reached_redis_though_reported_failed_strands_nothing(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write timeout may be reported for a write that reached Redis: its read delivered
+    # entries nobody handed on. They are claimed before anything newer is read.
+    sends: list[int] = []
+    send = read_ahead.send_ahead
+
+    async def sent_then_timed_out(r: Any, commands: Any) -> Any:
+        sends.append(len(commands))
+        task = await send(r, commands)
+        if len(sends) == 3:
+            await task  # the commands were served; the writer reported a timeout
+            raise RedisTimeoutError("Timeout writing to socket (injected after the write)")
+        return task
+
+    monkeypatch.setattr(read_ahead, "send_ahead", sent_then_timed_out)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(100)])
+    order: list[int] = []
+
+    async def handle(m: Message) -> None:
+        order.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, heartbeat_interval=0.2,
+                        poll_interval=0.1)  # fmt: skip
+    async with Running(consumer, handle):
+        await eventually(lambda: len(set(order)) == 100)
+        assert await _pending(redis, topic, 1) == 0
+    assert len(sends) > 3
+
+
+async def test_a_job_completion_that_failed_as_its_consumer_left_is_not_kept(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The completion of a job fails to go out, also as the consumer leaves. Another member
+    # runs the job again until it is dead-lettered; the first consumer, run again under
+    # the same lease token, must not write its stale completion over that.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 0})
+    broken = False
+    sent: list[bool] = []
+    run = settlement.run_pipelined
+
+    async def lost_while_broken(r: Any, calls: Any) -> list[Any]:
+        if any(c[0] is JOBS_COMPLETE for c in calls):
+            sent.append(broken)
+        if broken:  # what a single call returns when the connection drops (run_pipelined)
+            return [RedisConnectionError("connection lost (injected)") for _ in calls]
+        return await run(r, calls)
+
+    monkeypatch.setattr(settlement, "run_pipelined", lost_while_broken)
+    first = Consumer(topic, redis_url=redis_url, retry_backoff=0.01, **FAST)
+    ran: list[str] = []
+
+    async def succeeds(m: Message) -> Any:
+        nonlocal broken
+        ran.append("first")
+        broken = True  # the completion, deferred to the next round trip, is lost
+        return "first result"
+
+    task = asyncio.create_task(first.process(succeeds))
+    await eventually(lambda: len(sent) >= 1)
+    await first.stop()  # the flush as it leaves fails too
+    await task
+    broken = False
+
+    async def fails(m: Message) -> Any:
+        ran.append(f"second (delivery {m.deliveries})")
+        raise RuntimeError("fails on the second member")
+
+    second = Consumer(topic, redis_url=redis_url, max_deliveries=2, retry_backoff=0.01, **FAST)
+    async with ResultStore(redis_url=redis_url) as store:
+        async with Running(second, fails):
+            await eventually(lambda: store.status(job.id), timeout=10)
+
+            async def dead() -> bool:
+                return await store.status(job.id) == JobStatus.DEAD
+
+            await eventually(dead, timeout=10)
+        dlq = await redis.xlen(TopicKeys(topic).dead_letters(0))
+
+        async def idle(m: Message) -> Any:
+            ran.append("first again")
+
+        task = asyncio.create_task(first.process(idle))  # the same Consumer, run again
+        # Once it holds the partition and has nothing kept back, a stale completion went out.
+        await eventually(lambda: first.assigned_partitions == [0] and not first._settler._deferred)
+        await first.stop()
+        await task
+        await first.close()
+        record = await store.get(job.id)
+    assert record is not None
+    assert dlq == 1
+    assert record.status == JobStatus.DEAD
