@@ -15,12 +15,12 @@ else
   dl = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[4], 'status', 'dead', 'dead_at', now, 'updated_at', now,
     'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
-  local ttl = tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0')
+  local ttl = tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0
   if ttl > 0 then
     redis.call('EXPIRE', KEYS[4], ttl)
   end

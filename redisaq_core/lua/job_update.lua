@@ -2,10 +2,11 @@
 -- KEYS: job (hash), jobs index (zset)
 -- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type,
 --       deliveries (for "active": the attempt number, the entry's delivery count)
--- Returns 1, or 0 when the record no longer exists (it is not created again) or the job
--- was cancelled meanwhile (its retry will find it cancelled and skip it).
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current or current == 'cancelling' or current == 'cancelled' then
+-- Returns 1, or 0 when the record no longer exists (it is not created again; a key of
+-- another type is not a record) or the job was cancelled meanwhile (its retry will find
+-- it cancelled and skip it).
+local current = redis.pcall('HGET', KEYS[1], 'status')
+if type(current) ~= 'string' or current == 'cancelling' or current == 'cancelled' then
   return 0
 end
 local t = redis.call('TIME')

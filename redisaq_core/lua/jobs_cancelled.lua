@@ -14,14 +14,17 @@ for i = 4, #KEYS do
   local a = 2 + 2 * (i - 4)
   local job_id = ARGV[a + 3]
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[a + 2])
-  local status = redis.call('HGET', KEYS[i], 'status')
+  local status = redis.pcall('HGET', KEYS[i], 'status')
+  if type(status) == 'table' then
+    status = false  -- not a hash (another client's key): no record to settle
+  end
   if status then
     if status ~= 'cancelled' then
       redis.call('HSET', KEYS[i], 'status', 'cancelled', 'cancelled_at', now)
       redis.call('PUBLISH', ARGV[3], job_id .. ' cancelled')
     end
     redis.call('HSET', KEYS[i], 'updated_at', now)
-    local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0')
+    local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0') or 0
     if ttl > 0 then
       redis.call('EXPIRE', KEYS[i], ttl)
     end

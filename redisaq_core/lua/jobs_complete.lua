@@ -16,7 +16,10 @@ for i = 4, #KEYS do
   local a = 6 + 2 * (i - 4)
   local job_id = string.sub(KEYS[i], skip + 1)
   ids[#ids + 1] = ARGV[a]
-  local record = redis.call('HMGET', KEYS[i], 'status', 'result_ttl')
+  local record = redis.pcall('HMGET', KEYS[i], 'status', 'result_ttl')
+  if record.err then
+    record = {false}  -- not a hash (another client's key): no record to complete
+  end
   if record[1] then
     local result = ARGV[a + 1]
     redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', now, 'updated_at', now,

@@ -11,7 +11,10 @@ local skip = tonumber(ARGV[3])
 local cancelled, index = {}, {}
 for i = 2, #KEYS do
   local job_id = string.sub(KEYS[i], skip + 1)
-  local status = redis.call('HGET', KEYS[i], 'status')
+  local status = redis.pcall('HGET', KEYS[i], 'status')
+  if type(status) == 'table' then
+    status = false  -- not a hash (another client's key): no record to mark
+  end
   if status == 'cancelled' or status == 'cancelling' then
     cancelled[#cancelled + 1] = job_id
   elseif status then
