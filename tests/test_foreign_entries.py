@@ -157,25 +157,27 @@ async def test_dead_letters_written_by_another_client_are_listed_and_refused_by_
     assert odd_name.decode() not in left
 
 
+@pytest.mark.parametrize("ttl", ["soon", "1.5", "inf", "1e20"])
 async def test_job_records_another_client_overwrote_never_stop_the_consumer(
-    redis_url: str, redis: Redis, topic: str
+    redis_url: str, redis: Redis, topic: str, ttl: str
 ) -> None:
-    # Job records replaced by keys of other types, or holding a result_ttl that is no
-    # number: each job is still handled, retried and dead-lettered, and the loop goes on.
+    # Job records replaced by keys of other types, or holding a result_ttl EXPIRE can't
+    # take: each job is still handled, retried and dead-lettered, and the loop goes on.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        jobs = [await producer.submit({"n": n}) for n in range(4)]
+        jobs = [await producer.submit({"n": n}) for n in range(5)]
     keys = TopicKeys(topic)
     await redis.set(keys.job(0, jobs[0].id), "not a hash")  # completed
     await redis.set(keys.job(0, jobs[1].id), "not a hash")  # fails once, then completed
     await redis.delete(keys.job(0, jobs[2].id))
     await redis.rpush(keys.job(0, jobs[2].id), "a list")  # dead-lettered
-    await redis.hset(keys.job(0, jobs[3].id), "result_ttl", "soon")  # dead-lettered
+    await redis.hset(keys.job(0, jobs[3].id), "result_ttl", ttl)  # dead-lettered
+    await redis.hset(keys.job(0, jobs[4].id), "result_ttl", ttl)  # completed
     runs: dict[int, int] = {}
 
     async def handle(m: Message) -> str:
         n = m.payload["n"]
         runs[n] = runs.get(n, 0) + 1
-        if n >= 2 or (n == 1 and runs[n] == 1):
+        if n in (2, 3) or (n == 1 and runs[n] == 1):
             raise RuntimeError("fails")
         return "done"
 
@@ -186,11 +188,12 @@ async def test_job_records_another_client_overwrote_never_stop_the_consumer(
     async with Running(consumer, handle):
         await eventually(
             lambda: (
-                (consumer.stats.handled == 2 and consumer.stats.dead_lettered == 2)
+                (consumer.stats.handled == 3 and consumer.stats.dead_lettered == 2)
                 or not consumer.running
             )
         )
         assert consumer.running
-    assert runs == {0: 1, 1: 2, 2: 2, 3: 2}
+    assert runs == {0: 1, 1: 2, 2: 2, 3: 2, 4: 1}
     assert await redis.get(keys.job(0, jobs[0].id)) == b"not a hash"
     assert await redis.hget(keys.job(0, jobs[3].id), "status") == b"dead"
+    assert await redis.hget(keys.job(0, jobs[4].id), "status") == b"completed"

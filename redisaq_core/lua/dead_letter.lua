@@ -20,8 +20,8 @@ if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('HSET', KEYS[4], 'status', 'dead', 'dead_at', now, 'updated_at', now,
     'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
-  local ttl = tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0
-  if ttl > 0 then
+  local ttl = math.floor(tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0)
+  if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
     redis.call('EXPIRE', KEYS[4], ttl)
   end
   redis.call('ZADD', KEYS[5], now, ARGV[5])

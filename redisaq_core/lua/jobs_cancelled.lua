@@ -24,8 +24,8 @@ for i = 4, #KEYS do
       redis.call('PUBLISH', ARGV[3], job_id .. ' cancelled')
     end
     redis.call('HSET', KEYS[i], 'updated_at', now)
-    local ttl = tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0') or 0
-    if ttl > 0 then
+    local ttl = math.floor(tonumber(redis.call('HGET', KEYS[i], 'result_ttl') or '0') or 0)
+    if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
       redis.call('EXPIRE', KEYS[i], ttl)
     end
     redis.call('ZADD', KEYS[3], now, job_id)

@@ -24,8 +24,8 @@ for i = 4, #KEYS do
     local result = ARGV[a + 1]
     redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', now, 'updated_at', now,
       'worker', ARGV[4], 'result', string.sub(result, 2), 'result_kind', string.sub(result, 1, 1))
-    local ttl = tonumber(record[2] or '0')
-    if ttl and ttl > 0 then
+    local ttl = math.floor(tonumber(record[2] or '0') or 0)
+    if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
       redis.call('EXPIRE', KEYS[i], ttl)
     end
     index[#index + 1] = now
