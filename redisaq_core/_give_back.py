@@ -68,6 +68,13 @@ class GiveBack:
         if not owed:
             del self._owed[partition]
 
+    def owes(self, m: Received) -> bool:
+        """Whether ``m`` is owed a give-back."""
+        return any(
+            x.msg_id == m.msg_id and x.priority == m.priority
+            for x in self._owed.get(m.partition, ())
+        )
+
     def owe_held(self, parts: Iterable[OwnedPartition]) -> None:
         """Owe the entries ``parts`` hold behind a failure that never ran (being given up).
 

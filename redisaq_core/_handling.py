@@ -149,28 +149,45 @@ class Dispatcher:
         """
         self.jobs.attach(redis)
         if reclaimed and any(m.deliveries > 1 for m in messages):
-            waiting: dict[int, list[Received]] = {}  # behind a failure: claimed after it
-            for m in messages:  # one at a time, each settled before the next (module text)
+            waiting: list[Received] = []  # behind a failure: given back, claimed after it
+            for i, m in enumerate(messages):  # one at a time, each settled before the next
                 part = self.owned.get(m.partition)
-                if m.partition in waiting or (part is not None and part.held):
-                    waiting.setdefault(m.partition, []).append(m)
+                if part is not None and part.held:
+                    waiting.append(m)
                     continue
-                if m.deliveries == 1 or not self.dead_letter:
-                    await self._dispatch_now(redis, handler, [m], batch)
-                    continue
-                runs = self.keys.runs(m.partition, self.group)
-                pipe = redis.pipeline(transaction=False)
-                pipe.hincrby(runs, m.msg_id, 1)
-                pipe.expire(runs, RUNS_TTL)
-                count, _ = await pipe.execute()
-                await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
-                await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
-            for number, rest in waiting.items():  # they never ran: given back first
-                if (part := self.owned.get(number)) is not None:
-                    part.reclaim()
-                self.settler.give_back.owe(number, rest)
+                try:
+                    await self._dispatch_one(redis, handler, m, batch)
+                except asyncio.CancelledError:
+                    self._never_ran([*waiting, *messages[i + 1 :]])
+                    raise
+            self._never_ran(waiting)
             return
         await self._dispatch_now(redis, handler, messages, batch, defer=True)
+
+    async def _dispatch_one(
+        self, redis: AnyRedis, handler: Callable[[Any], Awaitable[Any]], m: Received, batch: bool
+    ) -> None:
+        """Run the handler over one redelivered message and settle it (module text)."""
+        if m.deliveries == 1 or not self.dead_letter:
+            await self._dispatch_now(redis, handler, [m], batch)
+            return
+        runs = self.keys.runs(m.partition, self.group)
+        pipe = redis.pipeline(transaction=False)
+        pipe.hincrby(runs, m.msg_id, 1)
+        pipe.expire(runs, RUNS_TTL)
+        count, _ = await pipe.execute()
+        await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
+        if self.settler.give_back.owes(m):  # cut off before it ran: that run did not happen
+            await redis.hincrby(runs, m.msg_id, -1)
+        else:
+            await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
+
+    def _never_ran(self, messages: list[Received]) -> None:
+        """Owe a give-back of ``messages`` (never handed to the handler); claim them later."""
+        for number, msgs in _by_partition(messages).items():
+            if (part := self.owned.get(number)) is not None:
+                part.reclaim()
+            self.settler.give_back.owe(number, msgs)
 
     async def _dispatch_now(
         self,
@@ -222,6 +239,9 @@ class Dispatcher:
                 try:
                     call = self._call(handler, chunk, started, None)
                     result = await (call if spans is None else spans.run(chunk, call))
+                except asyncio.CancelledError:
+                    self._never_ran(messages[i + self.batch_size :])
+                    raise
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
                         self.stats.add_timed_out(m.partition)
@@ -248,8 +268,15 @@ class Dispatcher:
                 gate = asyncio.Semaphore(self.concurrency)
 
                 async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
-                    async with gate:
+                    try:
+                        await gate.acquire()
+                    except asyncio.CancelledError:
+                        self._never_ran(msgs)  # a forced stop before the partition's turn
+                        raise
+                    try:
                         return await self._run_partition(handler, msgs, spans)
+                    finally:
+                        gate.release()
 
                 results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
             for ok, failure in results:
@@ -323,8 +350,7 @@ class Dispatcher:
                     # lease still ours, they are claimed back from our pending list, before
                     # anything newer is read; if not, the new owner claims them.
                     if part is not None:
-                        part.reclaim()
-                        self.settler.give_back.owe(number, msgs[i:])  # before they are claimed
+                        self._never_ran(msgs[i:])  # given back before they are claimed
                     return ok, None
                 job = self.jobs.enter(m) if m.job_id else None
                 try:
@@ -340,6 +366,7 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     if job is None or not job.cancelled:
                         if call is None or not call.cut_off:
+                            self._never_ran(msgs[i + 1 :])  # a forced stop: they never ran
                             raise
                         uncancel()
                         return ok, self._timed_out(m, msgs[i + 1 :], None)

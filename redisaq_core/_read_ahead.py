@@ -92,7 +92,7 @@ class ReadAhead:
         parts = [s for s in self._owned.values() if s.ready(now)]
         if not parts or any(s.held or s.claiming for s in parts):
             return
-        calls = self._settler.take_deferred()
+        calls = self._settler.take_deferred(self._owned)
         commands, where = self._reader.after_commands(parts, calls)
         try:
             sent = await send_ahead(redis, commands)

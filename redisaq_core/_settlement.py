@@ -103,6 +103,7 @@ class Settler:
         self.deferrable = False
         """Plain acknowledgements may wait for the consumer's next read (see :meth:`settle`)."""
         self._deferred: list[ScriptCall] = []
+        self._deferred_for: dict[Any, OwnedPartition] = {}  # lease key -> partition, as held
         self.give_back = GiveBack(keys, group, name, token, stats)
         """What this consumer was delivered and never handed to a handler (to give back)."""
         self._channel = self.keys.job_channel.encode()
@@ -215,6 +216,9 @@ class Settler:
         if not calls:
             return
         if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
+            for p, _ in (*acks, *jobs):
+                if p in owned:
+                    self._deferred_for[owned[p].lease] = owned[p]
             self._deferred += calls
             return
         await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
@@ -230,10 +234,24 @@ class Settler:
             ]
             await run_pipelined(redis, calls)
 
-    def take_deferred(self) -> list[ScriptCall]:
-        """The acknowledgements :meth:`settle` kept back (the caller now sends them)."""
+    def take_deferred(self, owned: dict[int, OwnedPartition]) -> list[ScriptCall]:
+        """The acknowledgements :meth:`settle` kept back (the caller now sends them).
+
+        Only those of partitions still held as they were (``owned``): the lease token
+        stays the consumer's, so a call kept while a partition went to another member
+        and came back would pass its fence, over what that member did meanwhile. Their
+        entries are claimed back and handled again, as a new owner's would be.
+        """
         calls, self._deferred = self._deferred, []
-        return calls
+        held = [
+            c for c in calls
+            if (part := self._deferred_for.get(c[1][1])) is not None
+            and owned.get(part.number) is part
+        ]  # fmt: skip
+        if len(held) < len(calls):
+            gone = [c for c in calls if c not in held]
+            self.stats.fenced += sum(_count(c) for c in gone)
+        return held
 
     def keep(self, calls: list[ScriptCall]) -> None:
         """Keep back again acknowledgements that failed: they go first in the next round trip.
@@ -277,7 +295,7 @@ class Settler:
         reader: Reader | None,
         parts: list[OwnedPartition] | None,
     ) -> list[Received]:
-        calls = self.take_deferred()
+        calls = self.take_deferred(owned)
         if not calls:
             return []
         if reader is None or not parts or not isinstance(redis, Redis):
@@ -358,12 +376,7 @@ class Settler:
             if script is JOB_UPDATE or script is DELETE_ACKED:
                 continue
             part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
-            count = (
-                ack_count(call_args)
-                if script is ACK
-                else (len(call_keys) - 3 if script is JOBS_COMPLETE or script is JOBS_CANCELLED
-                      else 1)
-            )  # fmt: skip
+            count = _count((script, call_keys, call_args))
             if not isinstance(result, bytes) and int(result) == -1:
                 if part is not None:
                     on_lost(part, count)
@@ -481,6 +494,14 @@ def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
         elif script is JOBS_CANCELLED:
             ids.setdefault(keys[0], []).extend(args[3::2])
     return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]
+
+
+def _count(call: ScriptCall) -> int:
+    """How many messages a settling call settles."""
+    script, keys, args = call
+    if script is ACK:
+        return ack_count(args)
+    return len(keys) - 3 if script is JOBS_COMPLETE or script is JOBS_CANCELLED else 1
 
 
 def batch_failures(chunk: list[Received], exc: BaseException) -> list[Failure]:

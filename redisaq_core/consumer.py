@@ -502,14 +502,10 @@ class Consumer(RedisComponent):
             return
         self._reported = self.assigned_partitions
         self._registration = await self.registry.register_consumer(
-            topic=self.topic,
-            group=self.group,
-            consumer_name=self.name,
-            partitions=self._reported,
-            interval=self.heartbeat_interval,
-            ttl=self.heartbeat_ttl,
-            on_shutdown=self.stop,
-        )
+            topic=self.topic, group=self.group, consumer_name=self.name,
+            partitions=self._reported, interval=self.heartbeat_interval,
+            ttl=self.heartbeat_ttl, on_shutdown=self.stop,
+        )  # fmt: skip
 
     async def _report_partitions(self) -> None:
         if self._registration is None or self.assigned_partitions == self._reported:
@@ -633,7 +629,10 @@ class Consumer(RedisComponent):
                 continue
             if p not in mine:
                 continue
-            # Newly ours, or ours again after the lease lapsed: start from the pending entries.
+            # Newly ours, or ours again after the lease lapsed: start from the pending entries,
+            # giving back first what it held behind a failure that never ran.
+            if current is not None:
+                self._settler.give_back.owe_held([current])
             (fresh if current is not None else gained).append(p)
             self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
         self._wake.set()  # a partition past its local deadline may be readable again

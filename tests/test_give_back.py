@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -285,3 +286,115 @@ async def test_a_failure_in_the_reclaimed_path_holds_back_the_rest(
     async with Running(second, fails_once):
         await eventually(lambda: second.stats.handled == 5)
     assert [n for n, _ in order] == [0, 0, 1, 2, 3, 4]
+
+
+async def test_what_a_forced_stop_never_ran_comes_as_a_first_delivery(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A stop that runs out of time cancels the handler of 0: 1-9, read with it, never ran.
+    await _produce(redis_url, topic, 10, partitions=1)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    hung = asyncio.Event()
+
+    async def hangs(m: Message) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(first.process(hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    ran: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        ran[m.payload["n"]] = m.deliveries
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: second.stats.handled == 9 and second.stats.dead_lettered == 1)
+    # 0 ran once, without a result: dead-lettered. 1-9 run, as first deliveries.
+    assert ran == {n: 1 for n in range(1, 10)}
+
+
+async def test_a_cut_before_a_redelivery_ran_keeps_its_count_of_runs(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # X ran twice already, each run ending its process (max_deliveries=3 allows one more).
+    # The member that claims it is cut at the lease deadline before running it: the run it
+    # counted did not happen. X runs a third time, ends its process, and is dead-lettered.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    keys = TopicKeys(topic)
+    stream, group = keys.stream(0), "default"
+    await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    await redis.sadd(keys.groups, group)
+    got: Any = await redis.xreadgroup(group, "ghost", {stream: ">"})  # run 1 (it died)
+    x = got[0][1][0][0]
+    await redis.xclaim(stream, group, "ghost", 0, [x])  # delivery 2
+    await redis.hset(keys.runs(0, group), x, 1)  # run 2, counted (it died)
+    options = {"batch_size": 10, "max_deliveries": 3, **FAST}
+    cut: list[int] = []
+    run_partition = Dispatcher._run_partition
+
+    async def cut_once(self: Dispatcher, handler: Any, msgs: Any, spans: Any = None) -> Any:
+        if not cut:
+            cut.append(msgs[0].deliveries)
+            self.owned[0].valid_until = 0.0  # the lease's local deadline has passed
+        return await run_partition(self, handler, msgs, spans)
+
+    monkeypatch.setattr(Dispatcher, "_run_partition", cut_once)
+    first = Consumer(topic, redis_url=redis_url, **options)
+    runs_seen: list[int] = []
+    hung = asyncio.Event()
+
+    async def hangs(m: Message) -> None:
+        runs_seen.append(int(await redis.hget(keys.runs(0, group), m.msg_id) or 0))
+        hung.set()
+        await asyncio.Event().wait()  # run 3: ends its process
+
+    task = asyncio.create_task(first.process(hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    monkeypatch.setattr(Dispatcher, "_run_partition", run_partition)
+    ran: list[int] = []
+
+    async def record(m: Message) -> None:
+        ran.append(m.deliveries)
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: second.stats.dead_lettered == 1)
+    assert cut == [3] and runs_seen == [2]
+    assert ran == []  # three runs already: dead-lettered, not run a fourth time
+
+
+async def test_what_waited_behind_a_failure_when_its_partition_is_taken_afresh_is_given_back(
+    redis_url: str, topic: str
+) -> None:
+    # Priority levels added while the partition holds 1-9 behind failed 0: the partition is
+    # taken afresh with all its streams and claims its pending entries; 1-9 never ran.
+    await _produce(redis_url, topic, 10, partitions=1)
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, max_deliveries=2, retry_backoff=30.0,
+        **FAST,
+    )  # fmt: skip
+    first: dict[int, int] = {}
+    runs: dict[int, int] = {}
+
+    async def handle(m: Message) -> None:
+        n = m.payload["n"]
+        first.setdefault(n, m.deliveries)
+        runs[n] = runs.get(n, 0) + 1
+        if n == 0 and runs[n] == 1:
+            raise RuntimeError("0 fails once")
+
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer._owned and consumer._owned[0].head_failed)
+        async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2):
+            pass  # the topic has 2 priority levels now
+        await eventually(lambda: len(first) == 10)
+    assert first == {n: 1 for n in range(10)}

@@ -642,3 +642,44 @@ async def test_a_job_completion_that_failed_as_its_consumer_left_is_not_kept(
     assert record is not None
     assert dlq == 1
     assert record.status == JobStatus.DEAD
+
+
+async def test_a_completion_kept_back_is_dropped_once_its_partition_moved(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A's completion of a job is kept back (its round trips fail). The partition passes to
+    # another member, which dead-letters the job, and comes back to A in the same run: A's
+    # kept completion, under A's token again, must not write "completed" over "dead".
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 0})
+    keys = TopicKeys(topic)
+    broken: list[bool] = []
+    run = settlement.run_pipelined
+
+    async def lost_while_broken(r: Any, calls: Any) -> list[Any]:
+        if broken and any(c[0] is JOBS_COMPLETE for c in calls):
+            broken.append(True)
+            return [RedisConnectionError("connection lost (injected)") for _ in calls]
+        return await run(r, calls)
+
+    monkeypatch.setattr(settlement, "run_pipelined", lost_while_broken)
+    a = Consumer(topic, redis_url=redis_url, **FAST)
+
+    async def succeeds(m: Message) -> Any:
+        broken.append(True)  # from now on the completion's round trips fail
+        return "A's result"
+
+    async with Running(a, succeeds):
+        await eventually(lambda: len(broken) > 1 and a._settler._deferred)  # kept back
+        lease = keys.lease(0, "default")
+        await redis.set(lease, "B's token", px=60_000)  # B took the partition
+        await eventually(lambda: not a._owned)  # A's heartbeat finds the lease lost
+        entry_id = (await redis.xrange(keys.stream(0)))[0][0]
+        await redis.xack(keys.stream(0), "default", entry_id)  # B ran it: dead-lettered
+        await redis.hset(keys.job(0, job.id), "status", "dead")
+        await redis.delete(lease)  # B gave the partition back (a rebalance)
+        await eventually(lambda: 0 in a._owned)  # A holds it again: same run, same token
+        broken.clear()
+        await eventually(lambda: not a._settler._deferred)
+    assert await redis.hget(keys.job(0, job.id), "status") == b"dead"
+    assert a.stats.fenced == 1
