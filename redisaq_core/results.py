@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ._batching import BATCH, CommandBatcher
 from ._cancellation import cancel_job, parse_progress
 from ._checks import number
@@ -523,7 +525,11 @@ class _IndexMerge:
             keys, p = self.sources[i]
             pipe.hgetall(keys.job(p, job_id))
         out = []
-        for (i, job_id, score), raw in zip(batch, await pipe.execute(), strict=True):
+        replies = await pipe.execute(raise_on_error=False)
+        for (i, job_id, score), raw in zip(batch, replies, strict=True):
+            if isinstance(raw, ResponseError):  # another client's key of another type
+                log.warning("skipping job %s: %s", job_id, raw)
+                continue
             if not raw:
                 self.missing.setdefault(i, []).append((job_id, score))
                 continue

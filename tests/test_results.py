@@ -272,6 +272,15 @@ async def _is_none(value: Any) -> bool:
     return await value is None
 
 
+async def test_a_listing_skips_records_another_client_replaced(
+    redis: Redis, store: ResultStore, topic: str
+) -> None:
+    await jr.make_topic(redis, topic, 1)
+    replaced, kept = await jr.submit(redis, topic), await jr.submit(redis, topic)
+    await redis.set(TopicKeys(topic).job(0, replaced), "not a hash")
+    assert [r.id for r in await store.list_jobs(topic)] == [kept]
+
+
 async def test_list_jobs_newest_first_across_topics_and_partitions(
     redis: Redis, store: ResultStore
 ) -> None:
