@@ -150,14 +150,16 @@ class Dispatcher:
         self.jobs.attach(redis)
         if reclaimed and any(m.deliveries > 1 for m in messages):
             waiting: list[Received] = []  # behind a failure: given back, claimed after it
+            behind: set[int] = set()
             for i, m in enumerate(messages):  # one at a time, each settled before the next
                 part = self.owned.get(m.partition)
-                if part is not None and part.held:
+                if m.partition in behind or (part is not None and part.held):
+                    behind.add(m.partition)
                     waiting.append(m)
                     continue
                 try:
                     await self._dispatch_one(redis, handler, m, batch)
-                except asyncio.CancelledError:
+                except BaseException:  # a forced stop, Redis gone: the rest never ran
                     self._never_ran([*waiting, *messages[i + 1 :]])
                     raise
             self._never_ran(waiting)
@@ -240,7 +242,8 @@ class Dispatcher:
                     call = self._call(handler, chunk, started, None)
                     result = await (call if spans is None else spans.run(chunk, call))
                 except asyncio.CancelledError:
-                    self._never_ran(messages[i + self.batch_size :])
+                    held = [m for f in failed.values() for m in f.waiting]
+                    self._never_ran([*held, *messages[i + self.batch_size :]])
                     raise
                 except asyncio.TimeoutError as exc:
                     for m in chunk:
@@ -349,8 +352,7 @@ class Dispatcher:
                     # or cut off): leave the rest pending. If the next heartbeat finds the
                     # lease still ours, they are claimed back from our pending list, before
                     # anything newer is read; if not, the new owner claims them.
-                    if part is not None:
-                        self._never_ran(msgs[i:])  # given back before they are claimed
+                    self._never_ran(msgs[i:])  # given back (if still ours) before they are claimed
                     return ok, None
                 job = self.jobs.enter(m) if m.job_id else None
                 try:

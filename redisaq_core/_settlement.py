@@ -218,7 +218,7 @@ class Settler:
         if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
             for p, _ in (*acks, *jobs):
                 if p in owned:
-                    self._deferred_for[owned[p].lease] = owned[p]
+                    self._defer_for(owned[p])
             self._deferred += calls
             return
         await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
@@ -233,6 +233,20 @@ class Settler:
                 for (part, level), ids in gone.items()
             ]
             await run_pipelined(redis, calls)
+
+    def _defer_for(self, part: OwnedPartition) -> None:
+        """Note that calls kept back for ``part``'s lease are made for ``part``.
+
+        Calls still kept back for an earlier hold of that partition are dropped (see
+        :meth:`take_deferred`).
+        """
+        earlier = self._deferred_for.get(part.lease)
+        if earlier is not None and earlier is not part:
+            stale = [c for c in self._deferred if c[1][1] == part.lease]
+            if stale:
+                self._deferred = [c for c in self._deferred if c[1][1] != part.lease]
+                self.stats.fenced += sum(_count(c) for c in stale)
+        self._deferred_for[part.lease] = part
 
     def take_deferred(self, owned: dict[int, OwnedPartition]) -> list[ScriptCall]:
         """The acknowledgements :meth:`settle` kept back (the caller now sends them).

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core._handling import Dispatcher
@@ -398,3 +399,70 @@ async def test_what_waited_behind_a_failure_when_its_partition_is_taken_afresh_i
             pass  # the topic has 2 priority levels now
         await eventually(lambda: len(first) == 10)
     assert first == {n: 1 for n in range(10)}
+
+
+async def test_a_forced_stop_gives_back_what_waited_behind_a_failed_batch(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # 3 partitions read together in batches of 10: the first batch fails, so the next batch
+    # holds its partitions' messages back and runs the rest, whose handler hangs until a
+    # stop runs out of time. Whatever never reached a handler comes as a first delivery.
+    await _produce(redis_url, topic, 24, partitions=3)
+    first = Consumer(topic, redis_url=redis_url, batch_size=10, retry_backoff=30.0, **FAST)
+    ran: set[int] = set()
+    hung = asyncio.Event()
+
+    async def fails_then_hangs(batch: list[Message]) -> None:
+        ran.update(m.payload["n"] for m in batch)
+        if len(ran) == len(batch):
+            raise RuntimeError("the first batch fails")
+        hung.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(first.process_batch(fails_then_hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    assert len(ran) < 20  # some waited behind the failed batch
+    came: dict[int, int] = {}
+
+    async def record(batch: list[Message]) -> None:
+        came.update((m.payload["n"], m.deliveries) for m in batch)
+
+    second = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    async with Running(second, record, batch=True):
+        await eventually(lambda: len(came) == 24)
+    assert {n: d for n, d in came.items() if n not in ran and d != 1} == {}
+
+
+async def test_a_redis_error_among_redeliveries_gives_back_the_rest(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0-4 are claimed from a member that died (delivery 2, handled one at a time). Redis
+    # fails as 1 is settled: 2-4 never ran, and come again at delivery 2, not 3.
+    await _produce(redis_url, topic, 5, partitions=1)
+    keys = TopicKeys(topic)
+    await redis.xgroup_create(keys.stream(0), "default", id="0")
+    await redis.sadd(keys.groups, "default")
+    await redis.xreadgroup("default", "ghost", {keys.stream(0): ">"})  # it died with them
+    dispatch_one = Dispatcher._dispatch_one
+    failed: list[int] = []
+
+    async def fails_at_1(self: Dispatcher, r: Any, handler: Any, m: Any, batch: bool) -> None:
+        await dispatch_one(self, r, handler, m, batch)
+        if m.payload["n"] == 1 and not failed:
+            failed.append(1)
+            raise RedisConnectionError("connection lost (injected)")
+
+    monkeypatch.setattr(Dispatcher, "_dispatch_one", fails_at_1)
+    came: dict[int, list[int]] = {}
+
+    async def record(m: Message) -> None:
+        came.setdefault(m.payload["n"], []).append(m.deliveries)
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+    async with Running(consumer, record):
+        await eventually(lambda: consumer.stats.handled == 5)
+    assert failed
+    assert {n: came[n] for n in (2, 3, 4)} == {n: [2] for n in (2, 3, 4)}
