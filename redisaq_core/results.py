@@ -208,7 +208,7 @@ def _int(value: bytes | None, default: int | None = None) -> int | None:
         return default
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or infinite (another client's)
         return default
 
 

@@ -278,7 +278,10 @@ async def test_a_listing_skips_records_another_client_replaced(
     await jr.make_topic(redis, topic, 1)
     replaced, kept = await jr.submit(redis, topic), await jr.submit(redis, topic)
     await redis.set(TopicKeys(topic).job(0, replaced), "not a hash")
+    await redis.hset(TopicKeys(topic).job(0, kept), "result_ttl", "inf")
     assert [r.id for r in await store.list_jobs(topic)] == [kept]
+    record = await store.get(kept)
+    assert record is not None and record.result_ttl is None
 
 
 async def test_list_jobs_newest_first_across_topics_and_partitions(
