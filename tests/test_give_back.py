@@ -105,25 +105,26 @@ async def test_what_waited_behind_a_failure_at_a_hand_over_comes_as_a_first_deli
 async def test_the_rest_of_a_batch_cut_at_the_lease_deadline_comes_as_a_first_delivery(
     redis_url: str, redis: Redis, topic: str, max_deliveries: int
 ) -> None:
-    # Handlers that block the loop for 0.15 s each pass the lease's local deadline (0.8 x
-    # 1.5 s) within a batch of 10: the rest is left pending and claimed back by the same
-    # member, whose lease never lapsed. Those claims count as first deliveries.
-    await _produce(redis_url, topic, 30, partitions=1)
+    # Handlers that block the loop for 0.05 s each pass the lease's local deadline (0.8 x
+    # 1.5 s) within a batch of 40: the rest is left pending and claimed back by the same
+    # member, whose lease never lapsed (the last handler ends 0.05 s past the deadline, the
+    # lease lasts 0.3 s more). Those claims count as first deliveries.
+    await _produce(redis_url, topic, 90, partitions=1)
     calls: dict[int, list[int]] = {}
 
     async def blocking(m: Message) -> None:
         calls.setdefault(m.payload["n"], []).append(m.deliveries)
-        time.sleep(0.15)  # CPU-bound work: the heartbeat waits too
+        time.sleep(0.05)  # CPU-bound work: the heartbeat waits too
 
     consumer = Consumer(
-        topic, redis_url=redis_url, batch_size=10, max_deliveries=max_deliveries,
+        topic, redis_url=redis_url, batch_size=40, max_deliveries=max_deliveries,
         heartbeat_interval=0.5, poll_interval=0.1,
     )  # fmt: skip
     async with Running(consumer, blocking):
-        await eventually(lambda: consumer.stats.handled == 30, timeout=30)
+        await eventually(lambda: consumer.stats.handled == 90, timeout=30)
     assert consumer.stats.fenced == 0
     assert consumer.stats.reclaimed > 0  # the cut happened
-    assert sorted(calls) == list(range(30))
+    assert sorted(calls) == list(range(90))
     assert {n: d for n, d in calls.items() if d != [1]} == {}
     assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 0
 
@@ -226,11 +227,16 @@ async def test_a_failed_message_is_not_given_back_through_a_same_id_of_another_l
     # Entry ids are numbered per stream: two levels written in the same millisecond share
     # ids. 0 (level 1) fails; 2-4 (level 0) wait behind it, one of them with 0's id. 0
     # ran, so only 1-4 are given back when the member stops: 0 runs twice in all.
-    async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2) as producer:
-        ids = await producer.batch_enqueue(
-            [Message(topic, {"n": n}, priority=1 if n < 2 else 0) for n in range(5)]
-        )
-    assert ids[0] in ids[2:]  # the same id in both levels (the same millisecond)
+    base = topic
+    for attempt in range(50):  # until both levels are written within one millisecond
+        topic = f"{base}-{attempt}"
+        async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2) as p:
+            ids = await p.batch_enqueue(
+                [Message(topic, {"n": n}, priority=1 if n < 2 else 0) for n in range(5)]
+            )
+        if ids[0] in ids[2:]:
+            break
+    assert ids[0] in ids[2:]  # the same id in both levels
     options = {"batch_size": 10, "max_deliveries": 2, "retry_backoff": 5.0,
                "heartbeat_interval": 0.2, "poll_interval": 0.1}  # fmt: skip
     runs: dict[int, list[tuple[str, int]]] = {}
