@@ -31,6 +31,22 @@ async def _produce(redis_url: str, topic: str, n: int, partitions: int) -> None:
         await producer.batch_enqueue([{"n": i} for i in range(n)])
 
 
+async def _left_hanging(consumer: Consumer) -> None:
+    """Run ``consumer`` until its handler hangs on its first message, then stop it with a
+    timeout: the handler is cancelled, without a result, as if it ended its process."""
+    hung = asyncio.Event()
+
+    async def hangs(m: Message) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(consumer.process(hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await consumer.stop(timeout=0.3)
+    await task
+    await consumer.close()
+
+
 @pytest.mark.parametrize("max_deliveries", [1, 2])
 async def test_what_waited_behind_a_failure_at_a_stop_comes_as_a_first_delivery(
     redis_url: str, redis: Redis, topic: str, max_deliveries: int
@@ -270,18 +286,7 @@ async def test_a_failure_in_the_reclaimed_path_holds_back_the_rest(
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.batch_enqueue([{"n": i} for i in range(5)])
     options = {"batch_size": 10, "heartbeat_interval": 0.2, "poll_interval": 0.1}
-    first = Consumer(topic, redis_url=redis_url, **options)
-    hung = asyncio.Event()
-
-    async def hangs(m: Message) -> None:
-        hung.set()
-        await asyncio.Event().wait()
-
-    task = asyncio.create_task(first.process(hangs))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await _left_hanging(Consumer(topic, redis_url=redis_url, **options))
     order: list[tuple[int, int]] = []
 
     async def fails_once(m: Message) -> None:
@@ -301,18 +306,7 @@ async def test_what_a_forced_stop_never_ran_comes_as_a_first_delivery(
     # A stop that runs out of time cancels the handler of 0: 1-9, read with it, never ran.
     await _produce(redis_url, topic, 10, partitions=1)
     options = {"batch_size": 10, "max_deliveries": 1, **FAST}
-    first = Consumer(topic, redis_url=redis_url, **options)
-    hung = asyncio.Event()
-
-    async def hangs(m: Message) -> None:
-        hung.set()
-        await asyncio.Event().wait()
-
-    task = asyncio.create_task(first.process(hangs))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await _left_hanging(Consumer(topic, redis_url=redis_url, **options))
     ran: dict[int, int] = {}
 
     async def record(m: Message) -> None:
