@@ -117,8 +117,9 @@ async def run_worker(args: argparse.Namespace) -> int:
     if args.static and not args.name:
         raise UsageError("--static needs --name (a static member keeps its name across restarts)")
     consumer = _consumer(args, redis_url(args), args.name)
-    install_signal_handlers(consumer)
-    await _consume(consumer, handler, batch=args.batch)
+    stop = _Stop(consumer)
+    install_signal_handlers(stop)
+    await _consume(consumer, handler, batch=args.batch, stop=stop)
     return EXIT_OK
 
 
@@ -141,12 +142,32 @@ def _consumer(args: argparse.Namespace, url: str, name: str | None) -> Consumer:
     )
 
 
-async def _consume(consumer: Consumer, handler: Callable[[Any], Any], *, batch: bool) -> None:
+class _Stop:
+    """Stops the worker's consumer, and remembers a stop that came before it ran.
+
+    ``Consumer.stop`` does nothing to a consumer not running yet: a signal that
+    arrives while the worker starts (connecting to Redis) would be lost, and the
+    worker would run on.
+    """
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.requested = False
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the consumer (gracefully, or within ``timeout`` seconds)."""
+        self.requested = True
+        await self.consumer.stop(timeout)
+
+
+async def _consume(
+    consumer: Consumer, handler: Callable[[Any], Any], *, batch: bool, stop: _Stop
+) -> None:
     async with consumer:
-        if batch:
-            await consumer.process_batch(handler)
-        else:
-            await consumer.process(handler)
+        if stop.requested:
+            return
+        # No await from the check to the start: process() is running once it first waits.
+        await (consumer.process_batch(handler) if batch else consumer.process(handler))
 
 
 async def _run_child(args: argparse.Namespace, fd: int) -> int:
@@ -160,10 +181,11 @@ async def _run_child(args: argparse.Namespace, fd: int) -> int:
     except Exception:  # the handler's module raised while being imported
         traceback.print_exc()
         return EXIT_CANNOT_START
-    install_signal_handlers(consumer)
-    unwatch = watch_supervisor(fd, consumer)
+    stop = _Stop(consumer)
+    install_signal_handlers(stop)
+    unwatch = watch_supervisor(fd, stop)
     try:
-        await _consume(consumer, handler, batch=args.batch)
+        await _consume(consumer, handler, batch=args.batch, stop=stop)
     finally:
         unwatch()
     return EXIT_OK
