@@ -219,11 +219,15 @@ class Dispatcher:
                 f"delivered {m.deliveries} times; {ran} handler runs ended without a result "
                 f"(the handler may have ended its process), max_deliveries="
                 f"{self.max_deliveries}"
-            ), []))  # fmt: skip
+            ), [], final=True))  # fmt: skip
         done: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         if messages and self._has_jobs(messages):
-            cancelled = await self.settler.started(redis, messages)
+            try:
+                cancelled = await self.settler.started(redis, messages)
+            except BaseException:  # a forced stop, Redis gone: none of them ran
+                self._never_ran(messages)
+                raise
             if cancelled:
                 messages = skip_cancelled(messages, cancelled, done)
         groups = _by_partition(messages)
@@ -269,8 +273,10 @@ class Dispatcher:
                 results = [await self._run_partition(handler, messages, spans)]
             else:
                 gate = asyncio.Semaphore(self.concurrency)
+                waiting = dict(groups)  # a task cancelled before its first step runs no code
 
                 async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
+                    del waiting[msgs[0].partition]
                     try:
                         await gate.acquire()
                     except asyncio.CancelledError:
@@ -281,7 +287,11 @@ class Dispatcher:
                     finally:
                         gate.release()
 
-                results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
+                try:
+                    results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
+                except asyncio.CancelledError:
+                    self._never_ran([m for msgs in waiting.values() for m in msgs])
+                    raise
             for ok, failure in results:
                 done += ok
                 if failure is not None:
@@ -293,13 +303,8 @@ class Dispatcher:
             )
         finally:
             if spans is not None:
-                spans.end((f.message, f.error, self._final(f.message)) for f in failures)
-
-    def _final(self, m: Received) -> bool:
-        """Whether settling a failure of ``m`` dead-letters it (as the settler decides)."""
-        return isinstance(m, Undecodable) or (
-            self.dead_letter and m.deliveries >= self.max_deliveries
-        )
+                final = self.settler.final
+                spans.end((f.message, f.error, final(f)) for f in failures)
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
         recorder = self.stats.recorder

@@ -53,7 +53,8 @@ class Failure:
     ``rest``: the others of its batch, handed to the handler with it. ``isolate``:
     the failure belongs to a whole batch, so which message caused it is unknown;
     the retry runs the first message alone, then the rest. ``waiting``: those
-    behind it never handed to a handler.
+    behind it never handed to a handler. ``final``: dead-lettered whatever its
+    delivery count (another run could not end otherwise).
     """
 
     message: Received
@@ -61,6 +62,7 @@ class Failure:
     rest: list[Received] = field(default_factory=list)
     isolate: bool = False
     waiting: list[Received] = field(default_factory=list)
+    final: bool = False
 
 
 def _error_text(error: BaseException | str) -> tuple[str, str]:
@@ -165,6 +167,7 @@ class Settler:
         acks: dict[tuple[int, int], list[str]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes]]] = {}  # result: kind + data
         cancelled: dict[tuple[int, int], list[Received]] = {}
+        unstored: list[Failure] = []
         ids: list[str] = []
         at: tuple[int, int] = (-1, -1)  # the (partition, level) ``ids`` collects for
         for message, result in done:
@@ -184,7 +187,9 @@ class Settler:
             try:
                 kind, data = encode_payload(self.serializer, result)
             except SerializationError as exc:
-                failures.append(Failure(message, exc, []))
+                # Its handler ran to the end: another run would repeat its work for a
+                # result of the same kind. Ahead of the others: it came first in its partition.
+                unstored.append(Failure(message, exc, [], final=True))
                 continue
             jobs.setdefault(key, []).append((message, (b"b" if kind == F_BYTES else b"s") + data))
         delete = self.delete_acked
@@ -206,8 +211,11 @@ class Settler:
             calls.append((JOBS_COMPLETE, keys, args))
         if cancelled:
             calls += cancelled_calls(self.keys, owned, self.group, self.token, cancelled)
+        failures[:0] = unstored
         dead: list[Failure] = []
-        for failure in failures:
+        # Final ones first: at most one failure per partition is retried, and it heads what
+        # that partition holds.
+        for failure in sorted(failures, key=lambda f: not self.final(f)):
             self._schedule(owned, failure, now, dead, calls)
         if dead:
             calls += await self._dead_letter_calls(redis, owned, dead)
@@ -417,6 +425,15 @@ class Settler:
                 self.keep([call for call, _ in failed])
             raise failed[0][1]
 
+    def final(self, failure: Failure) -> bool:
+        """Whether settling ``failure`` dead-letters its message (no retry)."""
+        m = failure.message
+        return (
+            failure.final
+            or isinstance(m, Undecodable)
+            or (self.dead_letter and m.deliveries >= self.max_deliveries)
+        )
+
     def _schedule(
         self,
         owned: dict[int, OwnedPartition],
@@ -430,9 +447,7 @@ class Settler:
         part = owned.get(m.partition)
         if part is None:
             return
-        final = isinstance(m, Undecodable) or (
-            self.dead_letter and m.deliveries >= self.max_deliveries
-        )
+        final = self.final(failure)
         part.unrun.difference_update((x.priority, x.msg_id) for x in (m, *failure.rest))
         part.unrun.update((x.priority, x.msg_id) for x in failure.waiting)
         if final:

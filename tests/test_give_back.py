@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
+from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
@@ -466,3 +467,78 @@ async def test_a_redis_error_among_redeliveries_gives_back_the_rest(
         await eventually(lambda: consumer.stats.handled == 5)
     assert failed
     assert {n: came[n] for n in (2, 3, 4)} == {n: [2] for n in (2, 3, 4)}
+
+
+@pytest.mark.parametrize("fault", ["redis-error", "forced-stop"])
+async def test_jobs_cut_off_while_being_marked_active_come_as_a_first_delivery(
+    redis_url: str, redis: Redis, topic: str, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The round trip that marks 5 jobs active fails, or a stop that runs out of time lands
+    # in it: none of them ran. With max_deliveries=1 they were dead-lettered unrun.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        for i in range(5):
+            await producer.submit({"n": i})
+    started = Settler.started
+    cut: list[int] = []
+
+    async def cut_once(self: Settler, r: Any, messages: Any) -> Any:
+        if not cut:
+            cut.append(len(messages))
+            if fault == "redis-error":
+                raise RedisConnectionError("connection lost (injected)")
+            await asyncio.Event().wait()
+        return await started(self, r, messages)
+
+    monkeypatch.setattr(Settler, "started", cut_once)
+    options = {"max_deliveries": 1, **FAST}
+    ran: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        ran[m.payload["n"]] = m.deliveries
+
+    if fault == "forced-stop":
+        first = Consumer(topic, redis_url=redis_url, **options)
+        task = asyncio.create_task(first.process(record))
+        await eventually(lambda: bool(cut))
+        await first.stop(timeout=0.3)
+        await task
+        await first.close()
+    consumer = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(consumer, record):
+        await eventually(lambda: consumer.stats.handled + consumer.stats.dead_lettered == 5)
+    assert cut == [5]
+    assert ran == {n: 1 for n in range(5)}
+
+
+async def test_partitions_a_forced_stop_reaches_before_their_turn_come_as_a_first_delivery(
+    redis_url: str, topic: str
+) -> None:
+    # 2 partitions read together run side by side. The stop is forced from the first
+    # handler call, before the other partition's task took its first step: none of that
+    # partition's messages ran. With max_deliveries=1 they were dead-lettered unrun.
+    await _produce(redis_url, topic, 10, partitions=2)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    ran: dict[int, int] = {}
+
+    async def forces_a_stop(m: Message) -> None:
+        ran[m.payload["n"]] = m.deliveries
+        first._forced = True  # as stop() does once its timeout has passed
+        first._stopping.set()
+        assert first._runner is not None
+        first._runner.cancel()
+        await asyncio.Event().wait()
+
+    await asyncio.create_task(first.process(forces_a_stop))
+    await first.close()
+    assert len(ran) == 1
+    came: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        came[m.payload["n"]] = m.deliveries
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 10)
+    assert second.stats.dead_lettered == 1  # the one that ran, without a result
+    assert came == {n: 1 for n in range(10) if n not in ran}

@@ -113,3 +113,32 @@ async def test_batch_handler_results_per_message(redis_url: str, topic: str) -> 
         async with Running(consumer, handler, batch=True):
             results = [await j.result(timeout=10) for j in jobs]
     assert results == [0, 10, 20, 30, 40]
+
+
+async def test_a_result_that_cannot_be_stored_dead_letters_its_job_at_once(
+    redis_url: str, topic: str
+) -> None:
+    # Job 0 returns what JSON can't hold: its handler ran to the end, so it is not run again
+    # for a result of the same kind. Job 1, behind it in the partition, fails every time:
+    # each of its runs counts (it used to run twice as often as max_deliveries allows).
+    runs = {0: 0, 1: 0}
+
+    async def handler(m: Message) -> Any:
+        runs[m.payload] += 1
+        if m.payload == 1:
+            raise RuntimeError("always fails")
+        return object()
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        jobs = [await producer.submit(n) for n in range(2)]
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=2, **FAST)
+        async with Running(consumer, handler):
+            for job in jobs:
+                with pytest.raises(JobFailedError):
+                    await job.result(timeout=10)
+            await eventually(lambda: consumer.stats.dead_lettered == 2)
+        async with ResultStore(redis_url=redis_url) as store:
+            records = [await store.get(job.id) for job in jobs]
+    assert runs == {0: 1, 1: 2}
+    assert [r.status if r else None for r in records] == [JobStatus.DEAD, JobStatus.DEAD]
+    assert records[0] is not None and records[0].error_type == "SerializationError"
