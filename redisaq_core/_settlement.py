@@ -10,7 +10,7 @@ the dead-lettering (``dead``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,19 +217,24 @@ class Settler:
         # that partition holds.
         for failure in sorted(failures, key=lambda f: not self.final(f)):
             self._schedule(owned, failure, now, dead, calls)
-        if dead:
-            calls += await self._dead_letter_calls(redis, owned, dead)
-        if self.delete_acked:
-            calls += _deletions(calls)
-        if not calls:
-            return
-        if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
-            for p, _ in (*acks, *jobs):
-                if p in owned:
-                    self._defer_for(owned[p])
-            self._deferred += calls
-            return
-        await self.record(redis, calls, await run_pipelined(redis, calls), owned, on_lost, dead)
+        try:
+            if dead:
+                calls += await self._dead_letter_calls(redis, owned, dead)
+            if self.delete_acked:
+                calls += _deletions(calls)
+            if not calls:
+                return
+            if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
+                for p, _ in (*acks, *jobs):
+                    if p in owned:
+                        self._defer_for(owned[p])
+                self._deferred += calls
+                return
+            results = await run_pipelined(redis, calls)
+        except REDIS_FAILURES:
+            self._keep_settling(calls, owned)
+            raise
+        await self.record(redis, calls, results, owned, on_lost, keep=True)
 
     async def ack_gone(
         self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
@@ -274,6 +279,20 @@ class Settler:
             gone = [c for c in calls if c not in held]
             self.stats.fenced += sum(_count(c) for c in gone)
         return held
+
+    def _keep_settling(self, calls: list[ScriptCall], owned: dict[int, OwnedPartition]) -> None:
+        """Keep back what of ``calls`` a failed round trip may not have carried out.
+
+        Only the calls that settle for good (acknowledgements, job results, dead
+        letters): sent again first, they spare their messages another run. Each is
+        fenced and does nothing twice (a dead letter is written only for an entry still pending).
+        """
+        kept = [c for c in calls if c[0] in _KEPT]
+        for _, keys, _ in kept:
+            part = next((s for s in owned.values() if s.lease == keys[1]), None)
+            if part is not None:
+                self._defer_for(part)
+        self.keep(kept)
 
     def keep(self, calls: list[ScriptCall]) -> None:
         """Keep back again acknowledgements that failed: they go first in the next round trip.
@@ -371,7 +390,6 @@ class Settler:
         results: list[Any],
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
-        dead: list[Failure] | None = None,
         *,
         keep: bool = False,
     ) -> None:
@@ -379,8 +397,8 @@ class Settler:
 
         A call that found no script (sent in another command's round trip) is sent again
         on its own, loading the script. A failed call raises its error once the others
-        are counted; with ``keep`` (kept-back acknowledgements) the failed ones are kept
-        back again first.
+        are counted; with ``keep``, the failed ones that settle for good are kept back
+        first (:meth:`_keep_settling`).
         """
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
@@ -409,7 +427,7 @@ class Settler:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(
                     "consumer %s: message %s of %s dead-lettered after %s deliveries: %s",
-                    self.name, call_args[2], call_keys[0], _deliveries(dead or [], call_args[2]),
+                    self.name, call_args[2], call_keys[0], _field(call_args, "deliveries"),
                     call_args[7],
                     extra={"partition": part.number if part is not None else None,
                            "msg_id": optional_text(call_args[2]),
@@ -422,7 +440,7 @@ class Settler:
                     pp[part.number] = pp.get(part.number, 0) + count
         if failed:
             if keep:
-                self.keep([call for call, _ in failed])
+                self._keep_settling([call for call, _ in failed], owned)
             raise failed[0][1]
 
     def final(self, failure: Failure) -> bool:
@@ -507,9 +525,14 @@ class Settler:
 _DEFERRABLE = (ACK, JOBS_COMPLETE)
 """What may wait for the next read: acknowledgements, with or without a job's result."""
 
+_KEPT = (*_DEFERRABLE, DEAD_LETTER)
+"""What a failed round trip keeps back for the next (see ``Settler._keep_settling``)."""
 
-def _deliveries(failures: list[Failure], msg_id: Any) -> int:
-    return next((f.message.deliveries for f in failures if f.message.msg_id == msg_id), 0)
+
+def _field(dead_letter_args: Sequence[Any], name: str) -> Any:
+    """A field of the origin record a dead-letter call writes (its arguments from the 10th)."""
+    pairs = dead_letter_args[9:]
+    return next((v for k, v in zip(pairs[::2], pairs[1::2], strict=False) if k == name), None)
 
 
 def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:

@@ -102,6 +102,14 @@ async def _settling(redis: Redis, jid: str) -> tuple[TopicKeys, int, str, str]:
     return keys, partition, stream, record[b"msg_id"].decode()
 
 
+async def _deliver(redis: Redis, stream: str, msg_id: str) -> None:
+    """Deliver entry ``msg_id`` (only it) to member w1 of the group, as a read would."""
+    ms, seq = (int(part) for part in msg_id.split("-"))
+    before = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
+    await redis.xgroup_create(stream, _GROUP, before, mkstream=True)
+    await redis.xreadgroup(_GROUP, "w1", {stream: ">"}, count=1)
+
+
 async def complete(
     redis: Redis,
     jid: str,
@@ -145,6 +153,7 @@ async def complete(
 async def kill(redis: Redis, jid: str, error: str = "boom", error_type: str = "ValueError") -> None:
     """Retries exhausted: the dead-letter script of a consumer (the job becomes ``dead``)."""
     keys, partition, stream, msg_id = await _settling(redis, jid)
+    await _deliver(redis, stream, msg_id)  # a dead letter is made only of a pending entry
     fields = dead_letter_fields(
         topic=keys.topic, partition=partition, group=_GROUP, msg_id=msg_id, deliveries=1,
         error=error, consumer="w1", original={},
@@ -156,6 +165,7 @@ async def kill(redis: Redis, jid: str, error: str = "boom", error_type: str = "V
         [_GROUP, _LEASE_TOKEN, msg_id, 0, jid, keys.job_channel, "w1", error, error_type,
          *fields],
     )  # fmt: skip
+    await redis.xgroup_destroy(stream, _GROUP)  # the helpers' own: not for listings to show
 
 
 async def add_member(

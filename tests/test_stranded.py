@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import Consumer, Message, Producer, _settlement
+from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 from tests.proxy import FaultProxy
@@ -210,3 +212,78 @@ async def test_a_zombie_acknowledgement_is_refused_and_counted_exactly(
             await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)))
         await consumer.close()
     assert consumer.stats.fenced == 1
+
+
+@pytest.mark.parametrize("lost", ["request", "reply"])
+async def test_a_dead_letter_whose_round_trip_failed_is_sent_again_once(
+    redis_url: str, redis: Redis, topic: str, lost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The round trip that dead-letters a message (after its 2nd failed run, max_deliveries=2)
+    # fails: before it reached Redis, or after (its reply lost). It goes again first in the
+    # next round trip, and writes one dead letter either way. Before, it was dropped: the
+    # message was claimed back and ran a 3rd time.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    pipelined = _settlement.run_pipelined
+    cut: list[str] = []
+
+    async def fails_once(r: Any, calls: Any) -> Any:
+        if not cut and any(c[0] is DEAD_LETTER for c in calls):
+            cut.append(lost)
+            if lost == "reply":
+                await pipelined(r, calls)
+            raise RedisConnectionError(f"connection lost (injected, {lost})")
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", fails_once)
+    runs: list[int] = []
+
+    async def fails(m: Message) -> None:
+        runs.append(m.deliveries)
+        raise RuntimeError("always fails")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=2, retry_backoff=0.01,
+        heartbeat_interval=0.2, poll_interval=0.1,
+    )  # fmt: skip
+    async with Running(consumer, fails):
+        await eventually(lambda: consumer.stats.dead_lettered == 1)
+        await eventually(lambda: _no_pending(redis, TopicKeys(topic).stream(0)))
+    assert cut == [lost]
+    assert runs == [1, 2]
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
+
+
+async def test_an_acknowledgement_whose_round_trip_failed_is_sent_again(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A message claimed from a member that died is handled on its own and acknowledged in a
+    # round trip of its own, which fails before reaching Redis. The acknowledgement goes
+    # again first in the next round trip. Before, it was dropped: the message ran again.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    keys = TopicKeys(topic)
+    await redis.xgroup_create(keys.stream(0), "default", id="0")
+    await redis.sadd(keys.groups, "default")
+    await redis.xreadgroup("default", "ghost", {keys.stream(0): ">"})  # it died with it
+    pipelined = _settlement.run_pipelined
+    cut: list[int] = []
+
+    async def fails_once(r: Any, calls: Any) -> Any:
+        if not cut and any(c[0] is ACK for c in calls):
+            cut.append(len(calls))
+            raise RedisConnectionError("connection lost (injected)")
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", fails_once)
+    runs: list[int] = []
+
+    async def handle(m: Message) -> None:
+        runs.append(m.deliveries)
+
+    consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.stats.handled == 1)
+        await eventually(lambda: _no_pending(redis, keys.stream(0)))
+    assert cut == [1]
+    assert runs == [2]

@@ -3,9 +3,14 @@
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
 -- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
 --       error_type, field, value, ...
--- Returns the dead-letter entry id, or -1 when the lease is not ours.
+-- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
+-- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
+-- not ours.
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+  return 0
 end
 local maxlen = tonumber(ARGV[4])
 local dl
@@ -14,7 +19,6 @@ if maxlen > 0 then
 else
   dl = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10))
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
