@@ -233,69 +233,17 @@ class Dispatcher:
         groups = _by_partition(messages)
         flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
-        if batch:
-            failed: dict[int, Failure] = {}  # by partition: the rest of it waits behind
-            for i in range(0, len(messages), self.batch_size):
-                chunk = messages[i : i + self.batch_size]
-                if failed:
-                    chunk = _held_back(chunk, failed)
-                    if not chunk:
-                        continue
-                started = loop.time()
-                try:
-                    call = self._call(handler, chunk, started, None)
-                    result = await (call if spans is None else spans.run(chunk, call))
-                except asyncio.CancelledError:
-                    held = [m for f in failed.values() for m in f.waiting]
-                    self._never_ran([*held, *messages[i + self.batch_size :]])
-                    raise
-                except asyncio.TimeoutError as exc:
-                    for m in chunk:
-                        self.stats.add_timed_out(m.partition)
-                    error = TimeoutError(
-                        f"batch handler did not finish within {self.max_processing_time}s "
-                        "(max_processing_time)"
-                    )
-                    error.__cause__ = exc
-                    failures += _note(batch_failures(chunk, error), failed)
-                    continue
-                except Exception as exc:
-                    failures += _note(batch_failures(chunk, exc), failed)
-                    continue
-                if self.stats.recorder is not None:
-                    self._count_batch(chunk, loop.time() - started)
-                if isinstance(result, (list, tuple)) and len(result) == len(chunk):
-                    done += list(zip(chunk, result, strict=True))
-                else:
-                    done += [(m, None) for m in chunk]
-        else:
-            if len(groups) == 1:
-                results = [await self._run_partition(handler, messages, spans)]
+        try:
+            if batch:
+                await self._run_batches(handler, messages, spans, done, failures)
             else:
-                gate = asyncio.Semaphore(self.concurrency)
-                waiting = dict(groups)  # a task cancelled before its first step runs no code
-
-                async def run(msgs: list[Received]) -> tuple[list[tuple[Received, Any]], Any]:
-                    del waiting[msgs[0].partition]
-                    try:
-                        await gate.acquire()
-                    except asyncio.CancelledError:
-                        self._never_ran(msgs)  # a forced stop before the partition's turn
-                        raise
-                    try:
-                        return await self._run_partition(handler, msgs, spans)
-                    finally:
-                        gate.release()
-
-                try:
-                    results = await asyncio.gather(*(run(msgs) for msgs in groups.values()))
-                except asyncio.CancelledError:
-                    self._never_ran([m for msgs in waiting.values() for m in msgs])
-                    raise
-            for ok, failure in results:
-                done += ok
-                if failure is not None:
-                    failures.append(failure)
+                await self._run_partitions(handler, groups, spans, done, failures)
+        except asyncio.CancelledError:
+            # A forced stop: what ran to the end is settled as the consumer leaves (not run
+            # again); what waited behind a failure never ran.
+            self._never_ran([m for f in failures for m in f.waiting])
+            self.settler.keep_done(self.owned, done)
+            raise
         self._in_flight(flight, -1)
         try:
             await self.settler.settle(
@@ -305,6 +253,79 @@ class Dispatcher:
             if spans is not None:
                 final = self.settler.final
                 spans.end((f.message, f.error, final(f)) for f in failures)
+
+    async def _run_batches(
+        self, handler: Callable[[Any], Awaitable[Any]], messages: list[Received],
+        spans: ProcessSpans | None, done: list[tuple[Received, Any]], failures: list[Failure],
+    ) -> None:  # fmt: skip
+        """``messages`` in batches of ``batch_size``; a partition that fails holds back the rest."""
+        loop = asyncio.get_running_loop()
+        failed: dict[int, Failure] = {}  # by partition: the rest of it waits behind
+        for i in range(0, len(messages), self.batch_size):
+            chunk = messages[i : i + self.batch_size]
+            if failed:
+                chunk = _held_back(chunk, failed)
+                if not chunk:
+                    continue
+            started = loop.time()
+            try:
+                call = self._call(handler, chunk, started, None)
+                result = await (call if spans is None else spans.run(chunk, call))
+            except asyncio.CancelledError:
+                self._never_ran(messages[i + self.batch_size :])
+                raise
+            except asyncio.TimeoutError as exc:
+                for m in chunk:
+                    self.stats.add_timed_out(m.partition)
+                error = TimeoutError(
+                    f"batch handler did not finish within {self.max_processing_time}s "
+                    "(max_processing_time)"
+                )
+                error.__cause__ = exc
+                failures += _note(batch_failures(chunk, error), failed)
+                continue
+            except Exception as exc:
+                failures += _note(batch_failures(chunk, exc), failed)
+                continue
+            if self.stats.recorder is not None:
+                self._count_batch(chunk, loop.time() - started)
+            if isinstance(result, (list, tuple)) and len(result) == len(chunk):
+                done += list(zip(chunk, result, strict=True))
+            else:
+                done += [(m, None) for m in chunk]
+
+    async def _run_partitions(
+        self, handler: Callable[[Any], Awaitable[Any]], groups: dict[int, list[Received]],
+        spans: ProcessSpans | None, done: list[tuple[Received, Any]], failures: list[Failure],
+    ) -> None:  # fmt: skip
+        """Each partition's messages in order, partitions side by side (``concurrency``)."""
+        if len(groups) == 1:
+            (msgs,) = groups.values()
+            if (failure := await self._run_partition(handler, msgs, done, spans)) is not None:
+                failures.append(failure)
+            return
+        gate = asyncio.Semaphore(self.concurrency)
+        waiting = dict(groups)  # a task cancelled before its first step runs no code
+
+        async def run(msgs: list[Received]) -> None:
+            del waiting[msgs[0].partition]
+            try:
+                await gate.acquire()
+            except asyncio.CancelledError:
+                self._never_ran(msgs)  # a forced stop before the partition's turn
+                raise
+            try:
+                failure = await self._run_partition(handler, msgs, done, spans)
+            finally:
+                gate.release()
+            if failure is not None:
+                failures.append(failure)
+
+        try:
+            await asyncio.gather(*(run(msgs) for msgs in groups.values()))
+        except asyncio.CancelledError:
+            self._never_ran([m for msgs in waiting.values() for m in msgs])
+            raise
 
     def _count_batch(self, chunk: list[Received], took: float) -> None:
         recorder = self.stats.recorder
@@ -327,15 +348,17 @@ class Dispatcher:
 
     async def _run_partition(
         self, handler: Callable[[Any], Awaitable[Any]], msgs: list[Received],
-        spans: ProcessSpans | None = None,
-    ) -> tuple[list[tuple[Received, Any]], Failure | None]:  # fmt: skip
+        done: list[tuple[Received, Any]], spans: ProcessSpans | None = None,
+    ) -> Failure | None:  # fmt: skip
         """One partition's messages in order, one handler call each (the hot path).
+
+        Each one that ran to the end goes to ``done`` (message, result) at once; returns
+        the failure that ended the run, if one did.
 
         One :class:`_Call` serves the whole run: the calls follow each other in this task,
         and nothing between two of them awaits, so :meth:`cut_off_hung` only ever finds
         this task inside a handler.
         """
-        ok: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
         # asyncio's own loop reads time.monotonic(): called directly, a Python call less.
         clock = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
@@ -358,7 +381,7 @@ class Dispatcher:
                     # lease still ours, they are claimed back from our pending list, before
                     # anything newer is read; if not, the new owner claims them.
                     self._never_ran(msgs[i:])  # given back (if still ours) before they are claimed
-                    return ok, None
+                    return None
                 job = self.jobs.enter(m) if m.job_id else None
                 try:
                     if m.timeout:
@@ -376,25 +399,25 @@ class Dispatcher:
                             self._never_ran(msgs[i + 1 :])  # a forced stop: they never ran
                             raise
                         uncancel()
-                        return ok, self._timed_out(m, msgs[i + 1 :], None)
+                        return self._timed_out(m, msgs[i + 1 :], None)
                 except asyncio.TimeoutError as exc:
-                    return ok, self._timed_out(m, msgs[i + 1 :], exc)
+                    return self._timed_out(m, msgs[i + 1 :], exc)
                 except Exception as exc:
                     if job is None or not job.cancelled:
-                        return ok, Failure(m, exc, waiting=msgs[i + 1 :])
+                        return Failure(m, exc, waiting=msgs[i + 1 :])
                 finally:
                     if job is not None:
                         self.jobs.leave(job)
                 ended = clock()
                 if job is not None and job.cancelled:
                     # Its job was cancelled (RunningJobs.check): settled so, however it ended.
-                    ok.append((m, CANCELLED))
+                    done.append((m, CANCELLED))
                 else:
-                    ok.append((m, result))
+                    done.append((m, result))
                     took.append(ended - started)
                     ages.append(ended + wall - m.enqueued_at)
                 started = ended
-            return ok, None
+            return None
         finally:
             if call is not None:
                 self._calls.discard(call)

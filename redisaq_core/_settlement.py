@@ -164,10 +164,45 @@ class Settler:
         then :meth:`record`), which the consumer does before anything else reaches Redis
         for these partitions.
         """
+        unstored: list[Failure] = []
+        calls, settled = self._done_calls(owned, done, unstored)
+        failures[:0] = unstored
+        dead: list[Failure] = []
+        # Final ones first: at most one failure per partition is retried, and it heads what
+        # that partition holds.
+        for failure in sorted(failures, key=lambda f: not self.final(f)):
+            self._schedule(owned, failure, now, dead, calls)
+        try:
+            if dead:
+                calls += await self._dead_letter_calls(redis, owned, dead)
+            if self.delete_acked:
+                calls += _deletions(calls)
+            if not calls:
+                return
+            if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
+                for p in settled:
+                    self._defer_for(owned[p])
+                self._deferred += calls
+                return
+            results = await run_pipelined(redis, calls)
+        except REDIS_FAILURES:
+            self._keep_settling(calls, owned)
+            raise
+        await self.record(redis, calls, results, owned, on_lost, keep=True)
+
+    def _done_calls(
+        self,
+        owned: dict[int, OwnedPartition],
+        done: list[tuple[Received, Any]],
+        unstored: list[Failure],
+    ) -> tuple[list[ScriptCall], set[int]]:
+        """The calls that settle ``done``, and the partitions of their acknowledgements.
+
+        A job whose result can't be serialized goes to ``unstored`` instead.
+        """
         acks: dict[tuple[int, int], list[str]] = {}
         jobs: dict[tuple[int, int], list[tuple[Received, bytes]]] = {}  # result: kind + data
         cancelled: dict[tuple[int, int], list[Received]] = {}
-        unstored: list[Failure] = []
         ids: list[str] = []
         at: tuple[int, int] = (-1, -1)  # the (partition, level) ``ids`` collects for
         for message, result in done:
@@ -211,30 +246,16 @@ class Settler:
             calls.append((JOBS_COMPLETE, keys, args))
         if cancelled:
             calls += cancelled_calls(self.keys, owned, self.group, self.token, cancelled)
-        failures[:0] = unstored
-        dead: list[Failure] = []
-        # Final ones first: at most one failure per partition is retried, and it heads what
-        # that partition holds.
-        for failure in sorted(failures, key=lambda f: not self.final(f)):
-            self._schedule(owned, failure, now, dead, calls)
-        try:
-            if dead:
-                calls += await self._dead_letter_calls(redis, owned, dead)
-            if self.delete_acked:
-                calls += _deletions(calls)
-            if not calls:
-                return
-            if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
-                for p, _ in (*acks, *jobs):
-                    if p in owned:
-                        self._defer_for(owned[p])
-                self._deferred += calls
-                return
-            results = await run_pipelined(redis, calls)
-        except REDIS_FAILURES:
-            self._keep_settling(calls, owned)
-            raise
-        await self.record(redis, calls, results, owned, on_lost, keep=True)
+        return calls, {p for p, _ in (*acks, *jobs) if p in owned}
+
+    def keep_done(self, owned: dict[int, OwnedPartition], done: list[tuple[Received, Any]]) -> None:
+        """Keep back the calls that settle ``done`` (a forced stop cut their dispatch short).
+
+        The consumer sends them as it leaves, before releasing its leases: those
+        handlers ran to the end, and their messages are not run again.
+        """
+        calls, _ = self._done_calls(owned, done, [])
+        self._keep_settling(calls, owned)
 
     async def ack_gone(
         self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
@@ -283,8 +304,8 @@ class Settler:
     def _keep_settling(self, calls: list[ScriptCall], owned: dict[int, OwnedPartition]) -> None:
         """Keep back what of ``calls`` a failed round trip may not have carried out.
 
-        Only the calls that settle for good (acknowledgements, job results, dead
-        letters): sent again first, they spare their messages another run. Each is
+        Only the calls that settle for good (acknowledgements, job results, cancelled
+        jobs, dead letters): sent again first, they spare their messages another run. Each is
         fenced and does nothing twice (a dead letter is written only for an entry still pending).
         """
         kept = [c for c in calls if c[0] in _KEPT]
@@ -525,7 +546,7 @@ class Settler:
 _DEFERRABLE = (ACK, JOBS_COMPLETE)
 """What may wait for the next read: acknowledgements, with or without a job's result."""
 
-_KEPT = (*_DEFERRABLE, DEAD_LETTER)
+_KEPT = (*_DEFERRABLE, DEAD_LETTER, JOBS_CANCELLED)
 """What a failed round trip keeps back for the next (see ``Settler._keep_settling``)."""
 
 

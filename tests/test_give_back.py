@@ -172,6 +172,14 @@ async def test_a_failed_batch_holds_back_what_its_partition_has_in_the_next_batc
     assert order == {0: list(range(0, 15, 2)), 1: list(range(1, 15, 2))}
 
 
+async def _none_pending(redis: Redis, topic: str, partitions: int) -> bool:
+    for p in range(partitions):
+        info: Any = await redis.xpending(TopicKeys(topic).stream(p), "default")
+        if info["pending"]:
+            return False
+    return True
+
+
 async def _count(redis: Redis, topic: str, msg_id: str) -> int:
     pending: Any = await redis.xpending_range(
         TopicKeys(topic).stream(0), "default", msg_id, msg_id, 1
@@ -340,11 +348,13 @@ async def test_a_cut_before_a_redelivery_ran_keeps_its_count_of_runs(
     cut: list[int] = []
     run_partition = Dispatcher._run_partition
 
-    async def cut_once(self: Dispatcher, handler: Any, msgs: Any, spans: Any = None) -> Any:
+    async def cut_once(
+        self: Dispatcher, handler: Any, msgs: Any, done: Any, spans: Any = None
+    ) -> Any:
         if not cut:
             cut.append(msgs[0].deliveries)
             self.owned[0].valid_until = 0.0  # the lease's local deadline has passed
-        return await run_partition(self, handler, msgs, spans)
+        return await run_partition(self, handler, msgs, done, spans)
 
     monkeypatch.setattr(Dispatcher, "_run_partition", cut_once)
     first = Consumer(topic, redis_url=redis_url, **options)
@@ -542,3 +552,48 @@ async def test_partitions_a_forced_stop_reaches_before_their_turn_come_as_a_firs
         await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 10)
     assert second.stats.dead_lettered == 1  # the one that ran, without a result
     assert came == {n: 1 for n in range(10) if n not in ran}
+
+
+@pytest.mark.parametrize("other", ["fails", "succeeds"])
+async def test_a_forced_stop_settles_what_ran_and_gives_back_what_waited(
+    redis_url: str, redis: Redis, topic: str, other: str
+) -> None:
+    # 2 partitions read together run side by side. Partition 1's first handler call hangs
+    # until a stop runs out of time; partition 0 was done by then: its first message failed
+    # (the rest waited behind it), or all five succeeded. What waited comes as a first
+    # delivery, and what succeeded is acknowledged as the consumer leaves. Before, both
+    # were left pending, and with max_deliveries=1 dead-lettered unrun or after a success.
+    await _produce(redis_url, topic, 10, partitions=2)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    ran: dict[int, int] = {}
+    hung = asyncio.Event()
+
+    async def handle(m: Message) -> None:
+        ran[m.payload["n"]] = m.partition
+        if m.partition == 1:
+            hung.set()
+            await asyncio.Event().wait()
+        if other == "fails":
+            raise RuntimeError("partition 0's first message fails")
+
+    task = asyncio.create_task(first.process(handle))
+    await asyncio.wait_for(hung.wait(), 10)
+    await eventually(
+        lambda: [p for p in ran.values() if p == 0] == [0] * (1 + 4 * (other == "succeeds"))
+    )
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    came: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        came[m.payload["n"]] = m.deliveries
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    expected = {n: 1 for n in range(10) if n not in ran}
+    heads = 2 if other == "fails" else 1  # ran without a result: dead-lettered
+    async with Running(second, record):
+        await eventually(lambda: _none_pending(redis, topic, 2))
+    assert came == expected
+    assert second.stats.dead_lettered == heads
