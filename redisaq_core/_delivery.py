@@ -450,21 +450,23 @@ class Reader:
         Returns it followed by the messages held behind it, and the ids of
         failed messages whose data is gone (to acknowledge).
         """
+        retried = [p for p in parts if p.head_failed and p.held]
+        results: list[Any] = []
+        if retried:  # nothing changes before the claim is made: a failed one leaves them held
+            pipe = redis.pipeline(transaction=False)
+            for part in retried:
+                head = part.held[0]
+                pipe.xclaim(
+                    part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"]
+                )
+            results = await pipe.execute()
         out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry
             part.held = []
             part.unrun.clear()
-        parts = [p for p in parts if p.held]
-        if not parts:
-            return out, {}
-        pipe = redis.pipeline(transaction=False)
-        for part in parts:
-            head = part.held[0]
-            pipe.xclaim(part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"])
-        results = await pipe.execute()
         gone: dict[tuple[OwnedPartition, int], list[str]] = {}
-        for part, claimed in zip(parts, results, strict=True):
+        for part, claimed in zip(retried, results, strict=True):
             head, rest, isolate = part.held[0], part.held[1:], part.isolate
             part.head_failed = part.isolate = False
             # Isolated: the head runs alone; the rest is handed out on the next round.

@@ -117,13 +117,18 @@ class GiveBack:
                 calls.append((GIVE_BACK, [keys.stream(number, level), keys.lease(number, group)],
                               [group, self._token, self._name, *pairs]))  # fmt: skip
                 where.append(number)
-        replies = await run_pipelined(redis, calls)  # raises, or an error in place of a reply
-        owed, self._owed = self._owed, {}
+        owed, self._owed = self._owed, {}  # what is owed meanwhile (a heartbeat) stays owed
+        try:
+            replies = await run_pipelined(redis, calls)  # raises, or an error for a reply
+        except BaseException:
+            for number, messages in owed.items():
+                self.owe(number, messages)
+            raise
         failure = None
         for number, reply in zip(where, replies, strict=True):
             if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
                 failure = failure or reply
-                self._owed[number] = owed[number]
+                self.owe(number, owed[number])
             elif reply != -1 and int(reply[1]):
                 self._stats.add_trimmed(number, int(reply[1]))
                 log.warning(

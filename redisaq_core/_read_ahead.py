@@ -76,7 +76,7 @@ class ReadAhead:
         """Whether a read was sent ahead and its messages were not taken yet."""
         return self._task is not None
 
-    async def start(self, redis: AnyRedis) -> None:
+    async def start(self, redis: AnyRedis, in_hand: list[Received]) -> None:
         """Write the kept-back acknowledgements and a read of the partitions ready for it.
 
         Only after a read that filled a batch (``Reader.behind``), and not while a retry
@@ -84,6 +84,7 @@ class ReadAhead:
         would pass them). Nothing is sent on a cluster client (its reads are not
         pipelined with scripts). A failed write sends nothing, and raises nothing:
         the acknowledgements are kept back again and the messages in hand are handled.
+        Cancelled, it keeps them back too, and owes a give-back of ``in_hand``.
         """
         assert self._task is None, "one read ahead at a time"
         if not self._reader.behind or not isinstance(redis, Redis):
@@ -104,6 +105,15 @@ class ReadAhead:
             for part in parts:
                 part.reclaim()
             return
+        except BaseException:  # a forced stop: the messages in hand never reach a handler
+            self._settler.keep(calls)
+            for part in parts:
+                part.reclaim()
+            for number in {m.partition for m in in_hand}:
+                if (held := self._owned.get(number)) is not None:
+                    held.reclaim()
+                self._give_back.owe(number, [m for m in in_hand if m.partition == number])
+            raise
 
         async def read() -> tuple[list[Received], list[Any]]:
             return self._reader.after_replies(await sent, where)

@@ -257,16 +257,15 @@ class Settler:
         calls, _ = self._done_calls(owned, done, [])
         self._keep_settling(calls, owned)
 
-    async def ack_gone(
-        self, redis: AnyRedis, gone: dict[tuple[OwnedPartition, int], list[str]]
-    ) -> None:
-        """Acknowledge pending entries whose data was trimmed: there is nothing to handle."""
-        if gone:
-            calls: list[ScriptCall] = [
-                ack_call(part.streams[level], part.lease, self.group, self.token, ids)
-                for (part, level), ids in gone.items()
-            ]
-            await run_pipelined(redis, calls)
+    def ack_gone(self, gone: dict[tuple[OwnedPartition, int], list[str]]) -> None:
+        """Acknowledge pending entries whose data was trimmed: there is nothing to handle.
+
+        Kept back for the next round trip: the messages claimed with them are in hand, and
+        nothing may come between their claim and their handlers.
+        """
+        for (part, level), ids in gone.items():
+            self._defer_for(part)
+            self.keep([ack_call(part.streams[level], part.lease, self.group, self.token, ids)])
 
     def _defer_for(self, part: OwnedPartition) -> None:
         """Note that calls kept back for ``part``'s lease are made for ``part``.

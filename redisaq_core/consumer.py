@@ -748,7 +748,7 @@ class Consumer(RedisComponent):
         )
         if messages:
             if not self._stopping.is_set():
-                await self._ahead.start(redis)
+                await self._ahead.start(redis, messages)
             return messages
         await self._ahead.give_back(redis)  # what partitions could not take, before they claim
         # Only partitions still ours: a heartbeat may have found a lease lost meanwhile.
@@ -759,7 +759,7 @@ class Consumer(RedisComponent):
             else:
                 messages, gone = await self._reader.claim(redis, claiming)
                 self._reclaimed = True
-            await self._settler.ack_gone(redis, gone)
+            self._settler.ack_gone(gone)
             return messages
         wait = self.poll_interval
         waiting = [s.retry_at - now for s in ready if s.held]

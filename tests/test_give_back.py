@@ -17,11 +17,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead
+from redisaq_core._delivery import ConsumerStats
+from redisaq_core._give_back import GiveBack
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
+from redisaq_core.message import received
 from tests.helpers import Running, eventually
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
@@ -597,3 +600,64 @@ async def test_a_forced_stop_settles_what_ran_and_gives_back_what_waited(
         await eventually(lambda: _none_pending(redis, topic, 2))
     assert came == expected
     assert second.stats.dead_lettered == heads
+
+
+async def test_what_is_owed_while_a_give_back_is_under_way_stays_owed(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heartbeat owes entries of a partition taken afresh while the consumer's give-back
+    # round trip is out: they are owed still once it is back (they were forgotten).
+    keys, group = TopicKeys(topic), "default"
+    give_back = GiveBack(keys, group, "me", "tok", ConsumerStats())
+    first = received(topic, {"n": 0}, "1-0", 0, group, 0.0, 1, 0)
+    meanwhile = received(topic, {"n": 1}, "2-0", 1, group, 0.0, 1, 0)
+    give_back.owe(0, [first])
+    pipelined = _give_back.run_pipelined
+
+    async def heartbeat_meanwhile(r: Any, calls: Any) -> Any:
+        give_back.owe(1, [meanwhile])
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_give_back, "run_pipelined", heartbeat_meanwhile)
+    await give_back.make(redis)
+    assert give_back.owes(meanwhile) and not give_back.owes(first)
+
+
+@pytest.mark.single_node  # a cluster client reads nothing ahead
+async def test_messages_in_hand_when_a_forced_stop_cuts_the_read_ahead_come_as_first_deliveries(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10-19 are in hand, the read ahead of the next batch is being written, and a stop runs
+    # out of time there: 10-19 never reached a handler. With max_deliveries=1 they were
+    # dead-lettered unrun.
+    await _produce(redis_url, topic, 30, partitions=1)
+    writing = asyncio.Event()
+
+    async def hangs(r: Any, commands: Any) -> Any:
+        writing.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(_read_ahead, "send_ahead", hangs)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    ran: set[int] = set()
+
+    async def handle(m: Message) -> None:
+        ran.add(m.payload["n"])
+
+    task = asyncio.create_task(first.process(handle))
+    await asyncio.wait_for(writing.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    monkeypatch.undo()
+    assert ran == set(range(10))
+    came: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        came[m.payload["n"]] = m.deliveries
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 20)
+    assert came == {n: 1 for n in range(10, 30)}

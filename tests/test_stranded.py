@@ -18,8 +18,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from redisaq_core import Consumer, Message, Producer, _settlement
+from redisaq_core._codec import default_deserializer
+from redisaq_core._delivery import ConsumerStats, Reader
 from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core.keys import TopicKeys
+from redisaq_core.message import received
 from tests.helpers import Running, eventually
 from tests.proxy import FaultProxy
 
@@ -287,3 +290,83 @@ async def test_an_acknowledgement_whose_round_trip_failed_is_sent_again(
         await eventually(lambda: _no_pending(redis, keys.stream(0)))
     assert cut == [1]
     assert runs == [2]
+
+
+async def test_a_retry_whose_claim_failed_keeps_what_its_partitions_hold(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Partition 0 waits to retry its failed head; partition 1 holds 3 messages behind one
+    # that was dead-lettered. The claim of the retry fails: both still hold their messages,
+    # and the next attempt hands all of them out (partition 1's were lost).
+    keys, group = TopicKeys(topic), "default"
+    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
+                    stats=ConsumerStats())  # fmt: skip
+    parts = []
+    for p in (0, 1):
+        stream = keys.stream(p)
+        await redis.xgroup_create(stream, group, "0", mkstream=True)
+        ids = [(await redis.xadd(stream, {"p": b'{"n": %d}' % i})).decode() for i in range(3)]
+        await redis.xreadgroup(group, "me", {stream: ">"})
+        part = reader.partition(p, 1, valid_until=1e12)
+        part.held = [received(topic, {"n": i}, ids[i], p, group, 0.0, 1, 0) for i in range(3)]
+        parts.append(part)
+    parts[0].head_failed = True
+    pipeline = redis.pipeline
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+
+        async def execute(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("connection lost (injected)")
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    monkeypatch.setattr(redis, "pipeline", failing)
+    with pytest.raises(RedisConnectionError):
+        await reader.retries(redis, parts)
+    monkeypatch.setattr(redis, "pipeline", pipeline)
+    out, gone = await reader.retries(redis, parts)
+    assert [(m.partition, m.payload["n"], m.deliveries) for m in out] == [
+        (1, 0, 1), (1, 1, 1), (1, 2, 1), (0, 0, 2), (0, 1, 1), (0, 2, 1),
+    ]  # fmt: skip
+    assert gone == {}
+
+
+async def test_messages_held_behind_a_trimmed_retry_are_handled_once(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0 fails, and its entry is deleted before its retry: there is nothing to retry, it is
+    # acknowledged, and 1-4 held behind it are handed on. That acknowledgement's round trip
+    # fails once. Before, 1-4 were dropped with it, and claimed (and run) at delivery 2.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(5)])
+    stream = TopicKeys(topic).stream(0)
+    pipelined = _settlement.run_pipelined
+    trimmed: list[bytes] = []
+    cut: list[int] = []
+
+    async def fails_once(r: Any, calls: Any) -> Any:
+        if not cut and any(c[0] is ACK and c[2][3] in trimmed for c in calls):
+            cut.append(1)
+            raise RedisConnectionError("connection lost (injected)")
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", fails_once)
+    came: dict[int, list[int]] = {}
+
+    async def record(m: Message) -> None:
+        came.setdefault(m.payload["n"], []).append(m.deliveries)
+        if m.payload["n"] == 0:
+            await redis.xdel(stream, m.msg_id)
+            trimmed.append(m.msg_id.encode())
+            raise RuntimeError("0 fails, and its entry is deleted")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, retry_backoff=0.05, heartbeat_interval=0.2,
+        poll_interval=0.1,
+    )  # fmt: skip
+    async with Running(consumer, record):
+        await eventually(lambda: _no_pending(redis, stream))
+    assert cut == [1]
+    assert came == {n: [1] for n in range(5)}
