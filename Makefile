@@ -22,12 +22,13 @@ CORE_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer
 	tests/test_foreign_entries.py tests/test_limits.py tests/test_idempotency.py \
 	tests/test_redisaq_compat.py tests/test_series.py tests/test_tracing.py tests/test_logs.py \
 	tests/test_otel_metrics.py tests/test_cancellation.py tests/test_delayed.py tests/test_schedule.py \
-	tests/test_leases.py tests/test_read_ahead.py tests/test_give_back.py
+	tests/test_leases.py tests/test_read_ahead.py tests/test_give_back.py tests/test_runs.py
 # The core suites again, on a 3-master Redis Cluster (tests/test_cluster*.py run on one anyway).
 CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
 	tests/test_registry.py tests/test_results.py tests/test_jobs.py tests/test_idempotency.py \
 	tests/faults/test_faults.py tests/test_redisaq_compat.py tests/test_series.py \
-	tests/test_cancellation.py tests/test_delayed.py tests/test_leases.py tests/test_give_back.py
+	tests/test_cancellation.py tests/test_delayed.py tests/test_leases.py tests/test_give_back.py \
+	tests/test_runs.py
 
 .PHONY: install lock demo test test-latest test-matrix test-server lint types pytest \
 	pytest-cluster servers bench bench-cluster bench-servers clean

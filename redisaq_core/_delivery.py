@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from .metrics import MetricsRecorder
 
 __all__ = [
-    "POLL_INTERVAL", "ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader", "Undecodable",
-    "sweep_period",
+    "POLL_INTERVAL", "RUNS_TTL", "ConsumerStats", "OwnedPartition", "ReadAfterError", "Reader",
+    "Runs", "Undecodable", "run_key", "sweep_period",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,19 @@ class ConsumerStats:
         self.timed_out += 1
         if self.recorder is not None:
             self.recorder.timed_out(partition)
+
+
+RUNS_TTL = 7 * 86_400
+"""Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
+
+Runs = dict[tuple[int, int, str], int]
+"""Handler runs, the current one included, of messages whose runs are counted in their
+partition's ``runs`` hash (those delivered again), by (partition, level, id)."""
+
+
+def run_key(m: Received) -> tuple[int, int, str]:
+    """``m``'s key in :data:`Runs`."""
+    return (m.partition, m.priority, m.msg_id)
 
 
 @dataclass(eq=False)
@@ -443,12 +456,14 @@ class Reader:
         return _by_priority(out), gone
 
     async def retries(
-        self, redis: AnyRedis, parts: list[OwnedPartition]
+        self, redis: AnyRedis, parts: list[OwnedPartition], runs: Runs | None = None
     ) -> tuple[list[Received], dict[tuple[OwnedPartition, int], list[str]]]:
         """Claim again the failed message heading each paused partition (delivery count + 1).
 
         Returns it followed by the messages held behind it, and the ids of
-        failed messages whose data is gone (to acknowledge).
+        failed messages whose data is gone (to acknowledge). With ``runs``, the
+        retry is counted in the partition's ``runs`` hash, and its runs (this
+        one included) noted in ``runs``.
         """
         retried = [p for p in parts if p.head_failed and p.held]
         results: list[Any] = []
@@ -459,7 +474,16 @@ class Reader:
                 pipe.xclaim(
                     part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"]
                 )
+                if runs is not None:
+                    key = self.keys.runs(part.number, self.group)
+                    pipe.hincrby(key, head.msg_id, 1)
+                    pipe.expire(key, RUNS_TTL)
             results = await pipe.execute()
+            if runs is not None:
+                counts = results[1::3]
+                results = results[::3]
+                for part, count in zip(retried, counts, strict=True):
+                    runs[run_key(part.held[0])] = int(count) + 1
         out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry

@@ -54,6 +54,7 @@ class GiveBack:
         self._token = token
         self._stats = stats
         self._owed: dict[int, list[Received]] = {}
+        self._runs: dict[int, dict[tuple[int, str], int]] = {}  # (level, id) -> runs before
 
     @property
     def owed(self) -> bool:
@@ -67,6 +68,14 @@ class GiveBack:
         owed += [m for m in messages if (m.priority, m.msg_id) not in known]
         if not owed:
             del self._owed[partition]
+
+    def owe_run(self, m: Received, before: int) -> None:
+        """Owe ``m`` (never run) a give-back of the run counted for it in the ``runs`` hash.
+
+        ``before``: the runs counted there before that one.
+        """
+        self.owe(m.partition, [m])
+        self._runs.setdefault(m.partition, {})[(m.priority, m.msg_id)] = max(before, 0)
 
     def owes(self, m: Received) -> bool:
         """Whether ``m`` is owed a give-back."""
@@ -94,7 +103,7 @@ class GiveBack:
 
     def drop(self) -> None:
         """Forget what is owed (the consumer leaves; those entries stay counted)."""
-        self._owed = {}
+        self._owed, self._runs = {}, {}
 
     async def make(self, redis: AnyRedis) -> None:
         """Give back what is owed, where the lease is still ours.
@@ -109,26 +118,33 @@ class GiveBack:
         where: list[int] = []
         for number, messages in self._owed.items():
             by_level: dict[int, list[Any]] = {}
+            runs = self._runs.get(number, {})
             for m in messages:
                 by_level.setdefault(m.priority, []).extend(
                     (m.msg_id, b"%d" % max(m.deliveries - 1, 0))
                 )
             for level, pairs in by_level.items():
-                calls.append((GIVE_BACK, [keys.stream(number, level), keys.lease(number, group)],
-                              [group, self._token, self._name, *pairs]))  # fmt: skip
+                taken = [x for (lv, i), n in runs.items() if lv == level for x in (i, n)]
+                calls.append((
+                    GIVE_BACK,
+                    [keys.stream(number, level), keys.lease(number, group),
+                     keys.runs(number, group)],
+                    [group, self._token, self._name, len(taken) // 2, *taken, *pairs],
+                ))  # fmt: skip
                 where.append(number)
-        owed, self._owed = self._owed, {}  # what is owed meanwhile (a heartbeat) stays owed
+        # What is owed meanwhile (a heartbeat) stays owed.
+        (owed, self._owed), (runs_owed, self._runs) = (self._owed, {}), (self._runs, {})
         try:
             replies = await run_pipelined(redis, calls)  # raises, or an error for a reply
         except BaseException:
-            for number, messages in owed.items():
-                self.owe(number, messages)
+            for number in owed:
+                self._owe_again(number, owed, runs_owed)
             raise
         failure = None
         for number, reply in zip(where, replies, strict=True):
             if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
                 failure = failure or reply
-                self.owe(number, owed[number])
+                self._owe_again(number, owed, runs_owed)
             elif reply != -1 and int(reply[1]):
                 self._stats.add_trimmed(number, int(reply[1]))
                 log.warning(
@@ -138,3 +154,13 @@ class GiveBack:
                 )  # fmt: skip
         if failure is not None:
             raise failure
+
+    def _owe_again(
+        self,
+        number: int,
+        owed: dict[int, list[Received]],
+        runs: dict[int, dict[tuple[int, str], int]],
+    ) -> None:
+        self.owe(number, owed[number])
+        if number in runs:
+            self._runs.setdefault(number, {}).update(runs[number])

@@ -9,10 +9,14 @@ Entries delivered before and never settled (a consumer died, or a reply was
 lost) go one at a time, each settled before the next, so that a handler that
 ends its process leaves exactly its own message unsettled. Such an entry's
 handler runs are counted in the partition's ``runs`` hash just before each
-run: the stream's delivery count can't tell them, since every claim raises
-the count of every pending entry, also of those waiting behind a message that
-kills its process. A redelivered entry that already ran ``max_deliveries``
-times (its first delivery counted as a run) is dead-lettered, not run again.
+run, and so are a member's own retries (``Reader.retries``): the stream's
+delivery count can't tell them, since every claim raises the count of every
+pending entry, also of those waiting behind a message that kills its process.
+A redelivered entry that already ran ``max_deliveries`` times (its first
+delivery counted as a run) is dead-lettered, not run again, and a failure is
+held against those runs (``Settler.runs``). A run counted for an entry that
+then never ran is given back with it; the field of one settled for good is
+removed.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ import math
 import operator
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import groupby
 from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
-from ._delivery import ConsumerStats, OwnedPartition, Undecodable
+from ._delivery import RUNS_TTL, ConsumerStats, OwnedPartition, Undecodable, run_key
 from ._settlement import Failure, Settler, batch_failures
 from ._tasks import uncancel
 from ._tracing import ProcessSpans, process_spans
@@ -40,9 +44,6 @@ from .message import Received
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
-
-RUNS_TTL = 7 * 86_400
-"""Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
 
 
 _T = TypeVar("_T")
@@ -177,19 +178,50 @@ class Dispatcher:
         pipe = redis.pipeline(transaction=False)
         pipe.hincrby(runs, m.msg_id, 1)
         pipe.expire(runs, RUNS_TTL)
-        count, _ = await pipe.execute()
+        try:
+            count, _ = await pipe.execute()
+        except BaseException:  # it never ran
+            self._never_ran([m])
+            raise
+        self.settler.runs[run_key(m)] = int(count) + 1
         await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
-        if self.settler.give_back.owes(m):  # cut off before it ran: that run did not happen
-            await redis.hincrby(runs, m.msg_id, -1)
-        else:
-            await redis.hdel(runs, m.msg_id)  # settled, or to be retried by us
 
     def _never_ran(self, messages: list[Received]) -> None:
-        """Owe a give-back of ``messages`` (never handed to the handler); claim them later."""
+        """Owe a give-back of ``messages`` (never handed to the handler); claim them later.
+
+        A run counted for one of them in the ``runs`` hash is taken back with it.
+        """
+        give_back, runs = self.settler.give_back, self.settler.runs
         for number, msgs in _by_partition(messages).items():
             if (part := self.owned.get(number)) is not None:
                 part.reclaim()
-            self.settler.give_back.owe(number, msgs)
+            give_back.owe(number, msgs)
+            for m in msgs if runs else ():
+                if (n := runs.pop(run_key(m), None)) is not None:
+                    give_back.owe_run(m, n - 2)  # its runs before this one, the first not counted
+
+    def _retrying(self, m: Received) -> bool:
+        """Whether ``m`` failed and waits for its retry (heading its partition's held)."""
+        part = self.owned.get(m.partition)
+        return part is not None and part.head_failed and bool(part.held) and part.held[0] is m
+
+    async def _forget_runs(self, redis: AnyRedis, messages: Iterable[Received]) -> None:
+        """Forget the runs counted for those of ``messages`` settled for good (not retried)."""
+        runs = self.settler.runs
+        settled: dict[int, list[str]] = {}
+        for m in messages:
+            key = run_key(m)
+            if key in runs and not self._retrying(m):
+                del runs[key]
+                if m.partition in self.owned:  # else not settled here: counted on for its owner
+                    settled.setdefault(m.partition, []).append(m.msg_id)
+        for key in [k for k in runs if k[0] not in self.owned]:
+            del runs[key]
+        if settled:
+            pipe = redis.pipeline(transaction=False)
+            for number, ids in settled.items():
+                pipe.hdel(self.keys.runs(number, self.group), *ids)
+            await pipe.execute()
 
     async def _dispatch_now(
         self,
@@ -222,6 +254,8 @@ class Dispatcher:
             ), [], final=True))  # fmt: skip
         done: list[tuple[Received, Any]] = []
         loop = asyncio.get_running_loop()
+        if self.settler.runs and any(run_key(m) in self.settler.runs for m in messages):
+            defer = False  # acknowledged before their runs are forgotten
         if messages and self._has_jobs(messages):
             try:
                 cancelled = await self.settler.started(redis, messages)
@@ -253,6 +287,8 @@ class Dispatcher:
             if spans is not None:
                 final = self.settler.final
                 spans.end((f.message, f.error, final(f)) for f in failures)
+        if self.settler.runs:
+            await self._forget_runs(redis, [*(m for m, _ in done), *(f.message for f in failures)])
 
     async def _run_batches(
         self, handler: Callable[[Any], Awaitable[Any]], messages: list[Received],

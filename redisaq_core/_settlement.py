@@ -19,7 +19,15 @@ from redis.exceptions import NoScriptError
 
 from ._cancellation import CANCELLED, JOBS_CANCELLED, cancelled_calls, cancelled_ids
 from ._codec import F_BYTES, Serializer, encode_payload, optional_text
-from ._delivery import ConsumerStats, OwnedPartition, ReadAfterError, Reader, Undecodable
+from ._delivery import (
+    ConsumerStats,
+    OwnedPartition,
+    ReadAfterError,
+    Reader,
+    Runs,
+    Undecodable,
+    run_key,
+)
 from ._failures import REDIS_FAILURES
 from ._give_back import GiveBack
 from ._retry import backoff_delay
@@ -108,6 +116,8 @@ class Settler:
         self._deferred_for: dict[Any, OwnedPartition] = {}  # lease key -> partition, as held
         self.give_back = GiveBack(keys, group, name, token, stats)
         """What this consumer was delivered and never handed to a handler (to give back)."""
+        self.runs: Runs = {}
+        """The handler runs of the messages delivered again that are under way or retried."""
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
@@ -464,12 +474,18 @@ class Settler:
             raise failed[0][1]
 
     def final(self, failure: Failure) -> bool:
-        """Whether settling ``failure`` dead-letters its message (no retry)."""
+        """Whether settling ``failure`` dead-letters its message (no retry).
+
+        Past ``max_deliveries`` handler runs: for a message delivered again, those counted
+        in its partition's ``runs`` hash (its delivery count is raised by every claim of
+        the backlog it waits in), else its delivery count.
+        """
         m = failure.message
+        runs = self.runs.get(run_key(m), m.deliveries)
         return (
             failure.final
             or isinstance(m, Undecodable)
-            or (self.dead_letter and m.deliveries >= self.max_deliveries)
+            or (self.dead_letter and runs >= self.max_deliveries)
         )
 
     def _schedule(

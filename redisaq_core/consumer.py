@@ -755,7 +755,7 @@ class Consumer(RedisComponent):
         due, claiming = ([s for s in x if self._owned.get(s.number) is s] for x in (due, claiming))
         if due or claiming:  # retries first: claims come after them
             if due:
-                messages, gone = await self._reader.retries(redis, due)
+                messages, gone = await self._reader.retries(redis, due, self._settler.runs)
             else:
                 messages, gone = await self._reader.claim(redis, claiming)
                 self._reclaimed = True

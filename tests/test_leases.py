@@ -222,9 +222,11 @@ async def test_a_partition_found_lost_before_its_retry_claims_nothing(
     strays: list[int] = []
     retries, claim = Reader.retries, Reader.claim
 
-    async def checked_retries(self: Reader, redis: Any, parts: list[OwnedPartition]) -> Any:
+    async def checked_retries(
+        self: Reader, redis: Any, parts: list[OwnedPartition], runs: Any = None
+    ) -> Any:
         strays.extend(p.number for p in parts if consumer._owned.get(p.number) is not p)
-        return await retries(self, redis, parts)
+        return await retries(self, redis, parts, runs)
 
     async def checked_claim(self: Reader, redis: Any, parts: list[OwnedPartition]) -> Any:
         strays.extend(p.number for p in parts if consumer._owned.get(p.number) is not p)

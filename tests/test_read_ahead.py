@@ -376,14 +376,16 @@ async def test_a_give_back_leaves_entries_another_member_claimed_alone(
     await redis.xreadgroup(group, "me", {stream: ">"})
     await redis.xclaim(stream, group, "other", 0, [theirs])  # delivered twice now
     await redis.set(keys.lease(0, group), token)
-    lease = keys.lease(0, group)
-    reply = await GIVE_BACK(redis, [stream, lease], [group, token, "me", ours, 0, theirs, 0])
+    lease, runs = keys.lease(0, group), keys.runs(0, group)
+    reply = await GIVE_BACK(
+        redis, [stream, lease, runs], [group, token, "me", 0, ours, 0, theirs, 0]
+    )
     assert reply == [1, 0]
     pending: Any = await redis.xpending_range(stream, group, "-", "+", 10)
     counts = {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
     assert counts == {ours: (b"me", 0), theirs: (b"other", 2)}
     await redis.set(lease, "another token")
-    assert await GIVE_BACK(redis, [stream, lease], [group, token, "me", theirs, 0]) == -1
+    assert await GIVE_BACK(redis, [stream, lease, runs], [group, token, "me", 0, theirs, 0]) == -1
 
 
 def _handled(calls: dict[int, list[int]], n: int) -> dict[str, Any]:

@@ -4,16 +4,27 @@
 -- it keep their place, their delivery count set back to what it was before that delivery,
 -- so that whoever claims them next counts that claim as the delivery that never ran. Only
 -- while the caller holds the partition's lease.
--- KEYS: stream, lease
--- ARGV: group, token, consumer, then per entry: its id, the delivery count to set
+-- A run counted in the partition's runs hash for an entry whose handler then never ran is
+-- taken back: the entry's field set back to the runs it had before (none: removed).
+-- KEYS: stream, lease, the partition's runs hash
+-- ARGV: group, token, consumer, k, then k pairs (id, runs before), then per entry: its id,
+--       the delivery count to set
 -- Returns {given back, gone} (gone: trimmed while pending; Redis 7+ drops them from the
 -- pending list here), or -1 when the lease is not ours (nothing is changed).
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
+local first = 5 + 2 * tonumber(ARGV[4])
+for i = 5, first - 1, 2 do
+  if ARGV[i + 1] == '0' then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  else
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+end
 local by_count, counts = {}, {}
 local mine = 0
-for i = 4, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   -- Only its own: an entry another member claimed meanwhile has a count of its own.
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[3]) > 0 then
     local ids = by_count[ARGV[i + 1]]

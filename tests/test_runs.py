@@ -1,0 +1,131 @@
+"""``max_deliveries`` counts handler runs of a message delivered again, not its claims.
+
+A message whose handler may have ended its process is counted in its
+partition's ``runs`` hash before each run after its first delivery, including
+the retries a member makes itself. A run counted for a message that then never
+ran is taken back; the delivery count, raised for a whole backlog by every
+claim, decides nothing for a message whose runs are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from redisaq_core import Consumer, Message, Producer
+from redisaq_core._settlement import Settler
+from redisaq_core.keys import TopicKeys
+from tests.helpers import Running, eventually
+
+FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+
+
+async def _died_with(redis: Redis, topic: str, members: int) -> list[Any]:
+    """Entries of partition 0 read by a member that died, then claimed by ``members - 1``
+    more that died too; returns their ids."""
+    keys = TopicKeys(topic)
+    await redis.xgroup_create(keys.stream(0), "default", id="0")
+    await redis.sadd(keys.groups, "default")
+    got: Any = await redis.xreadgroup("default", "ghost-0", {keys.stream(0): ">"})
+    ids = [entry_id for entry_id, _ in got[0][1]]
+    for i in range(1, members):
+        await redis.xclaim(keys.stream(0), "default", f"ghost-{i}", 0, ids)
+    return ids
+
+
+async def test_a_retry_that_ends_its_process_counts_as_a_run(redis_url: str, topic: str) -> None:
+    # max_deliveries=2: run 1 fails, its retry (run 2) ends its process (a stop that runs out
+    # of time cuts it off). The next member dead-letters it without running it; it used to
+    # run it a third time (the retry was not counted).
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    runs: list[int] = []
+    hung = asyncio.Event()
+
+    async def fails_then_hangs(m: Message) -> None:
+        runs.append(m.deliveries)
+        if len(runs) == 1:
+            raise RuntimeError("run 1 fails")
+        hung.set()
+        await asyncio.Event().wait()
+
+    options = {"max_deliveries": 2, "retry_backoff": 0.01, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    task = asyncio.create_task(first.process(fails_then_hangs))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+
+    async def record(m: Message) -> None:
+        runs.append(m.deliveries)
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 1)
+    assert runs == [1, 2]
+    assert second.stats.dead_lettered == 1
+
+
+async def test_a_redelivered_job_cut_off_while_marked_active_keeps_its_count_of_runs(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job a member died with (its first delivery counted as a run) is claimed, and its run
+    # is counted; marking it active then fails, so that run never happened. max_deliveries=2
+    # allows the run it gets next; it used to be dead-lettered unrun.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.submit({"n": 0})
+    await _died_with(redis, topic, 1)
+    started = Settler.started
+    cut: list[int] = []
+
+    async def fails_once(self: Settler, r: Any, messages: Any) -> Any:
+        if not cut:
+            cut.append(messages[0].deliveries)
+            raise RedisConnectionError("connection lost (injected)")
+        return await started(self, r, messages)
+
+    monkeypatch.setattr(Settler, "started", fails_once)
+    ran: list[int] = []
+
+    async def record(m: Message) -> None:
+        ran.append(m.deliveries)
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=2, **FAST)
+    async with Running(consumer, record):
+        await eventually(lambda: consumer.stats.handled + consumer.stats.dead_lettered == 1)
+    assert cut == [2]
+    assert ran == [2]
+    assert consumer.stats.dead_lettered == 0
+
+
+async def test_a_message_behind_one_that_ends_its_process_keeps_its_retries(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # K ended the process of three members in turn (run 3 times, max_deliveries=3). X, behind
+    # it, may have run on the first (counted) but not since, though each claim raised its
+    # delivery count (4 once claimed here). X fails once: it is retried, not dead-lettered
+    # (its delivery count was taken for its runs).
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": 0}, {"n": 1}])
+    k, _ = await _died_with(redis, topic, 3)
+    await redis.hset(TopicKeys(topic).runs(0, "default"), k, 2)  # its runs on ghost-1, -2
+    ran: list[tuple[int, int]] = []
+
+    async def x_fails_once(m: Message) -> None:
+        ran.append((m.payload["n"], m.deliveries))
+        if ran == [(1, 4)]:
+            raise RuntimeError("X fails once")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.01, **FAST
+    )  # fmt: skip
+    async with Running(consumer, x_fails_once):
+        await eventually(lambda: consumer.stats.handled + consumer.stats.dead_lettered == 2)
+    assert ran == [(1, 4), (1, 5)]
+    assert consumer.stats.dead_lettered == 1  # K, without a fourth run
+    assert await redis.hlen(TopicKeys(topic).runs(0, "default")) == 0
