@@ -91,36 +91,34 @@ def _default_name() -> str:
 class Consumer(RedisComponent):
     """A member of a consumer group on a partitioned topic.
 
-    ``group_name``: members of one group split the partitions; each group gets
-    every message. ``consumer_name``: unique per live member (default: host,
-    pid and a random suffix). ``batch_size``: entries read per partition per
-    round trip, and the size limit of batches given to ``process_batch``
-    handlers. ``heartbeat_interval`` / ``heartbeat_ttl``: how often a member
-    reports, and after how long without a report it is taken for dead (default
-    ``3 * heartbeat_interval``). ``start``: where a new group starts reading,
-    ``"earliest"`` (every entry still in the stream) or ``"latest"`` (only new
-    ones). ``max_deliveries``: deliveries before a failing message goes to the
-    dead-letter stream (``dead_letter=False`` keeps it retrying). ``retry_backoff``:
-    the base of the exponential retry delay in seconds, capped at
-    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks (10 s; an
-    idle read ends sooner, at its leases' local deadline), which bounds idle
-    traffic. ``static``: a restart with the same ``consumer_name`` within
-    ``heartbeat_ttl`` keeps its partitions. ``on_assign`` / ``on_revoke``: called
-    with the partitions gained or given up. ``registry``: a
-    :class:`~redisaq_core.registry.ServiceRegistry` in which the consumer registers
-    itself (service type ``consumer``, id ``topic/group/name``, its partitions in
-    the metadata) while it runs; deleting that registration stops it gracefully.
-    ``metrics``: keep the topic's counters and latency histograms in Redis
-    (:mod:`redisaq_core.metrics`; flushed once a second).
-    ``max_processing_time``: the longest one handler call (a message, or a batch
-    for ``process_batch``) may run, 300 s by default (``None``: no limit). A call
-    still running then is cancelled and counts as a failed delivery (retried,
-    then dead-lettered), so a hung handler can't hold its partition while the
-    consumer keeps heartbeating; it is checked on every heartbeat, so the cut
-    comes within ``heartbeat_interval`` after the limit. ``Message.timeout``
-    sets a limit per message, to the millisecond. ``logger``: where the
-    consumer's own log records go (default ``redisaq_core.consumer``); ``debug``
-    is accepted from redisaq 0.1.5 code and deprecated.
+    ``group_name``: members of one group split the partitions; each group gets every
+    message. ``consumer_name``: unique per live member (default: host, pid and a random
+    suffix). ``batch_size``: entries read per partition per round trip, and the size
+    limit of batches given to ``process_batch`` handlers. ``heartbeat_interval`` /
+    ``heartbeat_ttl``: how often a member reports, and after how long without a report
+    it is taken for dead (default ``3 * heartbeat_interval``). ``start``: where a new
+    group starts reading, ``"earliest"`` (every entry still in the stream) or
+    ``"latest"`` (only new ones). ``max_deliveries``: handler runs before a failing
+    message goes to the dead-letter stream (``dead_letter=False`` keeps it retrying;
+    undecodable entries and job results that can't be serialized go there anyway).
+    ``retry_backoff``: the base of the exponential retry delay in seconds, capped at
+    ``retry_backoff_max``. ``poll_interval``: the longest a read blocks (10 s; an idle
+    read ends sooner, at its leases' local deadline), which bounds idle traffic.
+    ``static``: a restart with the same ``consumer_name`` within ``heartbeat_ttl`` keeps
+    its partitions. ``on_assign`` / ``on_revoke``: called with the partitions gained or
+    given up. ``registry``: a :class:`~redisaq_core.registry.ServiceRegistry` in which
+    the consumer registers itself (service type ``consumer``, id ``topic/group/name``,
+    its partitions in the metadata) while it runs; deleting that registration stops it
+    gracefully. ``metrics``: keep the topic's counters and latency histograms in Redis
+    (:mod:`redisaq_core.metrics`; flushed once a second). ``max_processing_time``: the
+    longest one handler call (a message, or a batch for ``process_batch``) may run,
+    300 s by default (``None``: no limit). A call still running then is cancelled and counts
+    as a failed delivery (retried, then dead-lettered), so a hung handler can't hold its
+    partition while the consumer keeps heartbeating; it is checked on every heartbeat,
+    so the cut comes within ``heartbeat_interval`` after the limit. ``Message.timeout``
+    sets a limit per message, to the millisecond. ``logger``: where the consumer's own
+    log records go (default ``redisaq_core.consumer``); ``debug`` is accepted from
+    redisaq 0.1.5 code and deprecated.
     """
 
     def __init__(
