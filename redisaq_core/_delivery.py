@@ -119,15 +119,6 @@ class ConsumerStats:
 RUNS_TTL = 7 * 86_400
 """Seconds a partition's ``runs`` hash outlives its last change (entries trimmed unsettled)."""
 
-Runs = dict[tuple[int, int, str], int]
-"""Handler runs, the current one included, of messages whose runs are counted in their
-partition's ``runs`` hash (those delivered again), by (partition, level, id)."""
-
-
-def run_key(m: Received) -> tuple[int, int, str]:
-    """``m``'s key in :data:`Runs`."""
-    return (m.partition, m.priority, m.msg_id)
-
 
 @dataclass(eq=False)
 class OwnedPartition:
@@ -158,6 +149,17 @@ class OwnedPartition:
     def reclaim(self) -> None:
         """Claim every pending entry (from the start of each stream) before reading new ones."""
         self.claims = {level: "0-0" for level in range(len(self.streams))}
+
+
+Runs = dict[tuple[int, int, str], tuple[OwnedPartition, int]]
+"""Handler runs, the current one included, of messages whose runs are counted in their
+partition's ``runs`` hash (those delivered again), by (partition, level, id), with the
+hold of the partition they were counted under (another hold's count is not current)."""
+
+
+def run_key(m: Received) -> tuple[int, int, str]:
+    """``m``'s key in :data:`Runs`."""
+    return (m.partition, m.priority, m.msg_id)
 
 
 class Undecodable(Received):
@@ -483,7 +485,7 @@ class Reader:
                 counts = results[1::3]
                 results = results[::3]
                 for part, count in zip(retried, counts, strict=True):
-                    runs[run_key(part.held[0])] = int(count) + 1
+                    runs[run_key(part.held[0])] = (part, int(count) + 1)
         out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry

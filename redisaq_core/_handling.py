@@ -183,7 +183,8 @@ class Dispatcher:
         except BaseException:  # it never ran
             self._never_ran([m])
             raise
-        self.settler.runs[run_key(m)] = int(count) + 1
+        if (part := self.owned.get(m.partition)) is not None:
+            self.settler.runs[run_key(m)] = (part, int(count) + 1)
         await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
 
     def _never_ran(self, messages: list[Received]) -> None:
@@ -197,8 +198,9 @@ class Dispatcher:
                 part.reclaim()
             give_back.owe(number, msgs)
             for m in msgs if runs else ():
-                if (n := runs.pop(run_key(m), None)) is not None:
-                    give_back.owe_run(m, n - 2)  # its runs before this one, the first not counted
+                entry = runs.pop(run_key(m), None)
+                if entry is not None and entry[0] is part:
+                    give_back.owe_run(m, entry[1] - 2)  # runs before this one (the first uncounted)
 
     def _retrying(self, m: Received) -> bool:
         """Whether ``m`` failed and waits for its retry (heading its partition's held)."""
@@ -207,15 +209,15 @@ class Dispatcher:
 
     async def _forget_runs(self, redis: AnyRedis, messages: Iterable[Received]) -> None:
         """Forget the runs counted for those of ``messages`` settled for good (not retried)."""
-        runs = self.settler.runs
+        runs, owned = self.settler.runs, self.owned
         settled: dict[int, list[str]] = {}
         for m in messages:
-            key = run_key(m)
-            if key in runs and not self._retrying(m):
+            entry = runs.get(key := run_key(m))
+            if entry is not None and not self._retrying(m):
                 del runs[key]
-                if m.partition in self.owned:  # else not settled here: counted on for its owner
+                if owned.get(m.partition) is entry[0]:  # else not settled here: for its owner
                     settled.setdefault(m.partition, []).append(m.msg_id)
-        for key in [k for k in runs if k[0] not in self.owned]:
+        for key in [k for k, (hold, _) in runs.items() if owned.get(k[0]) is not hold]:
             del runs[key]
         if settled:
             pipe = redis.pipeline(transaction=False)
@@ -285,8 +287,8 @@ class Dispatcher:
             )
         finally:
             if spans is not None:
-                final = self.settler.final
-                spans.end((f.message, f.error, final(f)) for f in failures)
+                final, owned = self.settler.final, self.owned
+                spans.end((f.message, f.error, final(f, owned)) for f in failures)
         if self.settler.runs:
             await self._forget_runs(redis, [*(m for m, _ in done), *(f.message for f in failures)])
 

@@ -180,25 +180,26 @@ class Settler:
         dead: list[Failure] = []
         # Final ones first: at most one failure per partition is retried, and it heads what
         # that partition holds.
-        for failure in sorted(failures, key=lambda f: not self.final(f)):
+        for failure in sorted(failures, key=lambda f: not self.final(f, owned)):
             self._schedule(owned, failure, now, dead, calls)
+        if dead:
+            calls += self._dead_letter_calls(owned, dead)
+        if self.delete_acked:
+            calls += _deletions(calls)
+        if not calls:
+            return
+        if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
+            for p in settled:
+                self._defer_for(owned[p])
+            self._deferred += calls
+            return
+        holds = {part.lease: part for part in owned.values()}  # those the calls are made for
         try:
-            if dead:
-                calls += await self._dead_letter_calls(redis, owned, dead)
-            if self.delete_acked:
-                calls += _deletions(calls)
-            if not calls:
-                return
-            if defer and self.deferrable and not dead and all(c[0] in _DEFERRABLE for c in calls):
-                for p in settled:
-                    self._defer_for(owned[p])
-                self._deferred += calls
-                return
             results = await run_pipelined(redis, calls)
-        except REDIS_FAILURES:
-            self._keep_settling(calls, owned)
+        except BaseException:  # Redis failed, or a forced stop: they go with the next round trip
+            self._keep_settling(calls, holds, owned)
             raise
-        await self.record(redis, calls, results, owned, on_lost, keep=True)
+        await self.record(redis, calls, results, owned, on_lost, holds=holds)
 
     def _done_calls(
         self,
@@ -265,7 +266,7 @@ class Settler:
         handlers ran to the end, and their messages are not run again.
         """
         calls, _ = self._done_calls(owned, done, [])
-        self._keep_settling(calls, owned)
+        self._keep_settling(calls, {part.lease: part for part in owned.values()}, owned)
 
     def ack_gone(self, gone: dict[tuple[OwnedPartition, int], list[str]]) -> None:
         """Acknowledge pending entries whose data was trimmed: there is nothing to handle.
@@ -310,18 +311,31 @@ class Settler:
             self.stats.fenced += sum(_count(c) for c in gone)
         return held
 
-    def _keep_settling(self, calls: list[ScriptCall], owned: dict[int, OwnedPartition]) -> None:
+    def _keep_settling(
+        self,
+        calls: list[ScriptCall],
+        holds: dict[Any, OwnedPartition],
+        owned: dict[int, OwnedPartition],
+    ) -> None:
         """Keep back what of ``calls`` a failed round trip may not have carried out.
 
         Only the calls that settle for good (acknowledgements, job results, cancelled
-        jobs, dead letters): sent again first, they spare their messages another run. Each is
-        fenced and does nothing twice (a dead letter is written only for an entry still pending).
+        jobs, dead letters): sent again first, they spare their messages another run.
+        Each is fenced and does nothing twice (a dead letter is written only for an
+        entry still pending). ``holds``: the partitions, by lease key, the calls were
+        made for; a call for one not held as it was any more is dropped (as in
+        :meth:`take_deferred`).
         """
-        kept = [c for c in calls if c[0] in _KEPT]
-        for _, keys, _ in kept:
-            part = next((s for s in owned.values() if s.lease == keys[1]), None)
-            if part is not None:
-                self._defer_for(part)
+        kept: list[ScriptCall] = []
+        for call in calls:
+            hold = holds.get(call[1][1]) if call[0] in _KEPT else None
+            if hold is None:
+                continue
+            if owned.get(hold.number) is hold:
+                self._defer_for(hold)
+                kept.append(call)
+            else:
+                self.stats.fenced += _count(call)
         self.keep(kept)
 
     def keep(self, calls: list[ScriptCall]) -> None:
@@ -375,7 +389,7 @@ class Settler:
             except REDIS_FAILURES:
                 self.keep(calls)
                 raise
-            await self.record(redis, calls, results, owned, on_lost, keep=True)
+            await self.record(redis, calls, results, owned, on_lost, holds=dict(self._deferred_for))
             return []
         return await self.record_read(
             redis, calls, reader.read_after(redis, parts, calls), owned, on_lost
@@ -396,13 +410,15 @@ class Settler:
         try:
             messages, results = await read
         except ReadAfterError as failed:
-            await self.record(redis, calls, failed.replies, owned, on_lost, keep=True)
+            await self.record(
+                redis, calls, failed.replies, owned, on_lost, holds=dict(self._deferred_for)
+            )
             raise failed.error from None
         except REDIS_FAILURES:
             self.keep(calls)
             raise
         try:
-            await self.record(redis, calls, results, owned, on_lost, keep=True)
+            await self.record(redis, calls, results, owned, on_lost, holds=dict(self._deferred_for))
         except REDIS_FAILURES:
             # What the read brought is not handled now: owed a give-back, claimed after it.
             for number, part in owned.items():
@@ -421,14 +437,14 @@ class Settler:
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
         *,
-        keep: bool = False,
+        holds: dict[Any, OwnedPartition] | None = None,
     ) -> None:
         """Count the outcome of ``calls`` (their ``results``, in order).
 
         A call that found no script (sent in another command's round trip) is sent again
         on its own, loading the script. A failed call raises its error once the others
-        are counted; with ``keep``, the failed ones that settle for good are kept back
-        first (:meth:`_keep_settling`).
+        are counted; with ``holds`` (the partitions the calls were made for, by lease key),
+        the failed ones that settle for good are kept back first (:meth:`_keep_settling`).
         """
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
@@ -469,11 +485,16 @@ class Settler:
                     pp = self.stats.per_partition
                     pp[part.number] = pp.get(part.number, 0) + count
         if failed:
-            if keep:
-                self._keep_settling([call for call, _ in failed], owned)
+            if holds is not None:
+                self._keep_settling([call for call, _ in failed], holds, owned)
             raise failed[0][1]
 
-    def final(self, failure: Failure) -> bool:
+    def runs_of(self, m: Received, owned: dict[int, OwnedPartition]) -> int | None:
+        """The handler runs counted for ``m`` under its partition's current hold, if any."""
+        entry = self.runs.get(run_key(m))
+        return entry[1] if entry is not None and owned.get(m.partition) is entry[0] else None
+
+    def final(self, failure: Failure, owned: dict[int, OwnedPartition]) -> bool:
         """Whether settling ``failure`` dead-letters its message (no retry).
 
         Past ``max_deliveries`` handler runs: for a message delivered again, those counted
@@ -481,7 +502,7 @@ class Settler:
         the backlog it waits in), else its delivery count.
         """
         m = failure.message
-        runs = self.runs.get(run_key(m), m.deliveries)
+        runs = self.runs_of(m, owned) or m.deliveries
         return (
             failure.final
             or isinstance(m, Undecodable)
@@ -501,7 +522,7 @@ class Settler:
         part = owned.get(m.partition)
         if part is None:
             return
-        final = self.final(failure)
+        final = self.final(failure, owned)
         part.unrun.difference_update((x.priority, x.msg_id) for x in (m, *failure.rest))
         part.unrun.update((x.priority, x.msg_id) for x in failure.waiting)
         if final:
@@ -528,26 +549,21 @@ class Settler:
                 [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type, 0],
             ))  # fmt: skip
 
-    async def _dead_letter_calls(
-        self, redis: AnyRedis, owned: dict[int, OwnedPartition], failures: list[Failure]
+    def _dead_letter_calls(
+        self, owned: dict[int, OwnedPartition], failures: list[Failure]
     ) -> list[ScriptCall]:
         calls: list[ScriptCall] = []
         for f in failures:
             m = f.message
             part = owned.get(m.partition)
-            if part is None:  # found lost meanwhile (heartbeat, fenced ack): its owner's now
+            if part is None:  # found lost meanwhile (a fenced acknowledgement): its owner's now
                 continue
             stream = part.streams[m.priority]
-            if isinstance(m, Undecodable):
-                raw = m.fields
-            else:
-                found: Any = await redis.xrange(stream, m.msg_id, m.msg_id, count=1)
-                raw = dict(found[0][1]) if found else {}
             fields = dead_letter_fields(
                 topic=self.keys.topic, partition=part.number, group=self.group,
                 msg_id=m.msg_id, deliveries=m.deliveries, error=f.error,
-                consumer=self.name, original=raw, priority=m.priority,
-            )  # fmt: skip
+                consumer=self.name, original=None, priority=m.priority,
+            )  # fmt: skip  # the script adds the entry's own fields
             error, error_type = _error_text(f.error)
             keys = [stream, part.lease, self.keys.dead_letters(part.number)]
             if m.job_id:

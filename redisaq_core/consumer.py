@@ -524,6 +524,7 @@ class Consumer(RedisComponent):
                 "consumer %s: could not acknowledge the last batch: %s", self.name, exc
             )
         self._owned.clear()
+        self._settler.runs.clear()
         try:
             await membership.release(owned)
             await membership.leave()

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core._scripts import DEAD_LETTER
 from redisaq_core.dlq import DeadLetters
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -197,3 +199,28 @@ async def test_job_records_another_client_overwrote_never_stop_the_consumer(
     assert await redis.get(keys.job(0, jobs[0].id)) == b"not a hash"
     assert await redis.hget(keys.job(0, jobs[3].id), "status") == b"dead"
     assert await redis.hget(keys.job(0, jobs[4].id), "status") == b"completed"
+
+
+async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
+    redis: Redis, topic: str
+) -> None:
+    # The dead-letter key holds a string another client wrote: the dead-letter script fails,
+    # and the entry stays pending (it is acknowledged only once its dead letter is written).
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stream = keys.stream(0)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    msg_id = (await redis.xadd(stream, {"p": b'{"n": 1}'})).decode()
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.set(keys.lease(0, group), token)
+    await redis.set(keys.dead_letters(0), "not a stream")
+    call = [stream, keys.lease(0, group), keys.dead_letters(0)]
+    args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError"]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await DEAD_LETTER(redis, call, [*args, "error", "boom"])
+    pending: Any = await redis.xpending(stream, group)
+    assert pending["pending"] == 1
+    await redis.delete(keys.dead_letters(0))
+    assert await DEAD_LETTER(redis, call, [*args, "error", "boom"])
+    assert await DEAD_LETTER(redis, call, [*args, "error", "boom"]) == 0  # sent again: not twice
+    records: Any = await redis.xrange(keys.dead_letters(0))
+    assert len(records) == 1 and records[0][1][b"f:p"] == b'{"n": 1}'

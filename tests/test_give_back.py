@@ -17,11 +17,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead
+from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead, _settlement
 from redisaq_core._delivery import ConsumerStats
 from redisaq_core._give_back import GiveBack
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
+from redisaq_core._scripts import DEAD_LETTER
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
@@ -661,3 +662,80 @@ async def test_messages_in_hand_when_a_forced_stop_cuts_the_read_ahead_come_as_f
     async with Running(second, record):
         await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 20)
     assert came == {n: 1 for n in range(10, 30)}
+
+
+async def test_a_forced_stop_during_a_settlement_keeps_it_for_the_leave(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0 succeeds, 1 fails (max_deliveries=1: dead-lettered), 2-3 wait behind it. The round
+    # trip that acknowledges 0 and dead-letters 1 hangs until a stop runs out of time: it
+    # goes as the consumer leaves. Before, 0 ran again (dead-lettered unrun at max 1).
+    await _produce(redis_url, topic, 4, partitions=1)
+    pipelined = _settlement.run_pipelined
+    hung = asyncio.Event()
+
+    async def hangs_once(r: Any, calls: Any) -> Any:
+        if not hung.is_set() and any(c[0] is DEAD_LETTER for c in calls):
+            hung.set()
+            await asyncio.Event().wait()
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", hangs_once)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+
+    async def fails_at_1(m: Message) -> None:
+        if m.payload["n"] == 1:
+            raise RuntimeError("1 fails")
+
+    task = asyncio.create_task(first.process(fails_at_1))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    came: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        came[m.payload["n"]] = m.deliveries
+
+    second = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(second, record):
+        await eventually(lambda: _none_pending(redis, topic, 1))
+    assert came == {2: 1, 3: 1}
+    assert second.stats.dead_lettered == 0
+    assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
+
+
+async def test_a_give_back_leaves_the_runs_of_an_entry_another_member_claimed(
+    redis: Redis, topic: str
+) -> None:
+    # H, owed a give-back with its counted run, was claimed by another member meanwhile,
+    # whose runs were counted too: the give-back leaves H's count of runs as it is.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stream, runs = keys.stream(0), keys.runs(0, group)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    h = (await redis.xadd(stream, {"p": b"1"})).decode()
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.xclaim(stream, group, "other", 0, [h])
+    await redis.hset(runs, h, 2)
+    await redis.set(keys.lease(0, group), token)
+    give_back = GiveBack(keys, group, "me", token, ConsumerStats())
+    give_back.owe_run(received(topic, {"n": 1}, h, 0, group, 0.0, 2, 0), 0)
+    await give_back.make(redis)
+    assert await redis.hget(runs, h) == b"2"
+
+
+async def test_a_count_of_runs_from_an_earlier_hold_is_not_given_back(
+    redis_url: str, topic: str
+) -> None:
+    # A run counted for H under an earlier hold of its partition (lost, then taken back) is
+    # not current: H cut off now gives back no run (it did not count one under this hold).
+    consumer = Consumer(topic, redis_url=redis_url)
+    h = received(topic, {"n": 1}, "5-0", 0, "default", 0.0, 3, 0)
+    earlier = consumer._reader.partition(0, 1, valid_until=1e12)
+    consumer._settler.runs[(0, 0, "5-0")] = (earlier, 3)
+    consumer._owned[0] = consumer._reader.partition(0, 1, valid_until=1e12)
+    consumer._dispatcher._never_ran([h])
+    give_back = consumer._settler.give_back
+    assert give_back.owes(h)
+    assert give_back._runs == {}

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer
+from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer, _settlement
 from redisaq_core._codec import default_deserializer, default_serializer
 from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
-from redisaq_core._settlement import Failure, Settler
+from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
 from tests.helpers import Running, eventually
@@ -155,13 +156,13 @@ async def test_a_member_without_leases_still_notices_its_name_taken_over(
     await owner.close()
 
 
-async def test_dead_lettering_goes_on_past_a_partition_found_lost_meanwhile(
+async def test_a_failed_settlement_is_not_kept_for_a_partition_taken_afresh_meanwhile(
     redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Dead-lettering reads each failed entry back from its stream; meanwhile the heartbeat
-    # (or an acknowledgement read ahead, fenced) may drop a partition found lost. The
-    # other partition's failure is still dead-lettered; the lost one's is left pending
-    # for its new owner. It used to stop the consumer with a KeyError.
+    # A handled message's acknowledgement goes out on its own; while it is out, the heartbeat
+    # takes the partition afresh (a new hold), and the round trip fails. The acknowledgement
+    # is dropped (its message is claimed back under the new hold), not kept and sent under
+    # the new hold as if it were made for it.
     keys, group, token = TopicKeys(topic), "default", "tok"
     stats = ConsumerStats()
     reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
@@ -171,30 +172,23 @@ async def test_dead_lettering_goes_on_past_a_partition_found_lost_meanwhile(
         dead_letter=True, dead_letter_maxlen=0, retry_backoff=0.1, retry_backoff_max=1.0,
         stats=stats,
     )  # fmt: skip
-    owned: dict[int, OwnedPartition] = {}
-    failures: list[Failure] = []
-    for p in (0, 1):
-        stream = keys.stream(p)
-        await redis.xgroup_create(stream, group, "0", mkstream=True)
-        msg_id = (await redis.xadd(stream, {"p": b'{"n": 1}'})).decode()
-        await redis.xreadgroup(group, "me", {stream: ">"})
-        await redis.set(keys.lease(p, group), token)
-        owned[p] = reader.partition(p, 1, valid_until=1e12)
-        failures.append(Failure(
-            received(topic, {"n": 1}, msg_id, p, group, 0.0, 1, 0), RuntimeError("poison"), []
-        ))  # fmt: skip
-    xrange = redis.xrange
+    stream = keys.stream(0)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    msg_id = (await redis.xadd(stream, {"p": b'{"n": 1}'})).decode()
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.set(keys.lease(0, group), token)
+    owned = {0: reader.partition(0, 1, valid_until=1e12)}
+    m = received(topic, {"n": 1}, msg_id, 0, group, 0.0, 1, 0)
 
-    async def xrange_then_lose(*args: Any, **kwargs: Any) -> Any:
-        owned.pop(1, None)  # the heartbeat found partition 1 lost while this was read
-        return await xrange(*args, **kwargs)
+    async def taken_afresh_then_fails(r: Any, calls: Any) -> Any:
+        owned[0] = reader.partition(0, 1, valid_until=1e12)
+        raise RedisConnectionError("connection lost (injected)")
 
-    monkeypatch.setattr(redis, "xrange", xrange_then_lose)
-    await settler.settle(redis, owned, [], failures, 0.0, lambda part, count: None)
-    assert await redis.xlen(keys.dead_letters(0)) == 1
-    assert await redis.exists(keys.dead_letters(1)) == 0
-    pending: Any = await redis.xpending(keys.stream(1), group)
-    assert pending["pending"] == 1
+    monkeypatch.setattr(_settlement, "run_pipelined", taken_afresh_then_fails)
+    with pytest.raises(RedisConnectionError):
+        await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda part, count: None)
+    assert settler.take_deferred(owned) == []
+    assert stats.fenced == 1
 
 
 @pytest.mark.single_node  # a cluster client reads nothing ahead, so gives nothing back

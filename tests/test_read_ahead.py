@@ -530,7 +530,7 @@ async def test_a_read_whose_acknowledgements_failed_is_given_back(
 
     async def refused_once(self: Settler, redis: Any, calls: Any, results: Any, *a: Any,
                            **kw: Any) -> None:  # fmt: skip
-        if kw.get("keep") and not refused:
+        if kw.get("holds") is not None and not refused:
             refused.append(len(calls))
             results = [ResponseError("OOM command not allowed (injected)") for _ in results]
         await record(self, redis, calls, results, *a, **kw)

@@ -2,23 +2,36 @@
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
 -- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
---       error_type, field, value, ...
+--       error_type, then the origin record: field, value, ... (the entry's own fields are
+--       added here, each name prefixed "f:")
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
--- not ours.
+-- not ours. Nothing is acknowledged unless the dead letter was written.
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) == 0 then
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
   return 0
 end
+local args = {KEYS[3]}
 local maxlen = tonumber(ARGV[4])
-local dl
 if maxlen > 0 then
-  dl = redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, 10))
-else
-  dl = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 10))
+  args = {KEYS[3], 'MAXLEN', '~', maxlen}
 end
+args[#args + 1] = '*'
+for i = 10, #ARGV do
+  args[#args + 1] = ARGV[i]
+end
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if entry[1] then  -- gone when trimmed while pending: the origin record only
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    args[#args + 1] = 'f:' .. fields[i]
+    args[#args + 1] = fields[i + 1]
+  end
+end
+local dl = redis.call('XADD', unpack(args))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

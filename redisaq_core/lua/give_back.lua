@@ -15,18 +15,21 @@ if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
 end
 local first = 5 + 2 * tonumber(ARGV[4])
+local runs = {}
 for i = 5, first - 1, 2 do
-  if ARGV[i + 1] == '0' then
-    redis.call('HDEL', KEYS[3], ARGV[i])
-  else
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  end
+  runs[ARGV[i]] = ARGV[i + 1]
 end
 local by_count, counts = {}, {}
 local mine = 0
 for i = first, #ARGV, 2 do
-  -- Only its own: an entry another member claimed meanwhile has a count of its own.
+  -- Only its own: an entry another member claimed meanwhile has counts of its own.
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[3]) > 0 then
+    local before = runs[ARGV[i]]
+    if before == '0' then
+      redis.call('HDEL', KEYS[3], ARGV[i])
+    elseif before then
+      redis.call('HSET', KEYS[3], ARGV[i], before)
+    end
     local ids = by_count[ARGV[i + 1]]
     if not ids then
       ids = {}
