@@ -193,7 +193,8 @@ class Settler:
                 self._defer_for(owned[p])
             self._deferred += calls
             return
-        holds = {part.lease: part for part in owned.values()}  # those the calls are made for
+        numbers = {m.partition for m, _ in done} | {f.message.partition for f in failures}
+        holds = {owned[n].lease: owned[n] for n in numbers if n in owned}  # made for these
         try:
             results = await run_pipelined(redis, calls)
         except BaseException:  # Redis failed, or a forced stop: they go with the next round trip
