@@ -94,6 +94,7 @@ class ReadAhead:
         if not parts or any(s.held or s.claiming for s in parts):
             return
         calls = self._settler.take_deferred(self._owned)
+        holds = self._settler.holds_of(calls)
         commands, where = self._reader.after_commands(parts, calls)
         try:
             sent = await send_ahead(redis, commands)
@@ -101,12 +102,12 @@ class ReadAhead:
             # The messages in hand are handled still; the acknowledgements wait for the next
             # round trip, which meets the outage if it lasts. Should the read have reached
             # Redis all the same, what it delivered is claimed before anything newer is read.
-            self._settler.keep(calls)
+            self._settler.keep_back(calls, holds, self._owned)
             for part in parts:
                 part.reclaim()
             return
         except BaseException:  # a forced stop: the messages in hand never reach a handler
-            self._settler.keep(calls)
+            self._settler.keep_back(calls, holds, self._owned)
             for part in parts:
                 part.reclaim()
             for number in {m.partition for m in in_hand}:
@@ -121,7 +122,7 @@ class ReadAhead:
         self._parts = {part.number: part for part in parts}
         self._width = len(parts)
         self._task = asyncio.ensure_future(
-            self._settler.record_read(redis, calls, read(), self._owned, self._on_lost)
+            self._settler.record_read(redis, calls, holds, read(), self._owned, self._on_lost)
         )
 
     async def take(self) -> list[Received]:

@@ -198,7 +198,7 @@ class Settler:
         try:
             results = await run_pipelined(redis, calls)
         except BaseException:  # Redis failed, or a forced stop: they go with the next round trip
-            self._keep_settling(calls, holds, owned)
+            self.keep_back(calls, holds, owned)
             raise
         await self.record(redis, calls, results, owned, on_lost, holds=holds)
 
@@ -267,7 +267,7 @@ class Settler:
         handlers ran to the end, and their messages are not run again.
         """
         calls, _ = self._done_calls(owned, done, [])
-        self._keep_settling(calls, {part.lease: part for part in owned.values()}, owned)
+        self.keep_back(calls, {part.lease: part for part in owned.values()}, owned)
 
     def ack_gone(self, gone: dict[tuple[OwnedPartition, int], list[str]]) -> None:
         """Acknowledge pending entries whose data was trimmed: there is nothing to handle.
@@ -312,7 +312,7 @@ class Settler:
             self.stats.fenced += sum(_count(c) for c in gone)
         return held
 
-    def _keep_settling(
+    def keep_back(
         self,
         calls: list[ScriptCall],
         holds: dict[Any, OwnedPartition],
@@ -384,42 +384,47 @@ class Settler:
         calls = self.take_deferred(owned)
         if not calls:
             return []
+        holds = self.holds_of(calls)
         if reader is None or not parts or not isinstance(redis, Redis):
             try:
                 results = await run_pipelined(redis, calls)
-            except REDIS_FAILURES:
-                self.keep(calls)
+            except BaseException:  # Redis failed, or a forced stop: kept for the next
+                self.keep_back(calls, holds, owned)
                 raise
-            await self.record(redis, calls, results, owned, on_lost, holds=dict(self._deferred_for))
+            await self.record(redis, calls, results, owned, on_lost, holds=holds)
             return []
         return await self.record_read(
-            redis, calls, reader.read_after(redis, parts, calls), owned, on_lost
+            redis, calls, holds, reader.read_after(redis, parts, calls), owned, on_lost
         )
+
+    def holds_of(self, calls: list[ScriptCall]) -> dict[Any, OwnedPartition]:
+        """The partitions, by lease key, that ``calls`` (just taken back) were made for."""
+        return {c[1][1]: self._deferred_for[c[1][1]] for c in calls}
 
     async def record_read(
         self,
         redis: AnyRedis,
         calls: list[ScriptCall],
+        holds: dict[Any, OwnedPartition],
         read: Awaitable[tuple[list[Received], list[Any]]],
         owned: dict[int, OwnedPartition],
         on_lost: Callable[[OwnedPartition, int], None],
     ) -> list[Received]:
         """Await ``read`` (``calls`` sent with a read), record the calls; return what it read.
 
-        ``calls`` that failed, or whose replies were lost, are kept back again (:meth:`keep`).
+        ``calls`` (made for ``holds``, see :meth:`holds_of`) that failed, or whose replies
+        were lost, are kept back again (:meth:`keep_back`).
         """
         try:
             messages, results = await read
         except ReadAfterError as failed:
-            await self.record(
-                redis, calls, failed.replies, owned, on_lost, holds=dict(self._deferred_for)
-            )
+            await self.record(redis, calls, failed.replies, owned, on_lost, holds=holds)
             raise failed.error from None
-        except REDIS_FAILURES:
-            self.keep(calls)
+        except BaseException:  # Redis failed, or cancelled: kept for the next round trip
+            self.keep_back(calls, holds, owned)
             raise
         try:
-            await self.record(redis, calls, results, owned, on_lost, holds=dict(self._deferred_for))
+            await self.record(redis, calls, results, owned, on_lost, holds=holds)
         except REDIS_FAILURES:
             # What the read brought is not handled now: owed a give-back, claimed after it.
             for number, part in owned.items():
@@ -445,7 +450,7 @@ class Settler:
         A call that found no script (sent in another command's round trip) is sent again
         on its own, loading the script. A failed call raises its error once the others
         are counted; with ``holds`` (the partitions the calls were made for, by lease key),
-        the failed ones that settle for good are kept back first (:meth:`_keep_settling`).
+        the failed ones that settle for good are kept back first (:meth:`keep_back`).
         """
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
@@ -487,7 +492,7 @@ class Settler:
                     pp[part.number] = pp.get(part.number, 0) + count
         if failed:
             if holds is not None:
-                self._keep_settling([call for call, _ in failed], holds, owned)
+                self.keep_back([call for call, _ in failed], holds, owned)
             raise failed[0][1]
 
     def runs_of(self, m: Received, owned: dict[int, OwnedPartition]) -> int | None:
@@ -560,17 +565,21 @@ class Settler:
             if part is None:  # found lost meanwhile (a fenced acknowledgement): its owner's now
                 continue
             stream = part.streams[m.priority]
+            # The script adds the entry's own fields, but for one read already (undecodable,
+            # unless too many for one command's arguments: the script notes their count).
+            read = m.fields if isinstance(m, Undecodable) and len(m.fields) < 3000 else None
             fields = dead_letter_fields(
                 topic=self.keys.topic, partition=part.number, group=self.group,
                 msg_id=m.msg_id, deliveries=m.deliveries, error=f.error,
-                consumer=self.name, original=None, priority=m.priority,
-            )  # fmt: skip  # the script adds the entry's own fields
+                consumer=self.name, original=read, priority=m.priority,
+            )  # fmt: skip
             error, error_type = _error_text(f.error)
             keys = [stream, part.lease, self.keys.dead_letters(part.number)]
             if m.job_id:
                 keys += self._job_keys(m)
             args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, m.job_id or "",
-                    self.keys.job_channel, self.name, error, error_type, *fields]  # fmt: skip
+                    self.keys.job_channel, self.name, error, error_type,
+                    b"1" if read is None else b"0", *fields]  # fmt: skip
             calls.append((DEAD_LETTER, keys, args))
         return calls
 
@@ -579,12 +588,12 @@ _DEFERRABLE = (ACK, JOBS_COMPLETE)
 """What may wait for the next read: acknowledgements, with or without a job's result."""
 
 _KEPT = (*_DEFERRABLE, DEAD_LETTER, JOBS_CANCELLED)
-"""What a failed round trip keeps back for the next (see ``Settler._keep_settling``)."""
+"""What a failed round trip keeps back for the next (see ``Settler.keep_back``)."""
 
 
 def _field(dead_letter_args: Sequence[Any], name: str) -> Any:
-    """A field of the origin record a dead-letter call writes (its arguments from the 10th)."""
-    pairs = dead_letter_args[9:]
+    """A field of the origin record a dead-letter call writes (its arguments from the 11th)."""
+    pairs = dead_letter_args[10:]
     return next((v for k, v in zip(pairs[::2], pairs[1::2], strict=False) if k == name), None)
 
 

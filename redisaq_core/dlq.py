@@ -4,7 +4,9 @@ Each partition has its own dead-letter stream, in the partition's hash slot,
 so that moving an entry there and acknowledging it is one atomic script. A
 dead-letter entry keeps the original entry's fields (prefixed ``f:``) beside
 its origin record: ``topic``, ``partition``, ``priority``, ``group``, ``msg_id``,
-``deliveries``, ``error``, ``error_type``, ``consumer`` and ``failed_at``.
+``deliveries``, ``error``, ``error_type``, ``consumer`` and ``failed_at``. An entry
+of thousands of fields, more than one script command can carry, is recorded with
+their count (``omitted_fields``) instead, and left in its stream (not replayable).
 """
 
 from __future__ import annotations

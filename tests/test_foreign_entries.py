@@ -214,7 +214,7 @@ async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
     await redis.set(keys.lease(0, group), token)
     await redis.set(keys.dead_letters(0), "not a stream")
     call = [stream, keys.lease(0, group), keys.dead_letters(0)]
-    args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError"]
+    args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError", 1]
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await DEAD_LETTER(redis, call, [*args, "error", "boom"])
     pending: Any = await redis.xpending(stream, group)
@@ -224,3 +224,31 @@ async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
     assert await DEAD_LETTER(redis, call, [*args, "error", "boom"]) == 0  # sent again: not twice
     records: Any = await redis.xrange(keys.dead_letters(0))
     assert len(records) == 1 and records[0][1][b"f:p"] == b'{"n": 1}'
+
+
+async def test_an_entry_of_thousands_of_fields_is_dead_lettered_without_them(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # More fields than one command's arguments can carry in a script: the dead letter notes
+    # their count, the entry stays in its stream, and the consumer goes on. It used to stop
+    # every consumer that took the partition.
+    await _produce_one(redis_url, topic, 0)
+    stream = TopicKeys(topic).stream(0)
+    await redis.xadd(stream, {f"x{i}".encode(): b"1" for i in range(4000)})
+    await _produce_one(redis_url, topic, 1)
+    ok: list[Any] = []
+
+    async def handle(m: Message) -> None:
+        ok.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: ok == [0, 1] and consumer.stats.dead_lettered == 1)
+    records: Any = await redis.xrange(TopicKeys(topic).dead_letters(0))
+    assert records[0][1][b"omitted_fields"] == b"4000"
+    assert not any(k.startswith(b"f:") for k in records[0][1])
+
+
+async def _produce_one(redis_url: str, topic: str, n: int) -> None:
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": n})

@@ -22,7 +22,7 @@ from redisaq_core._delivery import ConsumerStats
 from redisaq_core._give_back import GiveBack
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import DEAD_LETTER
+from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
@@ -739,3 +739,37 @@ async def test_a_count_of_runs_from_an_earlier_hold_is_not_given_back(
     give_back = consumer._settler.give_back
     assert give_back.owes(h)
     assert give_back._runs == {}
+
+
+async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A caught-up consumer handled 0; its acknowledgement, kept back, goes out on its own and
+    # hangs there until a stop runs out of time. It is sent as the consumer leaves. Before, it
+    # was dropped: 0 was claimed by the next member and, with max_deliveries=1,
+    # dead-lettered after it had succeeded.
+    await _produce(redis_url, topic, 1, partitions=1)
+    pipelined = _settlement.run_pipelined
+    hung = asyncio.Event()
+
+    async def hangs_once(r: Any, calls: Any) -> Any:
+        if not hung.is_set() and all(c[0] is ACK for c in calls):
+            hung.set()
+            await asyncio.Event().wait()
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", hangs_once)
+    options = {"batch_size": 10, "max_deliveries": 1, **FAST}
+    first = Consumer(topic, redis_url=redis_url, **options)
+    ran: list[int] = []
+
+    async def handle(m: Message) -> None:
+        ran.append(m.payload["n"])
+
+    task = asyncio.create_task(first.process(handle))
+    await asyncio.wait_for(hung.wait(), 10)
+    await first.stop(timeout=0.3)
+    await task
+    await first.close()
+    assert ran == [0]
+    assert await _none_pending(redis, topic, 1)

@@ -242,3 +242,41 @@ async def test_a_partition_found_lost_before_its_retry_claims_nothing(
         await eventually(lambda: seen == set(range(60)), timeout=15)
     assert lost == [1]
     assert strays == []
+
+
+async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An acknowledgement kept back for the next round trip goes out; meanwhile the partition
+    # is taken afresh and a batch is settled under the new hold; then the round trip fails.
+    # The first acknowledgement is dropped, not kept as if made for the new hold.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stats = ConsumerStats()
+    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
+                    stats=stats)  # fmt: skip
+    settler = Settler(
+        keys, group, "me", token, serializer=default_serializer, max_deliveries=1,
+        dead_letter=True, dead_letter_maxlen=0, retry_backoff=0.1, retry_backoff_max=1.0,
+        stats=stats,
+    )  # fmt: skip
+    settler.deferrable = True
+    stream = keys.stream(0)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    ids = [(await redis.xadd(stream, {"p": b'{"n": 1}'})).decode() for _ in range(2)]
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.set(keys.lease(0, group), token)
+    owned = {0: reader.partition(0, 1, valid_until=1e12)}
+    first, second = (received(topic, {"n": 1}, i, 0, group, 0.0, 1, 0) for i in ids)
+    await settler.settle(redis, owned, [(first, None)], [], 0.0, lambda p, c: None, defer=True)
+
+    async def taken_afresh_then_fails(r: Any, calls: Any) -> Any:
+        owned[0] = reader.partition(0, 1, valid_until=1e12)
+        await settler.settle(r, owned, [(second, None)], [], 0.0, lambda p, c: None, defer=True)
+        raise RedisConnectionError("connection lost (injected)")
+
+    monkeypatch.setattr(_settlement, "run_pipelined", taken_afresh_then_fails)
+    with pytest.raises(RedisConnectionError):
+        await settler.flush(redis, owned, lambda part, count: None)
+    kept = settler.take_deferred(owned)
+    assert [c[2][3] for c in kept] == [ids[1].encode()]  # the new hold's only
+    assert stats.fenced == 1

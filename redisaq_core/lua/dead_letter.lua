@@ -2,8 +2,10 @@
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
 -- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
---       error_type, then the origin record: field, value, ... (the entry's own fields are
---       added here, each name prefixed "f:")
+--       error_type, "1" to add the entry's own fields here (else the caller gave them),
+--       then the origin record: field, value, ... (the entry's fields each prefixed "f:";
+--       an entry of more than about 3,500 fields is noted by its field count,
+--       "omitted_fields", and left in its stream)
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
 -- not ours. Nothing is acknowledged unless the dead letter was written.
@@ -19,15 +21,23 @@ if maxlen > 0 then
   args = {KEYS[3], 'MAXLEN', '~', maxlen}
 end
 args[#args + 1] = '*'
-for i = 10, #ARGV do
+for i = 11, #ARGV do
   args[#args + 1] = ARGV[i]
 end
-local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local entry = {}
+if ARGV[10] == '1' then
+  entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+end
 if entry[1] then  -- gone when trimmed while pending: the origin record only
   local fields = entry[1][2]
-  for i = 1, #fields, 2 do
-    args[#args + 1] = 'f:' .. fields[i]
-    args[#args + 1] = fields[i + 1]
+  if #args + #fields <= 7000 then
+    for i = 1, #fields, 2 do
+      args[#args + 1] = 'f:' .. fields[i]
+      args[#args + 1] = fields[i + 1]
+    end
+  else  -- more than one command's arguments can take here: the entry stays in its stream
+    args[#args + 1] = 'omitted_fields'
+    args[#args + 1] = #fields / 2
   end
 end
 local dl = redis.call('XADD', unpack(args))
