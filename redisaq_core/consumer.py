@@ -591,11 +591,8 @@ class Consumer(RedisComponent):
             part.sweeps = max(part.sweeps, 2)  # one back from a pause may have read ours
         self._members = view.members
         self._partition_count = view.partitions
-        if view.priorities != self._priorities:
-            # New priority levels: take every partition afresh with all its streams.
-            self._priorities = view.priorities
-            for part in self._owned.values():
-                part.streams = []
+        # New priority levels: a partition held with fewer streams is taken afresh (below).
+        self._priorities = view.priorities
         mine = view.owned_by(self.name)
         revoked = [s for p, s in self._owned.items() if p not in mine and not s.revoking]
         for part in revoked:

@@ -20,7 +20,7 @@ from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer, _s
 from redisaq_core._codec import default_deserializer, default_serializer
 from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
-from redisaq_core._membership import lease_due
+from redisaq_core._membership import Membership, lease_due
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
@@ -280,3 +280,36 @@ async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile
     kept = settler.take_deferred(owned)
     assert [c[2][3] for c in kept] == [ids[1].encode()]  # the new hold's only
     assert stats.fenced == 1
+
+
+async def test_priority_levels_added_while_messages_are_settled_stop_nothing(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Priority levels are added while a consumer handles a backlog; the round trip that takes
+    # its partition afresh with all its streams is slow, and batches are settled meanwhile.
+    # The consumer stopped with an IndexError (its partition's streams were emptied early).
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(300)])
+    leases = Membership.leases
+    added = asyncio.Event()
+
+    async def slow_once_added(self: Membership, *args: Any, **kwargs: Any) -> Any:
+        if added.is_set():
+            await asyncio.sleep(0.5)
+        return await leases(self, *args, **kwargs)
+
+    monkeypatch.setattr(Membership, "leases", slow_once_added)
+    seen: set[int] = set()
+
+    async def handle(m: Message) -> None:
+        seen.add(m.payload["n"])
+        await asyncio.sleep(0.005)
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, heartbeat_interval=0.2, poll_interval=0.1
+    )
+    async with Running(consumer, handle):
+        await eventually(lambda: len(seen) >= 20)
+        async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2):
+            added.set()
+        await eventually(lambda: len(seen) == 300 and consumer.running, timeout=20)
