@@ -1,4 +1,4 @@
-"""Test helpers: waiting on a condition with a deadline."""
+"""Test helpers: waiting on a condition with a deadline, running and stopping consumers."""
 
 from __future__ import annotations
 
@@ -77,3 +77,28 @@ def redisaq(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
         [sys.executable, "-m", "redisaq_core.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
+
+
+async def died_with(redis: Any, topic: str, members: int = 1) -> list[Any]:
+    """Partition 0's entries read by a member of group ``default`` that died, then claimed
+    by ``members - 1`` more that died too; returns their ids."""
+    from redisaq_core.keys import TopicKeys
+
+    keys = TopicKeys(topic)
+    await redis.xgroup_create(keys.stream(0), "default", id="0")
+    await redis.sadd(keys.groups, "default")
+    got: Any = await redis.xreadgroup("default", "ghost-0", {keys.stream(0): ">"})
+    ids = [entry_id for entry_id, _ in got[0][1]]
+    for i in range(1, members):
+        await redis.xclaim(keys.stream(0), "default", f"ghost-{i}", 0, ids)
+    return ids
+
+
+async def stopped_when(consumer: Any, handler: Any, event: asyncio.Event) -> None:
+    """Run ``consumer.process(handler)`` until ``event`` is set, then stop it with a timeout
+    that runs out (0.3 s): what is under way is cancelled, as when a process is killed."""
+    task = asyncio.create_task(consumer.process(handler))
+    await asyncio.wait_for(event.wait(), 10)
+    await consumer.stop(timeout=0.3)
+    await task
+    await consumer.close()

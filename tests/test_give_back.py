@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
-from tests.helpers import Running, eventually
+from tests.helpers import Running, died_with, eventually, stopped_when
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
 
@@ -45,11 +46,7 @@ async def _left_hanging(consumer: Consumer) -> None:
         hung.set()
         await asyncio.Event().wait()
 
-    task = asyncio.create_task(consumer.process(hangs))
-    await asyncio.wait_for(hung.wait(), 10)
-    await consumer.stop(timeout=0.3)
-    await task
-    await consumer.close()
+    await stopped_when(consumer, hangs, hung)
 
 
 @pytest.mark.parametrize("max_deliveries", [1, 2])
@@ -174,6 +171,22 @@ async def test_a_failed_batch_holds_back_what_its_partition_has_in_the_next_batc
         await eventually(lambda: consumer.stats.handled == 15)
     assert len(batches[0]) == 10  # both partitions were read together
     assert order == {0: list(range(0, 15, 2)), 1: list(range(1, 15, 2))}
+
+
+def _hang_once(monkeypatch: pytest.MonkeyPatch, matches: Callable[[Any], bool]) -> asyncio.Event:
+    """Make the first round trip of settling calls that ``matches`` hang for good (until a
+    stop cancels it); the event returned is set when it does."""
+    pipelined = _settlement.run_pipelined
+    hung = asyncio.Event()
+
+    async def hangs_once(r: Any, calls: Any) -> Any:
+        if not hung.is_set() and matches(calls):
+            hung.set()
+            await asyncio.Event().wait()
+        return await pipelined(r, calls)
+
+    monkeypatch.setattr(_settlement, "run_pipelined", hangs_once)
+    return hung
 
 
 async def _none_pending(redis: Redis, topic: str, partitions: int) -> bool:
@@ -370,11 +383,7 @@ async def test_a_cut_before_a_redelivery_ran_keeps_its_count_of_runs(
         hung.set()
         await asyncio.Event().wait()  # run 3: ends its process
 
-    task = asyncio.create_task(first.process(hangs))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await stopped_when(first, hangs, hung)
     monkeypatch.setattr(Dispatcher, "_run_partition", run_partition)
     ran: list[int] = []
 
@@ -457,10 +466,7 @@ async def test_a_redis_error_among_redeliveries_gives_back_the_rest(
     # 0-4 are claimed from a member that died (delivery 2, handled one at a time). Redis
     # fails as 1 is settled: 2-4 never ran, and come again at delivery 2, not 3.
     await _produce(redis_url, topic, 5, partitions=1)
-    keys = TopicKeys(topic)
-    await redis.xgroup_create(keys.stream(0), "default", id="0")
-    await redis.sadd(keys.groups, "default")
-    await redis.xreadgroup("default", "ghost", {keys.stream(0): ">"})  # it died with them
+    await died_with(redis, topic)
     dispatch_one = Dispatcher._dispatch_one
     failed: list[int] = []
 
@@ -646,11 +652,7 @@ async def test_messages_in_hand_when_a_forced_stop_cuts_the_read_ahead_come_as_f
     async def handle(m: Message) -> None:
         ran.add(m.payload["n"])
 
-    task = asyncio.create_task(first.process(handle))
-    await asyncio.wait_for(writing.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await stopped_when(first, handle, writing)
     monkeypatch.undo()
     assert ran == set(range(10))
     came: dict[int, int] = {}
@@ -671,16 +673,7 @@ async def test_a_forced_stop_during_a_settlement_keeps_it_for_the_leave(
     # trip that acknowledges 0 and dead-letters 1 hangs until a stop runs out of time: it
     # goes as the consumer leaves. Before, 0 ran again (dead-lettered unrun at max 1).
     await _produce(redis_url, topic, 4, partitions=1)
-    pipelined = _settlement.run_pipelined
-    hung = asyncio.Event()
-
-    async def hangs_once(r: Any, calls: Any) -> Any:
-        if not hung.is_set() and any(c[0] is DEAD_LETTER for c in calls):
-            hung.set()
-            await asyncio.Event().wait()
-        return await pipelined(r, calls)
-
-    monkeypatch.setattr(_settlement, "run_pipelined", hangs_once)
+    hung = _hang_once(monkeypatch, lambda calls: any(c[0] is DEAD_LETTER for c in calls))
     options = {"batch_size": 10, "max_deliveries": 1, **FAST}
     first = Consumer(topic, redis_url=redis_url, **options)
 
@@ -688,11 +681,7 @@ async def test_a_forced_stop_during_a_settlement_keeps_it_for_the_leave(
         if m.payload["n"] == 1:
             raise RuntimeError("1 fails")
 
-    task = asyncio.create_task(first.process(fails_at_1))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await stopped_when(first, fails_at_1, hung)
     came: dict[int, int] = {}
 
     async def record(m: Message) -> None:
@@ -749,16 +738,7 @@ async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(
     # was dropped: 0 was claimed by the next member and, with max_deliveries=1,
     # dead-lettered after it had succeeded.
     await _produce(redis_url, topic, 1, partitions=1)
-    pipelined = _settlement.run_pipelined
-    hung = asyncio.Event()
-
-    async def hangs_once(r: Any, calls: Any) -> Any:
-        if not hung.is_set() and all(c[0] is ACK for c in calls):
-            hung.set()
-            await asyncio.Event().wait()
-        return await pipelined(r, calls)
-
-    monkeypatch.setattr(_settlement, "run_pipelined", hangs_once)
+    hung = _hang_once(monkeypatch, lambda calls: all(c[0] is ACK for c in calls))
     options = {"batch_size": 10, "max_deliveries": 1, **FAST}
     first = Consumer(topic, redis_url=redis_url, **options)
     ran: list[int] = []
@@ -766,10 +746,6 @@ async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(
     async def handle(m: Message) -> None:
         ran.append(m.payload["n"])
 
-    task = asyncio.create_task(first.process(handle))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await stopped_when(first, handle, hung)
     assert ran == [0]
     assert await _none_pending(redis, topic, 1)

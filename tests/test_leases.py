@@ -156,13 +156,9 @@ async def test_a_member_without_leases_still_notices_its_name_taken_over(
     await owner.close()
 
 
-async def test_a_failed_settlement_is_not_kept_for_a_partition_taken_afresh_meanwhile(
-    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A handled message's acknowledgement goes out on its own; while it is out, the heartbeat
-    # takes the partition afresh (a new hold), and the round trip fails. The acknowledgement
-    # is dropped (its message is claimed back under the new hold), not kept and sent under
-    # the new hold as if it were made for it.
+async def _settling(redis: Redis, topic: str, n: int) -> tuple[Reader, Settler, list[Any]]:
+    """A reader and settler of member ``me`` (lease token ``tok``) holding partition 0, and
+    ``n`` messages it read there."""
     keys, group, token = TopicKeys(topic), "default", "tok"
     stats = ConsumerStats()
     reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
@@ -174,11 +170,22 @@ async def test_a_failed_settlement_is_not_kept_for_a_partition_taken_afresh_mean
     )  # fmt: skip
     stream = keys.stream(0)
     await redis.xgroup_create(stream, group, "0", mkstream=True)
-    msg_id = (await redis.xadd(stream, {"p": b'{"n": 1}'})).decode()
+    ids = [(await redis.xadd(stream, {"p": b'{"n": 1}'})).decode() for _ in range(n)]
     await redis.xreadgroup(group, "me", {stream: ">"})
     await redis.set(keys.lease(0, group), token)
+    return reader, settler, [received(topic, {"n": 1}, i, 0, group, 0.0, 1, 0) for i in ids]
+
+
+async def test_a_failed_settlement_is_not_kept_for_a_partition_taken_afresh_meanwhile(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handled message's acknowledgement goes out on its own; while it is out, the heartbeat
+    # takes the partition afresh (a new hold), and the round trip fails. The acknowledgement
+    # is dropped (its message is claimed back under the new hold), not kept and sent under
+    # the new hold as if it were made for it.
+    reader, settler, (m,) = await _settling(redis, topic, 1)
+    stats = settler.stats
     owned = {0: reader.partition(0, 1, valid_until=1e12)}
-    m = received(topic, {"n": 1}, msg_id, 0, group, 0.0, 1, 0)
 
     async def taken_afresh_then_fails(r: Any, calls: Any) -> Any:
         owned[0] = reader.partition(0, 1, valid_until=1e12)
@@ -250,23 +257,9 @@ async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile
     # An acknowledgement kept back for the next round trip goes out; meanwhile the partition
     # is taken afresh and a batch is settled under the new hold; then the round trip fails.
     # The first acknowledgement is dropped, not kept as if made for the new hold.
-    keys, group, token = TopicKeys(topic), "default", "tok"
-    stats = ConsumerStats()
-    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
-                    stats=stats)  # fmt: skip
-    settler = Settler(
-        keys, group, "me", token, serializer=default_serializer, max_deliveries=1,
-        dead_letter=True, dead_letter_maxlen=0, retry_backoff=0.1, retry_backoff_max=1.0,
-        stats=stats,
-    )  # fmt: skip
-    settler.deferrable = True
-    stream = keys.stream(0)
-    await redis.xgroup_create(stream, group, "0", mkstream=True)
-    ids = [(await redis.xadd(stream, {"p": b'{"n": 1}'})).decode() for _ in range(2)]
-    await redis.xreadgroup(group, "me", {stream: ">"})
-    await redis.set(keys.lease(0, group), token)
+    reader, settler, (first, second) = await _settling(redis, topic, 2)
+    stats, settler.deferrable = settler.stats, True
     owned = {0: reader.partition(0, 1, valid_until=1e12)}
-    first, second = (received(topic, {"n": 1}, i, 0, group, 0.0, 1, 0) for i in ids)
     await settler.settle(redis, owned, [(first, None)], [], 0.0, lambda p, c: None, defer=True)
 
     async def taken_afresh_then_fails(r: Any, calls: Any) -> Any:
@@ -278,7 +271,7 @@ async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile
     with pytest.raises(RedisConnectionError):
         await settler.flush(redis, owned, lambda part, count: None)
     kept = settler.take_deferred(owned)
-    assert [c[2][3] for c in kept] == [ids[1].encode()]  # the new hold's only
+    assert [c[2][3] for c in kept] == [second.msg_id.encode()]  # the new hold's only
     assert stats.fenced == 1
 
 

@@ -19,22 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
-from tests.helpers import Running, eventually
+from tests.helpers import Running, died_with, eventually, stopped_when
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
-
-
-async def _died_with(redis: Redis, topic: str, members: int) -> list[Any]:
-    """Entries of partition 0 read by a member that died, then claimed by ``members - 1``
-    more that died too; returns their ids."""
-    keys = TopicKeys(topic)
-    await redis.xgroup_create(keys.stream(0), "default", id="0")
-    await redis.sadd(keys.groups, "default")
-    got: Any = await redis.xreadgroup("default", "ghost-0", {keys.stream(0): ">"})
-    ids = [entry_id for entry_id, _ in got[0][1]]
-    for i in range(1, members):
-        await redis.xclaim(keys.stream(0), "default", f"ghost-{i}", 0, ids)
-    return ids
 
 
 async def test_a_retry_that_ends_its_process_counts_as_a_run(redis_url: str, topic: str) -> None:
@@ -54,12 +41,7 @@ async def test_a_retry_that_ends_its_process_counts_as_a_run(redis_url: str, top
         await asyncio.Event().wait()
 
     options = {"max_deliveries": 2, "retry_backoff": 0.01, **FAST}
-    first = Consumer(topic, redis_url=redis_url, **options)
-    task = asyncio.create_task(first.process(fails_then_hangs))
-    await asyncio.wait_for(hung.wait(), 10)
-    await first.stop(timeout=0.3)
-    await task
-    await first.close()
+    await stopped_when(Consumer(topic, redis_url=redis_url, **options), fails_then_hangs, hung)
 
     async def record(m: Message) -> None:
         runs.append(m.deliveries)
@@ -79,7 +61,7 @@ async def test_a_redelivered_job_cut_off_while_marked_active_keeps_its_count_of_
     # allows the run it gets next; it used to be dead-lettered unrun.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.submit({"n": 0})
-    await _died_with(redis, topic, 1)
+    await died_with(redis, topic)
     started = Settler.started
     cut: list[int] = []
 
@@ -112,7 +94,7 @@ async def test_a_message_behind_one_that_ends_its_process_keeps_its_retries(
     # (its delivery count was taken for its runs).
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.batch_enqueue([{"n": 0}, {"n": 1}])
-    k, _ = await _died_with(redis, topic, 3)
+    k, _ = await died_with(redis, topic, 3)
     await redis.hset(TopicKeys(topic).runs(0, "default"), k, 2)  # its runs on ghost-1, -2
     ran: list[tuple[int, int]] = []
 

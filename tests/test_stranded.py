@@ -23,7 +23,7 @@ from redisaq_core._delivery import ConsumerStats, Reader
 from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
-from tests.helpers import Running, eventually
+from tests.helpers import Running, died_with, eventually
 from tests.proxy import FaultProxy
 
 
@@ -266,9 +266,7 @@ async def test_an_acknowledgement_whose_round_trip_failed_is_sent_again(
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.enqueue({"n": 0})
     keys = TopicKeys(topic)
-    await redis.xgroup_create(keys.stream(0), "default", id="0")
-    await redis.sadd(keys.groups, "default")
-    await redis.xreadgroup("default", "ghost", {keys.stream(0): ">"})  # it died with it
+    await died_with(redis, topic)
     pipelined = _settlement.run_pipelined
     cut: list[int] = []
 
