@@ -221,6 +221,16 @@ class Reader:
         mark("assign", self.topic, self.group, self.name, **{_PARTITION: str(number)})
         return part
 
+    def widen(self, part: OwnedPartition, levels: int, valid_until: float) -> None:
+        """Give ``part`` (held throughout) the streams of ``levels`` priority levels (more now).
+
+        The same hold: what it has kept back or holds behind a failure stays valid. It
+        claims its pending entries before reading on.
+        """
+        part.streams = [self.keys.stream(part.number, level) for level in range(levels)]
+        part.valid_until, part.revoking = valid_until, False
+        part.reclaim()
+
     def decode(
         self,
         part: OwnedPartition,

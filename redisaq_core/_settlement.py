@@ -565,21 +565,21 @@ class Settler:
             if part is None:  # found lost meanwhile (a fenced acknowledgement): its owner's now
                 continue
             stream = part.streams[m.priority]
-            # The script adds the entry's own fields, but for one read already (undecodable,
-            # unless too many for one command's arguments: the script notes their count).
-            read = m.fields if isinstance(m, Undecodable) and len(m.fields) < 3000 else None
             fields = dead_letter_fields(
                 topic=self.keys.topic, partition=part.number, group=self.group,
                 msg_id=m.msg_id, deliveries=m.deliveries, error=f.error,
-                consumer=self.name, original=read, priority=m.priority,
+                consumer=self.name, original=None, priority=m.priority,
             )  # fmt: skip
+            # The script adds the entry's own fields; those read already (an undecodable
+            # entry's) stand in if the entry is trimmed meanwhile.
+            read = m.fields if isinstance(m, Undecodable) and len(m.fields) < 3000 else {}
             error, error_type = _error_text(f.error)
             keys = [stream, part.lease, self.keys.dead_letters(part.number)]
             if m.job_id:
                 keys += self._job_keys(m)
             args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, m.job_id or "",
-                    self.keys.job_channel, self.name, error, error_type,
-                    b"1" if read is None else b"0", *fields]  # fmt: skip
+                    self.keys.job_channel, self.name, error, error_type, len(fields), *fields,
+                    *(x for pair in read.items() for x in pair)]  # fmt: skip
             calls.append((DEAD_LETTER, keys, args))
         return calls
 
@@ -592,8 +592,8 @@ _KEPT = (*_DEFERRABLE, DEAD_LETTER, JOBS_CANCELLED)
 
 
 def _field(dead_letter_args: Sequence[Any], name: str) -> Any:
-    """A field of the origin record a dead-letter call writes (its arguments from the 11th)."""
-    pairs = dead_letter_args[10:]
+    """A field of the origin record a dead-letter call writes (see ``dead_letter.lua``)."""
+    pairs = dead_letter_args[10 : 10 + int(dead_letter_args[9])]
     return next((v for k, v in zip(pairs[::2], pairs[1::2], strict=False) if k == name), None)
 
 

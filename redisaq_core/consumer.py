@@ -579,20 +579,21 @@ class Consumer(RedisComponent):
         due, held = self._membership.due(deadlines, now, self.heartbeat_interval)
         view = await self._membership.beat(renew=due, blind=len(held))
         renewed = self._membership.renewed
-        if view.partitions < self._partition_count:
+        if view.partitions < self._partition_count or view.priorities < self._priorities:
             # The topic's metadata is gone (flushed or restarted Redis): put it back.
             self.logger.warning(
                 "consumer %s: topic %s lost its metadata; restoring %d partitions",
                 self.name, self.topic, self._partition_count,
             )  # fmt: skip
-            await ENSURE_PARTITIONS(self.redis, [self.keys.meta], [self._partition_count, 0])
+            meta = [self._partition_count, 0, self._priorities]
+            await ENSURE_PARTITIONS(self.redis, [self.keys.meta], meta)
             view = await self._membership.beat()
         for part in self._owned.values() if view.members != self._members else ():
             part.sweeps = max(part.sweeps, 2)  # one back from a pause may have read ours
         self._members = view.members
         self._partition_count = view.partitions
-        # New priority levels: a partition held with fewer streams is taken afresh (below).
-        self._priorities = view.priorities
+        # New priority levels (never fewer: their entries would strand): read below.
+        self._priorities = max(self._priorities, view.priorities)
         mine = view.owned_by(self.name)
         revoked = [s for p, s in self._owned.items() if p not in mine and not s.revoking]
         for part in revoked:
@@ -624,6 +625,10 @@ class Consumer(RedisComponent):
                     current.revoking = False  # assigned back before it was released
                 continue
             if p not in mine:
+                continue
+            if stale and state == LeaseState.RENEWED and current is not None:  # held throughout
+                self._reader.widen(current, self._priorities, valid_until)
+                fresh.append(p)
                 continue
             # Newly ours, or ours again after the lease lapsed: start from the pending entries,
             # giving back first what it held behind a failure that never ran.

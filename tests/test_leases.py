@@ -20,7 +20,8 @@ from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer, _s
 from redisaq_core._codec import default_deserializer, default_serializer
 from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
-from redisaq_core._membership import Membership, lease_due
+from redisaq_core._membership import lease_due
+from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
@@ -278,31 +279,69 @@ async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile
 async def test_priority_levels_added_while_messages_are_settled_stop_nothing(
     redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Priority levels are added while a consumer handles a backlog; the round trip that takes
-    # its partition afresh with all its streams is slow, and batches are settled meanwhile.
-    # The consumer stopped with an IndexError (its partition's streams were emptied early).
+    # Priority levels are added while a consumer works through a backlog, reading ahead with
+    # acknowledgements kept back; its heartbeat picks them up just then. The same hold reads
+    # the new level: what it kept back goes out, nothing runs twice. It used to take the
+    # partition as a new hold, dropping them (run again, dead-lettered with
+    # max_deliveries=1), or stop with an IndexError if a batch was settled meanwhile.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.batch_enqueue([{"n": i} for i in range(300)])
-    leases = Membership.leases
-    added = asyncio.Event()
+        await producer.batch_enqueue([{"n": i} for i in range(60)])
+    seen: dict[int, int] = {}
+    take = ReadAhead.take
+    added: list[int] = []
 
-    async def slow_once_added(self: Membership, *args: Any, **kwargs: Any) -> Any:
-        if added.is_set():
-            await asyncio.sleep(0.5)
-        return await leases(self, *args, **kwargs)
+    async def levels_added_first(self: ReadAhead) -> Any:
+        if len(seen) >= 20 and not added:
+            added.append(len(seen))
+            async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2):
+                pass
+            await consumer._sync()  # as the heartbeat does, beside the read ahead
+        return await take(self)
 
-    monkeypatch.setattr(Membership, "leases", slow_once_added)
-    seen: set[int] = set()
+    monkeypatch.setattr(ReadAhead, "take", levels_added_first)
 
     async def handle(m: Message) -> None:
-        seen.add(m.payload["n"])
-        await asyncio.sleep(0.005)
+        seen[m.payload["n"]] = seen.get(m.payload["n"], 0) + 1
 
     consumer = Consumer(
-        topic, redis_url=redis_url, batch_size=10, heartbeat_interval=0.2, poll_interval=0.1
-    )
+        topic, redis_url=redis_url, batch_size=10, max_deliveries=1, heartbeat_interval=5.0,
+        poll_interval=0.1,
+    )  # fmt: skip
     async with Running(consumer, handle):
-        await eventually(lambda: len(seen) >= 20)
-        async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2):
-            added.set()
-        await eventually(lambda: len(seen) == 300 and consumer.running, timeout=20)
+        await eventually(lambda: len(seen) == 60 and consumer.running)
+    assert added
+    assert seen == dict.fromkeys(range(60), 1)
+    assert consumer.stats.fenced == 0 and consumer.stats.dead_lettered == 0
+
+
+async def test_priority_levels_lowered_by_another_client_are_kept(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Another client lowers the topic's priority levels (or Redis lost the topic's metadata)
+    # while a level-1 message is in its handler. The consumer keeps reading both levels and
+    # puts the count back; it used to stop with an IndexError, and to read level 1 no more.
+    meta = TopicKeys(topic).meta
+    running, release = asyncio.Event(), asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(m: Message) -> None:
+        if m.payload["n"] == 0:
+            running.set()
+            await release.wait()
+        handled.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1, priorities=2) as producer:
+        await producer.enqueue({"n": 0}, priority=1)
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+        async with Running(consumer, handle):
+            await asyncio.wait_for(running.wait(), 10)
+            await redis.hset(meta, "priorities", 1)
+            await eventually(lambda: _levels(redis, meta, b"2"))
+            release.set()
+            await producer.enqueue({"n": 1}, priority=1)
+            await eventually(lambda: handled == [0, 1])
+            assert consumer.running
+
+
+async def _levels(redis: Redis, meta: str, want: bytes) -> bool:
+    return bool(await redis.hget(meta, "priorities") == want)

@@ -2,10 +2,10 @@
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
 -- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
---       error_type, "1" to add the entry's own fields here (else the caller gave them),
---       then the origin record: field, value, ... (the entry's fields each prefixed "f:";
---       an entry of more than about 3,500 fields is noted by its field count,
---       "omitted_fields", and left in its stream)
+--       error_type, k, then the origin record (k values: field, value, ...), then the
+--       entry's fields as the caller read them, used only if the entry is gone from its
+--       stream. The entry's fields are added, each name prefixed "f:"; an entry of more
+--       than about 3,500 fields is noted by its field count, "omitted_fields", instead.
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
 -- not ours. Nothing is acknowledged unless the dead letter was written.
@@ -21,21 +21,26 @@ if maxlen > 0 then
   args = {KEYS[3], 'MAXLEN', '~', maxlen}
 end
 args[#args + 1] = '*'
-for i = 11, #ARGV do
+local after = 11 + tonumber(ARGV[10])
+for i = 11, after - 1 do
   args[#args + 1] = ARGV[i]
 end
-local entry = {}
-if ARGV[10] == '1' then
-  entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local fields = {}
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if entry[1] then
+  fields = entry[1][2]
+else  -- trimmed while pending: as the caller read it, if it did
+  for i = after, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+  end
 end
-if entry[1] then  -- gone when trimmed while pending: the origin record only
-  local fields = entry[1][2]
+if #fields > 0 then
   if #args + #fields <= 7000 then
     for i = 1, #fields, 2 do
       args[#args + 1] = 'f:' .. fields[i]
       args[#args + 1] = fields[i + 1]
     end
-  else  -- more than one command's arguments can take here: the entry stays in its stream
+  else  -- more than one command's arguments can take here: their count, not their contents
     args[#args + 1] = 'omitted_fields'
     args[#args + 1] = #fields / 2
   end
