@@ -458,6 +458,10 @@ class Settler:
                 again = await run_pipelined(redis, [calls[i] for i in missing])
             except REDIS_FAILURES as exc:
                 again = [exc] * len(missing)
+            except BaseException:  # cancelled: what was to go again is kept back
+                if holds is not None:
+                    self.keep_back([calls[i] for i in missing], holds, owned)
+                raise
             results = list(results)
             for i, result in zip(missing, again, strict=True):
                 results[i] = result

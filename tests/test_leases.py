@@ -345,3 +345,32 @@ async def test_priority_levels_lowered_by_another_client_are_kept(
 
 async def _levels(redis: Redis, meta: str, want: bytes) -> bool:
     return bool(await redis.hget(meta, "priorities") == want)
+
+
+async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis lost its scripts (a restart): an acknowledgement sent with a read is answered
+    # NOSCRIPT and sent again on its own, loading the script; a forced stop lands in that
+    # round trip. It is kept back for the leave, not dropped (its message ran again).
+    reader, settler, (m,) = await _settling(redis, topic, 1)
+    settler.deferrable = True
+    owned = {0: reader.partition(0, 1, valid_until=1e12)}
+    owned[0].claims.clear()  # read new entries (nothing to claim)
+    await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda p, c: None, defer=True)
+    sent: list[int] = []
+
+    async def hangs(r: Any, calls: Any) -> Any:
+        sent.append(len(calls))
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(_settlement, "run_pipelined", hangs)
+    await redis.script_flush()
+    task = asyncio.create_task(
+        settler.flush(redis, owned, lambda part, count: None, reader, [owned[0]])
+    )
+    await eventually(lambda: sent == [1])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
