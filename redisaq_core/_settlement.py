@@ -269,13 +269,18 @@ class Settler:
         calls, _ = self._done_calls(owned, done, [])
         self.keep_back(calls, {part.lease: part for part in owned.values()}, owned)
 
-    def ack_gone(self, gone: dict[tuple[OwnedPartition, int], list[str]]) -> None:
+    def ack_gone(
+        self, gone: dict[tuple[OwnedPartition, int], list[str]], owned: dict[int, OwnedPartition]
+    ) -> None:
         """Acknowledge pending entries whose data was trimmed: there is nothing to handle.
 
         Kept back for the next round trip: the messages claimed with them are in hand, and
-        nothing may come between their claim and their handlers.
+        nothing may come between their claim and their handlers. Only for partitions still
+        held as they were (``owned``): a new hold claims them again.
         """
         for (part, level), ids in gone.items():
+            if owned.get(part.number) is not part:
+                continue
             self._defer_for(part)
             self.keep([ack_call(part.streams[level], part.lease, self.group, self.token, ids)])
 

@@ -760,7 +760,7 @@ class Consumer(RedisComponent):
             else:
                 messages, gone = await self._reader.claim(redis, claiming)
                 self._reclaimed = True
-            self._settler.ack_gone(gone)
+            self._settler.ack_gone(gone, self._owned)
             return messages
         wait = self.poll_interval
         waiting = [s.retry_at - now for s in ready if s.held]

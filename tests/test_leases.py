@@ -374,3 +374,18 @@ async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
+
+
+async def test_trimmed_entries_of_an_earlier_hold_leave_the_new_hold_kept_calls_alone(
+    redis: Redis, topic: str
+) -> None:
+    # A retry's claim found its entry trimmed, while the partition was taken afresh (a new
+    # hold that has acknowledgements kept back). The trimmed entry's acknowledgement, made
+    # for the earlier hold, is not kept; the new hold's calls stay (they were dropped).
+    reader, settler, (m,) = await _settling(redis, topic, 1)
+    settler.deferrable = True
+    earlier = reader.partition(0, 1, valid_until=1e12)
+    owned = {0: reader.partition(0, 1, valid_until=1e12)}
+    await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda p, c: None, defer=True)
+    settler.ack_gone({(earlier, 0): ["1-0"]}, owned)
+    assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
