@@ -276,6 +276,7 @@ async def test_a_failed_flush_is_not_kept_for_a_partition_taken_afresh_meanwhile
     assert stats.fenced == 1
 
 
+@pytest.mark.single_node  # a cluster client reads nothing ahead, and keeps nothing back
 async def test_priority_levels_added_while_messages_are_settled_stop_nothing(
     redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
