@@ -29,7 +29,7 @@ from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_p
 from ._tracing import mark
 from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
-from .keys import TopicKeys
+from .keys import TopicKeys, priority_levels
 
 __all__ = ["LEASE_VALIDITY", "GroupView", "LeaseState", "Membership", "lease_due"]
 
@@ -145,7 +145,7 @@ class Membership:
             self.renewed = {p: int(state) for p, state in zip(renew, states, strict=True)}
             if other:
                 self.previous_token = as_str(other)
-            count, priorities = int(partitions), int(levels)
+            count, priorities = int(partitions), priority_levels(levels)
             if self._view is not None and not members and not flat and known:
                 # Nothing changed since the last view: the script sent no lists.
                 self._view = replace(self._view, now_ms=int(now), priorities=priorities)

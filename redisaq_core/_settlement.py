@@ -463,9 +463,12 @@ class Settler:
                 again = await run_pipelined(redis, [calls[i] for i in missing])
             except REDIS_FAILURES as exc:
                 again = [exc] * len(missing)
-            except BaseException:  # cancelled: what was to go again is kept back
+            except BaseException:  # cancelled: kept back, with those that failed otherwise
                 if holds is not None:
-                    self.keep_back([calls[i] for i in missing], holds, owned)
+                    errors = [
+                        c for c, r in zip(calls, results, strict=True) if isinstance(r, Exception)
+                    ]
+                    self.keep_back(errors, holds, owned)
                 raise
             results = list(results)
             for i, result in zip(missing, again, strict=True):

@@ -22,7 +22,7 @@ from ._codec import Deserializer, decode_payload, default_deserializer
 from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
-from .keys import TopicKeys
+from .keys import TopicKeys, priority_levels
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 
@@ -231,11 +231,7 @@ class DeadLetters(RedisComponent):
 
     async def _levels(self) -> int:
         redis = await self._ensure()
-        raw = await redis.hget(self.keys.meta, "priorities")
-        try:
-            return max(1, int(raw or 1))
-        except ValueError:
-            return 1
+        return priority_levels(await redis.hget(self.keys.meta, "priorities"))
 
     async def purge(self) -> int:
         """Delete every dead letter of the topic; return how many there were."""

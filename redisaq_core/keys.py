@@ -65,12 +65,14 @@ from redis.crc import key_slot
 from .errors import ConfigurationError
 
 __all__ = [
+    "MAX_PRIORITIES",
     "NAMESPACE",
     "RegistryKeys",
     "TopicKeys",
     "job_id",
     "parse_job_id",
     "partition_slots",
+    "priority_levels",
     "schedule_definitions",
     "schedule_ticks",
     "validate_name",
@@ -78,6 +80,22 @@ __all__ = [
 
 NAMESPACE = "redisaq"
 _BAD_NAME = re.compile(r"[{}\s]")
+
+MAX_PRIORITIES = 16
+"""The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
+
+
+def priority_levels(stored: object) -> int:
+    """A topic's priority levels from the count stored in its metadata (``priorities``).
+
+    Another client may have written anything there: what is no whole number reads as
+    1, and a count past :data:`MAX_PRIORITIES` as that.
+    """
+    try:
+        levels = int(stored)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 1
+    return min(max(int(levels), 1), MAX_PRIORITIES)
 
 
 def validate_name(value: object, argument: str) -> str:

@@ -54,7 +54,7 @@ from .errors import (
     SerializationError,
     ServerOutOfMemoryError,
 )
-from .keys import TopicKeys, job_id
+from .keys import MAX_PRIORITIES, TopicKeys, job_id, priority_levels
 from .message import Message
 from .metrics import MetricsRecorder
 
@@ -65,9 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
-
-MAX_PRIORITIES = 16
-"""The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
 
 
 MAX_IDEMPOTENCY_KEY = 256
@@ -241,7 +238,7 @@ class Producer(RedisComponent):
                 self.logger.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
                 continue
             if levels is not None:
-                self._levels = max(self._levels, int(levels))
+                self._levels = max(self._levels, priority_levels(levels))
             if raw is not None and int(raw) > self._partitions:
                 self._set_partitions(int(raw))
             try:

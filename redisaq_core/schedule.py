@@ -33,8 +33,8 @@ from ._tasks import wait_event
 from ._ticks import TICKS_PER_ROUND, Ticker
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
-from .keys import schedule_definitions, schedule_ticks, validate_name
-from .producer import MAX_PRIORITIES, Producer
+from .keys import MAX_PRIORITIES, schedule_definitions, schedule_ticks, validate_name
+from .producer import Producer
 
 __all__ = ["MissedTicks", "Schedule", "Scheduler"]
 

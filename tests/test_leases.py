@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer, _settlement
 from redisaq_core._codec import default_deserializer, default_serializer
@@ -23,8 +24,9 @@ from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._settlement import Settler
-from redisaq_core.keys import TopicKeys
+from redisaq_core.keys import MAX_PRIORITIES, TopicKeys
 from redisaq_core.message import received
+from redisaq_core.monitor import Monitor
 from tests.helpers import Running, eventually
 
 
@@ -390,3 +392,63 @@ async def test_trimmed_entries_of_an_earlier_hold_leave_the_new_hold_kept_calls_
     await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda p, c: None, defer=True)
     settler.ack_gone({(earlier, 0): ["1-0"]}, owned)
     assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
+
+
+async def test_a_stop_while_scripts_are_sent_again_keeps_the_other_failed_calls_too(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two acknowledgements sent with a read: one answered NOSCRIPT, the other an error (as
+    # under OOM). A stop lands while the first is sent again: both are kept back.
+    reader, settler, (m, n) = await _settling(redis, topic, 2)
+    settler.deferrable = True
+    owned = {0: reader.partition(0, 1, valid_until=1e12)}
+    owned[0].claims.clear()
+    await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda p, c: None, defer=True)
+    await settler.settle(redis, owned, [(n, None)], [], 0.0, lambda p, c: None, defer=True)
+
+    async def replies(self: Reader, r: Any, parts: Any, calls: Any) -> Any:
+        return [], [NoScriptError("NOSCRIPT (injected)"), ResponseError("OOM (injected)")]
+
+    sent: list[int] = []
+
+    async def hangs(r: Any, calls: Any) -> Any:
+        sent.append(len(calls))
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Reader, "read_after", replies)
+    monkeypatch.setattr(_settlement, "run_pipelined", hangs)
+    task = asyncio.create_task(
+        settler.flush(redis, owned, lambda part, count: None, reader, [owned[0]])
+    )
+    await eventually(lambda: sent == [1])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    kept = [c[2][3] for c in settler.take_deferred(owned)]
+    assert sorted(kept) == sorted([m.msg_id.encode(), n.msg_id.encode()])
+
+
+async def test_a_priority_count_another_client_wrote_out_of_range_is_capped(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Another client writes a priority count no topic can have: the consumer (and the
+    # monitor) read at most MAX_PRIORITIES levels and go on; they built a stream name (and
+    # the consumer a group) per level.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+        handled: list[int] = []
+
+        async def handle(m: Message) -> None:
+            handled.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+        async with Running(consumer, handle):
+            await eventually(lambda: handled == [0])
+            await redis.hset(TopicKeys(topic).meta, "priorities", 1_000_000)
+            await eventually(lambda: consumer._priorities == MAX_PRIORITIES)
+            await producer.enqueue({"n": 1})
+            await eventually(lambda: handled == [0, 1])
+            assert consumer.running
+    async with Monitor(redis_url=redis_url) as monitor:  # which reads the count too
+        view = await monitor.topic(topic)
+    assert view is not None and view["priorities"] == MAX_PRIORITIES

@@ -28,7 +28,7 @@ from .._scripts import (
 from .._scripts import run_pipelined as _run
 from ..connection import AnyRedis
 from ..errors import RedisaqError
-from ..keys import TopicKeys
+from ..keys import TopicKeys, priority_levels
 from ..message import Received
 from ..metrics import MetricsRecorder
 
@@ -177,7 +177,7 @@ class Writer:
                 count, levels = await ENSURE_PARTITIONS(
                     redis, [target.keys.meta], [self.new_partitions, 0, 1]
                 )
-            target.set_shape(int(count), int(levels or 1))
+            target.set_shape(int(count), priority_levels(levels))
         self.refreshed = asyncio.get_running_loop().time()
 
     def _by_stream(self, entries: list[Entry]) -> dict[tuple[int, int], list[Entry]]:

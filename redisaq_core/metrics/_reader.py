@@ -11,7 +11,7 @@ from typing import Any
 from .._codec import shown_text
 from .._scripts import Script, run_pipelined
 from ..connection import AnyRedis
-from ..keys import TopicKeys
+from ..keys import TopicKeys, priority_levels
 from ._recorder import (
     _GAUGE_FORGET_MS,
     _GAUGE_GRACE_MS,
@@ -241,7 +241,7 @@ class _TopicReader:
         self.now_ms = int(sec) * 1000 + int(usec) // 1000
         self.exists = bool(meta)
         self.partitions = int(_number(meta.get(b"partitions", 0)))
-        self.priorities = max(1, int(_number(meta.get(b"priorities", 1))))
+        self.priorities = priority_levels(meta.get(b"priorities", 1))
         if b"maxlen" in meta:
             self.maxlen = int(_number(meta[b"maxlen"]))
             self.trim = shown_text(meta.get(b"trim", b"maxlen"))
