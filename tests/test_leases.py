@@ -350,6 +350,7 @@ async def _levels(redis: Redis, meta: str, want: bytes) -> bool:
     return bool(await redis.hget(meta, "priorities") == want)
 
 
+@pytest.mark.single_node  # acknowledgements go with a read on one server only
 async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
     redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,6 +395,7 @@ async def test_trimmed_entries_of_an_earlier_hold_leave_the_new_hold_kept_calls_
     assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
 
 
+@pytest.mark.single_node  # acknowledgements go with a read on one server only
 async def test_a_stop_while_scripts_are_sent_again_keeps_the_other_failed_calls_too(
     redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
