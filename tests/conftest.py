@@ -16,7 +16,11 @@ session cluster.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -64,6 +68,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "single_node" in item.keywords:
             item.add_marker(skip)
+
+
+def _dump_pending_tasks(name: str) -> None:
+    """Print where every unfinished asyncio task waits: a hung test's trail.
+
+    pytest-timeout shows the threads' stacks only, and a hung coroutine is not on them.
+    """
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    print(f"\n--- {name}: near its timeout, {len(tasks)} pending task(s) ---", file=sys.stderr)
+    for task in tasks:
+        print(f"{task.get_name()}:", file=sys.stderr)
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}",
+                      file=sys.stderr)  # fmt: skip
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+
+
+@pytest.fixture(autouse=True)
+def _hang_trail(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Shortly before the test's timeout, dump its pending tasks (see above)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else request.config.getini("timeout")
+    if not limit or float(limit) <= 10:
+        yield
+        return
+    timer = threading.Timer(float(limit) - 5, _dump_pending_tasks, (request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _docker_redis() -> Iterator[str]:
