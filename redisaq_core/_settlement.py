@@ -264,9 +264,12 @@ class Settler:
         """Keep back the calls that settle ``done`` (a forced stop cut their dispatch short).
 
         The consumer sends them as it leaves, before releasing its leases: those
-        handlers ran to the end, and their messages are not run again.
+        handlers ran to the end, and their messages are not run again (a job whose result
+        can't be serialized is dead-lettered, as in :meth:`settle`).
         """
-        calls, _ = self._done_calls(owned, done, [])
+        unstored: list[Failure] = []
+        calls, _ = self._done_calls(owned, done, unstored)
+        calls += self._dead_letter_calls(owned, unstored)
         self.keep_back(calls, {part.lease: part for part in owned.values()}, owned)
 
     def ack_gone(

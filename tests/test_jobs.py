@@ -9,6 +9,7 @@ import pytest
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core.errors import ConfigurationError, JobFailedError
+from redisaq_core.keys import parse_job_id
 from redisaq_core.results import JobStatus, ResultStore
 from tests.helpers import Running, eventually
 
@@ -142,3 +143,47 @@ async def test_a_result_that_cannot_be_stored_dead_letters_its_job_at_once(
     assert runs == {0: 1, 1: 2}
     assert [r.status if r else None for r in records] == [JobStatus.DEAD, JobStatus.DEAD]
     assert records[0] is not None and records[0].error_type == "SerializationError"
+
+
+async def test_a_result_that_cannot_be_stored_at_a_forced_stop_dead_letters_its_job(
+    redis_url: str, topic: str
+) -> None:
+    # Partition 0's jobs return what JSON can't hold while partition 1's first handler
+    # hangs until a stop runs out of time. The consumer dead-letters those jobs as it
+    # leaves, as its settlement would have; before, it left them pending and the next
+    # member ran them again.
+    runs = dict.fromkeys(range(6), 0)
+    hang = True
+    hung = asyncio.Event()
+
+    async def handler(m: Message) -> Any:
+        runs[m.payload["n"]] += 1
+        if m.partition == 1 and hang:
+            hung.set()
+            await asyncio.Event().wait()
+        return object()
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        jobs = [await producer.submit({"n": n}, partition_key="n") for n in range(6)]
+        partition = {n: parse_job_id(job.id)[1] for n, job in enumerate(jobs)}
+        assert set(partition.values()) == {0, 1}
+        first = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+        task = asyncio.create_task(first.process(handler))
+        await asyncio.wait_for(hung.wait(), 10)
+        await eventually(lambda: all(runs[n] for n, p in partition.items() if p == 0))
+        await first.stop(timeout=0.3)
+        await task
+        await first.close()
+        hang = False
+        async with ResultStore(redis_url=redis_url) as store:
+            second = Consumer(topic, redis_url=redis_url, **FAST)
+            async with Running(second, handler):
+                for job in jobs:
+                    with pytest.raises(JobFailedError):
+                        await job.result(timeout=10)
+            records = [await store.get(job.id) for job in jobs]
+    assert {n: runs[n] for n, p in partition.items() if p == 0} == {
+        n: 1 for n, p in partition.items() if p == 0
+    }
+    assert all(r is not None and r.status == JobStatus.DEAD for r in records)
+    assert all(r is not None and r.error_type == "SerializationError" for r in records)
