@@ -593,7 +593,8 @@ class Settler:
             if m.job_id:
                 keys += self._job_keys(m)
             args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, m.job_id or "",
-                    self.keys.job_channel, self.name, error, error_type, len(fields), *fields,
+                    self.keys.job_channel, self.name, error, error_type,
+                    "1" if self.delete_acked else "", len(fields), *fields,
                     *(x for pair in read.items() for x in pair)]  # fmt: skip
             calls.append((DEAD_LETTER, keys, args))
         return calls
@@ -608,18 +609,20 @@ _KEPT = (*_DEFERRABLE, DEAD_LETTER, JOBS_CANCELLED)
 
 def _field(dead_letter_args: Sequence[Any], name: str) -> Any:
     """A field of the origin record a dead-letter call writes (see ``dead_letter.lua``)."""
-    pairs = dead_letter_args[10 : 10 + int(dead_letter_args[9])]
+    pairs = dead_letter_args[11 : 11 + int(dead_letter_args[10])]
     return next((v for k, v in zip(pairs[::2], pairs[1::2], strict=False) if k == name), None)
 
 
 def _deletions(calls: list[ScriptCall]) -> list[ScriptCall]:
-    """XDELEX ACKED for the entries that job completions and dead-lettering acknowledged."""
+    """XDELEX ACKED for the entries that job completions and cancellations acknowledged.
+
+    A dead letter deletes its entry itself (``dead_letter.lua``): only when it holds the
+    entry's fields.
+    """
     ids: dict[Any, list[Any]] = {}
     for script, keys, args in calls:
         if script is JOBS_COMPLETE:
             ids.setdefault(keys[0], []).extend(args[5::2])
-        elif script is DEAD_LETTER:
-            ids.setdefault(keys[0], []).append(args[2])
         elif script is JOBS_CANCELLED:
             ids.setdefault(keys[0], []).extend(args[3::2])
     return [(DELETE_ACKED, [stream], found) for stream, found in ids.items()]

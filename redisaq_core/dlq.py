@@ -6,7 +6,8 @@ dead-letter entry keeps the original entry's fields (prefixed ``f:``) beside
 its origin record: ``topic``, ``partition``, ``priority``, ``group``, ``msg_id``,
 ``deliveries``, ``error``, ``error_type``, ``consumer`` and ``failed_at``. An entry
 of thousands of fields, more than one script command can carry, is recorded with
-their count (``omitted_fields``) instead of their contents (not replayable).
+their count (``omitted_fields``) instead of their contents (not replayable); the
+entry itself then stays in its stream, even on a ``delete-acked`` topic.
 """
 
 from __future__ import annotations

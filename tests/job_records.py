@@ -162,7 +162,7 @@ async def kill(redis: Redis, jid: str, error: str = "boom", error_type: str = "V
         redis,
         [stream, keys.lease(partition, _GROUP), keys.dead_letters(partition),
          keys.job(partition, jid), keys.jobs(partition)],
-        [_GROUP, _LEASE_TOKEN, msg_id, 0, jid, keys.job_channel, "w1", error, error_type,
+        [_GROUP, _LEASE_TOKEN, msg_id, 0, jid, keys.job_channel, "w1", error, error_type, "",
          len(fields), *fields],
     )  # fmt: skip
     await redis.xgroup_destroy(stream, _GROUP)  # the helpers' own: not for listings to show

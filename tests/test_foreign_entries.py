@@ -214,7 +214,7 @@ async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
     await redis.set(keys.lease(0, group), token)
     await redis.set(keys.dead_letters(0), "not a stream")
     call = [stream, keys.lease(0, group), keys.dead_letters(0)]
-    args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError", 2]
+    args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError", "", 2]
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await DEAD_LETTER(redis, call, [*args, "error", "boom"])
     pending: Any = await redis.xpending(stream, group)

@@ -224,3 +224,30 @@ async def test_submit_keeps_unacknowledged_jobs_with_delete_acked_and_maxlen(
         for i in range(50):
             await producer.submit({"n": i})
     assert await redis.xlen(TopicKeys(topic).stream(0)) == 50
+
+
+async def test_delete_acked_keeps_an_entry_dead_lettered_without_its_fields(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # An entry of more fields than a dead letter can carry is dead-lettered by their count:
+    # it stays in its stream, where they still are. Before, delete-acked deleted it too.
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("XACKDEL needs Redis 8.2 or newer")
+    stream = TopicKeys(topic).stream(0)
+    async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+        await producer.enqueue({"n": 0})
+        big = await redis.xadd(stream, {f"x{i}".encode(): b"1" for i in range(4000)})
+        await producer.enqueue({"n": 1})
+        ok: list[int] = []
+
+        async def handle(m: Message) -> None:
+            ok.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handle):
+            await eventually(lambda: ok == [0, 1] and consumer.stats.dead_lettered == 1)
+            await eventually(lambda: _at_most(redis, stream, 1), message="the others deleted")
+        await consumer.close()
+    assert [entry_id for entry_id, _ in await redis.xrange(stream)] == [big]
+    records: Any = await redis.xrange(TopicKeys(topic).dead_letters(0))
+    assert records[0][1][b"omitted_fields"] == b"4000"

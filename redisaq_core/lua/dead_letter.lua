@@ -2,10 +2,12 @@
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
 -- ARGV: group, token, id, maxlen (0: unbounded), job_id (or ""), channel, worker, error,
---       error_type, k, then the origin record (k values: field, value, ...), then the
---       entry's fields as the caller read them, used only if the entry is gone from its
---       stream. The entry's fields are added, each name prefixed "f:"; an entry of more
---       than about 3,500 fields is noted by its field count, "omitted_fields", instead.
+--       error_type, delete ("1": delete the entry once every group acknowledged it, as
+--       XDELEX ACKED does; Redis 8.2), k, then the origin record (k values: field, value,
+--       ...), then the entry's fields as the caller read them, used only if the entry is
+--       gone from its stream. The entry's fields are added, each name prefixed "f:"; an
+--       entry of more than about 3,500 fields is noted by its field count,
+--       "omitted_fields", instead, and is never deleted: it is all that is left of them.
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
 -- not ours. Nothing is acknowledged unless the dead letter was written.
@@ -21,11 +23,11 @@ if maxlen > 0 then
   args = {KEYS[3], 'MAXLEN', '~', maxlen}
 end
 args[#args + 1] = '*'
-local after = 11 + tonumber(ARGV[10])
-for i = 11, after - 1 do
+local after = 12 + tonumber(ARGV[11])
+for i = 12, after - 1 do
   args[#args + 1] = ARGV[i]
 end
-local fields = {}
+local fields, kept = {}, true
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 if entry[1] then
   fields = entry[1][2]
@@ -43,10 +45,14 @@ if #fields > 0 then
   else  -- more than one command's arguments can take here: their count, not their contents
     args[#args + 1] = 'omitted_fields'
     args[#args + 1] = #fields / 2
+    kept = false
   end
 end
 local dl = redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[10] == '1' and kept then
+  redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[3])
+end
 if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
