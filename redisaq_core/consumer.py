@@ -404,8 +404,7 @@ class Consumer(RedisComponent):
                     if recovery is Recovery.RECREATE:
                         self._groups_gone = exc
                     elif recovery is Recovery.RETRY:
-                        # A read or acknowledgement whose reply was lost may have left entries
-                        # in our pending list: claim them back before reading new ones.
+                        # A lost reply may have left entries pending with us: claim them first.
                         for part in self._owned.values():
                             part.reclaim()
                         await self._connection_lost(exc)
@@ -561,9 +560,10 @@ class Consumer(RedisComponent):
                 self._stopping.set()
                 self._interrupt_read()
                 return
-            except REDIS_FAILURES as exc:
+            except Exception as exc:  # Redis failed, or a reply data of other clients spoilt
                 if not failing:
-                    self.logger.warning("consumer %s: heartbeat failed: %s", self.name, exc)
+                    self.logger.warning("consumer %s: heartbeat failed: %r", self.name, exc,
+                                        exc_info=not isinstance(exc, REDIS_FAILURES))  # fmt: skip
                 failing = True
 
     async def _sync(self) -> None:
