@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -430,12 +431,11 @@ async def test_a_stop_while_scripts_are_sent_again_keeps_the_other_failed_calls_
     assert sorted(kept) == sorted([m.msg_id.encode(), n.msg_id.encode()])
 
 
-async def test_a_priority_count_another_client_wrote_that_is_no_number_is_read_as_one(
-    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The heartbeat script passes the stored count on as it is, for the member to read; it
-    # turned a count that is no number into a nil, which cut its reply short and failed
-    # every heartbeat until the member lost its partitions.
+async def _beats_on_after(
+    redis_url: str, redis: Redis, topic: str, disturb: Callable[[Consumer], Awaitable[Any]]
+) -> Consumer:
+    """Run a consumer until it handled a message, ``disturb`` it, then see it beat on for a
+    second and handle the next message with its partition still in hand."""
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.enqueue({"n": 0})
         handled: list[int] = []
@@ -447,17 +447,35 @@ async def test_a_priority_count_another_client_wrote_that_is_no_number_is_read_a
         async with Running(consumer, handle):
             await eventually(lambda: handled == [0])
             members = TopicKeys(topic).members(consumer.group)
-            await redis.hset(TopicKeys(topic).meta, "priorities", "many")
-            written = await redis.zscore(members, consumer.name)
-            assert written is not None
-            # Beats after the write: the member's score is the time of its last beat.
+            await disturb(consumer)
+            since = await redis.zscore(members, consumer.name)
+            assert since is not None
+            # The member's score is the time of its last beat.
             await eventually(
-                lambda: _beaten_since(redis, members, consumer.name, written + 1000),
-                message="a second of heartbeats after the count was written",
+                lambda: _beaten_since(redis, members, consumer.name, since + 1000),
+                message="a second of heartbeats after the disturbance",
             )
             await producer.enqueue({"n": 1})
             await eventually(lambda: handled == [0, 1])
             assert consumer.running and consumer.assigned_partitions == [0]
+    return consumer
+
+
+async def _beaten_since(redis: Redis, members: str, name: str, since: float) -> bool:
+    score = await redis.zscore(members, name)
+    return score is not None and score >= since
+
+
+async def test_a_priority_count_another_client_wrote_that_is_no_number_is_read_as_one(
+    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The heartbeat script passes the stored count on as it is, for the member to read; it
+    # turned a count that is no number into a nil, which cut its reply short and ended the
+    # heartbeats.
+    async def spoil(consumer: Consumer) -> None:
+        await redis.hset(TopicKeys(topic).meta, "priorities", "many")
+
+    await _beats_on_after(redis_url, redis, topic, spoil)
     assert "heartbeat failed" not in caplog.text
 
 
@@ -466,42 +484,17 @@ async def test_an_unexpected_error_in_a_heartbeat_does_not_end_the_heartbeats(
 ) -> None:
     # Before, anything but a failed Redis call (a reply other clients' data spoilt, say)
     # ended the heartbeat task for good: the member went on reading while its leases lapsed.
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.enqueue({"n": 0})
-        handled: list[int] = []
-
-        async def handle(m: Message) -> None:
-            handled.append(m.payload["n"])
-
-        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+    async def break_once(consumer: Consumer) -> None:
         report = consumer._report_partitions
-        broken = True
 
         async def report_once_broken() -> None:
-            nonlocal broken
-            if broken:
-                broken = False
-                raise ValueError("a reply no member can read")
-            await report()
+            consumer._report_partitions = report  # type: ignore[method-assign]
+            raise ValueError("a reply no member can read")
 
         consumer._report_partitions = report_once_broken  # type: ignore[method-assign]
-        async with Running(consumer, handle):
-            await eventually(lambda: handled == [0] and not broken)
-            members = TopicKeys(topic).members(consumer.group)
-            since = await redis.zscore(members, consumer.name)
-            assert since is not None
-            await eventually(
-                lambda: _beaten_since(redis, members, consumer.name, since + 1000),
-                message="a second of heartbeats after the error",
-            )
-            await producer.enqueue({"n": 1})
-            await eventually(lambda: handled == [0, 1])
+
+    await _beats_on_after(redis_url, redis, topic, break_once)
     assert "heartbeat failed: ValueError('a reply no member can read')" in caplog.text
-
-
-async def _beaten_since(redis: Redis, members: str, name: str, since: float) -> bool:
-    score = await redis.zscore(members, name)
-    return score is not None and score >= since
 
 
 async def test_a_priority_count_another_client_wrote_out_of_range_is_capped(
@@ -510,21 +503,11 @@ async def test_a_priority_count_another_client_wrote_out_of_range_is_capped(
     # Another client writes a priority count no topic can have: the consumer (and the
     # monitor) read at most MAX_PRIORITIES levels and go on; they built a stream name (and
     # the consumer a group) per level.
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.enqueue({"n": 0})
-        handled: list[int] = []
+    async def spoil(consumer: Consumer) -> None:
+        await redis.hset(TopicKeys(topic).meta, "priorities", 1_000_000)
+        await eventually(lambda: consumer._priorities == MAX_PRIORITIES)
 
-        async def handle(m: Message) -> None:
-            handled.append(m.payload["n"])
-
-        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
-        async with Running(consumer, handle):
-            await eventually(lambda: handled == [0])
-            await redis.hset(TopicKeys(topic).meta, "priorities", 1_000_000)
-            await eventually(lambda: consumer._priorities == MAX_PRIORITIES)
-            await producer.enqueue({"n": 1})
-            await eventually(lambda: handled == [0, 1])
-            assert consumer.running
+    await _beats_on_after(redis_url, redis, topic, spoil)
     async with Monitor(redis_url=redis_url) as monitor:  # which reads the count too
         view = await monitor.topic(topic)
     assert view is not None and view["priorities"] == MAX_PRIORITIES
