@@ -37,6 +37,21 @@ async def _produce(redis_url: str, topic: str, n: int, partitions: int) -> None:
         await producer.batch_enqueue([{"n": i} for i in range(n)])
 
 
+async def _next_member(
+    redis_url: str, topic: str, options: dict[str, Any], until: Callable[[Consumer], Any]
+) -> tuple[dict[int, int], Consumer]:
+    """Run another member until ``until(it)``; return the delivery count of what it ran."""
+    came: dict[int, int] = {}
+
+    async def record(m: Message) -> None:
+        came[m.payload["n"]] = m.deliveries
+
+    member = Consumer(topic, redis_url=redis_url, **options)
+    async with Running(member, record):
+        await eventually(lambda: until(member))
+    return came, member
+
+
 async def _left_hanging(consumer: Consumer) -> None:
     """Run ``consumer`` until its handler hangs on its first message, then stop it with a
     timeout: the handler is cancelled, without a result, as if it ended its process."""
@@ -333,14 +348,9 @@ async def test_what_a_forced_stop_never_ran_comes_as_a_first_delivery(
     await _produce(redis_url, topic, 10, partitions=1)
     options = {"batch_size": 10, "max_deliveries": 1, **FAST}
     await _left_hanging(Consumer(topic, redis_url=redis_url, **options))
-    ran: dict[int, int] = {}
-
-    async def record(m: Message) -> None:
-        ran[m.payload["n"]] = m.deliveries
-
-    second = Consumer(topic, redis_url=redis_url, **options)
-    async with Running(second, record):
-        await eventually(lambda: second.stats.handled == 9 and second.stats.dead_lettered == 1)
+    ran, _ = await _next_member(
+        redis_url, topic, options, lambda c: c.stats.handled == 9 and c.stats.dead_lettered == 1
+    )
     # 0 ran once, without a result: dead-lettered. 1-9 run, as first deliveries.
     assert ran == {n: 1 for n in range(1, 10)}
 
@@ -385,16 +395,9 @@ async def test_a_cut_before_a_redelivery_ran_keeps_its_count_of_runs(
 
     await stopped_when(first, hangs, hung)
     monkeypatch.setattr(Dispatcher, "_run_partition", run_partition)
-    ran: list[int] = []
-
-    async def record(m: Message) -> None:
-        ran.append(m.deliveries)
-
-    second = Consumer(topic, redis_url=redis_url, **options)
-    async with Running(second, record):
-        await eventually(lambda: second.stats.dead_lettered == 1)
+    ran, _ = await _next_member(redis_url, topic, options, lambda c: c.stats.dead_lettered == 1)
     assert cut == [3] and runs_seen == [2]
-    assert ran == []  # three runs already: dead-lettered, not run a fourth time
+    assert ran == {}  # three runs already: dead-lettered, not run a fourth time
 
 
 async def test_what_waited_behind_a_failure_when_its_partition_is_taken_afresh_is_given_back(
@@ -551,14 +554,9 @@ async def test_partitions_a_forced_stop_reaches_before_their_turn_come_as_a_firs
     await asyncio.create_task(first.process(forces_a_stop))
     await first.close()
     assert len(ran) == 1
-    came: dict[int, int] = {}
-
-    async def record(m: Message) -> None:
-        came[m.payload["n"]] = m.deliveries
-
-    second = Consumer(topic, redis_url=redis_url, **options)
-    async with Running(second, record):
-        await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 10)
+    came, second = await _next_member(
+        redis_url, topic, options, lambda c: c.stats.handled + c.stats.dead_lettered == 10
+    )
     assert second.stats.dead_lettered == 1  # the one that ran, without a result
     assert came == {n: 1 for n in range(10) if n not in ran}
 
@@ -594,16 +592,11 @@ async def test_a_forced_stop_settles_what_ran_and_gives_back_what_waited(
     await first.stop(timeout=0.3)
     await task
     await first.close()
-    came: dict[int, int] = {}
-
-    async def record(m: Message) -> None:
-        came[m.payload["n"]] = m.deliveries
-
-    second = Consumer(topic, redis_url=redis_url, **options)
     expected = {n: 1 for n in range(10) if n not in ran}
     heads = 2 if other == "fails" else 1  # ran without a result: dead-lettered
-    async with Running(second, record):
-        await eventually(lambda: _none_pending(redis, topic, 2))
+    came, second = await _next_member(
+        redis_url, topic, options, lambda c: _none_pending(redis, topic, 2)
+    )
     assert came == expected
     assert second.stats.dead_lettered == heads
 
@@ -654,14 +647,9 @@ async def test_messages_in_hand_when_a_forced_stop_cuts_the_read_ahead_come_as_f
     await stopped_when(first, handle, writing)
     monkeypatch.undo()
     assert ran == set(range(10))
-    came: dict[int, int] = {}
-
-    async def record(m: Message) -> None:
-        came[m.payload["n"]] = m.deliveries
-
-    second = Consumer(topic, redis_url=redis_url, **options)
-    async with Running(second, record):
-        await eventually(lambda: second.stats.handled + second.stats.dead_lettered == 20)
+    came, _ = await _next_member(
+        redis_url, topic, options, lambda c: c.stats.handled + c.stats.dead_lettered == 20
+    )
     assert came == {n: 1 for n in range(10, 30)}
 
 
@@ -681,14 +669,9 @@ async def test_a_forced_stop_during_a_settlement_keeps_it_for_the_leave(
             raise RuntimeError("1 fails")
 
     await stopped_when(first, fails_at_1, hung)
-    came: dict[int, int] = {}
-
-    async def record(m: Message) -> None:
-        came[m.payload["n"]] = m.deliveries
-
-    second = Consumer(topic, redis_url=redis_url, **options)
-    async with Running(second, record):
-        await eventually(lambda: _none_pending(redis, topic, 1))
+    came, second = await _next_member(
+        redis_url, topic, options, lambda c: _none_pending(redis, topic, 1)
+    )
     assert came == {2: 1, 3: 1}
     assert second.stats.dead_lettered == 0
     assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
