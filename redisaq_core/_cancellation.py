@@ -51,6 +51,7 @@ from ._delivery import OwnedPartition
 from ._failures import CALL_FAILURES
 from ._job_events import JobEvents
 from ._scripts import Script, ScriptCall
+from ._tasks import cancel_and_wait
 from .connection import AnyRedis
 from .errors import InvalidProgressError, JobFinishedError, JobNotFoundError, NotConnectedError
 from .keys import TopicKeys, parse_job_id
@@ -230,8 +231,7 @@ class RunningJobs:
         """Stop listening for cancellations (the consumer stopped)."""
         notices, self._notices = self._notices, None
         if self._subscribing is not None:
-            self._subscribing.cancel()
-            await asyncio.gather(self._subscribing, return_exceptions=True)
+            await cancel_and_wait(self._subscribing)
             self._subscribing = None
         if notices is not None:
             await notices.aclose()

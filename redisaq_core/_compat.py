@@ -10,6 +10,8 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from .keys import partition_count
+
 if TYPE_CHECKING:
     from .connection import AnyRedis
     from .keys import TopicKeys
@@ -54,5 +56,4 @@ def zero_is_none(value: Any) -> Any:
 
 async def stored_partitions(redis: AnyRedis, keys: TopicKeys) -> int:
     """The partition count stored for a topic (redisaq 0.1.5's ``get_num_partitions``)."""
-    raw = await redis.hget(keys.meta, "partitions")
-    return int(raw or 0)
+    return partition_count(await redis.hget(keys.meta, "partitions"))

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ._codec import optional_text
 from ._failures import REDIS_FAILURES
+from ._tasks import cancel_and_wait
 from .connection import AnyRedis
 from .errors import NotConnectedError
 
@@ -195,8 +196,7 @@ class JobEvents:
             return
         self._closed = True
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await cancel_and_wait(self._reader)
         async with self._lock:
             if self._pubsub is not None:
                 with contextlib.suppress(Exception):

@@ -29,7 +29,7 @@ from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_p
 from ._tracing import mark
 from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
-from .keys import TopicKeys, priority_levels
+from .keys import TopicKeys, partition_count, priority_levels
 
 __all__ = ["LEASE_VALIDITY", "GroupView", "LeaseState", "Membership", "lease_due"]
 
@@ -129,7 +129,7 @@ class Membership:
             args.append(check)
             reply = await HEARTBEAT(self.redis, keys, args)
             now, partitions, members, flat, version, other, levels, members_version, states = reply
-            if int(partitions) < 0:
+            if isinstance(partitions, int) and partitions < 0:  # a stored count is text
                 if self._joined:
                     raise DuplicateConsumerError(
                         f"consumer {self.name!r} of group {g!r} on topic {k.topic!r} was "
@@ -145,7 +145,7 @@ class Membership:
             self.renewed = {p: int(state) for p, state in zip(renew, states, strict=True)}
             if other:
                 self.previous_token = as_str(other)
-            count, priorities = int(partitions), priority_levels(levels)
+            count, priorities = partition_count(partitions), priority_levels(levels)
             if self._view is not None and not members and not flat and known:
                 # Nothing changed since the last view: the script sent no lists.
                 self._view = replace(self._view, now_ms=int(now), priorities=priorities)

@@ -65,12 +65,14 @@ from redis.crc import key_slot
 from .errors import ConfigurationError
 
 __all__ = [
+    "MAX_PARTITIONS",
     "MAX_PRIORITIES",
     "NAMESPACE",
     "RegistryKeys",
     "TopicKeys",
     "job_id",
     "parse_job_id",
+    "partition_count",
     "partition_slots",
     "priority_levels",
     "schedule_definitions",
@@ -83,6 +85,23 @@ _BAD_NAME = re.compile(r"[{}\s]")
 
 MAX_PRIORITIES = 16
 """The most priority levels a topic can have; a ``priority`` is ``0 .. MAX_PRIORITIES - 1``."""
+
+MAX_PARTITIONS = 65_536
+"""The most partitions a topic can have."""
+
+
+def partition_count(stored: object) -> int:
+    """A topic's partition count from the one stored in its metadata (``partitions``).
+
+    Another client may have written anything there: what is no whole number from 0 to
+    :data:`MAX_PARTITIONS` reads as 0, as if the metadata were gone (a member writes its
+    own count back then, and a reader shows no partitions).
+    """
+    try:
+        count = int(stored)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+    return count if 0 <= count <= MAX_PARTITIONS else 0
 
 
 def priority_levels(stored: object) -> int:

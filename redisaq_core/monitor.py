@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
-from .keys import TopicKeys
+from .keys import TopicKeys, partition_count
 from .metrics import COUNTERS, record_lag, topic_metrics, topic_series
 from .metrics.prometheus import render_prometheus
 from .registry import CONSUMER_SERVICE_TYPE, ServiceInfo, ServiceRegistry
@@ -256,7 +256,7 @@ class Monitor(RedisComponent):
         pipe = redis.pipeline(transaction=False)
         for name in names:
             pipe.hget(TopicKeys(name).meta, "partitions")
-        counts = [int(c or 0) for c in await pipe.execute()]
+        counts = [partition_count(c) for c in await pipe.execute()]
         pipe = redis.pipeline(transaction=False)
         for name, n in zip(names, counts, strict=True):
             for p in range(n):

@@ -45,6 +45,7 @@ from ._scripts import (
     ScriptCall,
     run_pipelined,
 )
+from ._tasks import cancel_and_wait
 from ._ticks import Ticker
 from ._tracing import send_spans
 from .connection import AnyRedis, RedisComponent
@@ -54,7 +55,14 @@ from .errors import (
     SerializationError,
     ServerOutOfMemoryError,
 )
-from .keys import MAX_PRIORITIES, TopicKeys, job_id, priority_levels
+from .keys import (
+    MAX_PARTITIONS,
+    MAX_PRIORITIES,
+    TopicKeys,
+    job_id,
+    partition_count,
+    priority_levels,
+)
 from .message import Message
 from .metrics import MetricsRecorder
 
@@ -140,7 +148,7 @@ class Producer(RedisComponent):
         self.topic = topic
         if maxlen is not None:
             integer(maxlen, "maxlen")
-        integer(init_partitions, "init_partitions")
+        integer(init_partitions, "init_partitions", maximum=MAX_PARTITIONS)
         integer(priorities, "priorities", maximum=MAX_PRIORITIES)
         number(result_ttl, "result_ttl", minimum=1, seconds=True)
         number(refresh_interval, "refresh_interval", above=0, seconds=True)
@@ -202,8 +210,7 @@ class Producer(RedisComponent):
     async def _on_close(self) -> None:
         await self._ticker.stop()
         if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            await cancel_and_wait(self._refresher)
             self._refresher = None
         if self._batcher is not None:
             await self._batcher.aclose()
@@ -234,17 +241,17 @@ class Producer(RedisComponent):
             await asyncio.sleep(self.refresh_interval)
             try:
                 raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
-            except REDIS_FAILURES as exc:
-                self.logger.warning("topic %s: cannot refresh partition count: %s", self.topic, exc)
-                continue
-            if levels is not None:
-                self._levels = max(self._levels, priority_levels(levels))
-            if raw is not None and int(raw) > self._partitions:
-                self._set_partitions(int(raw))
-            try:
+                if levels is not None:
+                    self._levels = max(self._levels, priority_levels(levels))
+                if partition_count(raw) > self._partitions:
+                    self._set_partitions(partition_count(raw))
                 await self._retention.sweep(self.redis, self._streams())
-            except REDIS_FAILURES as exc:
-                self.logger.warning("topic %s: cannot trim: %s", self.topic, exc)
+            except Exception as exc:  # Redis failed, or what other clients stored spoilt a read
+                traceback = not isinstance(exc, REDIS_FAILURES)
+                self.logger.warning(
+                    "topic %s: cannot refresh partitions or trim: %r", self.topic, exc,
+                    exc_info=traceback,
+                )  # fmt: skip
 
     def _streams(self) -> list[str]:
         return [
@@ -758,7 +765,7 @@ class Producer(RedisComponent):
         ``num_partitions=`` is redisaq 0.1.5's spelling.
         """
         partitions = renamed("num_partitions", "partitions", num_partitions, partitions)
-        integer(partitions, "partitions")
+        integer(partitions, "partitions", maximum=MAX_PARTITIONS)
         redis = self._redis or await self._ensure()
         try:
             count, levels = await ENSURE_PARTITIONS(

@@ -71,7 +71,7 @@ from .errors import (
     JobTimeoutError,
     SerializationError,
 )
-from .keys import TopicKeys, parse_job_id
+from .keys import TopicKeys, parse_job_id, partition_count
 
 __all__ = ["JobHandle", "JobRecord", "JobStatus", "ResultStore"]
 
@@ -444,7 +444,7 @@ class ResultStore(RedisComponent):
         counts = await pipe.execute()
         sources = [
             (TopicKeys(name), p) for name, n in zip(names, counts, strict=True)
-            for p in range(_int(n, 0) or 0)
+            for p in range(partition_count(n))
         ]  # fmt: skip
         return await _IndexMerge(self, redis, sources, wanted, limit).run()
 

@@ -479,6 +479,26 @@ async def test_a_priority_count_another_client_wrote_that_is_no_number_is_read_a
     assert "heartbeat failed" not in caplog.text
 
 
+@pytest.mark.parametrize("stored", ["abc", "-1", "1e12", "70000"])
+async def test_a_partition_count_another_client_spoilt_is_written_back(
+    redis_url: str, redis: Redis, topic: str, stored: str
+) -> None:
+    # Read as lost metadata: the member writes its own count back. Before, "abc" failed
+    # every heartbeat in the script, "-1" stopped the member as replaced by another
+    # instance, and "1e12" ended the heartbeats.
+    meta = TopicKeys(topic).meta
+
+    async def spoil(consumer: Consumer) -> None:
+        await redis.hset(meta, "partitions", stored)
+        await eventually(lambda: _stored_partitions(redis, meta, b"1"), message="written back")
+
+    await _beats_on_after(redis_url, redis, topic, spoil)
+
+
+async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
+    return bool(await redis.hget(meta, "partitions") == want)
+
+
 async def test_an_unexpected_error_in_a_heartbeat_does_not_end_the_heartbeats(
     redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -165,6 +165,52 @@ async def test_partition_increase_is_seen_by_other_producers(redis_url: str, top
         await eventually(lambda: a.partitions == 4, timeout=5)
 
 
+async def test_a_partition_count_another_client_spoilt_does_not_end_the_refresh(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Read as no count (0): the producer keeps its own, and sees a later increase. Before,
+    # "abc" ended its refresh task for good: it never saw new partitions again.
+    meta = TopicKeys(topic).meta
+    async with Producer(topic, redis_url=redis_url, init_partitions=2, refresh_interval=0.05) as a:
+        for raised, spoilt in enumerate(("abc", "1e12", "-3", "70000"), start=3):
+            await redis.hset(meta, "partitions", spoilt)
+            await redis.hset(meta, "partitions", raised)  # read before or after
+            await eventually(lambda n=raised: a.partitions == n, timeout=5)
+            assert await a.enqueue({"n": 1}, partition_key="n")
+        async with Producer(topic, redis_url=redis_url) as b:  # which writes a count back
+            assert b.partitions == 6
+        await redis.hset(meta, "partitions", "abc")
+        async with Producer(topic, redis_url=redis_url, init_partitions=3) as c:
+            assert c.partitions == 3
+        assert await redis.hget(meta, "partitions") == b"3"
+
+
+async def test_a_close_ends_a_refresh_that_lost_its_cancellation(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read whose reply comes as its task is cancelled can swallow the cancellation (as
+    # asyncio.wait_for does on Python 3.11): the close cancels again. Before, it waited
+    # for the refresh task for ever.
+    producer = Producer(topic, redis_url=redis_url, refresh_interval=0.01)
+    async with producer:
+        reading = asyncio.Event()
+        read = producer.redis.hmget
+
+        async def swallows_a_cancellation(*args: Any) -> Any:
+            reading.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                monkeypatch.setattr(producer.redis, "hmget", read)
+            return await read(*args)
+
+        monkeypatch.setattr(producer.redis, "hmget", swallows_a_cancellation)
+        await asyncio.wait_for(reading.wait(), 5)
+        closing = asyncio.create_task(producer.close())
+        await asyncio.wait_for(asyncio.shield(closing), 5)
+    assert producer._refresher is None
+
+
 async def test_unserializable_payload_sends_nothing(
     redis_url: str, redis: Redis, topic: str
 ) -> None:

@@ -118,7 +118,7 @@ from ..errors import (
     ConfigurationError,
     PartitionKeyError,
 )
-from ..keys import TopicKeys, validate_name
+from ..keys import TopicKeys, partition_count, validate_name
 from ..message import Message, Received
 from ..metrics import MetricsRecorder
 from ._lists import ListFanOut
@@ -321,8 +321,7 @@ class FanOut(RedisComponent):
     async def _prepare(self, redis: AnyRedis) -> None:
         count = self.target_partitions
         if count is None:
-            raw = await redis.hget(self._keys.meta, "partitions")
-            count = max(1, int(raw or 0))
+            count = max(1, partition_count(await redis.hget(self._keys.meta, "partitions")))
         self._writer.new_partitions = count
         await self._writer.refresh(redis)  # creates the targets that have no metadata yet
         await redis.sadd(TopicKeys.topic_index(), *(t.topic for t in self.targets))

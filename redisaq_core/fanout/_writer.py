@@ -28,7 +28,7 @@ from .._scripts import (
 from .._scripts import run_pipelined as _run
 from ..connection import AnyRedis
 from ..errors import RedisaqError
-from ..keys import TopicKeys, priority_levels
+from ..keys import TopicKeys, partition_count, priority_levels
 from ..message import Received
 from ..metrics import MetricsRecorder
 
@@ -172,7 +172,7 @@ class Writer:
         for target in self.targets:
             pipe.hmget(target.keys.meta, ["partitions", "priorities"])
         for target, (partitions, levels) in zip(self.targets, await pipe.execute(), strict=True):
-            count = int(partitions or 0)
+            count = partition_count(partitions)
             if count < 1:  # the metadata is gone (a flushed Redis): create it again
                 count, levels = await ENSURE_PARTITIONS(
                     redis, [target.keys.meta], [self.new_partitions, 0, 1]

@@ -13,10 +13,12 @@
 --       release, which joins and leaves without raising the members version
 -- The assignment hash holds "_v", its version, raised by each commit.
 -- Returns {now_ms, partitions, {member...}, {partition, owner, ...}, version, replaced_token,
--- priorities (as stored), members_version, {lease state...}}; the member and assignment
--- lists are empty ({}) when nothing changed since "known" (the caller keeps what it has);
--- a lease state is lease.lua's (1 renewed, 2 acquired, 0 held by another). {now_ms, -1, {}, {}, 0,
--- holder_token, 1, 0, {}} when another live instance holds the name.
+-- priorities, members_version, {lease state...}}; the counts (partitions, priorities) are
+-- text as stored, for the member to read; the member and assignment lists are empty ({})
+-- when nothing changed since "known" (the caller keeps what it has); a lease state is
+-- lease.lua's (1 renewed, 2 acquired, 0 held by another). {now_ms, -1, {}, {}, 0,
+-- holder_token, 1, 0, {}} (partitions the number -1) when another live instance holds
+-- the name.
 local members, tokens, meta, assignment, mv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -35,9 +37,9 @@ local function versions()
   local info = redis.call('HMGET', meta, 'partitions', 'priorities')
   local v = tonumber(redis.call('HGET', assignment, '_v') or '0')
   local m = tonumber(redis.call('GET', mv) or '0')
-  local partitions = tonumber(info[1] or '0')
+  local partitions = info[1] or '0'
   local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
-  return partitions, info[2] or '1', v, m, seen  -- the count as stored: the member reads it
+  return partitions, info[2] or '1', v, m, seen  -- counts as stored: the member reads them
 end
 
 -- A steady beat without leases: nothing changed since "known" (a static restart that takes

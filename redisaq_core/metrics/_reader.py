@@ -11,7 +11,7 @@ from typing import Any
 from .._codec import shown_text
 from .._scripts import Script, run_pipelined
 from ..connection import AnyRedis
-from ..keys import TopicKeys, priority_levels
+from ..keys import TopicKeys, partition_count, priority_levels
 from ._recorder import (
     _GAUGE_FORGET_MS,
     _GAUGE_GRACE_MS,
@@ -34,10 +34,12 @@ LAG_SCAN_LIMIT = 10_000
 
 
 def _number(value: Any) -> float:
+    """A stored number; what another client wrote that is no finite number reads as 0."""
     try:
-        return float(shown_text(value))
+        number = float(shown_text(value))
     except ValueError:
         return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _empty_histogram() -> dict[str, Any]:
@@ -240,7 +242,7 @@ class _TopicReader:
         )
         self.now_ms = int(sec) * 1000 + int(usec) // 1000
         self.exists = bool(meta)
-        self.partitions = int(_number(meta.get(b"partitions", 0)))
+        self.partitions = partition_count(meta.get(b"partitions", 0))
         self.priorities = priority_levels(meta.get(b"priorities", 1))
         if b"maxlen" in meta:
             self.maxlen = int(_number(meta[b"maxlen"]))

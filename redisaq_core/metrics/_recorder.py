@@ -17,6 +17,7 @@ from typing import Any
 
 from .._failures import REDIS_FAILURES
 from .._scripts import Script
+from .._tasks import cancel_and_wait
 from ..connection import AnyRedis
 from ..errors import ConfigurationError
 from ..keys import TopicKeys, validate_name
@@ -335,8 +336,7 @@ class MetricsRecorder:
             return
         self._stopped = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         try:
             await asyncio.shield(self._flush(final=True))

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._checks import number
 from .._failures import CALL_FAILURES
-from .._tasks import wait_event
+from .._tasks import cancel_and_wait, wait_event
 from ..errors import ConfigurationError, NotConnectedError
 from ._model import ServiceInfo, WorkerStatus
 from ._registry import ServiceRegistry
@@ -221,8 +221,7 @@ class HealthMonitor:
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> HealthMonitor:
         await self.start()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._checks import number
 from .._failures import CALL_FAILURES
+from .._tasks import cancel_and_wait
 from ..errors import ConfigurationError, NotConnectedError, RegistryError
 from ..keys import validate_name
 from ._model import ServiceInfo, ServiceStatus, ShutdownCallback
@@ -217,8 +218,7 @@ class Keepalive:
         self._stopped = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         if not (self._started and deregister):
             return
         try:

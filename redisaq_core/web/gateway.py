@@ -32,7 +32,7 @@ from ..errors import (
     PartitionKeyError,
     SerializationError,
 )
-from ..keys import TopicKeys, validate_name
+from ..keys import TopicKeys, partition_count, validate_name
 from ..monitor import Monitor
 from ..producer import Producer
 from ..registry import (
@@ -494,7 +494,7 @@ class Gateway:
             partition, after = int(found.group(1)), found.group(2)
         keys = TopicKeys(topic)
         client = self.client
-        partitions = int(await client.hget(keys.meta, "partitions") or 0)
+        partitions = partition_count(await client.hget(keys.meta, "partitions"))
         items: list[dict[str, Any]] = []
         used, batch = 0, min(limit, 10)
         while partition < partitions:
