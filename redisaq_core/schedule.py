@@ -49,6 +49,8 @@ MissedTicks = Literal["skip", "catch_up"]
 
 MIN_EVERY = 0.01
 """The shortest ``every`` interval, in seconds."""
+MAX_EVERY = 10 * 366 * 86_400
+"""The longest ``every`` interval, in seconds (ten years)."""
 MAX_CATCH_UP = 1000
 """The most missed ticks one ``catch_up`` schedule enqueues when a scheduler starts."""
 _CRON_EXTRA = "pip install 'redisaq-core[cron]'"
@@ -69,7 +71,7 @@ class Schedule:
     ``name`` identifies the schedule (processes that run the same name share its
     ticks). Exactly one of ``cron`` (a cron expression such as ``"*/5 * * * *"``,
     read by croniter, the ``cron`` extra; a sixth field counts seconds) and
-    ``every`` (a ``timedelta`` or seconds, at least 0.01) says when it ticks;
+    ``every`` (a ``timedelta`` or seconds, 0.01 to ten years) says when it ticks;
     ``timezone`` (an IANA name, default ``"UTC"``) is the zone a cron expression
     is read in. ``topic``: where ticks go; a schedule given to a producer may
     leave it out (the producer's topic). ``partition_key``, ``priority``: as for
@@ -123,7 +125,8 @@ class Schedule:
             self._cron = _check_cron(cron)
         else:
             given = every.total_seconds() if isinstance(every, timedelta) else every
-            self._every_ms = round(number(given, "every", minimum=MIN_EVERY, seconds=True) * 1000)
+            seconds = number(given, "every", minimum=MIN_EVERY, maximum=MAX_EVERY, seconds=True)
+            self._every_ms = round(seconds * 1000)
             self.every = self._every_ms / 1000  # whole milliseconds
         self.payload = payload
         if partition_key is not None and (not isinstance(partition_key, str) or not partition_key):
@@ -346,7 +349,7 @@ class Scheduler(RedisComponent):
             if schedule.name != _text(name) or schedule.topic is None:
                 raise ConfigurationError("its name or topic does not match the entry")
             return schedule
-        except (orjson.JSONDecodeError, ConfigurationError) as exc:
+        except Exception as exc:  # whatever another client stored there: not a schedule
             key = _text(name).encode() + b"\0" + (raw if isinstance(raw, bytes) else raw.encode())
             if key not in self._reported:
                 self._reported.add(key)

@@ -287,6 +287,12 @@ async def test_monitor_loop_emits_async_events_and_survives_bad_callbacks_and_re
     await registry.register_service(_info("quiet", "inference"))
     await redis.hset(registry.keys.service("junk"), "port", "x")
     await redis.zadd(registry.keys.active, {"junk": 1e10})
+    # An id that is no UTF-8, and metadata nested past the JSON decoder's depth: they
+    # ended the monitor's loop.
+    await redis.hset(registry.keys.service("").encode() + b"w\xff", "status", "x")
+    await redis.zadd(registry.keys.active, {b"w\xff": 1e10})
+    await registry.register_service(_info("deep"))
+    await redis.hset(registry.keys.service("deep"), "metadata", "[" * 100_000)
     with caplog.at_level(logging.ERROR, logger="redisaq_core"):
         async with HealthMonitor(
             registry, timeout=0.2, disconnect_timeout=30, interval=0.05, on_change=on_change
@@ -296,7 +302,8 @@ async def test_monitor_loop_emits_async_events_and_survives_bad_callbacks_and_re
             assert ("explodes", WorkerStatus.NOT_RESPONDING) in seen
         assert not monitor.running
     assert "callback bug" in caplog.text
-    assert all(sid != "junk" for sid, _ in seen)
+    assert all(sid not in ("junk", "deep") for sid, _ in seen)
+    assert (await registry.snapshot()).malformed == ["deep", "junk", "w\ufffd"]
     await monitor.stop()  # idempotent
 
 

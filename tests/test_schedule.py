@@ -60,6 +60,7 @@ async def _server_ms(redis: Redis) -> int:
         ({"every": -1}, "every must be >= 0.01"),
         ({"every": timedelta(seconds=-5)}, "every must be >= 0.01"),
         ({"every": 0.001}, "every must be >= 0.01"),
+        ({"every": 1e306}, "every must be >= 0.01 and <= 3.16224e+08, got 1e+306"),
         ({"every": math.nan}, "every must be a finite number of seconds"),
         ({"every": "5"}, "every must be a finite number"),
         ({"cron": "61 * * * *"}, "cron expression '61 * * * *' is not valid"),
@@ -253,6 +254,29 @@ async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
     now = await _server_ms(redis)
     assert now - 5000 < (await redis.zscore(schedule_ticks(), name) or 0) <= now
     await redis.zrem(schedule_ticks(), name)
+
+
+async def test_a_definition_no_schedule_can_have_is_skipped_and_the_others_tick_on(
+    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another client stores an interval past any a Schedule takes: it is skipped as
+    # unreadable. Before, its OverflowError ended the scheduler's loop, and every schedule.
+    name, bad = _name(), _name()
+    scheduler = Scheduler(redis_url=redis_url, reload_interval=0.1)
+    async with scheduler:
+        await scheduler.add(Schedule(name, every=0.1, topic=topic))
+        running = asyncio.create_task(scheduler.run([name, bad]))
+        await eventually(lambda: _count(redis, topic, 1, 1), timeout=10, message="ticking")
+        stored = {"name": bad, "topic": topic, "every": 1e306}
+        await redis.hset(schedule_definitions(), bad, json.dumps(stored))
+        await eventually(lambda: f"stored schedule '{bad}' can't be read" in caplog.text)
+        ticked = await redis.xlen(TopicKeys(topic).stream(0))
+        await eventually(lambda: _count(redis, topic, 1, ticked + 3), timeout=10, message="on")
+        assert not running.done()
+        await scheduler.stop()
+        await asyncio.wait_for(running, 10)
+        await scheduler.remove(name)
+        await redis.hdel(schedule_definitions(), bad)
 
 
 async def test_a_scheduler_stopped_in_the_middle_of_many_ticks_stops_at_once(

@@ -203,9 +203,10 @@ class HealthMonitor:
                 failing = False
             except NotConnectedError:
                 return
-            except CALL_FAILURES as exc:
+            except Exception as exc:  # Redis failed, or records of other clients spoilt a read
                 if not failing:
-                    log.warning("health monitor: check failed: %s", exc)
+                    unknown = not isinstance(exc, CALL_FAILURES)
+                    log.warning("health monitor: check failed: %r", exc, exc_info=unknown)
                 failing = True
             await wait_event(self._stopping, self.interval)
 

@@ -211,7 +211,7 @@ def _parse_record(service_id: str, raw: Mapping[Any, Any]) -> tuple[ServiceInfo,
         raise bad(f"last_seen is not a number: {fields['last_seen'][:60]!r}") from None
     try:
         metadata = json.loads(fields.get("metadata") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # too deeply nested for the decoder too
         raise bad(f"metadata is not JSON: {fields['metadata'][:60]!r}") from None
     if not isinstance(metadata, dict):
         raise bad(f"metadata is not a JSON object: {fields['metadata'][:60]!r}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .._checks import integer, number
-from .._codec import as_str
+from .._codec import as_str, shown_text
 from .._scripts import (
     REGISTRY_CLEANUP,
     REGISTRY_CLEAR,
@@ -262,7 +262,11 @@ class ServiceRegistry(RedisComponent):
         records: list[ServiceRecord] = []
         malformed: list[str] = []
         for i in range(2, len(reply), 4):
-            service_id = as_str(reply[i])
+            try:
+                service_id = as_str(reply[i])
+            except UnicodeDecodeError:  # an id another client wrote: no service of ours
+                malformed.append(shown_text(reply[i]))
+                continue
             fields = reply[i + 3]
             raw = dict(zip(fields[::2], fields[1::2], strict=True))
             try:
