@@ -83,7 +83,8 @@ class DelayedMover:
         self.logger = logger
         self.moved = 0
         self._redis: AnyRedis | None = None
-        self._next: dict[int, tuple[OwnedPartition, float]] = {}
+        # When each partition's next entry is due, for the hold and the levels it was seen at.
+        self._next: dict[int, tuple[OwnedPartition, int, float]] = {}
         self._hints: dict[int, float] = {}
         self._offset: float | None = None
         self._event = asyncio.Event()
@@ -123,7 +124,8 @@ class DelayedMover:
     def _due(self, part: OwnedPartition) -> float:
         """When the partition's next entry is due (local time; -inf: unknown, look now)."""
         known = self._next.get(part.number)
-        when = known[1] if known is not None and known[0] is part else -math.inf
+        seen = known is not None and known[0] is part and known[1] == len(part.streams)
+        when = known[2] if known is not None and seen else -math.inf
         return min(when, self._hints.get(part.number, math.inf))
 
     def _nudged(self, data: Any) -> None:
@@ -147,6 +149,9 @@ class DelayedMover:
         while True:
             now = loop.time()
             parts = [p for p in self.owned.values() if p.streams and p.valid_until > now]
+            lapsed = [p for p in self.owned.values() if p.streams and p.valid_until <= now]
+            for part in lapsed:  # its lease may have lapsed: looked at once it is renewed
+                self._next.pop(part.number, None)
             every = self._check_all or now - last_all >= self.check_interval
             todo = [p for p in parts if every or self._due(p) <= now]
             if every:
@@ -154,11 +159,12 @@ class DelayedMover:
             if todo:
                 try:
                     await self._move(todo)
-                except REDIS_FAILURES as exc:
+                except Exception as exc:  # Redis failed, or what other clients stored spoilt it
                     if not failing:
                         self.logger.warning(
-                            "consumer %s: cannot move delayed entries yet: %s", self.name, exc
-                        )
+                            "consumer %s: cannot move delayed entries yet: %r", self.name, exc,
+                            exc_info=not isinstance(exc, REDIS_FAILURES),
+                        )  # fmt: skip
                     failing = True
                     await self._sleep(min(self.check_interval, 1.0))
                     continue
@@ -167,17 +173,24 @@ class DelayedMover:
                 failing = False
                 continue
             wake = min([self._due(p) for p in parts] + [last_all + self.check_interval])
+            if lapsed:  # a heartbeat renews the lease without a wake()
+                wake = min(wake, now + min(self.check_interval, 1.0))
             await self._sleep(wake - loop.time())
 
     async def _sleep(self, seconds: float) -> None:
         self._event.clear()
         await wait_event(self._event, max(seconds, 0.001))
 
-    def _call(self, part: OwnedPartition, jobs: list[str]) -> ScriptCall:
-        keys = [part.lease, self.keys.jobs(part.number), self.keys.dead_letters(part.number)]
+    def _note(self, part: OwnedPartition, when: float) -> None:
+        self._next[part.number] = (part, len(part.streams), when)
+
+    def _call(self, part: OwnedPartition, jobs: list[bytes]) -> ScriptCall:
+        keys: list[Any] = [part.lease, self.keys.jobs(part.number)]
+        keys.append(self.keys.dead_letters(part.number))
         for level, stream in enumerate(part.streams):
             keys += [self.keys.delayed(part.number, level), stream]
-        keys += [self.keys.job(part.number, job) for job in jobs]
+        prefix = self.keys.job(part.number, "").encode()
+        keys += [prefix + job for job in jobs]  # as stored: another client's may be no UTF-8
         args = [
             self.token, len(part.streams), MOVE_LIMIT, self.keys.job_channel, self.keys.topic,
             self.group, self.name, part.number, *jobs,
@@ -188,14 +201,14 @@ class DelayedMover:
         """One move call per partition (pipelined), again for those that asked for job keys."""
         assert self._redis is not None
         loop = asyncio.get_running_loop()
-        todo: dict[OwnedPartition, list[str]] = {part: [] for part in parts}
+        todo: dict[OwnedPartition, list[bytes]] = {part: [] for part in parts}
         for part in parts:
             self._hints.pop(part.number, None)  # the calls below see what they announced
         for _ in range(8):
             calls = [self._call(part, jobs) for part, jobs in todo.items()]
             replies = await run_pipelined(self._redis, calls)
             arrived = loop.time() * 1000.0
-            again: dict[OwnedPartition, list[str]] = {}
+            again: dict[OwnedPartition, list[bytes]] = {}
             for part, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, BaseException):
                     # This partition only (a key of the wrong type, a node failing over):
@@ -206,28 +219,30 @@ class DelayedMover:
                             self.name, part.number, reply,
                         )  # fmt: skip
                     self._failing.add(part.number)
-                    self._next[part.number] = (part, loop.time() + min(self.check_interval, 1.0))
+                    self._note(part, loop.time() + min(self.check_interval, 1.0))
                     continue
                 self._failing.discard(part.number)
-                if int(reply[0]) < 0:  # the lease is no longer ours: the heartbeat sees to it
-                    self._next[part.number] = (part, math.inf)
+                if int(reply[0]) < 0:
+                    # The lease is not ours now: the heartbeat drops the partition, or takes
+                    # the lease back (it lapsed while Redis was away) under this same hold.
+                    self._note(part, loop.time() + min(self.check_interval, 1.0))
                     continue
                 moved, next_due, server_now = int(reply[0]), int(reply[1]), int(reply[2])
                 self._offset = server_now - arrived
                 self.moved += moved
-                wanted = [optional_text(j) or "" for j in reply[3:]]
+                wanted = [j if isinstance(j, bytes) else str(j).encode() for j in reply[3:]]
                 if wanted:
                     again[part] = wanted
                     continue
                 when = math.inf if next_due < 0 else self._local(next_due)
                 if moved == 0 and next_due >= 0 and next_due <= server_now:
                     when = loop.time() + 0.05  # due but not movable now: no spin
-                self._next[part.number] = (part, when)
+                self._note(part, when)
             if not again:
                 return
             todo = again  # entries of jobs: called again with their records' keys
         for part in todo:  # still asking after all those calls: look again a little later
-            self._next[part.number] = (part, loop.time() + 0.05)
+            self._note(part, loop.time() + 0.05)
 
     # ---- nudges ------------------------------------------------------------------------
 

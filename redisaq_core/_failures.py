@@ -33,6 +33,7 @@ from redis.exceptions import (
     ClusterError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     SlotNotCoveredError,
@@ -56,6 +57,7 @@ __all__ = [
 CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
     ClusterDownError,
     ClusterError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -65,7 +67,8 @@ CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
 TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
 no reachable node serves, ``ClusterError`` ("TTL exhausted") its own for a call
 redirected or answered TRYAGAIN more often than it follows (a slot whose keys
-are still moving).
+are still moving), ``RedisClusterException`` its own when no node of the cluster
+can be reached (``RedisClusterUnreachableError``).
 """
 
 UNREACHABLE: tuple[type[Exception], ...] = (

@@ -42,7 +42,7 @@ async def finish_shielded(
     ``limit``: the seconds it may take (``None``: no limit); then it is cancelled. A
     cancellation of the caller is passed on, unless ``forced()`` says, when it comes,
     that it was meant to end the wait (the caller goes on): then the step is cancelled
-    and the cancellation taken back.
+    and the cancellation taken back. A step that fails is logged: the caller goes on.
     """
     job = asyncio.ensure_future(step)
     try:
@@ -50,6 +50,8 @@ async def finish_shielded(
         return True
     except asyncio.TimeoutError:
         job.cancel()
+    except Exception as exc:
+        log.warning("%s failed: %r", getattr(step, "__qualname__", step), exc)
     except asyncio.CancelledError:
         if not forced():
             raise

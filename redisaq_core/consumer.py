@@ -476,7 +476,7 @@ class Consumer(RedisComponent):
         """
         limit = self.heartbeat_ttl if self._forced else None
         if not await finish_shielded(step, limit, forced=lambda: self._forced):
-            self.logger.warning("consumer %s: Redis did not answer while leaving", self.name)
+            self.logger.warning("consumer %s: a step of leaving did not finish", self.name)
 
     def _interrupt_read(self) -> None:
         """End a blocking read early (stop, or partitions gained or revoked)."""

@@ -209,3 +209,34 @@ def _topic_elsewhere(cluster: EmbeddedCluster, partitions: int) -> tuple[str, in
 async def _cluster_down(client: Redis) -> bool:
     info: Any = await client.cluster("INFO")
     return bool(info.get("cluster_state") == "fail")
+
+
+async def test_a_consumer_rides_out_a_whole_cluster_unreachable_for_seconds() -> None:
+    """No node answers for a few seconds: redis-py then raises its own
+    ``RedisClusterUnreachableError``, no ``RedisError``. It used to end the consumer's
+    loop and its delayed-entry mover, and stop() then waited for ever. And a delayed
+    entry of a partition whose lease lapsed meanwhile waited for the mover's next full
+    check (a minute): a renewed lease wakes nothing."""
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]
+    with EmbeddedCluster(masters=1, node_timeout_ms=1000, extra_args=aof) as cluster:
+        topic = f"cu-{uuid.uuid4().hex[:8]}"
+        handled: set[int] = set()
+
+        async def handle(m: Message) -> None:
+            handled.add(m.payload["n"])
+
+        options: dict[str, Any] = {"heartbeat_interval": 0.3, "poll_interval": 0.2}
+        consumer = Consumer(topic, redis_url=cluster.url, **options)
+        async with Producer(topic, redis_url=cluster.url) as producer:
+            async with Running(consumer, handle):
+                await producer.enqueue({"n": 0})
+                await eventually(lambda: handled == {0}, timeout=10)
+                await producer.enqueue({"n": 1}, delay=3.0)  # due while no node answers
+                dead = cluster.kill_master(0)
+                await asyncio.sleep(4.0)  # the outage itself: nothing to wait for
+                await asyncio.to_thread(cluster.restart_node, dead)
+                await cluster.wait_ok_async(30)
+                await _enqueue_retrying(producer, [{"k": 2, "n": 2}])
+                await eventually(lambda: handled == {0, 1, 2}, timeout=30)
+                assert consumer.running
+            await asyncio.wait_for(consumer.close(), 10)

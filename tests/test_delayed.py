@@ -353,6 +353,50 @@ async def test_a_member_written_by_another_client_goes_to_the_dead_letters(
         assert await _scheduled(redis, topic) == 0
 
 
+async def test_a_member_whose_job_id_is_no_utf8_blocks_nothing_behind_it(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The mover asks for that job's record by the id as stored; it sent back a decoded
+    # id, which the script never matched: the level stopped there for good.
+    keys = TopicKeys(topic)
+    got: list[Any] = []
+
+    async def handler(m: Message) -> None:
+        got.append(m.payload)
+
+    def field(name: bytes, value: bytes) -> bytes:
+        return b"%08x" % len(name) + name + b"%08x" % len(value) + value
+
+    member = b"0" * 16 + field(b"p", b'{"n": 0}') + field(b"j", b"\xff\xfe-job")
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await redis.zadd(keys.delayed(0), {member: 1})
+        await producer.enqueue({"n": 1}, delay=0.1)
+        consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
+        async with Running(consumer, handler):
+            await eventually(lambda: {"n": 1} in got, timeout=5, message="the one behind it")
+        assert await _scheduled(redis, topic) == 0
+
+
+async def test_a_delayed_message_at_a_priority_level_added_later_is_moved_on_time(
+    redis_url: str, topic: str
+) -> None:
+    # The nudge of the new level's entry comes before the member reads that level: it used
+    # to note "nothing due" for the partition and wait for its next full check (a minute).
+    got: list[int] = []
+
+    async def handler(m: Message) -> None:
+        got.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 0})
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=1, poll_interval=1)
+        async with Running(consumer, handler):
+            await eventually(lambda: got == [0])
+            async with Producer(topic, redis_url=redis_url, priorities=3) as more:
+                await more.enqueue({"n": 1}, priority=2, delay=0.5)
+                await eventually(lambda: got == [0, 1], timeout=10, message="moved on time")
+
+
 async def test_foreign_data_in_the_delayed_keys_or_on_the_due_channel_stops_nothing(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
