@@ -144,7 +144,7 @@ def parse_progress(raw: bytes | None) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # another client's: no JSON, or nested too deep
         return None
 
 

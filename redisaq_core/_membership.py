@@ -150,8 +150,8 @@ class Membership:
                 # Nothing changed since the last view: the script sent no lists.
                 self._view = replace(self._view, now_ms=int(now), priorities=priorities)
                 return self._view
-            stored = {int(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
-            live = tuple(as_str(m) for m in members)
+            stored = _assignment(flat)
+            live = tuple(m.decode() for m in members if _utf8(m))
             wanted = assign(live, count, stored)
             view = GroupView(int(now), count, live, wanted, priorities)
             if wanted == stored:
@@ -226,3 +226,25 @@ class Membership:
         await LEAVE(
             self.redis, [k.members(g), k.tokens(g), k.members_version(g)], [self.name, self.token]
         )
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _assignment(flat: list[bytes]) -> dict[int, str]:
+    """The stored assignment, but for fields another client wrote that name no partition.
+
+    Those are left out (a partition no member owns yet): the next commit writes over them.
+    """
+    stored: dict[int, str] = {}
+    for partition, owner in zip(flat[::2], flat[1::2], strict=True):
+        try:
+            stored[int(partition)] = as_str(owner)
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return stored

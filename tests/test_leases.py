@@ -499,6 +499,27 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
     return bool(await redis.hget(meta, "partitions") == want)
 
 
+@pytest.mark.parametrize("spoilt", ["assignment", "member"])
+async def test_a_group_record_another_client_spoilt_stops_nothing(
+    redis_url: str, redis: Redis, topic: str, spoilt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An assignment field that names no partition, or a member name that is no UTF-8, is
+    # left out of the member's view. Before, every heartbeat failed on it, and the member
+    # stopped reading once its leases' local deadline passed.
+    keys = TopicKeys(topic)
+
+    async def spoil(consumer: Consumer) -> None:
+        if spoilt == "assignment":
+            await redis.hset(keys.assignment(consumer.group), "x", "y")
+        else:
+            score = await redis.zscore(keys.members(consumer.group), consumer.name)
+            await redis.zadd(keys.members(consumer.group), {b"\xff\xfe": score or 0})
+        await redis.incr(keys.members_version(consumer.group))  # members look again
+
+    await _beats_on_after(redis_url, redis, topic, spoil)
+    assert "heartbeat failed" not in caplog.text
+
+
 async def test_an_unexpected_error_in_a_heartbeat_does_not_end_the_heartbeats(
     redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:

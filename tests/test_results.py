@@ -282,6 +282,11 @@ async def test_a_listing_skips_records_another_client_replaced(
     assert [r.id for r in await store.list_jobs(topic)] == [kept]
     record = await store.get(kept)
     assert record is not None and record.result_ttl is None
+    # Progress nested past the JSON decoder's depth reads as none (it raised RecursionError).
+    await redis.hset(TopicKeys(topic).job(0, kept), "progress", "[" * 100_000)
+    record = await store.get(kept)
+    assert record is not None and record.progress is None
+    assert [r.id for r in await store.list_jobs(topic)] == [kept]
 
 
 async def test_list_jobs_newest_first_across_topics_and_partitions(

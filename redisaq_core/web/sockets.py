@@ -562,9 +562,11 @@ class DashboardHub:
             self._poke.clear()
             try:
                 frame = dumps(await self.gateway.snapshot())
-            except CALL_FAILURES as exc:
-                log.warning("dashboard: cannot read the snapshot: %s", exc)
-                frame = dumps({"type": "error", "detail": "Redis unavailable"})
+            except Exception as exc:  # Redis failed, or records of other clients spoilt a read
+                unknown = not isinstance(exc, CALL_FAILURES)
+                log.warning("dashboard: cannot read the snapshot: %r", exc, exc_info=unknown)
+                detail = "cannot read the snapshot" if unknown else "Redis unavailable"
+                frame = dumps({"type": "error", "detail": detail})
             await asyncio.gather(*(self._send(ws, frame) for ws in list(self._sockets)))
             await asyncio.sleep(0.2)
             await wait_event(self._poke, self.interval)

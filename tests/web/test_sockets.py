@@ -19,6 +19,7 @@ from redisaq_core import Producer, ServiceRegistry
 from redisaq_core.connection import create_client
 from redisaq_core.keys import TopicKeys
 from redisaq_core.web import ManagerClient
+from redisaq_core.web.gateway import Gateway
 from redisaq_core.web.security import token_subprotocol
 from tests.helpers import Running, eventually
 from tests.web.conftest import LiveGateway, consumer, echo
@@ -332,6 +333,29 @@ async def test_dashboard_socket_sends_snapshots(live: LiveGateway, topic: str) -
         while not any(w["worker_id"] == worker_id for w in snapshot["workers"]):
             snapshot = await recv(ws)
         assert snapshot["workers"][0]["status"] == "registered"
+
+
+async def test_a_snapshot_that_fails_unexpectedly_does_not_end_the_dashboard(
+    live: LiveGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anything but a failed Redis call (a record other clients spoilt, say) ended the
+    # dashboard's loop: every open dashboard froze. Now it is an error frame, and on.
+    read = Gateway.snapshot
+    broken = True
+
+    async def fails_once(self: Gateway) -> dict[str, Any]:
+        nonlocal broken
+        if broken:
+            broken = False
+            raise ValueError("a record no reader can read")
+        return await read(self)
+
+    monkeypatch.setattr(Gateway, "snapshot", fails_once)
+    async with connect(f"{live.ws_url}/ws/dashboard") as ws:
+        frame = await recv(ws)
+        assert frame == {"type": "error", "detail": "cannot read the snapshot"}
+        await ws.send('{"type": "refresh"}')
+        assert (await recv(ws))["type"] == "snapshot"
 
 
 async def test_sockets_from_other_origins_are_refused(live: LiveGateway) -> None:
