@@ -97,11 +97,8 @@ def partition_count(stored: object) -> int:
     :data:`MAX_PARTITIONS` reads as 0, as if the metadata were gone (a member writes its
     own count back then, and a reader shows no partitions).
     """
-    try:
-        count = int(stored)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return 0
-    return count if 0 <= count <= MAX_PARTITIONS else 0
+    count = _whole(stored)
+    return count if count is not None and count <= MAX_PARTITIONS else 0
 
 
 def priority_levels(stored: object) -> int:
@@ -110,11 +107,20 @@ def priority_levels(stored: object) -> int:
     Another client may have written anything there: what is no whole number reads as
     1, and a count past :data:`MAX_PRIORITIES` as that.
     """
-    try:
-        levels = int(stored)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return 1
-    return min(max(int(levels), 1), MAX_PRIORITIES)
+    levels = _whole(stored)
+    return 1 if levels is None else min(max(levels, 1), MAX_PRIORITIES)
+
+
+def _whole(stored: object) -> int | None:
+    """A stored count: an integer reply, or text of ASCII digits only, as scripts read it.
+
+    ``int()`` would also take "+3", " 3" and "3_0", which ``ensure_partitions.lua`` writes
+    over.
+    """
+    if isinstance(stored, int) and not isinstance(stored, bool):
+        return stored if stored >= 0 else None
+    text = stored.decode("ascii", "replace") if isinstance(stored, bytes) else stored
+    return int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else None
 
 
 def validate_name(value: object, argument: str) -> str:

@@ -479,7 +479,7 @@ async def test_a_priority_count_another_client_wrote_that_is_no_number_is_read_a
     assert "heartbeat failed" not in caplog.text
 
 
-@pytest.mark.parametrize("stored", ["abc", "-1", "1e12", "70000"])
+@pytest.mark.parametrize("stored", ["abc", "-1", "1e12", "70000", "2.0", " 2"])
 async def test_a_partition_count_another_client_spoilt_is_written_back(
     redis_url: str, redis: Redis, topic: str, stored: str
 ) -> None:

@@ -2,17 +2,19 @@
 -- KEYS: meta (hash)
 -- ARGV: partitions, exact ("1": fail when the stored count is higher), priorities
 -- Returns {partitions, priorities} in force afterwards, or an error when asked to lower
--- the partition count with exact. A stored count another client wrote that is no whole
--- number in range (partitions 0 to 65,536, levels 1 to 16) counts as absent: it is
--- written over.
-local function stored(field, least, most)
-  local n = tonumber(redis.call('HGET', KEYS[1], field) or '')
-  if n and n == math.floor(n) and n >= least and n <= most then
-    return n
-  end
-  return least
+-- the partition count with exact. Stored counts are read as members read them
+-- (keys.partition_count, keys.priority_levels): what another client wrote that is no
+-- string of digits counts as absent and is written over, as is a partition count past
+-- 65,536; a level count past 16 reads as 16.
+local function stored(field, least)
+  local raw = redis.call('HGET', KEYS[1], field)
+  local n = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  return n and math.max(n, least) or least
 end
-local cur = stored('partitions', 0, 65536)
+local cur = stored('partitions', 0)
+if cur > 65536 then
+  cur = 0
+end
 local want = tonumber(ARGV[1])
 if want > cur then
   redis.call('HSET', KEYS[1], 'partitions', want)
@@ -20,7 +22,7 @@ if want > cur then
 elseif ARGV[2] == '1' and want < cur then
   return redis.error_reply('PARTITIONS cannot lower partitions from ' .. cur .. ' to ' .. want)
 end
-local levels = stored('priorities', 1, 16)
+local levels = math.min(stored('priorities', 1), 16)
 local want_levels = tonumber(ARGV[3] or '1')
 if want_levels > levels then
   redis.call('HSET', KEYS[1], 'priorities', want_levels)
