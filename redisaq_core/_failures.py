@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 
+import redis.exceptions
 from redis.exceptions import (
     ClusterDownError,
     ClusterError,
@@ -54,10 +55,15 @@ __all__ = [
     "recovery_for",
 ]
 
+# redis-py's "no node answers" (its base class also covers client-side usage errors).
+_NO_NODE: type[Exception] = getattr(
+    redis.exceptions, "RedisClusterUnreachableError", RedisClusterException
+)
+
 CLUSTER_UNAVAILABLE: tuple[type[Exception], ...] = (
     ClusterDownError,
     ClusterError,
-    RedisClusterException,
+    _NO_NODE,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -67,8 +73,8 @@ CLUSTERDOWN (also MASTERDOWN) while a failed primary has not been replaced,
 TRYAGAIN while a slot moves; ``SlotNotCoveredError`` is redis-py's for a slot
 no reachable node serves, ``ClusterError`` ("TTL exhausted") its own for a call
 redirected or answered TRYAGAIN more often than it follows (a slot whose keys
-are still moving), ``RedisClusterException`` its own when no node of the cluster
-can be reached (``RedisClusterUnreachableError``).
+are still moving), ``RedisClusterUnreachableError`` its own when no node of the
+cluster can be reached.
 """
 
 UNREACHABLE: tuple[type[Exception], ...] = (

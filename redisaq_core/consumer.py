@@ -527,8 +527,7 @@ class Consumer(RedisComponent):
         try:
             await membership.release(owned)
             await membership.leave()
-            # Our consumer entries in the groups, where nothing of ours is pending: Redis
-            # never removes them, and every process has a name of its own.
+            # Our consumer entries where nothing of ours is pending (Redis never removes them).
             streams, self._touched = sorted(self._touched), set()
             await run_pipelined(
                 self.redis,
@@ -660,9 +659,10 @@ class Consumer(RedisComponent):
             await self._call_hook(self.on_assign, gained)
 
     async def _read_retention(self) -> None:
-        """Whether the topic deletes entries once acknowledged (``trim="delete-acked"``)."""
+        """Whether the topic deletes acknowledged entries ("delete-acked") and the server can."""
         trim = await self.redis.hget(self.keys.meta, "trim")
-        self._settler.delete_acked = trim is not None and shown_text(trim) == "delete-acked"
+        deletes = trim is not None and shown_text(trim) == "delete-acked"
+        self._settler.delete_acked = deletes and (await server_features(self.redis)).acked_trim
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")
@@ -741,8 +741,7 @@ class Consumer(RedisComponent):
         due = [s for s in ready if s.held and s.retry_at <= now]
         claiming = [s for s in ready if s.claiming and not s.held]
         reading = [s for s in ready if not s.held]
-        # With the read only while behind: a consumer that caught up waits for new entries
-        # in a blocking read, and its acknowledgements should not wait with it.
+        # With the read only while behind: a caught-up read blocks, acks should not wait.
         then_read = reading if self._reader.behind and not (due or claiming) else []
         messages = messages or await self._settler.flush(
             redis, self._owned, self._fenced, self._reader, then_read

@@ -373,6 +373,7 @@ async def test_a_target_partition_increase_is_picked_up(
         (["a"], {"batch_size": 1.5}, "batch_size"),
         (["a"], {"maxlen": 0}, "maxlen"),
         (["a"], {"target_partitions": 0}, "target_partitions"),
+        (["a"], {"target_partitions": 70_000}, "target_partitions must be .* <= 65536"),
         (["a"], {"dedupe_ttl": 0}, "dedupe_ttl"),
         (["a"], {"dedupe_ttl": 10, "dedupe_grace": 20}, "dedupe_grace"),
         (["a"], {"group_name": "g h"}, "group_name"),

@@ -246,6 +246,7 @@ async def test_custom_str_serializer_round_trip(redis_url: str, redis: Redis, to
         ({"topic": "a{b}"}, "topic must not contain braces"),
         ({"topic": "a b"}, "topic must not contain braces or whitespace"),
         ({"topic": "t", "init_partitions": 0}, "init_partitions must be an integer >= 1"),
+        ({"topic": "t", "init_partitions": 65_537}, "init_partitions must be .* <= 65536, got"),
         ({"topic": "t", "maxlen": -1}, "maxlen must be an integer >= 1"),
         ({"topic": "t", "redis": object(), "redis_url": "redis://x"}, "either redis or redis_url"),
         ({"topic": "t", "redis_url": "http://x"}, "redis_url must start with"),

@@ -251,3 +251,29 @@ async def test_delete_acked_keeps_an_entry_dead_lettered_without_its_fields(
     assert [entry_id for entry_id, _ in await redis.xrange(stream)] == [big]
     records: Any = await redis.xrange(TopicKeys(topic).dead_letters(0))
     assert records[0][1][b"omitted_fields"] == b"4000"
+
+
+async def test_a_delete_acked_mode_another_client_set_on_a_server_without_it_stops_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The consumer deletes acknowledged entries only where the server can: elsewhere a
+    # job dead-lettered under that mode ended the consumer, its record left "active".
+    if (await server_features(redis)).acked_trim:
+        pytest.skip("the server has XDELEX: the mode works there")
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await redis.hset(TopicKeys(topic).meta, "trim", "delete-acked")
+        job = await producer.submit({"n": 0})
+        await producer.enqueue({"n": 1})
+        handled: list[int] = []
+
+        async def handle(m: Message) -> None:
+            if m.payload["n"] == 0:
+                raise ValueError("dead-lettered")
+            handled.append(m.payload["n"])
+
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handle):
+            await eventually(lambda: handled == [1] and consumer.stats.dead_lettered == 1)
+            assert consumer.running
+        record = await job.status()
+    assert record == "dead"

@@ -118,7 +118,7 @@ from ..errors import (
     ConfigurationError,
     PartitionKeyError,
 )
-from ..keys import TopicKeys, partition_count, validate_name
+from ..keys import MAX_PARTITIONS, TopicKeys, partition_count, validate_name
 from ..message import Message, Received
 from ..metrics import MetricsRecorder
 from ._lists import ListFanOut
@@ -199,7 +199,7 @@ class FanOut(RedisComponent):
         if maxlen is not None:
             integer(maxlen, "maxlen")
         if target_partitions is not None:
-            integer(target_partitions, "target_partitions")
+            integer(target_partitions, "target_partitions", maximum=MAX_PARTITIONS)
         for argument, hook in (("serializer", serializer), ("deserializer", deserializer)):
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{argument} must be callable, got {hook!r}")

@@ -50,9 +50,6 @@ if #fields > 0 then
 end
 local dl = redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[10] == '1' and kept then
-  redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[3])
-end
 if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -64,5 +61,8 @@ if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
   end
   redis.call('ZADD', KEYS[5], now, ARGV[5])
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')
+end
+if ARGV[10] == '1' and kept then  -- last: what came before is written whatever it answers
+  redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[3])
 end
 return dl
