@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ._codec import (
     F_BYTES,
@@ -160,6 +161,21 @@ hold of the partition they were counted under (another hold's count is not curre
 def run_key(m: Received) -> tuple[int, int, str]:
     """``m``'s key in :data:`Runs`."""
     return (m.partition, m.priority, m.msg_id)
+
+
+async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[str, str]]) -> None:
+    """Check a pipeline's replies that hold ``HINCRBY``s of ``runs`` hash ``fields``.
+
+    A field another client wrote that is no integer is set to 1, and so is its reply
+    (this run is the first counted); any other error is raised.
+    """
+    for i, reply in enumerate(replies):
+        if isinstance(reply, ResponseError) and "not an integer" in str(reply):
+            key, msg_id = fields[i]
+            await redis.hset(key, msg_id, 1)
+            replies[i] = 1
+        elif isinstance(reply, Exception):
+            raise reply
 
 
 class Undecodable(Received):
@@ -481,16 +497,20 @@ class Reader:
         results: list[Any] = []
         if retried:  # nothing changes before the claim is made: a failed one leaves them held
             pipe = redis.pipeline(transaction=False)
+            fields: list[tuple[str, str]] = []
             for part in retried:
                 head = part.held[0]
                 pipe.xclaim(
                     part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"]
                 )
+                fields.append(("", ""))
                 if runs is not None:
                     key = self.keys.runs(part.number, self.group)
                     pipe.hincrby(key, head.msg_id, 1)
                     pipe.expire(key, RUNS_TTL)
-            results = await pipe.execute()
+                    fields += [(key, head.msg_id), ("", "")]
+            results = await pipe.execute(raise_on_error=False)
+            await counted_runs(redis, results, fields)
             if runs is not None:
                 counts = results[1::3]
                 results = results[::3]

@@ -32,7 +32,14 @@ from itertools import groupby
 from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
-from ._delivery import RUNS_TTL, ConsumerStats, OwnedPartition, Undecodable, run_key
+from ._delivery import (
+    RUNS_TTL,
+    ConsumerStats,
+    OwnedPartition,
+    Undecodable,
+    counted_runs,
+    run_key,
+)
 from ._settlement import Failure, Settler, batch_failures
 from ._tasks import uncancel
 from ._tracing import ProcessSpans, process_spans
@@ -179,7 +186,9 @@ class Dispatcher:
         pipe.hincrby(runs, m.msg_id, 1)
         pipe.expire(runs, RUNS_TTL)
         try:
-            count, _ = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+            await counted_runs(redis, replies, [(runs, m.msg_id), ("", "")])
+            count = replies[0]
         except BaseException:  # it never ran
             self._never_ran([m])
             raise

@@ -111,3 +111,26 @@ async def test_a_message_behind_one_that_ends_its_process_keeps_its_retries(
     assert ran == [(1, 4), (1, 5)]
     assert consumer.stats.dead_lettered == 1  # K, without a fourth run
     assert await redis.hlen(TopicKeys(topic).runs(0, "default")) == 0
+
+
+async def test_a_count_of_runs_another_client_spoilt_is_written_over(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Run 1 fails; before its retry another client writes what is no integer where its runs
+    # are counted. The retry counts it as the first run and goes on; HINCRBY's error used
+    # to stop the consumer as a fault no retry would fix.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    runs: list[int] = []
+
+    async def fails_once(m: Message) -> None:
+        runs.append(m.deliveries)
+        if len(runs) == 1:
+            await redis.hset(TopicKeys(topic).runs(0, "default"), m.msg_id, "many")
+            raise RuntimeError("run 1 fails")
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.05, **FAST)
+    async with Running(consumer, fails_once):
+        await eventually(lambda: consumer.stats.handled == 1)
+        assert consumer.running
+    assert runs == [1, 2]
