@@ -14,15 +14,16 @@ DEFAULT_SERVER := valkey-8.1
 OTHER_SERVERS := redis-6.2 redis-7.0 redis-8.2
 MATRIX := $(DEFAULT_SERVER) $(OTHER_SERVERS)
 
-# The suites that run on every server of the matrix.
+# The suites that run on every server of the matrix (those of client-side concerns, such
+# as logs, tracing and OpenTelemetry metrics, run on the default server only).
 CORE_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
 	tests/test_server_events.py tests/test_retention.py tests/faults tests/test_jobs.py \
 	tests/test_results.py tests/test_registry.py tests/test_registry_health.py \
 	tests/test_fanout.py tests/test_fanout_lists.py tests/test_servers.py tests/test_stranded.py \
 	tests/test_foreign_entries.py tests/test_limits.py tests/test_idempotency.py \
-	tests/test_redisaq_compat.py tests/test_series.py tests/test_tracing.py tests/test_logs.py \
-	tests/test_otel_metrics.py tests/test_cancellation.py tests/test_delayed.py tests/test_schedule.py \
-	tests/test_leases.py tests/test_read_ahead.py tests/test_give_back.py tests/test_runs.py
+	tests/test_redisaq_compat.py tests/test_series.py tests/test_cancellation.py \
+	tests/test_delayed.py tests/test_schedule.py tests/test_leases.py tests/test_read_ahead.py \
+	tests/test_give_back.py tests/test_runs.py
 # The core suites again, on a 3-master Redis Cluster (tests/test_cluster*.py run on one anyway).
 CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
 	tests/test_registry.py tests/test_results.py tests/test_jobs.py tests/test_idempotency.py \

@@ -231,9 +231,9 @@ async def test_a_consumer_rides_out_a_whole_cluster_unreachable_for_seconds() ->
             async with Running(consumer, handle):
                 await producer.enqueue({"n": 0})
                 await eventually(lambda: handled == {0}, timeout=10)
-                await producer.enqueue({"n": 1}, delay=3.0)  # due while no node answers
+                await producer.enqueue({"n": 1}, delay=2.0)  # due while no node answers
                 dead = cluster.kill_master(0)
-                await asyncio.sleep(4.0)  # the outage itself: nothing to wait for
+                await asyncio.sleep(3.0)  # the outage itself: nothing to wait for
                 await asyncio.to_thread(cluster.restart_node, dead)
                 await cluster.wait_ok_async(30)
                 await _enqueue_retrying(producer, [{"k": 2, "n": 2}])

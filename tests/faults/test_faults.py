@@ -484,8 +484,10 @@ async def test_long_handler_is_not_taken_for_dead(
     keys = TopicKeys(topic)
     try:
         await eventually(lambda: _owners(client, keys, "a", "b"), timeout=15)
-        await _produce(redis_url, topic, [{"n": i, "k": i} for i in range(4)], partitions=2)
-        # Each handler runs 2.5 s, more than twice heartbeat_ttl (1.2 s).
+        # Two in each partition (keys 0, 1 and 4, 5), side by side: each handler runs 2.5 s,
+        # more than twice heartbeat_ttl (1.2 s).
+        payloads = [{"n": i, "k": k} for i, k in enumerate((0, 1, 4, 5))]
+        await _produce(redis_url, topic, payloads, partitions=2)
         await eventually(lambda: _done(workers) == set(range(4)), timeout=30)
         report = check(load(workers.record_file), set(range(4)))
         _assert_clean(report)
