@@ -170,8 +170,8 @@ async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[s
     (this run is the first counted); any other error is raised.
     """
     for i, reply in enumerate(replies):
-        if isinstance(reply, ResponseError) and "not an integer" in str(reply):
-            key, msg_id = fields[i]
+        key, msg_id = fields[i]
+        if key and isinstance(reply, ResponseError) and "not an integer" in str(reply):
             await redis.hset(key, msg_id, 1)
             replies[i] = 1
         elif isinstance(reply, Exception):

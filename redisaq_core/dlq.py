@@ -23,7 +23,7 @@ from ._codec import Deserializer, decode_payload, default_deserializer
 from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
-from .keys import TopicKeys, priority_levels
+from .keys import TopicKeys, partition_count, priority_levels
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 
@@ -155,8 +155,7 @@ class DeadLetters(RedisComponent):
 
     async def _partitions(self) -> int:
         redis = await self._ensure()
-        raw = await redis.hget(self.keys.meta, "partitions")
-        return int(raw or 0)
+        return partition_count(await redis.hget(self.keys.meta, "partitions"))
 
     async def count(self) -> int:
         """How many dead letters the topic has."""

@@ -120,7 +120,10 @@ def _whole(stored: object) -> int | None:
     if isinstance(stored, int) and not isinstance(stored, bool):
         return stored if stored >= 0 else None
     text = stored.decode("ascii", "replace") if isinstance(stored, bytes) else stored
-    return int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else None
+    if not (isinstance(text, str) and text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 2**63  # past any count (int() stops at 4,300)
 
 
 def validate_name(value: object, argument: str) -> str:
