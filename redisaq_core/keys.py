@@ -112,18 +112,19 @@ def priority_levels(stored: object) -> int:
 
 
 def _whole(stored: object) -> int | None:
-    """A stored count: an integer reply, or text of ASCII digits only, as scripts read it.
+    """A stored count: an integer reply, or ASCII digits without a leading zero.
 
-    ``int()`` would also take "+3", " 3" and "3_0", which ``ensure_partitions.lua`` writes
-    over.
+    As ``ensure_partitions.lua`` reads it, which writes over anything else; ``int()``
+    would also take "+3", " 3", "3_0" and "03" (which scripts compare as text).
     """
     if isinstance(stored, int) and not isinstance(stored, bool):
         return stored if stored >= 0 else None
     text = stored.decode("ascii", "replace") if isinstance(stored, bytes) else stored
     if not (isinstance(text, str) and text.isascii() and text.isdigit()):
         return None
-    digits = text.lstrip("0") or "0"
-    return int(digits) if len(digits) <= 18 else 2**63  # past any count (int() stops at 4,300)
+    if text != "0" and text.startswith("0"):  # written as members write it, or not at all
+        return None
+    return int(text) if len(text) <= 18 else 2**63  # past any count (int() stops at 4,300)
 
 
 def validate_name(value: object, argument: str) -> str:

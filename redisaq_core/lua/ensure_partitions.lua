@@ -4,11 +4,12 @@
 -- Returns {partitions, priorities} in force afterwards, or an error when asked to lower
 -- the partition count with exact. Stored counts are read as members read them
 -- (keys.partition_count, keys.priority_levels): what another client wrote that is no
--- string of digits counts as absent and is written over, as is a partition count past
+-- string of digits without a leading zero counts as absent and is written over (scripts
+-- compare the stored text), as is a partition count past
 -- 65,536; a level count past 16 reads as 16.
 local function stored(field, least)
   local raw = redis.call('HGET', KEYS[1], field)
-  local n = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  local n = raw and (raw == '0' or string.match(raw, '^[1-9]%d*$')) and tonumber(raw)
   return n and math.max(n, least) or least
 end
 local cur = stored('partitions', 0)
