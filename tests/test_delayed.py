@@ -197,8 +197,8 @@ async def test_priority_levels_and_groups_each_get_a_delayed_message_once(
         async with Running(first, recorder("a")), Running(second, recorder("b")):
             await _idle(first)
             await _idle(second)
-            for n, level in enumerate((0, 2, 1, 2)):
-                await producer.enqueue({"n": n}, priority=level, delay=0.2)
+            for n, level in enumerate((0, 2, 1, 2)):  # all four still waiting when counted
+                await producer.enqueue({"n": n}, priority=level, delay=1.0)
             assert await _scheduled(redis, topic, levels=3) == 4
             await eventually(
                 lambda: len(seen["a"]) == 4 and len(seen["b"]) == 4, timeout=5,
