@@ -151,7 +151,7 @@ class Membership:
                 self._view = replace(self._view, now_ms=int(now), priorities=priorities)
                 return self._view
             stored = _assignment(flat)
-            live = tuple(m.decode() for m in members if _utf8(m))
+            live = tuple(name for name in map(_text, members) if name is not None)
             wanted = assign(live, count, stored)
             view = GroupView(int(now), count, live, wanted, priorities)
             if wanted == stored:
@@ -228,15 +228,15 @@ class Membership:
         )
 
 
-def _utf8(value: bytes) -> bool:
+def _text(value: bytes | str) -> str | None:
+    """A member name, or ``None`` for one that is no UTF-8 (another client's)."""
     try:
-        value.decode()
+        return as_str(value)
     except UnicodeDecodeError:
-        return False
-    return True
+        return None
 
 
-def _assignment(flat: list[bytes]) -> dict[int, str]:
+def _assignment(flat: list[bytes | str]) -> dict[int, str]:
     """The stored assignment, but for fields another client wrote that name no partition.
 
     Those are left out (a partition no member owns yet): the next commit writes over them.
