@@ -43,7 +43,14 @@ from .connection import AnyRedis
 from .errors import ConfigurationError
 from .keys import TopicKeys
 
-__all__ = ["TRIM_MODES", "Retention", "ServerFeatures", "TrimMode", "server_features"]
+__all__ = [
+    "TRIM_MODES",
+    "Retention",
+    "ServerFeatures",
+    "TrimMode",
+    "deletes_acked",
+    "server_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,23 @@ class ServerFeatures:
 
 
 _features: WeakKeyDictionary[Any, ServerFeatures] = WeakKeyDictionary()
+
+
+async def deletes_acked(client: AnyRedis, trim: object, topic: str) -> bool:
+    """Whether a topic whose stored retention mode is ``trim`` deletes acknowledged entries.
+
+    ``delete-acked`` needs Redis 8.2 (``XDELEX``); set by another client on an older
+    server, acknowledged entries are kept, with a warning.
+    """
+    if trim is None or shown_text(trim) != "delete-acked":
+        return False
+    if (await server_features(client)).acked_trim:
+        return True
+    log.warning(
+        "topic %s is set to delete-acked, which this server can't do: acknowledged entries "
+        "are kept", topic,
+    )  # fmt: skip
+    return False
 
 
 async def server_features(client: AnyRedis) -> ServerFeatures:

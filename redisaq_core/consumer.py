@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._checks import integer, number
-from ._codec import Deserializer, Serializer, default_deserializer, default_serializer, shown_text
+from ._codec import Deserializer, Serializer, default_deserializer, default_serializer
 from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
@@ -34,7 +34,7 @@ from ._failures import REDIS_FAILURES, Recovery, recovery_for
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
-from ._retention import server_features
+from ._retention import deletes_acked, server_features
 from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
 from ._tasks import cancel_and_wait, finish_shielded, uncancel, wait_event
@@ -661,8 +661,7 @@ class Consumer(RedisComponent):
     async def _read_retention(self) -> None:
         """Whether the topic deletes acknowledged entries ("delete-acked") and the server can."""
         trim = await self.redis.hget(self.keys.meta, "trim")
-        deletes = trim is not None and shown_text(trim) == "delete-acked"
-        self._settler.delete_acked = deletes and (await server_features(self.redis)).acked_trim
+        self._settler.delete_acked = await deletes_acked(self.redis, trim, self.topic)
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")

@@ -80,6 +80,11 @@ async def test_acked_trim_keeps_what_a_lagging_group_has_not_read(
     assert view["over_maxlen"] == 0
 
 
+async def _needs_acked_trim(redis: Redis) -> None:
+    if not (await server_features(redis)).acked_trim:
+        pytest.skip("delete-acked needs Redis 8.2 or newer (XACKDEL, XDELEX)")
+
+
 async def _at_most(redis: Redis, stream: str, n: int) -> bool:
     return int(await redis.xlen(stream)) <= n
 
@@ -174,8 +179,7 @@ async def test_delete_acked_deletes_once_every_group_acknowledged(
 async def test_delete_acked_covers_jobs_and_dead_letters(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
-    if not (await server_features(redis)).acked_trim:
-        pytest.skip("XACKDEL needs Redis 8.2 or newer")
+    await _needs_acked_trim(redis)
     stream = TopicKeys(topic).stream(0)
     async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
         handles = [await producer.submit({"n": i}) for i in range(10)]
@@ -215,8 +219,7 @@ async def test_submit_keeps_unacknowledged_jobs_with_delete_acked_and_maxlen(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
     """submit() trims like enqueue(): with delete-acked and a maxlen, only what groups acked."""
-    if not (await server_features(redis)).acked_trim:
-        pytest.skip("delete-acked needs Redis 8.2 or newer")
+    await _needs_acked_trim(redis)
     async with Producer(
         topic, redis_url=redis_url, maxlen=10, approximate=False, trim="delete-acked"
     ) as producer:
@@ -231,8 +234,7 @@ async def test_delete_acked_keeps_an_entry_dead_lettered_without_its_fields(
 ) -> None:
     # An entry of more fields than a dead letter can carry is dead-lettered by their count:
     # it stays in its stream, where they still are. Before, delete-acked deleted it too.
-    if not (await server_features(redis)).acked_trim:
-        pytest.skip("XACKDEL needs Redis 8.2 or newer")
+    await _needs_acked_trim(redis)
     stream = TopicKeys(topic).stream(0)
     async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
         await producer.enqueue({"n": 0})
@@ -254,7 +256,7 @@ async def test_delete_acked_keeps_an_entry_dead_lettered_without_its_fields(
 
 
 async def test_a_delete_acked_mode_another_client_set_on_a_server_without_it_stops_nothing(
-    redis_url: str, redis: Redis, topic: str
+    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The consumer deletes acknowledged entries only where the server can: elsewhere a
     # job dead-lettered under that mode ended the consumer, its record left "active".
@@ -277,3 +279,4 @@ async def test_a_delete_acked_mode_another_client_set_on_a_server_without_it_sto
             assert consumer.running
         record = await job.status()
     assert record == "dead"
+    assert f"topic {topic} is set to delete-acked, which this server can't do" in caplog.text
