@@ -185,8 +185,8 @@ class DelayedMover:
         self._next[part.number] = (part, len(part.streams), when)
 
     def _call(self, part: OwnedPartition, jobs: list[bytes]) -> ScriptCall:
-        keys: list[Any] = [part.lease, self.keys.jobs(part.number)]
-        keys.append(self.keys.dead_letters(part.number))
+        number = part.number
+        keys: list[Any] = [part.lease, self.keys.jobs(number), self.keys.dead_letters(number)]
         for level, stream in enumerate(part.streams):
             keys += [self.keys.delayed(part.number, level), stream]
         prefix = self.keys.job(part.number, "").encode()

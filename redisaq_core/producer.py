@@ -243,8 +243,8 @@ class Producer(RedisComponent):
                 raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
                 if levels is not None:
                     self._levels = max(self._levels, priority_levels(levels))
-                if partition_count(raw) > self._partitions:
-                    self._set_partitions(partition_count(raw))
+                if (count := partition_count(raw)) > self._partitions:
+                    self._set_partitions(count)
                 await self._retention.sweep(self.redis, self._streams())
             except Exception as exc:  # Redis failed, or what other clients stored spoilt a read
                 traceback = not isinstance(exc, REDIS_FAILURES)

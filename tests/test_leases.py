@@ -364,6 +364,19 @@ async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
     owned = {0: reader.partition(0, 1, valid_until=1e12)}
     owned[0].claims.clear()  # read new entries (nothing to claim)
     await settler.settle(redis, owned, [(m, None)], [], 0.0, lambda p, c: None, defer=True)
+    await redis.script_flush()
+    await _flush_cut_while_sending(monkeypatch, redis, settler, reader, owned)
+    assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
+
+
+async def _flush_cut_while_sending(
+    monkeypatch: pytest.MonkeyPatch,
+    redis: Redis,
+    settler: Settler,
+    reader: Reader,
+    owned: dict[int, OwnedPartition],
+) -> None:
+    """Flush partition 0's kept calls, and cancel the flush while its one round trip hangs."""
     sent: list[int] = []
 
     async def hangs(r: Any, calls: Any) -> Any:
@@ -371,7 +384,6 @@ async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
         await asyncio.Event().wait()
 
     monkeypatch.setattr(_settlement, "run_pipelined", hangs)
-    await redis.script_flush()
     task = asyncio.create_task(
         settler.flush(redis, owned, lambda part, count: None, reader, [owned[0]])
     )
@@ -379,7 +391,6 @@ async def test_a_settlement_cut_off_while_sent_again_for_its_script_is_kept(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert [c[2][3] for c in settler.take_deferred(owned)] == [m.msg_id.encode()]
 
 
 async def test_trimmed_entries_of_an_earlier_hold_leave_the_new_hold_kept_calls_alone(
@@ -413,21 +424,8 @@ async def test_a_stop_while_scripts_are_sent_again_keeps_the_other_failed_calls_
     async def replies(self: Reader, r: Any, parts: Any, calls: Any) -> Any:
         return [], [NoScriptError("NOSCRIPT (injected)"), ResponseError("OOM (injected)")]
 
-    sent: list[int] = []
-
-    async def hangs(r: Any, calls: Any) -> Any:
-        sent.append(len(calls))
-        await asyncio.Event().wait()
-
     monkeypatch.setattr(Reader, "read_after", replies)
-    monkeypatch.setattr(_settlement, "run_pipelined", hangs)
-    task = asyncio.create_task(
-        settler.flush(redis, owned, lambda part, count: None, reader, [owned[0]])
-    )
-    await eventually(lambda: sent == [1])
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _flush_cut_while_sending(monkeypatch, redis, settler, reader, owned)
     kept = [c[2][3] for c in settler.take_deferred(owned)]
     assert sorted(kept) == sorted([m.msg_id.encode(), n.msg_id.encode()])
 
