@@ -166,13 +166,17 @@ def run_key(m: Received) -> tuple[int, int, str]:
 async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[str, str]]) -> None:
     """Check a pipeline's replies that hold ``HINCRBY``s of ``runs`` hash ``fields``.
 
-    A field another client wrote that is no integer is set to 1, and so is its reply
-    (this run is the first counted); any other error is raised.
+    A count another client spoilt (a field that is no integer or at the largest one, a
+    key that is no hash) is written over with 1, and so is its reply (this run is the
+    first counted); any other error is raised.
     """
     for i, reply in enumerate(replies):
         key, msg_id = fields[i]
-        if key and isinstance(reply, ResponseError) and "not an integer" in str(reply):
+        if key and isinstance(reply, ResponseError):
+            if str(reply).startswith("WRONGTYPE"):
+                await redis.delete(key)
             await redis.hset(key, msg_id, 1)
+            await redis.expire(key, RUNS_TTL)
             replies[i] = 1
         elif isinstance(reply, Exception):
             raise reply

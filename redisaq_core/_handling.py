@@ -232,7 +232,7 @@ class Dispatcher:
             pipe = redis.pipeline(transaction=False)
             for number, ids in settled.items():
                 pipe.hdel(self.keys.runs(number, self.group), *ids)
-            await pipe.execute()
+            await pipe.execute(raise_on_error=False)  # a key another client spoilt: it expires
 
     async def _dispatch_now(
         self,

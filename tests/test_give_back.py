@@ -696,6 +696,27 @@ async def test_a_give_back_leaves_the_runs_of_an_entry_another_member_claimed(
     assert await redis.hget(runs, h) == b"2"
 
 
+async def test_a_give_back_goes_on_over_a_runs_key_another_client_spoilt(
+    redis: Redis, topic: str
+) -> None:
+    # Another client wrote a key of another type where H's runs are counted: H is given back
+    # all the same. The script's HSET used to fail it, and H stayed owed for good.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stream, runs = keys.stream(0), keys.runs(0, group)
+    await redis.xgroup_create(stream, group, "0", mkstream=True)
+    h = (await redis.xadd(stream, {"p": b"1"})).decode()
+    await redis.xreadgroup(group, "me", {stream: ">"})
+    await redis.set(runs, "another client's")
+    await redis.set(keys.lease(0, group), token)
+    give_back = GiveBack(keys, group, "me", token, ConsumerStats())
+    m = received(topic, {"n": 1}, h, 0, group, 0.0, 1, 0)
+    give_back.owe_run(m, 1)
+    await give_back.make(redis)
+    assert not give_back.owes(m)
+    pending: Any = await redis.xpending_range(stream, group, "-", "+", 1)
+    assert pending[0]["times_delivered"] == 0  # set back: the next claim counts as delivery 1
+
+
 async def test_a_count_of_runs_from_an_earlier_hold_is_not_given_back(
     redis_url: str, topic: str
 ) -> None:

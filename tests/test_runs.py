@@ -113,20 +113,26 @@ async def test_a_message_behind_one_that_ends_its_process_keeps_its_retries(
     assert await redis.hlen(TopicKeys(topic).runs(0, "default")) == 0
 
 
+@pytest.mark.parametrize("spoilt", ["many", str(2**63 - 1), "a string key"])
 async def test_a_count_of_runs_another_client_spoilt_is_written_over(
-    redis_url: str, redis: Redis, topic: str
+    redis_url: str, redis: Redis, topic: str, spoilt: str
 ) -> None:
     # Run 1 fails; before its retry another client writes what is no integer where its runs
-    # are counted. The retry counts it as the first run and goes on; HINCRBY's error used
-    # to stop the consumer as a fault no retry would fix.
+    # are counted (or the largest one, or a key of another type). The retry counts it as
+    # the first run and goes on; HINCRBY's error used to stop the consumer as a fault no
+    # retry would fix.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.enqueue({"n": 0})
     runs: list[int] = []
+    key = TopicKeys(topic).runs(0, "default")
 
     async def fails_once(m: Message) -> None:
         runs.append(m.deliveries)
         if len(runs) == 1:
-            await redis.hset(TopicKeys(topic).runs(0, "default"), m.msg_id, "many")
+            if spoilt == "a string key":
+                await redis.set(key, spoilt)
+            else:
+                await redis.hset(key, m.msg_id, spoilt)
             raise RuntimeError("run 1 fails")
 
     consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.05, **FAST)
@@ -134,3 +140,29 @@ async def test_a_count_of_runs_another_client_spoilt_is_written_over(
         await eventually(lambda: consumer.stats.handled == 1)
         assert consumer.running
     assert runs == [1, 2]
+    assert await redis.ttl(key) != -1  # a hash written over keeps its time to live
+
+
+async def test_a_count_of_runs_spoilt_while_its_run_is_under_way_stops_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The retry (a counted run) succeeds after another client wrote a key of another type
+    # where its runs are counted. Forgetting the count (HDEL) used to stop the consumer.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    runs: list[int] = []
+
+    async def fails_once(m: Message) -> None:
+        runs.append(m.deliveries)
+        if len(runs) == 1:
+            raise RuntimeError("run 1 fails")
+        await redis.set(TopicKeys(topic).runs(0, "default"), "another client's")
+
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.05, **FAST)
+    async with Running(consumer, fails_once):
+        await eventually(lambda: consumer.stats.handled == 1)
+        async with Producer(topic, redis_url=redis_url) as producer:
+            await producer.enqueue({"n": 1})
+        await eventually(lambda: consumer.stats.handled == 2)
+        assert consumer.running
+    assert runs == [1, 2, 1]

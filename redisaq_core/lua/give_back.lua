@@ -26,9 +26,9 @@ for i = first, #ARGV, 2 do
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[3]) > 0 then
     local before = runs[ARGV[i]]
     if before == '0' then
-      redis.call('HDEL', KEYS[3], ARGV[i])
+      redis.pcall('HDEL', KEYS[3], ARGV[i])  -- pcall: another client's key may be no hash
     elseif before then
-      redis.call('HSET', KEYS[3], ARGV[i], before)
+      redis.pcall('HSET', KEYS[3], ARGV[i], before)
     end
     local ids = by_count[ARGV[i + 1]]
     if not ids then
