@@ -677,21 +677,27 @@ async def test_a_forced_stop_during_a_settlement_keeps_it_for_the_leave(
     assert await redis.xlen(TopicKeys(topic).dead_letters(0)) == 1
 
 
+async def _delivered_to_me(redis: Redis, topic: str) -> tuple[str, str, str]:
+    """Partition 0's stream, runs hash and an entry delivered to member "me" (lease "tok")."""
+    keys = TopicKeys(topic)
+    stream, runs = keys.stream(0), keys.runs(0, "default")
+    await redis.xgroup_create(stream, "default", "0", mkstream=True)
+    h = (await redis.xadd(stream, {"p": b"1"})).decode()
+    await redis.xreadgroup("default", "me", {stream: ">"})
+    await redis.set(keys.lease(0, "default"), "tok")
+    return stream, runs, h
+
+
 async def test_a_give_back_leaves_the_runs_of_an_entry_another_member_claimed(
     redis: Redis, topic: str
 ) -> None:
     # H, owed a give-back with its counted run, was claimed by another member meanwhile,
     # whose runs were counted too: the give-back leaves H's count of runs as it is.
-    keys, group, token = TopicKeys(topic), "default", "tok"
-    stream, runs = keys.stream(0), keys.runs(0, group)
-    await redis.xgroup_create(stream, group, "0", mkstream=True)
-    h = (await redis.xadd(stream, {"p": b"1"})).decode()
-    await redis.xreadgroup(group, "me", {stream: ">"})
-    await redis.xclaim(stream, group, "other", 0, [h])
+    stream, runs, h = await _delivered_to_me(redis, topic)
+    await redis.xclaim(stream, "default", "other", 0, [h])
     await redis.hset(runs, h, 2)
-    await redis.set(keys.lease(0, group), token)
-    give_back = GiveBack(keys, group, "me", token, ConsumerStats())
-    give_back.owe_run(received(topic, {"n": 1}, h, 0, group, 0.0, 2, 0), 0)
+    give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
+    give_back.owe_run(received(topic, {"n": 1}, h, 0, "default", 0.0, 2, 0), 0)
     await give_back.make(redis)
     assert await redis.hget(runs, h) == b"2"
 
@@ -701,19 +707,14 @@ async def test_a_give_back_goes_on_over_a_runs_key_another_client_spoilt(
 ) -> None:
     # Another client wrote a key of another type where H's runs are counted: H is given back
     # all the same. The script's HSET used to fail it, and H stayed owed for good.
-    keys, group, token = TopicKeys(topic), "default", "tok"
-    stream, runs = keys.stream(0), keys.runs(0, group)
-    await redis.xgroup_create(stream, group, "0", mkstream=True)
-    h = (await redis.xadd(stream, {"p": b"1"})).decode()
-    await redis.xreadgroup(group, "me", {stream: ">"})
+    stream, runs, h = await _delivered_to_me(redis, topic)
     await redis.set(runs, "another client's")
-    await redis.set(keys.lease(0, group), token)
-    give_back = GiveBack(keys, group, "me", token, ConsumerStats())
-    m = received(topic, {"n": 1}, h, 0, group, 0.0, 1, 0)
+    give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
+    m = received(topic, {"n": 1}, h, 0, "default", 0.0, 1, 0)
     give_back.owe_run(m, 1)
     await give_back.make(redis)
     assert not give_back.owes(m)
-    pending: Any = await redis.xpending_range(stream, group, "-", "+", 1)
+    pending: Any = await redis.xpending_range(stream, "default", "-", "+", 1)
     assert pending[0]["times_delivered"] == 0  # set back: the next claim counts as delivery 1
 
 
