@@ -155,7 +155,7 @@ class Membership:
             wanted = assign(live, count, stored)
             view = GroupView(int(now), count, live, wanted, priorities)
             if wanted == stored:
-                return self._keep(view, int(version), int(members_version))
+                return self._keep(view, int(version), int(members_version), len(members))
             pairs: list[object] = [version]
             for p, m in wanted.items():
                 pairs += [p, m]
@@ -164,16 +164,19 @@ class Membership:
                     "group %s of %s: %d member(s), %d partition(s), assignment v%d",
                     g, k.topic, len(live), count, int(version) + 1,
                 )  # fmt: skip
-                return self._keep(view, int(version) + 1, int(members_version))
+                return self._keep(view, int(version) + 1, int(members_version), len(members))
             self._view = None
         # Members keep racing to commit; they all computed from fresh inputs, so use ours.
         self._view = None
         return view
 
-    def _keep(self, view: GroupView, version: int, members_version: int) -> GroupView:
-        """Cache ``view`` as of these versions: the next heartbeat sends only what changed."""
+    def _keep(self, view: GroupView, version: int, members_version: int, stored: int) -> GroupView:
+        """Cache ``view`` as of these versions: the next heartbeat sends only what changed.
+
+        ``stored``: the members in the group's set, those whose names were skipped included.
+        """
         self._view = view
-        self._known = f"{version} {members_version} {view.partitions} {len(view.members)}"
+        self._known = f"{version} {members_version} {view.partitions} {stored}"
         return view
 
     def due(

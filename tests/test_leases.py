@@ -18,13 +18,20 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from redisaq_core import Consumer, DuplicateConsumerError, Message, Producer, _settlement
+from redisaq_core import (
+    Consumer,
+    DuplicateConsumerError,
+    Message,
+    Producer,
+    _membership,
+    _settlement,
+)
 from redisaq_core._codec import default_deserializer, default_serializer
 from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import ENSURE_PARTITIONS
+from redisaq_core._scripts import ENSURE_PARTITIONS, HEARTBEAT
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import MAX_PRIORITIES, TopicKeys, partition_count, priority_levels
 from redisaq_core.message import received
@@ -564,6 +571,28 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
 
     await _beats_on_after(redis_url, redis, topic, spoil)
     assert "heartbeat failed" not in caplog.text
+
+
+async def test_a_member_name_that_is_no_utf8_costs_steady_beats_nothing(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member skipped for its name (another client's) is still counted in the member set:
+    # steady beats then send no lists. Before, every beat fetched the whole view.
+    keys = TopicKeys(topic)
+    await redis.hset(keys.meta, "partitions", 4)
+    await redis.zadd(keys.members("g"), {b"\xff\xfe": time.time() * 1000 + 60_000})
+    full: list[bool] = []
+
+    async def heartbeat(*args: Any) -> Any:
+        reply = await HEARTBEAT(*args)
+        full.append(bool(reply[2]))
+        return reply
+
+    monkeypatch.setattr(_membership, "HEARTBEAT", heartbeat)
+    member = _membership.Membership(redis, keys, "g", "m", "tok", 10.0)
+    views = [await member.beat() for _ in range(3)]
+    assert [v.members for v in views] == [("m",)] * 3
+    assert full == [True, False, False]
 
 
 async def test_an_unexpected_error_in_a_heartbeat_does_not_end_the_heartbeats(
