@@ -2,8 +2,8 @@
 
 One task per schedule: read the server's time and the schedule's last tick,
 enqueue what :meth:`Schedule.plan` gives (each with the tick's idempotency key,
-so a tick another process enqueued first writes nothing), record the last tick
-(``ZADD XX GT``: never back, and never bringing back a removed schedule's),
+so a tick another process enqueued first writes nothing), record each tick once
+enqueued (``ZADD XX GT``: never back, and never bringing back a removed schedule's),
 then sleep until the next tick.
 """
 
@@ -152,10 +152,11 @@ class Ticker:
         elif last is None:
             await redis.zadd(schedule_ticks(), {schedule.name: record}, nx=True)
         else:
-            # A round cut off half-way records nothing: the next one finds the ticks
-            # enqueued so far already there (their idempotency keys) and writes nothing.
+            # Each tick is recorded once enqueued: a round cut off between the two leaves
+            # that one tick to the next round, whose enqueue finds its idempotency key.
             for tick in ticks:
                 await self._fire(schedule, tick)
+                await redis.zadd(schedule_ticks(), {schedule.name: tick}, xx=True, gt=True)
             if record > last:
                 await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True, gt=True)
             if len(ticks) >= TICKS_PER_ROUND:

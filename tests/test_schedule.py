@@ -23,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
+from redisaq_core._ticks import Ticker
 from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
 from tests.helpers import Running, eventually, redisaq
 
@@ -299,6 +300,38 @@ async def test_a_scheduler_stopped_in_the_middle_of_many_ticks_stops_at_once(
         await asyncio.sleep(0.5)  # nothing may enqueue after the stop: a fixed wait is the test
         assert await redis.xlen(TopicKeys(topic).stream(0)) == stopped
         await scheduler.remove(name)
+
+
+async def test_a_round_cut_off_keeps_the_ticks_it_enqueued_recorded(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A round of missed ticks (caught up) is cut off as its fourth tick is enqueued, as by
+    # a process that ends there. The three before it are recorded as done. Before, a round
+    # recorded only at its end: a restart past the idempotency window enqueued them again.
+    name = _name()
+    started = await _server_ms(redis)
+    await redis.zadd(schedule_ticks(), {name: started - 10_000})
+    fire, fired, cut = Ticker._fire, [], asyncio.Event()
+
+    async def fire_until_cut(self: Ticker, schedule: Schedule, tick: int) -> None:
+        if len(fired) == 3:
+            cut.set()
+            await asyncio.Event().wait()
+        await fire(self, schedule, tick)
+        fired.append(tick)
+
+    monkeypatch.setattr(Ticker, "_fire", fire_until_cut)
+    scheduler = Scheduler(redis_url=redis_url)
+    async with scheduler:
+        await scheduler.add(Schedule(name, every=1, topic=topic, missed="catch_up"))
+        running = asyncio.create_task(scheduler.run([name]))
+        await asyncio.wait_for(cut.wait(), 10)
+        await scheduler.stop()
+        await asyncio.wait_for(running, 10)
+        recorded = await redis.zscore(schedule_ticks(), name)
+        await scheduler.remove(name)
+    assert await _ticks(redis, topic) == fired
+    assert recorded == fired[-1]
 
 
 async def _just_after_a_tick(redis: Redis, every_ms: int) -> int | None:
