@@ -31,7 +31,7 @@ from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import ENSURE_PARTITIONS, HEARTBEAT
+from redisaq_core._scripts import ACK, ENSURE_PARTITIONS, HEARTBEAT, JOBS_COMPLETE, RELEASE
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import MAX_PRIORITIES, TopicKeys, partition_count, priority_levels
 from redisaq_core.message import received
@@ -552,25 +552,54 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
     return bool(await redis.hget(meta, "partitions") == want)
 
 
-@pytest.mark.parametrize("spoilt", ["assignment", "member"])
+@pytest.mark.parametrize(
+    "spoilt", ["assignment", "member", "lease", "members version", "assignment version"]
+)
 async def test_a_group_record_another_client_spoilt_stops_nothing(
     redis_url: str, redis: Redis, topic: str, spoilt: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An assignment field that names no partition, or a member name that is no UTF-8, is
-    # left out of the member's view. Before, every heartbeat failed on it, and the member
-    # stopped reading once its leases' local deadline passed.
+    # left out of the member's view; a lease key of another type is taken over, and a
+    # version that is no integer is written over. Before, every heartbeat failed on each,
+    # and the member stopped reading once its leases' local deadline passed.
     keys = TopicKeys(topic)
 
     async def spoil(consumer: Consumer) -> None:
+        group = consumer.group
         if spoilt == "assignment":
-            await redis.hset(keys.assignment(consumer.group), "x", "y")
+            await redis.hset(keys.assignment(group), "x", "y")
+        elif spoilt == "member":
+            score = await redis.zscore(keys.members(group), consumer.name)
+            await redis.zadd(keys.members(group), {b"\xff\xfe": score or 0})
+        elif spoilt == "lease":
+            await redis.delete(keys.lease(0, group))
+            await redis.hset(keys.lease(0, group), "x", "y")
+        elif spoilt == "members version":
+            await redis.set(keys.members_version(group), "abc")
+            await redis.zadd(keys.members(group), {"gone": 1})  # expires: the version goes up
+            return
         else:
-            score = await redis.zscore(keys.members(consumer.group), consumer.name)
-            await redis.zadd(keys.members(consumer.group), {b"\xff\xfe": score or 0})
-        await redis.incr(keys.members_version(consumer.group))  # members look again
+            await redis.hset(keys.assignment(group), "_v", "abc")
+        await redis.incr(keys.members_version(group))  # members look again
 
     await _beats_on_after(redis_url, redis, topic, spoil)
     assert "heartbeat failed" not in caplog.text
+
+
+async def test_a_lease_key_of_another_type_fences_as_a_lease_not_ours(
+    redis: Redis, topic: str
+) -> None:
+    # Scripts fenced by a lease answer "not ours" (-1) for a key another client made of
+    # another type. Before, they failed with WRONGTYPE, and the consumer stopped.
+    keys = TopicKeys(topic)
+    stream, lease = keys.stream(0), keys.lease(0, "g")
+    await redis.hset(lease, "x", "y")
+    assert await ACK(redis, [stream, lease], ["g", "tok", "0", "1-0"]) == -1
+    assert (
+        await JOBS_COMPLETE(redis, [stream, lease, keys.jobs(0)], ["g", "tok", "c", "w", 1]) == -1
+    )
+    assert await RELEASE(redis, [lease], ["tok"]) == 0
+    assert await redis.hget(lease, "x") == b"y"
 
 
 async def test_a_member_name_that_is_no_utf8_costs_steady_beats_nothing(

@@ -5,7 +5,7 @@
 -- ARGV: group, token, "1" to delete or "0", the entry ids separated by spaces (one
 --       argument: a client packs one string faster than a hundred)
 -- Returns the number acknowledged, or -1 when the lease is not ours.
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 local ids, n = {}, 0

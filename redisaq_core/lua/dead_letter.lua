@@ -11,7 +11,7 @@
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
 -- not ours. Nothing is acknowledged unless the dead letter was written.
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then

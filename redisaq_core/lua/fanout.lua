@@ -12,7 +12,7 @@
 -- already acknowledged}, {-1} when the lease is not ours, {-2} when a target's partition
 -- count differs from the caller's (nothing is written in either case); an error when a
 -- target key holds something else than a stream (nothing is written).
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return {-1}
 end
 local targets = tonumber(ARGV[3])

@@ -11,7 +11,7 @@
 --       the delivery count to set
 -- Returns {given back, gone} (gone: trimmed while pending; Redis 7+ drops them from the
 -- pending list here), or -1 when the lease is not ours (nothing is changed).
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 local first = 5 + 2 * tonumber(ARGV[4])

@@ -24,19 +24,25 @@ local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local function raise_members_version()
+  if type(redis.pcall('INCR', mv)) == 'table' then
+    redis.call('SET', mv, 1)  -- another client's value that INCR can't take: written over
+  end
+end
+
 local expired = redis.call('ZRANGEBYSCORE', members, '-inf', '(' .. (now - ttl))
 for _, m in ipairs(expired) do
   redis.call('ZREM', members, m)
   redis.call('HDEL', tokens, m)
 end
 if #expired > 0 then
-  redis.call('INCR', mv)
+  raise_members_version()
 end
 
 local function versions()
   local info = redis.call('HMGET', meta, 'partitions', 'priorities')
-  local v = tonumber(redis.call('HGET', assignment, '_v') or '0')
-  local m = tonumber(redis.call('GET', mv) or '0')
+  local v = tonumber(redis.call('HGET', assignment, '_v') or '0') or 0
+  local m = tonumber(redis.call('GET', mv) or '0') or 0
   local partitions = info[1] or '0'
   local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
   return partitions, info[2] or '1', v, m, seen  -- counts as stored: the member reads them
@@ -59,7 +65,7 @@ if holder and holder ~= token then
     return {now, -1, {}, {}, 0, holder, 1, 0, {}}
   end
   replaced = holder
-  redis.call('INCR', mv)
+  raise_members_version()
 end
 if not holder then
   redis.call('HSET', tokens, name, token)
@@ -67,7 +73,7 @@ elseif replaced ~= '' then
   redis.call('HSET', tokens, name, token)
 end
 if redis.call('ZADD', members, now, name) == 1 then
-  redis.call('INCR', mv)
+  raise_members_version()
 end
 
 local states = {}
@@ -75,9 +81,12 @@ local blind = 5 + tonumber(ARGV[7] or '0')
 for i = 6, #KEYS do
   local cur
   if i <= blind then
-    cur = redis.call('GETEX', KEYS[i], 'PX', ttl)
+    cur = redis.pcall('GETEX', KEYS[i], 'PX', ttl)
   else
-    cur = redis.call('GET', KEYS[i])
+    cur = redis.pcall('GET', KEYS[i])
+  end
+  if type(cur) == 'table' then
+    cur = false  -- a key of another type (another client's) holds no lease: taken over
   end
   if cur == token then
     if i > blind then

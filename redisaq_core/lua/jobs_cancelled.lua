@@ -5,7 +5,7 @@
 -- ARGV: group, token, channel, then per job: msg_id, job_id
 -- Returns the number of entries acknowledged, or -1 when the lease is not ours (nothing
 -- is written).
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 local t = redis.call('TIME')

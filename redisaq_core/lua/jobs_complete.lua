@@ -5,7 +5,7 @@
 --       follows it), then per job: msg_id, result (its kind, "b" bytes or "s" text, then
 --       the serialized value)
 -- Returns the number of jobs completed, or -1 when the lease is not ours (nothing is written).
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 local t = redis.call('TIME')

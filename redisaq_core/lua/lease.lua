@@ -8,16 +8,19 @@
 -- 0 held by another member.
 local cur
 if ARGV[4] == 'renew' then
-  cur = redis.call('GETEX', KEYS[1], 'PX', ARGV[2])
+  cur = redis.pcall('GETEX', KEYS[1], 'PX', ARGV[2])
   if cur == ARGV[1] then
     return 1
   end
 else
-  cur = redis.call('GET', KEYS[1])
+  cur = redis.pcall('GET', KEYS[1])
   if cur == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 1
   end
+end
+if type(cur) == 'table' then
+  cur = false  -- a key of another type (another client's) holds no lease: taken over
 end
 if (not cur) or (ARGV[3] ~= '' and cur == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

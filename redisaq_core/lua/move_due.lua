@@ -12,7 +12,7 @@
 -- Returns {moved, next due (ms; -1: nothing delayed), now (ms), job id wanted, ...}, or
 -- {-1} when the lease is not ours (nothing is moved).
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then  -- pcall: a key of another type is no lease
   return {-1}
 end
 local levels, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
