@@ -490,6 +490,12 @@ class Settler:
                 continue
             if script is JOBS_CANCELLED:
                 continue  # settled, not handled
+            if script is DEAD_LETTER and not isinstance(result, bytes) and int(result) == -2:
+                log.info(
+                    "consumer %s: job %s, cancelled, settled as such instead of dead-lettered",
+                    self.name, optional_text(call_args[4]),
+                )  # fmt: skip
+                continue
             if script is DEAD_LETTER:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(

@@ -698,7 +698,7 @@ class Producer(RedisComponent):
                 if out_of_memory(exc):
                     raise self._out_of_memory("the job was not submitted") from exc
                 raise
-            job = self._delayed(redis, partition, stream, reply)[1]
+            job = _first_job(self._delayed(redis, partition, stream, reply)[1], once)
             if self._results is None:
                 self._results = ResultStore(redis=redis, deserializer=None)
             return JobHandle(job, self._results)
@@ -722,7 +722,7 @@ class Producer(RedisComponent):
             raise
         created = True
         if once is not None:  # {created, entry id, job id}: a repeat returns the first job
-            created, job = bool(reply[0]), _text(reply[2])
+            created, job = bool(reply[0]), _first_job(_text(reply[2]), once)
         if created:
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:
@@ -782,6 +782,16 @@ class Producer(RedisComponent):
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _first_job(job: str, once: str | None) -> str:
+    """The job id a ``submit`` got, or for a repeat its first call's; raises if that was none."""
+    if not job:
+        raise ConfigurationError(
+            f"idempotency key {once!r} was first used by a plain enqueue, not a submit: "
+            "it has no job to return"
+        )
+    return job
 
 
 def _entry_ids(reply: Any) -> list[Any]:

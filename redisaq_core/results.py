@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -489,7 +490,12 @@ class _IndexMerge:
         pipe = self.redis.pipeline(transaction=False)
         for i in indexes:
             self._page(pipe, i)
-        for i, entries in zip(indexes, await pipe.execute(), strict=True):
+        for i, entries in zip(indexes, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(entries, ResponseError):  # another client's key of another type
+                keys, p = self.sources[i]
+                log.warning("skipping the jobs index %s: %s", keys.jobs(p), entries)
+                self.exhausted[i] = True
+                continue
             self._take(i, entries)
 
     async def run(self) -> list[JobRecord]:
@@ -550,7 +556,7 @@ class _IndexMerge:
                 chunk = gone[start : start + 100]
                 args: list[Any] = []
                 for job_id, score in chunk:
-                    args += [job_id, int(score)]
+                    args += [job_id, int(score) if math.isfinite(score) else 0]
                 calls.append(
                     (JOB_INDEX_CLEAN, [keys.jobs(p), *(keys.job(p, j) for j, _ in chunk)], args)
                 )

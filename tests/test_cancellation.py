@@ -38,7 +38,7 @@ from redisaq_core import (
 from redisaq_core._cancellation import RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
-from tests.helpers import Running, eventually, redisaq
+from tests.helpers import Running, died_with, eventually, redisaq
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.01}
@@ -395,6 +395,51 @@ async def test_progress_values_are_checked_and_non_jobs_are_a_no_op(
     outside = Received(topic, {"x": 1}, job_id=job.id)
     with pytest.raises(NotConnectedError, match="inside a consumer's handler"):
         await outside.progress(1)
+
+
+@pytest.mark.parametrize("marked", ["active", "queued"])
+async def test_a_cancelled_job_out_of_runs_is_settled_cancelled_not_dead(
+    redis_url: str, redis: Any, topic: str, marked: str
+) -> None:
+    # Its worker died (having marked it active, or before that); the job is cancelled, and
+    # the next member finds it out of runs (max_deliveries=1). It settles it cancelled, as
+    # it would a job it still had runs for. Before, it dead-lettered it and wrote "dead"
+    # over the final "cancelled" that cancel() had already returned.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 0})
+        await died_with(redis, topic)
+        await redis.hset(TopicKeys(topic).job(0, job.id), "status", marked)
+        expected = JobStatus.CANCELLING if marked == "active" else JobStatus.CANCELLED
+        assert await job.cancel() is expected
+        ran: list[Any] = []
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, ran.append):
+            await eventually(lambda: acked(redis, topic), message="settled")
+        record = await job.record()
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert ran == [] and await dead_letters(redis, topic) == 0
+
+
+async def test_progress_on_a_record_another_client_replaced_is_a_no_op(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    # Before, progress() raised WRONGTYPE, and the job was dead-lettered.
+    results: list[bool] = []
+
+    async def handler(m: Received) -> None:
+        assert m.job_id is not None
+        key = TopicKeys(topic).job(m.partition, m.job_id)
+        await redis.delete(key)
+        await redis.set(key, "another client's")
+        results.append(await m.progress(50))
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.submit({"n": 0})
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            await eventually(lambda: acked(redis, topic), message="settled")
+    assert results == [False]
+    assert consumer.stats.handled == 1 and consumer.stats.dead_lettered == 0
 
 
 # ---- a real worker process, cancelled from the CLI --------------------------------------

@@ -138,3 +138,21 @@ async def test_without_a_key_the_resent_call_writes_twice(
     """Why the key exists: a call retried after its reply was lost writes again."""
     _, entries = await _resent_after_a_lost_reply(redis_url, redis, topic, None)
     assert entries == 2
+
+
+async def test_a_key_shared_by_enqueue_and_submit_says_what_its_first_call_was(
+    redis_url: str, topic: str
+) -> None:
+    # A submit repeating a plain enqueue's key has no job to return: it says so. Before, the
+    # script failed on the marker (no job id in it), and a job schedule whose tick marker was
+    # another client's retried until the tick was past its grace. An enqueue repeating a
+    # submit's key returns the entry id alone (it returned "<entry id> <job id>").
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0}, idempotency_key="k1")
+        for delay in (None, 60.0):
+            with pytest.raises(ConfigurationError, match="'k1' was first used by a plain enqueue"):
+                await producer.submit({"n": 1}, idempotency_key="k1", delay=delay)
+        job = await producer.submit({"n": 2}, idempotency_key="k2")
+        again = await producer.enqueue({"n": 3}, idempotency_key="k2")
+        record = await job.record()
+    assert record is not None and again == record.msg_id

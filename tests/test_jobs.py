@@ -9,7 +9,7 @@ import pytest
 
 from redisaq_core import Consumer, Message, Producer
 from redisaq_core.errors import ConfigurationError, JobFailedError
-from redisaq_core.keys import parse_job_id
+from redisaq_core.keys import TopicKeys, parse_job_id
 from redisaq_core.results import JobStatus, ResultStore
 from tests.helpers import Running, eventually
 
@@ -187,3 +187,25 @@ async def test_a_result_that_cannot_be_stored_at_a_forced_stop_dead_letters_its_
     }
     assert all(r is not None and r.status == JobStatus.DEAD for r in records)
     assert all(r is not None and r.error_type == "SerializationError" for r in records)
+
+
+async def test_a_jobs_index_another_client_replaced_stops_no_job(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    # The index only lists jobs: one of another type is left alone. Before, submit() raised
+    # after writing the job (a retry wrote it twice), and the consumer stopped on WRONGTYPE.
+    index = TopicKeys(topic).jobs(0)
+    await redis.set(index, "another client's")
+
+    async def double(m: Message) -> int:
+        return int(m.payload["n"]) * 2
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        jobs = [await producer.submit({"n": n}) for n in range(2)]
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, double):
+            done = [await job.wait(timeout=10) for job in jobs]
+            assert consumer.running
+    assert [r.status for r in done] == [JobStatus.COMPLETED] * 2
+    assert await redis.get(index) == b"another client's"
+    await redis.delete(index)  # the listing of every topic in other tests

@@ -289,6 +289,21 @@ async def test_a_listing_skips_records_another_client_replaced(
     assert [r.id for r in await store.list_jobs(topic)] == [kept]
 
 
+async def test_a_listing_skips_an_index_another_client_replaced_or_spoilt(
+    redis: Redis, store: ResultStore, topic: str
+) -> None:
+    # Partition 0's index is a key of another type; partition 1's names a gone job at an
+    # infinite score. The listing skips both. Before, the first failed every listing with
+    # WRONGTYPE, the second with OverflowError (also the gateway's /jobs and the dashboard).
+    await jr.make_topic(redis, topic, 2)
+    kept = await jr.submit(redis, topic, 1)
+    await redis.set(TopicKeys(topic).jobs(0), "another client's")
+    await redis.zadd(TopicKeys(topic).jobs(1), {f"{topic}/1/gone": float("inf")})
+    assert [r.id for r in await store.list_jobs(topic)] == [kept]
+    assert kept in [r.id for r in await store.list_jobs(limit=1000)]
+    await redis.delete(TopicKeys(topic).jobs(0))  # the listing of every topic in other tests
+
+
 async def test_list_jobs_newest_first_across_topics_and_partitions(
     redis: Redis, store: ResultStore
 ) -> None:

@@ -8,14 +8,41 @@
 --       gone from its stream. The entry's fields are added, each name prefixed "f:"; an
 --       entry of more than about 3,500 fields is noted by its field count,
 --       "omitted_fields", instead, and is never deleted: it is all that is left of them.
+-- A job cancelled meanwhile ("cancelled", or "cancelling" when its worker stopped before
+-- settling it) is settled cancelled instead, as jobs_cancelled.lua does: no dead letter.
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
--- a call sent again after its reply was lost writes nothing twice), or -1 when the lease is
--- not ours. Nothing is acknowledged unless the dead letter was written.
+-- a call sent again after its reply was lost writes nothing twice), -1 when the lease is
+-- not ours, or -2 for a job settled cancelled. Nothing is acknowledged unless the dead
+-- letter was written (or the job settled cancelled).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
   return 0
+end
+local function settle_job(status, field, at)
+  redis.call('HSET', KEYS[4], 'status', status, field, at, 'updated_at', at)
+  local ttl = math.floor(tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0)
+  if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
+    redis.call('EXPIRE', KEYS[4], ttl)
+  end
+  redis.pcall('ZADD', KEYS[5], at, ARGV[5])
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local status = ARGV[5] ~= '' and redis.pcall('HGET', KEYS[4], 'status')
+if status == 'cancelled' or status == 'cancelling' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  settle_job('cancelled', 'cancelled_at', now_ms())
+  if status == 'cancelling' then
+    redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' cancelled')
+  end
+  if ARGV[10] == '1' then
+    redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[3])
+  end
+  return -2
 end
 local args = {KEYS[3]}
 local maxlen = tonumber(ARGV[4])
@@ -50,16 +77,9 @@ if #fields > 0 then
 end
 local dl = redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[5] ~= '' and redis.call('TYPE', KEYS[4]).ok == 'hash' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[4], 'status', 'dead', 'dead_at', now, 'updated_at', now,
-    'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
-  local ttl = math.floor(tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0)
-  if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
-    redis.call('EXPIRE', KEYS[4], ttl)
-  end
-  redis.call('ZADD', KEYS[5], now, ARGV[5])
+if type(status) == 'string' then  -- a job record (not one another client made of another type)
+  redis.call('HSET', KEYS[4], 'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
+  settle_job('dead', 'dead_at', now_ms())
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')
 end
 if ARGV[10] == '1' and kept then  -- last: what came before is written whatever it answers

@@ -4,10 +4,12 @@
 -- KEYS: stream, marker (string: the entry id, expires after the window)
 -- ARGV: window (seconds), maxlen (0: unbounded), trim ("~" or "=", or "ACKED..." to keep
 --       entries a group has not acknowledged, always exact), field, value, ...
--- Returns {1, id} for a new entry, {0, id of the first} for a repeat.
+-- Returns {1, id} for a new entry, {0, id of the first} for a repeat (a job's marker holds
+-- "<entry id> <job id>").
 local prior = redis.call('GET', KEYS[2])
 if prior then
-  return {0, prior}
+  local space = string.find(prior, ' ', 1, true)
+  return {0, space and string.sub(prior, 1, space - 1) or prior}
 end
 local id
 if tonumber(ARGV[2]) > 0 and string.sub(ARGV[3], 1, 5) == 'ACKED' then

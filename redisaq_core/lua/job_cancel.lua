@@ -24,7 +24,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'status', new, new .. '_at', now, 'updated_at', now)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.pcall('ZADD', KEYS[2], now, ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' ' .. new)
 if new == 'cancelling' then
   redis.call('PUBLISH', ARGV[3], ARGV[1])

@@ -3,13 +3,13 @@
 -- KEYS: job (hash), jobs index (zset)
 -- ARGV: job_id, channel, progress
 -- Returns 1, or 0 when the record does not exist or the job is not running (nothing written).
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.pcall('HGET', KEYS[1], 'status')  -- another type's key: no record
 if status ~= 'active' and status ~= 'cancelling' then
   return 0
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'progress', ARGV[3], 'progress_at', now, 'updated_at', now)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.pcall('ZADD', KEYS[2], now, ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' progress')
 return 1

@@ -19,6 +19,6 @@ if status == 'active' then
 else
   redis.call('HSET', KEYS[1], 'error', ARGV[5], 'error_type', ARGV[6])
 end
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.pcall('ZADD', KEYS[2], now, ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' ' .. status)
 return 1

@@ -28,7 +28,7 @@ for i = 4, #KEYS do
     if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
       redis.call('EXPIRE', KEYS[i], ttl)
     end
-    redis.call('ZADD', KEYS[3], now, job_id)
+    redis.pcall('ZADD', KEYS[3], now, job_id)
   end
 end
 return #KEYS - 3

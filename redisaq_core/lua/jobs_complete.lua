@@ -37,6 +37,6 @@ for i = 1, #ids, 512 do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 511, #ids)))
 end
 for i = 1, #index, 512 do
-  redis.call('ZADD', KEYS[3], unpack(index, i, math.min(i + 511, #index)))
+  redis.pcall('ZADD', KEYS[3], unpack(index, i, math.min(i + 511, #index)))
 end
 return #KEYS - 3

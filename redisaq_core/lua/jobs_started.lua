@@ -26,6 +26,6 @@ for i = 2, #KEYS do
   end
 end
 for i = 1, #index, 512 do
-  redis.call('ZADD', KEYS[1], unpack(index, i, math.min(i + 511, #index)))
+  redis.pcall('ZADD', KEYS[1], unpack(index, i, math.min(i + 511, #index)))
 end
 return cancelled

@@ -71,7 +71,7 @@ for level = 0, levels - 1 do
       if job and redis.call('HGET', jobs[job], 'status') == 'scheduled' then
         redis.call('HSET', jobs[job], 'status', 'queued', 'msg_id', id, 'queued_at', now,
           'updated_at', now)
-        redis.call('ZADD', KEYS[2], now, job)
+        redis.pcall('ZADD', KEYS[2], now, job)
         redis.call('PUBLISH', ARGV[4], job .. ' queued')
       end
     end

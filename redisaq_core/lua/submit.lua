@@ -7,12 +7,16 @@
 --       channel, topic, partition, priority, result_ttl, window (seconds; 0 without a
 --       marker), field, value, ...
 -- Returns the entry id; with a marker, {1, entry id, job id} for a new job and
--- {0, entry id, job id} of the first for a repeat.
+-- {0, entry id, job id} of the first for a repeat (job id "": the key's first call was
+-- a plain enqueue).
 if KEYS[4] then
   local prior = redis.call('GET', KEYS[4])
   if prior then
     local space = string.find(prior, ' ', 1, true)
-    return {0, string.sub(prior, 1, space - 1), string.sub(prior, space + 1)}
+    if space then
+      return {0, string.sub(prior, 1, space - 1), string.sub(prior, space + 1)}
+    end
+    return {0, prior, ''}
   end
 end
 local t = redis.call('TIME')
@@ -28,7 +32,7 @@ end
 redis.call('HSET', KEYS[2],
   'status', 'queued', 'topic', ARGV[5], 'partition', ARGV[6], 'priority', ARGV[7],
   'msg_id', id, 'attempts', 0, 'result_ttl', ARGV[8], 'queued_at', now, 'updated_at', now)
-redis.call('ZADD', KEYS[3], now, ARGV[3])
+redis.pcall('ZADD', KEYS[3], now, ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[3] .. ' queued')
 if KEYS[4] then
   redis.call('SET', KEYS[4], id .. ' ' .. ARGV[3], 'EX', ARGV[9])
