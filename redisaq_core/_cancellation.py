@@ -23,6 +23,10 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   meanwhile is not retried (its retry finds it ``cancelling`` and settles it
   ``cancelled``; on its last attempt it is dead-lettered as usual), nor is a
   job whose worker died (whoever takes the partition settles it so);
+* a job marked ``active`` with its read but still waiting for its handler
+  call (``process`` runs a partition's messages one at a time) is ``active``
+  too: it becomes ``cancelling``, and the notice (or the heartbeat's read)
+  keeps its handler from being called; it is settled ``cancelled``;
 * a finished job (``completed``, ``dead``, ``cancelled``) is left as it is
   (:class:`~redisaq_core.errors.JobFinishedError`); an id without a record
   raises :class:`~redisaq_core.errors.JobNotFoundError`.
@@ -181,6 +185,8 @@ class RunningJobs:
         self.keys = keys
         self.redis: AnyRedis | None = None
         self._running: dict[str, _Running] = {}
+        self._waiting: dict[str, str] = {}  # marked active, handler not called yet: job -> key
+        self._cancelled: set[str] = set()  # of those waiting, the ones found cancelling
         self._progress = self.progress
         self._notices: _CancelNotices | None = None
         self._subscribing: asyncio.Task[None] | None = None
@@ -190,12 +196,35 @@ class RunningJobs:
         self.redis = redis
         PROGRESS.set(self._progress)
 
+    def wait(self, messages: Iterable[Received]) -> None:
+        """The jobs among ``messages`` are marked active; their handlers are to run in turn.
+
+        A cancellation of one of them, noticed before its turn, keeps it from running.
+        """
+        for m in messages:
+            if m.job_id:
+                self._waiting[m.job_id] = self.keys.job(m.partition, m.job_id)
+
+    def stop_waiting(self) -> None:
+        """The handlers of the jobs :meth:`wait` was told about ran, or never will."""
+        self._waiting.clear()
+        self._cancelled.clear()
+
     def enter(self, message: Received) -> _Running | None:
-        """A job's handler is about to run in the current task."""
+        """A job's handler is about to run in the current task.
+
+        The result's ``cancelled`` is already set for a job cancelled while it waited:
+        its handler is not to run.
+        """
         task = asyncio.current_task()
         if task is None or not message.job_id:
             return None
         running = _Running(message.job_id, self.keys.job(message.partition, message.job_id), task)
+        self._waiting.pop(message.job_id, None)
+        if message.job_id in self._cancelled:
+            self._cancelled.discard(message.job_id)
+            running.cancelled = True
+            return running
         self._running[message.job_id] = running
         if self._notices is None and self.redis is not None:
             self._notices = _CancelNotices(self.redis, self._notified)
@@ -220,6 +249,9 @@ class RunningJobs:
         running = self._running.get(job_id)
         if running is not None:
             self._cancel(running)
+        elif job_id in self._waiting:
+            log.info("job %s cancelled before its turn: its handler won't run", job_id)
+            self._cancelled.add(job_id)
 
     def _cancel(self, running: _Running) -> None:
         if self._running.get(running.job_id) is running and not running.cancelled:
@@ -252,16 +284,20 @@ class RunningJobs:
 
         A record another client overwrote with something else (an error reply) is skipped.
         """
-        if not self._running:
+        if not self._running and not self._waiting:
             return
         watched = list(self._running.values())
+        waiting = list(self._waiting.items())
         pipe = redis.pipeline(transaction=False)
-        for running in watched:
-            pipe.hget(running.key, "status")
+        for key in [r.key for r in watched] + [key for _, key in waiting]:
+            pipe.hget(key, "status")
         statuses = await pipe.execute(raise_on_error=False)
-        for running, status in zip(watched, statuses, strict=True):
+        for running, status in zip(watched, statuses, strict=False):
             if status == b"cancelling" or status == "cancelling":
                 self._cancel(running)
+        for (job_id, _), status in zip(waiting, statuses[len(watched) :], strict=True):
+            if (status == b"cancelling" or status == "cancelling") and job_id in self._waiting:
+                self._notified(job_id)
 
     async def progress(self, message: Message, value: Any) -> bool:
         """Store and announce ``value`` as the progress of ``message``'s job.

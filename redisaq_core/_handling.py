@@ -275,6 +275,8 @@ class Dispatcher:
                 raise
             if cancelled:
                 messages = skip_cancelled(messages, cancelled, done)
+            if not batch:
+                self.jobs.wait(messages)
         groups = _by_partition(messages)
         flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
@@ -289,6 +291,8 @@ class Dispatcher:
             self._never_ran([m for f in failures for m in f.waiting])
             self.settler.keep_done(self.owned, done)
             raise
+        finally:
+            self.jobs.stop_waiting()
         self._in_flight(flight, -1)
         try:
             await self.settler.settle(
@@ -430,6 +434,9 @@ class Dispatcher:
                     self._never_ran(msgs[i:])  # given back (if still ours) before they are claimed
                     return None
                 job = self.jobs.enter(m) if m.job_id else None
+                if job is not None and job.cancelled:  # while it waited its turn
+                    done.append((m, CANCELLED))
+                    continue
                 try:
                     if m.timeout:
                         if call is not None:

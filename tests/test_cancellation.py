@@ -144,6 +144,43 @@ async def test_a_batch_handler_never_gets_a_cancelled_job(
                             JobStatus.CANCELLED]  # fmt: skip
 
 
+@pytest.mark.parametrize("notice", ["published", "lost"])
+async def test_a_job_cancelled_while_it_waits_its_turn_is_not_run(
+    redis_url: str, redis: Any, topic: str, notice: str
+) -> None:
+    # J1 and J2 are read together and marked active; J1's handler runs first. J2, cancelled
+    # meanwhile (CANCELLING), never runs, whether the notice comes or is lost (then the
+    # heartbeat reads its status). Before, its handler ran and the job ended "completed".
+    release, ran = asyncio.Event(), []
+
+    async def handler(m: Received) -> int:
+        ran.append(m.payload["n"])
+        if m.payload["n"] == 1:
+            await release.wait()
+        return int(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        j1, j2 = [await producer.submit({"n": n}) for n in (1, 2)]
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            await eventually(lambda: ran == [1], message="J1 runs")
+            if notice == "lost":
+                key = TopicKeys(topic).job(0, j2.id)
+                await redis.hset(key, "status", "cancelling")  # as cancel() does, unannounced
+                await eventually(lambda: _waited_out(consumer, j2.id), message="heartbeat")
+            else:
+                assert await j2.cancel() is JobStatus.CANCELLING
+            release.set()
+            assert (await j1.wait(timeout=10)).status is JobStatus.COMPLETED
+            assert (await j2.wait(timeout=10)).status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="all acknowledged")
+    assert ran == [1]
+
+
+def _waited_out(consumer: Consumer, job_id: str) -> bool:
+    return job_id in consumer._dispatcher.jobs._cancelled
+
+
 async def test_a_running_job_is_cancelled_and_not_retried(
     redis_url: str, redis: Any, topic: str
 ) -> None:

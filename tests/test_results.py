@@ -21,6 +21,7 @@ from redisaq_core import (
     NotConnectedError,
     ResultStore,
 )
+from redisaq_core._scripts import JOB_UPDATE, JOBS_STARTED
 from redisaq_core.connection import is_cluster
 from redisaq_core.keys import TopicKeys, job_id, parse_job_id
 from tests import job_records as jr
@@ -302,6 +303,23 @@ async def test_a_listing_skips_an_index_another_client_replaced_or_spoilt(
     assert [r.id for r in await store.list_jobs(topic)] == [kept]
     assert kept in [r.id for r in await store.list_jobs(limit=1000)]
     await redis.delete(TopicKeys(topic).jobs(0))  # the listing of every topic in other tests
+
+
+async def test_a_completed_job_is_not_marked_active_or_failed_again(
+    redis: Redis, store: ResultStore, topic: str
+) -> None:
+    # A member paused past its lease resumes after another completed the job (or a member
+    # of another group takes it). Before, it marked the job active (or failed) over the
+    # final "completed" for good: its own completion is fenced, and waiters hung.
+    await jr.make_topic(redis, topic, 1)
+    jid = await jr.submit(redis, topic)
+    keys = TopicKeys(topic)
+    await redis.hset(keys.job(0, jid), "status", "completed")
+    prefix = keys.job(0, "")
+    await JOBS_STARTED(redis, [keys.jobs(0), keys.job(0, jid)], ["ch", "me", len(prefix), 2])
+    failed = [jid, "ch", "failed", "me", "boom", "RuntimeError", 0]
+    assert await JOB_UPDATE(redis, [keys.job(0, jid), keys.jobs(0)], failed) == 0
+    assert await store.status(jid) is JobStatus.COMPLETED
 
 
 async def test_list_jobs_newest_first_across_topics_and_partitions(

@@ -3,10 +3,12 @@
 -- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type,
 --       deliveries (for "active": the attempt number, the entry's delivery count)
 -- Returns 1, or 0 when the record no longer exists (it is not created again; a key of
--- another type is not a record) or the job was cancelled meanwhile (its retry will find
--- it cancelled and skip it).
+-- another type is not a record), the job was cancelled meanwhile (its retry will find
+-- it cancelled and skip it) or it is completed (by another member while this one was
+-- paused, or by another group).
 local current = redis.pcall('HGET', KEYS[1], 'status')
-if type(current) ~= 'string' or current == 'cancelling' or current == 'cancelled' then
+if type(current) ~= 'string' or current == 'cancelling' or current == 'cancelled'
+    or current == 'completed' then
   return 0
 end
 local t = redis.call('TIME')

@@ -2,9 +2,12 @@
 -- KEYS: jobs index (zset), job hash, job hash, ...
 -- ARGV: channel, worker, length of the job hashes' key prefix (a job's id follows it), then
 --       per job: deliveries (the attempt number)
--- Records that no longer exist are skipped (never created again). A job cancelled before
--- it started ("cancelled", or "cancelling" when its worker stopped before settling it) is
--- not marked. Returns the ids of those cancelled jobs (to settle without a handler call).
+-- Records that no longer exist are skipped (never created again), and so are those already
+-- "completed" (another member completed the job while this one was paused, or another
+-- group did; a "dead" one is marked: a replayed dead letter runs again). A job cancelled
+-- before it started ("cancelled", or "cancelling" when its worker stopped before settling
+-- it) is not marked. Returns the ids of those cancelled jobs (to settle without a handler
+-- call).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local skip = tonumber(ARGV[3])
@@ -17,7 +20,7 @@ for i = 2, #KEYS do
   end
   if status == 'cancelled' or status == 'cancelling' then
     cancelled[#cancelled + 1] = job_id
-  elseif status then
+  elseif status and status ~= 'completed' then
     redis.call('HSET', KEYS[i], 'status', 'active', 'active_at', now, 'updated_at', now,
       'worker', ARGV[2], 'attempts', ARGV[2 + i])
     index[#index + 1] = now
