@@ -20,12 +20,14 @@ from ._tasks import cancel_and_wait
 from .connection import AnyRedis
 from .errors import NotConnectedError
 
-__all__ = ["FINAL_STATUSES", "JobEvents"]
+__all__ = ["FINAL_STATUSES", "GONE", "JobEvents"]
 
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = frozenset({"completed", "dead", "cancelled"})
 """Statuses after which a job's record no longer changes."""
+GONE = "gone"
+"""Announced for a job settled without a record (deleted while it was pending)."""
 _PING_INTERVAL = 15.0
 _READ_TIMEOUT = 1.0
 
@@ -114,7 +116,7 @@ class JobEvents:
         if kind == "message":
             text = optional_text(message.get("data")) or ""
             job_id, _, status = text.rpartition(" ")
-            if status in FINAL_STATUSES and job_id in self._waiters:
+            if (status in FINAL_STATUSES or status == GONE) and job_id in self._waiters:
                 self._wake(job_id, status)
         elif kind == "subscribe":
             channel = optional_text(message.get("channel")) or ""

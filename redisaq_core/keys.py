@@ -237,7 +237,11 @@ class TopicKeys:
 
     @property
     def job_channel(self) -> str:
-        """Pub/sub channel announcing each job status change as ``"<job_id> <status>"``."""
+        """Pub/sub channel announcing each job status change as ``"<job_id> <status>"``.
+
+        Also ``"<job_id> progress"``, and ``"<job_id> gone"`` for a job settled without a
+        record (deleted while it was pending).
+        """
         return f"{self._tag}:jobs"
 
     @property

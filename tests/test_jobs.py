@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from redisaq_core import Consumer, Message, Producer
-from redisaq_core.errors import ConfigurationError, JobFailedError
+from redisaq_core.errors import ConfigurationError, JobFailedError, JobNotFoundError
 from redisaq_core.keys import TopicKeys, parse_job_id
 from redisaq_core.results import JobStatus, ResultStore
 from tests.helpers import Running, eventually
@@ -209,3 +209,33 @@ async def test_a_jobs_index_another_client_replaced_stops_no_job(
     assert [r.status for r in done] == [JobStatus.COMPLETED] * 2
     assert await redis.get(index) == b"another client's"
     await redis.delete(index)  # the listing of every topic in other tests
+
+
+@pytest.mark.parametrize("ends", ["completed", "dead"])
+async def test_a_waiter_learns_of_a_record_deleted_while_its_job_was_pending(
+    redis_url: str, redis: Any, topic: str, ends: str
+) -> None:
+    # Before, the job was settled without an announcement, and wait() waited for ever.
+    async def handler(m: Message) -> int:
+        if ends == "dead":
+            raise RuntimeError("fails")
+        return 1
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 0})
+        store, read = job.store, asyncio.Event()
+        first_read = store._read
+
+        async def read_then_say(*args: Any) -> Any:
+            record = await first_read(*args)
+            read.set()
+            return record
+
+        store._read = read_then_say  # type: ignore[method-assign]
+        waiting = asyncio.create_task(job.wait(timeout=20))
+        await asyncio.wait_for(read.wait(), 10)  # the waiter found the job pending
+        await redis.delete(TopicKeys(topic).job(0, job.id))
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handler):
+            with pytest.raises(JobNotFoundError, match="has no record"):
+                await waiting

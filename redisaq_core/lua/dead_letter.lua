@@ -81,6 +81,8 @@ if type(status) == 'string' then  -- a job record (not one another client made o
   redis.call('HSET', KEYS[4], 'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
   settle_job('dead', 'dead_at', now_ms())
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')
+elseif ARGV[5] ~= '' then  -- no record (deleted, or replaced by another client)
+  redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' gone')
 end
 if ARGV[10] == '1' and kept then  -- last: what came before is written whatever it answers
   redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[3])

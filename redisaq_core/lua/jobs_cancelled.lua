@@ -29,6 +29,8 @@ for i = 4, #KEYS do
       redis.call('EXPIRE', KEYS[i], ttl)
     end
     redis.pcall('ZADD', KEYS[3], now, job_id)
+  else  -- no record (deleted, or replaced by another client): its waiters learn so
+    redis.call('PUBLISH', ARGV[3], job_id .. ' gone')
   end
 end
 return #KEYS - 3

@@ -4,6 +4,7 @@
 -- ARGV: group, token, channel, worker, length of the job hashes' key prefix (a job's id
 --       follows it), then per job: msg_id, result (its kind, "b" bytes or "s" text, then
 --       the serialized value)
+-- A job without a record is acknowledged and announced "gone".
 -- Returns the number of jobs completed, or -1 when the lease is not ours (nothing is written).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
@@ -31,6 +32,8 @@ for i = 4, #KEYS do
     index[#index + 1] = now
     index[#index + 1] = job_id
     redis.call('PUBLISH', ARGV[3], job_id .. ' completed')
+  else  -- no record (deleted, or replaced by another client): its waiters learn so
+    redis.call('PUBLISH', ARGV[3], job_id .. ' gone')
   end
 end
 for i = 1, #ids, 512 do

@@ -25,7 +25,7 @@ import logging
 from typing import Any, Protocol
 
 from .._failures import CALL_FAILURES
-from .._job_events import JobEvents
+from .._job_events import GONE, JobEvents
 from ..connection import AnyRedis
 from ..keys import TopicKeys, parse_job_id
 from ..results import JobRecord, ResultStore
@@ -116,7 +116,7 @@ class JobFeed(JobEvents):
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         job_id, _, status = text.rpartition(" ")
         followers = self._followers.get(job_id)
-        if not followers:
+        if not followers or status == GONE:
             return
         record = self.read(job_id) if status in RECORD_STATUSES else None
         for follower in list(followers):
