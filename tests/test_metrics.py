@@ -367,3 +367,23 @@ async def test_junk_in_the_metrics_hash_is_ignored(redis: Redis, topic: str) -> 
     await redis.hset(TopicKeys(topic).metrics, mapping=junk)
     row = _row(await topic_metrics(redis, topic), "g", 0)
     assert (row["handled"], row["in_flight"], row["handler_seconds"]["count"]) == (1, 0, 1)
+
+
+async def test_counts_another_client_spoilt_are_written_over_and_flushes_go_on(
+    redis: Redis, topic: str
+) -> None:
+    # A counter that is no number, and a series key of another type. Before, every flush
+    # failed on them, and the counts it had written before the error were added again at
+    # each next try.
+    await jr.make_topic(redis, topic, 1)
+    keys = TopicKeys(topic)
+    await redis.hset(keys.metrics, "0 g failed", "abc")
+    await redis.set(keys.series, "another client's")
+    rec = MetricsRecorder(redis, topic, "g", flush_interval=60)
+    for _ in range(3):
+        rec.handled(0, 0.1)
+        rec.failed(0)
+        await rec.flush()
+    row = _row(await topic_metrics(redis, topic), "g", 0)
+    assert (row["handled"], row["failed"]) == (3, 3)
+    assert await redis.type(keys.series) == b"hash"

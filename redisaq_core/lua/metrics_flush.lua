@@ -17,7 +17,8 @@
 --      than the next smaller bound: field "G B" (B as the metrics hash writes it)
 --   l  lag of group <field> seen now: the record keeps the largest seen in its bucket
 -- A series record that does not decode (written by another client) is replaced; values of
--- the wrong type in it count as 0.
+-- the wrong type in it count as 0. So is a series key of another type, and a counter that
+-- can't be added to.
 -- Returns the number of triples applied.
 local MAX_RECORD = 65536
 local t = redis.call('TIME')
@@ -52,7 +53,11 @@ local function open(step, slots)
   local start = bucket * step
   slot = string.format('%d', bucket % slots)
   ttl = (slots + 1) * step * 1000
-  local raw = redis.call('HGET', KEYS[2], slot)
+  local raw = redis.pcall('HGET', KEYS[2], slot)
+  if type(raw) == 'table' then  -- a key of another type (another client's): replaced
+    redis.call('DEL', KEYS[2])
+    raw = false
+  end
   local ok, decoded = false, nil
   if raw and #raw <= MAX_RECORD then ok, decoded = pcall(cjson.decode, raw) end
   if ok and type(decoded) == 'table' and decoded.t == start then
@@ -71,13 +76,20 @@ local function group(name)
   return g
 end
 
+-- A stored value the command can't add to (no number, or past the largest) is written over.
+local function add(command, field, value)
+  if type(redis.pcall(command, KEYS[1], field, value)) == 'table' then
+    redis.call('HSET', KEYS[1], field, value)
+  end
+end
+
 local n = 0
 for i = 2, #ARGV - 2, 3 do
   local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if op == 'i' then
-    redis.call('HINCRBY', KEYS[1], field, value)
+    add('HINCRBY', field, value)
   elseif op == 'f' then
-    redis.call('HINCRBYFLOAT', KEYS[1], field, value)
+    add('HINCRBYFLOAT', field, value)
   elseif op == 'm' then
     local current = tonumber(redis.call('HGET', KEYS[1], field))
     if not current or tonumber(value) > current then
