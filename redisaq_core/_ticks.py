@@ -15,6 +15,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from redis.exceptions import ResponseError
+
 from ._failures import REDIS_FAILURES
 from .connection import AnyRedis
 from .errors import ConfigurationError, RedisaqError, SerializationError
@@ -140,7 +142,15 @@ class Ticker:
         redis = self._redis
         seconds, micros = await redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
-        raw = await redis.zscore(schedule_ticks(), schedule.name)
+        try:
+            raw = await redis.zscore(schedule_ticks(), schedule.name)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            # Another client's key of another type holds no tick: written over.
+            self.logger.warning("schedule ticks: %s is no sorted set; replaced", schedule_ticks())
+            await redis.delete(schedule_ticks())
+            raw = None
         last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
         if last is None and raw is not None:

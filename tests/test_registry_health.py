@@ -307,6 +307,32 @@ async def test_monitor_loop_emits_async_events_and_survives_bad_callbacks_and_re
     await monitor.stop()  # idempotent
 
 
+async def test_registry_keys_another_client_made_of_another_type_stop_nothing(
+    registry: ServiceRegistry, redis: Redis
+) -> None:
+    # A service record and a type index replaced by keys of another type. Before, the first
+    # failed every snapshot (every listing, and the health monitor for good), the second
+    # every registration, heartbeat and deregistration that touched the type.
+    keys = registry.keys
+    await registry.register_service(_info("bad", "worker"))
+    await registry.register_service(_info("other", "other"))
+    await redis.delete(keys.service("bad"), keys.service_type("other"))
+    await redis.set(keys.service("bad"), "another client's")
+    await redis.set(keys.service_type("other"), "another client's")
+    assert [s.service_id for s in await registry.list_services()] == ["other"]
+    assert [c.service_id for c in await HealthMonitor(registry, timeout=5).check()] == ["other"]
+    await registry.register_service(_info("svc", "worker"))
+    await registry.register_service(_info("other", "worker"))  # leaves the type "other"
+    await registry.register_service(_info("again", "other"))
+    assert await registry.heartbeat("again") and not await registry.heartbeat("bad")
+    assert await registry.get_service_count("other") == 1
+    assert await registry.deregister_service("again")
+    assert await registry.cleanup_stale_services(timeout_seconds=0) >= 2
+    await redis.set(keys.service_type("other"), "another client's")
+    await redis.sadd(keys.types, "other")
+    assert await registry.clear_all()
+
+
 async def test_monitor_of_one_type(registry: ServiceRegistry) -> None:
     await registry.register_service(_info("w", "worker"))
     await registry.register_service(_info("i", "inference"))

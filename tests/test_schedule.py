@@ -257,6 +257,25 @@ async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
     await redis.zrem(schedule_ticks(), name)
 
 
+async def test_a_ticks_key_another_client_made_of_another_type_stops_no_schedule(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Before, every round failed on it (WRONGTYPE) and no schedule ticked again.
+    name = _name()
+    kept = await redis.zrange(schedule_ticks(), 0, -1, withscores=True)
+    await redis.delete(schedule_ticks())
+    await redis.set(schedule_ticks(), "another client's")
+    try:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            producer.add_schedule(Schedule(name, every=0.1))
+            await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
+        assert await redis.zscore(schedule_ticks(), name) is not None
+    finally:
+        await redis.delete(schedule_ticks())
+        if kept:
+            await redis.zadd(schedule_ticks(), dict(kept))
+
+
 async def test_a_definition_no_schedule_can_have_is_skipped_and_the_others_tick_on(
     redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,7 +26,7 @@ for i = 1, #stale, 500 do
   redis.call('ZREM', active, unpack(chunk))
   redis.call('HDEL', wstatus, unpack(chunk))
   for _, ty in ipairs(typelist) do
-    redis.call('SREM', base .. ':type:' .. ty, unpack(chunk))
+    redis.pcall('SREM', base .. ':type:' .. ty, unpack(chunk))  -- pcall: another type's key
   end
 end
 for _, ty in ipairs(typelist) do

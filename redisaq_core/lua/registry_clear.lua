@@ -21,7 +21,10 @@ local typekeys = {}
 for _, ty in ipairs(redis.call('SMEMBERS', types)) do
   local tkey = base .. ':type:' .. ty
   typekeys[#typekeys + 1] = tkey
-  add(redis.call('SMEMBERS', tkey))
+  local members = redis.pcall('SMEMBERS', tkey)
+  if not members.err then  -- another client's key of another type names no service
+    add(members)
+  end
 end
 for i = 1, #ids, 500 do
   local keys = {}

@@ -9,7 +9,7 @@ redis.call('DEL', base .. ':alive:' .. id)
 redis.call('HDEL', wstatus, id)
 for _, ty in ipairs(redis.call('SMEMBERS', types)) do
   local tkey = base .. ':type:' .. ty
-  if redis.call('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
+  if redis.pcall('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
     redis.call('SREM', types, ty)
   end
 end

@@ -1,14 +1,15 @@
 -- Record a heartbeat (last_seen := server time) of a registered service.
 -- KEYS: active (zset), types (set)
 -- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
--- Returns the last_seen written ("seconds.micros"), or nil when the service has no record;
+-- Returns the last_seen written ("seconds.micros"), or nil when the service has no record
+-- (or a key of another type in its place);
 -- its liveness key is then deleted, so a keepalive whose record was removed stops counting
 -- as connected.
 local active, types = KEYS[1], KEYS[2]
 local base, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local skey = base .. ':service:' .. id
 local akey = base .. ':alive:' .. id
-if redis.call('EXISTS', skey) == 0 then
+if redis.call('TYPE', skey).ok ~= 'hash' then  -- none, or another client's key
   redis.call('DEL', akey)
   return false
 end
@@ -18,7 +19,11 @@ redis.call('HSET', skey, 'last_seen', seen)
 redis.call('ZADD', active, seen, id)
 local stype = redis.call('HGET', skey, 'service_type')
 if stype and stype ~= '' then
-  redis.call('SADD', base .. ':type:' .. stype, id)
+  local tkey = base .. ':type:' .. stype
+  if type(redis.pcall('SADD', tkey, id)) == 'table' then  -- another client's key of another type
+    redis.call('DEL', tkey)
+    redis.call('SADD', tkey, id)
+  end
   redis.call('SADD', types, stype)
 end
 if ttl > 0 then

@@ -2,7 +2,8 @@
 -- KEYS: active (zset), index (the active zset again, or one type's set)
 -- ARGV: base, max_age_seconds ('' for no age limit: every indexed service)
 -- Returns {now_seconds, now_micros, id, last_seen_score, alive (0/1), {field, value, ...}, ...}
--- Ids without a record, or not in the active index, are left out.
+-- Ids without a record (or with a key of another type), or not in the active index, are
+-- left out.
 local active, index = KEYS[1], KEYS[2]
 local base = ARGV[1]
 local t = redis.call('TIME')
@@ -26,7 +27,10 @@ local out = {t[1], t[2]}
 for _, id in ipairs(ids) do
   local score = redis.call('ZSCORE', active, id)
   if score and ((not limit) or tonumber(score) >= limit) then
-    local fields = redis.call('HGETALL', base .. ':service:' .. id)
+    local fields = redis.pcall('HGETALL', base .. ':service:' .. id)
+    if fields.err then
+      fields = {}  -- a key of another type (another client's): no record
+    end
     if #fields > 0 then
       out[#out + 1] = id
       out[#out + 1] = score

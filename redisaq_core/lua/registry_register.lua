@@ -16,7 +16,7 @@ local skey = base .. ':service:' .. id
 for _, other in ipairs(redis.call('SMEMBERS', types)) do
   if other ~= stype then
     local tkey = base .. ':type:' .. other
-    if redis.call('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
+    if redis.pcall('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
       redis.call('SREM', types, other)
     end
   end
@@ -27,7 +27,11 @@ redis.call('HSET', skey,
   'service_id', id, 'host', ARGV[4], 'port', ARGV[5], 'service_type', stype,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)
 redis.call('ZADD', active, seen, id)
-redis.call('SADD', base .. ':type:' .. stype, id)
+local tkey = base .. ':type:' .. stype
+if type(redis.pcall('SADD', tkey, id)) == 'table' then  -- another client's key of another type
+  redis.call('DEL', tkey)
+  redis.call('SADD', tkey, id)
+end
 redis.call('SADD', types, stype)
 redis.call('HDEL', wstatus, id)
 

@@ -7,7 +7,7 @@
 -- when its metadata changed since the caller read it (the caller merges again and retries).
 local base, id = ARGV[1], ARGV[2]
 local skey = base .. ':service:' .. id
-if redis.call('EXISTS', skey) == 0 then
+if redis.call('TYPE', skey).ok ~= 'hash' then  -- none, or another client's key
   return 0
 end
 if ARGV[6] == '1' then
