@@ -12,6 +12,7 @@ pub/sub connection, open sockets), never state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -96,7 +97,36 @@ def _field_of(exc: Exception, fields: tuple[str, ...], default: str) -> str:
 
 def job_dict(record: JobRecord) -> dict[str, Any]:
     """A job record as the gateway shows it: :meth:`JobRecord.as_dict` plus ``job_id``."""
-    return {"job_id": record.id, **record.as_dict()}
+    return {"job_id": record.id, **shown(record).as_dict()}
+
+
+def shown(record: JobRecord) -> JobRecord:
+    """``record`` as the gateway can send it as JSON.
+
+    A result or progress that no JSON encoder here takes (nested past its depth, an
+    integer past 64 bits: another client's, or a handler's) is left out, and
+    ``result_error`` says so; before, it failed every response that held the job.
+    """
+    result, progress = _encodes(record.result), _encodes(record.progress)
+    if result and progress:
+        return record
+    return dataclasses.replace(
+        record,
+        result=record.result if result else None,
+        result_error=record.result_error if result else _UNSHOWN,
+        progress=record.progress if progress else None,
+    )
+
+
+_UNSHOWN = "the result can't be shown as JSON (nested too deep, or an integer past 64 bits)"
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        orjson.dumps([[value]], default=str)  # two levels for the response around it
+    except TypeError:
+        return False
+    return True
 
 
 class Gateway:

@@ -20,7 +20,7 @@ from .._tasks import wait_event
 from ..errors import ConfigurationError, MalformedServiceError
 from ..results import JobRecord, JobStatus
 from .feed import RECORD_STATUSES
-from .gateway import Gateway, InvalidField
+from .gateway import Gateway, InvalidField, shown
 from .models import (
     CLOSE_DEREGISTERED,
     CLOSE_TOO_SLOW,
@@ -436,6 +436,7 @@ def status_frame(job_id: str, status: str, record: JobRecord | None) -> dict[str
     A progress announcement gives an ``active`` frame with the record's ``progress``.
     """
     frame: dict[str, Any] = {"type": "job_status", "job_id": job_id, "status": status}
+    record = None if record is None else shown(record)
     if status == PROGRESS:
         frame["status"] = JobStatus.ACTIVE.value
         if record is not None:

@@ -8,13 +8,15 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from redisaq_core import Consumer, EmbeddedRedis, Message, Producer, ServiceRegistry
+from redisaq_core import Consumer, EmbeddedRedis, Message, Producer, ResultStore, ServiceRegistry
 from redisaq_core.keys import TopicKeys
 from redisaq_core.web import create_app
+from redisaq_core.web.gateway import job_dict
 from tests.helpers import Running, eventually
 from tests.web.conftest import consumer, echo
 
@@ -76,6 +78,32 @@ async def test_a_job_post_retried_with_its_idempotency_key_returns_the_first_job
     long_key = {**body, "idempotency_key": "é" * 129}  # 258 bytes
     assert _fields(await client.post("/jobs", json=long_key)) == ["idempotency_key"]
     assert len((await client.get("/jobs", params={"topic": topic})).json()) == 2
+
+
+@pytest.mark.parametrize("value", ["[" * 300 + "]" * 300, str(2**70)])
+async def test_a_result_or_progress_no_json_encoder_takes_leaves_the_job_readable(
+    client: httpx.AsyncClient, web_redis_url: str, topic: str, value: str
+) -> None:
+    # Nested past the encoders' depth, or an integer past 64 bits (another client's, or a
+    # handler's): the job is shown without it. Before, the first failed GET /jobs/{id} and
+    # GET /jobs with 500, and both the dashboard's snapshot (encoded with orjson).
+    r = await client.post("/jobs", json={"topic": topic, "payload": {"n": 1}})
+    job_id = r.json()["job_id"]
+    fields = {"status": "completed", "result": value, "result_kind": "s", "progress": value}
+    async with Redis.from_url(web_redis_url) as redis:
+        await redis.hset(TopicKeys(topic).job(0, job_id), mapping=fields)
+        async with ResultStore(redis=redis) as store:
+            record = await store.get(job_id)
+    assert record is not None
+    orjson.dumps({"type": "snapshot", "jobs": [job_dict(record)]})  # as the dashboard does
+    r = await client.get(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    assert shown["status"] == "completed" and shown["progress"] is None
+    if value.startswith("["):  # as a result, a big integer reads as a float
+        assert shown["result"] is None and "can't be shown as JSON" in shown["result_error"]
+    listed = await client.get("/jobs", params={"topic": topic})
+    assert listed.status_code == 200 and listed.json()[0]["job_id"] == job_id
 
 
 async def test_unknown_and_malformed_job_ids(client: httpx.AsyncClient, topic: str) -> None:
