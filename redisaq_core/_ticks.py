@@ -164,6 +164,8 @@ class Ticker:
         else:
             # Each tick is recorded once enqueued: a round cut off between the two leaves
             # that one tick to the next round, whose enqueue finds its idempotency key.
+            if ticks:  # where the tick's key picks the partition, every process must agree
+                await (await self._producer_for(schedule)).refresh_partitions()
             for tick in ticks:
                 await self._fire(schedule, tick)
                 await redis.zadd(schedule_ticks(), {schedule.name: tick}, xx=True, gt=True)

@@ -236,15 +236,23 @@ class Producer(RedisComponent):
         self._partitions = count
         self._trim = trim
 
+    async def refresh_partitions(self) -> None:
+        """Read the topic's partition and priority counts now (the refresh task does so every
+        ``refresh_interval``). Where an idempotency key picks the partition, producers that
+        saw different counts would write its message to two partitions: a schedule's ticker
+        calls this before each round of ticks."""
+        redis = self._redis or await self._ensure()
+        raw, levels = await redis.hmget(self.keys.meta, ["partitions", "priorities"])
+        if levels is not None:
+            self._levels = max(self._levels, priority_levels(levels))
+        if (count := partition_count(raw)) > self._partitions:
+            self._set_partitions(count)
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
-                raw, levels = await self.redis.hmget(self.keys.meta, ["partitions", "priorities"])
-                if levels is not None:
-                    self._levels = max(self._levels, priority_levels(levels))
-                if (count := partition_count(raw)) > self._partitions:
-                    self._set_partitions(count)
+                await self.refresh_partitions()
                 await self._retention.sweep(self.redis, self._streams())
             except Exception as exc:  # Redis failed, or what other clients stored spoilt a read
                 traceback = not isinstance(exc, REDIS_FAILURES)

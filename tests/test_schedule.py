@@ -257,6 +257,27 @@ async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
     await redis.zrem(schedule_ticks(), name)
 
 
+async def test_producers_of_different_partition_views_still_enqueue_each_tick_once(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # One producer saw the topic's 2 partitions, the other (its refresh not due for an hour)
+    # too; then the topic grows to 8. The tick's idempotency key picks its partition, so
+    # both must read the count: each round of ticks reads it first. Before, the stale one
+    # wrote its ticks to other partitions, and ticks were enqueued twice.
+    name = _name()
+    async with (
+        Producer(topic, redis_url=redis_url, init_partitions=2) as fresh,
+        Producer(topic, redis_url=redis_url, refresh_interval=3600) as stale,
+    ):
+        await fresh.request_partition_increase(8)
+        for producer in (stale, fresh):
+            producer.add_schedule(Schedule(name, every=0.2))
+        await eventually(lambda: _count(redis, topic, 8, 6), timeout=10, message="6 ticks")
+    ticks = await _ticks(redis, topic, 8)
+    assert len(ticks) == len(set(ticks))
+    await redis.zrem(schedule_ticks(), name)
+
+
 async def test_a_ticks_key_another_client_made_of_another_type_stops_no_schedule(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
