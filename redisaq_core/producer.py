@@ -237,10 +237,12 @@ class Producer(RedisComponent):
         self._trim = trim
 
     async def refresh_partitions(self) -> None:
-        """Read the topic's partition and priority counts now (the refresh task does so every
-        ``refresh_interval``). Where an idempotency key picks the partition, producers that
-        saw different counts would write its message to two partitions: a schedule's ticker
-        calls this before each round of ticks."""
+        """Read the topic's partition and priority counts now.
+
+        The refresh task does so every ``refresh_interval``. Where an idempotency key picks
+        the partition, producers that saw different counts would write its message to two
+        partitions: a schedule's ticker calls this before each round of ticks.
+        """
         redis = self._redis or await self._ensure()
         raw, levels = await redis.hmget(self.keys.meta, ["partitions", "priorities"])
         if levels is not None:
