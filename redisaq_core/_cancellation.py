@@ -25,8 +25,9 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   job whose worker died (whoever takes the partition settles it so);
 * a job marked ``active`` with its read but still waiting for its handler
   call (``process`` runs a partition's messages one at a time) is ``active``
-  too: it becomes ``cancelling``, and the notice (or the heartbeat's read)
-  keeps its handler from being called; it is settled ``cancelled``;
+  too: it becomes ``cancelling``, and the notice (or the heartbeat's read),
+  if it comes before the job's turn, keeps its handler from being called; it
+  is settled ``cancelled``;
 * a finished job (``completed``, ``dead``, ``cancelled``) is left as it is
   (:class:`~redisaq_core.errors.JobFinishedError`); an id without a record
   raises :class:`~redisaq_core.errors.JobNotFoundError`.
