@@ -341,8 +341,14 @@ def _member_field(name: bytes, value: bytes) -> bytes:
 _NOT_UTF8_JOB = b"0" * 16 + _member_field(b"p", b'{"n": 0}') + _member_field(b"j", b"\xff-job")
 
 
+_TOO_MANY_FIELDS = b"0" * 16 + _member_field(b"p", b"1") * 4001
+_DLQ_SPOILT = b"junk, the dead letters of another type"
+
+
 @pytest.mark.parametrize(
-    "member", [b"junk that is no entry", _NOT_UTF8_JOB], ids=["no-entry", "job-id-no-utf8"]
+    "member",
+    [b"junk that is no entry", _NOT_UTF8_JOB, _TOO_MANY_FIELDS, _DLQ_SPOILT],
+    ids=["no-entry", "job-id-no-utf8", "too-many-fields", "dead-letters-of-another-type"],
 )
 async def test_a_member_written_by_another_client_goes_to_the_dead_letters(
     redis_url: str, redis: Redis, topic: str, member: bytes
@@ -350,7 +356,9 @@ async def test_a_member_written_by_another_client_goes_to_the_dead_letters(
     # What is no entry the mover dead-letters; an entry whose job id is no UTF-8 it moves
     # (it asks for that job's record by the id as stored: it sent back a decoded id, which
     # the script never matched, and the level stopped there for good), and the consumer
-    # dead-letters it as undecodable. Either way the message behind it is delivered.
+    # dead-letters it as undecodable. Either way the message behind it is delivered. A
+    # member of more fields than a command takes, or a dead-letter key of another type
+    # (written over), used to fail every move of the partition: nothing was delivered.
     keys = TopicKeys(topic)
     got: list[Any] = []
 
@@ -358,6 +366,8 @@ async def test_a_member_written_by_another_client_goes_to_the_dead_letters(
         got.append(m.payload)
 
     async with Producer(topic, redis_url=redis_url) as producer:
+        if member == _DLQ_SPOILT:
+            await redis.set(keys.dead_letters(0), "another client's")
         await redis.zadd(keys.delayed(0), {member: 1})
         await producer.enqueue({"n": 1}, delay=0.1)
         consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
@@ -509,3 +519,25 @@ async def test_delayed_messages_of_a_sigkilled_owner_are_delivered_once(
     assert not report.order_violations, report.order_violations[:5]
     assert await _scheduled(redis, topic, partitions) == 0
     assert await _length(redis, topic, partitions) == n + 1
+
+
+@pytest.mark.parametrize("spoilt", ["a count that is no number", "a key of another type"])
+async def test_a_delayed_counter_another_client_spoilt_is_written_over(
+    redis_url: str, redis: Redis, topic: str, spoilt: str
+) -> None:
+    # Before, every delayed enqueue to the partition failed (INCR's error). The count goes
+    # on past any it could have made, so no new entry can equal one already scheduled.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0}, delay=60)
+        if spoilt.startswith("a key"):
+            await redis.delete(keys.delayed_sequence(0))
+            await redis.lpush(keys.delayed_sequence(0), "x")
+        else:
+            await redis.set(keys.delayed_sequence(0), spoilt)
+        await producer.enqueue({"n": 0}, delay=60)
+        await producer.enqueue({"n": 0}, delay=60)
+        job = await producer.submit({"n": 1}, delay=60)
+    assert await redis.zcard(keys.delayed(0)) == 4
+    assert int(await redis.get(keys.delayed_sequence(0)) or 0) > 10**15
+    assert job.id

@@ -156,3 +156,21 @@ async def test_a_key_shared_by_enqueue_and_submit_says_what_its_first_call_was(
         again = await producer.enqueue({"n": 3}, idempotency_key="k2")
         record = await job.record()
     assert record is not None and again == record.msg_id
+
+
+@pytest.mark.parametrize("call", ["enqueue", "submit", "enqueue, delayed", "submit, delayed"])
+async def test_a_marker_key_another_client_made_of_another_type_is_replaced(
+    redis_url: str, redis: Redis, topic: str, call: str
+) -> None:
+    # Before, every call with that key failed with WRONGTYPE (the gateway answered 503,
+    # and a schedule whose tick had that key stopped ticking).
+    delay = 60.0 if "delayed" in call else None
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await redis.lpush(TopicKeys(topic).once(0, "k"), "another client's")
+        send = producer.submit if call.startswith("submit") else producer.enqueue
+        first = await send({"n": 1}, idempotency_key="k", delay=delay)
+        again = await send({"n": 1}, idempotency_key="k", delay=delay)
+    assert again == first or again.id == first.id
+    keys = TopicKeys(topic)
+    written = await redis.xlen(keys.stream(0)) + await redis.zcard(keys.delayed(0))
+    assert written == 1

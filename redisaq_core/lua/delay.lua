@@ -21,7 +21,11 @@ if job_id ~= '' then
 end
 if tonumber(ARGV[7]) > 0 then
   marker = KEYS[k]
-  local prior = redis.call('GET', marker)
+  local prior = redis.pcall('GET', marker)
+  if type(prior) == 'table' then  -- another client's key of another type is no marker: replaced
+    redis.call('DEL', marker)
+    prior = false
+  end
   if prior then
     local space = string.find(prior, ' ', 1, true)
     if space then
@@ -48,7 +52,14 @@ if due <= now and #redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0,
   end
   status = 'queued'
 else
-  local n = redis.call('INCR', seq)
+  local n = redis.pcall('INCR', seq)
+  if type(n) == 'table' then
+    -- Another client's value: written over with one past any count (server microseconds), so
+    -- no member made from it can equal one already in the set.
+    n = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('DEL', seq)
+    redis.call('SET', seq, string.format('%d', n))
+  end
   local parts = {string.format('%016x', n)}
   for i = 13, #ARGV do
     parts[#parts + 1] = string.format('%08x', #ARGV[i]) .. ARGV[i]
@@ -69,7 +80,7 @@ if job then
   if status == 'queued' then
     redis.call('HSET', job, 'msg_id', id, 'queued_at', now)
   end
-  redis.call('ZADD', index, now, job_id)
+  redis.pcall('ZADD', index, now, job_id)
   redis.call('PUBLISH', ARGV[9], job_id .. ' ' .. status)
 end
 if marker then

@@ -6,7 +6,11 @@
 --       entries a group has not acknowledged, always exact), field, value, ...
 -- Returns {1, id} for a new entry, {0, id of the first} for a repeat (a job's marker holds
 -- "<entry id> <job id>").
-local prior = redis.call('GET', KEYS[2])
+local prior = redis.pcall('GET', KEYS[2])
+if type(prior) == 'table' then  -- another client's key of another type is no marker: replaced
+  redis.call('DEL', KEYS[2])
+  prior = false
+end
 if prior then
   local space = string.find(prior, ' ', 1, true)
   return {0, space and string.sub(prior, 1, space - 1) or prior}

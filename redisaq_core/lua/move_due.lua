@@ -8,7 +8,8 @@
 --       consumer, partition, then one job id per job hash
 -- An entry of a job whose hash is not among KEYS stops its level there: the reply asks for
 -- it, and the caller calls again with it. A member that is no entry (written by another
--- client) goes to the dead-letter stream.
+-- client) goes to the dead-letter stream (written over if another client made it of another
+-- type); a level whose delayed key is of another type holds none and is passed over.
 -- Returns {moved, next due (ms; -1: nothing delayed), now (ms), job id wanted, ...}, or
 -- {-1} when the lease is not ours (nothing is moved).
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
@@ -35,7 +36,7 @@ local function decode(member)
     fields[#fields + 1] = string.sub(member, i + 8, i + 7 + n)
     i = i + 8 + n
   end
-  if #fields == 0 or #fields % 2 == 1 then
+  if #fields == 0 or #fields % 2 == 1 or #fields > 7000 then  -- more than unpack() takes
     return nil
   end
   for f = 1, #fields, 2 do
@@ -50,15 +51,23 @@ local moved, next_due, wanted = 0, -1, {}
 for level = 0, levels - 1 do
   local delayed, stream = KEYS[4 + 2 * level], KEYS[5 + 2 * level]
   local blocked = false
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)) do
+  local due = redis.pcall('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+  if due.err then
+    due = {}
+  end
+  for _, member in ipairs(due) do
     local fields, job = decode(member)
     if fields == nil then
       if not blocked then
-        redis.call('XADD', KEYS[3], '*', 'topic', ARGV[5], 'partition', ARGV[8], 'priority', level,
+        local letter = {KEYS[3], '*', 'topic', ARGV[5], 'partition', ARGV[8], 'priority', level,
           'group', ARGV[6], 'msg_id', '', 'deliveries', 0,
           'error', 'not a delayed entry (written by another client)',
           'error_type', 'MalformedEntry', 'consumer', ARGV[7], 'failed_at', now / 1000,
-          'f:p', member)
+          'f:p', member}
+        if type(redis.pcall('XADD', unpack(letter))) == 'table' then
+          redis.call('DEL', KEYS[3])
+          redis.call('XADD', unpack(letter))
+        end
         redis.call('ZREM', delayed, member)
       end
     elseif job and not jobs[job] then
@@ -68,7 +77,7 @@ for level = 0, levels - 1 do
       local id = redis.call('XADD', stream, '*', unpack(fields))
       redis.call('ZREM', delayed, member)
       moved = moved + 1
-      if job and redis.call('HGET', jobs[job], 'status') == 'scheduled' then
+      if job and redis.pcall('HGET', jobs[job], 'status') == 'scheduled' then
         redis.call('HSET', jobs[job], 'status', 'queued', 'msg_id', id, 'queued_at', now,
           'updated_at', now)
         redis.pcall('ZADD', KEYS[2], now, job)
@@ -76,8 +85,8 @@ for level = 0, levels - 1 do
       end
     end
   end
-  local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-  if head[2] then
+  local head = redis.pcall('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if not head.err and head[2] then
     local score = tonumber(head[2])
     if next_due < 0 or score < next_due then
       next_due = score

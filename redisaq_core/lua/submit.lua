@@ -10,7 +10,11 @@
 -- {0, entry id, job id} of the first for a repeat (job id "": the key's first call was
 -- a plain enqueue).
 if KEYS[4] then
-  local prior = redis.call('GET', KEYS[4])
+  local prior = redis.pcall('GET', KEYS[4])
+  if type(prior) == 'table' then  -- another client's key of another type is no marker: replaced
+    redis.call('DEL', KEYS[4])
+    prior = false
+  end
   if prior then
     local space = string.find(prior, ' ', 1, true)
     if space then
