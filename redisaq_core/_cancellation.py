@@ -21,7 +21,8 @@ Cancelling (:func:`cancel_job`, one script on the job's record):
   acknowledged, not retried, not dead-lettered. A job whose handler finished
   before its worker looked ends as the handler ended it; a job that failed
   meanwhile is not retried (its retry finds it ``cancelling`` and settles it
-  ``cancelled``; on its last attempt it is dead-lettered as usual), nor is a
+  ``cancelled``, on its last attempt too: ``dead_letter.lua`` settles a
+  ``cancelling`` or ``cancelled`` job so instead of dead-lettering it), nor is a
   job whose worker died (whoever takes the partition settles it so);
 * a job marked ``active`` with its read but still waiting for its handler
   call (``process`` runs a partition's messages one at a time) is ``active``

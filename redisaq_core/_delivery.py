@@ -172,7 +172,7 @@ async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[s
     """
     for i, reply in enumerate(replies):
         key, msg_id = fields[i]
-        if key and isinstance(reply, ResponseError):
+        if key and isinstance(reply, ResponseError) and _spoilt(reply):
             if str(reply).startswith("WRONGTYPE"):
                 await redis.delete(key)
             await redis.hset(key, msg_id, 1)
@@ -180,6 +180,12 @@ async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[s
             replies[i] = 1
         elif isinstance(reply, Exception):
             raise reply
+
+
+def _spoilt(error: ResponseError) -> bool:
+    """Whether ``HINCRBY`` failed on what was stored (not on the server's state)."""
+    text = str(error)
+    return text.startswith("WRONGTYPE") or "not an integer" in text or "overflow" in text
 
 
 class Undecodable(Received):

@@ -31,6 +31,7 @@ from .connection import AnyRedis
 __all__ = [
     "ACK",
     "APPEND",
+    "CLEAR_FOREIGN",
     "COMMIT_ASSIGNMENT",
     "DEAD_LETTER",
     "DELAY",
@@ -197,6 +198,7 @@ def ack_count(args: Sequence[Any]) -> int:
     return int(args[3].count(b" ")) + 1 if args[3] else 0
 
 
+CLEAR_FOREIGN = Script("clear_foreign")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
 DEAD_LETTER = Script("dead_letter")
 DELAY = Script("delay")

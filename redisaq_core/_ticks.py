@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import ResponseError
 
 from ._failures import REDIS_FAILURES
+from ._scripts import CLEAR_FOREIGN
 from .connection import AnyRedis
 from .errors import ConfigurationError, RedisaqError, SerializationError
 from .keys import schedule_ticks
@@ -147,10 +148,11 @@ class Ticker:
         except ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise
-            # Another client's key of another type holds no tick: written over.
+            # Another client's key of another type holds no tick: written over (unless another
+            # schedule's round did so already and recorded its tick there).
             self.logger.warning("schedule ticks: %s is no sorted set; replaced", schedule_ticks())
-            await redis.delete(schedule_ticks())
-            raw = None
+            await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"])
+            raw = await redis.zscore(schedule_ticks(), schedule.name)
         last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
         if last is None and raw is not None:

@@ -556,7 +556,7 @@ class _IndexMerge:
                 chunk = gone[start : start + 100]
                 args: list[Any] = []
                 for job_id, score in chunk:
-                    args += [job_id, int(score) if math.isfinite(score) else 0]
+                    args += [job_id, int(score) if math.isfinite(score) else repr(score)]
                 calls.append(
                     (JOB_INDEX_CLEAN, [keys.jobs(p), *(keys.job(p, j) for j, _ in chunk)], args)
                 )

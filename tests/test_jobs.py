@@ -240,3 +240,23 @@ async def test_a_waiter_learns_of_a_record_deleted_while_its_job_was_pending(
         async with Running(consumer, handler):
             with pytest.raises(JobNotFoundError, match="has no record"):
                 await waiting
+
+
+async def test_a_job_completed_by_one_group_stays_completed_when_another_dead_letters_it(
+    redis_url: str, topic: str
+) -> None:
+    # Each group gets every message. Before, group b's dead letter wrote "dead" over the
+    # "completed" group a had left (jobs_started and job_update already left it alone).
+    async def fails(m: Message) -> None:
+        raise RuntimeError("group b fails")
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 1})
+        a = Consumer(topic, redis_url=redis_url, group_name="a", **FAST)
+        async with Running(a, lambda m: asyncio.sleep(0, 7)):
+            assert (await job.wait(timeout=10)).status is JobStatus.COMPLETED
+        b = Consumer(topic, redis_url=redis_url, group_name="b", max_deliveries=1, **FAST)
+        async with Running(b, fails):
+            await eventually(lambda: b.stats.dead_lettered == 1, message="group b dead-letters")
+        record = await job.record()
+    assert record is not None and record.status is JobStatus.COMPLETED and record.result == 7

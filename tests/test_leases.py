@@ -553,7 +553,8 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
 
 
 @pytest.mark.parametrize(
-    "spoilt", ["assignment", "member", "lease", "members version", "assignment version"]
+    "spoilt",
+    ["assignment", "member", "lease", "members version", "assignment version", "version 1.5"],
 )
 async def test_a_group_record_another_client_spoilt_stops_nothing(
     redis_url: str, redis: Redis, topic: str, spoilt: str, caplog: pytest.LogCaptureFixture
@@ -561,7 +562,8 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
     # An assignment field that names no partition, or a member name that is no UTF-8, is
     # left out of the member's view; a lease key of another type is taken over, and a
     # version that is no integer is written over. Before, every heartbeat failed on each,
-    # and the member stopped reading once its leases' local deadline passed.
+    # and the member stopped reading once its leases' local deadline passed (a version of
+    # 1.5 was never written over: the script read 1.5, the member 1).
     keys = TopicKeys(topic)
 
     async def spoil(consumer: Consumer) -> None:
@@ -579,7 +581,7 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
             await redis.zadd(keys.members(group), {"gone": 1})  # expires: the version goes up
             return
         else:
-            await redis.hset(keys.assignment(group), "_v", "abc")
+            await redis.hset(keys.assignment(group), "_v", "abc" if spoilt[0] == "a" else "1.5")
         await redis.incr(keys.members_version(group))  # members look again
 
     await _beats_on_after(redis_url, redis, topic, spoil)
@@ -602,14 +604,20 @@ async def test_a_lease_key_of_another_type_fences_as_a_lease_not_ours(
     assert await redis.hget(lease, "x") == b"y"
 
 
-async def test_a_member_name_that_is_no_utf8_costs_steady_beats_nothing(
-    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("spoilt", ["member name", "version"])
+async def test_group_records_another_client_spoilt_cost_steady_beats_nothing(
+    redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch, spoilt: str
 ) -> None:
-    # A member skipped for its name (another client's) is still counted in the member set:
+    # A member skipped for its name (another client's) is still counted in the member set,
+    # and an assignment version of 1.5 reads as none, alike in the script and the member:
     # steady beats then send no lists. Before, every beat fetched the whole view.
     keys = TopicKeys(topic)
     await redis.hset(keys.meta, "partitions", 4)
-    await redis.zadd(keys.members("g"), {b"\xff\xfe": time.time() * 1000 + 60_000})
+    if spoilt == "version":
+        await redis.hset(keys.assignment("g"), mapping={"_v": "1.5", "0": "m", "1": "m"})
+        await redis.hset(keys.assignment("g"), mapping={"2": "m", "3": "m"})
+    else:
+        await redis.zadd(keys.members("g"), {b"\xff\xfe": time.time() * 1000 + 60_000})
     full: list[bool] = []
 
     async def heartbeat(*args: Any) -> Any:

@@ -320,6 +320,7 @@ async def test_registry_keys_another_client_made_of_another_type_stop_nothing(
     await redis.set(keys.service("bad"), "another client's")
     await redis.set(keys.service_type("other"), "another client's")
     assert [s.service_id for s in await registry.list_services()] == ["other"]
+    assert await registry.list_services("other") == []
     assert [c.service_id for c in await HealthMonitor(registry, timeout=5).check()] == ["other"]
     await registry.register_service(_info("svc", "worker"))
     await registry.register_service(_info("other", "worker"))  # leaves the type "other"

@@ -301,6 +301,7 @@ async def test_a_listing_skips_an_index_another_client_replaced_or_spoilt(
     await redis.set(TopicKeys(topic).jobs(0), "another client's")
     await redis.zadd(TopicKeys(topic).jobs(1), {f"{topic}/1/gone": float("inf")})
     assert [r.id for r in await store.list_jobs(topic)] == [kept]
+    assert await redis.zscore(TopicKeys(topic).jobs(1), f"{topic}/1/gone") is None  # cleaned
     assert kept in [r.id for r in await store.list_jobs(limit=1000)]
     await redis.delete(TopicKeys(topic).jobs(0))  # the listing of every topic in other tests
 

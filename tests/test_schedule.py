@@ -23,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
+from redisaq_core._scripts import CLEAR_FOREIGN
 from redisaq_core._ticks import Ticker
 from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
 from tests.helpers import Running, eventually, redisaq
@@ -290,6 +291,10 @@ async def test_a_ticks_key_another_client_made_of_another_type_stops_no_schedule
         async with Producer(topic, redis_url=redis_url) as producer:
             producer.add_schedule(Schedule(name, every=0.1))
             await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
+        assert await redis.zscore(schedule_ticks(), name) is not None
+        # A second schedule's round that also found the key spoilt replaces it only if it
+        # still is: it used to delete the first one's record, which then lost a tick.
+        assert await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"]) == 0
         assert await redis.zscore(schedule_ticks(), name) is not None
     finally:
         await redis.delete(schedule_ticks())

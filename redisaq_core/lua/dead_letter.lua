@@ -77,7 +77,8 @@ if #fields > 0 then
 end
 local dl = redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if type(status) == 'string' then  -- a job record (not one another client made of another type)
+if status == 'completed' then  -- by another group: its record stays as that group left it
+elseif type(status) == 'string' then  -- a job record (not a key of another type)
   redis.call('HSET', KEYS[4], 'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
   settle_job('dead', 'dead_at', now_ms())
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')

@@ -39,10 +39,18 @@ if #expired > 0 then
   raise_members_version()
 end
 
+local function whole(raw)  -- a version as stored; another client's that is none reads as 0
+  local n = tonumber(raw or '0')
+  if n == nil or n ~= math.floor(n) or n < 0 or n > 2^52 then
+    return 0
+  end
+  return n
+end
+
 local function versions()
   local info = redis.call('HMGET', meta, 'partitions', 'priorities')
-  local v = tonumber(redis.call('HGET', assignment, '_v') or '0') or 0
-  local m = tonumber(redis.call('GET', mv) or '0') or 0
+  local v = whole(redis.call('HGET', assignment, '_v'))
+  local m = whole(redis.call('GET', mv))
   local partitions = info[1] or '0'
   local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
   return partitions, info[2] or '1', v, m, seen  -- counts as stored: the member reads them

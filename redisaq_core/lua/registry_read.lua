@@ -20,7 +20,10 @@ if index == active then
     ids = redis.call('ZRANGE', active, 0, -1)
   end
 else
-  ids = redis.call('SMEMBERS', index)
+  ids = redis.pcall('SMEMBERS', index)
+  if ids.err then
+    ids = {}  -- a type index another client made of another type names no service
+  end
 end
 local limit = cutoff and tonumber(cutoff)
 local out = {t[1], t[2]}

@@ -123,7 +123,7 @@ _UNSHOWN = "the result can't be shown as JSON (nested too deep, or an integer pa
 
 def _encodes(value: Any) -> bool:
     try:
-        orjson.dumps([[value]], default=str)  # two levels for the response around it
+        orjson.dumps([[[value]]], default=str)  # the levels of a snapshot around it
     except TypeError:
         return False
     return True
