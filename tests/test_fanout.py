@@ -19,7 +19,7 @@ from redisaq_core import (
     Producer,
     ServiceRegistry,
 )
-from redisaq_core._scripts import FANOUT
+from redisaq_core._scripts import FANOUT, FANOUT_WRITE
 from redisaq_core.connection import is_cluster
 from redisaq_core.fanout import FANOUT_SERVICE_TYPE
 from redisaq_core.keys import TopicKeys
@@ -79,6 +79,43 @@ async def test_every_message_reaches_every_target_once_on_its_key_partition(
     assert await pending(redis, topic, "fanout") == 0
     assert bridge.stats.written == dict.fromkeys(targets, 3000)
     assert bridge.stats.already_done == bridge.stats.failed == bridge.stats.fenced == 0
+
+
+@pytest.mark.parametrize("when", ["before the start", "while it runs"])
+async def test_a_target_meta_key_another_client_made_of_another_type_is_replaced(
+    redis_url: str, redis: Redis, topic: str, when: str
+) -> None:
+    # Before, the bridge failed at its start; while it ran, every message was dead-lettered.
+    target = f"{topic}-a"
+    await create_topic(redis_url, target, 2)
+    meta = TopicKeys(target).meta
+    if when == "before the start":
+        await redis.delete(meta)
+        await redis.set(meta, "another client's")
+    await produce(redis_url, topic, _payloads(50), partitions=2, key="k")
+    async with running(_bridge(redis_url, topic, [target])) as bridge:
+        await eventually(lambda: bridge.stats.fanned_out == 50, timeout=10)
+        if when == "while it runs":
+            await redis.delete(meta)
+            await redis.set(meta, "another client's")
+            await produce(redis_url, topic, _payloads(50, start=50), partitions=2, key="k")
+            await eventually(lambda: bridge.stats.fanned_out == 100, timeout=10)
+    found = await rows(redis, target)
+    assert_exactly_once(found, set(range(50 if when == "before the start" else 100)), target)
+    assert bridge.stats.failed == 0
+    assert await redis.type(meta) == b"hash"
+
+
+async def test_a_fanout_record_of_another_type_is_no_record(redis: Redis, topic: str) -> None:
+    # Redis Cluster's path: a key of another type where an entry's record goes is written
+    # over, and the entry written. Before, SET NX took it for the record: the entry was lost.
+    keys = TopicKeys(topic)
+    record = keys.fanout_record(0, "src", "fanout", 0, 0) + "1-1"
+    await redis.lpush(record, "another client's")
+    args = ["0", "~", 60_000, 2, "p", '{"n": 1}']
+    assert await FANOUT_WRITE(redis, [keys.stream(0), record], args) == 1
+    assert await FANOUT_WRITE(redis, [keys.stream(0), record], args) == 0  # now a record
+    assert await redis.xlen(keys.stream(0)) == 1
 
 
 async def test_entries_keep_their_fields_and_keyless_ones_spread(

@@ -554,7 +554,15 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
 
 @pytest.mark.parametrize(
     "spoilt",
-    ["assignment", "member", "lease", "members version", "assignment version", "version 1.5"],
+    [
+        "assignment",
+        "member",
+        "lease",
+        "members version",
+        "assignment version",
+        "version 1.5",
+        "topic meta",
+    ],
 )
 async def test_a_group_record_another_client_spoilt_stops_nothing(
     redis_url: str, redis: Redis, topic: str, spoilt: str, caplog: pytest.LogCaptureFixture
@@ -576,6 +584,9 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
         elif spoilt == "lease":
             await redis.delete(keys.lease(0, group))
             await redis.hset(keys.lease(0, group), "x", "y")
+        elif spoilt == "topic meta":
+            await redis.delete(keys.meta)
+            await redis.set(keys.meta, "another client's")
         elif spoilt == "members version":
             await redis.set(keys.members_version(group), "abc")
             await redis.zadd(keys.members(group), {"gone": 1})  # expires: the version goes up

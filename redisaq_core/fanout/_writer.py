@@ -171,7 +171,10 @@ class Writer:
         pipe = redis.pipeline(transaction=False)
         for target in self.targets:
             pipe.hmget(target.keys.meta, ["partitions", "priorities"])
-        for target, (partitions, levels) in zip(self.targets, await pipe.execute(), strict=True):
+        replies = await pipe.execute(raise_on_error=False)
+        for target, reply in zip(self.targets, replies, strict=True):
+            # A meta key another client made of another type reads as none (then replaced).
+            partitions, levels = (None, None) if isinstance(reply, Exception) else reply
             count = partition_count(partitions)
             if count < 1:  # the metadata is gone (a flushed Redis): create it again
                 count, levels = await ENSURE_PARTITIONS(

@@ -6,7 +6,12 @@
 -- (keys.partition_count, keys.priority_levels): what another client wrote that is no
 -- string of digits without a leading zero counts as absent and is written over (scripts
 -- compare the stored text), as is a partition count past
--- 65,536; a level count past 16 reads as 16.
+-- 65,536; a level count past 16 reads as 16. A meta key another client made of another type
+-- holds none of the topic's settings, and is replaced.
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 local function stored(field, least)
   local raw = redis.call('HGET', KEYS[1], field)
   local n = raw and (raw == '0' or string.match(raw, '^[1-9]%d*$')) and tonumber(raw)

@@ -17,8 +17,8 @@ if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type 
 end
 local targets = tonumber(ARGV[3])
 for t = 1, targets do
-  if redis.call('HGET', KEYS[2 + t], 'partitions') ~= ARGV[3 + t] then
-    return {-2}
+  if redis.pcall('HGET', KEYS[2 + t], 'partitions') ~= ARGV[3 + t] then
+    return {-2}  -- also for a meta key of another type: the caller reads the counts again
   end
 end
 -- A failed XADD would leave the batch half written: check the target keys' types first.

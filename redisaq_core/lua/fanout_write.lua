@@ -4,7 +4,7 @@
 -- ARGV: maxlen ("0": no trimming), trim ("~" or "="), record ttl (ms), then per entry:
 --       n_fields, field, value, ...
 -- An entry whose record exists was written before (by this bridge or by an earlier owner of
--- the source partition) and is skipped. Returns the number of entries written, or an error
+-- the source partition) and is skipped; a key of another type in its place is no record. Returns the number of entries written, or an error
 -- (nothing written) when the target key holds something else than a stream.
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
@@ -15,7 +15,12 @@ local i = 4
 local written = 0
 for e = 2, #KEYS do
   local nfields = tonumber(ARGV[i])
-  if redis.call('SET', KEYS[e], '1', 'NX', 'PX', ttl) then
+  local fresh = redis.call('SET', KEYS[e], '1', 'NX', 'PX', ttl)
+  if not fresh and redis.call('TYPE', KEYS[e]).ok ~= 'string' then
+    -- another client's key of another type is no record of ours: written over
+    fresh = redis.call('SET', KEYS[e], '1', 'PX', ttl)
+  end
+  if fresh then
     if maxlen == '0' then
       redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + nfields))
     else

@@ -48,7 +48,10 @@ local function whole(raw)  -- a version as stored; another client's that is none
 end
 
 local function versions()
-  local info = redis.call('HMGET', meta, 'partitions', 'priorities')
+  local info = redis.pcall('HMGET', meta, 'partitions', 'priorities')
+  if info.err then
+    info = {}  -- a meta key of another type holds no counts: the member writes them anew
+  end
   local v = whole(redis.call('HGET', assignment, '_v'))
   local m = whole(redis.call('GET', mv))
   local partitions = info[1] or '0'
