@@ -27,6 +27,8 @@ docs/design.md has the table with the reasons.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable
+from typing import Any
 
 import redis.exceptions
 from redis.exceptions import (
@@ -51,8 +53,10 @@ __all__ = [
     "REDIS_FAILURES",
     "UNREACHABLE",
     "Recovery",
+    "foreign_type",
     "out_of_memory",
     "recovery_for",
+    "unless_foreign",
 ]
 
 # redis-py's "no node answers" (its base class also covers client-side usage errors).
@@ -138,6 +142,21 @@ def out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, OutOfMemoryError):
         return True
     return isinstance(exc, ResponseError) and _reply(str(exc)).startswith("OOM")
+
+
+def foreign_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is WRONGTYPE: another client made the key of another type."""
+    return isinstance(exc, ResponseError) and _reply(str(exc)).startswith("WRONGTYPE")
+
+
+async def unless_foreign(reply: Awaitable[Any]) -> Any:
+    """``reply``, or ``None`` where another client made the key of another type."""
+    try:
+        return await reply
+    except ResponseError as exc:
+        if foreign_type(exc):
+            return None
+        raise
 
 
 def _reply(text: str) -> str:

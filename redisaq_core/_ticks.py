@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import ResponseError
 
-from ._failures import REDIS_FAILURES
+from ._failures import REDIS_FAILURES, foreign_type
 from ._scripts import CLEAR_FOREIGN
 from .connection import AnyRedis
 from .errors import ConfigurationError, RedisaqError, SerializationError
@@ -146,7 +146,7 @@ class Ticker:
         try:
             raw = await redis.zscore(schedule_ticks(), schedule.name)
         except ResponseError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
+            if not foreign_type(exc):
                 raise
             # Another client's key of another type holds no tick: written over (unless another
             # schedule's round did so already and recorded its tick there).

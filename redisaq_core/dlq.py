@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import Deserializer, decode_payload, default_deserializer
+from ._failures import unless_foreign
 from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
@@ -155,7 +156,16 @@ class DeadLetters(RedisComponent):
 
     async def _partitions(self) -> int:
         redis = await self._ensure()
-        return partition_count(await redis.hget(self.keys.meta, "partitions"))
+        return partition_count(await unless_foreign(redis.hget(self.keys.meta, "partitions")))
+
+    async def _read(self, partition: int, count: int | None = None) -> Any:
+        """The entries of a partition's dead-letter stream (none for a key of another type)."""
+        redis = await self._ensure()
+        key = self.keys.dead_letters(partition)
+        entries = await unless_foreign(redis.xrange(key, count=count))
+        if entries is None:
+            log.warning("%s is no stream (another client's key): skipped", key)
+        return entries or []
 
     async def count(self) -> int:
         """How many dead letters the topic has."""
@@ -166,17 +176,17 @@ class DeadLetters(RedisComponent):
         pipe = redis.pipeline(transaction=False)
         for p in range(n):
             pipe.xlen(self.keys.dead_letters(p))
-        return sum(int(x) for x in await pipe.execute())
+        replies = await pipe.execute(raise_on_error=False)  # another type's key counts none
+        return sum(int(x) for x in replies if not isinstance(x, Exception))
 
     async def list(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead letters, oldest first within each partition, partitions in order."""
-        redis = await self._ensure()
         out: list[DeadLetter] = []
         for p in range(await self._partitions()):
             remaining = None if limit is None else limit - len(out)
             if remaining is not None and remaining <= 0:
                 break
-            entries: Any = await redis.xrange(self.keys.dead_letters(p), count=remaining)
+            entries = await self._read(p, remaining)
             out += [_parse(i, f, self.deserializer) for i, f in entries]
         return out
 
@@ -203,7 +213,7 @@ class DeadLetters(RedisComponent):
         refused: list[str] = []
         for p in range(await self._partitions()):
             dlq = self.keys.dead_letters(p)
-            entries: Any = await redis.xrange(dlq)
+            entries = await self._read(p)
             by_level: dict[int, list[str]] = {}
             for entry_id, raw in entries:
                 if wanted is None or entry_id.decode() in wanted:
@@ -231,7 +241,7 @@ class DeadLetters(RedisComponent):
 
     async def _levels(self) -> int:
         redis = await self._ensure()
-        return priority_levels(await redis.hget(self.keys.meta, "priorities"))
+        return priority_levels(await unless_foreign(redis.hget(self.keys.meta, "priorities")))
 
     async def purge(self) -> int:
         """Delete every dead letter of the topic; return how many there were."""

@@ -60,7 +60,7 @@ from ._batching import BATCH, CommandBatcher
 from ._cancellation import cancel_job, parse_progress
 from ._checks import number
 from ._codec import Deserializer, default_deserializer, optional_text
-from ._failures import REDIS_FAILURES
+from ._failures import REDIS_FAILURES, unless_foreign
 from ._job_events import JobEvents
 from ._scripts import Script, run_pipelined
 from .connection import AnyRedis, RedisComponent
@@ -308,7 +308,7 @@ class ResultStore(RedisComponent):
 
     async def _read(self, job_id: str, key: str) -> JobRecord | None:
         batcher, _ = await self._parts()
-        raw = await batcher.call("HGETALL", key)
+        raw = await unless_foreign(batcher.call("HGETALL", key))
         if not raw:
             return None
         return parse_record(job_id, raw, self.deserializer)
@@ -326,7 +326,7 @@ class ResultStore(RedisComponent):
         """The job's status, or ``None`` if it has no record."""
         key = self._key(job_id)
         batcher, _ = await self._parts()
-        raw = await batcher.call("HGET", key, "status")
+        raw = await unless_foreign(batcher.call("HGET", key, "status"))
         if raw is None:
             return None
         try:

@@ -463,6 +463,23 @@ async def test_a_cancelled_job_out_of_runs_is_settled_cancelled_not_dead(
     assert ran == [] and await dead_letters(redis, topic) == 0
 
 
+async def test_a_record_another_client_replaced_reads_as_none_everywhere(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    # Before, get(), status(), wait() and cancel() raised a bare WRONGTYPE (the gateway
+    # answered 503 "Redis unavailable", the CLI printed a traceback).
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 0})
+        key = TopicKeys(topic).job(0, job.id)
+        await redis.delete(key)
+        await redis.lpush(key, "another client's")
+        assert await job.record() is None and await job.status() is None
+        with pytest.raises(JobNotFoundError, match="has no record"):
+            await job.cancel()
+        with pytest.raises(JobNotFoundError, match="has no record"):
+            await job.wait(timeout=5)
+
+
 async def test_progress_on_a_record_another_client_replaced_is_a_no_op(
     redis_url: str, redis: Any, topic: str
 ) -> None:

@@ -83,3 +83,36 @@ async def test_worker_runs_until_sigterm(redis_url: str, topic: str) -> None:
     proc.stdout.close()
     assert proc.stderr is not None
     proc.stderr.close()
+
+
+async def test_dead_letters_and_topics_another_client_spoilt_are_skipped(
+    redis_url: str, topic: str
+) -> None:
+    # Partition 0's dead letters, and another topic's meta, are keys of another type. Before,
+    # `dlq list/count/replay` and `monitor topics` printed a traceback (the gateway's /dlq
+    # and /topics answered 503 "Redis unavailable").
+    from redis.asyncio import Redis
+
+    from redisaq_core.keys import TopicKeys
+
+    await _dead_letters(redis_url, topic)
+    async with Redis.from_url(redis_url) as redis:
+        spoilt = TopicKeys(topic).dead_letters(0)
+        kept = await redis.xlen(TopicKeys(topic).dead_letters(1))
+        await redis.delete(spoilt)
+        await redis.set(spoilt, "another client's")
+        other = TopicKeys(f"{topic}-other")
+        await redis.sadd(TopicKeys.topic_index(), f"{topic}-other")
+        await redis.set(other.meta, "another client's")
+        count = redisaq("--redis-url", redis_url, "dlq", "count", topic, "--format", "json")
+        assert count.returncode == 0, count.stderr
+        assert json.loads(count.stdout)["count"] == kept
+        listed = redisaq("--redis-url", redis_url, "dlq", "list", topic, "--format", "json")
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)) == kept
+        replay = redisaq("--redis-url", redis_url, "dlq", "replay", topic)
+        assert replay.returncode == 0 and replay.stdout.strip() == str(kept)
+        topics = redisaq("--redis-url", redis_url, "monitor", "topics")
+        assert topics.returncode == 0, topics.stderr
+        assert topic in topics.stdout
+        await redis.delete(other.meta)
+        await redis.srem(TopicKeys.topic_index(), f"{topic}-other")

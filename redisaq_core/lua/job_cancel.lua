@@ -4,11 +4,11 @@
 -- record is what counts; the notice only makes it quick). Announces the change.
 -- KEYS: job (hash), jobs index (zset)
 -- ARGV: job_id, channel, cancel channel
--- Returns {0, ""} when the record does not exist, {1, new status} when cancelled or asked
+-- Returns {0, ""} when the record does not exist (a key of another type is none), {1, new status} when cancelled or asked
 -- to stop ("cancelling" again for a job already asked), {2, status} for a finished job
 -- (nothing is written).
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
+local status = redis.pcall('HGET', KEYS[1], 'status')
+if type(status) ~= 'string' then  -- none, or another client's key of another type
   return {0, ''}
 end
 local new

@@ -237,9 +237,12 @@ class _TopicReader:
         pipe.smembers(keys.groups)
         pipe.hgetall(keys.metrics)
         # TIME on its own: a cluster pipeline refuses commands without a key.
-        (meta, group_set, raw_metrics), (sec, usec) = await asyncio.gather(
-            pipe.execute(), self.redis.time()
+        replies, (sec, usec) = await asyncio.gather(
+            pipe.execute(raise_on_error=False), self.redis.time()
         )
+        # A key another client made of another type reads as empty.
+        meta, group_set, raw_metrics = (None if isinstance(r, Exception) else r for r in replies)
+        meta, group_set, raw_metrics = meta or {}, group_set or set(), raw_metrics or {}
         self.now_ms = int(sec) * 1000 + int(usec) // 1000
         self.exists = bool(meta)
         self.partitions = partition_count(meta.get(b"partitions", 0))
