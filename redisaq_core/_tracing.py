@@ -50,6 +50,7 @@ __all__ = [
     "context_of",
     "current_field",
     "detach",
+    "entry_ids",
     "mark",
     "process_spans",
     "remote_parent",
@@ -401,3 +402,15 @@ def detach(token: object | None) -> None:
     """Undo :func:`remote_parent`."""
     if token is not None and _context is not None:
         _context.detach(token)  # type: ignore[arg-type]
+
+
+def entry_ids(reply: Any) -> list[Any]:
+    """The entry ids in a write's reply, for its spans: an id, ``[created, id, ...]``, or a list."""
+    if not isinstance(reply, list):
+        return [reply]
+    if reply and isinstance(reply[0], int):
+        return [reply[1]]
+    return [
+        r[1] if isinstance(r, list) and len(r) > 1 else None if isinstance(r, Exception) else r
+        for r in reply
+    ]

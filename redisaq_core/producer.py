@@ -35,6 +35,7 @@ from ._codec import (
 )
 from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
+from ._once import check_once, first_job
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import (
     DELAY,
@@ -47,7 +48,7 @@ from ._scripts import (
 )
 from ._tasks import cancel_and_wait
 from ._ticks import Ticker
-from ._tracing import send_spans
+from ._tracing import entry_ids, send_spans
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -73,21 +74,6 @@ if TYPE_CHECKING:
 __all__ = ["Producer"]
 
 log = logging.getLogger(__name__)
-
-
-MAX_IDEMPOTENCY_KEY = 256
-"""Bytes of an idempotency key, UTF-8 encoded."""
-
-
-def _check_once(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > MAX_IDEMPOTENCY_KEY:
-        shown = repr(value) if not isinstance(value, str) else f"{value[:40]!r}"
-        size = f" ({len(value.encode())} bytes)" if isinstance(value, str) and value else ""
-        raise ConfigurationError(
-            f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} "
-            f"bytes, got {shown}{size}"
-        )
-    return value
 
 
 class Producer(RedisComponent):
@@ -414,7 +400,7 @@ class Producer(RedisComponent):
         if due is not None:
             if trim is not None:
                 raise ConfigurationError("maxlen per call does not go with delay or at")
-            once = None if idempotency_key is None else _check_once(idempotency_key)
+            once = None if idempotency_key is None else check_once(idempotency_key)
             partition, stream, call = self._delay_call(message, partition_key, priority, due, once)
             try:
                 reply = await self._run_call(redis, call)
@@ -424,7 +410,7 @@ class Producer(RedisComponent):
                 raise
             return self._delayed(redis, partition, stream, reply)[0]
         if idempotency_key is not None:
-            once = _check_once(idempotency_key)
+            once = check_once(idempotency_key)
             if trim is not None:
                 raise ConfigurationError("maxlen per call does not go with idempotency_key")
             try:
@@ -436,7 +422,7 @@ class Producer(RedisComponent):
         partition, command = self._command(message, partition_key, priority, trim)
         spans = send_spans(self.topic, "enqueue", ((partition, command),))
         try:
-            entry_id = _text(await spans.wrap(self._send(redis, command), _entry_ids))
+            entry_id = _text(await spans.wrap(self._send(redis, command), entry_ids))
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory("the message was not enqueued") from exc
@@ -469,7 +455,7 @@ class Producer(RedisComponent):
         partition, (script, keys, args) = self._once_call(item, partition_key, priority, key)
         spans = send_spans(self.topic, "enqueue", ((partition, args),))
         command = ["EVALSHA", script.sha, len(keys), *keys, *args]
-        created, entry_id = await spans.wrap(self._run(redis, script, command), _entry_ids)
+        created, entry_id = await spans.wrap(self._run(redis, script, command), entry_ids)
         if created:
             self._retention.wrote(redis, keys[:1])
             if self._metrics is not None:
@@ -575,12 +561,12 @@ class Producer(RedisComponent):
         if due is not None:
             if trims is not None:
                 raise ConfigurationError("maxlen per call does not go with delay or at")
-            key = None if idempotency_key is None else _check_once(idempotency_key)
+            key = None if idempotency_key is None else check_once(idempotency_key)
             return await self._batch_delayed(
                 redis, list(payloads), partition_key, priority, due, key
             )
         if idempotency_key is not None:
-            key = _check_once(idempotency_key)
+            key = check_once(idempotency_key)
             try:
                 return await self._batch_once(redis, list(payloads), partition_key, priority, key)
             except Exception as exc:
@@ -620,7 +606,7 @@ class Producer(RedisComponent):
             for i, item in enumerate(items)
         ]
         spans = send_spans(self.topic, "batch_enqueue", [(p, c[2]) for p, c in calls])
-        replies = await spans.wrap(run_pipelined(redis, [c for _, c in calls]), _entry_ids)
+        replies = await spans.wrap(run_pipelined(redis, [c for _, c in calls]), entry_ids)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -697,7 +683,7 @@ class Producer(RedisComponent):
                 raise ConfigurationError("pass timeout on the Message, not to submit()")
             number(timeout, "Message.timeout", above=0)  # 0 means "none" only on enqueue
             item = Message(topic=self.topic, payload=payload, timeout=timeout)
-        once = None if idempotency_key is None else _check_once(idempotency_key)
+        once = None if idempotency_key is None else check_once(idempotency_key)
         if due is not None:
             partition, stream, call = self._delay_call(
                 item, partition_key, priority, due, once, max(1, int(ttl))
@@ -708,7 +694,7 @@ class Producer(RedisComponent):
                 if out_of_memory(exc):
                     raise self._out_of_memory("the job was not submitted") from exc
                 raise
-            job = _first_job(self._delayed(redis, partition, stream, reply)[1], once)
+            job = first_job(self._delayed(redis, partition, stream, reply)[1], once)
             if self._results is None:
                 self._results = ResultStore(redis=redis, deserializer=None)
             return JobHandle(job, self._results)
@@ -725,14 +711,14 @@ class Producer(RedisComponent):
         ]  # fmt: skip
         spans = send_spans(self.topic, "submit", ((partition, command),))
         try:
-            reply = await spans.wrap(self._run(redis, SUBMIT, command), _entry_ids, job)
+            reply = await spans.wrap(self._run(redis, SUBMIT, command), entry_ids, job)
         except Exception as exc:
             if out_of_memory(exc):
                 raise self._out_of_memory("the job was not submitted") from exc
             raise
         created = True
         if once is not None:  # {created, entry id, job id}: a repeat returns the first job
-            created, job = bool(reply[0]), _first_job(_text(reply[2]), once)
+            created, job = bool(reply[0]), first_job(_text(reply[2]), once)
         if created:
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:
@@ -792,25 +778,3 @@ class Producer(RedisComponent):
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def _first_job(job: str, once: str | None) -> str:
-    """The job id a ``submit`` got, or for a repeat its first call's; raises if that was none."""
-    if not job:
-        raise ConfigurationError(
-            f"idempotency key {once!r} was first used by a plain enqueue, not a submit: "
-            "it has no job to return"
-        )
-    return job
-
-
-def _entry_ids(reply: Any) -> list[Any]:
-    """The entry ids in a write's reply, for its spans: an id, ``[created, id, ...]``, or a list."""
-    if not isinstance(reply, list):
-        return [reply]
-    if reply and isinstance(reply[0], int):
-        return [reply[1]]
-    return [
-        r[1] if isinstance(r, list) and len(r) > 1 else None if isinstance(r, Exception) else r
-        for r in reply
-    ]

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "redisaq_core"
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors", ["errors"]),
     ("data", ["keys", "message", "signals", "_codec", "_checks", "_failures", "_assignment",
-              "_compat", "_retry", "_tasks", "embedded.servers", "logs"]),
+              "_compat", "_retry", "_tasks", "_once", "embedded.servers", "logs"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "_appends", "embedded"]),
     ("parts", ["_job_events", "_cancellation", "_retention", "_membership", "_delivery",
                "_give_back", "_read_ahead", "_delayed", "_settlement", "_handling", "_tracing",
