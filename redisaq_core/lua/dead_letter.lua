@@ -35,8 +35,8 @@ end
 local status = ARGV[5] ~= '' and redis.pcall('HGET', KEYS[4], 'status')
 if status == 'cancelled' or status == 'cancelling' then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-  settle_job('cancelled', 'cancelled_at', now_ms())
-  if status == 'cancelling' then
+  if status == 'cancelling' then  -- one "cancelled" already has its time and expiry
+    settle_job('cancelled', 'cancelled_at', now_ms())
     redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' cancelled')
   end
   if ARGV[10] == '1' then
