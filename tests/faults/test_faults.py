@@ -32,6 +32,10 @@ def _done(workers: Workers) -> set[int]:
     return {e.n for e in load(workers.record_file) if e.kind == "end"}
 
 
+def _pids(workers: Workers) -> set[int]:
+    return {e.pid for e in load(workers.record_file)}
+
+
 async def _produce(url: str, topic: str, payloads: list[dict[str, Any]], partitions: int) -> None:
     async with Producer(topic, redis_url=url, init_partitions=partitions) as producer:
         for i in range(0, len(payloads), 500):
@@ -104,32 +108,36 @@ async def test_sigkill_one_of_three_mid_run(redis_url: str, topic: str, workers:
 
 async def test_join_and_leave_during_a_run(redis_url: str, topic: str, workers: Workers) -> None:
     n = 3000
-    expected = set(range(n))
     await _produce(redis_url, topic, [], partitions=6)
     first = [workers.start(redis_url, topic, delay=0.001) for _ in range(2)]
+    produced, joined = 0, asyncio.Event()
 
     async def produce() -> None:
+        # At least n, and on until the joiner took part (a loaded machine starts it slowly).
+        nonlocal produced
         async with Producer(topic, redis_url=redis_url) as producer:
-            for i in range(0, n, 50):
-                await producer.batch_enqueue(
-                    [{"n": j, "k": j % 31} for j in range(i, i + 50)], partition_key="k"
-                )
+            while produced < n or not joined.is_set():
+                batch = [{"n": j, "k": j % 31} for j in range(produced, produced + 50)]
+                await producer.batch_enqueue(batch, partition_key="k")
+                produced += 50
                 await asyncio.sleep(0.02)
 
     producing = asyncio.create_task(produce())
     await eventually(lambda: len(_done(workers)) >= n // 4, timeout=30)
     joiner = workers.start(redis_url, topic, delay=0.001)
+    await eventually(lambda: joiner.pid in _pids(workers), timeout=60, message="joiner works")
+    joined.set()
     await eventually(lambda: len(_done(workers)) >= n // 2, timeout=30)
     first[0].send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first[0].wait, 30) == 0
     await producing
+    expected = set(range(produced))
     await eventually(lambda: _done(workers) == expected, timeout=60)
     report = check(load(workers.record_file), expected)
     _assert_clean(report)
     # A graceful leave hands over acknowledged work only: no duplicates at all.
     assert report.duplicates == 0
-    pids = {e.pid for e in load(workers.record_file)}
-    assert joiner.pid in pids
+    assert joiner.pid in _pids(workers)
 
 
 async def test_always_failing_ids_end_in_dead_letters(
