@@ -497,6 +497,7 @@ async def test_progress_on_a_record_another_client_replaced_is_a_no_op(
         await producer.submit({"n": 0})
         consumer = Consumer(topic, redis_url=redis_url, **FAST)
         async with Running(consumer, handler):
+            await eventually(lambda: consumer.stats.handled == 1, message="handled")
             await eventually(lambda: acked(redis, topic), message="settled")
     assert results == [False]
     assert consumer.stats.handled == 1 and consumer.stats.dead_lettered == 0
