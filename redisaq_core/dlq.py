@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import Deserializer, decode_payload, default_deserializer
-from ._failures import unless_foreign
+from ._failures import foreign_type, unless_foreign
 from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
@@ -177,6 +177,9 @@ class DeadLetters(RedisComponent):
         for p in range(n):
             pipe.xlen(self.keys.dead_letters(p))
         replies = await pipe.execute(raise_on_error=False)  # another type's key counts none
+        for reply in replies:
+            if isinstance(reply, Exception) and not foreign_type(reply):
+                raise reply
         return sum(int(x) for x in replies if not isinstance(x, Exception))
 
     async def list(self, limit: int | None = None) -> list[DeadLetter]:

@@ -535,9 +535,39 @@ async def test_a_delayed_counter_another_client_spoilt_is_written_over(
             await redis.lpush(keys.delayed_sequence(0), "x")
         else:
             await redis.set(keys.delayed_sequence(0), spoilt)
-        await producer.enqueue({"n": 0}, delay=60)
-        await producer.enqueue({"n": 0}, delay=60)
+        ids = [await producer.enqueue({"n": 0}, delay=60) for _ in range(2)]
         job = await producer.submit({"n": 1}, delay=60)
     assert await redis.zcard(keys.delayed(0)) == 4
+    assert ids[0] != ids[1] and all(i.split(":")[-1].isdigit() for i in ids)  # not 1.79e+15
     assert int(await redis.get(keys.delayed_sequence(0)) or 0) > 10**15
     assert job.id
+
+
+async def test_out_of_memory_writes_over_nothing_of_the_delayed_keys(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A script's first write refused for memory is the server's own error, not another
+    # client's data: the counter and the dead letters stay as they are, and the error comes
+    # back. Before, the counter was written over, and the dead letters deleted.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0}, delay=60)
+        await redis.xadd(keys.dead_letters(0), {"x": "a real dead letter"})
+        await redis.zadd(keys.delayed(0), {b"junk that is no entry": 1})
+        await redis.set(keys.lease(0, "g"), "owner-token")
+        call_keys = [keys.lease(0, "g"), keys.jobs(0), keys.dead_letters(0), keys.delayed(0),
+                     keys.stream(0)]  # fmt: skip
+        args = ["owner-token", 1, 100, keys.job_channel, topic, "g", "c", 0]
+        policy = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        try:
+            with pytest.raises(Exception, match=r"(?i)memory"):
+                await producer.enqueue({"n": 1}, delay=60)
+            with pytest.raises(Exception, match="maxmemory"):
+                await MOVE_DUE(redis, call_keys, args)
+        finally:
+            await redis.config_set("maxmemory", 0)
+            await redis.config_set("maxmemory-policy", policy)
+    assert await redis.get(keys.delayed_sequence(0)) == b"1"
+    assert await redis.xlen(keys.dead_letters(0)) == 1

@@ -380,10 +380,15 @@ async def test_counts_another_client_spoilt_are_written_over_and_flushes_go_on(
     await redis.hset(keys.metrics, "0 g failed", "abc")
     await redis.set(keys.series, "another client's")
     rec = MetricsRecorder(redis, topic, "g", flush_interval=60)
-    for _ in range(3):
+    for flush in range(3):
         rec.handled(0, 0.1)
         rec.failed(0)
         await rec.flush()
+        if flush == 0:  # the handler-time sums (HINCRBYFLOAT) spoilt too
+            sums = [f for f in await redis.hkeys(keys.metrics) if b"sum" in f]
+            assert sums
+            await redis.hset(keys.metrics, mapping=dict.fromkeys(sums, "abc"))
     row = _row(await topic_metrics(redis, topic), "g", 0)
     assert (row["handled"], row["failed"]) == (3, 3)
+    assert row["handler_seconds"]["sum"] == pytest.approx(0.2)
     assert await redis.type(keys.series) == b"hash"

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._failures import foreign_type
 from .._scripts import (
     ENSURE_PARTITIONS,
     FANOUT,
@@ -174,6 +175,8 @@ class Writer:
         replies = await pipe.execute(raise_on_error=False)
         for target, reply in zip(self.targets, replies, strict=True):
             # A meta key another client made of another type reads as none (then replaced).
+            if isinstance(reply, Exception) and not foreign_type(reply):
+                raise reply
             partitions, levels = (None, None) if isinstance(reply, Exception) else reply
             count = partition_count(partitions)
             if count < 1:  # the metadata is gone (a flushed Redis): create it again

@@ -12,6 +12,17 @@
 -- Returns {created (1 or 0), id, job_id or "", due (ms)}; id is "delayed:<partition>:<n>"
 -- for a scheduled entry, the stream entry id for one that went straight to the stream.
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
+-- Whether a redis.pcall reply is an error for what another client stored (a key of another
+-- type, a value the command can't take), not for the server's state (out of memory, ...).
+local function foreign(reply)
+  local err = type(reply) == 'table' and reply.err
+  if not err then
+    return false
+  end
+  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
+    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
+    or string.find(err, 'float', 1, true) ~= nil
+end
 local delayed, seq, stream = KEYS[1], KEYS[2], KEYS[3]
 local job_id = ARGV[8]
 local job, index, marker
@@ -53,20 +64,23 @@ if due <= now and #redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0,
   status = 'queued'
 else
   local n = redis.pcall('INCR', seq)
-  if type(n) == 'table' then
+  if type(n) == 'table' and not foreign(n) then
+    n = redis.call('INCR', seq)  -- the server's own error (out of memory): raised as it is
+  elseif type(n) == 'table' then
     -- Another client's value: written over with one past any count (server microseconds), so
     -- no member made from it can equal one already in the set.
     n = tonumber(t[1]) * 1000000 + tonumber(t[2])
     redis.call('DEL', seq)
     redis.call('SET', seq, string.format('%d', n))
   end
+  local number = string.format('%d', n)  -- not tostring: a large count would print as 1.8e+15
   local parts = {string.format('%016x', n)}
   for i = 13, #ARGV do
     parts[#parts + 1] = string.format('%08x', #ARGV[i]) .. ARGV[i]
   end
   local member = table.concat(parts)
   redis.call('ZADD', delayed, due, member)
-  id = 'delayed:' .. ARGV[4] .. ':' .. n
+  id = 'delayed:' .. ARGV[4] .. ':' .. number
   status = 'scheduled'
   if redis.call('ZRANGE', delayed, 0, 0)[1] == member then
     -- The partition's earliest entry now: tell the owners, whose timers may be set later.

@@ -4,8 +4,9 @@
 -- ARGV: maxlen ("0": no trimming), trim ("~" or "="), record ttl (ms), then per entry:
 --       n_fields, field, value, ...
 -- An entry whose record exists was written before (by this bridge or by an earlier owner of
--- the source partition) and is skipped; a key of another type in its place is no record. Returns the number of entries written, or an error
--- (nothing written) when the target key holds something else than a stream.
+-- the source partition) and is skipped; a key of another type in its place is no record.
+-- Returns the number of entries written, or an error (nothing written) when the target key
+-- holds something else than a stream.
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE fan-out target ' .. KEYS[1] .. ' is a ' .. kind)

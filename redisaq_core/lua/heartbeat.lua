@@ -24,9 +24,24 @@ local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- Whether a redis.pcall reply is an error for what another client stored (a key of another
+-- type, a value the command can't take), not for the server's state (out of memory, ...).
+local function foreign(reply)
+  local err = type(reply) == 'table' and reply.err
+  if not err then
+    return false
+  end
+  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
+    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
+    or string.find(err, 'float', 1, true) ~= nil
+end
+
 local function raise_members_version()
-  if type(redis.pcall('INCR', mv)) == 'table' then
+  local raised = redis.pcall('INCR', mv)
+  if foreign(raised) then
     redis.call('SET', mv, 1)  -- another client's value that INCR can't take: written over
+  elseif type(raised) == 'table' then
+    redis.call('INCR', mv)  -- the server's own error: raised as it is
   end
 end
 
@@ -96,8 +111,12 @@ for i = 6, #KEYS do
   else
     cur = redis.pcall('GET', KEYS[i])
   end
-  if type(cur) == 'table' then
+  if foreign(cur) then
     cur = false  -- a key of another type (another client's) holds no lease: taken over
+  elseif type(cur) == 'table' and i <= blind then
+    redis.call('GETEX', KEYS[i], 'PX', ttl)  -- the server's own error: raised as it is
+  elseif type(cur) == 'table' then
+    redis.call('GET', KEYS[i])
   end
   if cur == token then
     if i > blind then

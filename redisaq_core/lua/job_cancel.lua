@@ -4,9 +4,9 @@
 -- record is what counts; the notice only makes it quick). Announces the change.
 -- KEYS: job (hash), jobs index (zset)
 -- ARGV: job_id, channel, cancel channel
--- Returns {0, ""} when the record does not exist (a key of another type is none), {1, new status} when cancelled or asked
--- to stop ("cancelling" again for a job already asked), {2, status} for a finished job
--- (nothing is written).
+-- Returns {0, ""} when the record does not exist (a key of another type is none),
+-- {1, new status} when cancelled or asked to stop ("cancelling" again for a job already
+-- asked), {2, status} for a finished job (nothing is written).
 local status = redis.pcall('HGET', KEYS[1], 'status')
 if type(status) ~= 'string' then  -- none, or another client's key of another type
   return {0, ''}

@@ -6,6 +6,17 @@
 --       the caller wrong, another holder's lease is extended once; nothing else changes.
 -- Returns 1 renewed (it was ours), 2 acquired (it was free or our earlier instance's),
 -- 0 held by another member.
+-- Whether a redis.pcall reply is an error for what another client stored (a key of another
+-- type, a value the command can't take), not for the server's state (out of memory, ...).
+local function foreign(reply)
+  local err = type(reply) == 'table' and reply.err
+  if not err then
+    return false
+  end
+  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
+    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
+    or string.find(err, 'float', 1, true) ~= nil
+end
 local cur
 if ARGV[4] == 'renew' then
   cur = redis.pcall('GETEX', KEYS[1], 'PX', ARGV[2])
@@ -19,8 +30,12 @@ else
     return 1
   end
 end
-if type(cur) == 'table' then
+if foreign(cur) then
   cur = false  -- a key of another type (another client's) holds no lease: taken over
+elseif type(cur) == 'table' and ARGV[4] == 'renew' then
+  redis.call('GETEX', KEYS[1], 'PX', ARGV[2])  -- the server's own error: raised as it is
+elseif type(cur) == 'table' then
+  redis.call('GET', KEYS[1])
 end
 if (not cur) or (ARGV[3] ~= '' and cur == ARGV[3]) then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

@@ -76,10 +76,25 @@ local function group(name)
   return g
 end
 
+-- Whether a redis.pcall reply is an error for what another client stored (a key of another
+-- type, a value the command can't take), not for the server's state (out of memory, ...).
+local function foreign(reply)
+  local err = type(reply) == 'table' and reply.err
+  if not err then
+    return false
+  end
+  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
+    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
+    or string.find(err, 'float', 1, true) ~= nil
+end
+
 -- A stored value the command can't add to (no number, or past the largest) is written over.
 local function add(command, field, value)
-  if type(redis.pcall(command, KEYS[1], field, value)) == 'table' then
+  local added = redis.pcall(command, KEYS[1], field, value)
+  if foreign(added) then
     redis.call('HSET', KEYS[1], field, value)
+  elseif type(added) == 'table' then
+    redis.call(command, KEYS[1], field, value)  -- the server's own error: raised as it is
   end
 end
 

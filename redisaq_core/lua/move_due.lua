@@ -13,6 +13,17 @@
 -- Returns {moved, next due (ms; -1: nothing delayed), now (ms), job id wanted, ...}, or
 -- {-1} when the lease is not ours (nothing is moved).
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
+-- Whether a redis.pcall reply is an error for what another client stored (a key of another
+-- type, a value the command can't take), not for the server's state (out of memory, ...).
+local function foreign(reply)
+  local err = type(reply) == 'table' and reply.err
+  if not err then
+    return false
+  end
+  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
+    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
+    or string.find(err, 'float', 1, true) ~= nil
+end
 if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then  -- pcall: a key of another type is no lease
   return {-1}
 end
@@ -64,9 +75,12 @@ for level = 0, levels - 1 do
           'error', 'not a delayed entry (written by another client)',
           'error_type', 'MalformedEntry', 'consumer', ARGV[7], 'failed_at', now / 1000,
           'f:p', member}
-        if type(redis.pcall('XADD', unpack(letter))) == 'table' then
+        local written = redis.pcall('XADD', unpack(letter))
+        if foreign(written) then
           redis.call('DEL', KEYS[3])
           redis.call('XADD', unpack(letter))
+        elseif type(written) == 'table' then
+          redis.call('XADD', unpack(letter))  -- the server's own error: raised as it is
         end
         redis.call('ZREM', delayed, member)
       end

@@ -28,9 +28,12 @@ redis.call('HSET', skey,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)
 redis.call('ZADD', active, seen, id)
 local tkey = base .. ':type:' .. stype
-if type(redis.pcall('SADD', tkey, id)) == 'table' then  -- another client's key of another type
-  redis.call('DEL', tkey)
+local added = redis.pcall('SADD', tkey, id)
+if type(added) == 'table' and string.sub(added.err, 1, 9) == 'WRONGTYPE' then
+  redis.call('DEL', tkey)  -- another client's key of another type: written over
   redis.call('SADD', tkey, id)
+elseif type(added) == 'table' then
+  redis.call('SADD', tkey, id)  -- the server's own error: raised as it is
 end
 redis.call('SADD', types, stype)
 redis.call('HDEL', wstatus, id)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._codec import shown_text
+from .._failures import foreign_type
 from .._scripts import Script, run_pipelined
 from ..connection import AnyRedis
 from ..keys import TopicKeys, partition_count, priority_levels
@@ -241,6 +242,9 @@ class _TopicReader:
             pipe.execute(raise_on_error=False), self.redis.time()
         )
         # A key another client made of another type reads as empty.
+        for reply in replies:
+            if isinstance(reply, Exception) and not foreign_type(reply):
+                raise reply
         meta, group_set, raw_metrics = (None if isinstance(r, Exception) else r for r in replies)
         meta, group_set, raw_metrics = meta or {}, group_set or set(), raw_metrics or {}
         self.now_ms = int(sec) * 1000 + int(usec) // 1000
