@@ -16,12 +16,12 @@ MATRIX := $(DEFAULT_SERVER) $(OTHER_SERVERS)
 
 # The suites that run on every server of the matrix: those whose scripts and stream commands
 # differ between servers. The rest (client-side concerns such as logs, tracing and
-# OpenTelemetry metrics; schedules, the registry, list-mode fan-out and redisaq 0.1.5
+# OpenTelemetry metrics; schedules, job listings, the registry, fan-out and redisaq 0.1.5
 # compatibility, whose commands every server of the matrix runs alike) run on the default
-# server, and the registry and compatibility suites on the cluster too.
+# server, and the registry, job listing and compatibility suites on the cluster too.
 CORE_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consumer_groups.py \
 	tests/test_server_events.py tests/test_retention.py tests/faults tests/test_jobs.py \
-	tests/test_results.py tests/test_fanout.py tests/test_servers.py tests/test_stranded.py \
+	tests/test_servers.py tests/test_stranded.py \
 	tests/test_foreign_entries.py tests/test_idempotency.py tests/test_cancellation.py \
 	tests/test_delayed.py tests/test_leases.py tests/test_read_ahead.py \
 	tests/test_give_back.py tests/test_runs.py
