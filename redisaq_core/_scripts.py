@@ -82,7 +82,13 @@ class Script:
     def __init__(self, name: str, *, follows: bool = False) -> None:
         self.name = name
         self.follows = follows
-        self.source = (resources.files(__package__) / "lua" / f"{name}.lua").read_text()
+        lua = resources.files(__package__) / "lua"
+        source = (lua / f"{name}.lua").read_text()
+        # Shared helpers ("-- uses: a, b" on the first line) go first: a script can't import.
+        first = source.partition("\n")[0]
+        names = first.removeprefix("-- uses: ").split(",") if first.startswith("-- uses: ") else []
+        shared = [(lua / f"_{n.strip()}.lua").read_text() for n in names]
+        self.source = "".join(shared) + source
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(

@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Schedule an entry: keep it in its partition's delayed set, scored by its due time (ms of
 -- the server's clock), until the partition's owner moves it into the stream (move_due.lua).
 -- An entry already due while nothing due waits in the set goes straight to the stream.
@@ -12,17 +13,6 @@
 -- Returns {created (1 or 0), id, job_id or "", due (ms)}; id is "delayed:<partition>:<n>"
 -- for a scheduled entry, the stream entry id for one that went straight to the stream.
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
--- Whether a redis.pcall reply is an error for what another client stored (a key of another
--- type, a value the command can't take), not for the server's state (out of memory, ...).
-local function foreign(reply)
-  local err = type(reply) == 'table' and reply.err
-  if not err then
-    return false
-  end
-  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
-    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
-    or string.find(err, 'float', 1, true) ~= nil
-end
 local delayed, seq, stream = KEYS[1], KEYS[2], KEYS[3]
 local job_id = ARGV[8]
 local job, index, marker

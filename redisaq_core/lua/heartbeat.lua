@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Record a group member's heartbeat and return the group's view.
 -- KEYS: members (zset), tokens (hash), meta (hash), assignment (hash), members version
 --       (string: raised whenever a member joins, leaves or expires), then the leases to take
@@ -23,18 +24,6 @@ local members, tokens, meta, assignment, mv = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- Whether a redis.pcall reply is an error for what another client stored (a key of another
--- type, a value the command can't take), not for the server's state (out of memory, ...).
-local function foreign(reply)
-  local err = type(reply) == 'table' and reply.err
-  if not err then
-    return false
-  end
-  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
-    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
-    or string.find(err, 'float', 1, true) ~= nil
-end
 
 local function raise_members_version()
   local raised = redis.pcall('INCR', mv)

@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Take or renew a partition lease.
 -- KEYS: lease
 -- ARGV: token, ttl_ms, previous_token (may be empty: a static member's earlier instance),
@@ -6,17 +7,6 @@
 --       the caller wrong, another holder's lease is extended once; nothing else changes.
 -- Returns 1 renewed (it was ours), 2 acquired (it was free or our earlier instance's),
 -- 0 held by another member.
--- Whether a redis.pcall reply is an error for what another client stored (a key of another
--- type, a value the command can't take), not for the server's state (out of memory, ...).
-local function foreign(reply)
-  local err = type(reply) == 'table' and reply.err
-  if not err then
-    return false
-  end
-  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
-    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
-    or string.find(err, 'float', 1, true) ~= nil
-end
 local cur
 if ARGV[4] == 'renew' then
   cur = redis.pcall('GETEX', KEYS[1], 'PX', ARGV[2])

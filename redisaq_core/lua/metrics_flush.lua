@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Add one recorder's counts to a topic's metrics hash and its series, in one step.
 -- KEYS[1]: the metrics hash
 -- KEYS[2]: the topic's series hash (a ring of bucket records, see metrics/_series.py);
@@ -74,18 +75,6 @@ local function group(name)
     record.g[name] = g
   end
   return g
-end
-
--- Whether a redis.pcall reply is an error for what another client stored (a key of another
--- type, a value the command can't take), not for the server's state (out of memory, ...).
-local function foreign(reply)
-  local err = type(reply) == 'table' and reply.err
-  if not err then
-    return false
-  end
-  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
-    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
-    or string.find(err, 'float', 1, true) ~= nil
 end
 
 -- A stored value the command can't add to (no number, or past the largest) is written over.

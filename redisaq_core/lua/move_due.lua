@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Move a partition's due delayed entries into its streams, in due order (ties in the order
 -- they were scheduled), only while the caller holds the partition's lease (fencing). Each
 -- entry moves once: the XADD and the removal from the delayed set are one atomic step, and
@@ -13,17 +14,6 @@
 -- Returns {moved, next due (ms; -1: nothing delayed), now (ms), job id wanted, ...}, or
 -- {-1} when the lease is not ours (nothing is moved).
 redis.replicate_commands()  -- writes after TIME: effects replication (6.2 may be set to verbatim)
--- Whether a redis.pcall reply is an error for what another client stored (a key of another
--- type, a value the command can't take), not for the server's state (out of memory, ...).
-local function foreign(reply)
-  local err = type(reply) == 'table' and reply.err
-  if not err then
-    return false
-  end
-  return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
-    ~= nil or string.find(err, 'overflow', 1, true) ~= nil
-    or string.find(err, 'float', 1, true) ~= nil
-end
 if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then  -- pcall: a key of another type is no lease
   return {-1}
 end
