@@ -1,3 +1,4 @@
+-- uses: type_index
 -- Record a heartbeat (last_seen := server time) of a registered service.
 -- KEYS: active (zset), types (set)
 -- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
@@ -20,13 +21,7 @@ redis.call('ZADD', active, seen, id)
 local stype = redis.call('HGET', skey, 'service_type')
 if stype and stype ~= '' then
   local tkey = base .. ':type:' .. stype
-  local added = redis.pcall('SADD', tkey, id)
-  if type(added) == 'table' and string.sub(added.err, 1, 9) == 'WRONGTYPE' then
-    redis.call('DEL', tkey)  -- another client's key of another type: written over
-    redis.call('SADD', tkey, id)
-  elseif type(added) == 'table' then
-    redis.call('SADD', tkey, id)  -- the server's own error: raised as it is
-  end
+  add_to_type_index(tkey, id)
   redis.call('SADD', types, stype)
 end
 if ttl > 0 then

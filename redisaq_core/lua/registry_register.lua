@@ -1,3 +1,4 @@
+-- uses: type_index
 -- Register a service (or replace its registration) and index it, stamped with server time.
 -- KEYS: active (zset), types (set), worker_status (hash)
 -- ARGV: base, service_id, service_type, host, port, status, metadata (JSON),
@@ -28,13 +29,7 @@ redis.call('HSET', skey,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)
 redis.call('ZADD', active, seen, id)
 local tkey = base .. ':type:' .. stype
-local added = redis.pcall('SADD', tkey, id)
-if type(added) == 'table' and string.sub(added.err, 1, 9) == 'WRONGTYPE' then
-  redis.call('DEL', tkey)  -- another client's key of another type: written over
-  redis.call('SADD', tkey, id)
-elseif type(added) == 'table' then
-  redis.call('SADD', tkey, id)  -- the server's own error: raised as it is
-end
+add_to_type_index(tkey, id)
 redis.call('SADD', types, stype)
 redis.call('HDEL', wstatus, id)
 
