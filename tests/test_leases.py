@@ -31,7 +31,14 @@ from redisaq_core._delivery import ConsumerStats, OwnedPartition, Reader
 from redisaq_core._give_back import GiveBack
 from redisaq_core._membership import lease_due
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import ACK, ENSURE_PARTITIONS, HEARTBEAT, JOBS_COMPLETE, RELEASE
+from redisaq_core._scripts import (
+    ACK,
+    ENSURE_PARTITIONS,
+    HEARTBEAT,
+    JOBS_COMPLETE,
+    LEAVE,
+    RELEASE,
+)
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import MAX_PRIORITIES, TopicKeys, partition_count, priority_levels
 from redisaq_core.message import received
@@ -453,9 +460,9 @@ async def _beats_on_after(
         async with Running(consumer, handle):
             await eventually(lambda: handled == [0])
             members = TopicKeys(topic).members(consumer.group)
-            await disturb(consumer)
             since = await redis.zscore(members, consumer.name)
             assert since is not None
+            await disturb(consumer)
             # The member's score is the time of its last beat: three beats after it.
             await eventually(
                 lambda: _beaten_since(redis, members, consumer.name, since + 600),
@@ -468,7 +475,10 @@ async def _beats_on_after(
 
 
 async def _beaten_since(redis: Redis, members: str, name: str, since: float) -> bool:
-    score = await redis.zscore(members, name)
+    try:
+        score = await redis.zscore(members, name)
+    except ResponseError:  # a key of another type, until the member writes it anew
+        return False
     return score is not None and score >= since
 
 
@@ -562,6 +572,10 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
         "assignment version",
         "version 1.5",
         "topic meta",
+        "members version of another type",
+        "assignment of another type",
+        "members of another type",
+        "tokens of another type",
     ],
 )
 async def test_a_group_record_another_client_spoilt_stops_nothing(
@@ -587,6 +601,18 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
         elif spoilt == "topic meta":
             await redis.delete(keys.meta)
             await redis.set(keys.meta, "another client's")
+        elif spoilt.endswith("of another type"):
+            key = {
+                "members version": keys.members_version(group),
+                "assignment": keys.assignment(group),
+                "members": keys.members(group),
+                "tokens": keys.tokens(group),
+            }[spoilt.removesuffix(" of another type")]
+            await redis.delete(key)
+            await redis.rpush(key, "another client's")
+            if key == keys.tokens(group):
+                await redis.zadd(keys.members(group), {"gone": 1})  # expires: HDEL of its token
+            return  # the member's view no longer matches what the script reads: it looks again
         elif spoilt == "members version":
             await redis.set(keys.members_version(group), "abc")
             await redis.zadd(keys.members(group), {"gone": 1})  # expires: the version goes up
@@ -597,6 +623,24 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
 
     await _beats_on_after(redis_url, redis, topic, spoil)
     assert "heartbeat failed" not in caplog.text
+
+
+async def test_a_member_leaves_past_group_keys_of_another_type(redis: Redis, topic: str) -> None:
+    # A tokens or members key another client made of another type no longer stops a member
+    # from leaving: it is deleted, the member removed and the members version raised. Before,
+    # leaving failed with WRONGTYPE and the member stayed until its heartbeats expired.
+    keys = TopicKeys(topic)
+    members, tokens, version = keys.members("g"), keys.tokens("g"), keys.members_version("g")
+    await redis.rpush(tokens, "another client's")
+    await redis.zadd(members, {"m": 1, "other": 1})
+    assert await LEAVE(redis, [members, tokens, version], ["m", "tok"]) == 1
+    assert await redis.zrange(members, 0, -1) == [b"other"]
+    assert (await redis.type(tokens), await redis.get(version)) == (b"none", b"1")
+    await redis.hset(tokens, "m", "tok")
+    await redis.delete(members)
+    await redis.rpush(members, "another client's")
+    assert await LEAVE(redis, [members, tokens, version], ["m", "tok"]) == 1
+    assert (await redis.type(members), await redis.hgetall(tokens)) == (b"none", {})
 
 
 async def test_a_lease_key_of_another_type_fences_as_a_lease_not_ours(

@@ -34,10 +34,24 @@ local function raise_members_version()
   end
 end
 
-local expired = redis.call('ZRANGEBYSCORE', members, '-inf', '(' .. (now - ttl))
+-- A group key another client made of another type holds none of the group's records: it is
+-- deleted and the members' beats write it anew; the server's own errors are raised as they are.
+local function read(reply, key, ...)
+  if foreign(reply) then
+    redis.call('DEL', key)
+    return false
+  elseif type(reply) == 'table' and reply.err then
+    return redis.call(...)
+  end
+  return reply
+end
+
+local since = '(' .. (now - ttl)
+local expired = read(redis.pcall('ZRANGEBYSCORE', members, '-inf', since), members,
+  'ZRANGEBYSCORE', members, '-inf', since) or {}
 for _, m in ipairs(expired) do
   redis.call('ZREM', members, m)
-  redis.call('HDEL', tokens, m)
+  read(redis.pcall('HDEL', tokens, m), tokens, 'HDEL', tokens, m)
 end
 if #expired > 0 then
   raise_members_version()
@@ -56,8 +70,8 @@ local function versions()
   if info.err then
     info = {}  -- a meta key of another type holds no counts: the member writes them anew
   end
-  local v = whole(redis.call('HGET', assignment, '_v'))
-  local m = whole(redis.call('GET', mv))
+  local v = whole(read(redis.pcall('HGET', assignment, '_v'), assignment, 'HGET', assignment, '_v'))
+  local m = whole(read(redis.pcall('GET', mv), mv, 'GET', mv))
   local partitions = info[1] or '0'
   local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
   return partitions, info[2] or '1', v, m, seen  -- counts as stored: the member reads them
@@ -74,7 +88,7 @@ if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 and ARGV[8] ~= 'check' the
 end
 
 local replaced = ''
-local holder = redis.call('HGET', tokens, name)
+local holder = read(redis.pcall('HGET', tokens, name), tokens, 'HGET', tokens, name)
 if holder and holder ~= token then
   if ARGV[4] ~= 'static-join' then
     return {now, -1, {}, {}, 0, holder, 1, 0, {}}
