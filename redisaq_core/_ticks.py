@@ -3,7 +3,8 @@
 One task per schedule: read the server's time and the schedule's last tick,
 enqueue what :meth:`Schedule.plan` gives (each with the tick's idempotency key,
 so a tick another process enqueued first writes nothing), record each tick once
-enqueued (``ZADD XX GT``: never back, and never bringing back a removed schedule's),
+enqueued (``ZADD XX GT``: never back, and never bringing back a removed schedule's;
+a stored schedule's first record only while it is stored, ``schedule_start.lua``),
 then sleep until the next tick.
 """
 
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING
 from redis.exceptions import ResponseError
 
 from ._failures import REDIS_FAILURES, foreign_type
-from ._scripts import CLEAR_FOREIGN
+from ._scripts import CLEAR_FOREIGN, SCHEDULE_START
 from .connection import AnyRedis
 from .errors import ConfigurationError, RedisaqError, SerializationError
-from .keys import schedule_ticks
+from .keys import schedule_definitions, schedule_ticks
 from .message import Message
 
 if TYPE_CHECKING:
@@ -59,8 +60,11 @@ class Ticker:
         redis: AnyRedis | None,
         producer_for: Callable[[Schedule], Awaitable[Producer]],
         logger: logging.Logger,
+        *,
+        stored: bool = False,
     ) -> None:
         self._redis = redis
+        self._stored = stored  # the schedules are Scheduler's: a removed one's record stays gone
         self._producer_for = producer_for
         self.logger = logger
         self._schedules: dict[str, Schedule] = {}
@@ -124,7 +128,7 @@ class Ticker:
                 delay = await self._round(schedule)
                 failures = 0
             except Exception as exc:
-                failures += 1
+                failures = min(failures + 1, 10)  # 2**failures stays a float (no overflow)
                 delay = min(5.0, 0.05 * 2**failures)
                 self.logger.warning(
                     "schedule %s: %s: %s (trying again in %.2fs)",
@@ -162,7 +166,8 @@ class Ticker:
             )  # fmt: skip
             await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True)
         elif last is None:
-            await redis.zadd(schedule_ticks(), {schedule.name: record}, nx=True)
+            keys = [schedule_ticks(), *([schedule_definitions()] if self._stored else [])]
+            await SCHEDULE_START(redis, keys, [schedule.name, record])
         else:
             # Each tick is recorded once enqueued: a round cut off between the two leaves
             # that one tick to the next round, whose enqueue finds its idempotency key.

@@ -315,13 +315,16 @@ class Scheduler(RedisComponent):
         redis = self._redis or await self._ensure()
         seconds, micros = await redis.time()
         if replace:
-            await redis.hset(schedule_definitions(), schedule.name, data)
-        elif not await redis.hsetnx(schedule_definitions(), schedule.name, data):
-            raise ConfigurationError(
-                f"schedule {schedule.name!r} exists: remove it first, or replace it"
-            )
+            created = bool(await redis.hset(schedule_definitions(), schedule.name, data))
+        else:
+            created = bool(await redis.hsetnx(schedule_definitions(), schedule.name, data))
+            if not created:
+                raise ConfigurationError(
+                    f"schedule {schedule.name!r} exists: remove it first, or replace it"
+                )
         due = schedule.before(int(seconds) * 1000 + int(micros) // 1000 + 1)
-        await redis.zadd(schedule_ticks(), {schedule.name: due}, nx=True)
+        # A new schedule starts from its next tick, whatever an earlier one of its name left.
+        await redis.zadd(schedule_ticks(), {schedule.name: due}, nx=not created)
 
     async def remove(self, name: str) -> bool:
         """Delete the stored schedule ``name`` and its last tick; whether it existed."""
@@ -363,7 +366,7 @@ class Scheduler(RedisComponent):
         redis = self._redis or await self._ensure()
         wanted = None if names is None else set(names)
         stopping = self._stopping
-        ticker = Ticker(redis, self._producer_for, self.logger)
+        ticker = Ticker(redis, self._producer_for, self.logger, stored=True)
         running: dict[str, Schedule] = {}
         try:
             while not stopping.is_set():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import math
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
+from redisaq_core import _ticks as ticks_module
 from redisaq_core._scripts import CLEAR_FOREIGN
 from redisaq_core._ticks import Ticker
 from redisaq_core.keys import TopicKeys, schedule_definitions, schedule_ticks
@@ -523,3 +525,113 @@ async def test_three_scheduler_processes_enqueue_sixty_ticks_once_each(
     assert len([t for t in ticks if t > start]) >= 60
     for err in outputs:
         assert err.count(f"stored schedule '{garbage}' can't be read") == 1
+
+
+async def test_a_removed_schedule_added_again_starts_with_its_next_tick(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A running scheduler learns of a removal at its next reload; its rounds before that
+    # brought the removed schedule's last tick back (ZADD NX), and the schedule added again
+    # under that name kept it: it enqueued at once the ticks of the time it was gone.
+    name = _name()
+
+    def schedule() -> Schedule:
+        return Schedule(
+            name, every=0.2, topic=topic, payload="x", grace=0, missed="catch_up", max_catch_up=5
+        )
+
+    first = Scheduler(redis_url=redis_url, reload_interval=60)
+    await first.add(schedule())
+    task = asyncio.create_task(first.run())
+    await eventually(lambda: redis.xlen(TopicKeys(topic).stream(0)), message="a tick")
+    assert await first.remove(name)
+    # Its ticker's next rounds, before a reload: the record stays gone.
+    start = await _server_ms(redis)
+    await eventually(lambda: _server_past(redis, start + 1_000))
+    assert await redis.zscore(schedule_ticks(), name) is None
+    await first.stop()
+    await task
+    await first.close()
+    await eventually(lambda: _server_past(redis, start + 2_000))
+    before = set(await _ticks(redis, topic))
+    again = Scheduler(redis_url=redis_url, reload_interval=60)
+    added = await _server_ms(redis)
+    await again.add(schedule())
+    task = asyncio.create_task(again.run())
+    try:
+        await eventually(lambda: _ticked_after(redis, topic, added), message="a new tick")
+    finally:
+        await again.stop()
+        await task
+        await again.close()
+    new = set(await _ticks(redis, topic)) - before
+    assert new and min(new) > added, sorted(t - added for t in new)
+
+
+async def test_a_new_schedule_starts_afresh_past_a_tick_an_earlier_one_left(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A removal cut off between its two writes leaves the last tick without its definition.
+    name = _name()
+    now = await _server_ms(redis)
+    await redis.zadd(schedule_ticks(), {name: now - 60_000})
+    async with Scheduler(redis_url=redis_url) as scheduler:
+        await scheduler.add(Schedule(name, every=1, topic=topic, payload="x", grace=3600))
+    assert (await redis.zscore(schedule_ticks(), name) or 0) > now - 1_000  # its last tick
+
+
+async def _server_past(redis: Redis, ms: int) -> bool:
+    return await _server_ms(redis) > ms
+
+
+async def _ticked_after(redis: Redis, topic: str, ms: int) -> bool:
+    return any(t > ms for t in await _ticks(redis, topic))
+
+
+async def test_a_schedule_ticks_again_after_an_outage_of_any_length(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait after a failed round doubled with each failure, without a bound on the count:
+    # 2**1024 is past a float, and the 1,024th failure in a row (85 minutes of an outage at
+    # the 5 s cap) ended the schedule's task for good. The ticker's waits are made instant
+    # here; its rounds fail for real (TIME refused to its ACL user).
+    real_sleep = asyncio.sleep
+
+    async def instant(seconds: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr(ticks_module.asyncio, "sleep", instant)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    await redis.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    host, port = redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    failed: list[str] = []
+    logger = logging.getLogger(f"tests.schedule.{user}")
+    logger.addHandler(_Collect(failed))
+    logger.propagate = False
+    try:
+        url = f"redis://{user}:pw@{host}:{port}/0"
+        async with Producer(topic, redis_url=url, logger=logger, metrics=False) as producer:
+            producer.add_schedule(Schedule(_name(), every=0.05, payload="tick"))
+            stream = TopicKeys(topic).stream(0)
+            await eventually(lambda: redis.xlen(stream), message="a first tick")
+            await redis.execute_command("ACL", "SETUSER", user, "-time")
+            await eventually(lambda: len(failed) >= 1_100, timeout=60, message="1,100 failures")
+            await redis.execute_command("ACL", "SETUSER", user, "+time")
+            ticks = await redis.xlen(stream)
+            await eventually(lambda: _longer(redis, stream, ticks), message="ticks again")
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "trying again" in record.getMessage():
+            self.into.append(record.getMessage())
+
+
+async def _longer(redis: Redis, stream: str, than: int) -> bool:
+    return int(await redis.xlen(stream)) > than
