@@ -37,6 +37,7 @@ from tests.fanout_support import (
 from tests.helpers import eventually
 
 FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.05}
+MAX_ID = "18446744073709551615-18446744073709551615"
 
 
 @asynccontextmanager
@@ -371,6 +372,48 @@ async def test_the_script_writes_nothing_without_the_lease_and_nothing_twice(
         await FANOUT(redis, [*keys, other], call)
     assert await redis.xlen(target.stream(0)) == 3
     assert int((await redis.xpending(source.stream(0), "g"))["pending"]) == 1
+    # A target stream that can take no more entries (another client added one of the largest
+    # id): the same. Before, the entry was acknowledged, written to the targets before that
+    # one, and lost for it and those after.
+    await redis.delete(other)
+    await redis.xadd(other, {"x": "y"}, id=MAX_ID)
+    with pytest.raises(ResponseError, match="can take no more entries"):
+        await FANOUT(redis, [*keys, other], call)
+    assert await redis.xlen(target.stream(0)) == 3
+    assert int((await redis.xpending(source.stream(0), "g"))["pending"]) == 1
+
+
+async def test_a_target_that_can_take_no_more_entries_loses_no_message(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Its entry is retried and dead-lettered, written to no target (on a cluster, where each
+    # target is written on its own, to those written before at most once).
+    a, b = f"{topic}-a", f"{topic}-b"
+    await create_topic(redis_url, a, 1)
+    await create_topic(redis_url, b, 1)
+    await redis.xadd(TopicKeys(b).stream(0), {"x": "y"}, id=MAX_ID)
+    await produce(redis_url, topic, [{"n": 0}], partitions=1, key=None)
+    bridge = _bridge(redis_url, topic, [a, b], max_deliveries=2)
+    async with running(bridge):
+        await eventually(lambda: _dead_letters(redis_url, topic), message="a dead letter")
+    assert len(await rows(redis, a)) <= (1 if is_cluster(redis) else 0)
+    assert await redis.xlen(TopicKeys(b).stream(0)) == 1
+
+
+async def _dead_letters(redis_url: str, topic: str) -> int:
+    async with DeadLetters(topic, redis_url=redis_url) as letters:
+        return len(await letters.list())
+
+
+async def test_the_cluster_write_refuses_a_target_that_can_take_no_more_entries(
+    redis: Any, topic: str
+) -> None:
+    keys = TopicKeys(topic)
+    record = keys.fanout_record(0, "src", "fanout", 0, 0) + "1-1"
+    await redis.xadd(keys.stream(0), {"x": "y"}, id=MAX_ID)
+    with pytest.raises(ResponseError, match="can take no more entries"):
+        await FANOUT_WRITE(redis, [keys.stream(0), record], ["0", "~", 60_000, 2, "p", "{}"])
+    assert await redis.exists(record) == 0  # no record: the entry is written once it can be
 
 
 async def test_a_target_partition_increase_is_picked_up(

@@ -1,3 +1,4 @@
+-- uses: exhausted
 -- Fan a batch of one source stream out to target streams and acknowledge it, in one step,
 -- only while the caller holds the source partition's lease (one Redis server only: the
 -- target streams live in other slots).
@@ -11,7 +12,8 @@
 -- Returns {number of entries fanned out, then the positions (1-based) of the entries found
 -- already acknowledged}, {-1} when the lease is not ours, {-2} when a target's partition
 -- count differs from the caller's (nothing is written in either case); an error when a
--- target key holds something else than a stream (nothing is written).
+-- target key holds something else than a stream, or a stream whose last id is the largest
+-- there is (nothing is written).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return {-1}
 end
@@ -21,11 +23,13 @@ for t = 1, targets do
     return {-2}  -- also for a meta key of another type: the caller reads the counts again
   end
 end
--- A failed XADD would leave the batch half written: check the target keys' types first.
+-- A failed XADD would leave the batch half written, acknowledged: check the targets first.
 for k = 3 + targets, #KEYS do
   local kind = redis.call('TYPE', KEYS[k])['ok']
   if kind ~= 'stream' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE fan-out target ' .. KEYS[k] .. ' is a ' .. kind)
+  elseif kind == 'stream' and exhausted(KEYS[k]) then
+    return redis.error_reply('ERR fan-out target ' .. KEYS[k] .. ' can take no more entries')
   end
 end
 local maxlen, trim = ARGV[4 + targets], ARGV[5 + targets]
