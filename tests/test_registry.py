@@ -260,9 +260,10 @@ async def test_get_healthy_services_needs_status_and_a_recent_heartbeat(
     await registry.register_service(_info("old", "inference"))
     await registry.register_service(_info("sick", "inference", status="unhealthy"))
     await registry.register_service(_info("other", "worker"))
-    old = await registry.get_service("old")
+    old, other = await registry.get_service("old"), await registry.get_service("other")
     assert old is not None and old.last_seen is not None
-    await _past(registry, old.last_seen, 0.5)
+    assert other is not None and other.last_seen is not None
+    await _past(registry, max(old.last_seen, other.last_seen), 0.5)  # the last one registered
     await registry.register_service(_info("fresh", "inference"))
     healthy = await registry.get_healthy_services(timeout_seconds=0.5)
     assert [s.service_id for s in healthy] == ["fresh"]
