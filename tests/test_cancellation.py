@@ -35,7 +35,7 @@ from redisaq_core import (
     Received,
     ResultStore,
 )
-from redisaq_core._cancellation import RunningJobs, _CancelNotices
+from redisaq_core._cancellation import JOBS_CANCELLED, RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, died_with, eventually, redisaq
@@ -665,3 +665,55 @@ async def test_a_delayed_job_cancelled_while_scheduled_is_moved_but_never_run(
         assert record is not None and record.status is JobStatus.CANCELLED
         assert record.attempts == 0 and record.active_at is None and record.worker is None
         assert await dead_letters(redis, topic) == 0
+
+
+async def test_a_final_status_stays_when_another_group_settles_the_job_later(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    # Two groups run the job. Group "a" is cancelled and settles it "cancelled", final: its
+    # waiters were told so. Group "b"'s batch handler (never interrupted) returns afterwards.
+    # Before, its completion wrote "completed" with its result over the final status.
+    in_a, in_b, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handle_a(message: Received) -> str:
+        in_a.set()
+        await asyncio.sleep(60)
+        return "a"
+
+    async def handle_b(messages: list[Received]) -> list[str]:
+        in_b.set()
+        await release.wait()
+        return ["b" for _ in messages]
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        a = Consumer(topic, group_name="a", redis_url=redis_url, **FAST)
+        b = Consumer(topic, group_name="b", redis_url=redis_url, **FAST)
+        async with Running(a, handle_a), Running(b, handle_b, batch=True):
+            job = await producer.submit({"n": 1})
+            await asyncio.wait_for(asyncio.gather(in_a.wait(), in_b.wait()), 10)
+            assert await job.cancel() is JobStatus.CANCELLING
+            assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            release.set()
+            await eventually(lambda: acked(redis, topic, group="b"), message="b acknowledged")
+        record = await job.record()
+        assert record is not None and record.status is JobStatus.CANCELLED, record
+        assert record.result is None
+
+
+async def test_a_job_completed_by_another_group_stays_completed_when_cancelled_late(
+    redis: Any, topic: str
+) -> None:
+    # The mirror case, at the script: a cancelled run settled after another group's worker
+    # completed the job leaves it completed (acknowledging its entry all the same).
+    keys = TopicKeys(topic)
+    job_id = f"{topic}/0/j1"
+    record = keys.job(0, job_id)
+    await redis.hset(record, mapping={"status": "completed", "result": "r", "result_ttl": 60})
+    entry = await redis.xadd(keys.stream(0), {"j": job_id})
+    await redis.xgroup_create(keys.stream(0), "g", id="0")
+    await redis.xreadgroup("g", "me", {keys.stream(0): ">"})
+    await redis.set(keys.lease(0, "g"), "tok")
+    call = [keys.stream(0), keys.lease(0, "g"), keys.jobs(0), record]
+    assert await JOBS_CANCELLED(redis, call, ["g", "tok", keys.job_channel, entry, job_id]) == 1
+    assert await redis.hget(record, "status") == b"completed"
+    assert await acked(redis, topic, group="g")

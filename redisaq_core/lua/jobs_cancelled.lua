@@ -1,6 +1,7 @@
 -- Acknowledge cancelled jobs of one partition stream without running them (or after their
 -- handler was cancelled), only while the caller holds the partition's lease; each record
--- becomes "cancelled" and expires after its result_ttl. Announces the records that change.
+-- becomes "cancelled" (but one "completed" meanwhile) and expires after its result_ttl.
+-- Announces the records that change.
 -- KEYS: stream, lease, jobs index (zset), job hash, job hash, ...
 -- ARGV: group, token, channel, then per job: msg_id, job_id
 -- Returns the number of entries acknowledged, or -1 when the lease is not ours (nothing
@@ -18,7 +19,9 @@ for i = 4, #KEYS do
   if type(status) == 'table' then
     status = false  -- not a hash (another client's key): no record to settle
   end
-  if status then
+  if status == 'completed' then
+    -- completed by another group's worker before this one settled it: final, left so
+  elseif status then
     if status ~= 'cancelled' then
       redis.call('HSET', KEYS[i], 'status', 'cancelled', 'cancelled_at', now)
       redis.call('PUBLISH', ARGV[3], job_id .. ' cancelled')

@@ -4,7 +4,8 @@
 -- ARGV: group, token, channel, worker, length of the job hashes' key prefix (a job's id
 --       follows it), then per job: msg_id, result (its kind, "b" bytes or "s" text, then
 --       the serialized value)
--- A job without a record is acknowledged and announced "gone".
+-- A job without a record is acknowledged and announced "gone"; one already "cancelled" is
+-- acknowledged and left so.
 -- Returns the number of jobs completed, or -1 when the lease is not ours (nothing is written).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
@@ -21,7 +22,10 @@ for i = 4, #KEYS do
   if record.err then
     record = {false}  -- not a hash (another client's key): no record to complete
   end
-  if record[1] then
+  if record[1] == 'cancelled' then
+    -- cancelled for good (another group's worker settled it so, and its waiters were told):
+    -- final, as "completed" is to the other scripts; the entry is acknowledged all the same
+  elseif record[1] then
     local result = ARGV[a + 1]
     redis.call('HSET', KEYS[i], 'status', 'completed', 'completed_at', now, 'updated_at', now,
       'worker', ARGV[4], 'result', string.sub(result, 2), 'result_kind', string.sub(result, 1, 1))
