@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "finish_shielded", "uncancel", "wait_event"]
+__all__ = ["cancel_and_wait", "finish_shielded", "raise_if_cancelled", "uncancel", "wait_event"]
 
 log = logging.getLogger("redisaq_core")
 
@@ -23,6 +23,17 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was cancelled and a call it awaited swallowed that.
+
+    Before a wait only a cancellation can end (Python 3.11+; earlier ones can't tell).
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

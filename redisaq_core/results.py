@@ -63,6 +63,7 @@ from ._codec import Deserializer, default_deserializer, optional_text
 from ._failures import REDIS_FAILURES, unless_foreign
 from ._job_events import JobEvents
 from ._scripts import Script, run_pipelined
+from ._tasks import raise_if_cancelled
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -202,6 +203,12 @@ class JobRecord:
             "result_error": self.result_error,
             "progress": self.progress,
         }
+
+
+def _resolved(record: JobRecord) -> asyncio.Future[JobRecord]:
+    future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+    future.set_result(record)
+    return future
 
 
 def _int(value: bytes | None, default: int | None = None) -> int | None:
@@ -359,10 +366,20 @@ class ResultStore(RedisComponent):
         """
         seconds = None if timeout is None else number(timeout, "timeout", minimum=0, seconds=True)
         key = self._key(job_id)
+        record = await self._finished(job_id, key)  # finished before the call: no deadline
+        if record is not None:
+            return record
         try:
             return await asyncio.wait_for(self._wait(job_id, key), seconds)
         except asyncio.TimeoutError:
             raise JobTimeoutError(f"job {job_id} did not finish within {timeout} s") from None
+
+    async def _finished(self, job_id: str, key: str) -> JobRecord | None:
+        """The job's record if it is finished now (``JobNotFoundError`` if it has none)."""
+        record = await self._read(job_id, key)
+        if record is None:
+            raise JobNotFoundError(f"job {job_id} has no record (unknown, or expired)")
+        return record if record.finished else None
 
     async def _wait(self, job_id: str, key: str) -> JobRecord:
         _, listener = await self._parts()
@@ -376,6 +393,7 @@ class ResultStore(RedisComponent):
                     raise JobNotFoundError(f"job {job_id} has no record (unknown, or expired)")
                 if record.finished:
                     return record
+                raise_if_cancelled()  # a wait past its deadline, cancelled mid-read
                 await future
             finally:
                 listener.unwatch(job_id, future)
@@ -394,7 +412,11 @@ class ResultStore(RedisComponent):
         if not pairs:
             return []
         await self._parts()
-        tasks = [asyncio.ensure_future(self._wait(job_id, key)) for job_id, key in pairs]
+        finished = await asyncio.gather(*(self._finished(job_id, key) for job_id, key in pairs))
+        tasks = [
+            _resolved(record) if record else asyncio.ensure_future(self._wait(job_id, key))
+            for (job_id, key), record in zip(pairs, finished, strict=True)
+        ]
         try:
             _, pending = await asyncio.wait(
                 tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from redisaq_core import Consumer, Message, Producer
-from redisaq_core.errors import ConfigurationError, JobFailedError, JobNotFoundError
+from redisaq_core.errors import (
+    ConfigurationError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+)
 from redisaq_core.keys import TopicKeys, parse_job_id
 from redisaq_core.results import JobStatus, ResultStore
 from tests.helpers import Running, eventually
@@ -34,6 +39,36 @@ async def test_submitted_job_is_followed_to_its_result(redis_url: str, topic: st
             assert record is not None and record.status == JobStatus.COMPLETED
             assert record.attempts == 1 and record.worker == consumer.name
             assert record.result == {"double": 40}
+
+
+async def test_a_finished_job_is_returned_whatever_the_timeout(redis_url: str, topic: str) -> None:
+    # A timeout of 0 (a look that may not block) cancelled the wait before it read the record:
+    # a job completed long before raised JobTimeoutError.
+    async with Producer(topic, redis_url=redis_url) as producer:
+        done, waiting = await producer.submit("a"), await producer.submit("b", delay=3600)
+
+        async def handle_job(m: Message) -> Any:
+            return f"got {m.payload}"
+
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), handle_job):
+            assert await done.result(timeout=10) == "got a"
+        assert await done.result(timeout=0) == "got a"
+        async with ResultStore(redis_url=redis_url) as store:
+            assert (await store.wait(done.id, timeout=0)).status is JobStatus.COMPLETED
+            records = await store.wait_many([done.id, done.id], timeout=0)
+            assert [r.result for r in records] == ["got a", "got a"]
+            with pytest.raises(JobTimeoutError, match="1 of 2 jobs"):
+                await store.wait_many([done.id, waiting.id], timeout=0)
+            with pytest.raises(JobTimeoutError, match="within 0 s"):
+                await store.wait(waiting.id, timeout=0)
+            with pytest.raises(JobNotFoundError):
+                await store.wait(f"{topic}/0/none", timeout=0)
+        for timeout in (0, 0.001, 0.002, 0.005) * 5:  # deadlines that land mid-read
+            async with ResultStore(redis_url=redis_url) as store:
+                with pytest.raises(JobTimeoutError):
+                    await asyncio.wait_for(store.wait_many([waiting.id], timeout), 10)
+                with pytest.raises(JobTimeoutError):
+                    await asyncio.wait_for(store.wait(waiting.id, timeout), 10)
 
 
 async def test_retry_then_success_and_dead(redis_url: str, topic: str) -> None:
