@@ -426,6 +426,27 @@ async def test_the_processes_stop_when_the_supervisor_is_killed(
     assert workers.log().count("the supervisor is gone: stopping gracefully") == 2
 
 
+async def test_a_process_stuck_in_its_handler_ends_when_the_supervisor_is_killed(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    (workers.dir / "blocking.py").write_text(BLOCKING)
+    # The handler blocks the event loop: the process is ended 0.3 + 0.8 s after it
+    # notices, as the supervisor would have killed it.
+    proc = workers.start(
+        redis_url, topic, "--processes", "2", "--shutdown-timeout", "0.3",
+        "--heartbeat-interval", "0.2", "--heartbeat-ttl", "0.8", handler="blocking:handle",
+    )  # fmt: skip
+    pids = workers.children(proc, 2)
+    await produce(redis_url, topic, 1)
+    (stuck,) = await eventually(lambda: workers.pids(), message="the handler running")
+    assert stuck in pids
+    proc.kill()
+    proc.wait(timeout=5)
+    wait_sync(lambda: not any(alive(p) for p in pids), timeout=10, message="children gone")
+    gone = "the supervisor is gone: stopping gracefully, exiting in 1.1s at the latest"
+    assert workers.log().count(gone) == 2
+
+
 @pytest.mark.timeout(90)
 def test_the_processes_benchmark_runs_and_reports_each_count() -> None:
     out = subprocess.run(

@@ -5,7 +5,8 @@ so that a terminal's Ctrl-C reaches the supervisor only, which forwards it
 once. The supervisor appends ``--supervisor-fd FD`` to the command: the read
 end of a pipe whose write end only the supervisor holds. When the supervisor
 is gone, even killed with SIGKILL, the pipe reports end of file and the child
-stops gracefully (:func:`watch_supervisor`), so no worker outlives it.
+stops gracefully (:func:`watch_supervisor`), or is ended when the time the
+supervisor would have allowed is up, so no worker outlives it.
 
 A child that exits with :data:`EXIT_CANNOT_START` could not load its handler
 or build its consumer: it is not restarted, the others are stopped, and the
@@ -23,6 +24,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -250,34 +253,43 @@ def _send(proc: asyncio.subprocess.Process, sig: int) -> None:
         proc.send_signal(sig)
 
 
-def watch_supervisor(fd: int, component: Stoppable) -> Callable[[], None]:
+def watch_supervisor(fd: int, component: Stoppable, deadline: float) -> Callable[[], None]:
     """In a child: stop ``component`` gracefully once the supervisor's pipe ``fd`` closes.
 
-    Call it from inside the running event loop; returns an uninstaller.
+    A thread waits on the pipe, as a handler may block the event loop; once
+    the supervisor is gone it asks the loop to stop ``component`` and ends the
+    process (exit status 1) if it is still running ``deadline`` seconds later,
+    the time the supervisor itself would have allowed. Call it from inside the
+    running event loop; returns an uninstaller.
     """
     loop = asyncio.get_running_loop()
     os.set_inheritable(fd, False)
-    os.set_blocking(fd, False)
+    os.set_blocking(fd, True)
+    uninstalled = threading.Event()
     tasks: set[asyncio.Task[None]] = set()
 
-    def readable() -> None:
-        try:
-            if os.read(fd, 64):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        loop.remove_reader(fd)
-        log.warning("the supervisor is gone: stopping gracefully")
+    def stop() -> None:
         task = loop.create_task(component.stop())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    loop.add_reader(fd, readable)
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        if uninstalled.is_set():
+            return
+        log.warning(
+            "the supervisor is gone: stopping gracefully, exiting in %.1fs at the latest", deadline
+        )
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+            loop.call_soon_threadsafe(stop)
+        time.sleep(deadline)
+        os._exit(1)
 
-    def uninstall() -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-    return uninstall
+    threading.Thread(target=watch, name="redisaq-supervisor-watch", daemon=True).start()
+    return uninstalled.set

@@ -18,7 +18,14 @@ from ..signals import install_signal_handlers
 from .common import EXIT_OK, UsageError, leaf_parent, redis_url, seconds
 from .supervisor import EXIT_CANNOT_START, Supervisor, watch_supervisor
 
-__all__ = ["MAX_PROCESSES", "add_commands", "child_command", "load_handler", "run_worker"]
+__all__ = [
+    "MAX_PROCESSES",
+    "add_commands",
+    "child_command",
+    "drain_deadline",
+    "load_handler",
+    "run_worker",
+]
 
 MAX_PROCESSES = 256
 """The most ``--processes`` accepts."""
@@ -183,12 +190,22 @@ async def _run_child(args: argparse.Namespace, fd: int) -> int:
         return EXIT_CANNOT_START
     stop = _Stop(consumer)
     install_signal_handlers(stop)
-    unwatch = watch_supervisor(fd, stop)
+    unwatch = watch_supervisor(fd, stop, drain_deadline(args))
     try:
         await _consume(consumer, handler, batch=args.batch, stop=stop)
     finally:
         unwatch()
     return EXIT_OK
+
+
+def drain_deadline(args: argparse.Namespace) -> float:
+    """Seconds a process may take to stop: ``--shutdown-timeout`` plus the heartbeat TTL.
+
+    A process lets running handlers finish for ``--shutdown-timeout``, then
+    leaves the group; what it could not do by then expires with its heartbeat.
+    """
+    ttl = args.heartbeat_ttl if args.heartbeat_ttl is not None else 3.0 * args.heartbeat_interval
+    return float(args.shutdown_timeout + ttl)
 
 
 def child_command(args: argparse.Namespace, slot: int) -> list[str]:
@@ -225,12 +242,9 @@ async def _supervise(args: argparse.Namespace) -> int:
         raise UsageError("--restart-delay-max must be at least --restart-delay")
     url = redis_url(args)
     _consumer(args, url, args.name and f"{args.name}-0")  # raises on a bad setting
-    ttl = args.heartbeat_ttl if args.heartbeat_ttl is not None else 3.0 * args.heartbeat_interval
     supervisor = Supervisor(
         [child_command(args, slot) for slot in range(args.processes)],
-        # A child lets running handlers finish for --shutdown-timeout, then leaves the group;
-        # what it could not do by then expires with its heartbeat.
-        grace=args.shutdown_timeout + ttl,
+        grace=drain_deadline(args),
         restart_delay=args.restart_delay,
         restart_delay_max=args.restart_delay_max,
         env=dict(os.environ, REDIS_URL=url),
