@@ -348,6 +348,30 @@ async def test_restart_delays_grow_while_a_process_keeps_crashing(
     assert delays(0)[:4] == ["0.10", "0.20", "0.40", "0.40"]
 
 
+EXITING = """
+import os, threading
+threading.Timer(0.05, os._exit, ({code},)).start()
+
+async def handle(message):
+    pass
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+async def test_a_process_down_after_exiting_unasked_makes_the_exit_status_1(
+    redis_url: str, topic: str, workers: Workers, code: int
+) -> None:
+    # Even with status 0: the supervisor did not ask it to stop.
+    (workers.dir / "exiting.py").write_text(EXITING.format(code=code))
+    proc = workers.start(redis_url, topic, "--processes", "2", "--restart-delay", "30",
+                         handler="exiting:handle")  # fmt: skip
+    down = rf"worker \d \(pid \d+\) exited with status {code} after [\d.]+s; restarting it in 30"
+    await eventually(lambda: len(re.findall(down, workers.log())) == 2,
+                     message="both processes down, waiting to be restarted")  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, 10, workers) == 1, workers.log()[-3000:]
+
+
 RAISING = """
 raise RuntimeError("this module cannot be imported")
 """

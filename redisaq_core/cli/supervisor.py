@@ -97,7 +97,8 @@ class Supervisor:
     SIGTERM/SIGINT to the supervisor; 1 when a child could not start (its
     handler failed to load: nothing is restarted), or when, after the signal,
     a child exited with an error, had to be killed after ``grace`` seconds, or
-    was down after a crash, waiting to be restarted.
+    was down after a crash (any exit not asked for, status 0 too), waiting to
+    be restarted.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Supervisor:
         count = len(self.commands)
         self._procs: list[asyncio.subprocess.Process | None] = [None] * count
         self._last: list[int | None] = [None] * count
+        self._down: set[int] = set()  # slots whose child exited unasked, not started again
         self._sent: set[int] = set()
         self._signal: signal.Signals | None = None
         self._cannot_start: int | None = None
@@ -190,6 +192,7 @@ class Supervisor:
         backoff = Backoff(self.restart_delay, self.restart_delay_max)
         while not self._stopping.is_set():
             proc, pipe = await self._spawn(slot)
+            self._down.discard(slot)
             started = loop.time()
             try:
                 code = await proc.wait()
@@ -199,6 +202,7 @@ class Supervisor:
             self._last[slot] = code
             if self._stopping.is_set():
                 return
+            self._down.add(slot)
             if code == EXIT_CANNOT_START:
                 self._cannot_start = slot
                 sys.stderr.write(
@@ -238,7 +242,7 @@ class Supervisor:
         return proc, write_end
 
     def _exit_code(self) -> int:
-        if self._cannot_start is not None:
+        if self._cannot_start is not None or self._down:
             return 1
         # A child the forwarded signal ended before its own handlers were in place (SIGINT:
         # KeyboardInterrupt, 130) had not joined the group yet: nothing of it was lost.

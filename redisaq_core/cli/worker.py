@@ -51,7 +51,8 @@ def add_commands(sub: Any) -> None:
         "kills any still running --shutdown-timeout plus the heartbeat TTL later, and restarts "
         "one that crashes. It exits 0 when every process stopped cleanly after the signal; 1 "
         "when a process could not load the handler (nothing is restarted then), had to be "
-        "killed, failed while stopping, or was down after a crash; 2 on bad usage.",
+        "killed, failed while stopping, or was down after a crash (any exit not asked for); "
+        "2 on bad usage.",
     )
     p.add_argument("handler", metavar="MODULE:FUNCTION")
     p.add_argument("--topic", required=True)
