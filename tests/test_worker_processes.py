@@ -375,6 +375,10 @@ async def test_a_process_down_after_exiting_unasked_makes_the_exit_status_1(
 RAISING = """
 raise RuntimeError("this module cannot be imported")
 """
+EXITS_ON_IMPORT = """
+import sys
+sys.exit("exits_on_import: REQUIRED_SETTING is not set")
+"""
 NOT_ASYNC = """
 def handle(message):
     pass
@@ -387,6 +391,7 @@ def handle(message):
         ("no_such_module_q:handle", "cannot import handler module 'no_such_module_q'"),
         ("raising:handle", "RuntimeError: this module cannot be imported"),
         ("not_async:handle", "'not_async:handle' is not an async function"),
+        ("exits_on_import:handle", "'exits_on_import' called sys.exit('exits_on_import: REQ"),
     ],
 )
 async def test_a_handler_that_cannot_load_ends_the_supervisor_without_restarts(
@@ -394,6 +399,7 @@ async def test_a_handler_that_cannot_load_ends_the_supervisor_without_restarts(
 ) -> None:
     (workers.dir / "raising.py").write_text(RAISING)
     (workers.dir / "not_async.py").write_text(NOT_ASYNC)
+    (workers.dir / "exits_on_import.py").write_text(EXITS_ON_IMPORT)
     proc = workers.start(redis_url, topic, "--processes", "2", "--restart-delay", "0.1",
                          handler=handler)  # fmt: skip
     assert wait_exit(proc, 15, workers) == 1

@@ -189,6 +189,11 @@ async def _run_child(args: argparse.Namespace, fd: int) -> int:
     except Exception:  # the handler's module raised while being imported
         traceback.print_exc()
         return EXIT_CANNOT_START
+    except SystemExit as exc:  # ... or called sys.exit(): restarting would only do it again
+        module = args.handler.partition(":")[0]
+        print(f"redisaq: error: handler module {module!r} called sys.exit({exc.code!r}) while "
+              "being imported", file=sys.stderr)  # fmt: skip
+        return EXIT_CANNOT_START
     stop = _Stop(consumer)
     install_signal_handlers(stop)
     unwatch = watch_supervisor(fd, stop, drain_deadline(args))
