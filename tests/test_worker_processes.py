@@ -177,6 +177,46 @@ def test_bad_settings_are_refused_before_any_process_starts(
     assert "module:function" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (".relative:handle", "handler module '.relative' (in '.relative:handle') is not a module"),
+        ("pkg..mod:handle", "handler module 'pkg..mod' (in 'pkg..mod:handle') is not a module"),
+        ("asyncio:sleep:extra", "handler function 'sleep:extra' (in 'asyncio:sleep:extra') is"),
+        ("asyncio:1sleep", "handler function '1sleep' (in 'asyncio:1sleep') is not an identif"),
+    ],
+)
+def test_a_handler_that_is_no_module_and_function_name_is_a_usage_error(
+    handler: str, error: str, processes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--redis-url", "redis://127.0.0.1:1/0", "worker", handler, "--topic", "t",
+                 "--processes", processes])  # fmt: skip
+    assert code == 2
+    assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--topic", "a b", "the name must not contain braces or whitespace, got 'a b'"),
+        ("--topic", "{t}", "the name must not contain braces or whitespace, got '{t}'"),
+        ("--group", "g\tx", "the name must not contain braces or whitespace, got 'g\\tx'"),
+        ("--name", "", "the name must be a non-empty string, got ''"),
+    ],
+)
+def test_a_bad_topic_group_or_name_is_a_usage_error_naming_the_flag(
+    flag: str, value: str, error: str, processes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = [text for pair in {"--topic": "t", flag: value}.items() for text in pair]
+    with pytest.raises(SystemExit) as exc:
+        main(["--redis-url", "redis://127.0.0.1:1/0", "worker", "asyncio:sleep", *options,
+              "--processes", processes])  # fmt: skip
+    assert exc.value.code == 2
+    assert f"argument {flag}: {error}" in capsys.readouterr().err
+
+
 # Every option of `redisaq worker` and what a supervised process gets of it: a new option
 # must be added here, and to worker._PASSED_ON if the processes need it.
 NOT_PASSED_ON = {"processes", "restart_delay", "restart_delay_max", "supervisor_fd"}

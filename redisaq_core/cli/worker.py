@@ -13,7 +13,8 @@ from typing import Any
 
 from .._delivery import POLL_INTERVAL
 from ..consumer import Consumer
-from ..errors import RedisaqError
+from ..errors import ConfigurationError, RedisaqError
+from ..keys import validate_name
 from ..signals import install_signal_handlers
 from .common import EXIT_OK, UsageError, leaf_parent, redis_url, seconds
 from .supervisor import EXIT_CANNOT_START, Supervisor, watch_supervisor
@@ -54,10 +55,14 @@ def add_commands(sub: Any) -> None:
         "killed, failed while stopping, or was down after a crash (any exit not asked for); "
         "2 on bad usage.",
     )
-    p.add_argument("handler", metavar="MODULE:FUNCTION")
-    p.add_argument("--topic", required=True)
-    p.add_argument("--group", default="default", help="consumer group (default %(default)s)")
-    p.add_argument("--name", default=None, help="consumer name (default: host-pid-random)")
+    p.add_argument("handler", metavar="MODULE:FUNCTION",
+                   help="an importable module (dotted, like app.tasks) and an async function "
+                   "in it")  # fmt: skip
+    p.add_argument("--topic", type=_name, required=True)
+    p.add_argument("--group", type=_name, default="default",
+                   help="consumer group (default %(default)s)")  # fmt: skip
+    p.add_argument("--name", type=_name, default=None,
+                   help="consumer name (default: host-pid-random)")  # fmt: skip
     p.add_argument("--batch", action="store_true", help="the handler takes a list of messages")
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=16)
@@ -93,10 +98,24 @@ def _process_count(text: str) -> int:
     return value
 
 
+def _name(text: str) -> str:
+    try:
+        return validate_name(text, "the name")
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _split_spec(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"handler must look like module:function, got {spec!r}")
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise UsageError(
+            f"handler module {module_name!r} (in {spec!r}) is not a module name: identifiers "
+            "joined by dots, with no leading dot"
+        )
+    if not attr.isidentifier():
+        raise UsageError(f"handler function {attr!r} (in {spec!r}) is not an identifier")
     return module_name, attr
 
 
