@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import Body, FastAPI, Path, Query, Request, WebSocket
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
@@ -184,6 +185,26 @@ def _check_token(token: str | None) -> str | None:
     return token
 
 
+def _validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors as a 422 names them: where, what, which kind.
+
+    Without the input given (it can be what JSON can't hold, such as ``1e400``,
+    or large), and with the context's values as text.
+    """
+    detail = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "loc": [x if isinstance(x, int) else str(x) for x in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "value_error")),
+        }
+        context = error.get("ctx")
+        if isinstance(context, dict) and context:
+            item["ctx"] = {str(k): str(v) for k, v in context.items()}
+        detail.append(item)
+    return detail
+
+
 def create_app(
     *,
     redis_url: str | None = None,
@@ -301,6 +322,10 @@ def create_app(
             ]
             return JSONResponse({"detail": detail}, status_code=422)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc.errors())}, status_code=422)
 
     @app.exception_handler(InvalidField)
     async def invalid_field(request: Request, exc: InvalidField) -> JSONResponse:

@@ -73,6 +73,8 @@ DASHBOARD_JOBS = 15
 DASHBOARD_SCHEDULES = 50
 """Most schedules a dashboard snapshot shows (in name order)."""
 _CURSOR = re.compile(r"^(\d{1,6}):(\d{1,20}-\d{1,20})$")
+_MAX_ID_PART = 2**64 - 1
+"""The largest milliseconds or sequence number of a stream entry id."""
 _INTERNAL_METADATA = ("name", "connection_id")
 
 
@@ -517,7 +519,7 @@ class Gateway:
         partition, after = 0, None
         if cursor is not None:
             found = _CURSOR.match(cursor)
-            if found is None:
+            if found is None or any(int(p) > _MAX_ID_PART for p in found.group(2).split("-")):
                 raise InvalidField(
                     ("query", "cursor"), "cursor must be the X-Next-Cursor of a previous page"
                 )

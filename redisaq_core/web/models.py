@@ -7,9 +7,18 @@ the WebSocket frames are documented in :mod:`redisaq_core.web`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    create_model,
+)
 
 from ..registry import WorkerStatus
 from ..results import JobRecord
@@ -71,6 +80,31 @@ RESERVED_WORKER_IDS = frozenset({"jobs", "dashboard"})
 """Worker ids that would collide with the gateway's other sockets (``/ws/jobs``, ...)."""
 
 TopicName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` if each of its numbers is one JSON (and orjson) carries; else ``ValueError``.
+
+    Python's JSON parser takes ``NaN``, ``Infinity`` and ``1e400`` (read as
+    infinity), which orjson would store as ``null``, and integers of any size,
+    which orjson can't write at all.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite: NaN, Infinity and 1e400 have no JSON value")
+        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
+            raise ValueError("integers must fit in 64 bits")
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_plain_json)]
+"""Any JSON value whose numbers are finite and fit in 64 bits."""
 MAX_SCHEDULE_EVERY = 10 * 366 * 86_400
 """The longest ``every`` interval the gateway takes, in seconds (ten years)."""
 
@@ -98,11 +132,13 @@ class SubmitJob(BaseModel):
     it is queued (status ``scheduled`` until then). ``idempotency_key``: a client
     retrying after a lost reply sends the same key, and gets the first job back
     (``Producer.submit``'s). ``job_type`` and ``client_id`` are echoed back; the
-    job record does not keep them.
+    job record does not keep them. Unknown fields are refused.
     """
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     topic: TopicName
-    payload: Any = Field(description="Any JSON value; the handler receives it as it is.")
+    payload: JsonValue = Field(description="Any JSON value; the handler receives it as it is.")
     priority: StrictInt = Field(0, ge=0, le=15)
     partition_key: str | None = Field(None, min_length=1, max_length=200)
     timeout: float | None = Field(None, gt=0, le=86_400, description="Seconds a handler may run.")
@@ -167,14 +203,16 @@ class WorkerRegistration(BaseModel):
     """``POST /register``: a worker announcing itself.
 
     ``worker_id`` is generated if not given; registering an id again replaces
-    its registration.
+    its registration. Unknown fields are refused.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     worker_id: str | None = Field(None, pattern=WORKER_ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     host: str = Field(min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f\x7f]+$")
     port: StrictInt = Field(ge=0, le=65535)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class WorkerRegistered(BaseModel):
@@ -357,10 +395,15 @@ class DeadLetterModel(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    """``POST /dlq/{topic}/replay``: the dead letters to put back, by id, or ``all``."""
+    """``POST /dlq/{topic}/replay``: the dead letters to put back, by id, or ``all``.
+
+    ``all`` is ``true`` or ``false`` (no other value counts); unknown fields are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     ids: list[str] | None = Field(None, max_length=10_000)
-    all: bool = False
+    all: StrictBool = False
 
 
 class ReplayResult(BaseModel):
@@ -387,7 +430,7 @@ class SchedulePut(BaseModel):
     cron: str | None = Field(None, min_length=1, max_length=200, examples=["*/5 * * * *"])
     every: float | None = Field(None, ge=0.01, le=MAX_SCHEDULE_EVERY, description="Seconds.")
     timezone: str = Field("UTC", min_length=1, max_length=100)
-    payload: Any = Field(None, description="Any JSON value; each tick's message carries it.")
+    payload: JsonValue = Field(None, description="Any JSON value; each tick's message carries it.")
     partition_key: str | None = Field(None, min_length=1, max_length=200)
     priority: StrictInt | None = Field(None, ge=0, le=15)
     job: StrictBool = False
