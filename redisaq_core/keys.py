@@ -70,6 +70,7 @@ __all__ = [
     "NAMESPACE",
     "RegistryKeys",
     "TopicKeys",
+    "is_name",
     "job_id",
     "parse_job_id",
     "partition_count",
@@ -138,6 +139,18 @@ def validate_name(value: object, argument: str) -> str:
     if _BAD_NAME.search(value):
         raise ConfigurationError(f"{argument} must not contain braces or whitespace, got {value!r}")
     return value
+
+
+def is_name(value: object) -> bool:
+    """Whether ``value`` is a usable topic or group name (see :func:`validate_name`).
+
+    For names other clients wrote (the topic index, say): readers skip those that are not.
+    """
+    try:
+        validate_name(value, "name")
+    except ConfigurationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 from ._codec import Deserializer, shown_text
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
-from .keys import TopicKeys, partition_count
+from .keys import TopicKeys, is_name, partition_count
 from .metrics import COUNTERS, record_lag, topic_metrics, topic_series
 from .metrics.prometheus import render_prometheus
 from .registry import CONSUMER_SERVICE_TYPE, ServiceInfo, ServiceRegistry
@@ -93,9 +93,10 @@ class Monitor(RedisComponent):
     # ---- topics ------------------------------------------------------------------------
 
     async def topic_names(self) -> list[str]:
-        """Every known topic, sorted."""
+        """Every known topic, sorted (members of the index that are no topic name skipped)."""
         redis, _, _ = await self._parts()
-        return sorted(shown_text(t) for t in await redis.smembers(TopicKeys.topic_index()))
+        indexed = await redis.smembers(TopicKeys.topic_index())
+        return sorted(n for n in (shown_text(t) for t in indexed) if is_name(n))
 
     async def topic(self, name: str) -> dict[str, Any] | None:
         """The full :func:`~redisaq_core.metrics.topic_metrics` view, or ``None`` if unknown."""

@@ -60,7 +60,7 @@ from ._batching import BATCH, CommandBatcher
 from ._cancellation import cancel_job, parse_progress
 from ._checks import number
 from ._codec import Deserializer, default_deserializer, optional_text
-from ._failures import REDIS_FAILURES, unless_foreign
+from ._failures import REDIS_FAILURES, foreign_type, unless_foreign
 from ._job_events import JobEvents
 from ._scripts import Script, run_pipelined
 from ._tasks import raise_if_cancelled
@@ -73,7 +73,7 @@ from .errors import (
     JobTimeoutError,
     SerializationError,
 )
-from .keys import TopicKeys, parse_job_id, partition_count
+from .keys import TopicKeys, is_name, parse_job_id, partition_count
 
 __all__ = ["JobHandle", "JobRecord", "JobStatus", "ResultStore"]
 
@@ -446,16 +446,17 @@ class ResultStore(RedisComponent):
         Reads the partitions' job indexes newest first and merges them; index
         entries whose records expired are skipped and removed. With
         ``status``, only jobs in that status are returned (the indexes are
-        read until ``limit`` such jobs are found or they end).
+        read until ``limit`` such jobs are found or they end). Members of the
+        topic index that are no topic name, and topics whose metadata key
+        another client made of another type, are skipped.
         """
         wanted = None if status is None else _job_status(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"limit must be an integer >= 1, got {limit!r}")
         redis = await self._ensure()
         if topic is None:
-            names = sorted(
-                optional_text(t) or "" for t in await redis.smembers(TopicKeys.topic_index())
-            )
+            indexed = await redis.smembers(TopicKeys.topic_index())
+            names = sorted(n for n in (optional_text(t) or "" for t in indexed) if is_name(n))
         else:
             TopicKeys(topic)
             names = [topic]
@@ -464,10 +465,14 @@ class ResultStore(RedisComponent):
         pipe = redis.pipeline(transaction=False)
         for name in names:
             pipe.hget(TopicKeys(name).meta, "partitions")
-        counts = await pipe.execute()
+        counts = await pipe.execute(raise_on_error=False)
+        for reply in counts:
+            if isinstance(reply, Exception) and not foreign_type(reply):
+                raise reply
+        # Another client's metadata key of another type: the topic has no partitions to read.
         sources = [
             (TopicKeys(name), p) for name, n in zip(names, counts, strict=True)
-            for p in range(partition_count(n))
+            if not isinstance(n, Exception) for p in range(partition_count(n))
         ]  # fmt: skip
         return await _IndexMerge(self, redis, sources, wanted, limit).run()
 

@@ -34,7 +34,7 @@ from ..keys import RegistryKeys
 from ..metrics.prometheus import CONTENT_TYPE
 from ..registry import WorkerStatus
 from ..results import JobStatus
-from .gateway import Gateway, InvalidField, job_dict
+from .gateway import Gateway, InvalidField, job_dict, redis_unavailable
 from .models import (
     NAME_PATTERN,
     DeadLetterModel,
@@ -346,6 +346,11 @@ def create_app(
         ):
             log.error("%s: %s: %s", where, type(exc).__name__, exc)
             return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        if not redis_unavailable(exc):
+            log.error("%s: Redis refused the call: %s", where, exc)
+            code = str(exc).rpartition(" caused error: ")[2].split(" ", 1)[0]
+            named = f" ({code})" if code.isalpha() and code.isupper() else ""
+            return JSONResponse({"detail": f"Redis refused the call{named}"}, status_code=500)
         log.warning("%s: Redis unavailable: %s: %s", where, type(exc).__name__, exc)
         return JSONResponse({"detail": "Redis unavailable"}, status_code=503)
 

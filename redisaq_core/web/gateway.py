@@ -22,14 +22,17 @@ from collections import OrderedDict
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from .._codec import default_deserializer
+from .._failures import REDIS_FAILURES, Recovery, recovery_for, unless_foreign
 from ..connection import AnyRedis, create_client, redact_url
 from ..dlq import DeadLetters
 from ..dlq import _parse as parse_dead_letter
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
+    NotConnectedError,
     PartitionKeyError,
     SerializationError,
 )
@@ -56,7 +59,7 @@ from .models import (
     WorkerRegistration,
 )
 
-__all__ = ["WORKER_SERVICE_TYPE", "Gateway", "InvalidField", "job_dict"]
+__all__ = ["WORKER_SERVICE_TYPE", "Gateway", "InvalidField", "job_dict", "redis_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,17 @@ def _field_of(exc: Exception, fields: tuple[str, ...], default: str) -> str:
     """The request field a library error is about: its message starts with the argument name."""
     first = str(exc).split(" ", 1)[0]
     return first if first in fields else default
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Whether a failed call means Redis can't serve now, rather than that it refused the call.
+
+    A lost connection, a server loading its data or out of memory, a failover:
+    unavailable. An error reply such as WRONGTYPE or NOPERM is an answer.
+    """
+    if isinstance(exc, ResponseError):
+        return recovery_for(exc) is Recovery.RETRY
+    return isinstance(exc, (*REDIS_FAILURES, ConnectionFailedError, NotConnectedError))
 
 
 def job_dict(record: JobRecord) -> dict[str, Any]:
@@ -526,12 +540,16 @@ class Gateway:
             partition, after = int(found.group(1)), found.group(2)
         keys = TopicKeys(topic)
         client = self.client
-        partitions = partition_count(await client.hget(keys.meta, "partitions"))
+        # Another client's key of another type (the metadata, a dead-letter stream) reads empty.
+        stored = await unless_foreign(client.hget(keys.meta, "partitions"))
+        partitions = partition_count(stored)
         items: list[dict[str, Any]] = []
         used, batch = 0, min(limit, 10)
         while partition < partitions:
             low = f"({after}" if after is not None else "-"
-            entries: Any = await client.xrange(keys.dead_letters(partition), low, "+", count=batch)
+            entries: Any = await unless_foreign(
+                client.xrange(keys.dead_letters(partition), low, "+", count=batch)
+            )
             if not entries:
                 partition, after = partition + 1, None
                 continue

@@ -20,7 +20,7 @@ from .._tasks import wait_event
 from ..errors import ConfigurationError, MalformedServiceError
 from ..results import JobRecord, JobStatus
 from .feed import RECORD_STATUSES
-from .gateway import Gateway, InvalidField, shown
+from .gateway import Gateway, InvalidField, redis_unavailable, shown
 from .models import (
     CLOSE_DEREGISTERED,
     CLOSE_TOO_SLOW,
@@ -39,8 +39,36 @@ FRAME_TYPES = ("submit_job", "subscribe", "unsubscribe", "ping")
 
 
 def dumps(value: Any) -> str:
-    """JSON text of a frame (values JSON can't hold are written as strings)."""
-    return orjson.dumps(value, default=str).decode()
+    """JSON text of a frame (values JSON can't hold are written as strings).
+
+    Records other clients wrote may hold what orjson refuses (an integer past
+    64 bits, nesting past its depth): such values are written as text, so that
+    one record never stops a frame.
+    """
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return orjson.dumps(_encodable(value), default=str).decode()
+
+
+_DEEPEST = 200
+"""Levels of nesting a frame keeps in :func:`_encodable` (orjson's limit is 254)."""
+
+
+def _encodable(value: Any, depth: int = 0) -> Any:
+    """``value`` with what orjson refuses replaced by text."""
+    if isinstance(value, (dict, list, tuple)) and depth >= _DEEPEST:
+        return "(nested too deep to show)"
+    if isinstance(value, dict):
+        return {str(k): _encodable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v, depth + 1) for v in value]
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        try:
+            return str(value)
+        except ValueError:  # past Python's digits limit for int to text
+            return "(an integer too long to show)"
+    return value
 
 
 def _errors_text(exc: ValidationError) -> tuple[str, list[str]]:
@@ -566,7 +594,8 @@ class DashboardHub:
             except Exception as exc:  # Redis failed, or records of other clients spoilt a read
                 unknown = not isinstance(exc, CALL_FAILURES)
                 log.warning("dashboard: cannot read the snapshot: %r", exc, exc_info=unknown)
-                detail = "cannot read the snapshot" if unknown else "Redis unavailable"
+                down = redis_unavailable(exc)
+                detail = "Redis unavailable" if down else "cannot read the snapshot"
                 frame = dumps({"type": "error", "detail": detail})
             await asyncio.gather(*(self._send(ws, frame) for ws in list(self._sockets)))
             await asyncio.sleep(0.2)
