@@ -182,6 +182,11 @@ def _check_token(token: str | None) -> str | None:
         return None
     if not isinstance(token, str) or not token or token != token.strip():
         raise ConfigurationError("token must be a non-empty string without surrounding spaces")
+    if not all(" " <= c <= "~" for c in token):
+        raise ConfigurationError(
+            "token must be printable ASCII, the only characters an Authorization header "
+            "carries (redisaq web: REDISAQ_WEB_TOKEN, --token-file or --token)"
+        )
     return token
 
 

@@ -167,3 +167,12 @@ async def test_token_from_the_header_or_the_subprotocol_only(
             assert (await c.get("/health", headers=headers)).status_code == 200
             page = await c.get("/")
             assert page.status_code == 200 and token not in page.text
+
+
+@pytest.mark.parametrize("token", ["pässwört-1", "tab\there", "line\nbreak", "emoji-\U0001f511"])
+def test_a_token_no_header_can_carry_is_refused_without_showing_it(token: str) -> None:
+    # Accepted, it could never pass: the header is read as Latin-1, the token compared as UTF-8.
+    with pytest.raises(ConfigurationError, match="token must be printable ASCII") as info:
+        create_app(token=token)
+    assert token not in str(info.value) and "REDISAQ_WEB_TOKEN" in str(info.value)
+    create_app(token="ASCII only: ~!@#$%^&*()_+ 0123456789")
