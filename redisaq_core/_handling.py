@@ -22,6 +22,7 @@ removed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import operator
@@ -41,7 +42,7 @@ from ._delivery import (
     run_key,
 )
 from ._settlement import Failure, Settler, batch_failures
-from ._tasks import uncancel
+from ._tasks import raised_by_the_call, uncancel
 from ._tracing import ProcessSpans, process_spans
 from .connection import AnyRedis
 from .errors import ConsumerError
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 
 _T = TypeVar("_T")
+_IN_HANDLER: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "redisaq_in_handler", default=None
+)
 _job_id = operator.attrgetter("job_id")
 _partition = operator.attrgetter("partition")
 
@@ -103,6 +107,10 @@ class Dispatcher:
         self._calls: set[_Call] = set()
         self.jobs = RunningJobs(keys)
         """Job handlers under way: cancelled on request (each heartbeat), their progress."""
+
+    def in_handler(self) -> bool:
+        """Whether the current task runs one of this dispatcher's handler calls."""
+        return _IN_HANDLER.get() is self
 
     def cut_off_hung(self, now: float) -> None:
         """Cancel handler calls running past ``max_processing_time`` (on every heartbeat)."""
@@ -277,6 +285,7 @@ class Dispatcher:
                 messages = skip_cancelled(messages, cancelled, done)
             if not batch:
                 self.jobs.wait(messages)
+        token = _IN_HANDLER.set(self)  # copied into the partitions' tasks
         groups = _by_partition(messages)
         flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)
         spans = process_spans(self.keys.topic, self.group, self.settler.name)
@@ -293,6 +302,7 @@ class Dispatcher:
             raise
         finally:
             self.jobs.stop_waiting()
+            _IN_HANDLER.reset(token)
         self._in_flight(flight, -1)
         try:
             await self.settler.settle(
@@ -312,6 +322,7 @@ class Dispatcher:
         """``messages`` in batches of ``batch_size``; a partition that fails holds back the rest."""
         loop = asyncio.get_running_loop()
         failed: dict[int, Failure] = {}  # by partition: the rest of it waits behind
+        cut: set[int] = set()  # past the lease's local deadline: the rest is left pending
         for i in range(0, len(messages), self.batch_size):
             chunk = messages[i : i + self.batch_size]
             if failed:
@@ -319,10 +330,22 @@ class Dispatcher:
                 if not chunk:
                     continue
             started = loop.time()
+            for m in chunk:  # as _run_partition does before each message
+                part = self.owned.get(m.partition)
+                if part is None or part.valid_until <= started:
+                    cut.add(m.partition)
+            if cut:
+                self._never_ran([m for m in chunk if m.partition in cut])
+                chunk = [m for m in chunk if m.partition not in cut]
+                if not chunk:
+                    continue
             try:
                 call = self._call(handler, chunk, started, None)
                 result = await (call if spans is None else spans.run(chunk, call))
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                if raised_by_the_call():  # the handler's own: a failure like any other
+                    failures += _note(batch_failures(chunk, exc), failed)
+                    continue
                 self._never_ran(messages[i + self.batch_size :])
                 raise
             except asyncio.TimeoutError as exc:
@@ -447,9 +470,11 @@ class Dispatcher:
                             call.started = started
                         running = handler(m)
                     result = await (running if spans is None else spans.run([m], running))
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as exc:
                     if job is None or not job.cancelled:
                         if call is None or not call.cut_off:
+                            if raised_by_the_call():  # the handler's own: a failure
+                                return Failure(m, exc, waiting=msgs[i + 1 :])
                             self._never_ran(msgs[i + 1 :])  # a forced stop: they never ran
                             raise
                         uncancel()

@@ -13,7 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "finish_shielded", "raise_if_cancelled", "uncancel", "wait_event"]
+__all__ = [
+    "cancel_and_wait",
+    "finish_shielded",
+    "raise_if_cancelled",
+    "raised_by_the_call",
+    "uncancel",
+    "wait_event",
+]
 
 log = logging.getLogger("redisaq_core")
 
@@ -34,6 +41,17 @@ def raise_if_cancelled() -> None:
     cancelling = getattr(task, "cancelling", None)
     if cancelling is not None and cancelling():
         raise asyncio.CancelledError
+
+
+def raised_by_the_call() -> bool:
+    """Whether a ``CancelledError`` just caught came from the awaited call, not this task.
+
+    A call raises it of its own when it awaited a task or future something else cancelled;
+    this task was then not cancelled (Python 3.11+; earlier ones can't tell: ``False``).
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() == 0
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

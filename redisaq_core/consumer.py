@@ -334,8 +334,8 @@ class Consumer(RedisComponent):
             return
         self._stopping.set()
         self._interrupt_read()
-        if self._runner is asyncio.current_task():
-            return
+        if self._runner is asyncio.current_task() or self._dispatcher.in_handler():
+            return  # a handler stopping its own consumer: it must not wait for itself
         deadline = self.shutdown_timeout if timeout is None else timeout
         try:
             await asyncio.wait_for(asyncio.shield(self._stopped.wait()), deadline)

@@ -477,3 +477,58 @@ async def test_a_reply_redis_py_converted_reads_as_the_servers_own(
         assert read[0] == [({"n": 1}, "n"), ({"n": 2}, "n")]
     else:
         assert read[0] == [(b'{"n": 1}', "n"), (b'{"n": 2}', "n")]
+
+
+async def test_a_handler_that_stops_its_consumer_does_not_wait_for_itself(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # With messages of two partitions in one read, ``process`` runs each partition's handler
+    # in a task of its own, which stop() did not take for a handler: it waited for the
+    # consumer, the consumer for the handler, until shutdown_timeout cancelled the handler.
+    # Its message, handled, was then left pending and handled again by the next member.
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(20)])
+    handled: list[int] = []
+
+    async def handle(m: Message) -> None:
+        handled.append(m.payload["n"])
+        if len(handled) == 1:
+            await asyncio.wait_for(consumer.stop(), 2)  # returns at once, from a handler
+
+    consumer = Consumer(topic, redis_url=redis_url, batch_size=50, shutdown_timeout=10, **FAST)
+    await asyncio.wait_for(consumer.process(handle), 15)
+    await consumer.close()
+    assert consumer.stats.handled == len(handled)
+    assert int((await redis.xpending(TopicKeys(topic).stream(0), "default"))["pending"]) == 0
+    assert int((await redis.xpending(TopicKeys(topic).stream(1), "default"))["pending"]) == 0
+
+
+@pytest.mark.skipif(not hasattr(asyncio.Task, "cancelling"), reason="Python 3.11+ tells apart")
+@pytest.mark.parametrize(("partitions", "batch"), [(1, False), (2, False), (2, True)])
+async def test_a_handler_raising_cancelled_error_of_its_own_is_retried(
+    redis_url: str, topic: str, partitions: int, batch: bool
+) -> None:
+    # A handler that awaited a future something else cancelled raises CancelledError while
+    # its consumer is not being stopped: a failure, retried. Before, the consumer took it for
+    # a stop and process() ended, leaving the group.
+    async with Producer(topic, redis_url=redis_url, init_partitions=partitions) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(10)])
+    handled: list[int] = []
+    raised: list[int] = []
+
+    async def handle(m: Message) -> None:
+        if m.payload["n"] == 3 and not raised:
+            raised.append(3)
+            elsewhere = asyncio.get_running_loop().create_future()
+            elsewhere.cancel()
+            await elsewhere
+        handled.append(m.payload["n"])
+
+    async def handle_batch(ms: list[Message]) -> None:
+        for m in ms:
+            await handle(m)
+
+    consumer = Consumer(topic, redis_url=redis_url, retry_backoff=0.01, **FAST)
+    async with Running(consumer, handle_batch if batch else handle, batch=batch):
+        await eventually(lambda: set(handled) == set(range(10)), message="all handled")
+        assert consumer.running and consumer.stats.failed >= 1

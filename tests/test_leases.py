@@ -719,3 +719,38 @@ async def test_a_priority_count_another_client_wrote_out_of_range_is_capped(
     async with Monitor(redis_url=redis_url) as monitor:  # which reads the count too
         view = await monitor.topic(topic)
     assert view is not None and view["priorities"] == MAX_PRIORITIES
+
+
+@pytest.mark.single_node
+@pytest.mark.parametrize("batch", [False, True])
+async def test_no_handler_starts_for_a_partition_past_its_lease(
+    redis_url: str, redis: Redis, topic: str, batch: bool
+) -> None:
+    # A read brings batch_size entries per partition; one chunk's handler blocks the loop
+    # past the lease's TTL. ``process`` checked the lease's local deadline before each
+    # message; ``process_batch`` started the next chunk's handler anyway, for a partition
+    # another member could own by then: both handled its messages at once.
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(20)])
+    keys = TopicKeys(topic)
+    unleased: list[int] = []
+    stalled: list[bool] = []
+
+    async def started(ms: list[Message]) -> None:
+        for p in {m.partition for m in ms}:
+            if await redis.get(keys.lease(p, "default")) != consumer.token.encode():
+                unleased.extend(m.payload["n"] for m in ms if m.partition == p)
+        if not stalled:
+            stalled.append(True)
+            time.sleep(1.4)  # blocks the loop past the lease's TTL (1 s)
+
+    async def handle(m: Message) -> None:
+        await started([m])
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, heartbeat_interval=0.25, heartbeat_ttl=1.0,
+        poll_interval=0.1,
+    )  # fmt: skip
+    async with Running(consumer, started if batch else handle, batch=batch):
+        await eventually(lambda: consumer.stats.handled >= 19, timeout=15, message="handled")
+    assert unleased == []
