@@ -32,18 +32,30 @@ def number(
     seconds: bool = False,
 ) -> float:
     """A finite real number (not a bool) within the bounds given, as float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         unit = " of seconds" if seconds else ""
-        raise ConfigurationError(f"{argument} must be a finite number{unit}, got {value!r}")
+        raise ConfigurationError(f"{argument} must be a finite number{unit}, got {_short(value)}")
     if (
         (minimum is not None and value < minimum)
         or (above is not None and value <= above)
         or (maximum is not None and value > maximum)
     ):
         raise ConfigurationError(
-            f"{argument} must be{_bounds(minimum, above, maximum)}, got {value!r}"
+            f"{argument} must be{_bounds(minimum, above, maximum)}, got {_short(value)}"
         )
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past any float
+        return False
+
+
+def _short(value: Any) -> str:
+    shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a larger int"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def integer(value: Any, argument: str, *, minimum: int = 1, maximum: int | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ConfigurationError
+from .keys import utf8
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "check_once", "first_job"]
 
@@ -18,6 +19,8 @@ MAX_IDEMPOTENCY_KEY = 256
 
 def check_once(value: Any) -> str:
     """``value`` as an idempotency key; ``ConfigurationError`` naming what is wrong."""
+    if isinstance(value, str):
+        utf8(value, "idempotency_key")
     if not isinstance(value, str) or not value or len(value.encode()) > MAX_IDEMPOTENCY_KEY:
         shown = repr(value) if not isinstance(value, str) else f"{value[:40]!r}"
         size = f" ({len(value.encode())} bytes)" if isinstance(value, str) and value else ""

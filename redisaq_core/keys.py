@@ -138,7 +138,18 @@ def validate_name(value: object, argument: str) -> str:
         raise ConfigurationError(f"{argument} must be a non-empty string, got {value!r}")
     if _BAD_NAME.search(value):
         raise ConfigurationError(f"{argument} must not contain braces or whitespace, got {value!r}")
+    utf8(value, argument)
     return value
+
+
+def utf8(value: str, argument: str) -> bytes:
+    """``value`` UTF-8 encoded; ``ConfigurationError`` for text it can't hold (a lone surrogate)."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{argument} must be text UTF-8 can encode, got {value!r} ({exc.reason})"
+        ) from None
 
 
 def is_name(value: object) -> bool:
@@ -320,7 +331,7 @@ def job_id(topic: str, partition: int, random_hex: str) -> str:
 def parse_job_id(value: str) -> tuple[str, int]:
     """Return ``(topic, partition)`` of a job id, or raise ``ConfigurationError``."""
     parts = value.rsplit("/", 2) if isinstance(value, str) else []
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or not parts[2]:
         raise ConfigurationError(f"not a job id (expected topic/partition/id): {value!r}")
     return validate_name(parts[0], "job id topic"), int(parts[1])
 

@@ -734,6 +734,8 @@ class Producer(RedisComponent):
         (see :mod:`redisaq_core.schedule`). A schedule's ``topic``, if set, must be
         this producer's.
         """
+        if not callable(getattr(schedule, "plan", None)):  # schedule.py imports this module
+            raise ConfigurationError(f"expected a Schedule, got {schedule!r}")
         if schedule.topic not in (None, self.topic):
             raise ConfigurationError(
                 f"schedule {schedule.name!r} is for topic {schedule.topic!r}, "

@@ -405,6 +405,9 @@ async def test_finished_and_unknown_jobs_say_so_and_change_nothing(
         assert await unknown.record() is None
         with pytest.raises(ConfigurationError, match="not a job id"):
             await store.cancel("nope")
+        for read in (store.get, store.status, store.wait, store.cancel):  # a digit, not ASCII
+            with pytest.raises(ConfigurationError, match="not a job id"):
+                await read(f"{topic}/\u00b2/abc")
 
 
 async def test_progress_values_are_checked_and_non_jobs_are_a_no_op(

@@ -291,6 +291,7 @@ async def test_idempotency_keys_work_with_delay(redis_url: str, redis: Redis, to
         ({"delay": float("inf")}, "delay must be a finite number"),
         ({"delay": "5"}, "delay must be a finite number"),
         ({"delay": True}, "delay must be a finite number"),
+        ({"delay": 10**400}, "delay must be a finite number of seconds, got a larger int"),
         ({"delay": 1, "at": datetime.now(timezone.utc)}, "give delay or at, not both"),
         ({"at": datetime(2030, 1, 1)}, "at must be timezone-aware"),
         ({"at": "2030-01-01T00:00:00Z"}, "at must be a timezone-aware datetime"),

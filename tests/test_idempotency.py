@@ -38,6 +38,8 @@ async def test_a_repeated_enqueue_returns_the_first_id_and_writes_nothing(
         with pytest.raises(ConfigurationError, match="at most 256 bytes"):
             await producer.submit({"order": 4}, idempotency_key="k" * 257)
         await producer.enqueue({"order": 4}, idempotency_key="k" * 256)
+        with pytest.raises(ConfigurationError, match="idempotency_key must be text UTF-8"):
+            await producer.enqueue({"order": 5}, idempotency_key="order-\ud800")
         assert await _entries(redis, topic, 4) == 4
 
 

@@ -92,6 +92,10 @@ def test_a_bad_name_is_refused() -> None:
         Schedule("a b", every=1)
     with pytest.raises(ConfigurationError, match="at most 200 bytes"):
         Schedule("x" * 201, every=1)
+    with pytest.raises(ConfigurationError, match="schedule name must be text UTF-8"):
+        Schedule("\ud800x", every=1)
+    with pytest.raises(ConfigurationError, match="every must be a finite number"):
+        Schedule("r", every=10**400)
 
 
 def test_every_takes_a_timedelta_or_seconds_and_ticks_on_the_epoch_grid() -> None:
@@ -215,6 +219,8 @@ async def test_a_schedule_for_another_topic_is_refused(redis_url: str, topic: st
     producer = Producer(topic, redis_url=redis_url)
     with pytest.raises(ConfigurationError, match="is for topic 'other'"):
         producer.add_schedule(Schedule("r", every=1, topic="other"))
+    with pytest.raises(ConfigurationError, match="expected a Schedule, got"):
+        producer.add_schedule({"name": "r", "every": 1})  # type: ignore[arg-type]
     producer.add_schedule(Schedule("r", every=1))
     with pytest.raises(ConfigurationError, match="already added"):
         producer.add_schedule(Schedule("r", every=2))
