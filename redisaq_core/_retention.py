@@ -37,7 +37,7 @@ from weakref import WeakKeyDictionary
 from redis.exceptions import ResponseError
 
 from ._codec import shown_text
-from ._failures import REDIS_FAILURES
+from ._failures import REDIS_FAILURES, unless_foreign
 from ._scripts import TRIM_ACKED
 from .connection import AnyRedis
 from .errors import ConfigurationError
@@ -156,7 +156,7 @@ class Retention:
         self.emulated = False
         self.over_maxlen: dict[str, int] = {}
         """Entries held past maxlen by lagging groups, per stream key (last seen)."""
-        self._groups: list[str] = []
+        self._groups: list[bytes] | None = []  # None: unknown (another client's key)
         self._written: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._warned = 0.0
@@ -200,8 +200,16 @@ class Retention:
 
     async def refresh_groups(self, client: AnyRedis) -> None:
         """Re-read the topic's group names (a new group keeps everything until it exists)."""
-        names = await client.smembers(self.keys.groups)
-        self._groups = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        names = await unless_foreign(client.smembers(self.keys.groups))
+        if names is None:
+            if self._groups is not None:
+                log.warning(
+                    "topic %s: %s is no set; trimming nothing", self.keys.topic, self.keys.groups
+                )
+            self._groups = None
+            return
+        # Bytes as stored: a name another client wrote that is no UTF-8 is still a group's.
+        self._groups = sorted(n if isinstance(n, bytes) else str(n).encode() for n in names)
 
     async def sweep(self, client: AnyRedis, streams: Sequence[str]) -> None:
         """Trim every stream once (emulated), and warn about streams held past maxlen."""
@@ -232,6 +240,8 @@ class Retention:
     async def _trim(self, client: AnyRedis, stream: str) -> None:
         assert self.maxlen is not None
         try:
+            if self._groups is None:  # the groups are unknown: what one has not read stays
+                return
             removed, length = await TRIM_ACKED(
                 client, [stream], [self.maxlen, _TRIM_CALL_LIMIT, *self._groups]
             )

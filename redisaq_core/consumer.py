@@ -31,11 +31,12 @@ from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
+from ._growth import add_group, grow
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
 from ._retention import deletes_acked, server_features
-from ._scripts import ENSURE_PARTITIONS, FORGET_CONSUMER, run_pipelined
+from ._scripts import FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
 from ._tasks import cancel_and_wait, finish_shielded, uncancel, wait_event
 from .connection import AnyRedis, RedisComponent, is_cluster
@@ -448,7 +449,7 @@ class Consumer(RedisComponent):
                 # start="latest" applies once, to a group new to the topic: a group created
                 # again (Redis flushed or restarted, the group deleted) or on a partition added
                 # later starts from the beginning of the stream: nothing written is lost.
-                new_group = bool(await redis.sadd(self.keys.groups, self.group))
+                new_group = await add_group(redis, self.keys, self.group)
                 self._from_latest = self.start == "latest" and new_group
                 await server_features(redis)  # once per client: warns about an evicting server
                 await self._sync()  # reads the topic's retention with the partitions it gains
@@ -584,8 +585,7 @@ class Consumer(RedisComponent):
                 "consumer %s: topic %s lost its metadata; restoring %d partitions",
                 self.name, self.topic, self._partition_count,
             )  # fmt: skip
-            meta = [self._partition_count, 0, self._priorities]
-            await ENSURE_PARTITIONS(self.redis, [self.keys.meta], meta)
+            await grow(self.redis, self.keys, self._partition_count, priorities=self._priorities)
             view = await self._membership.beat()
         for part in self._owned.values() if view.members != self._members else ():
             part.sweeps = max(part.sweeps, 2)  # one back from a pause may have read ours

@@ -35,12 +35,12 @@ from ._codec import (
 )
 from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
+from ._growth import grow
 from ._once import check_once, first_job
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import (
     DELAY,
     ENQUEUE_ONCE,
-    ENSURE_PARTITIONS,
     SUBMIT,
     Script,
     ScriptCall,
@@ -172,8 +172,8 @@ class Producer(RedisComponent):
         return self._partitions
 
     async def _on_connect(self, client: AnyRedis) -> None:
-        count, levels = await ENSURE_PARTITIONS(
-            client, [self.keys.meta], [self.init_partitions, 0, self.priorities]
+        count, levels = await grow(
+            client, self.keys, self.init_partitions, priorities=self.priorities
         )
         await client.sadd(TopicKeys.topic_index(), self.topic)
         await server_features(client)  # once per client: warns about an evicting server
@@ -766,8 +766,8 @@ class Producer(RedisComponent):
         integer(partitions, "partitions", maximum=MAX_PARTITIONS)
         redis = self._redis or await self._ensure()
         try:
-            count, levels = await ENSURE_PARTITIONS(
-                redis, [self.keys.meta], [partitions, 1, self.priorities]
+            count, levels = await grow(
+                redis, self.keys, partitions, exact=True, priorities=self.priorities
             )
         except ResponseError as exc:
             raise PartitionError(

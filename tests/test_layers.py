@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data", ["keys", "message", "signals", "_codec", "_checks", "_failures", "_assignment",
               "_compat", "_retry", "_tasks", "_once", "embedded.servers", "logs"]),
     ("redis", ["connection", "_scripts", "_reads", "_batching", "_appends", "embedded"]),
-    ("parts", ["_job_events", "_cancellation", "_retention", "_membership", "_delivery",
+    ("parts", ["_job_events", "_cancellation", "_retention", "_growth", "_membership", "_delivery",
                "_give_back", "_read_ahead", "_delayed", "_settlement", "_handling", "_tracing",
                "_ticks", "dlq", "results", "metrics", "registry"]),
     ("components", ["producer", "consumer", "monitor", "schedule"]),

@@ -19,13 +19,13 @@ from tests.helpers import Running, eventually
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
 
 
-async def _group_that_read_nothing(redis_url: str, topic: str) -> None:
+async def _group_that_read_nothing(redis_url: str, topic: str, group: str = "default") -> None:
     """Join once and leave: the group exists on every partition, at the stream's start."""
 
     async def handle(m: Message) -> None:
         raise AssertionError("nothing was produced yet")
 
-    consumer = Consumer(topic, redis_url=redis_url, start="earliest", **FAST)
+    consumer = Consumer(topic, redis_url=redis_url, group_name=group, start="earliest", **FAST)
     async with Running(consumer, handle):
         await eventually(lambda: consumer.assigned_partitions, message="groups created")
     await consumer.close()
@@ -280,3 +280,61 @@ async def test_a_delete_acked_mode_another_client_set_on_a_server_without_it_sto
         record = await job.status()
     assert record == "dead"
     assert f"topic {topic} is set to delete-acked, which this server can't do" in caplog.text
+
+
+@pytest.mark.parametrize("raise_", ["partitions", "priority levels"])
+async def test_a_lagging_group_keeps_what_a_raise_adds_with_acked_trim(
+    redis_url: str, redis: Redis, topic: str, raise_: str
+) -> None:
+    # A stream a raise adds had no group until a member of each gained it, and Redis 8.2's
+    # ACKED judged by the groups a stream has: XADD's ACKED MAXLEN trimmed what the lagging
+    # group never read (60 of 100 reached it). Now the raise carries every group there first.
+    async with Producer(topic, redis_url=redis_url):
+        pass
+    await _group_that_read_nothing(redis_url, topic)
+    levels = 2 if raise_ == "priority levels" else 1
+    async with Producer(
+        topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked", priorities=levels
+    ) as producer:
+        if raise_ == "partitions":
+            await producer.request_partition_increase(2)
+        messages = [{"n": i} for i in range(100)]
+        await producer.batch_enqueue(messages, priority=levels - 1)
+    assert sorted(await _consume_all(redis_url, topic, 100)) == list(range(100))
+
+
+async def test_another_groups_deletions_wait_for_a_lagging_group_on_added_partitions(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # trim="delete-acked": group "fast" deleted every entry of a partition added while "slow"
+    # was away; "slow" got 50 of 100.
+    await _needs_acked_trim(redis)
+    async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+        await _group_that_read_nothing(redis_url, topic, "fast")
+        await _group_that_read_nothing(redis_url, topic, "slow")
+        await producer.request_partition_increase(2)
+        await producer.batch_enqueue([{"n": i} for i in range(100)])
+    await _consume_group(redis_url, topic, "fast", 100)
+    await _consume_group(redis_url, topic, "slow", 100)
+
+
+async def test_a_groups_key_another_client_spoilt_stops_nothing(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A groups set of another type stopped every consumer at its start (WRONGTYPE), and a
+    # member no UTF-8 stopped an emulating producer's connect; the first is replaced, the
+    # second counts as a group's name. While the set is of another type, nothing is trimmed.
+    keys = TopicKeys(topic)
+    await redis.set(keys.groups, "another client's")
+    async with Producer(
+        topic, redis_url=redis_url, maxlen=10, approximate=False, trim="acked",
+        refresh_interval=0.1,
+    ) as producer:  # fmt: skip
+        await _group_that_read_nothing(redis_url, topic)
+        await producer.batch_enqueue([{"n": i} for i in range(30)])
+        assert sorted(await _consume_all(redis_url, topic, 30)) == list(range(30))
+        assert await redis.type(keys.groups) == b"set"
+        await redis.sadd(keys.groups, b"\xff\xfe")
+        await producer.batch_enqueue([{"n": i} for i in range(30, 60)])
+        await producer.refresh_partitions()
+    assert sorted(await _consume_all(redis_url, topic, 30)) == list(range(30, 60))

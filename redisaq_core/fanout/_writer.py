@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._failures import foreign_type
+from .._growth import grow
 from .._scripts import (
-    ENSURE_PARTITIONS,
     FANOUT,
     FANOUT_FORGET,
     FANOUT_WRITE,
@@ -180,9 +180,7 @@ class Writer:
             partitions, levels = (None, None) if isinstance(reply, Exception) else reply
             count = partition_count(partitions)
             if count < 1:  # the metadata is gone (a flushed Redis): create it again
-                count, levels = await ENSURE_PARTITIONS(
-                    redis, [target.keys.meta], [self.new_partitions, 0, 1]
-                )
+                count, levels = await grow(redis, target.keys, self.new_partitions, priorities=1)
             target.set_shape(int(count), priority_levels(levels))
         self.refreshed = asyncio.get_running_loop().time()
 

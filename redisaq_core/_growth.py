@@ -1,0 +1,79 @@
+"""A topic's groups: joined, and carried onto every stream a raise of its counts adds.
+
+Retention that keeps what a group has not acknowledged (``trim="acked"``, and
+``"delete-acked"``; natively on Redis 8.2) judges by the groups a stream
+has. A stream a raise adds has none until a member of each group gains it, so
+until then the server took every group as done with it: another group's
+acknowledgements deleted its entries, and the ``ACKED MAXLEN`` of each XADD
+trimmed them, before a lagging group ever read them. So before the count goes
+up, every group of the topic is created on each stream to be added, at its
+start: nothing written there is judged before every group can read it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ._failures import foreign_type, unless_foreign
+from ._scripts import CLEAR_FOREIGN, ENSURE_PARTITIONS
+from .connection import AnyRedis
+from .keys import TopicKeys, partition_count, priority_levels
+
+__all__ = ["add_group", "grow"]
+
+log = logging.getLogger(__name__)
+
+
+async def add_group(client: AnyRedis, keys: TopicKeys, group: str) -> bool:
+    """Add ``group`` to the topic's groups; whether it was not there.
+
+    A groups key another client made of another type names none: it is replaced.
+    """
+    try:
+        return bool(await client.sadd(keys.groups, group))
+    except ResponseError as exc:
+        if not foreign_type(exc):
+            raise
+    log.warning("topic %s: %s was no set; replaced", keys.topic, keys.groups)
+    await CLEAR_FOREIGN(client, [keys.groups], ["set"])
+    return bool(await client.sadd(keys.groups, group))
+
+
+async def grow(
+    client: AnyRedis, keys: TopicKeys, partitions: int, *, exact: bool = False, priorities: int
+) -> tuple[int, int]:
+    """Raise the topic's counts to at least ``partitions`` and ``priorities``; return both.
+
+    ``exact``: a stored partition count above ``partitions`` is an error (see
+    ``ensure_partitions.lua``). Counts are never lowered.
+    """
+    stored = await unless_foreign(client.hmget(keys.meta, "partitions", "priorities"))
+    had, levels = (partition_count(stored[0]), priority_levels(stored[1])) if stored else (0, 1)
+    added = [
+        keys.stream(p, level)
+        for p in range(max(partitions, had))
+        for level in range(max(priorities, levels))
+        if p >= had or level >= levels
+    ]
+    if added:
+        await _carry_groups(client, keys, added)
+    count, raised = await ENSURE_PARTITIONS(
+        client, [keys.meta], [partitions, 1 if exact else 0, priorities]
+    )
+    return int(count), int(raised)
+
+
+async def _carry_groups(client: AnyRedis, keys: TopicKeys, streams: list[str]) -> None:
+    groups = await unless_foreign(client.smembers(keys.groups)) or set()
+    if not groups:
+        return
+    pipe: Any = client.pipeline(transaction=False)
+    for stream in streams:
+        for group in sorted(groups):  # bytes as stored: a name of any bytes is a group
+            pipe.xgroup_create(stream, group, id="0", mkstream=True)
+    for result in await pipe.execute(raise_on_error=False):
+        if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+            raise result
