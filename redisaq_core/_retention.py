@@ -54,6 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_LAST_ID = "18446744073709551615-18446744073709551615"
+
 TrimMode = Literal["maxlen", "acked", "delete-acked"]
 TRIM_MODES: tuple[str, ...] = ("maxlen", "acked", "delete-acked")
 
@@ -97,6 +99,24 @@ async def deletes_acked(client: AnyRedis, trim: object, topic: str) -> bool:
         "are kept", topic,
     )  # fmt: skip
     return False
+
+
+async def read_mode(
+    client: AnyRedis, keys: TopicKeys, streams: Sequence[str], deleting: bool
+) -> bool:
+    """Whether the topic deletes acknowledged entries now (see :func:`deletes_acked`).
+
+    ``deleting``: whether the caller did so far. A topic just set to "delete-acked"
+    has ``streams`` rid of what every group acknowledged before (acknowledged then
+    without deleting, it would stay for good).
+    """
+    now = await deletes_acked(client, await client.hget(keys.meta, "trim"), keys.topic)
+    if now and not deleting and streams:
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.execute_command("XTRIM", stream, "MINID", "=", _LAST_ID, "ACKED")
+        await pipe.execute(raise_on_error=False)
+    return now
 
 
 async def server_features(client: AnyRedis) -> ServerFeatures:

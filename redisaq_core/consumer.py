@@ -35,7 +35,7 @@ from ._growth import add_group, grow
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
-from ._retention import deletes_acked, server_features
+from ._retention import read_mode, server_features
 from ._scripts import FORGET_CONSUMER, run_pipelined
 from ._settlement import Settler
 from ._tasks import cancel_and_wait, finish_shielded, uncancel, wait_event
@@ -653,15 +653,17 @@ class Consumer(RedisComponent):
         for part in await self._reader.strays(self.redis, settled) if settled else ():
             part.reclaim()
             self._interrupt_read()
-        if gained:
+        if gained or every:  # a topic set to delete-acked since is seen within a minute
             await self._read_retention()
+        if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)
 
     async def _read_retention(self) -> None:
         """Whether the topic deletes acknowledged entries ("delete-acked") and the server can."""
-        trim = await self.redis.hget(self.keys.meta, "trim")
-        self._settler.delete_acked = await deletes_acked(self.redis, trim, self.topic)
+        streams = [s for part in self._owned.values() for s in part.streams]
+        deleting = await read_mode(self.redis, self.keys, streams, self._settler.delete_acked)
+        self._settler.delete_acked = deleting
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core import ConfigurationError, Consumer, Message, Producer, _delivery
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import topic_metrics
@@ -338,3 +338,32 @@ async def test_a_groups_key_another_client_spoilt_stops_nothing(
         await producer.batch_enqueue([{"n": i} for i in range(30, 60)])
         await producer.refresh_partitions()
     assert sorted(await _consume_all(redis_url, topic, 30)) == list(range(30, 60))
+
+
+async def test_a_topic_set_to_delete_acked_later_deletes_what_running_consumers_ack(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A consumer read the topic's retention only when it gained partitions: one running when
+    # a producer first set "delete-acked" acknowledged without deleting, for good. It reads
+    # it again about once a minute (here every 10 heartbeats), and deletes then what every
+    # group had acknowledged meanwhile.
+    await _needs_acked_trim(redis)
+    monkeypatch.setattr(_delivery, "SWEEP_SECONDS", 0)
+    stream = TopicKeys(topic).stream(0)
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=redis_url):
+        pass
+    consumer = Consumer(topic, redis_url=redis_url, **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions, message="assigned")
+        async with Producer(topic, redis_url=redis_url, trim="delete-acked") as producer:
+            await producer.batch_enqueue([{"n": i} for i in range(50)])
+            await eventually(lambda: len(seen) == 50, message="handled")
+            await eventually(lambda: _at_most(redis, stream, 0), message="all deleted")
+            await producer.batch_enqueue([{"n": i} for i in range(50, 60)])
+            await eventually(lambda: len(seen) == 60, message="handled")
+            await eventually(lambda: _at_most(redis, stream, 0), message="deleted as acked")
