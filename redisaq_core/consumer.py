@@ -260,7 +260,6 @@ class Consumer(RedisComponent):
         self._touched: set[str] = set()
 
     # ---- public state ---------------------------------------------------------------
-
     @property
     def assigned_partitions(self) -> list[int]:
         """Partitions whose lease this member holds now, sorted."""
@@ -300,8 +299,12 @@ class Consumer(RedisComponent):
         """Whether ``process`` or ``process_batch`` is running."""
         return self._running
 
-    # ---- running ----------------------------------------------------------------------
+    @property
+    def deletes_acked(self) -> bool:
+        """Whether acknowledging deletes what every group acknowledged (``delete-acked``)."""
+        return self._settler.delete_acked
 
+    # ---- running ----------------------------------------------------------------------
     async def process(self, callback: Callback) -> None:
         """Handle messages one at a time with ``callback(message)`` until :meth:`stop`."""
         await self._run(callback, batch=False)
@@ -540,7 +543,6 @@ class Consumer(RedisComponent):
         await self._call_hook(self.on_revoke, owned)
 
     # ---- membership -----------------------------------------------------------------
-
     async def _heartbeat_loop(self) -> None:
         failing = False
         while True:
@@ -654,16 +656,12 @@ class Consumer(RedisComponent):
             part.reclaim()
             self._interrupt_read()
         if gained or every:  # a topic set to delete-acked since is seen within a minute
-            await self._read_retention()
+            streams = [s for part in self._owned.values() for s in part.streams]
+            deleting = await read_mode(self.redis, self.keys, streams, self.deletes_acked)
+            self._settler.delete_acked = deleting
         if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)
-
-    async def _read_retention(self) -> None:
-        """Whether the topic deletes acknowledged entries ("delete-acked") and the server can."""
-        streams = [s for part in self._owned.values() for s in part.streams]
-        deleting = await read_mode(self.redis, self.keys, streams, self._settler.delete_acked)
-        self._settler.delete_acked = deleting
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")
@@ -723,7 +721,6 @@ class Consumer(RedisComponent):
             self._redis_down = False
 
     # ---- reading --------------------------------------------------------------------
-
     async def _fetch(self, redis: AnyRedis) -> list[Received]:
         """The next messages to handle: read ahead, retries due, reclaimed entries, new ones.
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer, _delivery
+from redisaq_core import ConfigurationError, Consumer, FanOut, Message, Producer, _delivery
 from redisaq_core._retention import server_features
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import topic_metrics
@@ -367,3 +368,27 @@ async def test_a_topic_set_to_delete_acked_later_deletes_what_running_consumers_
             await producer.batch_enqueue([{"n": i} for i in range(50, 60)])
             await eventually(lambda: len(seen) == 60, message="handled")
             await eventually(lambda: _at_most(redis, stream, 0), message="deleted as acked")
+
+
+async def test_a_fanout_bridge_deletes_what_it_fanned_out_of_a_delete_acked_source(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The bridge acknowledged its source entries with a plain XACK: of a source set to
+    # delete-acked whose only group it was, every entry stayed.
+    await _needs_acked_trim(redis)
+    source, target = TopicKeys(topic).stream(0), TopicKeys(f"{topic}-out").stream(0)
+    async with (
+        Producer(topic, redis_url=redis_url, trim="delete-acked") as producer,
+        FanOut(topic, [f"{topic}-out"], redis_url=redis_url, **FAST) as bridge,
+    ):
+        task = asyncio.create_task(bridge.run())
+        await eventually(lambda: bridge.consumer.assigned_partitions, message="assigned")
+        await producer.batch_enqueue([{"n": i} for i in range(20)])
+        await eventually(lambda: _at_least(redis, target, 20), message="fanned out")
+        await eventually(lambda: _at_most(redis, source, 0), message="deleted")
+        await bridge.stop(timeout=10)
+        await asyncio.wait_for(task, 15)
+
+
+async def _at_least(redis: Redis, stream: str, n: int) -> bool:
+    return int(await redis.xlen(stream)) >= n

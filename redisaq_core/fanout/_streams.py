@@ -238,6 +238,7 @@ class FanOut(RedisComponent):
             trim=["0", "~"] if maxlen is None else [maxlen, "~" if approximate else "="],
             new_partitions=target_partitions or 1, dedupe_ttl=self.dedupe_ttl,
             dedupe_grace=self.dedupe_grace, refresh_interval=self.refresh_interval,
+            deleting=lambda: self.consumer.deletes_acked,
         )  # fmt: skip
         self._plain = [t.index for t in self.targets if t.transform is None]
         self._transformed = [t for t in self.targets if t.transform is not None]

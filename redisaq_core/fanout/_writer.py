@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,8 +151,11 @@ class Writer:
         dedupe_ttl: float,
         dedupe_grace: float,
         refresh_interval: float,
+        deleting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
+        self.deleting = deleting
+        """Whether acknowledging deletes (the source's trim="delete-acked", as read)."""
         self.source = source
         self.keys = TopicKeys(source)
         self.group = group
@@ -253,7 +257,7 @@ class Writer:
         index: dict[str, int] = {}
         args: list[Any] = [self.group, self.token, len(targets)]
         args += [t.partitions for t in targets]
-        args += self.trim
+        args += [*self.trim, b"1" if self.deleting() else b"0"]
         counts: dict[tuple[int, int], int] = {}
         for e in group:
             m = e.message
@@ -336,7 +340,9 @@ class Writer:
         for (partition, level), group in groups.items():
             stream, lease = self._source(partition, level)
             ids = [e.message.msg_id for e in group]
-            acks.append(ack_call(stream, lease, self.group, self.token, ids))
+            acks.append(
+                ack_call(stream, lease, self.group, self.token, ids, delete=self.deleting())
+            )
         done: list[str] = []
         for (where, group), result in zip(groups.items(), await _run(redis, acks), strict=True):
             if isinstance(result, Exception):

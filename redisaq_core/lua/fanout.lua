@@ -4,7 +4,9 @@
 -- target streams live in other slots).
 -- KEYS: source stream, lease, the T target topics' meta hashes, then the target streams
 -- ARGV: group, token, T, the T targets' partition counts as the caller knows them,
---       maxlen ("0": no trimming), trim ("~" or "="), then per entry:
+--       maxlen ("0": no trimming), trim ("~" or "="), "1" to delete what every group of the
+--       source stream has acknowledged (XACKDEL ... ACKED, Redis 8.2: trim="delete-acked")
+--       or "0", then per entry:
 --       id, n_writes, then n_writes times: n_streams, stream key index (into KEYS) x n_streams,
 --       n_fields, field, value, ...
 -- An entry is written only when XACK says it was still pending, so a batch handled again
@@ -32,14 +34,19 @@ for k = 3 + targets, #KEYS do
     return redis.error_reply('ERR fan-out target ' .. KEYS[k] .. ' can take no more entries')
   end
 end
-local maxlen, trim = ARGV[4 + targets], ARGV[5 + targets]
-local i = 6 + targets
+local maxlen, trim, delete = ARGV[4 + targets], ARGV[5 + targets], ARGV[6 + targets] == '1'
+local i = 7 + targets
 local n = #ARGV
 local out = {0}
 local position = 0
 while i <= n do
   position = position + 1
-  local fresh = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1
+  local fresh
+  if delete then
+    fresh = redis.call('XACKDEL', KEYS[1], ARGV[1], 'ACKED', 'IDS', 1, ARGV[i])[1] ~= -1
+  else
+    fresh = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1
+  end
   local writes = tonumber(ARGV[i + 1])
   i = i + 2
   for _ = 1, writes do
