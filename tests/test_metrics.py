@@ -392,3 +392,33 @@ async def test_counts_another_client_spoilt_are_written_over_and_flushes_go_on(
     assert (row["handled"], row["failed"]) == (3, 3)
     assert row["handler_seconds"]["sum"] == pytest.approx(0.2)
     assert await redis.type(keys.series) == b"hash"
+
+
+@pytest.mark.parametrize(
+    ("field", "stored"),
+    [
+        ("0 g handler_seconds sum", "inf"),
+        ("0 g handler_seconds sum", "-inf"),
+        ("0 g handler_seconds sum", "1e308x"),
+        ("0 g handler_seconds sum", " 1"),
+        ("0 g handled", "9223372036854775807"),
+        ("0 g handled", "1.5"),
+        ("0 g handled", "01"),
+    ],
+)
+async def test_a_counter_that_takes_no_increment_is_written_over_once(
+    redis: Redis, topic: str, field: str, stored: str
+) -> None:
+    # HINCRBYFLOAT refuses a sum past the largest float ("increment would produce NaN or
+    # Infinity"). Before, the flush failed with the counters before that field already
+    # added, and each next flush added them again.
+    await jr.make_topic(redis, topic, 1)
+    keys = TopicKeys(topic)
+    await redis.hset(keys.metrics, field, stored)
+    rec = MetricsRecorder(redis, topic, "g", flush_interval=60)
+    rec.handled(0, 0.1)
+    await rec.flush()
+    await rec.flush()
+    row = _row(await topic_metrics(redis, topic), "g", 0)
+    assert (row["handled"], row["handler_seconds"]["count"]) == (1, 1)
+    assert row["handler_seconds"]["sum"] == pytest.approx(0.1)

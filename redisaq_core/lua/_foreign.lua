@@ -10,4 +10,5 @@ local function foreign(reply)
   return string.sub(err, 1, 9) == 'WRONGTYPE' or string.find(err, 'not an integer', 1, true)
     ~= nil or string.find(err, 'overflow', 1, true) ~= nil
     or string.find(err, 'float', 1, true) ~= nil
+    or string.find(err, 'NaN or Infinity', 1, true) ~= nil  -- HINCRBYFLOAT past a finite sum
 end

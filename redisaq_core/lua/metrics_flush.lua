@@ -19,7 +19,8 @@
 --   l  lag of group <field> seen now: the record keeps the largest seen in its bucket
 -- A series record that does not decode (written by another client) is replaced; values of
 -- the wrong type in it count as 0. So is a series key of another type, and a counter that
--- can't be added to.
+-- can't be added to. The counters are checked before the first write, so that no value
+-- another client stored makes the script fail with part of its counts applied.
 -- Returns the number of triples applied.
 local MAX_RECORD = 65536
 local t = redis.call('TIME')
@@ -77,8 +78,44 @@ local function group(name)
   return g
 end
 
+-- Whether a stored counter takes the increment: an integer for HINCRBY ('i'), a number whose
+-- sum stays finite for HINCRBYFLOAT ('f'). The server's answer stays the last word (add()).
+local function takes(op, stored, value)
+  if not stored then
+    return true
+  elseif op == 'i' then
+    return stored == '0' or (#stored <= 20 and string.find(stored, '^%-?[1-9]%d*$') ~= nil)
+  end
+  local x = not string.find(stored, '^%s') and tonumber(stored)
+  return x and x == x and math.abs(x + tonumber(value)) < math.huge or false
+end
+
+local over, counters = {}, {}
+for i = 2, #ARGV - 2, 3 do
+  if ARGV[i] == 'i' or ARGV[i] == 'f' then
+    counters[#counters + 1] = i
+  end
+end
+for first = 1, #counters, 500 do
+  local fields = {}
+  for j = first, math.min(first + 499, #counters) do
+    fields[#fields + 1] = ARGV[counters[j] + 1]
+  end
+  local stored = redis.call('HMGET', KEYS[1], unpack(fields))
+  for j = first, math.min(first + 499, #counters) do
+    local i = counters[j]
+    if not takes(ARGV[i], stored[j - first + 1], ARGV[i + 2]) then
+      over[ARGV[i + 1]] = true
+    end
+  end
+end
+
 -- A stored value the command can't add to (no number, or past the largest) is written over.
 local function add(command, field, value)
+  if over[field] then
+    redis.call('HSET', KEYS[1], field, value)
+    return
+  end
   local added = redis.pcall(command, KEYS[1], field, value)
   if foreign(added) then
     redis.call('HSET', KEYS[1], field, value)
