@@ -422,3 +422,17 @@ async def test_a_counter_that_takes_no_increment_is_written_over_once(
     row = _row(await topic_metrics(redis, topic), "g", 0)
     assert (row["handled"], row["handler_seconds"]["count"]) == (1, 1)
     assert row["handler_seconds"]["sum"] == pytest.approx(0.1)
+
+
+async def test_a_metrics_key_of_another_type_is_replaced(redis: Redis, topic: str) -> None:
+    # Before, every flush failed on it (WRONGTYPE) and kept its counts for the next.
+    await jr.make_topic(redis, topic, 1)
+    keys = TopicKeys(topic)
+    await redis.set(keys.metrics, "another client's")
+    rec = MetricsRecorder(redis, topic, "g", flush_interval=60)
+    rec.handled(0, 0.1)
+    rec.failed(0)
+    await rec.flush()
+    assert await redis.type(keys.metrics) == b"hash"
+    row = _row(await topic_metrics(redis, topic), "g", 0)
+    assert (row["handled"], row["failed"], row["handler_seconds"]["count"]) == (1, 1, 1)

@@ -18,9 +18,9 @@
 --      than the next smaller bound: field "G B" (B as the metrics hash writes it)
 --   l  lag of group <field> seen now: the record keeps the largest seen in its bucket
 -- A series record that does not decode (written by another client) is replaced; values of
--- the wrong type in it count as 0. So is a series key of another type, and a counter that
--- can't be added to. The counters are checked before the first write, so that no value
--- another client stored makes the script fail with part of its counts applied.
+-- the wrong type in it count as 0. So is a series or metrics key of another type, and a
+-- counter that can't be added to. The counters are checked before the first write, so that
+-- no value another client stored makes the script fail with part of its counts applied.
 -- Returns the number of triples applied.
 local MAX_RECORD = 65536
 local t = redis.call('TIME')
@@ -90,6 +90,11 @@ local function takes(op, stored, value)
   return x and x == x and math.abs(x + tonumber(value)) < math.huge or false
 end
 
+-- A metrics key of another type (another client's) is replaced.
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 local over, counters = {}, {}
 for i = 2, #ARGV - 2, 3 do
   if ARGV[i] == 'i' or ARGV[i] == 'f' then
