@@ -31,6 +31,9 @@ __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 log = logging.getLogger(__name__)
 
 _ENTRY_ID = re.compile(r"^\d+-\d+$")
+_MAX_REPLAY_FIELDS = 3499
+"""The most original fields a replay's XADD carries: 7,000 values with its key and id, the
+count dead_letter.lua writes at most (replay.lua leaves wider entries in place too)."""
 _ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
 
 
@@ -199,8 +202,9 @@ class DeadLetters(RedisComponent):
         Each replayed entry is appended to its original partition stream (and
         priority level) as a new entry and removed from the dead-letter stream
         in one atomic step. Returns how many were replayed. An entry this
-        library did not write (no original fields, or a priority the topic
-        doesn't have) stays where it is: asked for by id, it raises
+        library did not write (no original fields, more than a command
+        carries, or a priority the topic doesn't have) stays where it is:
+        asked for by id, it raises
         ``ConfigurationError`` naming it and why, after the others were
         replayed; in a replay of everything it is skipped with a warning.
         """
@@ -257,8 +261,11 @@ class DeadLetters(RedisComponent):
 
 def _replay_level(raw: dict[bytes, bytes], levels: int) -> tuple[int, str | None]:
     """The priority level to replay an entry to, or why it can't be replayed."""
-    if not any(k.startswith(b"f:") for k in raw):
+    fields = sum(1 for k in raw if k.startswith(b"f:"))
+    if not fields:
         return 0, "it holds no original fields"
+    if fields > _MAX_REPLAY_FIELDS:
+        return 0, f"its {fields} original fields are more than one command carries"
     text = raw.get(b"priority", b"0") or b"0"
     try:
         level = int(text)

@@ -6,10 +6,18 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-from redisaq_core import Consumer, Message, Producer
+import pytest
+from redis.asyncio import Redis
+
+from redisaq_core import ConfigurationError, Consumer, DeadLetters, Message, Producer
+from redisaq_core._scripts import REPLAY
+from redisaq_core.dlq import dead_letter_fields
+from redisaq_core.keys import TopicKeys
+from tests import job_records as jr
 from tests.helpers import Running, eventually, redisaq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +124,61 @@ async def test_dead_letters_and_topics_another_client_spoilt_are_skipped(
         assert topic in topics.stdout
         await redis.delete(other.meta)
         await redis.srem(TopicKeys.topic_index(), f"{topic}-other")
+
+
+async def _dead_letter(redis: Redis, topic: str, original: dict[bytes, bytes]) -> str:
+    fields = dead_letter_fields(topic=topic, partition=0, group="g", msg_id="1-0", deliveries=3,
+                                error="boom", consumer="c", original=original)  # fmt: skip
+    entry_id = await redis.execute_command("XADD", TopicKeys(topic).dead_letters(0), "*", *fields)
+    return str(entry_id.decode())
+
+
+_WIDE = {b"s": b'"wide"', **{b"x%d" % i: b"v" for i in range(5000)}}
+
+
+async def test_a_dead_letter_of_more_fields_than_a_command_carries_stays_in_place(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # Another client's (or an older writer's) dead letter of 5,000 original fields. Before,
+    # replay failed on it ("too many results to unpack") after moving the ones before it,
+    # every later replay failed there too, and the CLI printed a traceback.
+    await jr.make_topic(redis, topic, 1)
+    keys = TopicKeys(topic)
+    first = await _dead_letter(redis, topic, {b"s": b'"first"'})
+    wide = await _dead_letter(redis, topic, _WIDE)
+    last = await _dead_letter(redis, topic, {b"s": b'"last"'})
+    assert await REPLAY(redis, [keys.dead_letters(0), keys.stream(0)], [first, wide, last]) == 2
+    assert [i.decode() for i, _ in await redis.xrange(keys.dead_letters(0))] == [wide]
+    async with DeadLetters(topic, redis=redis) as dl:
+        with pytest.raises(ConfigurationError, match=f"{wide} .*5001 original fields"):
+            await dl.replay([wide])
+    again = await _dead_letter(redis, topic, {b"s": b'"again"'})
+    run = redisaq("--redis-url", redis_url, "dlq", "replay", topic)
+    assert run.returncode == 0 and run.stdout.strip() == "1", run.stderr
+    assert "Traceback" not in run.stderr and wide in run.stderr
+    assert [i.decode() for i, _ in await redis.xrange(keys.dead_letters(0))] == [wide]
+    assert again not in [i.decode() for i, _ in await redis.xrange(keys.stream(0))]
+    assert await redis.xlen(keys.stream(0)) == 3
+
+
+@pytest.mark.single_node
+async def test_a_redis_error_is_one_line_without_the_password(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # A reply no command explains itself (here: the partition stream replaced by a key of
+    # another type, which replay's script can't append to). Before, a traceback.
+    await jr.make_topic(redis, topic, 1)
+    await _dead_letter(redis, topic, {b"s": b'"x"'})
+    await redis.set(TopicKeys(topic).stream(0), "another client's")
+    user, password = f"dlq-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await redis.execute_command("ACL", "SETUSER", user, "on", ">" + password, "~*", "&*", "+@all")
+    try:
+        url = redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+        for args in (["--redis-url", url], ["--format", "json", "--redis-url", url]):
+            run = redisaq(*args[-2:], "dlq", "replay", topic, *args[:-2])
+            assert run.returncode == 1 and run.stdout == ""
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1 and "WRONGTYPE" in lines[0], run.stderr
+            assert password not in run.stderr
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)

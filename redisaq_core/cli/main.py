@@ -10,10 +10,20 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
+from redis.exceptions import RedisClusterException, RedisError
+
+from ..connection import redact_text
 from ..errors import ConfigurationError, RedisaqError
 from ..logs import LOG_FORMATS, JsonFormatter, configure_logging, log_format
 from . import demo, dlq, fanout, jobs, monitor, registry, schedule, server, web, worker
-from .common import EXIT_FAILED, EXIT_USAGE, UsageError, add_redis_options
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    UsageError,
+    add_redis_options,
+    redis_password,
+    redis_url,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -71,6 +81,17 @@ def _error(text: str, fmt: str) -> None:
         print(f"redisaq: error: {text}", file=sys.stderr)
 
 
+def _redis_failure(exc: BaseException, args: argparse.Namespace) -> str:
+    """A failed Redis call as one line, with no secret of the connection options in it."""
+    text = f"Redis call failed ({type(exc).__name__}): {' '.join(str(exc).split())}"
+    try:
+        url, password = redis_url(args), redis_password(args)
+    except (UsageError, OSError, ValueError):
+        return f"Redis call failed ({type(exc).__name__})"
+    text = redact_text(text, url)
+    return text.replace(password, "***") if password else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``redisaq`` with ``argv`` and return the exit code (0 ok, 1 failed, 2 usage)."""
     parser = build_parser()
@@ -90,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RedisaqError as exc:
         _error(str(exc), fmt)
+        return EXIT_FAILED
+    except (RedisError, RedisClusterException) as exc:  # a reply no command explains itself
+        _error(_redis_failure(exc, args), fmt)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -1,6 +1,7 @@
 -- Put dead letters back on their partition stream and delete them from the dead-letter stream.
 -- KEYS: dlq, stream
--- ARGV: id, id, ... (dead-letter ids; unknown ones are skipped)
+-- ARGV: id, id, ... (dead-letter ids; unknown ones are skipped, and so are entries of more
+--       original fields than one XADD here carries: 7,000 values, as dead_letter.lua writes)
 -- Returns the number replayed.
 local n = 0
 for i = 1, #ARGV do
@@ -15,11 +16,13 @@ for i = 1, #ARGV do
         original[#original + 1] = fields[j + 1]
       end
     end
-    if #original > 0 then
-      redis.call('XADD', KEYS[2], '*', unpack(original))
+    if #original + 2 <= 7000 then
+      if #original > 0 then
+        redis.call('XADD', KEYS[2], '*', unpack(original))
+      end
+      redis.call('XDEL', KEYS[1], ARGV[i])
+      n = n + 1
     end
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    n = n + 1
   end
 end
 return n
