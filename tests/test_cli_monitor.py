@@ -452,3 +452,26 @@ async def test_serve_metrics(scene: Scene) -> None:
 async def test_serve_metrics_bad_port(scene: Scene) -> None:
     result = await scene.run("serve-metrics", "--port", "70000")
     assert result.rc == 2 and "--port" in result.err
+
+
+async def test_a_series_record_nested_too_deep_ends_no_watch(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # Another client's series record, past the JSON decoder's depth. Before, the watch ended
+    # with a traceback at its first frame.
+    await jr.make_topic(redis, topic, 1)
+    await redis.hset(TopicKeys(topic).series, "7", "[" * 5000)
+    argv = _argv(redis_url, "cli-deep:", ["topic", topic, "--watch", "0.1"])
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env()
+    )
+    try:
+        frames = await _Frames(proc).until(lambda frames: len(frames) >= 2 and frames)
+        assert all("throughput, last" in frame for frame in frames)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0 and b"Traceback" not in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -181,3 +181,10 @@ async def test_a_read_only_user_gets_the_series_without_its_lag_sample(
     assert sum(series["produced"]) > 0
     assert series["groups"] == []  # the lag sample was refused; nothing else names the group
     assert await redis.exists(TopicKeys(topic).series)
+
+
+async def test_a_record_nested_past_the_decoders_depth_is_skipped(redis: Redis, topic: str) -> None:
+    # 5 kB, under MAX_RECORD_BYTES. Before, its RecursionError failed the whole read (and
+    # ended `redisaq monitor topic T --watch`, tests/test_cli_monitor.py).
+    await redis.hset(TopicKeys(topic).series, "7", "[" * 5000)
+    assert (await topic_series(redis, topic))["skipped"] == 1

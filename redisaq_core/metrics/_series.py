@@ -22,10 +22,10 @@ is sampled by whoever reads the series through :meth:`Monitor.topic_series
 ``redisaq monitor topic T --watch``) and written into the same record, so
 every reader draws the same line; where nobody was looking it has gaps.
 
-A record another client wrote that is not of this shape (not JSON, wrong
-types, a bucket start that is not its slot's, larger than
-:data:`MAX_RECORD_BYTES`) is skipped by the reader and replaced by the next
-flush that writes its slot.
+A record another client wrote that is not of this shape (not JSON, nested
+past the decoder's depth, wrong types, a bucket start that is not its slot's,
+larger than :data:`MAX_RECORD_BYTES`) is skipped by the reader and replaced by
+the next flush that writes its slot.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ async def topic_series(redis: AnyRedis, topic: str) -> dict[str, Any]:
         try:
             slot = int(shown_text(field))
             record = _Record(value, slot)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             log.debug("series of %s: skipping record %r: %s", topic, field, exc)
             skipped += 1
             continue
