@@ -24,6 +24,7 @@ from redisaq_core import (
     StatusChange,
     WorkerStatus,
 )
+from redisaq_core.connection import is_cluster
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import RegistryKeys
 from redisaq_core.registry import CONSUMER_SERVICE_TYPE, classify, consumer_service_info
@@ -332,6 +333,51 @@ async def test_registry_keys_another_client_made_of_another_type_stop_nothing(
     await redis.set(keys.service_type("other"), "another client's")
     await redis.sadd(keys.types, "other")
     assert await registry.clear_all()
+
+
+@pytest.mark.parametrize("step", ["check", "register", "deregister", "cleanup", "mark", "clear"])
+async def test_a_worker_status_key_of_another_type_is_taken_as_absent(
+    registry: ServiceRegistry, redis: Redis, step: str
+) -> None:
+    # Before, each of these failed on it (WRONGTYPE), the health monitor's check for good.
+    keys = registry.keys
+    await registry.register_service(_info("w"))
+    await redis.set(keys.worker_status, "another client's")
+    if step == "check":
+        assert [c.service_id for c in await HealthMonitor(registry, timeout=5).check()] == ["w"]
+        assert list(await registry.get_worker_statuses()) == ["w"]  # stored in its place
+    elif step == "register":
+        await registry.register_service(_info("x"))
+    elif step == "deregister":
+        assert await registry.deregister_service("w")
+    elif step == "cleanup":
+        assert await registry.cleanup_stale_services(timeout_seconds=0) == 1
+    elif step == "mark":
+        assert await registry.store_worker_statuses({"w": WorkerStatus.ALIVE}) == 1
+        assert await registry.get_worker_statuses() == {"w": WorkerStatus.ALIVE}
+    else:
+        assert await registry.clear_all()
+    assert await redis.type(keys.worker_status) in (b"hash", b"none")
+
+
+async def test_out_of_memory_replaces_no_worker_status_key(
+    registry: ServiceRegistry, redis: Redis
+) -> None:
+    # The server's own refusal is raised; the other client's key stays as it was.
+    if is_cluster(redis):
+        pytest.skip("CONFIG SET reaches one node of a cluster, not the one holding the keys")
+    await registry.register_service(_info("w"))
+    await redis.set(registry.keys.worker_status, "another client's")
+    policy = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(Exception, match="maxmemory"):
+            await registry.store_worker_statuses({"w": WorkerStatus.ALIVE})
+    finally:
+        await redis.config_set("maxmemory", 0)
+        await redis.config_set("maxmemory-policy", policy)
+    assert await redis.get(registry.keys.worker_status) == b"another client's"
 
 
 async def test_monitor_of_one_type(registry: ServiceRegistry) -> None:

@@ -12,3 +12,16 @@ local function foreign(reply)
     or string.find(err, 'float', 1, true) ~= nil
     or string.find(err, 'NaN or Infinity', 1, true) ~= nil  -- HINCRBYFLOAT past a finite sum
 end
+
+-- redis.call(command, key, ...) where another client may have made the key of another type:
+-- such a key is taken as absent (deleted, then the command runs). Other errors are raised.
+local function over_foreign(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then
+      redis.call('DEL', key)
+    end
+    return redis.call(command, key, ...)
+  end
+  return reply
+end

@@ -1,7 +1,8 @@
+-- uses: foreign
 -- Remove, in one step, every service whose last heartbeat is older than the timeout.
 -- Age is judged by the server's clock. A concurrent heartbeat runs either before this script
 -- (its service is then fresh and stays) or after it (and finds no record), never in between.
--- KEYS: active (zset), types (set), worker_status (hash)
+-- KEYS: active (zset), types (set), worker_status (hash; one of another type is deleted)
 -- ARGV: base, timeout_seconds
 -- Returns the number of services removed.
 local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
@@ -24,7 +25,7 @@ for i = 1, #stale, 500 do
   end
   redis.call('DEL', unpack(keys))
   redis.call('ZREM', active, unpack(chunk))
-  redis.call('HDEL', wstatus, unpack(chunk))
+  over_foreign('HDEL', wstatus, unpack(chunk))
   for _, ty in ipairs(typelist) do
     redis.pcall('SREM', base .. ':type:' .. ty, unpack(chunk))  -- pcall: another type's key
   end

@@ -16,7 +16,10 @@ local function add(list)
   end
 end
 add(redis.call('ZRANGE', active, 0, -1))
-add(redis.call('HKEYS', wstatus))
+local statuses = redis.pcall('HKEYS', wstatus)
+if not statuses.err then  -- another client's key of another type names no service
+  add(statuses)
+end
 local typekeys = {}
 for _, ty in ipairs(redis.call('SMEMBERS', types)) do
   local tkey = base .. ':type:' .. ty

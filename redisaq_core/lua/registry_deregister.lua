@@ -1,12 +1,13 @@
+-- uses: foreign
 -- Remove a service: its record, liveness key, worker status and every index entry.
--- KEYS: active (zset), types (set), worker_status (hash)
+-- KEYS: active (zset), types (set), worker_status (hash; one of another type is deleted)
 -- ARGV: base, service_id
 -- Returns 1 when the service had a record or an index entry, else 0.
 local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
 local base, id = ARGV[1], ARGV[2]
 local found = redis.call('DEL', base .. ':service:' .. id) + redis.call('ZREM', active, id)
 redis.call('DEL', base .. ':alive:' .. id)
-redis.call('HDEL', wstatus, id)
+over_foreign('HDEL', wstatus, id)
 for _, ty in ipairs(redis.call('SMEMBERS', types)) do
   local tkey = base .. ':type:' .. ty
   if redis.pcall('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then

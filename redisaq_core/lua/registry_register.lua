@@ -1,6 +1,6 @@
--- uses: type_index
+-- uses: type_index, foreign
 -- Register a service (or replace its registration) and index it, stamped with server time.
--- KEYS: active (zset), types (set), worker_status (hash)
+-- KEYS: active (zset), types (set), worker_status (hash; one of another type is replaced)
 -- ARGV: base, service_id, service_type, host, port, status, metadata (JSON),
 --       alive_ttl_ms (0: no liveness key)
 -- The record, type and liveness keys are built from base and share its hash tag, so every
@@ -31,7 +31,7 @@ redis.call('ZADD', active, seen, id)
 local tkey = base .. ':type:' .. stype
 add_to_type_index(tkey, id)
 redis.call('SADD', types, stype)
-redis.call('HDEL', wstatus, id)
+over_foreign('HDEL', wstatus, id)
 
 local akey = base .. ':alive:' .. id
 if ttl > 0 then

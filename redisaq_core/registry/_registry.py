@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from .._checks import integer, number
 from .._codec import as_str, shown_text
+from .._failures import unless_foreign
 from .._scripts import (
     REGISTRY_CLEANUP,
     REGISTRY_CLEAR,
@@ -322,7 +323,8 @@ class ServiceRegistry(RedisComponent):
     async def get_worker_statuses(self) -> dict[str, WorkerStatus]:
         """The worker status a :class:`~redisaq_core.registry.HealthMonitor` last stored, by id."""
         redis = await self._ensure()
-        raw: dict[Any, Any] = await redis.hgetall(self.keys.worker_status)
+        # a key of another type (another client's) holds none; the next write replaces it
+        raw: dict[Any, Any] = await unless_foreign(redis.hgetall(self.keys.worker_status)) or {}
         out: dict[str, WorkerStatus] = {}
         for key, value in raw.items():
             try:
