@@ -277,6 +277,19 @@ async def test_malformed_record_is_an_error_for_get_and_skipped_by_list(
     assert "junk" in r.err  # the warning goes to stderr, stdout stays JSON
 
 
+async def test_a_type_that_is_no_utf8_is_skipped(reg_cli: Any, registry: ServiceRegistry) -> None:
+    # Another client's member of the types set. Before, get_service_types raised
+    # UnicodeDecodeError and `registry types` printed a traceback.
+    await registry.register_service(ServiceInfo("w", "h", 1, "worker"))
+    assert registry.redis is not None
+    await registry.redis.sadd(registry.keys.types, b"\xffother")
+    assert await registry.get_service_types() == ["worker"]
+    r = await reg_cli("types")
+    assert (r.rc, r.out, r.err) == (0, "worker\n", "")
+    r = await reg_cli("types", "--format", "json")
+    assert r.rc == 0 and r.json() == ["worker"]
+
+
 # ---- the seed's shell example ----------------------------------------------------------------
 
 

@@ -316,9 +316,18 @@ class ServiceRegistry(RedisComponent):
         return int(await redis.scard(self.keys.service_type(service_type)))
 
     async def get_service_types(self) -> list[str]:
-        """The types that have at least one registered service, sorted."""
+        """The types that have at least one registered service, sorted.
+
+        A member that is no UTF-8 (another client's: no type of a service) is skipped.
+        """
         redis = await self._ensure()
-        return sorted(as_str(t) for t in await redis.smembers(self.keys.types))
+        types: list[str] = []
+        for member in await redis.smembers(self.keys.types):
+            try:
+                types.append(as_str(member))
+            except UnicodeDecodeError:
+                log.debug("skipping type %s: no UTF-8", shown_text(member))
+        return sorted(types)
 
     async def get_worker_statuses(self) -> dict[str, WorkerStatus]:
         """The worker status a :class:`~redisaq_core.registry.HealthMonitor` last stored, by id."""
