@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection, parse_url
 
 from ._failures import REDIS_FAILURES
 from .errors import ConfigurationError, ConnectionFailedError, NotConnectedError
@@ -24,6 +26,7 @@ __all__ = [
     "DEFAULT_URL",
     "AnyRedis",
     "RedisComponent",
+    "check_url",
     "create_client",
     "is_cluster",
     "redact_text",
@@ -43,34 +46,86 @@ _SECRET_QUERY = frozenset({"password", "ssl_password"})
 """URL query parameters that hold secrets (redis-py reads both from a URL)."""
 
 
-def _split_userinfo(netloc: str) -> tuple[str | None, str]:
-    """``(userinfo or None, host[:port])`` of a URL's network location (ports not checked)."""
-    userinfo, at, hostport = netloc.rpartition("@")
-    return (userinfo, hostport) if at else (None, netloc)
+_EARLY_END = "/?#"
+"""Characters that end a URL's host part: unencoded in a password, a URL parser cuts it there."""
+
+_PIECES = re.compile(r"[/?#&=;:@]")
+
+
+def _authority(url: str) -> int | None:
+    """Where the part after ``scheme://`` (or a leading ``//``) starts, if there is one."""
+    found = url.find("://")
+    if found >= 0:
+        return found + 3
+    return 2 if url.startswith("//") else None
+
+
+def _userinfo(url: str) -> tuple[int, int] | None:
+    """Start and end of the userinfo: from ``://`` to the URL's *last* ``@``.
+
+    The last one, not the host part a URL parser finds: a password holding an
+    unencoded ``/``, ``?``, ``#`` or ``@`` counts whole as a secret.
+    """
+    start, end = _authority(url), url.rfind("@")
+    return None if start is None or end < start else (start, end)
+
+
+def _query_values(url: str, origin: int) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of each ``name=value`` in the query after the host at ``origin``."""
+    host_end = min((i for i in map(url.find, _EARLY_END, [origin] * 3) if i >= 0), default=-1)
+    question = url.find("?", host_end) if host_end >= 0 else -1
+    if question < 0 or 0 <= url.find("#", host_end) < question:
+        return []
+    fragment = url.find("#", question)
+    pos, values = question + 1, []
+    for pair in url[question + 1 : fragment if fragment >= 0 else len(url)].split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals:
+            values.append((unquote_plus(name).lower(), pos + len(name) + 1, pos + len(pair)))
+        pos += len(pair) + 1
+    return values
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where ``url`` holds secrets: its password and secret query values, in both readings.
+
+    A URL whose userinfo holds ``/``, ``?`` or ``#`` reads two ways: as a URL
+    parser does (the host part ends there) and with everything up to the last
+    ``@`` as userinfo. The query values of both count.
+    """
+    spans: list[tuple[int, int]] = []
+    origins = [] if (start := _authority(url)) is None else [start]
+    bounds = _userinfo(url)
+    if bounds is not None and bounds[0] < bounds[1]:
+        colon = url.find(":", *bounds)
+        spans.append((colon + 1, bounds[1]) if colon >= 0 else bounds)
+        origins.append(bounds[1] + 1)
+    for origin in origins or [0]:
+        spans += [(a, b) for name, a, b in _query_values(url, origin) if name in _SECRET_QUERY]
+    return spans
+
+
+def _ambiguous(url: str) -> bool:
+    """Whether a URL parser ends ``url``'s host part inside what :func:`_userinfo` finds."""
+    bounds = _userinfo(url)
+    return bounds is not None and any(c in url[slice(*bounds)] for c in _EARLY_END)
 
 
 def url_secrets(url: str) -> list[str]:
     """The secrets written in ``url``: its password, raw and percent-decoded, in every form.
 
     That is the userinfo's password (``redis://user:pass@``, or a lone
-    ``redis://pass@``), and the ``password`` and ``ssl_password`` query
-    parameters. Used to scrub them from error texts that might repeat them.
+    ``redis://pass@``), everything up to the URL's last ``@`` counting as
+    userinfo, and the ``password`` and ``ssl_password`` query parameters.
+    Where a password holds an unencoded ``/``, ``?`` or ``#``, each piece
+    of it counts too (a parser would read them as host, port, path or query).
+    Used to scrub them from error texts that might repeat them.
     """
     if not isinstance(url, str) or "://" not in url:
         return []
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    found: list[str] = []
-    userinfo, _ = _split_userinfo(parts.netloc)
-    if userinfo:
-        _, colon, password = userinfo.partition(":")
-        found.append(password if colon else userinfo)
-    for pair in parts.query.split("&"):
-        name, equals, value = pair.partition("=")
-        if equals and unquote_plus(name).lower() in _SECRET_QUERY:
-            found.append(value)
+    found = [url[a:b] for a, b in _secret_spans(url)]
+    if _ambiguous(url) and found:
+        found += _PIECES.split(found[0])
     out: list[str] = []
     for secret in found:
         for form in (secret, unquote(secret), unquote_plus(secret)):
@@ -92,37 +147,27 @@ def redact_url(url: str) -> str:
     Covers ``redis://user:pass@host`` (the user stays), ``redis://:pass@host``,
     a lone ``redis://pass@host`` (all of it could be a password), and the
     ``password`` and ``ssl_password`` query parameters (``unix://`` URLs carry
-    their password that way). Never raises: a malformed port or IPv6 address
-    is kept as written, and what cannot be split at all is shown as
+    their password that way). Everything up to the URL's last ``@`` is taken
+    as userinfo, so a password holding an unencoded ``/``, ``?``, ``#`` or
+    ``@`` is hidden whole. Never raises: a malformed port or IPv6 address is
+    kept as written, and what cannot be split at all is shown as
     ``<unparseable URL>``.
     """
     if not isinstance(url, str):
         return "<not a URL>"
     try:
-        parts = urlsplit(url)
+        urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    userinfo, hostport = _split_userinfo(parts.netloc)
-    netloc = parts.netloc
-    if userinfo is not None:
-        user, colon, _ = userinfo.partition(":")
-        shown = f"{user}:***" if colon else ("***" if userinfo else "")
-        netloc = f"{shown}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = []
-        for pair in query.split("&"):
-            name, equals, _ = pair.partition("=")
-            secret = equals and unquote_plus(name).lower() in _SECRET_QUERY
-            pairs.append(f"{name}=***" if secret else pair)
-        query = "&".join(pairs)
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    if "://" not in url:
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    text = f"{parts.scheme}://{netloc}{parts.path}"  # keeps unix:///path's empty host
-    text += f"?{query}" if query else ""
-    return text + (f"#{parts.fragment}" if parts.fragment else "")
+    shown: list[str] = []
+    pos = 0
+    for a, b in sorted(_secret_spans(url)):
+        if a < pos:  # overlapping spans (two readings of one URL) are hidden as one
+            pos = max(pos, b)
+            continue
+        shown += [url[pos:a], "***"]
+        pos = b
+    return "".join(shown) + url[pos:]
 
 
 def is_cluster(client: AnyRedis) -> bool:
@@ -159,23 +204,61 @@ def create_client(url: str, *, longest_block: float = 0.0, **kwargs: Any) -> Any
     ``SOCKET_TIMEOUT`` seconds plus ``longest_block`` (the longest blocking
     command the caller sends), new connections after ``CONNECT_TIMEOUT``, and
     TCP keepalive probes idle connections. ``kwargs`` and options in the URL's
-    query (``?socket_timeout=5``) take precedence.
+    query (``?socket_timeout=5``) take precedence. A URL no client can be made of
+    raises ``ConfigurationError`` (see :func:`check_url`).
     """
     kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT + longest_block)
     kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
     if not url.lower().startswith("unix:"):
         kwargs.setdefault("socket_keepalive", True)
         kwargs.setdefault("socket_keepalive_options", _keepalive_options())
+    cluster, plain = _checked(url)
+    try:
+        if cluster:
+            return RedisCluster.from_url(plain, decode_responses=False, **kwargs)
+        return Redis.from_url(plain, decode_responses=False, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise _bad_url(url, exc) from None
+
+
+def check_url(url: str) -> None:
+    """Raise ``ConfigurationError`` if :func:`create_client` could make no client of ``url``.
+
+    No I/O. The error shows the URL redacted and no piece of its password.
+    A user name or password holding an unencoded ``/``, ``?`` or ``#`` (where
+    a URL parser ends the host part) is refused rather than read as a host,
+    port or path.
+    """
+    _checked(url)
+
+
+def _checked(url: str) -> tuple[bool, str]:
+    """``(is a cluster URL, the URL for redis-py)`` of a usable ``url``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in CLUSTER_SCHEMES:
-        plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :]
-        return RedisCluster.from_url(plain, decode_responses=False, **kwargs)
-    if scheme not in {"redis", "rediss", "unix"}:
+    if scheme not in CLUSTER_SCHEMES and scheme not in {"redis", "rediss", "unix"}:
         raise ConfigurationError(
             "redis_url must start with redis://, rediss://, unix:// or redis+cluster://, "
             f"got {redact_url(url)!r}"
         )
-    return Redis.from_url(url, decode_responses=False, **kwargs)
+    at = url.rfind("@")
+    if _ambiguous(url) and not any(a <= at < b for _, a, b in _query_values(url, len(scheme) + 3)):
+        raise ConfigurationError(
+            f"bad redis_url {redact_url(url)!r}: its user name or password holds '/', '?' "
+            "or '#' not percent-encoded (write them as %2F, %3F and %23)"
+        )
+    cluster = scheme in CLUSTER_SCHEMES
+    plain = CLUSTER_SCHEMES[scheme] + url[len(scheme) :] if cluster else url
+    try:
+        options: dict[str, Any] = dict(parse_url(plain))
+        if not cluster:  # what redis-py only notices on connecting: an unknown query option
+            options.pop("connection_class", Connection)(**options)
+    except (TypeError, ValueError) as exc:
+        raise _bad_url(url, exc) from None
+    return cluster, plain
+
+
+def _bad_url(url: str, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(f"bad redis_url {redact_url(url)!r}: {redact_text(str(exc), url)}")
 
 
 class RedisComponent:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 from redis import Redis as SyncRedis
@@ -13,9 +16,11 @@ from redis import Redis as SyncRedis
 from redisaq_core import EmbeddedRedis, Producer
 from redisaq_core.cli import common
 from redisaq_core.cli.main import main
-from redisaq_core.connection import redact_text, redact_url, url_secrets
+from redisaq_core.connection import create_client, redact_text, redact_url, url_secrets
 from redisaq_core.embedded import free_port
-from redisaq_core.errors import ConnectionFailedError
+from redisaq_core.errors import ConfigurationError, ConnectionFailedError
+from redisaq_core.web.gateway import Gateway
+from tests.helpers import redisaq
 
 PASSWORD = "pw-" + uuid.uuid4().hex[:10]
 
@@ -131,3 +136,105 @@ def test_a_unix_socket_with_its_password_in_the_query(
     missing = f"unix://{sock}.missing?db=0&password={PASSWORD}"
     code, text = run(capsys, "--redis-url", missing, "-v", "registry", "count")
     assert code == 1 and "password=***" in text
+
+
+# A password with a reserved character written unencoded: a URL parser ends the host part
+# at the first "/", "?" or "#", so the password's pieces would read as host, port or path.
+RESERVED = ["Xy7#Q9zz", "Xy7/Q9zz", "Xy7?Q9zz", "4821/Q9zz"]
+
+
+def shown_pieces(text: str, password: str) -> list[str]:
+    """The pieces of ``password`` (split at reserved characters) that ``text`` shows."""
+    return [piece for piece in re.split(r"[#/?@]", password) if piece and piece in text]
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` (of the suite's server) with user ``alice`` and ``password`` written as is."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://alice:{password}@{parts.netloc}{parts.path}"
+
+
+@pytest.mark.parametrize("password", [*RESERVED, "Xy7@Q9zz", "Xy7/Q9zz?w#v@u"])
+def test_everything_up_to_the_last_at_sign_is_a_secret(password: str) -> None:
+    url = f"redis://alice:{password}@h:6379/0?db=0"
+    assert redact_url(url) == "redis://alice:***@h:6379/0?db=0"
+    assert password in url_secrets(url)
+    first = re.split(r"[#/?]", password)[0]  # what a parser takes for the port
+    assert redact_text(f"connecting to alice:{first}.", url) == "connecting to alice:***."
+    query = "unix:///run/redis.sock?password=s3@cret"  # an "@" in a query value: hidden whole
+    assert "s3" not in redact_url(query) and "cret" not in redact_url(query)
+
+
+@pytest.mark.parametrize("password", RESERVED)
+async def test_a_component_refuses_a_url_its_password_would_be_misread_in(
+    redis_url: str, password: str
+) -> None:
+    url = with_password(redis_url, password)
+    with pytest.raises(ConfigurationError) as info:
+        create_client(url)
+    assert "bad redis_url" in str(info.value) and "%2F, %3F and %23" in str(info.value)
+    assert not shown_pieces(str(info.value), password)
+    producer = Producer("t", redis_url=url)
+    assert not shown_pieces(producer.url, password)
+    with pytest.raises(ConfigurationError) as info:
+        await producer.connect()
+    assert not shown_pieces(str(info.value), password)
+    gateway = Gateway(redis_url=url, redis=None, key_prefix="", heartbeat_timeout=10)
+    with pytest.raises(ConfigurationError) as info:
+        await gateway.start()
+    assert not shown_pieces(str(info.value), password)
+
+
+def test_other_bad_urls_are_one_configuration_error() -> None:
+    for url, reason in [
+        ("redis://app:s3cret@h:notaport/0", "Port could not be cast"),
+        ("redis://h:6379/0?no_such_option=1", "no_such_option"),
+        ("redis+cluster://h:7000?no_such_option=1", "no_such_option"),
+        ("redis://h:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("redis://[::1/0", "Invalid IPv6 URL"),
+    ]:
+        with pytest.raises(ConfigurationError, match=reason) as info:
+            create_client(url)
+        assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("password", RESERVED)
+def test_the_cli_shows_one_line_and_no_piece_of_such_a_password(
+    redis_url: str, password: str
+) -> None:
+    run = redisaq("--redis-url", with_password(redis_url, password), "dlq", "count", "t")
+    assert not shown_pieces(run.stdout + run.stderr, password)
+    assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+    assert run.returncode == 2 and "bad redis_url 'redis" in run.stderr
+
+
+def test_the_cli_hides_a_password_with_an_at_sign(redis_url: str) -> None:
+    run = redisaq("--redis-url", with_password(redis_url, "Xy7@Q9zz"), "dlq", "count", "t")
+    assert not shown_pieces(run.stdout + run.stderr, "Xy7@Q9zz")
+    assert "Traceback" not in run.stderr and run.returncode == 1  # no such user: AUTH fails
+
+
+async def test_passwords_with_reserved_characters_that_do_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with EmbeddedRedis() as server:
+        admin = SyncRedis.from_url(server.url)
+        base = f"127.0.0.1:{server.port}/0"
+        try:
+            admin.config_set("requirepass", "Xy7/Q9#zz?w")
+            encoded = f"redis://:{quote('Xy7/Q9#zz?w', safe='')}@{base}"
+            async with Producer("t", redis_url=encoded) as producer:
+                assert await producer.enqueue({"n": 1})
+            admin = SyncRedis.from_url(encoded)
+            admin.config_set("requirepass", "Xy7@Q9zz")  # an "@" needs no encoding
+            caplog.set_level(logging.INFO, logger="redisaq_core.web.gateway")
+            gateway = Gateway(
+                redis_url=f"redis://:Xy7@Q9zz@{base}", redis=None, key_prefix="",
+                heartbeat_timeout=10,
+            )  # fmt: skip
+            await gateway.start()
+            await gateway.stop()
+        finally:
+            admin.close()
+    assert f"gateway connected to redis://:***@{base}" in caplog.text
+    assert not shown_pieces(caplog.text, "Xy7@Q9zz")

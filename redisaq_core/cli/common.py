@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from ..connection import check_url
+from ..errors import ConfigurationError
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
@@ -185,7 +188,8 @@ def redis_url(args: argparse.Namespace) -> str:
 
     ``--redis-url`` (or ``REDIS_URL``) is taken as written, except that a
     password, user name or TLS file given separately is added when the URL
-    has none. Otherwise the URL is built from host, port and database.
+    has none. Otherwise the URL is built from host, port and database. A URL
+    no client can be made of is a ``UsageError`` (shown redacted).
     """
     username = _option(args, "redis_username", "REDIS_USERNAME")
     password = redis_password(args)
@@ -208,7 +212,12 @@ def redis_url(args: argparse.Namespace) -> str:
     else:
         scheme = "rediss" if tls else "redis"
         url = f"{scheme}://{args.redis_host}:{args.redis_port}/{args.redis_db}"
-    return _complete(url, username, password, tls_files)
+    url = _complete(url, username, password, tls_files)
+    try:
+        check_url(url)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+    return url
 
 
 def _complete(
