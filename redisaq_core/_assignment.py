@@ -20,10 +20,21 @@ def partition_for_key(value: Any, partitions: int) -> int:
 
     ``bytes`` are hashed as they are, anything else as the UTF-8 of ``str(value)``
     (so ``7`` and ``"7"`` land on the same partition). CRC-32 is used rather
-    than ``hash()``, which is salted per process.
+    than ``hash()``, which is salted per process. Text UTF-8 can't encode (a
+    lone surrogate) raises ``PartitionKeyError``.
     """
-    data = value if isinstance(value, bytes) else str(value).encode()
-    return zlib.crc32(data) % partitions
+    return zlib.crc32(_key_bytes(value, "a partition-key value")) % partitions
+
+
+def _key_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        return str(value).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate, from json.loads('"\\ud800"')
+        raise PartitionKeyError(
+            f"{what} must be text UTF-8 can encode, got {value!r} ({exc.reason})"
+        ) from None
 
 
 def assign(
@@ -74,8 +85,8 @@ def moved_partitions(before: Mapping[int, str], after: Mapping[int, str]) -> set
     return {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
 
 
-def key_value(payload: Any, partition_key: str) -> Any:
-    """The value of field ``partition_key`` of ``payload``: what picks its partition."""
+def key_value(payload: Any, partition_key: str) -> bytes:
+    """Field ``partition_key`` of ``payload``, as the bytes :func:`partition_for_key` hashes."""
     if not isinstance(partition_key, str) or not partition_key:
         raise ConfigurationError(
             f"partition_key must be a non-empty field name, got {partition_key!r}"
@@ -85,9 +96,10 @@ def key_value(payload: Any, partition_key: str) -> Any:
             f"partition_key {partition_key!r} needs a mapping payload, got {type(payload).__name__}"
         )
     try:
-        return payload[partition_key]
+        value = payload[partition_key]
     except KeyError:
         raise PartitionKeyError(
             f"partition_key {partition_key!r} is not a field of the payload "
             f"(fields: {', '.join(map(str, list(payload)[:10]))})"
         ) from None
+    return _key_bytes(value, f"the value of partition_key {partition_key!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import orjson
@@ -228,6 +229,22 @@ async def test_partition_key_errors_name_the_field(redis_url: str, topic: str) -
             await producer.enqueue({"id": 1}, partition_key="user")
         with pytest.raises(PartitionKeyError, match="needs a mapping payload"):
             await producer.enqueue([1, 2], partition_key="user")
+
+
+async def test_a_key_value_utf8_cannot_encode_is_a_partition_key_error(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    lone = json.loads('{"user": "\\ud800"}')  # a lone surrogate: valid JSON, no UTF-8
+    async with Producer(topic, redis_url=redis_url, init_partitions=3) as producer:
+        with pytest.raises(PartitionKeyError, match="value of partition_key 'user' must be text"):
+            await producer.enqueue(lone, partition_key="user")
+        with pytest.raises(PartitionKeyError, match="value of partition_key 'user' must be text"):
+            await producer.batch_enqueue([{"user": "ok"}, lone], partition_key="user")
+        with pytest.raises(PartitionKeyError, match="'user'"):
+            await producer.enqueue(lone, partition_key="user", delay=60)
+    assert await _lengths(redis, topic, 3) == [0, 0, 0]
+    with pytest.raises(PartitionKeyError, match="UTF-8 can encode"):
+        partition_for_key(lone["user"], 3)
 
 
 async def test_custom_str_serializer_round_trip(redis_url: str, redis: Redis, topic: str) -> None:
