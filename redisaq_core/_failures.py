@@ -124,6 +124,10 @@ _TRANSIENT = (
 )
 
 
+_MIGRATING = "Lua script attempted to access a non local key in a cluster node"
+"""A script's reply for a key of a slot that moves away while the script runs (retried)."""
+
+
 def recovery_for(exc: BaseException) -> Recovery:
     """Sort a failed Redis call into recreate, retry or stop."""
     if isinstance(exc, (*UNREACHABLE, OutOfMemoryError)):
@@ -132,7 +136,7 @@ def recovery_for(exc: BaseException) -> Recovery:
         text = _reply(str(exc))
         if text.startswith(_GONE):
             return Recovery.RECREATE
-        if text.startswith(_TRANSIENT):
+        if text.startswith(_TRANSIENT) or _MIGRATING in text:
             return Recovery.RETRY
     return Recovery.STOP
 

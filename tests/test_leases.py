@@ -33,6 +33,7 @@ from redisaq_core._membership import lease_due
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._scripts import (
     ACK,
+    COMMIT_ASSIGNMENT,
     ENSURE_PARTITIONS,
     HEARTBEAT,
     JOBS_COMPLETE,
@@ -623,6 +624,20 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
 
     await _beats_on_after(redis_url, redis, topic, spoil)
     assert "heartbeat failed" not in caplog.text
+
+
+async def test_an_assignment_is_written_over_in_place(redis: Redis, topic: str) -> None:
+    # It was deleted, then written field by field: on a cluster whose slot moved away in
+    # between, the script failed half way and left no assignment at all.
+    key = TopicKeys(topic).assignment("g")
+    await redis.hset(key, mapping={"_v": 3, "0": "a", "1": "a", "5": "gone"})
+    assert await COMMIT_ASSIGNMENT(redis, [key], [2, "0", "b"]) == 0  # the version moved on
+    assert await COMMIT_ASSIGNMENT(redis, [key], [3, "0", "b", "1", "a"]) == 1
+    assert await redis.hgetall(key) == {b"_v": b"4", b"0": b"b", b"1": b"a"}
+    await redis.delete(key)
+    await redis.rpush(key, "another client's")
+    assert await COMMIT_ASSIGNMENT(redis, [key], [0, "0", "c"]) == 1
+    assert await redis.hgetall(key) == {b"_v": b"1", b"0": b"c"}
 
 
 async def test_a_member_leaves_past_group_keys_of_another_type(redis: Redis, topic: str) -> None:

@@ -159,6 +159,11 @@ async def test_an_error_no_retry_can_fix_stops_the_consumer_with_the_reply(
             "-NOGROUP No such key 's' or consumer group 'g'",
             Recovery.RECREATE,
         ),
+        (  # a slot migrating away under a script (seen resharding a cluster): retried
+            "Error running script (call to f_1c4b): @user_script:34: @user_script: 34: Lua "
+            "script attempted to access a non local key in a cluster node",
+            Recovery.RETRY,
+        ),
     ],
 )
 def test_recovery_policy(reply: str, recovery: Recovery) -> None:
