@@ -183,6 +183,18 @@ async def test_update_health_sets_status_merges_metadata_and_refreshes_last_seen
         await registry.update_health("svc-1", "fine")
 
 
+@pytest.mark.parametrize("stored", ["[1, 2]", "not json", "[" * 5000])
+async def test_metadata_another_client_spoilt_is_replaced_by_a_merge(
+    registry: ServiceRegistry, redis: Any, stored: str
+) -> None:
+    # Metadata nested past the JSON decoder's depth raised RecursionError at every update.
+    await registry.register_service(_info())
+    await redis.hset(registry.keys.service("svc-1"), "metadata", stored)
+    assert await registry.update_health("svc-1", ServiceStatus.HEALTHY, {"a": 1})
+    got = await registry.get_service("svc-1")
+    assert got is not None and got.metadata == {"a": 1}
+
+
 async def test_concurrent_metadata_merges_lose_nothing(redis_url: str, prefix: str) -> None:
     regs = [ServiceRegistry(redis_url=redis_url, key_prefix=prefix) for _ in range(4)]
     try:

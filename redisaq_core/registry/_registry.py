@@ -174,7 +174,7 @@ class ServiceRegistry(RedisComponent):
             return {}
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the decoder's depth
             value = None
         if isinstance(value, dict):
             return value
