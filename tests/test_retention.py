@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from redisaq_core import ConfigurationError, Consumer, FanOut, Message, Producer, _delivery
 from redisaq_core._retention import server_features
+from redisaq_core._scripts import FANOUT
 from redisaq_core.keys import TopicKeys
 from redisaq_core.metrics import topic_metrics
 from redisaq_core.metrics.prometheus import render_prometheus
@@ -392,3 +393,34 @@ async def test_a_fanout_bridge_deletes_what_it_fanned_out_of_a_delete_acked_sour
 
 async def _at_least(redis: Redis, stream: str, n: int) -> bool:
     return int(await redis.xlen(stream)) >= n
+
+
+@pytest.mark.single_node
+async def test_the_fanout_script_deleting_writes_a_batch_handled_again_once(
+    redis: Redis, topic: str
+) -> None:
+    # With deletion, the acknowledgement was XACKDEL, whose reply for an entry acknowledged
+    # before (that another group still holds) is 2, not -1: a batch handled again after a
+    # lost reply was taken as fresh and written to the targets twice.
+    await _needs_acked_trim(redis)
+    source, target = TopicKeys(topic), TopicKeys(f"{topic}-a")
+    await redis.hset(target.meta, "partitions", 1)
+    for i in range(3):
+        await redis.xadd(source.stream(0), {"p": f'{{"n":{i}}}'})
+    await redis.xgroup_create(source.stream(0), "g", id="0")
+    await redis.xgroup_create(source.stream(0), "behind", id="0")
+    read: Any = await redis.xreadgroup("g", "me", {source.stream(0): ">"})
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    await redis.set(source.lease(0, "g"), "me")
+    keys = [source.stream(0), source.lease(0, "g"), target.meta, target.stream(0)]
+    args: list[Any] = ["g", "me", 1, 1, "0", "~", "1"]
+    for i, entry_id in enumerate(ids):
+        args += [entry_id, 1, 1, 4, 2, "p", f'{{"n":{i}}}']
+    assert await FANOUT(redis, keys, args) == [3]
+    assert await FANOUT(redis, keys, args) == [0, 1, 2, 3]  # all done before: nothing written
+    assert await redis.xlen(target.stream(0)) == 3
+    assert await redis.xlen(source.stream(0)) == 3  # group "behind" has read none of them
+    read = await redis.xreadgroup("behind", "me", {source.stream(0): ">"})
+    await redis.xack(source.stream(0), "behind", *ids)
+    assert await FANOUT(redis, keys, args) == [0, 1, 2, 3]
+    assert await redis.xlen(source.stream(0)) == 0  # every group acknowledged: deleted

@@ -5,7 +5,7 @@
 -- KEYS: source stream, lease, the T target topics' meta hashes, then the target streams
 -- ARGV: group, token, T, the T targets' partition counts as the caller knows them,
 --       maxlen ("0": no trimming), trim ("~" or "="), "1" to delete what every group of the
---       source stream has acknowledged (XACKDEL ... ACKED, Redis 8.2: trim="delete-acked")
+--       source stream has acknowledged (XDELEX ... ACKED, Redis 8.2: trim="delete-acked")
 --       or "0", then per entry:
 --       id, n_writes, then n_writes times: n_streams, stream key index (into KEYS) x n_streams,
 --       n_fields, field, value, ...
@@ -41,11 +41,11 @@ local out = {0}
 local position = 0
 while i <= n do
   position = position + 1
-  local fresh
+  -- XACK's reply says whether the entry was still pending (XACKDEL's does not: it answers
+  -- 2 for one acknowledged before that another group holds).
+  local fresh = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1
   if delete then
-    fresh = redis.call('XACKDEL', KEYS[1], ARGV[1], 'ACKED', 'IDS', 1, ARGV[i])[1] ~= -1
-  else
-    fresh = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1
+    redis.call('XDELEX', KEYS[1], 'ACKED', 'IDS', 1, ARGV[i])
   end
   local writes = tonumber(ARGV[i + 1])
   i = i + 2
