@@ -16,7 +16,6 @@ from typing import Any
 __all__ = [
     "cancel_and_wait",
     "finish_shielded",
-    "raise_if_cancelled",
     "raised_by_the_call",
     "uncancel",
     "wait_event",
@@ -30,17 +29,6 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
-
-
-def raise_if_cancelled() -> None:
-    """Raise ``CancelledError`` if this task was cancelled and a call it awaited swallowed that.
-
-    Before a wait only a cancellation can end (Python 3.11+; earlier ones can't tell).
-    """
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError
 
 
 def raised_by_the_call() -> bool:

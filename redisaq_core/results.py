@@ -49,10 +49,10 @@ import heapq
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -63,7 +63,6 @@ from ._codec import Deserializer, default_deserializer, optional_text
 from ._failures import REDIS_FAILURES, foreign_type, unless_foreign
 from ._job_events import JobEvents
 from ._scripts import Script, run_pipelined
-from ._tasks import raise_if_cancelled
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -203,6 +202,21 @@ class JobRecord:
             "result_error": self.result_error,
             "progress": self.progress,
         }
+
+
+_T = TypeVar("_T")
+
+
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else asyncio.get_running_loop().time() + seconds
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+async def _within(call: Awaitable[_T], seconds: float | None) -> _T:
+    return await (call if seconds is None else asyncio.wait_for(call, seconds))
 
 
 def _resolved(record: JobRecord) -> asyncio.Future[JobRecord]:
@@ -366,11 +380,13 @@ class ResultStore(RedisComponent):
         """
         seconds = None if timeout is None else number(timeout, "timeout", minimum=0, seconds=True)
         key = self._key(job_id)
-        record = await self._finished(job_id, key)  # finished before the call: no deadline
-        if record is not None:
-            return record
+        deadline = _deadline(seconds)
         try:
-            return await asyncio.wait_for(self._wait(job_id, key), seconds)
+            # A job finished before the call is returned whatever the timeout, 0 included.
+            record = await _within(self._finished(job_id, key), seconds or None)
+            if record is not None:
+                return record
+            return await _within(self._wait(job_id, key, deadline), _left(deadline))
         except asyncio.TimeoutError:
             raise JobTimeoutError(f"job {job_id} did not finish within {timeout} s") from None
 
@@ -381,7 +397,7 @@ class ResultStore(RedisComponent):
             raise JobNotFoundError(f"job {job_id} has no record (unknown, or expired)")
         return record if record.finished else None
 
-    async def _wait(self, job_id: str, key: str) -> JobRecord:
+    async def _wait(self, job_id: str, key: str, deadline: float | None) -> JobRecord:
         _, listener = await self._parts()
         channel = TopicKeys(parse_job_id(job_id)[0]).job_channel
         while True:
@@ -393,8 +409,11 @@ class ResultStore(RedisComponent):
                     raise JobNotFoundError(f"job {job_id} has no record (unknown, or expired)")
                 if record.finished:
                     return record
-                raise_if_cancelled()  # a wait past its deadline, cancelled mid-read
-                await future
+                # Bounded by the deadline itself, not only by the caller's cancellation: a
+                # cancellation that lands mid-read can be swallowed by the client.
+                await asyncio.wait({future}, timeout=_left(deadline))
+                if not future.done():
+                    raise asyncio.TimeoutError
             finally:
                 listener.unwatch(job_id, future)
 
@@ -412,22 +431,30 @@ class ResultStore(RedisComponent):
         if not pairs:
             return []
         await self._parts()
-        finished = await asyncio.gather(*(self._finished(job_id, key) for job_id, key in pairs))
+        deadline = _deadline(seconds)
+        reads = asyncio.gather(*(self._finished(job_id, key) for job_id, key in pairs))
+        try:
+            finished = await _within(reads, seconds or None)  # 0: one look, as wait()
+        except asyncio.TimeoutError:
+            raise JobTimeoutError(
+                f"{len(pairs)} of {len(pairs)} jobs did not finish within {timeout} s"
+            ) from None
         tasks = [
-            _resolved(record) if record else asyncio.ensure_future(self._wait(job_id, key))
-            for (job_id, key), record in zip(pairs, finished, strict=True)
+            _resolved(done) if done else asyncio.ensure_future(self._wait(job_id, key, deadline))
+            for (job_id, key), done in zip(pairs, finished, strict=True)
         ]
         try:
-            _, pending = await asyncio.wait(
-                tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION
-            )
+            await asyncio.wait(tasks, timeout=_left(deadline), return_when=asyncio.FIRST_EXCEPTION)
+            late = 0
             for task in tasks:
-                error = task.exception() if task.done() else None
-                if error is not None:
+                error = task.exception() if task.done() else asyncio.TimeoutError()
+                if isinstance(error, asyncio.TimeoutError):  # not done, or done at the deadline
+                    late += 1
+                elif error is not None:
                     raise error
-            if pending:
+            if late:
                 raise JobTimeoutError(
-                    f"{len(pending)} of {len(tasks)} jobs did not finish within {timeout} s"
+                    f"{late} of {len(tasks)} jobs did not finish within {timeout} s"
                 )
             return [task.result() for task in tasks]
         finally:

@@ -295,3 +295,62 @@ async def test_a_job_completed_by_one_group_stays_completed_when_another_dead_le
             await eventually(lambda: b.stats.dead_lettered == 1, message="group b dead-letters")
         record = await job.record()
     assert record is not None and record.status is JobStatus.COMPLETED and record.result == 7
+
+
+@pytest.mark.single_node
+@pytest.mark.parametrize("many", [False, True])
+async def test_a_wait_ends_at_its_timeout_while_redis_stalls(
+    redis_url: str, redis: Any, topic: str, many: bool
+) -> None:
+    # The look for a job finished before the call was outside the deadline: with Redis
+    # stalled, wait(timeout=0.3) took as long as Redis did.
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit({"n": 1})
+    loop = asyncio.get_running_loop()
+
+    async def wait(store: ResultStore, timeout: float) -> Any:
+        return await (store.wait_many([job.id], timeout) if many else store.wait(job.id, timeout))
+
+    async with ResultStore(redis_url=redis_url) as store:
+        with pytest.raises(JobTimeoutError):  # connected and subscribed
+            await wait(store, 0.1)
+        await redis.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # UNPAUSE waits for it too
+        try:
+            started = loop.time()
+            with pytest.raises(JobTimeoutError):
+                await wait(store, 0.3)
+            took = loop.time() - started
+        finally:
+            await redis.execute_command("CLIENT", "UNPAUSE")
+    assert took < 1.2, f"timeout 0.3 s, took {took:.2f} s (Redis answers after 1.5 s)"
+
+
+@pytest.mark.skipif(not hasattr(asyncio.Task, "cancelling"), reason="Python 3.11+ counts them")
+async def test_a_wait_in_a_task_that_caught_an_earlier_cancellation_waits(
+    redis_url: str, topic: str
+) -> None:
+    # A task that caught a cancellation once and went on (its count of cancellations stays
+    # up) waits for a job like any other.
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit({"n": 1})
+    entered = asyncio.Event()
+    async with ResultStore(redis_url=redis_url) as store:
+
+        async def caller() -> Any:
+            try:
+                entered.set()
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                pass
+            return await store.wait(job.id)
+
+        task = asyncio.create_task(caller())
+        await entered.wait()
+        task.cancel()
+
+        async def work(m: Message) -> str:
+            return "done"
+
+        async with Running(Consumer(topic, redis_url=redis_url, **FAST), work):
+            record = await asyncio.wait_for(task, 15)
+    assert record.status is JobStatus.COMPLETED
