@@ -251,6 +251,8 @@ def _checked(url: str) -> tuple[bool, str]:
     try:
         options: dict[str, Any] = dict(parse_url(plain))
         if not cluster:  # what redis-py only notices on connecting: an unknown query option
+            for pool_option in ("max_connections", "timeout"):  # the pool's, not a connection's
+                options.pop(pool_option, None)
             options.pop("connection_class", Connection)(**options)
     except (TypeError, ValueError) as exc:
         raise _bad_url(url, exc) from None

@@ -16,7 +16,13 @@ from redis import Redis as SyncRedis
 from redisaq_core import EmbeddedRedis, Producer
 from redisaq_core.cli import common
 from redisaq_core.cli.main import main
-from redisaq_core.connection import create_client, redact_text, redact_url, url_secrets
+from redisaq_core.connection import (
+    check_url,
+    create_client,
+    redact_text,
+    redact_url,
+    url_secrets,
+)
 from redisaq_core.embedded import free_port
 from redisaq_core.errors import ConfigurationError, ConnectionFailedError
 from redisaq_core.web.gateway import Gateway
@@ -196,6 +202,12 @@ def test_other_bad_urls_are_one_configuration_error() -> None:
         with pytest.raises(ConfigurationError, match=reason) as info:
             create_client(url)
         assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", ["max_connections=5", "timeout=1", "socket_timeout=2"])
+def test_a_url_with_options_of_the_connection_pool_is_taken(options: str) -> None:
+    # The check built a connection of every option: the pool's own were refused.
+    check_url(f"redis://h:6379/0?{options}")
 
 
 @pytest.mark.parametrize("password", RESERVED)
