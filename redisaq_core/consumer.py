@@ -6,13 +6,9 @@ new ones), run the handler, acknowledge what succeeded. See
 :mod:`redisaq_core._membership` for the group protocol and ``docs/design.md``
 for the delivery rules.
 
-Per partition, messages are handled one after another in stream order;
-different partitions are handled concurrently (at most ``concurrency`` at a
-time). A handler that raises leaves its message pending: the partition pauses,
-the message is retried after an exponential backoff (its delivery count
-raised in Redis each time), and the messages after it wait, so per-key order
-holds. After ``max_deliveries`` deliveries the message moves to the
-dead-letter stream and the partition goes on.
+Per partition, messages are handled in stream order, partitions side by side
+(up to ``concurrency``). A failed message is retried after a backoff, the
+messages behind it waiting; after ``max_deliveries`` it is dead-lettered.
 """
 
 from __future__ import annotations
@@ -258,6 +254,7 @@ class Consumer(RedisComponent):
         self._forced = False
         self._from_latest = False
         self._touched: set[str] = set()
+        self._stop_task: asyncio.Task[None] | None = None  # a stop a handler asked for
 
     # ---- public state ---------------------------------------------------------------
     @property
@@ -332,15 +329,21 @@ class Consumer(RedisComponent):
         first). Handlers still running after ``timeout`` (default
         ``shutdown_timeout``) are cancelled; their messages stay pending and are
         reclaimed by the next owner.
-        Idempotent; safe to call from a signal handler's task or a handler.
+        Idempotent; safe to call from a signal handler's task or a handler (or a
+        task a handler started): there it returns at once, and the stop, its
+        timeout included, goes on without it.
         """
         if not self._running:
             return
         self._stopping.set()
         self._interrupt_read()
-        if self._runner is asyncio.current_task() or self._dispatcher.in_handler():
-            return  # a handler stopping its own consumer: it must not wait for itself
         deadline = self.shutdown_timeout if timeout is None else timeout
+        if self._runner is asyncio.current_task() or self._dispatcher.in_handler():
+            self._stop_task = asyncio.create_task(self._stop_within(deadline))  # not awaited
+            return
+        await self._stop_within(deadline)
+
+    async def _stop_within(self, deadline: float) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self._stopped.wait()), deadline)
         except asyncio.TimeoutError:

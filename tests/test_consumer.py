@@ -532,3 +532,22 @@ async def test_a_handler_raising_cancelled_error_of_its_own_is_retried(
     async with Running(consumer, handle_batch if batch else handle, batch=batch):
         await eventually(lambda: set(handled) == set(range(10)), message="all handled")
         assert consumer.running and consumer.stats.failed >= 1
+
+
+async def test_a_stop_a_handler_asks_for_keeps_its_timeout(redis_url: str, topic: str) -> None:
+    # From a handler, or a task it started, stop() returns at once (it can't wait for the
+    # handler to return); the stop goes on, and its timeout cuts a hung handler off. Before,
+    # nothing did: the consumer ran on until shutdown_timeout (here a minute).
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"n": 1})
+    tasks: list[asyncio.Task[None]] = []
+
+    async def handle(m: Message) -> None:
+        tasks.append(asyncio.create_task(consumer.stop(timeout=0.5)))
+        await asyncio.Event().wait()  # hangs
+
+    consumer = Consumer(topic, redis_url=redis_url, shutdown_timeout=60, **FAST)
+    await asyncio.wait_for(consumer.process(handle), 10)
+    await asyncio.wait_for(tasks[0], 5)
+    await consumer.close()
+    assert consumer.stats.handled == 0 and not consumer.running
