@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LAST_ID = "18446744073709551615-18446744073709551615"
+_told: set[str] = set()  # topics warned about (delete-acked on a server without it)
 
 TrimMode = Literal["maxlen", "acked", "delete-acked"]
 TRIM_MODES: tuple[str, ...] = ("maxlen", "acked", "delete-acked")
@@ -94,10 +95,12 @@ async def deletes_acked(client: AnyRedis, trim: object, topic: str) -> bool:
         return False
     if (await server_features(client)).acked_trim:
         return True
-    log.warning(
-        "topic %s is set to delete-acked, which this server can't do: acknowledged entries "
-        "are kept", topic,
-    )  # fmt: skip
+    if topic not in _told:  # read again about once a minute: said once
+        _told.add(topic)
+        log.warning(
+            "topic %s is set to delete-acked, which this server can't do: acknowledged "
+            "entries are kept", topic,
+        )  # fmt: skip
     return False
 
 
