@@ -461,11 +461,13 @@ async def handle(message):
 """
 
 
-async def test_a_process_that_does_not_stop_in_time_is_killed(
+async def _one_stuck(
     redis_url: str, topic: str, workers: Workers
-) -> None:
+) -> tuple[subprocess.Popen[bytes], list[int], int]:
+    """Two processes, one of them in a handler that blocks its event loop: (supervisor,
+    processes, the stuck one). A process may take --shutdown-timeout 0.3 + --heartbeat-ttl
+    0.8 seconds to stop."""
     (workers.dir / "blocking.py").write_text(BLOCKING)
-    # Allowed: --shutdown-timeout 0.3 + --heartbeat-ttl 0.8 seconds.
     proc = workers.start(
         redis_url, topic, "--processes", "2", "--shutdown-timeout", "0.3",
         "--heartbeat-interval", "0.2", "--heartbeat-ttl", "0.8", handler="blocking:handle",
@@ -473,6 +475,13 @@ async def test_a_process_that_does_not_stop_in_time_is_killed(
     pids = workers.children(proc, 2)
     await produce(redis_url, topic, 1)
     (stuck,) = await eventually(lambda: workers.pids(), message="the handler running")
+    return proc, pids, stuck
+
+
+async def test_a_process_that_does_not_stop_in_time_is_killed(
+    redis_url: str, topic: str, workers: Workers
+) -> None:
+    proc, pids, stuck = await _one_stuck(redis_url, topic, workers)
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 10, workers) == 1
     assert not any(alive(p) for p in pids)
@@ -499,16 +508,9 @@ async def test_the_processes_stop_when_the_supervisor_is_killed(
 async def test_a_process_stuck_in_its_handler_ends_when_the_supervisor_is_killed(
     redis_url: str, topic: str, workers: Workers
 ) -> None:
-    (workers.dir / "blocking.py").write_text(BLOCKING)
     # The handler blocks the event loop: the process is ended 0.3 + 0.8 s after it
     # notices, as the supervisor would have killed it.
-    proc = workers.start(
-        redis_url, topic, "--processes", "2", "--shutdown-timeout", "0.3",
-        "--heartbeat-interval", "0.2", "--heartbeat-ttl", "0.8", handler="blocking:handle",
-    )  # fmt: skip
-    pids = workers.children(proc, 2)
-    await produce(redis_url, topic, 1)
-    (stuck,) = await eventually(lambda: workers.pids(), message="the handler running")
+    proc, pids, stuck = await _one_stuck(redis_url, topic, workers)
     assert stuck in pids
     proc.kill()
     proc.wait(timeout=5)
