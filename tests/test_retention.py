@@ -399,9 +399,10 @@ async def _at_least(redis: Redis, stream: str, n: int) -> bool:
 async def test_the_fanout_script_deleting_writes_a_batch_handled_again_once(
     redis: Redis, topic: str
 ) -> None:
-    # With deletion, the acknowledgement was XACKDEL, whose reply for an entry acknowledged
-    # before (that another group still holds) is 2, not -1: a batch handled again after a
-    # lost reply was taken as fresh and written to the targets twice.
+    # With deletion, the bridge acknowledges with XACK (its reply says whether the entry was
+    # still pending, so a batch handled again writes nothing twice), then XDELEX ACKED on
+    # each entry: one every group has acknowledged meanwhile goes, also when the last to
+    # acknowledge was another group. Before (XACKDEL), such entries stayed.
     await _needs_acked_trim(redis)
     source, target = TopicKeys(topic), TopicKeys(f"{topic}-a")
     await redis.hset(target.meta, "partitions", 1)
