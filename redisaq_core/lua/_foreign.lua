@@ -25,3 +25,14 @@ local function over_foreign(command, key, ...)
   end
   return reply
 end
+
+-- INCR a version another client may have spoilt (a value INCR can't take, a key of another
+-- type): it is written over with 1. The server's own errors are raised as they are.
+local function raise_version(key)
+  local raised = redis.pcall('INCR', key)
+  if foreign(raised) then
+    redis.call('SET', key, 1)
+  elseif type(raised) == 'table' then
+    redis.call('INCR', key)
+  end
+end

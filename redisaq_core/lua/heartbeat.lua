@@ -25,36 +25,15 @@ local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function raise_members_version()
-  local raised = redis.pcall('INCR', mv)
-  if foreign(raised) then
-    redis.call('SET', mv, 1)  -- another client's value that INCR can't take: written over
-  elseif type(raised) == 'table' then
-    redis.call('INCR', mv)  -- the server's own error: raised as it is
-  end
-end
-
--- A group key another client made of another type holds none of the group's records: it is
--- deleted and the members' beats write it anew; the server's own errors are raised as they are.
-local function read(reply, key, ...)
-  if foreign(reply) then
-    redis.call('DEL', key)
-    return false
-  elseif type(reply) == 'table' and reply.err then
-    return redis.call(...)
-  end
-  return reply
-end
-
-local since = '(' .. (now - ttl)
-local expired = read(redis.pcall('ZRANGEBYSCORE', members, '-inf', since), members,
-  'ZRANGEBYSCORE', members, '-inf', since) or {}
+-- A group key another client made of another type holds none of the group's records: read
+-- through over_foreign, it is deleted and the members' beats write it anew.
+local expired = over_foreign('ZRANGEBYSCORE', members, '-inf', '(' .. (now - ttl))
 for _, m in ipairs(expired) do
   redis.call('ZREM', members, m)
-  read(redis.pcall('HDEL', tokens, m), tokens, 'HDEL', tokens, m)
+  over_foreign('HDEL', tokens, m)
 end
 if #expired > 0 then
-  raise_members_version()
+  raise_version(mv)
 end
 
 local function whole(raw)  -- a version as stored; another client's that is none reads as 0
@@ -70,8 +49,8 @@ local function versions()
   if info.err then
     info = {}  -- a meta key of another type holds no counts: the member writes them anew
   end
-  local v = whole(read(redis.pcall('HGET', assignment, '_v'), assignment, 'HGET', assignment, '_v'))
-  local m = whole(read(redis.pcall('GET', mv), mv, 'GET', mv))
+  local v = whole(over_foreign('HGET', assignment, '_v'))
+  local m = whole(over_foreign('GET', mv))
   local partitions = info[1] or '0'
   local seen = v .. ' ' .. m .. ' ' .. partitions .. ' ' .. redis.call('ZCARD', members)
   return partitions, info[2] or '1', v, m, seen  -- counts as stored: the member reads them
@@ -88,13 +67,13 @@ if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 and ARGV[8] ~= 'check' the
 end
 
 local replaced = ''
-local holder = read(redis.pcall('HGET', tokens, name), tokens, 'HGET', tokens, name)
+local holder = over_foreign('HGET', tokens, name)
 if holder and holder ~= token then
   if ARGV[4] ~= 'static-join' then
     return {now, -1, {}, {}, 0, holder, 1, 0, {}}
   end
   replaced = holder
-  raise_members_version()
+  raise_version(mv)
 end
 if not holder then
   redis.call('HSET', tokens, name, token)
@@ -102,7 +81,7 @@ elseif replaced ~= '' then
   redis.call('HSET', tokens, name, token)
 end
 if redis.call('ZADD', members, now, name) == 1 then
-  raise_members_version()
+  raise_version(mv)
 end
 
 local states = {}

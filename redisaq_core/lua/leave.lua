@@ -12,17 +12,10 @@ elseif type(holder) == 'table' then
   holder = redis.call('HGET', KEYS[2], ARGV[1])  -- the server's own error: raised as it is
 end
 if holder == ARGV[2] then
-  if foreign(redis.pcall('ZREM', KEYS[1], ARGV[1])) then
-    redis.call('DEL', KEYS[1])  -- no member set: the members' beats write it anew
-  end
+  over_foreign('ZREM', KEYS[1], ARGV[1])  -- no member set: the members' beats write it anew
   redis.call('HDEL', KEYS[2], ARGV[1])
   if KEYS[3] then
-    local raised = redis.pcall('INCR', KEYS[3])
-    if foreign(raised) then
-      redis.call('SET', KEYS[3], 1)  -- another client's value that INCR can't take
-    elseif type(raised) == 'table' then
-      redis.call('INCR', KEYS[3])  -- the server's own error: raised as it is
-    end
+    raise_version(KEYS[3])
   end
   return 1
 end
