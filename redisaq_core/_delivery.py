@@ -32,7 +32,7 @@ from ._codec import (
     decode_payload,
     default_deserializer,
 )
-from ._reads import XREADGROUP, read_streams, xreadgroup_args
+from ._reads import XREADGROUP, create_groups, read_streams, xreadgroup_args
 from ._scripts import ScriptCall
 from ._tracing import Traced, mark
 from .connection import AnyRedis
@@ -309,13 +309,7 @@ class Reader:
         self, redis: AnyRedis, parts: Iterable[OwnedPartition], start: str
     ) -> None:
         """Create the group on every stream of ``parts`` (MKSTREAM; an existing group is kept)."""
-        pipe = redis.pipeline(transaction=False)
-        for part in parts:
-            for stream in part.streams:
-                pipe.xgroup_create(stream, self.group, id=start, mkstream=True)
-        for result in await pipe.execute(raise_on_error=False):
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-                raise result
+        await create_groups(redis, [s for part in parts for s in part.streams], [self.group], start)
 
     async def read(
         self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int

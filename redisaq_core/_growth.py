@@ -13,11 +13,11 @@ start: nothing written there is judged before every group can read it.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from redis.exceptions import ResponseError
 
 from ._failures import foreign_type, unless_foreign
+from ._reads import create_groups
 from ._scripts import CLEAR_FOREIGN, ENSURE_PARTITIONS
 from .connection import AnyRedis
 from .keys import TopicKeys, partition_count, priority_levels
@@ -58,22 +58,10 @@ async def grow(
         for level in range(max(priorities, levels))
         if p >= had or level >= levels
     ]
-    if added:
-        await _carry_groups(client, keys, added)
+    groups = await unless_foreign(client.smembers(keys.groups)) if added else None
+    if groups:  # bytes as stored: a name of any bytes is a group
+        await create_groups(client, added, sorted(groups), "0")
     count, raised = await ENSURE_PARTITIONS(
         client, [keys.meta], [partitions, 1 if exact else 0, priorities]
     )
     return int(count), int(raised)
-
-
-async def _carry_groups(client: AnyRedis, keys: TopicKeys, streams: list[str]) -> None:
-    groups = await unless_foreign(client.smembers(keys.groups)) or set()
-    if not groups:
-        return
-    pipe: Any = client.pipeline(transaction=False)
-    for stream in streams:
-        for group in sorted(groups):  # bytes as stored: a name of any bytes is a group
-            pipe.xgroup_create(stream, group, id="0", mkstream=True)
-    for result in await pipe.execute(raise_on_error=False):
-        if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-            raise result

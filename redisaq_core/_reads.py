@@ -53,6 +53,7 @@ from .connection import AnyRedis
 
 __all__ = [
     "XREADGROUP",
+    "create_groups",
     "read_streams",
     "send_ahead",
     "slot_groups",
@@ -271,6 +272,22 @@ async def read_streams(
     else:
         idle.add((group, consumer))
     return found
+
+
+async def create_groups(
+    redis: AnyRedis, streams: Iterable[str], groups: Iterable[str | bytes], start: str
+) -> None:
+    """Create each of ``groups`` on each of ``streams`` at ``start``, in one round trip.
+
+    MKSTREAM: a stream not there yet is made. A group a stream has already is kept.
+    """
+    pipe: Any = redis.pipeline(transaction=False)
+    for stream in streams:
+        for group in groups:
+            pipe.xgroup_create(stream, group, id=start, mkstream=True)
+    for result in await pipe.execute(raise_on_error=False):
+        if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+            raise result
 
 
 async def send_ahead(redis: Redis, commands: list[tuple[Any, ...]]) -> asyncio.Task[list[Any]]:
