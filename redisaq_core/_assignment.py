@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import ConfigurationError, PartitionKeyError
+from .keys import utf8
 
 __all__ = ["assign", "key_value", "moved_partitions", "partition_for_key"]
 
@@ -27,14 +28,7 @@ def partition_for_key(value: Any, partitions: int) -> int:
 
 
 def _key_bytes(value: Any, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    try:
-        return str(value).encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate, from json.loads('"\\ud800"')
-        raise PartitionKeyError(
-            f"{what} must be text UTF-8 can encode, got {value!r} ({exc.reason})"
-        ) from None
+    return value if isinstance(value, bytes) else utf8(str(value), what, PartitionKeyError)
 
 
 def assign(

@@ -142,12 +142,12 @@ def validate_name(value: object, argument: str) -> str:
     return value
 
 
-def utf8(value: str, argument: str) -> bytes:
-    """``value`` UTF-8 encoded; ``ConfigurationError`` for text it can't hold (a lone surrogate)."""
+def utf8(value: str, argument: str, error: type[ConfigurationError] = ConfigurationError) -> bytes:
+    """``value`` UTF-8 encoded; ``error`` for text it can't hold (a lone surrogate)."""
     try:
         return value.encode()
     except UnicodeEncodeError as exc:
-        raise ConfigurationError(
+        raise error(
             f"{argument} must be text UTF-8 can encode, got {value!r} ({exc.reason})"
         ) from None
 
