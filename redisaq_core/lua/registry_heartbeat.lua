@@ -1,4 +1,4 @@
--- uses: type_index
+-- uses: foreign
 -- Record a heartbeat (last_seen := server time) of a registered service.
 -- KEYS: active (zset), types (set)
 -- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
@@ -21,7 +21,7 @@ redis.call('ZADD', active, seen, id)
 local stype = redis.call('HGET', skey, 'service_type')
 if stype and stype ~= '' then
   local tkey = base .. ':type:' .. stype
-  add_to_type_index(tkey, id)
+  over_foreign('SADD', tkey, id)  -- a type index of another type: written over
   redis.call('SADD', types, stype)
 end
 if ttl > 0 then

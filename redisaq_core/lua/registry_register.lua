@@ -1,4 +1,4 @@
--- uses: type_index, foreign
+-- uses: foreign
 -- Register a service (or replace its registration) and index it, stamped with server time.
 -- KEYS: active (zset), types (set), worker_status (hash; one of another type is replaced)
 -- ARGV: base, service_id, service_type, host, port, status, metadata (JSON),
@@ -29,7 +29,7 @@ redis.call('HSET', skey,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)
 redis.call('ZADD', active, seen, id)
 local tkey = base .. ':type:' .. stype
-add_to_type_index(tkey, id)
+over_foreign('SADD', tkey, id)  -- a type index of another type: written over
 redis.call('SADD', types, stype)
 over_foreign('HDEL', wstatus, id)
 
