@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -475,3 +476,25 @@ def test_bad_input_raises_configuration_error_naming_it(
 def test_a_bad_source_name_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="source"):
         FanOut("a b", ["c"], redis_url="redis://127.0.0.1:1/0")
+
+
+async def test_a_key_value_utf8_cannot_encode_is_dead_lettered_naming_it(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A deserializer can hand back text with a lone surrogate; its entry fails with a
+    # PartitionKeyError that names the key (before, a bare UnicodeEncodeError).
+    def surrogates(data: bytes) -> Any:
+        payload = json.loads(data)
+        if payload["n"] == 1:
+            payload["k"] = "\ud800"
+        return payload
+
+    await produce(redis_url, topic, [{"n": i, "k": "one"} for i in range(3)], partitions=1, key="k")
+    bridge = _bridge(redis_url, topic, [f"{topic}-a"], max_deliveries=1, deserializer=surrogates)
+    async with running(bridge):
+        await eventually(lambda: bridge.stats.fanned_out == 2, timeout=20)
+        await eventually(lambda: bridge.consumer.stats.dead_lettered == 1, timeout=20)
+    assert [r[2]["n"] for r in await rows(redis, f"{topic}-a")] == [0, 2]
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        (letter,) = await dl.list()
+    assert "the value of partition_key 'k'" in letter.error

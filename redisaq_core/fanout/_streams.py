@@ -95,6 +95,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from .._assignment import key_value
 from .._checks import integer, number
 from .._codec import (
     F_BYTES,
@@ -113,11 +114,7 @@ from .._failures import REDIS_FAILURES, UNREACHABLE
 from .._tracing import current_field
 from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..consumer import Consumer
-from ..errors import (
-    AlreadyRunningError,
-    ConfigurationError,
-    PartitionKeyError,
-)
+from ..errors import AlreadyRunningError, ConfigurationError
 from ..keys import MAX_PARTITIONS, TopicKeys, partition_count, validate_name
 from ..message import Message, Received
 from ..metrics import MetricsRecorder
@@ -463,7 +460,7 @@ class FanOut(RedisComponent):
         decoded: Received | None = None
         if m.partition_key is not None:
             decoded = self._decoded(m)
-            hash_ = zlib.crc32(_key_bytes(decoded.payload, m.partition_key))
+            hash_ = zlib.crc32(key_value(decoded.payload, m.partition_key))
         else:
             hash_ = zlib.crc32(m.msg_id.encode())
         outputs: list[tuple[Fields, list[int]]] = []
@@ -521,18 +518,3 @@ class FanOut(RedisComponent):
                 await self._writer.flush(self.redis)
             except REDIS_FAILURES as exc:
                 log.warning("fan-out %s: could not shorten idempotency records: %s", self.name, exc)
-
-
-def _key_bytes(payload: Any, partition_key: str) -> bytes:
-    """The bytes a partition-key value is hashed as (the rule of ``partition_for_key``)."""
-    if not isinstance(payload, Mapping):
-        raise PartitionKeyError(
-            f"partition_key {partition_key!r} needs a mapping payload, got {type(payload).__name__}"
-        )
-    try:
-        value = payload[partition_key]
-    except KeyError:
-        raise PartitionKeyError(
-            f"partition_key {partition_key!r} is not a field of the payload"
-        ) from None
-    return value if isinstance(value, bytes) else str(value).encode()
