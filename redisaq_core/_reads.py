@@ -296,7 +296,7 @@ async def send_ahead(redis: Redis, commands: list[tuple[Any, ...]]) -> asyncio.T
     The task's result has the replies in order, an exception object in place of
     each error reply (as ``pipeline.execute(raise_on_error=False)``). The
     connection goes back to the pool once every reply is read; a connection
-    failure, or the task cancelled midway, closes it first.
+    failure, or the task cancelled (midway or before it ran), closes it first.
     """
     pool: Any = redis.connection_pool  # get_connection is untyped
     conn = await pool.get_connection()
@@ -306,20 +306,45 @@ async def send_ahead(redis: Redis, commands: list[tuple[Any, ...]]) -> asyncio.T
         await conn.disconnect()
         await pool.release(conn)
         raise
-    return asyncio.ensure_future(_replies(pool, conn, len(commands)))
+    reading = _Replies(pool, conn)
+    task = asyncio.ensure_future(reading.read(len(commands)))
+    task.add_done_callback(reading.never_ran)
+    return task
 
 
-async def _replies(pool: Any, conn: Any, count: int) -> list[Any]:
-    replies: list[Any] = []
-    try:
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-    return replies
+class _Replies:
+    """Reads the replies to what :func:`send_ahead` wrote, then gives the connection back."""
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self._pool, self._conn = pool, conn
+        self._started = False
+
+    async def read(self, count: int) -> list[Any]:
+        self._started = True
+        replies: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    replies.append(await self._conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await self._conn.disconnect()
+            raise
+        finally:
+            await self._pool.release(self._conn)
+        return replies
+
+    def never_ran(self, task: asyncio.Task[list[Any]]) -> None:
+        """A task cancelled before it ran never reached :meth:`read`'s ``finally``."""
+        if not self._started:
+            _closing.add(close := asyncio.ensure_future(self._close()))
+            close.add_done_callback(_closing.discard)
+
+    async def _close(self) -> None:
+        await self._conn.disconnect()
+        await self._pool.release(self._conn)
+
+
+_closing: set[asyncio.Future[None]] = set()
+"""Connections being closed after a cancelled read (kept here until done, as asyncio asks)."""

@@ -24,6 +24,7 @@ from redisaq_core import _give_back as give_back
 from redisaq_core import _read_ahead as read_ahead
 from redisaq_core import _settlement as settlement
 from redisaq_core._read_ahead import ReadAhead
+from redisaq_core._reads import send_ahead
 from redisaq_core._scripts import GIVE_BACK, JOBS_COMPLETE
 from redisaq_core._settlement import Settler
 from redisaq_core.connection import create_client
@@ -687,3 +688,22 @@ async def test_a_completion_kept_back_is_dropped_once_its_partition_moved(
         await eventually(lambda: not a._settler._deferred)
     assert await redis.hget(keys.job(0, job.id), "status") == b"dead"
     assert a.stats.fenced == 1
+
+
+async def test_a_reply_task_cancelled_before_it_ran_gives_its_connection_back(
+    redis_url: str,
+) -> None:
+    # The task that reads the replies never started: before, its connection stayed taken
+    # for good, and a pool of one refused every later command.
+    async with Redis.from_url(redis_url, max_connections=1) as client:
+        replies = await send_ahead(client, [("PING",)])
+        replies.cancel()
+        await asyncio.wait([replies])
+
+        async def pings() -> bool:
+            try:
+                return bool(await client.ping())
+            except RedisConnectionError:
+                return False
+
+        await eventually(pings, timeout=5, message="the connection back in the pool")
