@@ -22,6 +22,9 @@ Layout (``redisaq`` is the fixed namespace)::
     redisaq:{t:T}:metrics                     hash  counters and histograms (see metrics.py)
     redisaq:{t:T}:series                      hash  slot -> JSON record of a 5 s bucket, a ring
                                                     of the last 15 minutes (see metrics/_series.py)
+    redisaq:{t:T}:flushed:R                   string the number of metrics recorder R's last
+                                                    flush (so that one resent after its reply
+                                                    was lost is not counted twice); expires
     redisaq:{t:T}:jobs                        pub/sub channel: "<job_id> <status>" on each change
     redisaq:{t:T}:cancels                     pub/sub channel: "<job_id>" of a running job to stop
     redisaq:{t:T}:due                         pub/sub channel: "<partition> <due ms>" when a
@@ -258,6 +261,10 @@ class TopicKeys:
     def series(self) -> str:
         """Hash of the topic's recent time series: a ring of bucket records (metrics/_series.py)."""
         return f"{self._tag}:series"
+
+    def flushed(self, recorder: str) -> str:
+        """String: the number of the last flush metrics recorder ``recorder`` applied."""
+        return f"{self._tag}:flushed:{recorder}"
 
     @property
     def job_channel(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from redisaq_core import ConfigurationError
 from redisaq_core.embedded import free_port
@@ -21,6 +23,7 @@ from redisaq_core.metrics import _reader as metrics_module
 from redisaq_core.metrics.prometheus import render_prometheus
 from tests import job_records as jr
 from tests.helpers import eventually
+from tests.proxy import FaultProxy
 
 
 def _row(view: dict[str, Any], group: str, partition: int) -> dict[str, Any]:
@@ -154,6 +157,40 @@ async def test_flush_failure_keeps_the_counts(redis: Redis, topic: str) -> None:
     assert (row["handled"], row["retried"]) == (2, 1)
     assert row["handler_seconds"]["max"] == 0.5 and row["handler_seconds"]["count"] == 2
     await dead.aclose()
+
+
+@pytest.mark.single_node
+async def test_a_flush_sent_again_after_its_reply_was_lost_counts_once(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The script ran, the reply never came: the recorder's next flush sends it again.
+    # Before, its counts were added twice.
+    await jr.make_topic(redis, topic, 1)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    async with FaultProxy(port) as proxy:
+        client = Redis.from_url(proxy.url, retry=Retry(NoBackoff(), 0))
+        rec = MetricsRecorder(client, topic, "g", flush_interval=60)
+        rec.handled(0, 0.5)
+        await rec.flush()  # the script loaded
+        rec.handled(0, 0.5)
+        rec.handled(0, 0.5)
+        proxy.drop_replies = True
+        flush = asyncio.create_task(rec.flush())
+
+        async def applied() -> bool:
+            return await redis.hget(TopicKeys(topic).metrics, "0 g handled") == b"3"
+
+        await eventually(applied, message="the flush script ran")
+        proxy.drop_replies = False
+        await proxy.cut()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(flush, 10)
+        rec.handled(0, 0.25)
+        await rec.flush()
+        await client.aclose()
+    row = _row(await topic_metrics(redis, topic), "g", 0)
+    assert row["handled"] == 4 and row["handler_seconds"]["count"] == 4
+    assert row["handler_seconds"]["sum"] == pytest.approx(1.75)
 
 
 async def test_in_flight_gauges_of_live_consumers_only(redis: Redis, topic: str) -> None:

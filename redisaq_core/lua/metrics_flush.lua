@@ -3,6 +3,7 @@
 -- KEYS[1]: the metrics hash
 -- KEYS[2]: the topic's series hash (a ring of bucket records, see metrics/_series.py);
 --          needed only by the series ops
+-- KEYS[3]: the recorder's last flush number (a string); needed only by the op n
 -- ARGV[1]: the recorder's flush interval (ms), stored beside each gauge
 -- ARGV[2..]: triples (op, field, value):
 --   i  add an integer (HINCRBY)
@@ -17,11 +18,18 @@
 --   b  add value to the handled messages of group G whose handler took <= bound B and more
 --      than the next smaller bound: field "G B" (B as the metrics hash writes it)
 --   l  lag of group <field> seen now: the record keeps the largest seen in its bucket
+--   n  first triple only: this flush's number, field = how long (ms) KEYS[3] keeps it. If
+--      KEYS[3] holds that number, this flush was applied already (its reply was lost) and
+--      nothing is done; else KEYS[3] is set to it with the rest
 -- A series record that does not decode (written by another client) is replaced; values of
 -- the wrong type in it count as 0. So is a series or metrics key of another type, and a
 -- counter that can't be added to. The counters are checked before the first write, so that
 -- no value another client stored makes the script fail with part of its counts applied.
 -- Returns the number of triples applied.
+local flush = ARGV[2] == 'n' and ARGV[4]
+if flush and redis.pcall('GET', KEYS[3]) == flush then
+  return 0
+end
 local MAX_RECORD = 65536
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -168,5 +176,8 @@ end
 if record then
   redis.call('HSET', KEYS[2], slot, cjson.encode(record))
   redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if flush then
+  redis.call('SET', KEYS[3], flush, 'PX', ARGV[3])
 end
 return n

@@ -59,6 +59,10 @@ _GAUGE_GRACE_MS = 2000
 _GAUGE_FORGET_MS = 3_600_000
 
 
+_FLUSHED_MS = 3_600_000
+"""The least time a recorder's last flush number is kept (a flush is sent again within it)."""
+
+
 def bucket_label(value: float) -> str:
     """A histogram bound as Prometheus writes it in ``le`` (``0.005``, ``10``, ``+Inf``)."""
     return "+Inf" if math.isinf(value) else f"{value:g}"
@@ -97,8 +101,9 @@ class MetricsRecorder:
     seconds. ``redis`` is a client this recorder uses but never closes.
 
     Use ``async with`` or :meth:`start` / :meth:`stop`; :meth:`stop` flushes
-    what is left. If a flush fails (Redis unreachable), its counts are kept
-    and sent with the next one.
+    what is left. If a flush fails (Redis unreachable), it is sent again as it
+    was, before the next one; a flush Redis applied but whose reply was lost is
+    not counted twice (each carries a number Redis keeps for an hour).
     """
 
     def __init__(
@@ -143,6 +148,9 @@ class MetricsRecorder:
         self._gauges: dict[int, int] = {}
         self._dirty_gauges: set[int] = set()
         self._lock = asyncio.Lock()
+        self._flushed_key = self.keys.flushed(uuid.uuid4().hex)
+        self._flushes = 0
+        self._unsent: list[Any] | None = None  # a flush whose reply never came, to send again
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._otel = otel_metrics(topic, self.group)  # None: no OpenTelemetry meter provider
@@ -349,6 +357,9 @@ class MetricsRecorder:
 
     async def _flush(self, *, final: bool) -> None:
         async with self._lock:
+            if self._unsent is not None:
+                await self._send(self._unsent)
+                self._unsent = None
             ints, self._ints = self._ints, {}
             sums, self._sums = self._sums, {}
             maxes, self._maxes = self._maxes, {}
@@ -362,18 +373,25 @@ class MetricsRecorder:
             gauges = self._gauge_args(final)
             if not args and not gauges:
                 return
+            self._flushes += 1
+            keep = max(_FLUSHED_MS, int(10_000 * self.flush_interval))
+            flush = ["n", keep, self._flushes, *args, *gauges, *series_args(ints)]
             try:
-                await METRICS_FLUSH(
-                    self.redis,
-                    [self.keys.metrics, self.keys.series],
-                    [int(self.flush_interval * 1000), *args, *gauges, *series_args(ints)],
-                )
+                await self._send(flush)
             except BaseException:
-                self._merge(ints, sums, maxes)
+                # Sent again as it is, under its number: applied already, it is not again.
+                self._unsent = flush
                 raise
             if final:
                 self._gauges.clear()
             self._dirty_gauges.clear()
+
+    async def _send(self, flush: list[Any]) -> None:
+        await METRICS_FLUSH(
+            self.redis,
+            [self.keys.metrics, self.keys.series, self._flushed_key],
+            [int(self.flush_interval * 1000), *flush],
+        )
 
     def _gauge_args(self, final: bool) -> list[Any]:
         out: list[Any] = []
@@ -384,11 +402,3 @@ class MetricsRecorder:
             elif n or partition in self._dirty_gauges:
                 out += ["g", field, n]
         return out
-
-    def _merge(self, ints: dict[str, int], sums: dict[str, float], maxes: dict[str, float]) -> None:
-        for field, n in ints.items():
-            self._ints[field] = self._ints.get(field, 0) + n
-        for field, value in sums.items():
-            self._sums[field] = self._sums.get(field, 0.0) + value
-        for field, value in maxes.items():
-            self._maxes[field] = max(value, self._maxes.get(field, value))
