@@ -394,3 +394,21 @@ async def test_store_from_url(redis_url: str, redis: Redis, topic: str) -> None:
         assert (await store.wait(jid, timeout=5)).result == [1, 2]
     with pytest.raises(ConfigurationError):
         ResultStore(deserializer="nope")  # type: ignore[arg-type]
+
+
+async def test_a_dead_job_is_not_marked_failed_again(
+    redis: Redis, store: ResultStore, topic: str
+) -> None:
+    # A member paused past its lease resumes after another member dead-lettered the job:
+    # its handler's failure is recorded with job_update, which no lease fences. Before, it
+    # wrote "failed" over the final "dead" for good (the entry is acknowledged, no retry
+    # comes), so a wait begun after that hung until its timeout.
+    await jr.make_topic(redis, topic, 1)
+    jid = await jr.submit(redis, topic)
+    await jr.activate(redis, jid)
+    await jr.kill(redis, jid, "boom", "ValueError")
+    keys = TopicKeys(topic)
+    failed = [jid, keys.job_channel, "failed", "paused", "late", "RuntimeError", 0]
+    assert await JOB_UPDATE(redis, [keys.job(0, jid), keys.jobs(0)], failed) == 0
+    record = await store.wait(jid, timeout=1)
+    assert record.status is JobStatus.DEAD and record.error == "boom"

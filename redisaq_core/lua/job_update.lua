@@ -4,11 +4,12 @@
 --       deliveries (for "active": the attempt number, the entry's delivery count)
 -- Returns 1, or 0 when the record no longer exists (it is not created again; a key of
 -- another type is not a record), the job was cancelled meanwhile (its retry will find
--- it cancelled and skip it) or it is completed (by another member while this one was
--- paused, or by another group).
+-- it cancelled and skip it) or it is completed or dead (by another member while this one
+-- was paused, or by another group; a replayed dead letter is marked active by jobs_started
+-- first).
 local current = redis.pcall('HGET', KEYS[1], 'status')
 if type(current) ~= 'string' or current == 'cancelling' or current == 'cancelled'
-    or current == 'completed' then
+    or current == 'completed' or current == 'dead' then
   return 0
 end
 local t = redis.call('TIME')
