@@ -320,9 +320,15 @@ class RunningJobs:
 
 
 def cancelled_ids(replies: Iterable[Any]) -> set[str]:
-    """The job ids that ``jobs_started`` calls found cancelled (failed calls give none)."""
+    """The job ids that ``jobs_started`` calls found cancelled.
+
+    A failed call raises its error: which of its jobs were cancelled is not known, so
+    none of the batch may run.
+    """
     found: set[str] = set()
     for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
         if isinstance(reply, list):
             found.update(optional_text(r) or "" for r in reply)
     return found

@@ -131,7 +131,8 @@ class Settler:
 
         A job's ``attempts`` is its entry's delivery count, so marking a job
         again before it ran (it waited behind a failed message) counts nothing.
-        Returns the ids of the jobs found cancelled (not marked; not to be run).
+        Returns the ids of the jobs found cancelled (not marked; not to be run); a failed
+        call raises its error (see ``cancelled_ids``).
         """
         by_partition: dict[int, list[Received]] = {}
         for m in messages:

@@ -37,6 +37,7 @@ from redisaq_core import (
 )
 from redisaq_core._cancellation import JOBS_CANCELLED, RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
+from redisaq_core._scripts import JOBS_STARTED
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, died_with, eventually, redisaq
 
@@ -720,3 +721,44 @@ async def test_a_job_completed_by_another_group_stays_completed_when_cancelled_l
     assert await JOBS_CANCELLED(redis, call, ["g", "tok", keys.job_channel, entry, job_id]) == 1
     assert await redis.hget(record, "status") == b"completed"
     assert await acked(redis, topic, group="g")
+
+
+@pytest.mark.single_node
+async def test_a_cancelled_job_is_not_run_when_marking_its_batch_active_fails(
+    redis_url: str, redis: Any, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The script that marks a partition's jobs active also names those cancelled. When it
+    # failed (here Redis is out of memory: the write for the job before it is refused), its
+    # error was taken for "none cancelled" and every handler of the batch ran, the
+    # cancelled job's too. Now the batch is given back and read again once Redis answers.
+    gate = asyncio.Event()
+    seen: list[Any] = []
+
+    async def handler(m: Received) -> None:
+        seen.append(m.job_id or m.payload)
+        if not m.job_id:
+            await gate.wait()
+
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue("first")
+        consumer = Consumer(topic, redis_url=redis_url, batch_size=10, **FAST)
+        async with Running(consumer, handler):
+            await eventually(lambda: seen == ["first"], message="the first message runs")
+            runs, stays = await producer.submit(1), await producer.submit(2)
+            assert await stays.cancel() is JobStatus.CANCELLED
+            policy = (await redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+            await redis.config_set("maxmemory-policy", "noeviction")
+            await redis.config_set("maxmemory", 1)
+            try:
+                gate.set()
+                await eventually(
+                    lambda: len(seen) > 1 or JOBS_STARTED.sha in caplog.text,
+                    message="the batch of both jobs was read",
+                )
+            finally:
+                await redis.config_set("maxmemory", 0)
+                await redis.config_set("maxmemory-policy", policy)
+            assert (await runs.wait(timeout=10)).status is JobStatus.COMPLETED
+            assert (await stays.wait(timeout=10)).status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="all acknowledged")
+    assert seen == ["first", runs.id]
