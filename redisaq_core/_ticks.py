@@ -5,7 +5,9 @@ enqueue what :meth:`Schedule.plan` gives (each with the tick's idempotency key,
 so a tick another process enqueued first writes nothing), record each tick once
 enqueued (``ZADD XX GT``: never back, and never bringing back a removed schedule's;
 a stored schedule's first record only while it is stored, ``schedule_start.lua``),
-then sleep until the next tick.
+then sleep until the next tick. A record lost while the ticker runs (Redis restarted
+without its data) is put back from the last tick it handled, so the ticks since then are
+missed ones (those within the grace are enqueued), not skipped as a new schedule's.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Ticker:
         self._schedules: dict[str, Schedule] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        self._handled: dict[str, int] = {}  # the last tick recorded here, per schedule
 
     @property
     def schedules(self) -> list[Schedule]:
@@ -90,6 +93,7 @@ class Ticker:
     async def remove(self, name: str) -> None:
         """Stop running the schedule ``name`` (if it runs)."""
         self._schedules.pop(name, None)
+        self._handled.pop(name, None)
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
@@ -147,16 +151,14 @@ class Ticker:
         redis = self._redis
         seconds, micros = await redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
-        try:
-            raw = await redis.zscore(schedule_ticks(), schedule.name)
-        except ResponseError as exc:
-            if not foreign_type(exc):
-                raise
-            # Another client's key of another type holds no tick: written over (unless another
-            # schedule's round did so already and recorded its tick there).
-            self.logger.warning("schedule ticks: %s is no sorted set; replaced", schedule_ticks())
-            await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"])
-            raw = await redis.zscore(schedule_ticks(), schedule.name)
+        keys = [schedule_ticks(), *([schedule_definitions()] if self._stored else [])]
+        raw = await self._last_tick(redis, schedule)
+        handled = self._handled.get(schedule.name)
+        if raw is None and handled is not None and handled <= now:
+            # The record is gone, not the schedule (Redis restarted without its data): the
+            # ticks since the last one handled here are missed ones, not a new schedule's.
+            await SCHEDULE_START(redis, keys, [schedule.name, handled])
+            raw = await self._last_tick(redis, schedule)
         last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
         if last is None and raw is not None:
@@ -165,9 +167,10 @@ class Ticker:
                 "starting again from the next tick", schedule.name, raw,
             )  # fmt: skip
             await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True)
+            self._handled[schedule.name] = record
         elif last is None:
-            keys = [schedule_ticks(), *([schedule_definitions()] if self._stored else [])]
-            await SCHEDULE_START(redis, keys, [schedule.name, record])
+            if await SCHEDULE_START(redis, keys, [schedule.name, record]):
+                self._handled[schedule.name] = record
         else:
             # Each tick is recorded once enqueued: a round cut off between the two leaves
             # that one tick to the next round, whose enqueue finds its idempotency key.
@@ -176,11 +179,27 @@ class Ticker:
             for tick in ticks:
                 await self._fire(schedule, tick)
                 await redis.zadd(schedule_ticks(), {schedule.name: tick}, xx=True, gt=True)
+                self._handled[schedule.name] = tick
             if record > last:
                 await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True, gt=True)
+            self._handled[schedule.name] = record
             if len(ticks) >= TICKS_PER_ROUND:
                 return 0.0
         return min(MAX_SLEEP, (schedule.after(now) - now) / 1000 + LATE)
+
+    async def _last_tick(self, redis: AnyRedis, schedule: Schedule) -> float | None:
+        """The last tick of ``schedule`` recorded in Redis (``None``: none)."""
+        try:
+            raw: float | None = await redis.zscore(schedule_ticks(), schedule.name)
+        except ResponseError as exc:
+            if not foreign_type(exc):
+                raise
+            # Another client's key of another type holds no tick: written over (unless another
+            # schedule's round did so already and recorded its tick there).
+            self.logger.warning("schedule ticks: %s is no sorted set; replaced", schedule_ticks())
+            await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"])
+            raw = await redis.zscore(schedule_ticks(), schedule.name)
+        return raw
 
     async def _fire(self, schedule: Schedule, tick: int) -> None:
         producer = await self._producer_for(schedule)

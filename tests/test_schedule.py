@@ -641,3 +641,25 @@ class _Collect(logging.Handler):
 
 async def _longer(redis: Redis, stream: str, than: int) -> bool:
     return int(await redis.xlen(stream)) > than
+
+
+async def test_a_tick_due_after_the_record_was_lost_is_still_enqueued(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Redis restarted without its data between two ticks: the schedule's last tick is gone
+    # from Redis, not the schedule. Before, its ticker took it for a schedule that never
+    # ran and recorded the tick it woke up for without enqueueing it: the tick was skipped,
+    # though within the grace. Now the ticker goes on from the last tick it handled.
+    name = _name()
+    async with Producer(topic, redis_url=redis_url, metrics=False) as producer:
+        producer.add_schedule(Schedule(name, every=1.0, payload="tick"))
+        first = (await eventually(lambda: _ticks(redis, topic), message="a first tick"))[0]
+        await eventually(lambda: _recorded(redis, name, first), message="the first tick recorded")
+        assert await redis.zrem(schedule_ticks(), name) == 1  # the record is lost
+        assert await _ticks(redis, topic) == [first]  # the next tick was not handled yet
+        await eventually(lambda: _ticked_after(redis, topic, first + 1000), message="2 more")
+    assert await _ticks(redis, topic) == [first, first + 1000, first + 2000]
+
+
+async def _recorded(redis: Redis, name: str, tick: int) -> bool:
+    return await redis.zscore(schedule_ticks(), name) == tick
