@@ -219,6 +219,13 @@ class Dispatcher:
                 if entry is not None and entry[0] is part:
                     give_back.owe_run(m, entry[1] - 2)  # runs before this one (the first uncounted)
 
+    def _not_ours(self, messages: list[Received], lost: set[int]) -> list[Received]:
+        """``messages`` but those of the partitions ``lost`` (their leases found gone)."""
+        for number, msgs in _by_partition(messages).items():
+            if number in lost and (part := self.owned.get(number)) is not None:
+                self.fenced(part, len(msgs))
+        return [m for m in messages if m.partition not in lost]
+
     def _retrying(self, m: Received) -> bool:
         """Whether ``m`` failed and waits for its retry (heading its partition's held)."""
         part = self.owned.get(m.partition)
@@ -277,10 +284,12 @@ class Dispatcher:
             defer = False  # acknowledged before their runs are forgotten
         if messages and self._has_jobs(messages):
             try:
-                cancelled = await self.settler.started(redis, messages)
+                cancelled, lost = await self.settler.started(redis, messages)
             except BaseException:  # a forced stop, Redis gone: none of them ran
                 self._never_ran(messages)
                 raise
+            if lost:  # their new owners claim them
+                messages = self._not_ours(messages, lost)
             if cancelled:
                 messages = skip_cancelled(messages, cancelled, done)
             if not batch:

@@ -126,13 +126,14 @@ class Settler:
         partition = message.partition  # a job's record lives in its entry's partition
         return [self.keys.job(partition, job), self.keys.jobs(partition)]
 
-    async def started(self, redis: AnyRedis, messages: list[Received]) -> set[str]:
+    async def started(self, redis: AnyRedis, messages: list[Received]) -> tuple[set[str], set[int]]:
         """Mark the jobs among ``messages`` active: one script call per partition.
 
         A job's ``attempts`` is its entry's delivery count, so marking a job
         again before it ran (it waited behind a failed message) counts nothing.
-        Returns the ids of the jobs found cancelled (not marked; not to be run); a failed
-        call raises its error (see ``cancelled_ids``).
+        Returns the ids of the jobs found cancelled (not marked; not to be run), and
+        the partitions whose lease was found gone (nothing marked; none of their
+        messages to be run). A failed call raises its error (see ``cancelled_ids``).
         """
         by_partition: dict[int, list[Received]] = {}
         for m in messages:
@@ -141,16 +142,19 @@ class Settler:
         calls: list[ScriptCall] = []
         for partition, jobs in by_partition.items():
             # Arguments as bytes: redis-py packs them as they are.
-            keys = [self.keys.jobs(partition).encode()]
+            lease = self.keys.lease(partition, self.group)
+            keys = [self.keys.jobs(partition).encode(), lease.encode()]
             prefix = self.keys.job(partition, "")
-            args: list[Any] = [self._channel, self._name, len(prefix)]
+            args: list[Any] = [self._channel, self._name, len(prefix), self.token]
             for m in jobs:
                 keys.append(f"{prefix}{m.job_id}".encode())
                 args.append(b"%d" % m.deliveries)
             calls.append((JOBS_STARTED, keys, args))
-        if calls:
-            return cancelled_ids(await run_pipelined(redis, calls))
-        return set()
+        if not calls:
+            return set(), set()
+        replies = await run_pipelined(redis, calls)
+        lost = {p for p, r in zip(by_partition, replies, strict=True) if r == -1}
+        return cancelled_ids(replies), lost
 
     async def settle(
         self,

@@ -74,10 +74,12 @@ async def activate(redis: Redis, jid: str, worker: str = "w1") -> None:
     topic, partition = parse_job_id(jid)
     keys = TopicKeys(topic)
     attempts = int(await redis.hget(keys.job(partition, jid), "attempts") or 0) + 1
+    lease = keys.lease(partition, "jr")
+    await redis.set(lease, "jr-token")
     await JOBS_STARTED(
         redis,
-        [keys.jobs(partition), keys.job(partition, jid)],
-        [keys.job_channel, worker, len(keys.job(partition, "")), attempts],
+        [keys.jobs(partition), lease, keys.job(partition, jid)],
+        [keys.job_channel, worker, len(keys.job(partition, "")), "jr-token", attempts],
     )
 
 

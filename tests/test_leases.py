@@ -769,3 +769,28 @@ async def test_no_handler_starts_for_a_partition_past_its_lease(
     async with Running(consumer, started if batch else handle, batch=batch):
         await eventually(lambda: consumer.stats.handled >= 19, timeout=15, message="handled")
     assert unleased == []
+
+
+async def test_jobs_read_before_the_lease_was_lost_are_not_marked_active(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease goes to another member while a read is under way, and that member
+    # dead-letters the job. Before, the first member's mark wrote "active" over "dead" and
+    # ran the handler; its completion was then refused, and the record stayed "active".
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url) as producer:
+        job = await producer.submit({"n": 1})
+    started = Settler.started
+    ran: list[Any] = []
+
+    async def taken_over(self: Settler, client: Any, messages: list[Any]) -> Any:
+        await redis.set(keys.lease(0, "default"), "another-member", px=30_000)
+        await redis.hset(keys.job(0, job.id), "status", "dead")
+        return await started(self, client, messages)
+
+    monkeypatch.setattr(Settler, "started", taken_over)
+    consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.25, poll_interval=0.1)
+    async with Running(consumer, ran.append):
+        await eventually(lambda: consumer.stats.fenced == 1, timeout=10, message="fenced")
+    assert ran == []
+    assert await redis.hget(keys.job(0, job.id), "status") == b"dead"

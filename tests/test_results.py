@@ -317,7 +317,9 @@ async def test_a_completed_job_is_not_marked_active_or_failed_again(
     keys = TopicKeys(topic)
     await redis.hset(keys.job(0, jid), "status", "completed")
     prefix = keys.job(0, "")
-    await JOBS_STARTED(redis, [keys.jobs(0), keys.job(0, jid)], ["ch", "me", len(prefix), 2])
+    await redis.set(keys.lease(0, "g"), "tok")  # another group's member: its lease is its own
+    started = [keys.jobs(0), keys.lease(0, "g"), keys.job(0, jid)]
+    await JOBS_STARTED(redis, started, ["ch", "me", len(prefix), "tok", 2])
     failed = [jid, "ch", "failed", "me", "boom", "RuntimeError", 0]
     assert await JOB_UPDATE(redis, [keys.job(0, jid), keys.jobs(0)], failed) == 0
     assert await store.status(jid) is JobStatus.COMPLETED
