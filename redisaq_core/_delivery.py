@@ -137,6 +137,7 @@ class OwnedPartition:
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)
+    own_sweeps: int = 0  # of those, how many count this member's own pending entries too
 
     @property
     def claiming(self) -> bool:
@@ -146,6 +147,15 @@ class OwnedPartition:
     def ready(self, now: float) -> bool:
         """Whether it may be read at loop time ``now``: kept, and its lease not due to lapse."""
         return not self.revoking and self.valid_until > now
+
+    def look_again(self) -> None:
+        """Look for strays on the next two heartbeats, this member's own entries included.
+
+        The members changed: one back from a pause may have read entries of this
+        partition, and so may an earlier instance of this member's own name.
+        """
+        self.sweeps = max(self.sweeps, 2)
+        self.own_sweeps = 2
 
     def reclaim(self) -> None:
         """Claim every pending entry (from the start of each stream) before reading new ones."""
@@ -549,24 +559,33 @@ class Reader:
 
         A previous owner's read that was already under way when it gave a
         partition up can still hand it entries after this member took over;
-        they would wait in its pending list for ever. One XPENDING summary per
-        stream finds them; the caller claims them.
+        they would wait in its pending list for ever. So can a read of an
+        earlier instance of this member's own name (a static restart while it
+        still ran) into the pending list both share, once it comes back: after
+        a change of members (:meth:`OwnedPartition.look_again`) this member's
+        own pending entries count too (those it is handling are acknowledged
+        before the claim, so the claim brings only what it never had). One
+        XPENDING summary per stream finds them; the caller claims them.
         """
         pipe = redis.pipeline(transaction=False)
         todo = [(part, stream) for part in parts for stream in part.streams]
         for _, stream in todo:
             pipe.xpending(stream, self.group)
         found: list[OwnedPartition] = []
+        own = {part for part in parts if part.own_sweeps > 0}
+        for part in own:
+            part.own_sweeps -= 1
         for (part, _), summary in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(summary, Exception) or part in found:
                 continue
-            others = [as_str(c["name"]) for c in summary.get("consumers") or ()]
-            others = [c for c in others if c != self.name]
+            names = [as_str(c["name"]) for c in summary.get("consumers") or ()]
+            others = [c for c in names if c != self.name]
             if others:
                 log.info(
                     "consumer %s: partition %d has entries pending with %s; claiming them",
                     self.name, part.number, ", ".join(others), extra={"partition": part.number},
                 )  # fmt: skip
+            if others or (names and part in own):
                 found.append(part)
         return found
 

@@ -106,6 +106,8 @@ class Membership:
         self._view: GroupView | None = None
         self._beats = 0
         self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
+        self._members: tuple[tuple[str, ...], int] | None = None  # names, members version
+        self._members_told: tuple[tuple[str, ...], int] | None = None  # as moved() last told
 
     async def beat(self, renew: list[int] | None = None, blind: int = 0) -> GroupView:
         """Heartbeat, then return the group's view with an up-to-date assignment.
@@ -149,9 +151,11 @@ class Membership:
             if self._view is not None and not members and not flat and known:
                 # Nothing changed since the last view: the script sent no lists.
                 self._view = replace(self._view, now_ms=int(now), priorities=priorities)
+                self._members = (self._view.members, int(members_version))
                 return self._view
             stored = _assignment(flat)
             live = tuple(name for name in map(_text, members) if name is not None)
+            self._members = (live, int(members_version))
             wanted = assign(live, count, stored)
             view = GroupView(int(now), count, live, wanted, priorities)
             if wanted == stored:
@@ -169,6 +173,16 @@ class Membership:
         # Members keep racing to commit; they all computed from fresh inputs, so use ours.
         self._view = None
         return view
+
+    def moved(self) -> bool:
+        """Whether the members changed since the last call: their names or the members version.
+
+        The version also moves when an earlier instance of a member's name, replaced by a
+        static restart, heartbeats again: it may have read entries pending under that name.
+        """
+        moved = self._members != self._members_told
+        self._members_told = self._members
+        return moved
 
     def _keep(self, view: GroupView, version: int, members_version: int, stored: int) -> GroupView:
         """Cache ``view`` as of these versions: the next heartbeat sends only what changed.

@@ -592,8 +592,8 @@ class Consumer(RedisComponent):
             )  # fmt: skip
             await grow(self.redis, self.keys, self._partition_count, priorities=self._priorities)
             view = await self._membership.beat()
-        for part in self._owned.values() if view.members != self._members else ():
-            part.sweeps = max(part.sweeps, 2)  # one back from a pause may have read ours
+        for part in self._owned.values() if self._membership.moved() else ():
+            part.look_again()  # one back from a pause may have read ours
         self._members = view.members
         self._partition_count = view.partitions
         # New priority levels (never fewer: their entries would strand): read below.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core import ConfigurationError, Consumer, DuplicateConsumerError, Message, Producer
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from redisaq_core.registry import ServiceRegistry
@@ -350,3 +351,55 @@ async def test_a_member_that_leaves_without_raising_the_members_version_is_notic
         await redis.zrem(members, "older")
         await redis.hdel(tokens, "older")
         await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3], timeout=5)
+
+
+async def test_what_a_replaced_instance_read_under_the_shared_name_is_handled(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """A static restart while the earlier instance still runs (paused, or not yet stopped).
+
+    The earlier instance, blocked on its read from before, is handed a new entry after the
+    restarted one claimed the partition's pending entries; its acknowledgement is fenced,
+    and the entry stays pending under the name both share. The restarted instance never
+    looked at its own name's pending entries again: the entry waited there for ever.
+    """
+    async with Producer(topic, redis_url=redis_url, init_partitions=1):
+        pass
+    seen: list[tuple[str, int]] = []
+
+    def recorder(who: str) -> Callable[[Message], Awaitable[None]]:
+        async def handle(m: Message) -> None:
+            seen.append((who, m.payload["n"]))
+
+        return handle
+
+    # The earlier instance beats rarely: it is told it was replaced only at its next beat.
+    earlier = Consumer(
+        topic, consumer_name="w", static=True, redis_url=redis_url, heartbeat_interval=5.0,
+        heartbeat_ttl=15.0, poll_interval=30.0,
+    )  # fmt: skip
+    running = asyncio.create_task(earlier.process(recorder("earlier")))
+    later = Consumer(topic, consumer_name="w", static=True, redis_url=redis_url, **FAST)
+    try:
+        await eventually(lambda: earlier.assigned_partitions == [0] and earlier._read_started)
+        async with Running(later, recorder("later")):
+            await eventually(
+                lambda: (
+                    later.assigned_partitions == [0]
+                    and not later._owned[0].claiming
+                    and later._owned[0].sweeps == 0  # its look for strays after the take is done
+                    and later._read_started
+                )
+            )
+            async with Producer(topic, redis_url=redis_url) as producer:
+                await producer.enqueue({"n": 1})  # the earlier instance blocked first: it gets it
+            with pytest.raises(DuplicateConsumerError):
+                await asyncio.wait_for(running, 15)
+            assert ("earlier", 1) in seen
+            await eventually(lambda: ("later", 1) in seen, timeout=5, message=f"{seen}")
+            await eventually(lambda: _no_pending(redis, topic, 1))
+    finally:
+        if not running.done():
+            running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await earlier.close()

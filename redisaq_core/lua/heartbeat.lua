@@ -19,7 +19,8 @@
 -- when nothing changed since "known" (the caller keeps what it has); a lease state is
 -- lease.lua's (1 renewed, 2 acquired, 0 held by another). {now_ms, -1, {}, {}, 0,
 -- holder_token, 1, 0, {}} (partitions the number -1) when another live instance holds
--- the name.
+-- the name; refused in "beat" mode (this instance was replaced), the members version is
+-- raised.
 local members, tokens, meta, assignment, mv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -70,6 +71,11 @@ local replaced = ''
 local holder = over_foreign('HGET', tokens, name)
 if holder and holder ~= token then
   if ARGV[4] ~= 'static-join' then
+    if ARGV[4] == 'beat' then
+      -- An earlier instance of a name taken over: what it read meanwhile is pending under
+      -- the name. Raised, so that the members look at their pending entries again.
+      raise_version(mv)
+    end
     return {now, -1, {}, {}, 0, holder, 1, 0, {}}
   end
   replaced = holder
