@@ -23,6 +23,8 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
+from redis.exceptions import ResponseError
+
 from ._assignment import assign
 from ._codec import as_str
 from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
@@ -125,6 +127,8 @@ class Membership:
         self.renewed = {}
         self._beats += 1
         check = "check" if self._beats % NAME_CHECK_EVERY == 0 else ""
+        if mode == "static-join" and not self.previous_token:
+            await self._read_previous_token()
         for _ in range(5):
             known = self._known if self._view is not None else ""
             args = [self.name, self.token, self.ttl_ms, mode, known, self.previous_token, blind]
@@ -173,6 +177,20 @@ class Membership:
         # Members keep racing to commit; they all computed from fresh inputs, so use ours.
         self._view = None
         return view
+
+    async def _read_previous_token(self) -> None:
+        """Note the token the name holds before a static join takes it over.
+
+        The join's reply names it too; but a join whose reply was lost and that ran again
+        finds the name already this instance's, and without that token the earlier
+        instance's leases would only be taken once they expire.
+        """
+        try:
+            holder = await self.redis.hget(self.keys.tokens(self.group), self.name)
+            if holder is not None and as_str(holder) != self.token:
+                self.previous_token = as_str(holder)
+        except (ResponseError, UnicodeDecodeError):
+            pass  # a tokens key of another type, or another client's value: no instance's token
 
     def moved(self) -> bool:
         """Whether the members changed since the last call: their names or the members version.

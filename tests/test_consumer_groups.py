@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, DuplicateConsumerError, Message, Producer
+from redisaq_core import (
+    ConfigurationError,
+    Consumer,
+    DuplicateConsumerError,
+    Message,
+    Producer,
+    _membership,
+)
+from redisaq_core._membership import Membership
+from redisaq_core._scripts import HEARTBEAT
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from redisaq_core.registry import ServiceRegistry
@@ -403,3 +412,34 @@ async def test_what_a_replaced_instance_read_under_the_shared_name_is_handled(
             running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await earlier.close()
+
+
+async def test_a_static_restart_whose_join_reply_was_lost_still_takes_the_leases_over(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A static restart takes over its earlier instance's leases at once, by its token.
+
+    The join's reply names that token. Lost after the script ran (a connection cut, the
+    call sent again), the join ran again and found the name already the restart's own: it
+    never learned the token, and waited out the earlier instance's leases.
+    """
+    async with Producer(topic, redis_url=redis_url, init_partitions=2):
+        pass
+    keys = TopicKeys(topic)
+    crashed = Membership(redis, keys, "default", "a", "crashed-token", 20.0, static=True)
+    view = await crashed.beat()
+    assert await crashed.leases(sorted(view.owned_by("a"))) == {0: 2, 1: 2}
+    lost: list[Any] = []
+
+    async def reply_lost_once(client: Any, keys: list[Any], args: list[Any]) -> Any:
+        if args[3] == "static-join" and not lost:
+            lost.append(await HEARTBEAT(client, keys, args))  # ran; its reply never came
+        return await HEARTBEAT(client, keys, args)  # sent again, as redis-py does
+
+    monkeypatch.setattr(_membership, "HEARTBEAT", reply_lost_once)
+    restarted = Consumer(
+        topic, consumer_name="a", static=True, redis_url=redis_url, heartbeat_ttl=20, **FAST
+    )
+    async with Running(restarted, _noop):
+        await eventually(lambda: restarted.assigned_partitions == [0, 1], timeout=5)
+    assert lost and lost[0][5] == b"crashed-token"  # what the lost reply said
