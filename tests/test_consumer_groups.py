@@ -443,3 +443,21 @@ async def test_a_static_restart_whose_join_reply_was_lost_still_takes_the_leases
     async with Running(restarted, _noop):
         await eventually(lambda: restarted.assigned_partitions == [0, 1], timeout=5)
     assert lost and lost[0][5] == b"crashed-token"  # what the lost reply said
+
+
+async def test_a_member_scored_under_a_clock_ahead_of_the_servers_still_expires(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """Members are scored with the server's TIME; after a failover to a replica whose clock
+    is behind, the scores the old primary wrote lie in the future. A member that stopped
+    then kept its partitions, unread, for as long as the clocks differ (here an hour)."""
+    async with Producer(topic, redis_url=redis_url, init_partitions=4):
+        pass
+    keys = TopicKeys(topic)
+    seconds, micros = await redis.time()
+    ahead = seconds * 1000 + micros // 1000 + 3_600_000
+    await redis.zadd(keys.members("default"), {"stopped": ahead})
+    await redis.hset(keys.tokens("default"), "stopped", "stopped-token")
+    consumer = Consumer(topic, consumer_name="live", redis_url=redis_url, **FAST)
+    async with Running(consumer, _noop):
+        await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3], timeout=5)

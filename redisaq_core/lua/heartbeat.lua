@@ -67,6 +67,14 @@ if ARGV[4] == 'beat' and ARGV[5] ~= '' and #KEYS == 5 and ARGV[8] ~= 'check' the
   end
 end
 
+-- A score ahead of this server's clock was written under another clock (a failover to a
+-- replica whose clock is behind): a member that stopped then would outlive its TTL by the
+-- difference. Such a score counts from now. Not on a steady beat: on those with leases,
+-- changes or a name check.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', members, '(' .. now, '+inf')) do
+  redis.call('ZADD', members, 'XX', now, m)
+end
+
 local replaced = ''
 local holder = over_foreign('HGET', tokens, name)
 if holder and holder ~= token then
