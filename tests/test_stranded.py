@@ -365,6 +365,7 @@ async def test_messages_held_behind_a_trimmed_retry_are_handled_once(
         poll_interval=0.1,
     )  # fmt: skip
     async with Running(consumer, record):
+        await eventually(lambda: len(came) == 5, message="every message handled")
         await eventually(lambda: _no_pending(redis, stream))
     assert cut == [1]
     assert came == {n: [1] for n in range(5)}
