@@ -48,6 +48,7 @@ __all__ = [
     "JOB_UPDATE",
     "LEASE",
     "LEAVE",
+    "LIST_PUSH",
     "MOVE_DUE",
     "REGISTRY_CLEANUP",
     "REGISTRY_CLEAR",
@@ -222,6 +223,7 @@ JOBS_COMPLETE = Script("jobs_complete")
 JOBS_STARTED = Script("jobs_started")
 LEASE = Script("lease")
 LEAVE = Script("leave")
+LIST_PUSH = Script("list_push")
 MOVE_DUE = Script("move_due")
 REGISTRY_CLEANUP = Script("registry_cleanup")
 REGISTRY_CLEAR = Script("registry_clear")

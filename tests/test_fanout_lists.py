@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -174,3 +175,46 @@ async def test_an_output_key_of_another_type_is_refused(
 def test_bad_input(args: tuple[Any, Any], kwargs: dict[str, Any], argument: str) -> None:
     with pytest.raises(ConfigurationError, match=argument):
         FanOut.from_lists(*args, redis_url="redis://127.0.0.1:1/0", **kwargs)
+
+
+@pytest.mark.parametrize("which", ["out", "in", "pending"])
+async def test_a_list_made_of_another_type_while_running_loses_no_item_and_stops_nothing(
+    redis_url: str, redis: Redis, names: dict[str, Any], which: str
+) -> None:
+    # Another client replaces one of the bridge's lists by a string while it runs. Before,
+    # the push's MULTI went on past the failed LPUSH: the item reached the other output and
+    # left the pending list, lost for that output; and such a key ended the bridge's loop.
+    key = {"out": names["out"][1], "in": names["in"], "pending": names["pending"]}[which]
+    bridge = FanOut.from_lists(
+        names["in"], names["out"], pending=names["pending"], redis_url=redis_url, pop_timeout=0.2
+    )
+    warned = asyncio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "another type" in record.getMessage():
+                warned.set()
+
+    seen = Seen()
+    logging.getLogger("redisaq_core").addHandler(seen)
+    try:
+        async with running(bridge) as bridge:
+            await redis.lpush(names["in"], "a")
+            await eventually(lambda: bridge.stats.pushed[names["out"][1]] == 1, timeout=5)
+            await redis.set(key, "another client's")
+            if which != "in":
+                await redis.lpush(names["in"], "b")
+            await eventually(lambda: warned.is_set() or not bridge.running, timeout=5)
+            assert bridge.running
+            if which == "out":  # nothing written while it can't be written everywhere
+                assert await redis.lrange(names["pending"], 0, -1) == [b"b"]
+                assert await redis.lrange(names["out"][0], 0, -1) == [b"a"]
+            await redis.delete(key)  # the other client gives the name back
+            if which == "in":
+                await redis.lpush(names["in"], "b")
+            await eventually(lambda: bridge.stats.pushed[names["out"][1]] == 2, timeout=5)
+    finally:
+        logging.getLogger("redisaq_core").removeHandler(seen)
+    for out in names["out"]:
+        assert await redis.lrange(out, 0, -1) == ([b"b"] if key == out else [b"b", b"a"])
+    assert await redis.llen(names["pending"]) == 0

@@ -13,12 +13,14 @@ before. The bridge loops:
 1. ``BLMOVE in pending RIGHT LEFT pop_timeout`` (``BRPOPLPUSH`` on servers
    older than 6.2): the oldest item moves to the pending list; then, without
    blocking, up to ``batch_size - 1`` more with ``LMOVE``;
-2. one ``MULTI``: ``LPUSH`` the items onto every output list, ``LREM`` each
-   from the pending list, ``EXEC``.
+2. one script (``lua/list_push.lua``): ``LPUSH`` the items onto every output
+   list, ``LREM`` each from the pending list, in one step.
 
 At start-up, and after a lost connection, items left in the pending list (by
 a bridge killed between steps 1 and 2) are pushed to every output list, oldest
-first, before anything else, with the same ``MULTI``.
+first, before anything else, with the same script. A list another client
+replaced by a key of another type is reported and waited for: items stay
+where they are (in the input or the pending list) until it is a list again.
 
 Guarantees. Items keep their order in every output list (FIFO, as the input).
 Step 2 is atomic, so with one bridge per pending list an item reaches every
@@ -52,7 +54,8 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from .._checks import integer, number
-from .._failures import REDIS_FAILURES, Recovery, recovery_for
+from .._failures import REDIS_FAILURES, Recovery, foreign_type, recovery_for
+from .._scripts import LIST_PUSH
 from .._tasks import wait_event
 from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..errors import AlreadyRunningError, ConfigurationError
@@ -95,7 +98,7 @@ class ListFanOut(RedisComponent):
     ``pending``: the list holding items between the pop and the push
     (default ``<in_list>:pending``; one per running bridge). ``pop_timeout``:
     seconds a pop blocks, which bounds a graceful shutdown. ``batch_size``:
-    most items moved per ``MULTI``. ``registry``: register the bridge
+    most items moved per step. ``registry``: register the bridge
     (service type ``fanout``) while it runs, renewed every
     ``heartbeat_interval`` seconds; deleting the registration stops it
     gracefully. ``name``: part of the service id (default host, pid and a
@@ -177,7 +180,7 @@ class ListFanOut(RedisComponent):
                 "on Redis Cluster in_list, pending and out_lists must share one hash slot "
                 "(give them a common hash tag, e.g. {mpush}:in and {mpush}:out0)"
             )
-        # A MULTI is not rolled back when one of its commands fails: refuse keys of another type.
+        # Refused at the start; one made later is waited for (see _loop).
         pipe = client.pipeline(transaction=False)
         for name in names:
             pipe.type(name)
@@ -238,10 +241,15 @@ class ListFanOut(RedisComponent):
                     log.info("list fan-out %s: Redis reachable again", self.name)
                 failing = False
             except REDIS_FAILURES as exc:
-                if recovery_for(exc) is Recovery.STOP:
+                foreign = foreign_type(exc)
+                if not foreign and recovery_for(exc) is Recovery.STOP:
                     raise
                 if not failing:
-                    log.warning("list fan-out %s: Redis unreachable (%s); retrying", self.name, exc)
+                    log.warning(
+                        "list fan-out %s: %s (%s); retrying", self.name,
+                        "a key of another type in place of one of its lists, items wait until "
+                        "it is a list again" if foreign else "Redis unreachable", exc,
+                    )  # fmt: skip
                 failing = True
                 recover = True  # a pop whose reply was lost left its item in the pending list
                 await wait_event(self._stopping, 0.5)
@@ -292,14 +300,15 @@ class ListFanOut(RedisComponent):
         if not left:
             return
         left.reverse()  # items enter the pending list on the left: the oldest is last
-        log.warning(
-            "list fan-out %s: %d item(s) left in %s by an earlier run; pushing them again",
-            self.name, len(left), self.pending,
-        )  # fmt: skip
         for i in range(0, len(left), self.batch_size):
             chunk = left[i : i + self.batch_size]
             await self._push(redis, chunk, lrem_from_tail=True)
             self.stats.recovered += len(chunk)
+        # Logged once pushed: a push that fails is tried again every half second.
+        log.warning(
+            "list fan-out %s: pushed %d item(s) left in %s by an earlier run",
+            self.name, len(left), self.pending,
+        )  # fmt: skip
 
     async def _pop(self, redis: AnyRedis) -> list[bytes]:
         """Move the oldest items of the input list to the pending list (blocking for the first)."""
@@ -346,13 +355,8 @@ class ListFanOut(RedisComponent):
     async def _push(
         self, redis: AnyRedis, items: list[bytes], *, lrem_from_tail: bool = False
     ) -> None:
-        """One MULTI: the items onto every output list, and out of the pending list."""
-        pipe = redis.pipeline(transaction=True)
-        for out in self.out_lists:
-            pipe.lpush(out, *items)
+        """One step: the items onto every output list, and out of the pending list."""
         count = -1 if lrem_from_tail else 1
-        for item in items:
-            pipe.execute_command("LREM", self.pending, count, item)
-        await pipe.execute()
+        await LIST_PUSH(redis, [self.pending, *self.out_lists], [count, *items])
         for out in self.out_lists:
             self.stats.pushed[out] += len(items)
