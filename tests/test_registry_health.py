@@ -463,3 +463,42 @@ async def _silent_for(registry: ServiceRegistry, service_id: str, seconds: float
     info = await registry.get_service(service_id)
     now = await registry.server_time()
     return info is not None and info.last_seen is not None and now - info.last_seen > seconds
+
+
+@pytest.mark.parametrize("index", ["active", "types"])
+@pytest.mark.parametrize(
+    "step", ["check", "register", "heartbeat", "update", "deregister", "cleanup", "clear"]
+)
+async def test_an_index_key_of_another_type_is_taken_as_absent(
+    registry: ServiceRegistry, redis: Redis, index: str, step: str
+) -> None:
+    # The index of every service (a zset) or of the types (a set) replaced by another
+    # client's key. Before, each of these failed on it (WRONGTYPE) for good: every
+    # heartbeat, registration, health check and cleanup.
+    keys = registry.keys
+    await registry.register_service(_info("w"))
+    key = keys.active if index == "active" else keys.types
+    await redis.delete(key)
+    await redis.set(key, "another client's")
+    if step == "check":
+        await HealthMonitor(registry, timeout=5).check()
+    elif step == "register":
+        await registry.register_service(_info("x"))
+        assert "x" in [s.service_id for s in await registry.list_services()]
+    elif step == "heartbeat":
+        assert await registry.heartbeat("w", liveness_ttl=5)
+        assert [s.service_id for s in await registry.list_services()] == ["w"]
+        assert await registry.get_service_types() == ["worker"]
+    elif step == "update":
+        assert await registry.update_health("w", ServiceStatus.HEALTHY)
+        assert [s.service_id for s in await registry.list_services()] == ["w"]
+    elif step == "deregister":
+        assert await registry.deregister_service("w")
+        assert await registry.get_service("w") is None
+    elif step == "cleanup":
+        await registry.cleanup_stale_services(timeout_seconds=0)
+    else:
+        assert await registry.clear_all()
+    if step in ("register", "heartbeat", "clear") or (step, index) == ("update", "active"):
+        # written over by the step (a read, or a step that adds nothing to it, leaves it)
+        assert await redis.type(key) in ((b"zset", b"set", b"none"))

@@ -26,6 +26,19 @@ local function over_foreign(command, key, ...)
   return reply
 end
 
+-- redis.call(command, key, ...) reading a key another client may have made of another type:
+-- nil for such a key (it holds nothing of ours). Other errors are raised.
+local function read_foreign(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.sub(reply.err, 1, 9) == 'WRONGTYPE' then
+      return nil
+    end
+    return redis.call(command, key, ...)
+  end
+  return reply
+end
+
 -- INCR a version another client may have spoilt (a value INCR can't take, a key of another
 -- type): it is written over with 1. The server's own errors are raised as they are.
 local function raise_version(key)

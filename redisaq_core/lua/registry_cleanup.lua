@@ -2,7 +2,8 @@
 -- Remove, in one step, every service whose last heartbeat is older than the timeout.
 -- Age is judged by the server's clock. A concurrent heartbeat runs either before this script
 -- (its service is then fresh and stays) or after it (and finds no record), never in between.
--- KEYS: active (zset), types (set), worker_status (hash; one of another type is deleted)
+-- KEYS: active (zset), types (set), worker_status (hash); a key of another type (another
+--       client's) holds none of ours: the worker status is deleted, the others left alone
 -- ARGV: base, timeout_seconds
 -- Returns the number of services removed.
 local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
@@ -10,11 +11,11 @@ local base = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cutoff = string.format('%.6f', now - tonumber(ARGV[2]))
-local stale = redis.call('ZRANGEBYSCORE', active, '-inf', '(' .. cutoff)
+local stale = read_foreign('ZRANGEBYSCORE', active, '-inf', '(' .. cutoff) or {}
 if #stale == 0 then
   return 0
 end
-local typelist = redis.call('SMEMBERS', types)
+local typelist = read_foreign('SMEMBERS', types) or {}
 for i = 1, #stale, 500 do
   local chunk, keys = {}, {}
   for j = i, math.min(i + 499, #stale) do
@@ -32,7 +33,7 @@ for i = 1, #stale, 500 do
 end
 for _, ty in ipairs(typelist) do
   if redis.call('EXISTS', base .. ':type:' .. ty) == 0 then
-    redis.call('SREM', types, ty)
+    redis.pcall('SREM', types, ty)
   end
 end
 return #stale

@@ -1,17 +1,18 @@
 -- uses: foreign
 -- Remove a service: its record, liveness key, worker status and every index entry.
--- KEYS: active (zset), types (set), worker_status (hash; one of another type is deleted)
+-- KEYS: active (zset), types (set), worker_status (hash); a key of another type (another
+--       client's) holds none of ours: the worker status is deleted, the others left alone
 -- ARGV: base, service_id
 -- Returns 1 when the service had a record or an index entry, else 0.
 local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
 local base, id = ARGV[1], ARGV[2]
-local found = redis.call('DEL', base .. ':service:' .. id) + redis.call('ZREM', active, id)
+local found = redis.call('DEL', base .. ':service:' .. id) + (read_foreign('ZREM', active, id) or 0)
 redis.call('DEL', base .. ':alive:' .. id)
 over_foreign('HDEL', wstatus, id)
-for _, ty in ipairs(redis.call('SMEMBERS', types)) do
+for _, ty in ipairs(read_foreign('SMEMBERS', types) or {}) do
   local tkey = base .. ':type:' .. ty
   if redis.pcall('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
-    redis.call('SREM', types, ty)
+    redis.pcall('SREM', types, ty)
   end
 end
 if found > 0 then

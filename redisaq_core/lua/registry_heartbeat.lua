@@ -1,6 +1,6 @@
 -- uses: foreign
 -- Record a heartbeat (last_seen := server time) of a registered service.
--- KEYS: active (zset), types (set)
+-- KEYS: active (zset), types (set); either of another type (another client's) is replaced
 -- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
 -- Returns the last_seen written ("seconds.micros"), or nil when the service has no record
 -- (or a key of another type in its place);
@@ -17,12 +17,12 @@ end
 local t = redis.call('TIME')
 local seen = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 redis.call('HSET', skey, 'last_seen', seen)
-redis.call('ZADD', active, seen, id)
+over_foreign('ZADD', active, seen, id)
 local stype = redis.call('HGET', skey, 'service_type')
 if stype and stype ~= '' then
   local tkey = base .. ':type:' .. stype
   over_foreign('SADD', tkey, id)  -- a type index of another type: written over
-  redis.call('SADD', types, stype)
+  over_foreign('SADD', types, stype)
 end
 if ttl > 0 then
   redis.call('SET', akey, seen, 'PX', ttl)

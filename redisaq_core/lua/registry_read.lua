@@ -1,5 +1,7 @@
+-- uses: foreign
 -- Read services and their records as one consistent snapshot, with the server's time.
--- KEYS: active (zset), index (the active zset again, or one type's set)
+-- KEYS: active (zset), index (the active zset again, or one type's set); a key of another
+--       type (another client's) names no service
 -- ARGV: base, max_age_seconds ('' for no age limit: every indexed service)
 -- Returns {now_seconds, now_micros, id, last_seen_score, alive (0/1), {field, value, ...}, ...}
 -- Ids without a record (or with a key of another type), or not in the active index, are
@@ -15,9 +17,9 @@ end
 local ids
 if index == active then
   if cutoff then
-    ids = redis.call('ZRANGEBYSCORE', active, cutoff, '+inf')
+    ids = read_foreign('ZRANGEBYSCORE', active, cutoff, '+inf') or {}
   else
-    ids = redis.call('ZRANGE', active, 0, -1)
+    ids = read_foreign('ZRANGE', active, 0, -1) or {}
   end
 else
   ids = redis.pcall('SMEMBERS', index)
@@ -28,7 +30,7 @@ end
 local limit = cutoff and tonumber(cutoff)
 local out = {t[1], t[2]}
 for _, id in ipairs(ids) do
-  local score = redis.call('ZSCORE', active, id)
+  local score = read_foreign('ZSCORE', active, id)
   if score and ((not limit) or tonumber(score) >= limit) then
     local fields = redis.pcall('HGETALL', base .. ':service:' .. id)
     if fields.err then

@@ -1,6 +1,7 @@
 -- uses: foreign
 -- Register a service (or replace its registration) and index it, stamped with server time.
--- KEYS: active (zset), types (set), worker_status (hash; one of another type is replaced)
+-- KEYS: active (zset), types (set), worker_status (hash); any of them of another type
+--       (another client's) is replaced
 -- ARGV: base, service_id, service_type, host, port, status, metadata (JSON),
 --       alive_ttl_ms (0: no liveness key)
 -- The record, type and liveness keys are built from base and share its hash tag, so every
@@ -14,11 +15,11 @@ local seen = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local skey = base .. ':service:' .. id
 
 -- a re-registration may change the type: leave every other type's index
-for _, other in ipairs(redis.call('SMEMBERS', types)) do
+for _, other in ipairs(read_foreign('SMEMBERS', types) or {}) do
   if other ~= stype then
     local tkey = base .. ':type:' .. other
     if redis.pcall('SREM', tkey, id) == 1 and redis.call('EXISTS', tkey) == 0 then
-      redis.call('SREM', types, other)
+      redis.pcall('SREM', types, other)
     end
   end
 end
@@ -27,10 +28,10 @@ redis.call('DEL', skey)
 redis.call('HSET', skey,
   'service_id', id, 'host', ARGV[4], 'port', ARGV[5], 'service_type', stype,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)
-redis.call('ZADD', active, seen, id)
+over_foreign('ZADD', active, seen, id)
 local tkey = base .. ':type:' .. stype
 over_foreign('SADD', tkey, id)  -- a type index of another type: written over
-redis.call('SADD', types, stype)
+over_foreign('SADD', types, stype)
 over_foreign('HDEL', wstatus, id)
 
 local akey = base .. ':alive:' .. id

@@ -1,5 +1,6 @@
+-- uses: foreign
 -- Set a registered service's health status, optionally its metadata, and refresh last_seen.
--- KEYS: active (zset)
+-- KEYS: active (zset; one of another type, another client's, is replaced)
 -- ARGV: base, service_id, status, expected_metadata, new_metadata,
 --       replace ("1": write new_metadata if the stored metadata still equals
 --       expected_metadata; "0": leave the metadata alone)
@@ -20,5 +21,5 @@ end
 local t = redis.call('TIME')
 local seen = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 redis.call('HSET', skey, 'status', ARGV[3], 'last_seen', seen)
-redis.call('ZADD', KEYS[1], seen, id)
+over_foreign('ZADD', KEYS[1], seen, id)
 return seen

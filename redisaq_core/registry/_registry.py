@@ -308,21 +308,25 @@ class ServiceRegistry(RedisComponent):
         return [r.info for r in snap.records if r.info.status == ServiceStatus.HEALTHY.value]
 
     async def get_service_count(self, service_type: str | None = None) -> int:
-        """How many services are registered (of ``service_type``, if given)."""
+        """How many services are registered (of ``service_type``, if given).
+
+        An index another client made of another type counts none.
+        """
         redis = await self._ensure()
         if service_type is None:
-            return int(await redis.zcard(self.keys.active))
+            return int(await unless_foreign(redis.zcard(self.keys.active)) or 0)
         _check_token(service_type, "service_type")
-        return int(await redis.scard(self.keys.service_type(service_type)))
+        return int(await unless_foreign(redis.scard(self.keys.service_type(service_type))) or 0)
 
     async def get_service_types(self) -> list[str]:
         """The types that have at least one registered service, sorted.
 
-        A member that is no UTF-8 (another client's: no type of a service) is skipped.
+        A member that is no UTF-8 (another client's: no type of a service) is skipped, and
+        so is a key of another type in the index's place.
         """
         redis = await self._ensure()
         types: list[str] = []
-        for member in await redis.smembers(self.keys.types):
+        for member in await unless_foreign(redis.smembers(self.keys.types)) or ():
             try:
                 types.append(as_str(member))
             except UnicodeDecodeError:
