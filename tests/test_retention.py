@@ -121,6 +121,28 @@ async def test_acked_trim_keeps_everything_for_a_group_not_yet_on_the_stream(
             assert await redis.xlen(keys.stream(0)) == 200
 
 
+async def test_acked_trim_keeps_a_pending_entry_whose_id_is_past_lua_numbers(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Another client's entry with an explicit sequence number past 2**53 makes every later
+    # id's such. The emulated trim compared and stepped ids as Lua numbers, which round
+    # there: the bound below the pending entry rounded up past it, and it was trimmed.
+    keys = TopicKeys(topic)
+    stream = keys.stream(0)
+    await redis.xadd(stream, {"x": "another client's"}, id="99999999999999-9007199254740990")
+    await redis.xgroup_create(stream, "g", id="0")
+    await redis.sadd(keys.groups, "g")
+    async with Producer(topic, redis_url=redis_url, maxlen=1, trim="acked") as producer:
+        for i in range(5):
+            await producer.enqueue({"n": i})
+        [[_, entries]] = await redis.xreadgroup("g", "c", {stream: ">"}, count=6)
+        ids = [entry_id for entry_id, _ in entries]
+        assert ids[5] == b"99999999999999-9007199254740995"
+        await redis.xack(stream, "g", *ids[:5])
+        await producer.enqueue({"n": 5})  # trims (closing waits for the trim)
+    assert (await redis.xrange(stream))[0][0] == ids[5]
+
+
 async def test_a_lagging_group_is_warned_about(
     redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -9,12 +9,21 @@ local maxlen = tonumber(ARGV[1])
 if len <= maxlen then
   return {0, len}
 end
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return {tonumber(ms), tonumber(seq)}
+-- Ids are compared as text: a sequence number past 2^53 (another client's entry with an
+-- explicit id makes the ones after it such) is no exact Lua number.
+local function less(a, b)  -- decimal numbers without leading zeros
+  if #a ~= #b then
+    return #a < #b
+  end
+  return a < b
 end
 local function before(a, b)
-  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  if a_ms ~= b_ms then
+    return less(a_ms, b_ms)
+  end
+  return less(a_seq, b_seq)
 end
 local groups = {}
 for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -24,37 +33,39 @@ for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   end
   groups[g['name']] = g
 end
--- safe: entries with an id below it have been acknowledged by every group.
-local safe = nil
+-- safe: entries up to it (in XRANGE's syntax: "(id" excludes id) have been acknowledged
+-- by every group; id: where it lies.
+local safe, safe_id = nil, nil
 for i = 3, #ARGV do
   if groups[ARGV[i]] == nil then
     return {0, len}
   end
 end
 for name, g in pairs(groups) do
-  local bound
+  -- Below its oldest pending entry, or up to its last delivered one.
+  local bound, id
   if tonumber(g['pending']) > 0 then
-    bound = parse(redis.call('XPENDING', KEYS[1], name)[2])
+    id = redis.call('XPENDING', KEYS[1], name)[2]
+    bound = '(' .. id
   else
-    bound = parse(g['last-delivered-id'])
-    bound[2] = bound[2] + 1
+    id = g['last-delivered-id']
+    bound = id
   end
-  if safe == nil or before(bound, safe) then
-    safe = bound
+  -- "(id" ends before "id" does: at an equal id, the exclusive one is the tighter.
+  if safe == nil or before(id, safe_id) or (id == safe_id and string.sub(bound, 1, 1) == '(') then
+    safe, safe_id = bound, id
   end
 end
 local limit = math.min(len - maxlen, tonumber(ARGV[2]))
-local last
-if safe == nil then
-  last = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', limit)
-else
-  local bound = string.format('(%d-%d', safe[1], safe[2])
-  last = redis.call('XRANGE', KEYS[1], '-', bound, 'COUNT', limit)
-end
+local last = redis.call('XRANGE', KEYS[1], '-', safe or '+', 'COUNT', limit)
 local n = #last
 if n == 0 then
   return {0, len}
 end
-local cut = parse(last[n][1])
-redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', cut[1], cut[2] + 1))
+-- The entry after the last one removed is the first kept (there is one: n < len).
+local kept = redis.call('XRANGE', KEYS[1], '(' .. last[n][1], '+', 'COUNT', 1)[1]
+if kept == nil then
+  return {0, len}
+end
+redis.call('XTRIM', KEYS[1], 'MINID', kept[1])
 return {n, len - n}
