@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["Due", "due_time", "integer", "number"]
+__all__ = ["Due", "due_time", "integer", "number", "payload_list"]
 
 
 def _bounds(minimum: float | None, above: float | None, maximum: float | None) -> str:
@@ -68,6 +69,18 @@ def integer(value: Any, argument: str, *, minimum: int = 1, maximum: int | None 
     ):
         raise ConfigurationError(
             f"{argument} must be an integer{_bounds(minimum, None, maximum)}, got {value!r}"
+        )
+    return value
+
+
+def payload_list(value: Any) -> Iterable[Any]:
+    """``value`` as the payloads of a batch: a str, bytes or mapping is one payload, refused."""
+    if isinstance(value, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
+        value, Iterable
+    ):
+        raise ConfigurationError(
+            f"payloads must be an iterable of payloads (a list, say), got a "
+            f"{type(value).__name__}; enqueue() takes a single payload"
         )
     return value
 

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from ._appends import append
 from ._assignment import key_value, partition_for_key
 from ._batching import CommandBatcher
-from ._checks import Due, due_time, integer, number
+from ._checks import Due, due_time, integer, number, payload_list
 from ._codec import (
     F_CREATED,
     F_JOB,
@@ -542,13 +542,15 @@ class Producer(RedisComponent):
         """Enqueue many payloads in one round trip; return their ids in input order.
 
         Every payload is serialized before anything is sent, so a payload that
-        can't be encoded raises ``SerializationError`` with nothing enqueued.
+        can't be encoded raises ``SerializationError`` with nothing enqueued; a str,
+        bytes or mapping (one payload, not a list of them) raises ``ConfigurationError``.
         A batch cut off half-way (the connection dropped) may have written some
         of its entries: give an ``idempotency_key`` and a retry of the same batch
         writes only those missing (payload ``i`` is enqueued under ``"<key>:<i>"``).
         ``delay`` or ``at`` (every payload due then, in input order), ``timeout``,
         ``maxlen`` and ``approximate``: as for :meth:`enqueue`.
         """
+        payloads = payload_list(payloads)
         due = due_time(delay, at)
         trims = None
         if timeout is not None or maxlen is not None or approximate is not None:

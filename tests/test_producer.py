@@ -223,6 +223,24 @@ async def test_unserializable_payload_sends_nothing(
     assert await redis.exists(TopicKeys(topic).stream(0)) == 0
 
 
+async def test_a_single_payload_given_to_batch_enqueue_is_refused(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A str, bytes or dict is iterable: it was enqueued as one message per character,
+    # byte or key.
+    async with Producer(topic, redis_url=redis_url) as producer:
+        for one in ("hello", b"hello", {"a": 1, "b": 2}, Message(topic, {"n": 1}), 5):
+            with pytest.raises(ConfigurationError, match="payloads must be an iterable"):
+                await producer.batch_enqueue(one)
+            with pytest.raises(ConfigurationError, match="payloads must be an iterable"):
+                await producer.batch_enqueue(one, delay=10)
+            with pytest.raises(ConfigurationError, match="payloads must be an iterable"):
+                await producer.batch_enqueue(one, idempotency_key="k")
+        assert await producer.batch_enqueue(iter([{"n": 1}])) != []
+    assert await redis.exists(TopicKeys(topic).delayed(0)) == 0
+    assert await redis.xlen(TopicKeys(topic).stream(0)) == 1
+
+
 async def test_partition_key_errors_name_the_field(redis_url: str, topic: str) -> None:
     async with Producer(topic, redis_url=redis_url) as producer:
         with pytest.raises(PartitionKeyError, match="'user' is not a field"):
