@@ -22,7 +22,7 @@ from ._scripts import CLEAR_FOREIGN, ENSURE_PARTITIONS
 from .connection import AnyRedis
 from .keys import TopicKeys, partition_count, priority_levels
 
-__all__ = ["add_group", "grow"]
+__all__ = ["add_group", "add_member", "grow"]
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,22 @@ async def add_group(client: AnyRedis, keys: TopicKeys, group: str) -> bool:
 
     A groups key another client made of another type names none: it is replaced.
     """
+    return await add_member(client, keys.groups, group)
+
+
+async def add_member(client: AnyRedis, key: str, member: str) -> bool:
+    """Add ``member`` to the set ``key``; whether it was not there.
+
+    A key another client made of another type holds no member: it is replaced.
+    """
     try:
-        return bool(await client.sadd(keys.groups, group))
+        return bool(await client.sadd(key, member))
     except ResponseError as exc:
         if not foreign_type(exc):
             raise
-    log.warning("topic %s: %s was no set; replaced", keys.topic, keys.groups)
-    await CLEAR_FOREIGN(client, [keys.groups], ["set"])
-    return bool(await client.sadd(keys.groups, group))
+    log.warning("%s was no set; replaced", key)
+    await CLEAR_FOREIGN(client, [key], ["set"])
+    return bool(await client.sadd(key, member))
 
 
 async def grow(

@@ -35,7 +35,7 @@ from ._codec import (
 )
 from ._compat import UNSET, legacy_logger, renamed, stored_partitions, zero_is_none
 from ._failures import REDIS_FAILURES, out_of_memory
-from ._growth import grow
+from ._growth import add_member, grow
 from ._once import check_once, first_job
 from ._retention import Retention, TrimMode, check_trim, server_features
 from ._scripts import (
@@ -175,7 +175,7 @@ class Producer(RedisComponent):
         count, levels = await grow(
             client, self.keys, self.init_partitions, priorities=self.priorities
         )
-        await client.sadd(TopicKeys.topic_index(), self.topic)
+        await add_member(client, TopicKeys.topic_index(), self.topic)
         await server_features(client)  # once per client: warns about an evicting server
         await self._retention.start(client)
         if self.maxlen is not None or self.trim != "maxlen":

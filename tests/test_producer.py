@@ -186,6 +186,27 @@ async def test_a_partition_count_another_client_spoilt_does_not_end_the_refresh(
         assert await redis.hget(meta, "partitions") == b"3"
 
 
+async def test_a_topic_index_another_client_made_of_another_type_stops_no_producer(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Every connect() failed with WRONGTYPE while another client's key was at the index.
+    index = TopicKeys.topic_index()
+    saved = f"{index}:saved"  # the same slot
+    had = await redis.exists(index)
+    if had:
+        await redis.rename(index, saved)
+    try:
+        await redis.set(index, "another client's")
+        async with Producer(topic, redis_url=redis_url) as producer:
+            await producer.enqueue({"n": 1})
+        assert await redis.smembers(index) == {topic.encode()}
+    finally:
+        await redis.delete(index)
+        if had:
+            await redis.rename(saved, index)
+    assert await redis.xlen(TopicKeys(topic).stream(0)) == 1
+
+
 async def test_a_close_ends_a_refresh_that_lost_its_cancellation(
     redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
