@@ -428,6 +428,21 @@ async def test_foreign_data_in_the_delayed_keys_or_on_the_due_channel_stops_noth
         assert sorted(got) == [1, 2]
 
 
+async def test_a_delayed_key_another_client_made_of_another_type_is_replaced(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # It holds no delayed entry, yet every delayed enqueue on its partition failed with
+    # WRONGTYPE, one already due as well.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await redis.set(keys.delayed(0), "another client's")
+        await producer.enqueue({"n": 0}, delay=0)
+        await redis.set(keys.delayed(0), "another client's")
+        await producer.batch_enqueue([{"n": 1}, {"n": 2}], delay=60)
+    assert await redis.xlen(keys.stream(0)) == 1
+    assert await redis.zcard(keys.delayed(0)) == 2
+
+
 async def test_monitor_shows_the_scheduled_count(redis_url: str, redis: Redis, topic: str) -> None:
     async with Producer(topic, redis_url=redis_url, init_partitions=3, priorities=2) as producer:
         await producer.batch_enqueue([{"n": i} for i in range(5)], delay=60)

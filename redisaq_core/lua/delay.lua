@@ -37,6 +37,11 @@ if tonumber(ARGV[7]) > 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if foreign(redis.pcall('ZCARD', delayed)) then
+  -- Another client's key of another type holds no delayed entry (move_due.lua passes it
+  -- over): it is replaced.
+  redis.call('DEL', delayed)
+end
 local due = tonumber(ARGV[2])
 if ARGV[1] == 'in' then
   due = now + due
