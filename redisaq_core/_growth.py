@@ -35,19 +35,19 @@ async def add_group(client: AnyRedis, keys: TopicKeys, group: str) -> bool:
     return await add_member(client, keys.groups, group)
 
 
-async def add_member(client: AnyRedis, key: str, member: str) -> bool:
-    """Add ``member`` to the set ``key``; whether it was not there.
+async def add_member(client: AnyRedis, key: str, *members: str) -> bool:
+    """Add ``members`` to the set ``key``; whether any was not there.
 
     A key another client made of another type holds no member: it is replaced.
     """
     try:
-        return bool(await client.sadd(key, member))
+        return bool(await client.sadd(key, *members))
     except ResponseError as exc:
         if not foreign_type(exc):
             raise
     log.warning("%s was no set; replaced", key)
     await CLEAR_FOREIGN(client, [key], ["set"])
-    return bool(await client.sadd(key, member))
+    return bool(await client.sadd(key, *members))
 
 
 async def grow(

@@ -27,6 +27,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from ._codec import Deserializer, shown_text
+from ._failures import unless_foreign
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError
 from .keys import TopicKeys, is_name, partition_count
@@ -95,7 +96,7 @@ class Monitor(RedisComponent):
     async def topic_names(self) -> list[str]:
         """Every known topic, sorted (members of the index that are no topic name skipped)."""
         redis, _, _ = await self._parts()
-        indexed = await redis.smembers(TopicKeys.topic_index())
+        indexed = await unless_foreign(redis.smembers(TopicKeys.topic_index())) or ()
         return sorted(n for n in (shown_text(t) for t in indexed) if is_name(n))
 
     async def topic(self, name: str) -> dict[str, Any] | None:

@@ -482,7 +482,7 @@ class ResultStore(RedisComponent):
             raise ConfigurationError(f"limit must be an integer >= 1, got {limit!r}")
         redis = await self._ensure()
         if topic is None:
-            indexed = await redis.smembers(TopicKeys.topic_index())
+            indexed = await unless_foreign(redis.smembers(TopicKeys.topic_index())) or ()
             names = sorted(n for n in (optional_text(t) or "" for t in indexed) if is_name(n))
         else:
             TopicKeys(topic)

@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer
+from redisaq_core import ConfigurationError, Consumer, FanOut, Message, Producer
 from redisaq_core._scripts import DEAD_LETTER
 from redisaq_core.dlq import DeadLetters
 from redisaq_core.keys import TopicKeys
+from redisaq_core.monitor import Monitor
+from redisaq_core.results import ResultStore
 from tests.helpers import Running, eventually
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
@@ -252,3 +254,34 @@ async def test_an_entry_of_thousands_of_fields_is_dead_lettered_without_them(
 async def _produce_one(redis_url: str, topic: str, n: int) -> None:
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.enqueue({"n": n})
+
+
+async def test_a_topic_index_of_another_type_stops_no_listing_and_no_fan_out(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The index of topics read as empty by the listings, and replaced by a fan-out bridge
+    # that adds its targets to it; before, each failed on WRONGTYPE.
+    index = TopicKeys.topic_index()
+    saved = f"{index}:saved"  # the same slot
+    had = await redis.exists(index)
+    if had:
+        await redis.rename(index, saved)
+    try:
+        await redis.set(index, "another client's")
+        async with Monitor(redis_url=redis_url) as monitor:
+            assert await monitor.topic_names() == []
+        async with ResultStore(redis_url=redis_url) as store:
+            assert await store.list_jobs() == []
+        async with Producer(topic, redis_url=redis_url) as producer:
+            await producer.enqueue({"n": 1})
+        await redis.set(index, "another client's")
+        async with FanOut(topic, [f"{topic}-copy"], redis_url=redis_url) as bridge:
+            task = asyncio.create_task(bridge.run())
+            await eventually(lambda: bridge.stats.fanned_out == 1 or task.done(), timeout=10)
+            await bridge.stop(timeout=10)
+            await task
+        assert await redis.smembers(index) == {f"{topic}-copy".encode()}
+    finally:
+        await redis.delete(index)
+        if had:
+            await redis.rename(saved, index)

@@ -111,6 +111,7 @@ from .._codec import (
 )
 from .._delivery import POLL_INTERVAL
 from .._failures import REDIS_FAILURES, UNREACHABLE
+from .._growth import add_member
 from .._tracing import current_field
 from ..connection import AnyRedis, RedisComponent, is_cluster
 from ..consumer import Consumer
@@ -322,7 +323,7 @@ class FanOut(RedisComponent):
             count = max(1, partition_count(await redis.hget(self._keys.meta, "partitions")))
         self._writer.new_partitions = count
         await self._writer.refresh(redis)  # creates the targets that have no metadata yet
-        await redis.sadd(TopicKeys.topic_index(), *(t.topic for t in self.targets))
+        await add_member(redis, TopicKeys.topic_index(), *(t.topic for t in self.targets))
         for target in self.targets:
             if self.metrics and target.recorder is None:
                 target.recorder = MetricsRecorder(redis, target.topic)
