@@ -166,6 +166,7 @@ class DelayedMover:
                             exc_info=not isinstance(exc, REDIS_FAILURES),
                         )  # fmt: skip
                     failing = True
+                    self._check_all = True  # the hints it took are spent: look at every one
                     await self._sleep(min(self.check_interval, 1.0))
                     continue
                 if failing:

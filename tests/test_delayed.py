@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import ConfigurationError, Consumer, Message, Monitor, Producer
+from redisaq_core import ConfigurationError, Consumer, Message, Monitor, Producer, _delayed
 from redisaq_core._assignment import partition_for_key
 from redisaq_core._scripts import MOVE_DUE
 from redisaq_core.connection import is_cluster
@@ -590,3 +591,30 @@ async def test_out_of_memory_writes_over_nothing_of_the_delayed_keys(
             await redis.config_set("maxmemory-policy", policy)
     assert await redis.get(keys.delayed_sequence(0)) == b"1"
     assert await redis.xlen(keys.dead_letters(0)) == 1
+
+
+async def test_a_nudged_entry_is_moved_soon_after_a_failed_move(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The move that the nudge asked for fails once (its round trip cut). Before, the nudge
+    # was spent with it, and the entry waited for the next full check (every 30 s here).
+    got: list[Message] = []
+    pipelined = _delayed.run_pipelined
+    cut: list[int] = []
+
+    async def fails_once(r: Any, calls: Any) -> Any:
+        if armed and not cut:
+            cut.append(1)
+            raise RedisConnectionError("connection lost (injected)")
+        return await pipelined(r, calls)
+
+    armed = False
+    monkeypatch.setattr(_delayed, "run_pipelined", fails_once)
+    async with Producer(topic, redis_url=redis_url) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
+        async with Running(consumer, got.append):
+            await _idle(consumer)
+            armed = True
+            await producer.enqueue({"n": 1}, delay=0.2)
+            await eventually(lambda: got, timeout=5, message="delivered")
+    assert cut == [1]
