@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead, _settlement
 from redisaq_core._delivery import ConsumerStats
@@ -25,6 +26,7 @@ from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
 from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core._settlement import Settler
+from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
 from tests.helpers import Running, died_with, eventually, stopped_when
@@ -753,3 +755,33 @@ async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(
     await stopped_when(first, handle, hung)
     assert ran == [0]
     assert await _none_pending(redis, topic, 1)
+
+
+async def test_a_give_back_refused_for_memory_stays_owed_with_its_run(topic: str) -> None:
+    # H ran once counted (runs 1), then a second counted run never started. Redis is out of
+    # memory when H is given back: the script's HSET of the runs back to 1 was refused inside
+    # a pcall, yet the give-back answered done; H kept a run it never had (dead-lettered a
+    # run early). Now the give-back fails, H stays owed, and the next one sets its runs back.
+    async with EmbeddedRedis() as server:
+        redis = Redis.from_url(server.url)
+        try:
+            stream, runs, h = await _delivered_to_me(redis, topic)
+            await redis.hset(runs, h, 2)
+            give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
+            m = received(topic, {"n": 1}, h, 0, "default", 0.0, 3, 0)
+            give_back.owe_run(m, 1)
+            await redis.config_set("maxmemory", "1")  # below what is used: writes get OOM
+            try:
+                with pytest.raises(ResponseError, match="maxmemory"):
+                    await give_back.make(redis)
+            finally:
+                await redis.config_set("maxmemory", "0")
+            assert give_back.owes(m)
+            assert await redis.hget(runs, h) == b"2"
+            await give_back.make(redis)
+            assert not give_back.owes(m)
+            assert await redis.hget(runs, h) == b"1"
+            pending: Any = await redis.xpending_range(stream, "default", "-", "+", 1)
+            assert pending[0]["times_delivered"] == 2
+        finally:
+            await redis.aclose()

@@ -1,3 +1,4 @@
+-- uses: foreign
 -- Give back entries this member was delivered but never handed to a handler (a read ahead
 -- whose partition could not take them, entries held behind a failure when the partition is
 -- given up, the rest of a batch cut off at the lease's deadline): those still pending with
@@ -28,7 +29,12 @@ for i = first, #ARGV, 2 do
     if before == '0' then
       redis.pcall('HDEL', KEYS[3], ARGV[i])  -- pcall: another client's key may be no hash
     elseif before then
-      redis.pcall('HSET', KEYS[3], ARGV[i], before)
+      local set = redis.pcall('HSET', KEYS[3], ARGV[i], before)
+      if type(set) == 'table' and not foreign(set) then
+        -- The server's own error (out of memory, before anything was written): raised, so
+        -- that nothing is given back and the caller keeps it owed.
+        redis.call('HSET', KEYS[3], ARGV[i], before)
+      end
     end
     local ids = by_count[ARGV[i + 1]]
     if not ids then
