@@ -521,10 +521,15 @@ class Settler:
                 self.keep_back([call for call, _ in failed], holds, owned)
             raise failed[0][1]
 
-    def runs_of(self, m: Received, owned: dict[int, OwnedPartition]) -> int | None:
-        """The handler runs counted for ``m`` under its partition's current hold, if any."""
+    def runs_of(self, m: Received) -> int | None:
+        """The handler runs counted for ``m``, if any.
+
+        Also a count made under an earlier hold of its partition (the lease lapsed and was
+        taken again while the handler ran): runs another holder counted meanwhile are not
+        in it, so it is never more than the runs made.
+        """
         entry = self.runs.get(run_key(m))
-        return entry[1] if entry is not None and owned.get(m.partition) is entry[0] else None
+        return entry[1] if entry is not None else None
 
     def final(self, failure: Failure, owned: dict[int, OwnedPartition]) -> bool:
         """Whether settling ``failure`` dead-letters its message (no retry).
@@ -534,7 +539,7 @@ class Settler:
         the backlog it waits in), else its delivery count.
         """
         m = failure.message
-        runs = self.runs_of(m, owned) or m.deliveries
+        runs = self.runs_of(m) or m.deliveries
         return (
             failure.final
             or isinstance(m, Undecodable)

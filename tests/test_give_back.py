@@ -785,3 +785,36 @@ async def test_a_give_back_refused_for_memory_stays_owed_with_its_run(topic: str
             assert pending[0]["times_delivered"] == 2
         finally:
             await redis.aclose()
+
+
+async def test_a_failure_settled_after_its_lease_was_taken_again_counts_its_runs(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # X ran once (its first delivery) and waited in a backlog claimed four times more
+    # (delivery count 5, runs 0). It runs a second time here; while it runs the lease lapses
+    # and this member takes it again (another hold of the partition). X fails: two runs of
+    # max_deliveries=3, so it runs a third time. It was dead-lettered after two: its count
+    # of runs was not looked at under the new hold, and its delivery count stood in for it.
+    await _produce(redis_url, topic, 1, partitions=1)
+    keys = TopicKeys(topic)
+    stream, group = keys.stream(0), "default"
+    await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    await redis.sadd(keys.groups, group)
+    got: Any = await redis.xreadgroup(group, "ghost", {stream: ">"})
+    x = got[0][1][0][0]
+    for _ in range(4):
+        await redis.xclaim(stream, group, "ghost", 0, [x])
+    consumer = Consumer(topic, redis_url=redis_url, max_deliveries=3, retry_backoff=0.01, **FAST)
+    runs: list[int] = []
+
+    async def fails(m: Message) -> None:
+        runs.append(m.deliveries)
+        if len(runs) == 1:
+            hold = consumer._owned[0]
+            await redis.delete(keys.lease(0, group))  # lapsed: the next heartbeat takes it again
+            await eventually(lambda: consumer._owned.get(0) not in (None, hold))
+        raise RuntimeError("fails")
+
+    async with Running(consumer, fails):
+        await eventually(lambda: consumer.stats.dead_lettered == 1)
+    assert len(runs) == 2
