@@ -133,6 +133,7 @@ class OwnedPartition:
     held: list[Received] = field(default_factory=list)
     head_failed: bool = False  # held[0] failed and waits for its retry (else: just held back)
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
+    alone: tuple[int, str] | None = None  # (level, id) of that retry: a batch of its own
     unrun: set[tuple[int, str]] = field(default_factory=set)  # held, never handed on (level, id)
     retry_at: float = 0.0
     valid_until: float = 0.0
@@ -539,6 +540,7 @@ class Reader:
         for part, claimed in zip(retried, results, strict=True):
             head, rest, isolate = part.held[0], part.held[1:], part.isolate
             part.head_failed = part.isolate = False
+            part.alone = (head.priority, head.msg_id) if isolate else None
             # Isolated: the head runs alone; the rest is handed out on the next round.
             part.held = rest if isolate else []
             if not isolate:

@@ -332,8 +332,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         failed: dict[int, Failure] = {}  # by partition: the rest of it waits behind
         cut: set[int] = set()  # past the lease's local deadline: the rest is left pending
-        for i in range(0, len(messages), self.batch_size):
-            chunk = messages[i : i + self.batch_size]
+        for k, chunk in enumerate(chunks := self._chunks(messages)):
             if failed:
                 chunk = _held_back(chunk, failed)
                 if not chunk:
@@ -355,7 +354,7 @@ class Dispatcher:
                 if raised_by_the_call():  # the handler's own: a failure like any other
                     failures += _note(batch_failures(chunk, exc), failed)
                     continue
-                self._never_ran(messages[i + self.batch_size :])
+                self._never_ran([m for later in chunks[k + 1 :] for m in later])
                 raise
             except asyncio.TimeoutError as exc:
                 for m in chunk:
@@ -376,6 +375,25 @@ class Dispatcher:
                 done += list(zip(chunk, result, strict=True))
             else:
                 done += [(m, None) for m in chunk]
+
+    def _chunks(self, messages: list[Received]) -> list[list[Received]]:
+        """``messages`` in batches of ``batch_size``; a retry that runs alone in a batch of its own.
+
+        Such a retry (of the first message of a failed batch) finds whether that message
+        fails by itself: sharing a batch with another partition's failing message, it
+        would fail with it, and be held against ``max_deliveries`` for a failure not its own.
+        """
+        alone: list[list[Received]] = []
+        rest: list[Received] = []
+        for m in messages:
+            part = self.owned.get(m.partition)
+            if part is not None and part.alone == (m.priority, m.msg_id):
+                part.alone = None
+                alone.append([m])
+            else:
+                rest.append(m)
+        size = self.batch_size
+        return alone + [rest[i : i + size] for i in range(0, len(rest), size)]
 
     async def _run_partitions(
         self, handler: Callable[[Any], Awaitable[Any]], groups: dict[int, list[Received]],

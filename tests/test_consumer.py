@@ -340,6 +340,33 @@ async def test_failed_batch_dead_letters_only_the_culprit(redis_url: str, topic:
     assert calls[0] == [0, 1, 2, 3, 4, 5]
 
 
+async def test_a_failed_batch_of_two_partitions_dead_letters_only_the_culprit(
+    redis_url: str, topic: str
+) -> None:
+    # 0 (partition 0) is poison, 1 (partition 1) is not; their batch fails. Each partition's
+    # first message is retried alone, and both retries are due at once: they ran together,
+    # failed together, and 1 was dead-lettered with 0.
+    await _produce(redis_url, topic, 2, partitions=2)
+    calls: list[list[tuple[int, int]]] = []
+    handled: list[int] = []
+
+    async def handle(batch: list[Message]) -> None:
+        calls.append([(m.payload["n"], m.partition) for m in batch])
+        if any(m.payload["n"] == 0 for m in batch):
+            raise RuntimeError("0 is poison")
+        handled.extend(m.payload["n"] for m in batch)
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, batch_size=10, max_deliveries=3, retry_backoff=0, **FAST
+    )
+    async with Running(consumer, handle, batch=True):
+        await eventually(lambda: consumer.stats.dead_lettered + len(handled) >= 2)
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        dead = [record.payload["n"] for record in await dl.list()]
+    assert {p for _, p in calls[0]} == {0, 1}
+    assert dead == [0] and handled == [1], calls
+
+
 async def test_a_hung_handler_is_cut_off_after_max_processing_time(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
