@@ -30,11 +30,25 @@ __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
 
 log = logging.getLogger(__name__)
 
-_ENTRY_ID = re.compile(r"^\d+-\d+$")
+_ENTRY_ID = re.compile(r"^(\d+:)?\d+-\d+$")
 _MAX_REPLAY_FIELDS = 3499
 """The most original fields a replay's XADD carries: 7,000 values with its key and id, the
 count dead_letter.lua writes at most (replay.lua leaves wider entries in place too)."""
 _ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
+
+
+def _wanted(ids: Iterable[str]) -> set[str]:
+    """The dead-letter ids asked for (``ID`` or ``PARTITION:ID``), checked."""
+    if isinstance(ids, (str, bytes)):
+        raise ConfigurationError(f"ids must be a list of dead-letter ids, got {ids!r}")
+    wanted = set(ids)
+    for i in wanted:
+        if not isinstance(i, str) or not _ENTRY_ID.match(i):
+            raise ConfigurationError(
+                "ids must be dead-letter ids like 1700000000000-0, or 3:1700000000000-0 for "
+                f"the one in partition 3, got {i!r}"
+            )
+    return wanted
 
 
 def dead_letter_fields(
@@ -201,37 +215,49 @@ class DeadLetters(RedisComponent):
 
         Each replayed entry is appended to its original partition stream (and
         priority level) as a new entry and removed from the dead-letter stream
-        in one atomic step. Returns how many were replayed. An entry this
-        library did not write (no original fields, more than a command
-        carries, or a priority the topic doesn't have) stays where it is:
-        asked for by id, it raises
-        ``ConfigurationError`` naming it and why, after the others were
-        replayed; in a replay of everything it is skipped with a warning.
+        in one atomic step. Returns how many were replayed. Dead-letter ids are
+        unique within a partition only: an id is ``1700000000000-0``, or
+        ``3:1700000000000-0`` for the one in partition 3; an id without a
+        partition that names letters in several partitions raises
+        ``ConfigurationError`` naming them, before anything is replayed. An
+        entry this library did not write (no original fields, more than a
+        command carries, or a priority the topic doesn't have) stays where it
+        is: asked for by id, it raises ``ConfigurationError`` naming it and why,
+        after the others were replayed; in a replay of everything it is skipped
+        with a warning.
         """
         redis = await self._ensure()
-        wanted = None if ids is None else set(ids)
-        for i in wanted or ():
-            if not _ENTRY_ID.match(i):
-                raise ConfigurationError(
-                    f"ids must be stream entry ids like 1700000000000-0, got {i!r}"
-                )
-        total = 0
+        wanted = None if ids is None else _wanted(ids)
         levels = await self._levels()
         refused: list[str] = []
+        plan: dict[int, dict[int, list[str]]] = {}
+        found: dict[str, list[int]] = {}
         for p in range(await self._partitions()):
-            dlq = self.keys.dead_letters(p)
-            entries = await self._read(p)
-            by_level: dict[int, list[str]] = {}
-            for entry_id, raw in entries:
-                if wanted is None or entry_id.decode() in wanted:
-                    level, problem = _replay_level(raw, levels)
-                    if problem is not None:
-                        refused.append(f"{entry_id.decode()} ({problem})")
-                        continue
-                    by_level.setdefault(level, []).append(entry_id.decode())
-            for level, found in by_level.items():
+            for entry_id, raw in await self._read(p):
+                letter = entry_id.decode()
+                if wanted is not None and not ({letter, f"{p}:{letter}"} & wanted):
+                    continue
+                found.setdefault(letter, []).append(p)
+                level, problem = _replay_level(raw, levels)
+                if problem is not None:
+                    refused.append(f"{p}:{letter} ({problem})")
+                    continue
+                plan.setdefault(p, {}).setdefault(level, []).append(letter)
+        ambiguous = [
+            f"{letter} (partitions {', '.join(map(str, parts))})"
+            for letter, parts in found.items()
+            if len(parts) > 1 and wanted is not None and letter in wanted
+        ]
+        if ambiguous:
+            raise ConfigurationError(
+                f"topic {self.topic!r}: dead-letter id(s) in more than one partition: "
+                f"{', '.join(ambiguous[:5])}; name one as PARTITION:ID (nothing replayed)"
+            )
+        total = 0
+        for p, by_level in plan.items():
+            for level, letters in by_level.items():
                 stream = self.keys.stream(p, level)
-                total += int(await REPLAY(redis, [dlq, stream], found))
+                total += int(await REPLAY(redis, [self.keys.dead_letters(p), stream], letters))
         if refused:
             shown = ", ".join(refused[:5]) + (
                 f" and {len(refused) - 5} more" if len(refused) > 5 else ""

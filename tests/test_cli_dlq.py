@@ -56,7 +56,7 @@ async def test_dlq_commands(redis_url: str, topic: str) -> None:
     purged = redisaq("--redis-url", redis_url, "dlq", "purge", topic, "--confirm")
     assert purged.returncode == 0 and purged.stdout.strip() == "2"
     bad_id = redisaq("--redis-url", redis_url, "dlq", "replay", topic, "--id", "nope")
-    assert bad_id.returncode == 1 and "stream entry ids" in bad_id.stderr
+    assert bad_id.returncode == 1 and "dead-letter ids like" in bad_id.stderr
 
 
 def test_worker_usage_errors(redis_url: str) -> None:
@@ -182,3 +182,28 @@ async def test_a_redis_error_is_one_line_without_the_password(
             assert password not in run.stderr
     finally:
         await redis.execute_command("ACL", "DELUSER", user)
+
+
+async def test_an_id_in_two_partitions_is_replayed_only_when_named_with_its_partition(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # Dead-letter ids are unique within a partition only. Before, replaying by an id that
+    # two partitions' letters share replayed both.
+    await jr.make_topic(redis, topic, 2)
+    keys = TopicKeys(topic)
+    for p in (0, 1):
+        fields = dead_letter_fields(topic=topic, partition=p, group="g", msg_id="1-0",
+                                    deliveries=3, error="boom", consumer="c",
+                                    original={b"s": b'"%d"' % p})  # fmt: skip
+        await redis.execute_command("XADD", keys.dead_letters(p), "5-0", *fields)
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        with pytest.raises(ConfigurationError, match=r"5-0 \(partitions 0, 1\).*PARTITION:ID"):
+            await dl.replay(["5-0"])
+        assert await dl.count() == 2
+        assert await dl.replay(["1:5-0"]) == 1
+        assert [letter.partition for letter in await dl.list()] == [0]
+        assert await redis.xlen(keys.stream(1)) == 1 and await redis.xlen(keys.stream(0)) == 0
+        assert await dl.replay(["5-0"]) == 1  # in one partition now
+    assert await redis.xlen(keys.stream(0)) == 1
+    usage = redisaq("--redis-url", redis_url, "dlq", "replay", topic, "--id", "x:5-0")
+    assert usage.returncode == 1 and "3:1700000000000-0" in usage.stderr

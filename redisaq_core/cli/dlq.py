@@ -36,7 +36,12 @@ def add_commands(sub: Any) -> None:
         if name == "list":
             a.add_argument("--limit", type=int, default=100, help="at most this many (100)")
         if name == "replay":
-            a.add_argument("--id", action="append", dest="ids", help="only this dead-letter id")
+            a.add_argument(
+                "--id",
+                action="append",
+                dest="ids",
+                help="only this dead-letter id (ID, or PARTITION:ID where partitions share it)",
+            )
         if name == "purge":
             a.add_argument("--confirm", action="store_true", help="really delete them")
         a.set_defaults(func=run)
