@@ -383,6 +383,9 @@ class Dispatcher:
         fails by itself: sharing a batch with another partition's failing message, it
         would fail with it, and be held against ``max_deliveries`` for a failure not its own.
         """
+        size = self.batch_size
+        if not any(part.alone for part in self.owned.values()):
+            return [messages[i : i + size] for i in range(0, len(messages), size)]
         alone: list[list[Received]] = []
         rest: list[Received] = []
         for m in messages:
@@ -392,7 +395,6 @@ class Dispatcher:
                 alone.append([m])
             else:
                 rest.append(m)
-        size = self.batch_size
         return alone + [rest[i : i + size] for i in range(0, len(rest), size)]
 
     async def _run_partitions(
