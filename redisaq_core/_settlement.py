@@ -580,10 +580,11 @@ class Settler:
         part.retry_at = now + backoff_delay(
             m.deliveries, self.retry_backoff, self.retry_backoff_max
         )
-        if m.job_id:
+        if m.job_id:  # fenced: a member that lost the lease leaves the new owner's record
             calls.append((
-                JOB_UPDATE, self._job_keys(m),
-                [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type, 0],
+                JOB_UPDATE, [*self._job_keys(m), part.lease],
+                [m.job_id, self.keys.job_channel, "failed", self.name, error, error_type, 0,
+                 self.token],
             ))  # fmt: skip
 
     def _dead_letter_calls(

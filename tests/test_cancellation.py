@@ -40,6 +40,7 @@ from redisaq_core._retention import server_features
 from redisaq_core._scripts import JOBS_STARTED
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, died_with, eventually, redisaq
+from tests.proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "poll_interval": 0.1, "retry_backoff": 0.01}
@@ -762,3 +763,59 @@ async def test_a_cancelled_job_is_not_run_when_marking_its_batch_active_fails(
             assert (await stays.wait(timeout=10)).status is JobStatus.CANCELLED
             await eventually(lambda: acked(redis, topic), message="all acknowledged")
     assert seen == ["first", runs.id]
+
+
+@pytest.mark.single_node
+async def test_a_failure_reported_after_the_lease_moved_leaves_the_running_job_cancellable(
+    redis_url: str, topic: str
+) -> None:
+    # A member cut off past its lease while its handler runs a job; the new owner claims
+    # the job and runs it. Then the cut-off member's handler fails, and its "failed" reaches
+    # Redis. Before, that write had no fence: it went over the new owner's "active", so a
+    # cancel took the running job for one not started and marked it cancelled at once. The
+    # running handler was never told, ran to its end, and its result was dropped.
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    cut_in, cut_fails, owner_in, owner_stopped = (asyncio.Event() for _ in range(4))
+
+    async def cut_handler(m: Received) -> None:
+        cut_in.set()
+        await cut_fails.wait()
+        raise RuntimeError("failed after the lease moved")
+
+    async def owner_handler(m: Received) -> str:
+        owner_in.set()
+        try:
+            await asyncio.Event().wait()  # runs until cancelled
+        except asyncio.CancelledError:
+            owner_stopped.set()
+            raise
+        return "ran to the end"
+
+    fast = {"heartbeat_interval": 0.2, "heartbeat_ttl": 1.0, "poll_interval": 0.1}
+    async with FaultProxy(port) as proxy, Producer(topic, redis_url=redis_url) as producer:
+        cut = Consumer(topic, redis_url=proxy.url, consumer_name="cut", **fast)
+        owner = Consumer(topic, redis_url=redis_url, consumer_name="owner", **fast)
+        cut_run = Running(cut, cut_handler)
+        await cut_run.__aenter__()
+        cut_stopped = False
+        try:
+            await eventually(lambda: cut.assigned_partitions == [0], message="cut holds it")
+            handle = await producer.submit({"n": 1})
+            await eventually(cut_in.is_set, message="the cut-off member runs the job")
+            proxy.blackhole = True
+            async with Running(owner, owner_handler):
+                await eventually(owner_in.is_set, timeout=10, message="the new owner runs it")
+                cut_fails.set()
+                await eventually(lambda: cut.stats.failed == 1, message="the late failure")
+                proxy.blackhole = False
+                cut_stopped = True
+                await cut_run.__aexit__(None, None, None)  # its settlement went out and back
+                assert await handle.cancel() is JobStatus.CANCELLING
+                await eventually(owner_stopped.is_set, timeout=5, message="handler cancelled")
+                record = await handle.wait(timeout=10)
+                assert record.status is JobStatus.CANCELLED
+        finally:
+            proxy.blackhole = False
+            if not cut_stopped:
+                await cut_run.__aexit__(None, None, None)
+        await owner.close()

@@ -1,12 +1,19 @@
 -- Record that a job became active (a handler started) or failed (it will be retried).
--- KEYS: job (hash), jobs index (zset)
+-- KEYS: job (hash), jobs index (zset), and optionally the partition's lease
 -- ARGV: job_id, channel, status ("active" or "failed"), worker, error, error_type,
---       deliveries (for "active": the attempt number, the entry's delivery count)
+--       deliveries (for "active": the attempt number, the entry's delivery count), and
+--       with a lease the caller's token
+-- With a lease, nothing is written unless the caller holds it (-1): a member paused past
+-- its lease whose handler failed meanwhile must not write "failed" over the "active" of
+-- the member running the job now (a cancel would take that job for one not started).
 -- Returns 1, or 0 when the record no longer exists (it is not created again; a key of
 -- another type is not a record), the job was cancelled meanwhile (its retry will find
 -- it cancelled and skip it) or it is completed or dead (by another member while this one
 -- was paused, or by another group; a replayed dead letter is marked active by jobs_started
 -- first).
+if KEYS[3] and redis.pcall('GET', KEYS[3]) ~= ARGV[8] then  -- pcall: another type is no lease
+  return -1
+end
 local current = redis.pcall('HGET', KEYS[1], 'status')
 if type(current) ~= 'string' or current == 'cancelling' or current == 'cancelled'
     or current == 'completed' or current == 'dead' then
