@@ -35,9 +35,14 @@ CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consu
 .PHONY: install lock demo test test-latest test-matrix test-server lint types pytest coverage \
 	pytest-cluster servers bench bench-cluster bench-servers clean
 
+# uv (the lock's own version, installed by pip) installs the lock in seconds; where it can't
+# (no network path of its own, say), pip does, as it did before, in about a minute.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep -E '^uv==' $(LOCK))" \
+		&& $(BIN)/uv pip install --quiet --python $(BIN)/python -c $(LOCK) -e '.[$(EXTRAS)]' \
+		|| $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) \
+			-e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
