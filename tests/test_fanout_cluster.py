@@ -176,6 +176,9 @@ async def test_kills_of_a_bridge_process_lose_and_duplicate_nothing(
     proc = bridges.start(cluster_url, *args)
     await producing
     await eventually(lambda: _grew(client, targets, 2 * n - 1), timeout=60, message="all written")
+    # The killed bridges may have written everything: SIGTERM only once this one runs (its
+    # signal handlers in place), not while it still starts.
+    await eventually(lambda: " -> " in bridges.log(), timeout=20, message="the last bridge runs")
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 15) == 0, bridges.log()
     for target in targets:

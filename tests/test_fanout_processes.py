@@ -145,6 +145,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     await eventually(
         lambda: _all_written(redis, targets, 2 * n), timeout=40, message="every target filled"
     )
+    await _running(bridges)
     proc.send_signal(signal.SIGTERM)
     assert await _wait_exit(proc, 15) == 0, bridges.log()
     elapsed = time.monotonic() - started
@@ -295,6 +296,7 @@ async def test_list_mode_kills_between_the_move_and_the_push(
     proc = bridges.start(redis_url, *args)
     await publishing
     await eventually(lambda: _lists_full(redis, outs, n), timeout=40, message="outputs filled")
+    await _running(bridges)
     proc.send_signal(signal.SIGTERM)
     assert await _wait_exit(proc, 10) == 0, bridges.log()
     assert busy >= kills_wanted // 2, f"only {busy} of {kills} kills caught items in flight"
@@ -338,3 +340,12 @@ def test_bad_usage_exits_2(redis_url: str, args: list[str]) -> None:
     done = _run_cli("--redis-url", redis_url, "fanout", *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "error" in done.stderr
+
+
+async def _running(bridges: Bridges) -> None:
+    """Wait until the last bridge started runs (its signal handlers in place).
+
+    The bridges killed before it may have written everything already: a SIGTERM sent while
+    it still starts ends it as the signal's default does.
+    """
+    await eventually(lambda: " -> " in bridges.log(), timeout=20, message="the last bridge runs")
