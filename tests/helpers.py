@@ -7,9 +7,12 @@ import inspect
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from redisaq_core.keys import TopicKeys
 
 
 async def eventually(
@@ -102,3 +105,23 @@ async def stopped_when(consumer: Any, handler: Any, event: asyncio.Event) -> Non
     await consumer.stop(timeout=0.3)
     await task
     await consumer.close()
+
+
+@asynccontextmanager
+async def foreign_topic_index(redis: Any) -> AsyncIterator[str]:
+    """Another client's string at the index of topics while the block runs; its name.
+
+    The index as it was (the other tests' topics) is put back afterwards.
+    """
+    index = TopicKeys.topic_index()
+    saved = f"{index}:saved"  # the same slot
+    had = await redis.exists(index)
+    if had:
+        await redis.rename(index, saved)
+    try:
+        await redis.set(index, "another client's")
+        yield index
+    finally:
+        await redis.delete(index)
+        if had:
+            await redis.rename(saved, index)

@@ -22,7 +22,7 @@ from redisaq_core.dlq import DeadLetters
 from redisaq_core.keys import TopicKeys
 from redisaq_core.monitor import Monitor
 from redisaq_core.results import ResultStore
-from tests.helpers import Running, eventually
+from tests.helpers import Running, eventually, foreign_topic_index
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
 
@@ -261,13 +261,7 @@ async def test_a_topic_index_of_another_type_stops_no_listing_and_no_fan_out(
 ) -> None:
     # The index of topics read as empty by the listings, and replaced by a fan-out bridge
     # that adds its targets to it; before, each failed on WRONGTYPE.
-    index = TopicKeys.topic_index()
-    saved = f"{index}:saved"  # the same slot
-    had = await redis.exists(index)
-    if had:
-        await redis.rename(index, saved)
-    try:
-        await redis.set(index, "another client's")
+    async with foreign_topic_index(redis) as index:
         async with Monitor(redis_url=redis_url) as monitor:
             assert await monitor.topic_names() == []
         async with ResultStore(redis_url=redis_url) as store:
@@ -281,7 +275,3 @@ async def test_a_topic_index_of_another_type_stops_no_listing_and_no_fan_out(
             await bridge.stop(timeout=10)
             await task
         assert await redis.smembers(index) == {f"{topic}-copy".encode()}
-    finally:
-        await redis.delete(index)
-        if had:
-            await redis.rename(saved, index)

@@ -22,7 +22,7 @@ from redisaq_core import (
     partition_for_key,
 )
 from redisaq_core.keys import TopicKeys
-from tests.helpers import eventually
+from tests.helpers import eventually, foreign_topic_index
 
 
 async def _lengths(redis: Redis, topic: str, n: int) -> list[int]:
@@ -190,20 +190,10 @@ async def test_a_topic_index_another_client_made_of_another_type_stops_no_produc
     redis_url: str, redis: Redis, topic: str
 ) -> None:
     # Every connect() failed with WRONGTYPE while another client's key was at the index.
-    index = TopicKeys.topic_index()
-    saved = f"{index}:saved"  # the same slot
-    had = await redis.exists(index)
-    if had:
-        await redis.rename(index, saved)
-    try:
-        await redis.set(index, "another client's")
+    async with foreign_topic_index(redis) as index:
         async with Producer(topic, redis_url=redis_url) as producer:
             await producer.enqueue({"n": 1})
         assert await redis.smembers(index) == {topic.encode()}
-    finally:
-        await redis.delete(index)
-        if had:
-            await redis.rename(saved, index)
     assert await redis.xlen(TopicKeys(topic).stream(0)) == 1
 
 
