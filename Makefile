@@ -1,4 +1,3 @@
-SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -72,18 +71,17 @@ servers: $(SERVERS_DIR)/redis-7.0/redis-server
 $(SERVERS_DIR)/redis-7.0/redis-server:
 	bash tools/fetch-redis-7.0.sh $(SERVERS_DIR)/redis-7.0 || [ -z "$$CI" ]
 
-# Everything on the default server; then the core suites on a cluster and on every other
-# server, all four at once (tools/side-by-side.sh: they mostly wait, and each starts its own
-# servers on free ports). No coverage here: it costs a fifth more time.
+# Everything on the default server, the core suites on a cluster and on every other server.
+# No coverage here: it costs a fifth more time, and the run stays under 20 minutes without it.
 pytest: install servers
 	$(PYTEST) -q
-	@runs=("cluster suites::$(PYTEST) -q --cluster $(CLUSTER_SUITES)"); \
-	for server in $(OTHER_SERVERS); do \
+	$(PYTEST) -q --cluster $(CLUSTER_SUITES)
+	@for server in $(OTHER_SERVERS); do \
 		if [ $$server = redis-7.0 ] && [ ! -x $(SERVERS_DIR)/redis-7.0/redis-server ] \
 			&& [ -z "$$CI" ]; then echo "== skipped $$server: not installed"; continue; fi; \
-		runs+=("core suites on $$server::REDISAQ_SERVER=$$server $(PYTEST) -q $(CORE_SUITES)"); \
-	done; \
-	bash tools/side-by-side.sh "$${runs[@]}"
+		echo "== core suites on $$server"; \
+		REDISAQ_SERVER=$$server $(PYTEST) -q $(CORE_SUITES) || exit 1; \
+	done
 
 # The suite on the default server under coverage, with its report.
 coverage: install servers
