@@ -32,8 +32,8 @@ CLUSTER_SUITES := tests/test_producer.py tests/test_consumer.py tests/test_consu
 	tests/test_cancellation.py tests/test_delayed.py tests/test_leases.py tests/test_give_back.py \
 	tests/test_runs.py
 
-.PHONY: install lock demo test test-latest test-matrix test-server lint types pytest coverage \
-	pytest-cluster servers bench bench-cluster bench-servers clean
+.PHONY: install lock demo test test-latest test-matrix test-others test-server lint types pytest \
+	coverage pytest-cluster servers bench bench-cluster bench-servers clean
 
 # uv (the lock's own version, installed by pip) installs the lock in seconds; where it can't
 # (no network path of its own, say), pip does, as it did before, in about a minute.
@@ -71,10 +71,15 @@ servers: $(SERVERS_DIR)/redis-7.0/redis-server
 $(SERVERS_DIR)/redis-7.0/redis-server:
 	bash tools/fetch-redis-7.0.sh $(SERVERS_DIR)/redis-7.0 || [ -z "$$CI" ]
 
-# Everything on the default server, the core suites on a cluster and on every other server.
-# No coverage here: it costs a fifth more time, and the run stays under 20 minutes without it.
+# Everything on the default server and, beside it, the core suites on a cluster and then on
+# every other server: two runs at once (tools/side-by-side.sh), whose tests marked `alone` take
+# turns. No coverage here: it costs a fifth more time.
 pytest: install servers
-	$(PYTEST) -q
+	@bash tools/side-by-side.sh "the whole suite on $(DEFAULT_SERVER)::$(PYTEST) -q" \
+		"the core suites on a cluster and the other servers::$(MAKE) --no-print-directory test-others"
+
+# The core suites on a cluster, then on every server of the matrix but the default one.
+test-others: install servers
 	$(PYTEST) -q --cluster $(CLUSTER_SUITES)
 	@for server in $(OTHER_SERVERS); do \
 		if [ $$server = redis-7.0 ] && [ ! -x $(SERVERS_DIR)/redis-7.0/redis-server ] \

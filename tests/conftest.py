@@ -17,6 +17,7 @@ session cluster.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import os
 import sys
@@ -52,6 +53,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "single_node: needs one plain Redis server (skipped on a cluster)"
     )
     config.addinivalue_line("markers", "cluster: runs on a real multi-node Redis Cluster")
+    config.addinivalue_line(
+        "markers",
+        "alone: runs alone among suites run side by side (real processes on short heartbeats, "
+        "or a benchmark that takes every core)",
+    )
 
 
 def _cluster_mode(config: pytest.Config) -> bool:
@@ -68,6 +74,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "single_node" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Run a test marked ``alone`` holding ``$REDISAQ_TEST_LOCK`` (a file), when it is set.
+
+    ``make test`` runs two suites at once, each with that lock: their tests mostly wait, but one
+    whose processes heartbeat every 0.3 s must not share the machine's two cores with another
+    such test or a benchmark. The lock is taken before the test's timeout starts.
+    """
+    path = os.environ.get("REDISAQ_TEST_LOCK")
+    if not path or item.get_closest_marker("alone") is None:
+        return (yield)
+    with open(path, "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return (yield)
 
 
 def _dump_pending_tasks(name: str) -> None:

@@ -21,6 +21,7 @@ from benchmarks.scale_probe import Ownership
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.alone  # a benchmark takes every core
 @pytest.mark.timeout(120)
 def test_the_scale_benchmark_runs_a_tiny_matrix_and_writes_its_plot(tmp_path: Path) -> None:
     plot, saved, replot = tmp_path / "scale.png", tmp_path / "run.json", tmp_path / "again.png"

@@ -35,6 +35,9 @@ EXPECTED = {
 }
 
 
+pytestmark = pytest.mark.alone  # a benchmark takes every core
+
+
 @pytest.mark.timeout(90)
 def test_benchmarks_run_and_report_every_measurement() -> None:
     out = subprocess.run(

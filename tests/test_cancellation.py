@@ -575,6 +575,7 @@ async def test_a_job_whose_worker_was_killed_is_settled_cancelled_by_the_next(
                 proc.wait(timeout=20)
 
 
+@pytest.mark.alone
 async def test_a_running_job_is_cancelled_from_another_process(
     redis_url: str, redis: Any, topic: str, worker_dir: Path
 ) -> None:

@@ -318,6 +318,7 @@ def test_cli_server_runs_a_cluster_and_stops_its_nodes() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
 
 
+@pytest.mark.alone
 @pytest.mark.timeout(120)
 def test_cluster_benchmark_runs_and_reports() -> None:
     """``python -m benchmarks.cluster`` with a tiny N: one node and a 3-primary cluster."""

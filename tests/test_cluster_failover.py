@@ -31,7 +31,7 @@ from redisaq_core.embedded import EmbeddedCluster
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.alone, pytest.mark.cluster, pytest.mark.slow]
 
 PARTITIONS = 6
 

@@ -229,6 +229,7 @@ async def test_trimmed_pending_entry_is_acknowledged_not_spun_on(
     assert info["pending"] == 0
 
 
+@pytest.mark.alone
 async def test_cancelling_process_leaves_the_group(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
@@ -363,6 +364,7 @@ async def test_a_member_that_leaves_without_raising_the_members_version_is_notic
         await eventually(lambda: consumer.assigned_partitions == [0, 1, 2, 3], timeout=5)
 
 
+@pytest.mark.alone
 async def test_what_a_replaced_instance_read_under_the_shared_name_is_handled(
     redis_url: str, redis: Redis, topic: str
 ) -> None:

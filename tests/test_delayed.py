@@ -506,6 +506,7 @@ async def test_the_gateway_schedules_jobs_with_a_delay(
 # ---- a real worker process killed before the message is due --------------------------
 
 
+@pytest.mark.alone
 @pytest.mark.slow
 async def test_delayed_messages_of_a_sigkilled_owner_are_delivered_once(
     redis_url: str, redis: Redis, topic: str, workers: Workers

@@ -10,6 +10,8 @@ import pytest
 
 from tests.fanout_support import ROOT
 
+pytestmark = pytest.mark.alone  # a benchmark takes every core
+
 
 @pytest.mark.timeout(90)
 def test_the_fanout_benchmark_runs_and_reports_every_target_count() -> None:

@@ -38,7 +38,7 @@ from tests.fanout_support import (
 )
 from tests.helpers import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 FAST = ["--heartbeat-interval", "0.2", "--heartbeat-ttl", "0.8", "--poll-interval", "0.2"]
 

@@ -184,6 +184,7 @@ async def test_wait_many(redis: Redis, store: ResultStore, topic: str) -> None:
     assert _waiting(store) == 0
 
 
+@pytest.mark.alone
 @pytest.mark.single_node
 async def test_ten_thousand_concurrent_waits_on_one_client(redis_url: str, topic: str) -> None:
     name = f"rs-{uuid.uuid4().hex[:8]}"

@@ -477,6 +477,7 @@ async def test_cli_bad_input_exits_2_and_stores_nothing(
     assert await redis.zscore(schedule_ticks(), name) is None
 
 
+@pytest.mark.alone
 async def test_three_scheduler_processes_enqueue_sixty_ticks_once_each(
     redis_url: str, redis: Redis, topic: str, tmp_path: Path
 ) -> None:

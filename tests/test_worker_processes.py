@@ -24,7 +24,7 @@ from redisaq_core.cli.supervisor import RESET_AFTER, Backoff
 from redisaq_core.cli.worker import child_command
 from tests.helpers import eventually, wait_sync
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--heartbeat-interval", "0.3", "--heartbeat-ttl", "1.2", "--poll-interval", "0.2",

@@ -25,7 +25,7 @@ from tests.faults.checker import Report, check, load
 from tests.faults.conftest import Workers
 from tests.helpers import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def _done(workers: Workers) -> set[int]:

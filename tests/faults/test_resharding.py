@@ -24,7 +24,7 @@ from tests.faults.checker import check, load
 from tests.faults.conftest import Workers
 from tests.helpers import eventually
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.alone, pytest.mark.cluster, pytest.mark.slow]
 
 PARTITIONS = 4
 

@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.alone  # a benchmark takes every core
+
+
 @pytest.mark.timeout(90)
 def test_web_benchmarks_run_and_report_every_figure() -> None:
     out = subprocess.run(
