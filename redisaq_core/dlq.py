@@ -26,7 +26,7 @@ from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
 from .keys import TopicKeys, partition_count, priority_levels
 
-__all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields"]
+__all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields", "parse_dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ def dead_letter_fields(
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One dead-letter record, with where it came from and why it failed."""
+    """One dead-letter record, with where it came from and why it failed.
+
+    ``id`` is unique within its ``partition`` (the partition whose dead-letter stream holds it
+    and that a replay puts it back on): ``f"{partition}:{id}"`` names it within the topic.
+    """
 
     id: str
     topic: str
@@ -123,7 +127,14 @@ class DeadLetter:
         }
 
 
-def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer) -> DeadLetter:
+def parse_dead_letter(
+    partition: int, entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer
+) -> DeadLetter:
+    """The letter ``entry_id`` of ``partition``'s dead-letter stream.
+
+    Its ``partition`` is that stream's, where a replay puts it back, whatever the record says
+    (another client's entry may name none, or another).
+    """
     text = {
         k.decode(errors="replace"): v.decode(errors="replace")
         for k, v in raw.items()
@@ -144,7 +155,7 @@ def _parse(entry_id: bytes, raw: dict[bytes, bytes], deserializer: Deserializer)
 
     return DeadLetter(
         id=entry_id.decode(),
-        partition=number("partition", int),
+        partition=partition,
         priority=number("priority", int),
         deliveries=number("deliveries", int),
         failed_at=number("failed_at", float),
@@ -207,7 +218,7 @@ class DeadLetters(RedisComponent):
             if remaining is not None and remaining <= 0:
                 break
             entries = await self._read(p, remaining)
-            out += [_parse(i, f, self.deserializer) for i, f in entries]
+            out += [parse_dead_letter(p, i, f, self.deserializer) for i, f in entries]
         return out
 
     async def replay(self, ids: Iterable[str] | None = None) -> int:

@@ -27,8 +27,7 @@ from redis.exceptions import ResponseError
 from .._codec import default_deserializer
 from .._failures import REDIS_FAILURES, Recovery, recovery_for, unless_foreign
 from ..connection import AnyRedis, create_client, redact_url
-from ..dlq import DeadLetters
-from ..dlq import _parse as parse_dead_letter
+from ..dlq import DeadLetters, parse_dead_letter
 from ..errors import (
     ConfigurationError,
     ConnectionFailedError,
@@ -554,7 +553,9 @@ class Gateway:
                 partition, after = partition + 1, None
                 continue
             for entry_id, fields in entries:
-                item = parse_dead_letter(entry_id, fields, default_deserializer).as_dict()
+                item = parse_dead_letter(
+                    partition, entry_id, fields, default_deserializer
+                ).as_dict()
                 size = len(orjson.dumps(item, default=str)) + 1
                 if items and used + size > max_bytes:
                     return items, f"{partition}:{after or '0-0'}"

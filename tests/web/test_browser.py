@@ -258,3 +258,52 @@ async def test_dashboard_lists_the_stored_schedules(
             finally:
                 async with Scheduler(redis_url=web_redis_url) as scheduler:
                     await scheduler.remove(name)
+
+
+async def test_a_letter_replayed_from_its_row_is_that_one_though_another_partition_shares_its_id(
+    web_redis_url: str, prefix: str, topic: str
+) -> None:
+    """Dead-letter ids are unique within a partition only: two written in the same millisecond
+    on two partitions share one. A row's button replays its own letter, and only it."""
+    from redis.asyncio import Redis
+
+    from redisaq_core.keys import TopicKeys
+
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=web_redis_url, init_partitions=2) as producer:
+        for n in range(8):
+            await producer.enqueue({"fail": True, "n": n}, partition_key="n")
+    redis = Redis.from_url(web_redis_url)
+    try:
+        c = consumer(topic, web_redis_url, max_deliveries=1)
+        async with Running(c, echo):
+            await eventually(lambda: _letters_are(redis, keys, 8), timeout=15, message="8 letters")
+        assert 0 not in await _dead_letters(redis, keys)  # keys 0 to 7 hash to both
+        for p in range(2):  # each partition keeps one letter, both with the id 1-0
+            dead = keys.dead_letters(p)
+            (_, fields), *_ = await redis.xrange(dead)
+            await redis.delete(dead)
+            await redis.xadd(dead, fields, id="1-0")
+        before = await redis.xlen(keys.stream(1))
+        with LiveGateway(redis_url=web_redis_url, key_prefix=prefix) as gateway:
+            async with browser_page() as (page, problems):
+                await open_live(page, gateway.url)
+                letters = page.locator(f'#dead-letters [data-topic="{topic}"]')
+                row = letters.locator('tr[data-dead-letter="1:1-0"]')
+                await row.wait_for(timeout=10_000)
+                await row.get_by_role("button", name="Replay").click()
+                await row.wait_for(state="detached", timeout=10_000)
+                assert await letters.locator('tr[data-dead-letter="0:1-0"]').count() == 1
+                assert problems == []
+        assert await _dead_letters(redis, keys) == [1, 0]
+        assert await redis.xlen(keys.stream(1)) == before + 1
+    finally:
+        await redis.aclose()
+
+
+async def _dead_letters(redis: Any, keys: Any) -> list[int]:
+    return [int(await redis.xlen(keys.dead_letters(p))) for p in range(2)]
+
+
+async def _letters_are(redis: Any, keys: Any, n: int) -> bool:
+    return sum(await _dead_letters(redis, keys)) == n

@@ -147,16 +147,18 @@
     const host = $("dead-letters");
     host.replaceChildren(
       ...groups.map((g) => {
-        const rows = g.items.map((d) =>
-          el("tr", { "data-dead-letter": d.id }, [
+        // A dead-letter id is unique within its partition only: PARTITION:ID names one letter.
+        const rows = g.items.map((d) => {
+          const ref = d.partition + ":" + d.id;
+          return el("tr", { "data-dead-letter": ref }, [
             td(d.partition, "num"),
             td(d.msg_id, "mono"),
             el("td", { class: "truncate", title: d.error_type + ": " + d.error },
               [document.createTextNode(d.error_type + ": " + d.error)]),
             td(d.deliveries, "num"),
-            el("td", {}, [replayButton(g.topic, [d.id], "Replay")]),
-          ])
-        );
+            el("td", {}, [replayButton(g.topic, [ref], "Replay")]),
+          ]);
+        });
         return el("div", { class: "topic", "data-topic": g.topic }, [
           el("div", { class: "dlq-head" }, [
             el("h3", { text: g.topic + " (" + g.count + ")" }),
