@@ -161,6 +161,25 @@ async def test_dead_letters_written_by_another_client_are_listed_and_refused_by_
     assert odd_name.decode() not in left
 
 
+async def test_a_dead_letter_is_of_the_partition_whose_stream_holds_it(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Another client's records may name another partition, or none: a letter is listed as
+    # the one of the stream that holds it, the partition its PARTITION:ID names on replay.
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.enqueue({"n": 1})
+    keys = TopicKeys(topic)
+    says_0 = await redis.xadd(keys.dead_letters(1), {"partition": "0", "f:p": b'{"n": 7}'})
+    says_none = await redis.xadd(keys.dead_letters(1), {"f:p": b'{"n": 8}'})
+    before = [await redis.xlen(keys.stream(p)) for p in range(2)]
+    async with DeadLetters(topic, redis_url=redis_url) as dl:
+        assert [(d.id, d.partition) for d in await dl.list()] == [
+            (says_0.decode(), 1), (says_none.decode(), 1)
+        ]  # fmt: skip
+        assert await dl.replay([f"1:{says_0.decode()}"]) == 1
+    assert [await redis.xlen(keys.stream(p)) for p in range(2)] == [before[0], before[1] + 1]
+
+
 @pytest.mark.parametrize("ttl", ["soon", "1.5", "inf", "1e20"])
 async def test_job_records_another_client_overwrote_never_stop_the_consumer(
     redis_url: str, redis: Redis, topic: str, ttl: str
