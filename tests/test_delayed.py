@@ -72,6 +72,7 @@ async def _idle(consumer: Consumer) -> None:
     await asyncio.sleep(0.3)  # its first read of the (empty) streams has begun by now
 
 
+@pytest.mark.alone  # measures lateness against LATE
 async def test_a_delayed_message_is_delivered_after_its_due_time_and_not_before(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
@@ -101,6 +102,7 @@ async def test_a_delayed_message_is_delivered_after_its_due_time_and_not_before(
     assert await _scheduled(redis, topic, 2) == 0
 
 
+@pytest.mark.alone  # measures lateness against LATE
 async def test_a_message_due_before_the_owners_blocking_read_ends_is_moved_on_time(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
