@@ -167,9 +167,15 @@ class Dispatcher:
         if reclaimed and any(m.deliveries > 1 for m in messages):
             waiting: list[Received] = []  # behind a failure: given back, claimed after it
             behind: set[int] = set()
+            loop = asyncio.get_running_loop()
             for i, m in enumerate(messages):  # one at a time, each settled before the next
                 part = self.owned.get(m.partition)
-                if m.partition in behind or (part is not None and part.held):
+                # Lost meanwhile, or past its local deadline: no run is counted for what
+                # never runs here (its count would dead-letter it unrun at its next owner).
+                if (
+                    m.partition in behind or part is None or part.held
+                    or part.valid_until <= loop.time()
+                ):  # fmt: skip
                     behind.add(m.partition)
                     waiting.append(m)
                     continue

@@ -166,3 +166,39 @@ async def test_a_count_of_runs_spoilt_while_its_run_is_under_way_stops_nothing(
         await eventually(lambda: consumer.stats.handled == 2)
         assert consumer.running
     assert runs == [1, 2, 1]
+
+
+async def test_no_run_is_counted_for_a_backlog_whose_partition_was_lost_meanwhile(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A member died with 4 messages (their first delivery counted as a run). The next one
+    # claims them and runs them one at a time; during the first run another member holds the
+    # lease for a while, and the partition is dropped. The other 3 never run there: before,
+    # a run was counted for each all the same, and with max_deliveries=2 the member that
+    # took the partition back dead-lettered them without ever running them.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        for n in range(4):
+            await producer.enqueue({"n": n})
+    stream = keys.stream(0)
+    await redis.xgroup_create(stream, "default", id="0", mkstream=True)
+    await redis.xreadgroup("default", "died", {stream: ">"}, count=4)
+    ran: list[int] = []
+
+    async def handle(m: Message) -> None:
+        ran.append(m.payload["n"])
+        if len(ran) == 1:
+            await redis.set(keys.lease(0, "default"), "another member", px=1500)
+            await eventually(lambda: not consumer.assigned_partitions, message="dropped")
+
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, retry_backoff=0.05,
+        **FAST,
+    )  # fmt: skip
+    async with Running(consumer, handle):
+        await eventually(
+            lambda: {1, 2, 3} <= set(ran) or consumer.stats.dead_lettered >= 3,
+            timeout=15, message="the rest run or dead-lettered",
+        )  # fmt: skip
+    assert {1, 2, 3} <= set(ran)
+    assert consumer.stats.dead_lettered <= 1  # the first: its run's result was refused
