@@ -487,7 +487,11 @@ class Settler:
                 continue
             if script is JOB_UPDATE or script is DELETE_ACKED:
                 continue
-            part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
+            # The hold the call was made for: a refusal of one the partition had before it
+            # was taken back must not drop the one it has now.
+            part = holds.get(call_keys[1]) if holds is not None else None
+            if part is None:
+                part = next((s for s in owned.values() if s.lease == call_keys[1]), None)
             count = _count((script, call_keys, call_args))
             if not isinstance(result, bytes) and int(result) == -1:
                 if part is not None:

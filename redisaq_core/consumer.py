@@ -642,9 +642,9 @@ class Consumer(RedisComponent):
             self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
         self._wake.set()  # a partition past its local deadline may be readable again
         if gained or fresh:
-            await self._create_groups([self._owned[p] for p in gained + fresh])
-            for p in gained + fresh:
-                self._touched.update(self._owned[p].streams)
+            await self._create_groups(parts := [self._owned[p] for p in gained + fresh])
+            for part in parts:  # not from _owned: a refused settlement may drop one meanwhile
+                self._touched.update(part.streams)
             self._interrupt_read()
         # Strays come at a hand-over: look on the next heartbeat, then about once a minute.
         self._beats += 1

@@ -802,3 +802,60 @@ async def test_jobs_read_before_the_lease_was_lost_are_not_marked_active(
         await eventually(lambda: consumer.stats.fenced == 1, timeout=10, message="fenced")
     assert ran == []
     assert await redis.hget(keys.job(0, job.id), "status") == b"dead"
+
+
+async def test_a_hold_dropped_while_its_group_is_created_cuts_no_heartbeat_short(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A refused settlement (a reply for the partition's earlier hold) may drop a partition
+    # while the heartbeat that took it back waits on XGROUP CREATE. That heartbeat used to
+    # end on a KeyError, skipping its stray sweep and the read's interrupt.
+    create_groups = Consumer._create_groups
+    dropped: list[int] = []
+
+    async def dropping_one(self: Consumer, parts: list[OwnedPartition]) -> None:
+        await create_groups(self, parts)
+        if not dropped:
+            dropped.append(parts[0].number)
+            self._fenced(parts[0], 0)
+
+    monkeypatch.setattr(Consumer, "_create_groups", dropping_one)
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=0.2, poll_interval=0.1)
+        handled: list[int] = []
+
+        async def handle(m: Message) -> None:
+            handled.append(m.payload["n"])
+
+        async with Running(consumer, handle):
+            await eventually(lambda: len(consumer.assigned_partitions) == 2, timeout=10)
+            for n in range(10):
+                await producer.enqueue({"n": n}, partition_key="n")
+            await eventually(lambda: sorted(handled) == list(range(10)), timeout=10)
+    assert dropped
+    assert "heartbeat failed" not in caplog.text
+
+
+async def test_a_refusal_for_an_earlier_hold_leaves_the_one_taken_back(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # A settlement sent for the hold a partition had before it was lost and taken back is
+    # refused (-1); it used to drop the hold the partition has now, found by its lease key.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1):
+        pass
+    consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=5.0, poll_interval=0.1)
+
+    async def handle(m: Message) -> None:
+        return None
+
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions, timeout=10)
+        earlier = consumer._owned[0]
+        now = consumer._reader.partition(0, 1, earlier.valid_until)
+        consumer._owned[0] = now  # taken back since
+        call = (ACK, [earlier.streams[0], earlier.lease], [b"", b"", b"", b"1-0"])
+        await consumer._settler.record(
+            redis, [call], [-1], consumer._owned, consumer._fenced, holds={earlier.lease: earlier}
+        )
+        assert consumer.stats.fenced == 1
+        assert consumer._owned.get(0) is now
