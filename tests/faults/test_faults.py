@@ -465,7 +465,8 @@ async def test_paused_consumer_loses_partitions_and_stays_fenced(
         assert all(e.partition in regained for e in late_starts), late_starts[:5]
         report = check(events, set(range(n)), late_redeliveries=True)
         assert not report.lost and not report.order_violations, report.order_violations
-        # Redeliveries out of order: at most a batch per partition it lost (README).
+        # Redeliveries that came out of order: at most a batch per partition it lost
+        # (README). Those left in order at a hand-over are checked with the rest.
         assert report.late_redeliveries <= 10 * 4
         # Duplicates are allowed only for what was in flight when it was paused.
         assert report.duplicates <= 10 * 4
