@@ -12,14 +12,19 @@ without a result. Some deliveries never reach a handler:
   pending (``_handling.py``).
 
 :class:`GiveBack` keeps those entries owed and gives them back
-(``lua/give_back.lua``): while the lease is still ours, each entry still pending
-with this member gets back the delivery count it had before that delivery, so
-that the claim that brings it again, by this member or the partition's next
-owner, counts as the delivery that never ran. Owed entries are given back
-before the consumer retries or claims anything, and before it releases a lease;
-a failed attempt keeps them owed for the next. Only entries whose lease was
-lost without notice, or that a member leaving with Redis unreachable could not
-give back, stay counted, as those of a member that dies with a batch read do.
+(``lua/give_back.lua``): each entry still pending with this member gets back the
+delivery count it had before that delivery, so that the claim that brings it again,
+by this member or the partition's next owner, counts as the delivery that never
+ran. A run counted for it in the ``runs`` hash is taken back with it. That needs
+no lease: an entry still pending with this member was claimed by no one since, so
+its counts hold nothing of another member's. A run counted just before the lease
+is found gone (marking a job active, a redelivery's count, a retry's claim) is
+given back so too, while the partition's next owner has not claimed the entry yet.
+Owed entries are given back before the consumer retries or claims anything, and
+before it releases a lease; a failed attempt keeps them owed for the next. Only
+entries that a member leaving with Redis unreachable could not give back, or that
+the next owner claimed first, stay counted, as those of a member that dies with a
+batch read do.
 """
 
 from __future__ import annotations
@@ -40,18 +45,12 @@ log = logging.getLogger(__name__)
 
 
 class GiveBack:
-    """The entries one consumer (``name``) owes a give-back, per partition.
+    """The entries one consumer (``name``) owes a give-back, per partition."""
 
-    ``token``: the consumer's lease token (a give-back is fenced by the lease).
-    """
-
-    def __init__(
-        self, keys: TopicKeys, group: str, name: str, token: str, stats: ConsumerStats
-    ) -> None:
+    def __init__(self, keys: TopicKeys, group: str, name: str, stats: ConsumerStats) -> None:
         self._keys = keys
         self._group = group
         self._name = name
-        self._token = token
         self._stats = stats
         self._owed: dict[int, list[Received]] = {}
         self._runs: dict[int, dict[tuple[int, str], int]] = {}  # (level, id) -> runs before
@@ -106,7 +105,7 @@ class GiveBack:
         self._owed, self._runs = {}, {}
 
     async def make(self, redis: AnyRedis) -> None:
-        """Give back what is owed, where the lease is still ours.
+        """Give back what is owed: the entries still pending with this member.
 
         Raises what Redis raised (as a pipeline does, or in place of a reply);
         what was not given back stays owed.
@@ -127,9 +126,8 @@ class GiveBack:
                 taken = [x for (lv, i), n in runs.items() if lv == level for x in (i, n)]
                 calls.append((
                     GIVE_BACK,
-                    [keys.stream(number, level), keys.lease(number, group),
-                     keys.runs(number, group)],
-                    [group, self._token, self._name, len(taken) // 2, *taken, *pairs],
+                    [keys.stream(number, level), keys.runs(number, group)],
+                    [group, self._name, len(taken) // 2, *taken, *pairs],
                 ))  # fmt: skip
                 where.append(number)
         # What is owed meanwhile (a heartbeat) stays owed.
@@ -145,7 +143,7 @@ class GiveBack:
             if isinstance(reply, Exception):  # kept owed (giving back twice is harmless)
                 failure = failure or reply
                 self._owe_again(number, owed, runs_owed)
-            elif reply != -1 and int(reply[1]):
+            elif int(reply[1]):
                 self._stats.add_trimmed(number, int(reply[1]))
                 log.warning(
                     "consumer %s: %d entries of partition %d delivered but never handled were "

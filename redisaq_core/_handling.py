@@ -206,14 +206,19 @@ class Dispatcher:
         except BaseException:  # it never ran
             self._never_ran([m])
             raise
-        if (part := self.owned.get(m.partition)) is not None:
-            self.settler.runs[run_key(m)] = (part, int(count) + 1)
+        if (part := self.owned.get(m.partition)) is None:  # lost meanwhile: it never runs
+            self.settler.give_back.owe_run(m, int(count) - 1)
+            return
+        self.settler.runs[run_key(m)] = (part, int(count) + 1)
         await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
 
     def _never_ran(self, messages: list[Received]) -> None:
         """Owe a give-back of ``messages`` (never handed to the handler); claim them later.
 
-        A run counted for one of them in the ``runs`` hash is taken back with it.
+        A run counted for one of them in the ``runs`` hash is taken back with it: one
+        counted under the partition's current hold, or under the hold it had when it was
+        found lost (its last count, made for this dispatch). One counted under an earlier
+        hold of a partition held again is not current.
         """
         give_back, runs = self.settler.give_back, self.settler.runs
         for number, msgs in _by_partition(messages).items():
@@ -222,14 +227,18 @@ class Dispatcher:
             give_back.owe(number, msgs)
             for m in msgs if runs else ():
                 entry = runs.pop(run_key(m), None)
-                if entry is not None and entry[0] is part:
+                if entry is not None and (part is None or entry[0] is part):
                     give_back.owe_run(m, entry[1] - 2)  # runs before this one (the first uncounted)
 
     def _not_ours(self, messages: list[Received], lost: set[int]) -> list[Received]:
-        """``messages`` but those of the partitions ``lost`` (their leases found gone)."""
+        """``messages`` but those of the partitions ``lost`` (their leases found gone).
+
+        Those never run here: they are given back, with any run counted for them.
+        """
         for number, msgs in _by_partition(messages).items():
             if number in lost and (part := self.owned.get(number)) is not None:
                 self.fenced(part, len(msgs))
+        self._never_ran([m for m in messages if m.partition in lost])
         return [m for m in messages if m.partition not in lost]
 
     def _retrying(self, m: Received) -> bool:

@@ -172,7 +172,7 @@ class ReadAhead:
         """Let a read under way end (a consumer leaving early, or failing); give back its entries.
 
         With them, the entries the partitions hold behind a failure that never ran.
-        They are given back while the leases are still held, within a bound (short
+        They are given back before the leases are released, within a bound (short
         when ``redis_down``: the consumer's last call failed); a failure is logged,
         and they stay pending, counted as delivered, for the partitions' next owner.
         """

@@ -368,25 +368,24 @@ async def test_a_give_back_leaves_entries_another_member_claimed_alone(
     redis: Redis, topic: str
 ) -> None:
     # Entries read ahead by a member whose lease lapsed may have been claimed (and run)
-    # by another since; a give-back after it took the partition back (same token) resets
-    # only what is still pending with it, never a count the other member's runs made.
-    keys, group, token = TopicKeys(topic), "default", "tok"
-    stream = keys.stream(0)
+    # by another since; a give-back resets only what is still pending with the member,
+    # never a count the other member's runs made, whoever holds the lease.
+    keys, group = TopicKeys(topic), "default"
+    stream, runs = keys.stream(0), keys.runs(0, group)
     await redis.xgroup_create(stream, group, "0", mkstream=True)
     ours, theirs = [(await redis.xadd(stream, {"p": b"1"})).decode() for _ in range(2)]
     await redis.xreadgroup(group, "me", {stream: ">"})
     await redis.xclaim(stream, group, "other", 0, [theirs])  # delivered twice now
-    await redis.set(keys.lease(0, group), token)
-    lease, runs = keys.lease(0, group), keys.runs(0, group)
+    await redis.hset(runs, mapping={ours: 1, theirs: 1})
+    await redis.set(keys.lease(0, group), "another member's token")
     reply = await GIVE_BACK(
-        redis, [stream, lease, runs], [group, token, "me", 0, ours, 0, theirs, 0]
+        redis, [stream, runs], [group, "me", 2, ours, 0, theirs, 0, ours, 0, theirs, 0]
     )
     assert reply == [1, 0]
     pending: Any = await redis.xpending_range(stream, group, "-", "+", 10)
     counts = {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
     assert counts == {ours: (b"me", 0), theirs: (b"other", 2)}
-    await redis.set(lease, "another token")
-    assert await GIVE_BACK(redis, [stream, lease, runs], [group, token, "me", 0, theirs, 0]) == -1
+    assert await redis.hgetall(runs) == {theirs.encode(): b"1"}
 
 
 def _handled(calls: dict[int, list[int]], n: int) -> dict[str, Any]:
