@@ -163,10 +163,11 @@ class OwnedPartition:
         self.claims = {level: "0-0" for level in range(len(self.streams))}
 
 
-Runs = dict[tuple[int, int, str], tuple[OwnedPartition, int]]
+Runs = dict[tuple[int, int, str], tuple[OwnedPartition, int, Received]]
 """Handler runs, the current one included, of messages whose runs are counted in their
 partition's ``runs`` hash (those delivered again), by (partition, level, id), with the
-hold of the partition they were counted under (another hold's count is not current)."""
+hold of the partition they were counted under (another hold's count is not current) and
+the delivery they were counted for."""
 
 
 def run_key(m: Received) -> tuple[int, int, str]:
@@ -530,7 +531,7 @@ class Reader:
                 counts = results[1::3]
                 results = results[::3]
                 for part, count in zip(retried, counts, strict=True):
-                    runs[run_key(part.held[0])] = (part, int(count) + 1)
+                    runs[run_key(part.held[0])] = (part, int(count) + 1, part.held[0])
         out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
             out += part.held  # held behind a message that was dead-lettered: no retry

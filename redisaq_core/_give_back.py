@@ -15,16 +15,17 @@ without a result. Some deliveries never reach a handler:
 (``lua/give_back.lua``): each entry still pending with this member gets back the
 delivery count it had before that delivery, so that the claim that brings it again,
 by this member or the partition's next owner, counts as the delivery that never
-ran. A run counted for it in the ``runs`` hash is taken back with it. That needs
-no lease: an entry still pending with this member was claimed by no one since, so
-its counts hold nothing of another member's. A run counted just before the lease
-is found gone (marking a job active, a redelivery's count, a retry's claim) is
-given back so too, while the partition's next owner has not claimed the entry yet.
-Owed entries are given back before the consumer retries or claims anything, and
-before it releases a lease; a failed attempt keeps them owed for the next. Only
-entries that a member leaving with Redis unreachable could not give back, or that
-the next owner claimed first, stay counted, as those of a member that dies with a
-batch read do.
+ran. A run counted for it in the ``runs`` hash is taken back with it. While the
+member holds the lease, that is all. A run counted just before the lease is found
+gone (marking a job active, a redelivery's count, a retry's claim) is given back
+too, without the lease, if the entry's counts are still the ones this member's
+delivery left: no one claimed it since, not even another instance of the same
+member name (whose claim leaves it pending with that name). Owed entries are given
+back before the consumer retries or claims anything, and before it releases a
+lease; a failed attempt keeps them owed for the next. Only entries that a member
+leaving with Redis unreachable could not give back, or that the partition's next
+owner claimed first, stay counted, as those of a member that dies with a batch
+read do.
 """
 
 from __future__ import annotations
@@ -45,12 +46,18 @@ log = logging.getLogger(__name__)
 
 
 class GiveBack:
-    """The entries one consumer (``name``) owes a give-back, per partition."""
+    """The entries one consumer (``name``) owes a give-back, per partition.
 
-    def __init__(self, keys: TopicKeys, group: str, name: str, stats: ConsumerStats) -> None:
+    ``token``: the consumer's lease token (with the lease, no count is compared).
+    """
+
+    def __init__(
+        self, keys: TopicKeys, group: str, name: str, token: str, stats: ConsumerStats
+    ) -> None:
         self._keys = keys
         self._group = group
         self._name = name
+        self._token = token
         self._stats = stats
         self._owed: dict[int, list[Received]] = {}
         self._runs: dict[int, dict[tuple[int, str], int]] = {}  # (level, id) -> runs before
@@ -120,14 +127,17 @@ class GiveBack:
             runs = self._runs.get(number, {})
             for m in messages:
                 by_level.setdefault(m.priority, []).extend(
-                    (m.msg_id, b"%d" % max(m.deliveries - 1, 0))
+                    (m.msg_id, b"%d" % m.deliveries, b"%d" % max(m.deliveries - 1, 0))
                 )
-            for level, pairs in by_level.items():
-                taken = [x for (lv, i), n in runs.items() if lv == level for x in (i, n)]
+            for level, triples in by_level.items():
+                taken = [
+                    x for (lv, i), n in runs.items() if lv == level for x in (i, n, n + 1)
+                ]  # fmt: skip
                 calls.append((
                     GIVE_BACK,
-                    [keys.stream(number, level), keys.runs(number, group)],
-                    [group, self._name, len(taken) // 2, *taken, *pairs],
+                    [keys.stream(number, level), keys.lease(number, group),
+                     keys.runs(number, group)],
+                    [group, self._token, self._name, len(taken) // 3, *taken, *triples],
                 ))  # fmt: skip
                 where.append(number)
         # What is owed meanwhile (a heartbeat) stays owed.

@@ -209,16 +209,15 @@ class Dispatcher:
         if (part := self.owned.get(m.partition)) is None:  # lost meanwhile: it never runs
             self.settler.give_back.owe_run(m, int(count) - 1)
             return
-        self.settler.runs[run_key(m)] = (part, int(count) + 1)
+        self.settler.runs[run_key(m)] = (part, int(count) + 1, m)
         await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
 
     def _never_ran(self, messages: list[Received]) -> None:
         """Owe a give-back of ``messages`` (never handed to the handler); claim them later.
 
-        A run counted for one of them in the ``runs`` hash is taken back with it: one
-        counted under the partition's current hold, or under the hold it had when it was
-        found lost (its last count, made for this dispatch). One counted under an earlier
-        hold of a partition held again is not current.
+        A run counted for one of them in the ``runs`` hash is taken back with it: the one
+        counted for this delivery of it (not one a delivery before it really ran), under
+        the partition's hold of then, whether still held or found lost since.
         """
         give_back, runs = self.settler.give_back, self.settler.runs
         for number, msgs in _by_partition(messages).items():
@@ -227,7 +226,7 @@ class Dispatcher:
             give_back.owe(number, msgs)
             for m in msgs if runs else ():
                 entry = runs.pop(run_key(m), None)
-                if entry is not None and (part is None or entry[0] is part):
+                if entry is not None and entry[2] is m:
                     give_back.owe_run(m, entry[1] - 2)  # runs before this one (the first uncounted)
 
     def _not_ours(self, messages: list[Received], lost: set[int]) -> list[Received]:
@@ -256,7 +255,7 @@ class Dispatcher:
                 del runs[key]
                 if owned.get(m.partition) is entry[0]:  # else not settled here: for its owner
                     settled.setdefault(m.partition, []).append(m.msg_id)
-        for key in [k for k, (hold, _) in runs.items() if owned.get(k[0]) is not hold]:
+        for key in [k for k, (hold, _, _) in runs.items() if owned.get(k[0]) is not hold]:
             del runs[key]
         if settled:
             pipe = redis.pipeline(transaction=False)

@@ -114,7 +114,7 @@ class Settler:
         """Plain acknowledgements may wait for the consumer's next read (see :meth:`settle`)."""
         self._deferred: list[ScriptCall] = []
         self._deferred_for: dict[Any, OwnedPartition] = {}  # lease key -> partition, as held
-        self.give_back = GiveBack(keys, group, name, stats)
+        self.give_back = GiveBack(keys, group, name, token, stats)
         """What this consumer was delivered and never handed to a handler (to give back)."""
         self.runs: Runs = {}
         """The handler runs of the messages delivered again that are under way or retried."""

@@ -609,7 +609,7 @@ async def test_what_is_owed_while_a_give_back_is_under_way_stays_owed(
     # A heartbeat owes entries of a partition taken afresh while the consumer's give-back
     # round trip is out: they are owed still once it is back (they were forgotten).
     keys, group = TopicKeys(topic), "default"
-    give_back = GiveBack(keys, group, "me", ConsumerStats())
+    give_back = GiveBack(keys, group, "me", "tok", ConsumerStats())
     first = received(topic, {"n": 0}, "1-0", 0, group, 0.0, 1, 0)
     meanwhile = received(topic, {"n": 1}, "2-0", 1, group, 0.0, 1, 0)
     give_back.owe(0, [first])
@@ -698,7 +698,7 @@ async def test_a_give_back_leaves_the_runs_of_an_entry_another_member_claimed(
     stream, runs, h = await _delivered_to_me(redis, topic)
     await redis.xclaim(stream, "default", "other", 0, [h])
     await redis.hset(runs, h, 2)
-    give_back = GiveBack(TopicKeys(topic), "default", "me", ConsumerStats())
+    give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
     give_back.owe_run(received(topic, {"n": 1}, h, 0, "default", 0.0, 2, 0), 0)
     await give_back.make(redis)
     assert await redis.hget(runs, h) == b"2"
@@ -711,7 +711,7 @@ async def test_a_give_back_goes_on_over_a_runs_key_another_client_spoilt(
     # all the same. The script's HSET used to fail it, and H stayed owed for good.
     stream, runs, h = await _delivered_to_me(redis, topic)
     await redis.set(runs, "another client's")
-    give_back = GiveBack(TopicKeys(topic), "default", "me", ConsumerStats())
+    give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
     m = received(topic, {"n": 1}, h, 0, "default", 0.0, 1, 0)
     give_back.owe_run(m, 1)
     await give_back.make(redis)
@@ -720,20 +720,24 @@ async def test_a_give_back_goes_on_over_a_runs_key_another_client_spoilt(
     assert pending[0]["times_delivered"] == 0  # set back: the next claim counts as delivery 1
 
 
-async def test_a_count_of_runs_from_an_earlier_hold_is_not_given_back(
+async def test_a_count_of_runs_for_an_earlier_delivery_is_not_given_back(
     redis_url: str, topic: str
 ) -> None:
-    # A run counted for H under an earlier hold of its partition (lost, then taken back) is
-    # not current: H cut off now gives back no run (it did not count one under this hold).
+    # H's last count of runs was made for an earlier delivery of it, under an earlier hold
+    # of its partition (that run happened). H, claimed again, is cut off before its run is
+    # counted: it is given back without taking back that earlier run.
     consumer = Consumer(topic, redis_url=redis_url)
     h = received(topic, {"n": 1}, "5-0", 0, "default", 0.0, 3, 0)
+    before = received(topic, {"n": 1}, "5-0", 0, "default", 0.0, 2, 0)
     earlier = consumer._reader.partition(0, 1, valid_until=1e12)
-    consumer._settler.runs[(0, 0, "5-0")] = (earlier, 3)
-    consumer._owned[0] = consumer._reader.partition(0, 1, valid_until=1e12)
+    consumer._settler.runs[(0, 0, "5-0")] = (earlier, 3, before)
     consumer._dispatcher._never_ran([h])
     give_back = consumer._settler.give_back
     assert give_back.owes(h)
     assert give_back._runs == {}
+    consumer._settler.runs[(0, 0, "5-0")] = (earlier, 3, h)  # counted for this delivery
+    consumer._dispatcher._never_ran([h])
+    assert give_back._runs == {0: {(0, "5-0"): 1}}
 
 
 async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(
@@ -767,7 +771,7 @@ async def test_a_give_back_refused_for_memory_stays_owed_with_its_run(topic: str
         try:
             stream, runs, h = await _delivered_to_me(redis, topic)
             await redis.hset(runs, h, 2)
-            give_back = GiveBack(TopicKeys(topic), "default", "me", ConsumerStats())
+            give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
             m = received(topic, {"n": 1}, h, 0, "default", 0.0, 3, 0)
             give_back.owe_run(m, 1)
             await redis.config_set("maxmemory", "1")  # below what is used: writes get OOM

@@ -368,24 +368,41 @@ async def test_a_give_back_leaves_entries_another_member_claimed_alone(
     redis: Redis, topic: str
 ) -> None:
     # Entries read ahead by a member whose lease lapsed may have been claimed (and run)
-    # by another since; a give-back resets only what is still pending with the member,
-    # never a count the other member's runs made, whoever holds the lease.
-    keys, group = TopicKeys(topic), "default"
-    stream, runs = keys.stream(0), keys.runs(0, group)
+    # by another since: a give-back resets only what is still pending with the member,
+    # never a count the other member's runs made. Without the lease, only an entry whose
+    # counts are still those of this member's delivery: another instance of the same name
+    # (a static restart) may have claimed one, which leaves it pending with that name.
+    keys, group, token = TopicKeys(topic), "default", "tok"
+    stream, lease, runs = keys.stream(0), keys.lease(0, group), keys.runs(0, group)
     await redis.xgroup_create(stream, group, "0", mkstream=True)
-    ours, theirs = [(await redis.xadd(stream, {"p": b"1"})).decode() for _ in range(2)]
+    ours, theirs, again = [(await redis.xadd(stream, {"p": b"1"})).decode() for _ in range(3)]
     await redis.xreadgroup(group, "me", {stream: ">"})
     await redis.xclaim(stream, group, "other", 0, [theirs])  # delivered twice now
-    await redis.hset(runs, mapping={ours: 1, theirs: 1})
-    await redis.set(keys.lease(0, group), "another member's token")
+    await redis.xclaim(stream, group, "me", 0, [again])  # by the other instance of "me"
+    await redis.hset(runs, mapping={ours: 1, theirs: 2, again: 2})
+    await redis.set(lease, "another member's token")
+    counted = [ours, 0, 1, theirs, 0, 1, again, 0, 1]
+    entries = [ours, 1, 0, theirs, 1, 0, again, 1, 0]
     reply = await GIVE_BACK(
-        redis, [stream, runs], [group, "me", 2, ours, 0, theirs, 0, ours, 0, theirs, 0]
+        redis, [stream, lease, runs], [group, token, "me", 3, *counted, *entries]
     )
     assert reply == [1, 0]
+    assert await _pending_counts(redis, stream, group) == {
+        ours: (b"me", 0),
+        theirs: (b"other", 2),
+        again: (b"me", 2),
+    }
+    assert await redis.hgetall(runs) == {theirs.encode(): b"2", again.encode(): b"2"}
+    # With the lease, whatever is pending with this member is given back.
+    await redis.set(lease, token)
+    reply = await GIVE_BACK(redis, [stream, lease, runs], [group, token, "me", 0, again, 1, 0])
+    assert reply == [1, 0]
+    assert (await _pending_counts(redis, stream, group))[again] == (b"me", 0)
+
+
+async def _pending_counts(redis: Redis, stream: str, group: str) -> dict[str, tuple[Any, int]]:
     pending: Any = await redis.xpending_range(stream, group, "-", "+", 10)
-    counts = {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
-    assert counts == {ours: (b"me", 0), theirs: (b"other", 2)}
-    assert await redis.hgetall(runs) == {theirs.encode(): b"1"}
+    return {p["message_id"].decode(): (p["consumer"], p["times_delivered"]) for p in pending}
 
 
 def _handled(calls: dict[int, list[int]], n: int) -> dict[str, Any]:

@@ -326,3 +326,114 @@ async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
     assert cut == [2]  # the retry claimed, and its run counted
     assert ran == [1, 2]
     assert consumer.stats.dead_lettered == 0
+
+
+async def test_an_earlier_instance_of_a_static_member_takes_back_no_run_its_successor_made(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instance 1 of static member "w" claims job J (a member died with it) and counts its
+    # run, then stalls before marking J active. Instance 2 of "w" takes the lease over, claims
+    # J (pending with "w" still) and counts its run, which really starts. Instance 1 then
+    # finds the lease gone: its give-back, with no lease, finds J's counts changed since its
+    # own delivery and leaves them. Before (given back on "still pending with w" alone) it
+    # erased instance 2's run, and J could run past max_deliveries.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.submit({"n": 0})
+    (j,) = await died_with(redis, topic)
+    keys = TopicKeys(topic)
+    options: dict[str, Any] = {
+        "consumer_name": "w", "static": True, "redis_url": redis_url, "max_deliveries": 3,
+    }  # fmt: skip
+    first = Consumer(topic, heartbeat_interval=5.0, heartbeat_ttl=15.0, **options)
+    gate, at_gate = asyncio.Event(), asyncio.Event()
+    started = Settler.started
+
+    async def stalls(self: Settler, r: Any, messages: Any) -> Any:
+        if self is first._settler and not at_gate.is_set():
+            at_gate.set()
+            await gate.wait()
+        return await started(self, r, messages)
+
+    monkeypatch.setattr(Settler, "started", stalls)
+    running = asyncio.Event()
+
+    async def hangs(m: Message) -> None:
+        running.set()
+        await asyncio.Event().wait()
+
+    first_task = asyncio.create_task(first.process(hangs))
+    second = Consumer(topic, **options, **FAST)
+    try:
+        await asyncio.wait_for(at_gate.wait(), 10)
+        assert await redis.hget(keys.runs(0, "default"), j) == b"1"
+        second_task = asyncio.create_task(second.process(hangs))
+        await asyncio.wait_for(running.wait(), 10)
+        assert await redis.hget(keys.runs(0, "default"), j) == b"2"
+        gate.set()
+        await eventually(
+            lambda: first.stats.fenced == 1 and not first._settler.give_back.owed,
+            message="the first instance fenced, and done with its give-back",
+        )  # fmt: skip
+        pending: Any = await redis.xpending_range(keys.stream(0), "default", "-", "+", 1)
+        assert (pending[0]["consumer"], pending[0]["times_delivered"]) == (b"w", 3)
+        assert await redis.hget(keys.runs(0, "default"), j) == b"2"
+    finally:
+        for consumer in (second, first):
+            await consumer.stop(timeout=0.3)
+        await asyncio.gather(first_task, second_task, return_exceptions=True)
+        for consumer in (second, first):
+            await consumer.close()
+
+
+async def test_a_run_counted_for_an_earlier_delivery_that_ran_is_not_given_back(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # M fails twice (its retry counted: a run that happened) and waits for its next retry
+    # when the lease is lost. The partition is taken again and its claim brings M, and the
+    # lease is found gone again while that claim is out: M never runs on it. Its give-back
+    # must not take back the retry's run, counted for an earlier delivery that ran; it used
+    # to, and M ran 4 times with max_deliveries=3.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=3, heartbeat_ttl=1.2, retry_backoff=1.0,
+        retry_backoff_max=1.0, **FAST,
+    )  # fmt: skip
+    lease = TopicKeys(topic).lease(0, "default")
+
+    async def lose_lease() -> None:
+        await redis.set(lease, "another member", px=1500)
+        await eventually(lambda: not consumer.assigned_partitions, message="dropped")
+
+    async def lose_once_held() -> None:
+        await eventually(
+            lambda: (part := consumer._owned.get(0)) is not None and part.head_failed,
+            message="held for its retry",
+        )  # fmt: skip
+        await lose_lease()
+
+    claim = Reader.claim
+    cut: list[int] = []
+
+    async def lost_during_claim(self: Reader, r: Any, parts: Any) -> Any:
+        out = await claim(self, r, parts)
+        if losing and not cut and out[0]:
+            cut.append(out[0][0].deliveries)
+            await lose_lease()
+        return out
+
+    monkeypatch.setattr(Reader, "claim", lost_during_claim)
+    ran: list[int] = []
+    losing: list[asyncio.Task[None]] = []
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        if len(ran) == 2:
+            losing.append(asyncio.create_task(lose_once_held()))
+        raise RuntimeError(f"run {len(ran)} fails")
+
+    async with Running(consumer, fails):
+        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout=30)
+    await asyncio.gather(*losing)
+    assert cut == [3]
+    assert ran == [1, 2, 3]
