@@ -452,9 +452,8 @@ class Consumer(RedisComponent):
         delay, told = 0.1, False
         while True:
             try:
-                # start="latest" applies once, to a group new to the topic: a group created
-                # again (Redis flushed or restarted, the group deleted) or on a partition added
-                # later starts from the beginning of the stream: nothing written is lost.
+                # start="latest" only for a group new to the topic: one created again (Redis
+                # flushed, the group deleted) or on a later partition reads from the start.
                 new_group = await add_group(redis, self.keys, self.group)
                 self._from_latest = self.start == "latest" and new_group
                 await server_features(redis)  # once per client: warns about an evicting server
@@ -526,9 +525,7 @@ class Consumer(RedisComponent):
             # What the last batch left to acknowledge goes before the leases.
             await self._settler.flush(self.redis, self._owned, self._fenced, last=True)
         except REDIS_FAILURES as exc:
-            self.logger.warning(
-                "consumer %s: could not acknowledge the last batch: %s", self.name, exc
-            )
+            self.logger.warning("consumer %s: last batch not acknowledged: %s", self.name, exc)
         self._owned.clear()
         self._settler.runs.clear()
         try:
@@ -536,10 +533,8 @@ class Consumer(RedisComponent):
             await membership.leave()
             # Our consumer entries where nothing of ours is pending (Redis never removes them).
             streams, self._touched = sorted(self._touched), set()
-            await run_pipelined(
-                self.redis,
-                [(FORGET_CONSUMER, [s], [self.group, self.name]) for s in streams],
-            )
+            calls = [(FORGET_CONSUMER, [s], [self.group, self.name]) for s in streams]
+            await run_pipelined(self.redis, calls)
             self.logger.info("consumer %s left group %s of %s", self.name, self.group, self.topic)
         except REDIS_FAILURES as exc:
             self.logger.warning("consumer %s: could not leave group cleanly: %s", self.name, exc)
@@ -616,7 +611,7 @@ class Consumer(RedisComponent):
             if state == LeaseState.LOST:
                 if current is not None:
                     self.logger.warning("consumer %s: lease of partition %d lost", self.name, p)
-                    del self._owned[p]
+                    self._drop(current)
                 continue
             stale = current is not None and len(current.streams) != self._priorities
             if (
@@ -673,8 +668,7 @@ class Consumer(RedisComponent):
     async def _recreate_groups(self, exc: BaseException) -> None:
         """A stream or the group was deleted (or Redis flushed): create the groups again."""
         now = asyncio.get_running_loop().time()
-        if now - self._recreated_at < 5.0:
-            # Deleted again at once: no spin.
+        if now - self._recreated_at < 5.0:  # deleted again at once: no spin
             await wait_event(self._stopping, min(self.poll_interval, 1.0))
         else:
             self.logger.warning(
@@ -796,5 +790,10 @@ class Consumer(RedisComponent):
             "consumer %s: partition %d is no longer ours; %d result(s) not acknowledged "
             "(the new owner will handle them again)", self.name, part.number, count,
         )  # fmt: skip
+        self._drop(part)
+
+    def _drop(self, part: OwnedPartition) -> None:
+        """Forget a hold found lost (if still held); what it held unrun is given back."""
         if self._owned.get(part.number) is part:
+            self._settler.give_back.owe_held([part])
             del self._owned[part.number]

@@ -437,3 +437,46 @@ async def test_a_run_counted_for_an_earlier_delivery_that_ran_is_not_given_back(
     await asyncio.gather(*losing)
     assert cut == [3]
     assert ran == [1, 2, 3]
+
+
+async def test_what_waits_behind_a_failure_when_the_lease_is_found_gone_is_given_back(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # 0 fails and 1, 2 wait behind it (read once, never run) when the heartbeat finds the
+    # lease gone. They are given back, so their next claim is their first delivery: 1 fails
+    # once on its first run and is retried. Before, the dropped hold's 1 and 2 kept their
+    # delivery, the claim counted it as a run, and 1 was dead-lettered after one real run.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": n} for n in range(3)])
+    consumer = Consumer(
+        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, retry_backoff=1.0,
+        retry_backoff_max=1.0, **FAST,
+    )  # fmt: skip
+    lease = TopicKeys(topic).lease(0, "default")
+
+    async def lose_once_held() -> None:
+        await eventually(
+            lambda: (part := consumer._owned.get(0)) is not None and len(part.held) == 3,
+            message="1 and 2 held behind 0",
+        )  # fmt: skip
+        await redis.set(lease, "another member", px=1500)
+        await eventually(lambda: not consumer.assigned_partitions, message="dropped")
+
+    ran: list[tuple[int, int]] = []
+    losing: list[asyncio.Task[None]] = []
+
+    async def fails_first_runs(m: Message) -> None:
+        n = m.payload["n"]
+        ran.append((n, m.deliveries))
+        if n == 0 and not losing:
+            losing.append(asyncio.create_task(lose_once_held()))
+        if sum(1 for k, _ in ran if k == n) == 1 and n < 2:
+            raise RuntimeError(f"{n} fails on its first run")
+
+    async with Running(consumer, fails_first_runs):
+        await eventually(
+            lambda: consumer.stats.handled + consumer.stats.dead_lettered == 3, timeout=20
+        )
+    await asyncio.gather(*losing)
+    assert consumer.stats.dead_lettered == 0, ran
+    assert [n for n, _ in ran] == [0, 0, 1, 1, 2]
