@@ -206,9 +206,39 @@ async def test_no_run_is_counted_for_a_backlog_whose_partition_was_lost_meanwhil
 
 
 # A run counted just before the partition's lease is found gone never happens here. It is
-# given back all the same, while the entry is still pending with this member (the give-back
-# needs no lease): before, it stayed counted, and the member that took the partition next
+# given back all the same, without the lease, if the entry's counts are still those of this
+# member's delivery: before, it stayed counted, and the member that took the partition next
 # dead-lettered the message one real run early. Three ways, each seen in a chaos run.
+
+
+async def _one(redis_url: str, topic: str, *, job: bool = False) -> None:
+    """One message (a job with ``job``) on a topic of one partition."""
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await (producer.submit if job else producer.enqueue)({"n": 0})
+
+
+def _member(topic: str, redis_url: str, **options: Any) -> Consumer:
+    """A consumer that finds a lease gone within a second (max_deliveries=2 unless given)."""
+    return Consumer(
+        topic, redis_url=redis_url, **{"max_deliveries": 2, "heartbeat_ttl": 1.2, **FAST, **options}
+    )  # fmt: skip
+
+
+async def _settled(consumer: Consumer, handler: Any, n: int = 1) -> None:
+    """Run ``consumer`` until ``n`` messages are handled or dead-lettered."""
+    async with Running(consumer, handler):
+        await eventually(
+            lambda: consumer.stats.handled + consumer.stats.dead_lettered == n, timeout=20
+        )
+
+
+def _recording(ran: list[int]) -> Any:
+    """A handler that notes each message's delivery count."""
+
+    async def record(m: Message) -> None:
+        ran.append(m.deliveries)
+
+    return record
 
 
 def _lease_taken_once(
@@ -232,12 +262,9 @@ def _lease_taken_once(
 async def test_a_run_counted_for_a_job_whose_lease_is_gone_when_marked_active_is_given_back(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.submit({"n": 0})
+    await _one(redis_url, topic, job=True)
     await died_with(redis, topic)
-    consumer = Consumer(
-        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, **FAST
-    )  # fmt: skip
+    consumer = _member(topic, redis_url)
     cut: list[int] = []
     take = _lease_taken_once(redis, topic, consumer, cut, dropped=False)  # found by the mark
     started = Settler.started
@@ -248,14 +275,7 @@ async def test_a_run_counted_for_a_job_whose_lease_is_gone_when_marked_active_is
 
     monkeypatch.setattr(Settler, "started", lease_gone_once)
     ran: list[int] = []
-
-    async def record(m: Message) -> None:
-        ran.append(m.deliveries)
-
-    async with Running(consumer, record):
-        await eventually(
-            lambda: consumer.stats.handled + consumer.stats.dead_lettered == 1, timeout=15
-        )
+    await _settled(consumer, _recording(ran))
     assert cut == [2]
     assert ran == [2]  # its delivery that never ran was given back too
     assert consumer.stats.dead_lettered == 0 and consumer.stats.fenced == 1
@@ -264,12 +284,9 @@ async def test_a_run_counted_for_a_job_whose_lease_is_gone_when_marked_active_is
 async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_given_back(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.enqueue({"n": 0})
+    await _one(redis_url, topic)
     await died_with(redis, topic)
-    consumer = Consumer(
-        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, **FAST
-    )  # fmt: skip
+    consumer = _member(topic, redis_url)
     cut: list[int] = []
     take = _lease_taken_once(redis, topic, consumer, cut)
     counted_runs = _handling.counted_runs
@@ -280,14 +297,7 @@ async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_give
 
     monkeypatch.setattr(_handling, "counted_runs", lease_gone_once)
     ran: list[int] = []
-
-    async def record(m: Message) -> None:
-        ran.append(m.deliveries)
-
-    async with Running(consumer, record):
-        await eventually(
-            lambda: consumer.stats.handled + consumer.stats.dead_lettered == 1, timeout=15
-        )
+    await _settled(consumer, _recording(ran))
     assert cut == [1]  # the run counted
     assert ran == [2]
     assert consumer.stats.dead_lettered == 0
@@ -296,12 +306,8 @@ async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_give
 async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.enqueue({"n": 0})
-    consumer = Consumer(
-        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, retry_backoff=0.01,
-        **FAST,
-    )  # fmt: skip
+    await _one(redis_url, topic)
+    consumer = _member(topic, redis_url, retry_backoff=0.01)
     cut: list[int] = []
     take = _lease_taken_once(redis, topic, consumer, cut)
     retries = Reader.retries
@@ -319,10 +325,7 @@ async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
         if len(ran) == 1:
             raise RuntimeError("run 1 fails")
 
-    async with Running(consumer, fails_once):
-        await eventually(
-            lambda: consumer.stats.handled + consumer.stats.dead_lettered == 1, timeout=15
-        )
+    await _settled(consumer, fails_once)
     assert cut == [2]  # the retry claimed, and its run counted
     assert ran == [1, 2]
     assert consumer.stats.dead_lettered == 0
@@ -337,8 +340,7 @@ async def test_an_earlier_instance_of_a_static_member_takes_back_no_run_its_succ
     # finds the lease gone: its give-back, with no lease, finds J's counts changed since its
     # own delivery and leaves them. Before (given back on "still pending with w" alone) it
     # erased instance 2's run, and J could run past max_deliveries.
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.submit({"n": 0})
+    await _one(redis_url, topic, job=True)
     (j,) = await died_with(redis, topic)
     keys = TopicKeys(topic)
     options: dict[str, Any] = {
@@ -393,12 +395,8 @@ async def test_a_run_counted_for_an_earlier_delivery_that_ran_is_not_given_back(
     # lease is found gone again while that claim is out: M never runs on it. Its give-back
     # must not take back the retry's run, counted for an earlier delivery that ran; it used
     # to, and M ran 4 times with max_deliveries=3.
-    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
-        await producer.enqueue({"n": 0})
-    consumer = Consumer(
-        topic, redis_url=redis_url, max_deliveries=3, heartbeat_ttl=1.2, retry_backoff=1.0,
-        retry_backoff_max=1.0, **FAST,
-    )  # fmt: skip
+    await _one(redis_url, topic)
+    consumer = _member(topic, redis_url, max_deliveries=3, retry_backoff=1.0, retry_backoff_max=1.0)
     lease = TopicKeys(topic).lease(0, "default")
 
     async def lose_lease() -> None:
@@ -432,9 +430,9 @@ async def test_a_run_counted_for_an_earlier_delivery_that_ran_is_not_given_back(
             losing.append(asyncio.create_task(lose_once_held()))
         raise RuntimeError(f"run {len(ran)} fails")
 
-    async with Running(consumer, fails):
-        await eventually(lambda: consumer.stats.dead_lettered == 1, timeout=30)
+    await _settled(consumer, fails)
     await asyncio.gather(*losing)
+    assert consumer.stats.dead_lettered == 1
     assert cut == [3]
     assert ran == [1, 2, 3]
 
@@ -448,10 +446,7 @@ async def test_what_waits_behind_a_failure_when_the_lease_is_found_gone_is_given
     # delivery, the claim counted it as a run, and 1 was dead-lettered after one real run.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.batch_enqueue([{"n": n} for n in range(3)])
-    consumer = Consumer(
-        topic, redis_url=redis_url, max_deliveries=2, heartbeat_ttl=1.2, retry_backoff=1.0,
-        retry_backoff_max=1.0, **FAST,
-    )  # fmt: skip
+    consumer = _member(topic, redis_url, retry_backoff=1.0, retry_backoff_max=1.0)
     lease = TopicKeys(topic).lease(0, "default")
 
     async def lose_once_held() -> None:
@@ -473,10 +468,7 @@ async def test_what_waits_behind_a_failure_when_the_lease_is_found_gone_is_given
         if sum(1 for k, _ in ran if k == n) == 1 and n < 2:
             raise RuntimeError(f"{n} fails on its first run")
 
-    async with Running(consumer, fails_first_runs):
-        await eventually(
-            lambda: consumer.stats.handled + consumer.stats.dead_lettered == 3, timeout=20
-        )
+    await _settled(consumer, fails_first_runs, 3)
     await asyncio.gather(*losing)
     assert consumer.stats.dead_lettered == 0, ran
     assert [n for n, _ in ran] == [0, 0, 1, 1, 2]
