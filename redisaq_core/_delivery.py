@@ -33,7 +33,7 @@ from ._codec import (
     default_deserializer,
 )
 from ._reads import XREADGROUP, create_groups, read_streams, xreadgroup_args
-from ._scripts import ScriptCall
+from ._scripts import RETRY, ScriptCall, run_pipelined
 from ._tracing import Traced, mark
 from .connection import AnyRedis
 from .errors import SerializationError
@@ -232,6 +232,7 @@ class Reader:
         keys: TopicKeys,
         group: str,
         name: str,
+        token: str,
         *,
         batch_size: int,
         deserializer: Deserializer,
@@ -241,6 +242,7 @@ class Reader:
         self.topic = keys.topic
         self.group = group
         self.name = name
+        self.token = token  # the member's lease token: a retry's claim is fenced by it
         self.batch_size = batch_size
         self.deserializer = orjson.loads if deserializer is default_deserializer else deserializer
         self.stats = stats
@@ -507,30 +509,34 @@ class Reader:
         Returns it followed by the messages held behind it, and the ids of
         failed messages whose data is gone (to acknowledge). With ``runs``, the
         retry is counted in the partition's ``runs`` hash, and its runs (this
-        one included) noted in ``runs``.
+        one included) noted in ``runs``. The claim is fenced by the lease
+        (``lua/retry.lua``): a partition whose lease is found gone keeps what it
+        holds and is not read or retried until a heartbeat renews it.
         """
         retried = [p for p in parts if p.head_failed and p.held]
-        results: list[Any] = []
+        replies: list[Any] = []
         if retried:  # nothing changes before the claim is made: a failed one leaves them held
-            pipe = redis.pipeline(transaction=False)
-            fields: list[tuple[str, str]] = []
+            calls: list[ScriptCall] = []
             for part in retried:
                 head = part.held[0]
-                pipe.xclaim(
-                    part.streams[head.priority], self.group, self.name, 0, [head.msg_id or "0"]
-                )
-                fields.append(("", ""))
-                if runs is not None:
-                    key = self.keys.runs(part.number, self.group)
-                    pipe.hincrby(key, head.msg_id, 1)
-                    pipe.expire(key, RUNS_TTL)
-                    fields += [(key, head.msg_id), ("", "")]
-            results = await pipe.execute(raise_on_error=False)
-            await counted_runs(redis, results, fields)
+                calls.append((
+                    RETRY,
+                    [part.streams[head.priority], self.keys.lease(part.number, self.group),
+                     self.keys.runs(part.number, self.group)],
+                    [self.group, self.token, self.name, head.msg_id or "0",
+                     b"0" if runs is None else b"1", RUNS_TTL],
+                ))  # fmt: skip
+            replies = await run_pipelined(redis, calls)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            for part, reply in zip(retried, replies, strict=True):
+                if reply == -1:  # the lease moved on: left to the heartbeat
+                    part.valid_until = 0.0
+            kept = [(p, r) for p, r in zip(retried, replies, strict=True) if r != -1]
+            retried, replies = [p for p, _ in kept], [r for _, r in kept]
             if runs is not None:
-                counts = results[1::3]
-                results = results[::3]
-                for part, count in zip(retried, counts, strict=True):
+                for part, (_, count) in zip(retried, replies, strict=True):
                     runs[run_key(part.held[0])] = (part, int(count) + 1, part.held[0])
         out: list[Received] = []
         for part in [p for p in parts if not p.head_failed]:
@@ -538,7 +544,7 @@ class Reader:
             part.held = []
             part.unrun.clear()
         gone: dict[tuple[OwnedPartition, int], list[str]] = {}
-        for part, claimed in zip(retried, results, strict=True):
+        for part, (alive, _) in zip(retried, replies, strict=True):
             head, rest, isolate = part.held[0], part.held[1:], part.isolate
             part.head_failed = part.isolate = False
             part.alone = (head.priority, head.msg_id) if isolate else None
@@ -546,7 +552,7 @@ class Reader:
             part.held = rest if isolate else []
             if not isolate:
                 part.unrun.clear()
-            if claimed and claimed[0][1] is not None:
+            if alive:
                 head.deliveries += 1
                 out.append(head)
                 self.stats.add_retried(part.number)

@@ -60,6 +60,7 @@ __all__ = [
     "REGISTRY_UPDATE",
     "RELEASE",
     "REPLAY",
+    "RETRY",
     "SUBMIT",
     "TRIM_ACKED",
     "Script",
@@ -234,6 +235,7 @@ REGISTRY_READ = Script("registry_read")
 REGISTRY_REGISTER = Script("registry_register")
 REGISTRY_UPDATE = Script("registry_update")
 RELEASE = Script("release")
+RETRY = Script("retry")
 REPLAY = Script("replay")
 SCHEDULE_START = Script("schedule_start")
 SUBMIT = Script("submit")

@@ -211,7 +211,7 @@ class Consumer(RedisComponent):
         self.stats = ConsumerStats()
         self._owned: dict[int, OwnedPartition] = {}
         self._reader = Reader(
-            self.keys, self.group, self.name, batch_size=batch_size,
+            self.keys, self.group, self.name, self.token, batch_size=batch_size,
             deserializer=self.deserializer, stats=self.stats,
         )  # fmt: skip
         self._settler = Settler(

@@ -182,7 +182,8 @@ async def test_json_format_prints_only_json(reg_cli: Any, registry: ServiceRegis
     assert [s["service_id"] for s in r.json()] == ["j1"]
     r = await reg_cli("list-healthy", "--format", "json", "--service-type", "worker")
     assert [s["service_id"] for s in r.json()] == ["j2"]
-    r = await reg_cli("monitor", "--once", "--format", "json")
+    # A long timeout: on a loaded machine the calls above may take longer than the default.
+    r = await reg_cli("monitor", "--once", "--format", "json", "--timeout", "600")
     assert sorted((s["service_id"], s["worker_status"]) for s in r.json()) == [
         ("j1", "alive"), ("j2", "registered"),
     ]  # fmt: skip

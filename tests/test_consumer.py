@@ -494,7 +494,9 @@ async def test_a_reply_redis_py_converted_reads_as_the_servers_own(
     ]
     read = []
     for reply in replies:
-        reader = Reader(keys, "g", "c", batch_size=10, deserializer=chosen, stats=ConsumerStats())
+        reader = Reader(
+            keys, "g", "c", "tok", batch_size=10, deserializer=chosen, stats=ConsumerStats()
+        )
         part = OwnedPartition(0, keys.lease(0, "g"), [stream], valid_until=0.0)
         read.append(
             [(m.payload, m.partition_key) for m in reader._received(reply, {stream: (part, 0)})]

@@ -182,7 +182,7 @@ async def _settling(redis: Redis, topic: str, n: int) -> tuple[Reader, Settler, 
     ``n`` messages it read there."""
     keys, group, token = TopicKeys(topic), "default", "tok"
     stats = ConsumerStats()
-    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
+    reader = Reader(keys, group, "me", "tok", batch_size=10, deserializer=default_deserializer,
                     stats=stats)  # fmt: skip
     settler = Settler(
         keys, group, "me", token, serializer=default_serializer, max_deliveries=1,

@@ -472,3 +472,46 @@ async def test_what_waits_behind_a_failure_when_the_lease_is_found_gone_is_given
     await asyncio.gather(*losing)
     assert consumer.stats.dead_lettered == 0, ran
     assert [n for n, _ in ran] == [0, 0, 1, 1, 2]
+
+
+async def test_a_retry_after_the_lease_moved_takes_nothing_from_the_new_owner(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0 fails; before its retry another member takes the lease and claims 0. This member's
+    # heartbeat has not noticed yet, and it retries: the claim is refused, so 0 stays with
+    # its new owner, and no run is counted. Before, XCLAIM (which looks at no owner) took
+    # it back and counted a run that never happened; the new owner, claiming it again, then
+    # dead-lettered a flaky message after one real run.
+    await _one(redis_url, topic)
+    keys = TopicKeys(topic)
+    stream = keys.stream(0)
+    consumer = _member(
+        topic, redis_url, heartbeat_interval=5.0, heartbeat_ttl=15.0, retry_backoff=0.5,
+        retry_backoff_max=0.5,
+    )  # fmt: skip
+    retries, tried = Reader.retries, asyncio.Event()
+
+    async def noted(self: Reader, r: Any, parts: Any, runs: Any = None) -> Any:
+        try:
+            return await retries(self, r, parts, runs)
+        finally:
+            tried.set()
+
+    monkeypatch.setattr(Reader, "retries", noted)
+
+    async def fails(m: Message) -> None:
+        raise RuntimeError("0 fails")
+
+    async with Running(consumer, fails):
+        await eventually(
+            lambda: (part := consumer._owned.get(0)) is not None and part.head_failed,
+            message="0 waits for its retry",
+        )  # fmt: skip
+        await redis.set(keys.lease(0, "default"), "another member", px=30_000)
+        (entry,) = await redis.xpending_range(stream, "default", "-", "+", 1)
+        await redis.xclaim(stream, "default", "other", 0, [entry["message_id"]])
+        await asyncio.wait_for(tried.wait(), 10)
+        pending: Any = await redis.xpending_range(stream, "default", "-", "+", 1)
+        assert (pending[0]["consumer"], pending[0]["times_delivered"]) == (b"other", 2)
+        assert await redis.hgetall(keys.runs(0, "default")) == {}
+        assert consumer.stats.failed == 1 and consumer.stats.retried == 0

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, Message, Producer, _settlement
+from redisaq_core import Consumer, Message, Producer, _delivery, _settlement
 from redisaq_core._codec import default_deserializer
 from redisaq_core._delivery import ConsumerStats, Reader
 from redisaq_core._scripts import ACK, DEAD_LETTER
@@ -297,7 +297,7 @@ async def test_a_retry_whose_claim_failed_keeps_what_its_partitions_hold(
     # that was dead-lettered. The claim of the retry fails: both still hold their messages,
     # and the next attempt hands all of them out (partition 1's were lost).
     keys, group = TopicKeys(topic), "default"
-    reader = Reader(keys, group, "me", batch_size=10, deserializer=default_deserializer,
+    reader = Reader(keys, group, "me", "tok", batch_size=10, deserializer=default_deserializer,
                     stats=ConsumerStats())  # fmt: skip
     parts = []
     for p in (0, 1):
@@ -305,25 +305,19 @@ async def test_a_retry_whose_claim_failed_keeps_what_its_partitions_hold(
         await redis.xgroup_create(stream, group, "0", mkstream=True)
         ids = [(await redis.xadd(stream, {"p": b'{"n": %d}' % i})).decode() for i in range(3)]
         await redis.xreadgroup(group, "me", {stream: ">"})
+        await redis.set(keys.lease(p, group), "tok")
         part = reader.partition(p, 1, valid_until=1e12)
         part.held = [received(topic, {"n": i}, ids[i], p, group, 0.0, 1, 0) for i in range(3)]
         parts.append(part)
     parts[0].head_failed = True
-    pipeline = redis.pipeline
 
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        pipe = pipeline(*args, **kwargs)
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("connection lost (injected)")
 
-        async def execute(*args: Any, **kwargs: Any) -> Any:
-            raise RedisConnectionError("connection lost (injected)")
-
-        pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
-
-    monkeypatch.setattr(redis, "pipeline", failing)
+    monkeypatch.setattr(_delivery, "run_pipelined", failing)
     with pytest.raises(RedisConnectionError):
         await reader.retries(redis, parts)
-    monkeypatch.setattr(redis, "pipeline", pipeline)
+    monkeypatch.undo()
     out, gone = await reader.retries(redis, parts)
     assert [(m.partition, m.payload["n"], m.deliveries) for m in out] == [
         (1, 0, 1), (1, 1, 1), (1, 2, 1), (0, 0, 2), (0, 1, 1), (0, 2, 1),
