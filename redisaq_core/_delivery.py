@@ -530,10 +530,12 @@ class Reader:
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
+            kept = []
             for part, reply in zip(retried, replies, strict=True):
                 if reply == -1:  # the lease moved on: left to the heartbeat
                     part.valid_until = 0.0
-            kept = [(p, r) for p, r in zip(retried, replies, strict=True) if r != -1]
+                else:
+                    kept.append((part, reply))
             retried, replies = [p for p, _ in kept], [r for _, r in kept]
             if runs is not None:
                 for part, (_, count) in zip(retried, replies, strict=True):
