@@ -248,6 +248,8 @@ class Reader:
         self.stats = stats
         self.behind = False
         """The last read filled a whole batch from a stream: more is likely waiting."""
+        self._reading: tuple[list[Any], dict[str, tuple[OwnedPartition, int]]] | None = None
+        """What the read under way was handed so far, and where each stream belongs."""
 
     def partition(self, number: int, levels: int, valid_until: float) -> OwnedPartition:
         """State for a partition just taken: its pending entries are claimed first."""
@@ -328,12 +330,32 @@ class Reader:
     async def read(
         self, redis: AnyRedis, parts: list[OwnedPartition], block_ms: int
     ) -> list[Received]:
-        """New entries of ``parts`` (XREADGROUP ``>``), blocking up to ``block_ms``."""
+        """New entries of ``parts`` (XREADGROUP ``>``), blocking up to ``block_ms``.
+
+        Should it be cancelled midway, what it was handed is :meth:`cut_off`'s.
+        """
         streams, where = self._wanted(parts)
+        served: list[Any] = []
+        self._reading = (served, where)
         response: Any = await read_streams(
-            redis, self.group, self.name, streams, count=self.batch_size, block_ms=block_ms
-        )
+            redis, self.group, self.name, streams, count=self.batch_size, block_ms=block_ms,
+            served=served,
+        )  # fmt: skip
+        self._reading = None
         return self._received(response, where)
+
+    def cut_off(self) -> list[Received]:
+        """The messages a read cancelled midway had been handed (once; none: ``[]``).
+
+        They are pending with this member and were never run. Only a read of a cluster
+        can tell them (see :func:`~redisaq_core._reads.read_streams`).
+        """
+        if self._reading is None:
+            return []
+        (served, where), self._reading = self._reading, None
+        behind, out = self.behind, self._received(served, where)
+        self.behind = behind
+        return out
 
     async def read_after(
         self, redis: Redis, parts: list[OwnedPartition], calls: list[ScriptCall]

@@ -9,7 +9,9 @@ without a result. Some deliveries never reach a handler:
 - entries held behind a failed message are still waiting when the partition is
   given up, or when the consumer leaves;
 - a batch is cut off at the lease's local deadline, and the rest of it is left
-  pending (``_handling.py``).
+  pending (``_handling.py``);
+- a read of a cluster is cancelled (a stop, a rebalance) after some nodes
+  answered it (``Reader.cut_off``).
 
 :class:`GiveBack` keeps those entries owed and gives them back
 (``lua/give_back.lua``): each entry still pending with this member gets back the
@@ -74,6 +76,14 @@ class GiveBack:
         owed += [m for m in messages if (m.priority, m.msg_id) not in known]
         if not owed:
             del self._owed[partition]
+
+    def owe_each(self, messages: Iterable[Received]) -> None:
+        """Owe a give-back of ``messages``, of any partitions."""
+        by_partition: dict[int, list[Received]] = {}
+        for m in messages:
+            by_partition.setdefault(m.partition, []).append(m)
+        for number, msgs in by_partition.items():
+            self.owe(number, msgs)
 
     def owe_run(self, m: Received, before: int) -> None:
         """Owe ``m`` (never run) a give-back of the run counted for it in the ``runs`` hash.

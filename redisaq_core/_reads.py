@@ -18,7 +18,10 @@ cancelled (redis-py drops their connections), and entries the server may
 already have handed to a cancelled read, which are now in this consumer's
 pending list, are read back from that list (XREADGROUP with id ``0``). This
 happens only when a consumer goes from idle to busy; reads that time out
-empty end together and are not cut.
+empty end together and are not cut. A read back waits for its node: should
+that node stall, a stop or a rebalance may cancel the whole read meanwhile,
+and what the other nodes brought is then the caller's to give back
+(``served``), as it is pending with the consumer.
 
 On a single Redis server (``redis.asyncio.Redis``), :func:`read_streams` is
 one plain XREADGROUP over all streams, as before.
@@ -111,11 +114,13 @@ async def _read_slot(
     streams: Mapping[str, str],
     count: int,
     block_ms: int | None,
+    served: _Pairs,
 ) -> _Pairs:
     """One XREADGROUP over streams of one slot, sent straight to the node serving it.
 
     Naming the node spares redis-py a COMMAND GETKEYS round trip (XREADGROUP's
-    keys are not at fixed positions); a MOVED reply is still followed.
+    keys are not at fixed positions); a MOVED reply is still followed. What it
+    brings is added to ``served`` too, as soon as it comes.
     """
     args = ["XREADGROUP", *xreadgroup_args(group, consumer, streams, count, block_ms)]
     first = next(iter(streams))
@@ -124,8 +129,13 @@ async def _read_slot(
     except (RedisClusterException, KeyError, IndexError):
         node = None  # no slot table yet: let redis-py find the node
     if node is None:
-        return _pairs(await redis.execute_command(*args))
-    return _pairs(await redis.execute_command(*args, target_nodes=node))
+        pairs = _pairs(await redis.execute_command(*args))
+    else:
+        pairs = _pairs(await redis.execute_command(*args, target_nodes=node))
+    for name, entries in pairs:
+        if entries := [e for e in entries if e[1] is not None]:
+            served.append((name, entries))
+    return pairs
 
 
 async def _gather(
@@ -134,6 +144,7 @@ async def _gather(
     consumer: str,
     batches: list[dict[str, str]],
     count: int,
+    served: _Pairs,
 ) -> tuple[_Pairs, BaseException | None]:
     """Non-blocking reads of ``batches`` (one per slot), concurrently.
 
@@ -142,7 +153,7 @@ async def _gather(
     pending list, so dropping them would strand them there.
     """
     results = await asyncio.gather(
-        *(_read_slot(redis, group, consumer, b, count, None) for b in batches),
+        *(_read_slot(redis, group, consumer, b, count, None, served) for b in batches),
         return_exceptions=True,
     )
     found: _Pairs = []
@@ -162,6 +173,7 @@ async def _block(
     batches: list[dict[str, str]],
     count: int,
     block_ms: int,
+    served: _Pairs,
 ) -> _Pairs:
     """Block on every slot at once; return what the first reads that bring entries bring.
 
@@ -169,7 +181,7 @@ async def _block(
     the others time out about as soon, so they are let run rather than cut.
     """
     tasks = {
-        asyncio.ensure_future(_read_slot(redis, group, consumer, b, count, block_ms)): b
+        asyncio.ensure_future(_read_slot(redis, group, consumer, b, count, block_ms, served)): b
         for b in batches
     }
     pending: set[asyncio.Future[_Pairs]] = set(tasks)
@@ -204,7 +216,7 @@ async def _block(
         # A cancelled read may have been served just before it was dropped: its entries
         # are in our pending list. Read them back (id 0: this consumer's pending entries).
         back, back_error = await _gather(
-            redis, group, consumer, [dict.fromkeys(b, "0") for b in cut], count
+            redis, group, consumer, [dict.fromkeys(b, "0") for b in cut], count, served
         )
         found += [(name, [e for e in entries if e[1] is not None]) for name, entries in back]
         found = [(name, entries) for name, entries in found if entries]
@@ -229,6 +241,7 @@ async def read_streams(
     *,
     count: int,
     block_ms: int | None,
+    served: list[Any] | None = None,
 ) -> Any:
     """XREADGROUP ``streams`` (stream -> id) for ``consumer`` of ``group``.
 
@@ -244,19 +257,25 @@ async def read_streams(
     streams (a consumer acknowledges, or holds back, what it read before it
     reads again): after a cut-off blocked read, every entry of those streams
     pending for ``consumer`` is read back, and old ones would come again.
+
+    ``served``, on a cluster: a list that gets each slot's ``(stream, entries)`` as
+    they come. A read cancelled midway (a stop, a rebalance) may already have been
+    handed entries by some nodes, now pending with ``consumer``: they are there, for
+    the caller to give back.
     """
+    into: _Pairs = [] if served is None else served
     if not isinstance(redis, RedisCluster):
         args = xreadgroup_args(group, consumer, streams, count, block_ms)
         return await redis.execute_command(XREADGROUP, *args)  # type: ignore[no-untyped-call]
     groups = slot_groups(streams)
     batches = [{key: streams[key] for key in keys} for keys in groups.values()]
     if len(batches) == 1:
-        return await _read_slot(redis, group, consumer, batches[0], count, block_ms)
+        return await _read_slot(redis, group, consumer, batches[0], count, block_ms, into)
     if not batches:
         return []
     idle = _idle.setdefault(redis, set())
     if block_ms is None or (group, consumer) not in idle:
-        found, error = await _gather(redis, group, consumer, batches, count)
+        found, error = await _gather(redis, group, consumer, batches, count, into)
         if found:
             if error is not None:
                 log.debug("read of one slot failed, others brought entries: %s", error)
@@ -266,7 +285,7 @@ async def read_streams(
             raise error
         if block_ms is None:
             return []
-    found = await _block(redis, group, consumer, batches, count, block_ms)
+    found = await _block(redis, group, consumer, batches, count, block_ms, into)
     if found:
         idle.discard((group, consumer))
     else:

@@ -770,14 +770,15 @@ class Consumer(RedisComponent):
         try:
             return await asyncio.shield(self._reading)
         except asyncio.CancelledError:
-            read = self._reading
-            if not read.cancelled():
-                read.cancel()
-                raise  # this task itself is being cancelled
-            # The read was ended on purpose. Let it wind down before any lease is released;
-            # entries it may have been handed stay in our pending list: claim them back
-            # before reading new ones.
-            await asyncio.wait([read])
+            read, forced = self._reading, not self._reading.cancelled()
+            if forced:
+                read.cancel()  # this task itself is being cancelled
+            else:  # the read was ended on purpose: it winds down before any lease goes
+                await asyncio.wait([read])
+            # What came of it is given back; all pending is claimed before new entries.
+            self._settler.give_back.owe_each(self._reader.cut_off())
+            if forced:
+                raise
             for s in reading:
                 s.reclaim()
             return []

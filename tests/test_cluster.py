@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from redisaq_core import Consumer, DeadLetters, Message, Producer
+from redisaq_core._assignment import partition_for_key
 from redisaq_core._reads import read_streams, slot_groups
 from redisaq_core._scripts import Script, run_pipelined
 from redisaq_core.connection import create_client
@@ -228,6 +230,87 @@ async def test_idle_member_wakes_for_an_entry_on_any_node(cluster_url: str, topi
             await producer.batch_enqueue([{"n": i} for i in range(12, 112)])
             await eventually(lambda: len(got) >= 112, timeout=10)
     assert sorted(got) == list(range(112))
+
+
+def _one_alone(url: str, topic: str, group_node: int) -> tuple[int, int, int]:
+    """A partition count, a partition alone on its node, and a node of others but the group's."""
+    for partitions in range(3, 16):
+        nodes = _nodes_of(url, topic, partitions)
+        ports = list(nodes.values())
+        for part, port in nodes.items():
+            others = [p for p in set(ports) if p not in (port, group_node)]
+            if ports.count(port) == 1 and others:
+                return partitions, part, others[0]
+    raise AssertionError(f"no partition alone on its node for topic {topic!r}")
+
+
+def _blocked_reads_on(port: int) -> int:
+    node = SyncRedis(host="127.0.0.1", port=port)
+    try:
+        clients: list[dict[str, Any]] = node.client_list()
+    finally:
+        node.close()
+    return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+
+async def test_a_stop_while_a_cut_read_waits_on_a_paused_node_gives_back_what_others_served(
+    cluster_url: str, client: Any, topic: str
+) -> None:
+    """Entries one node served to a read cut short at a stop come to the next owner first.
+
+    The member blocks on every node. One node is paused; entries come on another, whose
+    read returns them, so the read of the paused node is cut and what it may have been
+    handed is read back, which waits on the pause. A stop then ends the read. The
+    entries were served (pending with the member, delivered once) but never handled:
+    with ``max_deliveries=1`` the next owner runs them, it does not dead-letter them.
+    """
+    keys = TopicKeys(topic)
+    group_node = node_of_key(cluster_url, keys.members("default"))
+    partitions, part, paused = _one_alone(cluster_url, topic, group_node)
+    key = next(k for k in map(str, range(10_000)) if partition_for_key(k, partitions) == part)
+    ran: list[tuple[str, int]] = []
+
+    async def handle(m: Message) -> None:
+        ran.append((m.msg_id, m.deliveries))
+
+    async with Producer(topic, redis_url=cluster_url, init_partitions=partitions) as producer:
+        first = Consumer(
+            topic, consumer_name="first", redis_url=cluster_url, max_deliveries=1,
+            heartbeat_interval=0.5, poll_interval=30,
+        )  # fmt: skip
+        running = asyncio.create_task(first.process(handle))
+        try:
+            await eventually(lambda: len(first.assigned_partitions) == partitions)
+            await eventually(
+                lambda: (
+                    _blocked_reads_on(paused)
+                    and _blocked_reads_on(node_of_key(cluster_url, keys.stream(part)))
+                ),
+                message="the member blocked on both nodes",
+            )
+            node = SyncRedis(host="127.0.0.1", port=paused)
+            node.execute_command("CLIENT", "PAUSE", 4000, "ALL")
+            node.close()
+            ids = [await producer.enqueue({"n": i, "k": key}, partition_key="k") for i in range(5)]
+
+            async def served() -> bool:
+                rows = await client.xpending_range(keys.stream(part), "default", "-", "+", 10)
+                return bool(rows) and all(r["consumer"] == b"first" for r in rows)
+
+            await eventually(served, message="the entries served to the member")
+            assert ran == [], "the read back after the cut waits on the paused node"
+            await first.stop()
+        finally:
+            await first.stop()
+            await running
+            await first.close()
+    second = Consumer(
+        topic, consumer_name="second", redis_url=cluster_url, max_deliveries=1, **FAST
+    )
+    async with Running(second, handle), DeadLetters(topic, redis_url=cluster_url) as dl:
+        await eventually(lambda: len(ran) + second.stats.dead_lettered == 5, timeout=20)
+        assert sorted(ran) == [(i, 1) for i in sorted(ids)]
+        assert await dl.count() == 0
 
 
 async def test_dead_letters_and_replay(cluster_url: str, topic: str) -> None:
