@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from ._codec import (
     F_BYTES,
@@ -33,7 +32,7 @@ from ._codec import (
     default_deserializer,
 )
 from ._reads import XREADGROUP, create_groups, read_streams, xreadgroup_args
-from ._scripts import RETRY, ScriptCall, run_pipelined
+from ._scripts import COUNT_RUN, RETRY, ScriptCall, run_pipelined
 from ._tracing import Traced, mark
 from .connection import AnyRedis
 from .errors import SerializationError
@@ -175,29 +174,14 @@ def run_key(m: Received) -> tuple[int, int, str]:
     return (m.partition, m.priority, m.msg_id)
 
 
-async def counted_runs(redis: AnyRedis, replies: list[Any], fields: list[tuple[str, str]]) -> None:
-    """Check a pipeline's replies that hold ``HINCRBY``s of ``runs`` hash ``fields``.
+async def count_run(redis: AnyRedis, keys: TopicKeys, group: str, m: Received) -> int:
+    """Count a handler run of ``m`` (delivered again) in its partition's ``runs`` hash.
 
-    A count another client spoilt (a field that is no integer or at the largest one, a
-    key that is no hash) is written over with 1, and so is its reply (this run is the
-    first counted); any other error is raised.
+    Returns the count with this run. A count another client spoilt is written over
+    with 1 (``lua/_count_run.lua``).
     """
-    for i, reply in enumerate(replies):
-        key, msg_id = fields[i]
-        if key and isinstance(reply, ResponseError) and _spoilt(reply):
-            if str(reply).startswith("WRONGTYPE"):
-                await redis.delete(key)
-            await redis.hset(key, msg_id, 1)
-            await redis.expire(key, RUNS_TTL)
-            replies[i] = 1
-        elif isinstance(reply, Exception):
-            raise reply
-
-
-def _spoilt(error: ResponseError) -> bool:
-    """Whether ``HINCRBY`` failed on what was stored (not on the server's state)."""
-    text = str(error)
-    return text.startswith("WRONGTYPE") or "not an integer" in text or "overflow" in text
+    runs = keys.runs(m.partition, group)
+    return int(await COUNT_RUN(redis, [runs], [m.msg_id, RUNS_TTL]))
 
 
 class Undecodable(Received):

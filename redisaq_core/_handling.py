@@ -34,11 +34,10 @@ from typing import Any, TypeVar
 
 from ._cancellation import CANCELLED, RunningJobs, skip_cancelled
 from ._delivery import (
-    RUNS_TTL,
     ConsumerStats,
     OwnedPartition,
     Undecodable,
-    counted_runs,
+    count_run,
     run_key,
 )
 from ._settlement import Failure, Settler, batch_failures
@@ -195,22 +194,16 @@ class Dispatcher:
         if m.deliveries == 1 or not self.dead_letter:
             await self._dispatch_now(redis, handler, [m], batch)
             return
-        runs = self.keys.runs(m.partition, self.group)
-        pipe = redis.pipeline(transaction=False)
-        pipe.hincrby(runs, m.msg_id, 1)
-        pipe.expire(runs, RUNS_TTL)
         try:
-            replies = await pipe.execute(raise_on_error=False)
-            await counted_runs(redis, replies, [(runs, m.msg_id), ("", "")])
-            count = replies[0]
+            count = await count_run(redis, self.keys, self.group, m)
         except BaseException:  # it never ran
             self._never_ran([m])
             raise
         if (part := self.owned.get(m.partition)) is None:  # lost meanwhile: it never runs
-            self.settler.give_back.owe_run(m, int(count) - 1)
+            self.settler.give_back.owe_run(m, count - 1)
             return
-        self.settler.runs[run_key(m)] = (part, int(count) + 1, m)
-        await self._dispatch_now(redis, handler, [m], batch, ran=int(count))
+        self.settler.runs[run_key(m)] = (part, count + 1, m)
+        await self._dispatch_now(redis, handler, [m], batch, ran=count)
 
     def _never_ran(self, messages: list[Received]) -> None:
         """Owe a give-back of ``messages`` (never handed to the handler); claim them later.

@@ -33,6 +33,7 @@ __all__ = [
     "APPEND",
     "CLEAR_FOREIGN",
     "COMMIT_ASSIGNMENT",
+    "COUNT_RUN",
     "DEAD_LETTER",
     "DELAY",
     "DELETE_ACKED",
@@ -208,6 +209,7 @@ def ack_count(args: Sequence[Any]) -> int:
 
 CLEAR_FOREIGN = Script("clear_foreign")
 COMMIT_ASSIGNMENT = Script("commit_assignment")
+COUNT_RUN = Script("count_run")
 DEAD_LETTER = Script("dead_letter")
 DELAY = Script("delay")
 DELETE_ACKED = Script("delete_acked", follows=True)

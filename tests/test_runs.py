@@ -289,13 +289,14 @@ async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_give
     consumer = _member(topic, redis_url)
     cut: list[int] = []
     take = _lease_taken_once(redis, topic, consumer, cut)
-    counted_runs = _handling.counted_runs
+    count_run = _handling.count_run
 
-    async def lease_gone_once(r: Any, replies: list[Any], fields: Any) -> None:
-        await counted_runs(r, replies, fields)
-        await take(int(replies[0]))
+    async def lease_gone_once(r: Any, keys: Any, group: str, m: Any) -> int:
+        count = await count_run(r, keys, group, m)
+        await take(count)
+        return count
 
-    monkeypatch.setattr(_handling, "counted_runs", lease_gone_once)
+    monkeypatch.setattr(_handling, "count_run", lease_gone_once)
     ran: list[int] = []
     await _settled(consumer, _recording(ran))
     assert cut == [1]  # the run counted

@@ -1,9 +1,8 @@
--- uses: foreign
+-- uses: foreign, count_run
 -- Claim again the failed message heading a partition, for its retry (delivery count + 1),
 -- only while the caller holds the partition's lease: XCLAIM looks at no owner, so a member
 -- whose lease moved on would take the entry from its new owner. With counting, the retry
--- is counted as a handler run in the partition's runs hash (a count another client spoilt
--- is written over with 1).
+-- is counted as a handler run in the partition's runs hash (count_run).
 -- KEYS: stream, lease, the partition's runs hash
 -- ARGV: group, token, consumer, id, "1" to count the run or "0", the runs hash's TTL (s)
 -- Returns -1 when the lease is not ours (nothing is changed); else {alive, runs}: alive 0
@@ -19,17 +18,6 @@ if #claimed > 0 and claimed[1] and claimed[1][2] then  -- Redis 6.2: a trimmed o
 end
 local runs = 0
 if ARGV[5] == '1' then
-  runs = redis.pcall('HINCRBY', KEYS[3], ARGV[4], 1)
-  if type(runs) == 'table' then
-    if not foreign(runs) then
-      redis.call('HINCRBY', KEYS[3], ARGV[4], 1)  -- the server's own error, raised
-    end
-    if string.sub(runs.err, 1, 9) == 'WRONGTYPE' then
-      redis.call('DEL', KEYS[3])
-    end
-    redis.call('HSET', KEYS[3], ARGV[4], 1)
-    runs = 1
-  end
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
+  runs = count_run(KEYS[3], ARGV[4], ARGV[6])
 end
 return {alive, runs}
