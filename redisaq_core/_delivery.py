@@ -517,7 +517,8 @@ class Reader:
         retry is counted in the partition's ``runs`` hash, and its runs (this
         one included) noted in ``runs``. The claim is fenced by the lease
         (``lua/retry.lua``): a partition whose lease is found gone keeps what it
-        holds and is not read or retried until a heartbeat renews it.
+        holds and is not read or retried until a heartbeat renews it. A retry made
+        again after its reply was lost is not claimed or counted twice.
         """
         retried = [p for p in parts if p.head_failed and p.held]
         replies: list[Any] = []
@@ -525,12 +526,14 @@ class Reader:
             calls: list[ScriptCall] = []
             for part in retried:
                 head = part.held[0]
+                counted = runs.get(run_key(head)) if runs is not None else None
                 calls.append((
                     RETRY,
                     [part.streams[head.priority], self.keys.lease(part.number, self.group),
                      self.keys.runs(part.number, self.group)],
                     [self.group, self.token, self.name, head.msg_id or "0",
-                     b"0" if runs is None else b"1", RUNS_TTL],
+                     b"0" if runs is None else b"1", RUNS_TTL, head.deliveries,
+                     counted[1] - 1 if counted and counted[0] is part else 0],
                 ))  # fmt: skip
             replies = await run_pipelined(redis, calls)
             for reply in replies:

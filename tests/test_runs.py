@@ -16,8 +16,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redisaq_core import Consumer, Message, Producer, _handling
+from redisaq_core import Consumer, Message, Producer, _delivery, _handling
 from redisaq_core._delivery import Reader
+from redisaq_core._scripts import RETRY
 from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, died_with, eventually, stopped_when
@@ -330,6 +331,37 @@ async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
     assert cut == [2]  # the retry claimed, and its run counted
     assert ran == [1, 2]
     assert consumer.stats.dead_lettered == 0
+
+
+async def test_a_retry_whose_reply_was_lost_is_claimed_and_counted_once(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis makes the retry (its claim and its count of runs) but the reply is lost with the
+    # connection. Made again, it used to count a second run the handler never made:
+    # max_deliveries=3 then dead-lettered the message after two runs.
+    await _one(redis_url, topic)
+    consumer = _member(topic, redis_url, max_deliveries=3, retry_backoff=0.01)
+    run_pipelined = _delivery.run_pipelined
+    lost: list[int] = []
+
+    async def reply_lost_once(r: Any, calls: Any) -> Any:
+        replies = await run_pipelined(r, calls)
+        if not lost and calls[0][0] is RETRY:
+            lost.append(len(calls))
+            raise RedisConnectionError("connection lost with the reply (injected)")
+        return replies
+
+    monkeypatch.setattr(_delivery, "run_pipelined", reply_lost_once)
+    ran: list[int] = []
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        raise RuntimeError(f"run {len(ran)} fails")
+
+    await _settled(consumer, fails)
+    assert lost == [1]
+    assert ran == [1, 2, 3]
+    assert consumer.stats.dead_lettered == 1
 
 
 async def test_an_earlier_instance_of_a_static_member_takes_back_no_run_its_successor_made(

@@ -3,13 +3,28 @@
 -- only while the caller holds the partition's lease: XCLAIM looks at no owner, so a member
 -- whose lease moved on would take the entry from its new owner. With counting, the retry
 -- is counted as a handler run in the partition's runs hash (count_run).
+-- A retry made already, whose reply was lost, is not made again: when the entry's counts
+-- are those it left (its delivery count one past the member's, and its runs one past the
+-- member's count), nothing is claimed or counted, and the reply is the one that was lost.
 -- KEYS: stream, lease, the partition's runs hash
--- ARGV: group, token, consumer, id, "1" to count the run or "0", the runs hash's TTL (s)
+-- ARGV: group, token, consumer, id, "1" to count the run or "0", the runs hash's TTL (s),
+--       the entry's delivery count as the member knows it, its runs counted so far (0: none)
 -- Returns -1 when the lease is not ours (nothing is changed); else {alive, runs}: alive 0
 -- when the entry's data is gone (trimmed, or no longer pending), runs the count with this
 -- run (0 when not counted).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
+end
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1, ARGV[3])
+if #mine > 0 and tonumber(mine[1][4]) == tonumber(ARGV[7]) + 1 then
+  local runs = 0
+  if ARGV[5] == '1' then
+    runs = tonumber(redis.pcall('HGET', KEYS[3], ARGV[4]))  -- pcall: a key of another type
+  end
+  if runs == (ARGV[5] == '1' and tonumber(ARGV[8]) + 1 or 0) then
+    local alive = #redis.call('XRANGE', KEYS[1], ARGV[4], ARGV[4]) > 0 and 1 or 0
+    return {alive, runs}
+  end
 end
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[4])
 local alive = 0
