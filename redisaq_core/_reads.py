@@ -16,7 +16,8 @@ blocking read found nothing goes straight to that). As soon as one read
 returns entries, the others get a millisecond to return theirs, then are
 cancelled (redis-py drops their connections), and entries the server may
 already have handed to a cancelled read, which are now in this consumer's
-pending list, are read back from that list (XREADGROUP with id ``0``). This
+pending list, are read back from that list (``lua/read_back.lua``: like
+XREADGROUP with id ``0``, but without counting a second delivery). This
 happens only when a consumer goes from idle to busy; reads that time out
 empty end together and are not cut. A read back waits for its node: should
 that node stall, a stop or a rebalance may cancel the whole read meanwhile,
@@ -52,6 +53,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
+from ._scripts import READ_BACK
 from .connection import AnyRedis
 
 __all__ = [
@@ -214,16 +216,42 @@ async def _block(
             found += task.result()
     if cut:
         # A cancelled read may have been served just before it was dropped: its entries
-        # are in our pending list. Read them back (id 0: this consumer's pending entries).
-        back, back_error = await _gather(
-            redis, group, consumer, [dict.fromkeys(b, "0") for b in cut], count, served
-        )
-        found += [(name, [e for e in entries if e[1] is not None]) for name, entries in back]
-        found = [(name, entries) for name, entries in found if entries]
+        # are in our pending list. Read them back.
+        back, back_error = await _read_back(redis, group, consumer, cut, count, served)
+        found = [(name, entries) for name, entries in found + back if entries]
         error = error or back_error
     if not found and error is not None:
         raise error
     return found
+
+
+async def _read_back(
+    redis: RedisCluster,
+    group: str,
+    consumer: str,
+    batches: list[dict[str, str]],
+    count: int,
+    served: _Pairs,
+) -> tuple[_Pairs, BaseException | None]:
+    """The entries of ``batches``' streams pending with ``consumer`` (one script per slot).
+
+    Read by ``lua/read_back.lua``, concurrently: unlike XREADGROUP with id ``0``, it
+    leaves their delivery counts as they are. Returns them (also added to ``served``)
+    and the first error.
+    """
+    results = await asyncio.gather(
+        *(READ_BACK(redis, list(b), [group, consumer, count]) for b in batches),
+        return_exceptions=True,
+    )
+    found: _Pairs = []
+    error: BaseException | None = None
+    for result in results:
+        if isinstance(result, BaseException):
+            error = error or result
+        else:
+            found += [(name, entries) for name, entries in result]
+    served += found
+    return found, error
 
 
 def _brought(task: asyncio.Future[_Pairs]) -> bool:

@@ -51,6 +51,7 @@ __all__ = [
     "LEAVE",
     "LIST_PUSH",
     "MOVE_DUE",
+    "READ_BACK",
     "REGISTRY_CLEANUP",
     "REGISTRY_CLEAR",
     "REGISTRY_DEREGISTER",
@@ -236,6 +237,7 @@ REGISTRY_MARK = Script("registry_mark")
 REGISTRY_READ = Script("registry_read")
 REGISTRY_REGISTER = Script("registry_register")
 REGISTRY_UPDATE = Script("registry_update")
+READ_BACK = Script("read_back")
 RELEASE = Script("release")
 RETRY = Script("retry")
 REPLAY = Script("replay")

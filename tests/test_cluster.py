@@ -146,6 +146,36 @@ async def test_read_streams_groups_by_slot(cluster_url: str, client: Any, topic:
         assert info["pending"] == (1 if stream == streams[7] else 0)
 
 
+async def test_a_read_back_after_a_cut_read_counts_no_second_delivery(
+    cluster_url: str, client: Any, topic: str
+) -> None:
+    """What a cut read was handed is read back with the delivery count it was handed at.
+
+    An entry of ``b`` pending with the consumer stands for one served to a read whose
+    reply was dropped. A blocking read of ``a`` and ``b`` ends with an entry of ``a``:
+    the read of ``b`` is cut, and what it may have been handed is read back. A history
+    read (XREADGROUP with id 0) counted a second delivery; the consumer counts one.
+    """
+    keys = TopicKeys(topic)
+    a, b = keys.stream(0), keys.stream(1)
+    for stream in (a, b):
+        await client.xgroup_create(stream, "g", id="0", mkstream=True)
+    await client.xadd(b, {"p": "b"})
+    [[_, [(handed, _)]]] = await client.xreadgroup("g", "c", {b: ">"})
+    ports = {node_of_key(cluster_url, a), node_of_key(cluster_url, b)}
+    wanted = {a: ">", b: ">"}
+    reader = asyncio.create_task(read_streams(client, "g", "c", wanted, count=10, block_ms=20_000))
+    await eventually(lambda: sum(_blocked_reads_on(port) for port in ports) == 2)
+    new = await client.xadd(a, {"p": "a"})
+    got = await asyncio.wait_for(reader, 5)
+    assert sorted((name.decode(), [i for i, _ in entries]) for name, entries in got) == [
+        (a, [new]),
+        (b, [handed]),
+    ]
+    rows = await client.xpending_range(b, "g", "-", "+", 10)
+    assert [(r["message_id"], r["times_delivered"]) for r in rows] == [(handed, 1)]
+
+
 async def test_group_of_three_handles_everything_in_key_order(cluster_url: str, topic: str) -> None:
     n, partitions = 900, 9
     async with Producer(topic, redis_url=cluster_url, init_partitions=partitions) as producer:
