@@ -147,15 +147,22 @@ async def _gather(
     batches: list[dict[str, str]],
     count: int,
     served: _Pairs,
+    *,
+    back: bool = False,
 ) -> tuple[_Pairs, BaseException | None]:
-    """Non-blocking reads of ``batches`` (one per slot), concurrently.
+    """Non-blocking reads of ``batches`` (one per slot), concurrently; ``back``: read backs.
 
     Returns the entries found and the first error. Entries are returned even
     when another slot's read failed: they are already in this consumer's
     pending list, so dropping them would strand them there.
     """
     results = await asyncio.gather(
-        *(_read_slot(redis, group, consumer, b, count, None, served) for b in batches),
+        *(
+            _read_back(redis, group, consumer, b, count, served)
+            if back
+            else _read_slot(redis, group, consumer, b, count, None, served)
+            for b in batches
+        ),
         return_exceptions=True,
     )
     found: _Pairs = []
@@ -217,7 +224,7 @@ async def _block(
     if cut:
         # A cancelled read may have been served just before it was dropped: its entries
         # are in our pending list. Read them back.
-        back, back_error = await _read_back(redis, group, consumer, cut, count, served)
+        back, back_error = await _gather(redis, group, consumer, cut, count, served, back=True)
         found = [(name, entries) for name, entries in found + back if entries]
         error = error or back_error
     if not found and error is not None:
@@ -229,29 +236,20 @@ async def _read_back(
     redis: RedisCluster,
     group: str,
     consumer: str,
-    batches: list[dict[str, str]],
+    streams: Mapping[str, str],
     count: int,
     served: _Pairs,
-) -> tuple[_Pairs, BaseException | None]:
-    """The entries of ``batches``' streams pending with ``consumer`` (one script per slot).
+) -> _Pairs:
+    """The entries of ``streams`` (one slot) pending with ``consumer``, added to ``served`` too.
 
-    Read by ``lua/read_back.lua``, concurrently: unlike XREADGROUP with id ``0``, it
-    leaves their delivery counts as they are. Returns them (also added to ``served``)
-    and the first error.
+    Read by ``lua/read_back.lua``: unlike XREADGROUP with id ``0``, it leaves their
+    delivery counts as they are.
     """
-    results = await asyncio.gather(
-        *(READ_BACK(redis, list(b), [group, consumer, count]) for b in batches),
-        return_exceptions=True,
-    )
-    found: _Pairs = []
-    error: BaseException | None = None
-    for result in results:
-        if isinstance(result, BaseException):
-            error = error or result
-        else:
-            found += [(name, entries) for name, entries in result]
-    served += found
-    return found, error
+    pairs: _Pairs = [
+        (n, e) for n, e in await READ_BACK(redis, list(streams), [group, consumer, count])
+    ]
+    served += pairs
+    return pairs
 
 
 def _brought(task: asyncio.Future[_Pairs]) -> bool:
