@@ -10,6 +10,7 @@ behind it and claimed again (delivery count + 1) when its retry is due.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterable
@@ -327,6 +328,18 @@ class Reader:
         )  # fmt: skip
         self._reading = None
         return self._received(response, where)
+
+    async def wind_down(
+        self, read: asyncio.Task[list[Received]], limit: float | None
+    ) -> list[Received]:
+        """Wait up to ``limit`` s for ``read`` (a cancelled read's task) to end; what it brought.
+
+        Its result, should it have ended with one before it was cancelled, and what it
+        had been handed (:meth:`cut_off`): all of it pending with this member, never run.
+        """
+        await asyncio.wait([read], timeout=limit)
+        ended = read.done() and not read.cancelled() and read.exception() is None
+        return (read.result() if ended else []) + self.cut_off()
 
     def cut_off(self) -> list[Received]:
         """The messages a read cancelled midway had been handed (once; none: ``[]``).

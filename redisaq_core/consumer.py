@@ -769,14 +769,11 @@ class Consumer(RedisComponent):
         self._reading = asyncio.ensure_future(self._read(redis, reading, int(wait * 1000)))
         try:
             return await asyncio.shield(self._reading)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the read ended on purpose, or this task is cancelled
             read, forced = self._reading, not self._reading.cancelled()
-            if forced:
-                read.cancel()  # this task itself is being cancelled
-            else:  # the read was ended on purpose: it winds down before any lease goes
-                await asyncio.wait([read])
-            # What came of it is given back; all pending is claimed before new entries.
-            self._settler.give_back.owe_each(self._reader.cut_off())
+            read.cancel()  # it winds down before any lease goes; what it brought never runs
+            limit = self.heartbeat_ttl if forced else None
+            self._settler.give_back.owe_each(await self._reader.wind_down(read, limit))
             if forced:
                 raise
             for s in reading:

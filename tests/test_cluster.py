@@ -318,8 +318,9 @@ async def test_a_stop_while_a_cut_read_waits_on_a_paused_node_gives_back_what_ot
                 ),
                 message="the member blocked on both nodes",
             )
+            await client.xpending_range(keys.stream(part), "default", "-", "+", 10)  # connected
             node = SyncRedis(host="127.0.0.1", port=paused)
-            node.execute_command("CLIENT", "PAUSE", 4000, "ALL")
+            node.execute_command("CLIENT", "PAUSE", 4000, "WRITE")  # XREADGROUP and scripts
             node.close()
             ids = [await producer.enqueue({"n": i, "k": key}, partition_key="k") for i in range(5)]
 
