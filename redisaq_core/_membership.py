@@ -19,15 +19,26 @@ The protocol, run by every member on each heartbeat:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
-from redis.exceptions import ResponseError
+from redis.asyncio import RedisCluster
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._assignment import assign
 from ._codec import as_str
-from ._scripts import COMMIT_ASSIGNMENT, HEARTBEAT, LEASE, LEAVE, RELEASE, run_pipelined
+from ._scripts import (
+    COMMIT_ASSIGNMENT,
+    HEARTBEAT,
+    LEASE,
+    LEAVE,
+    RELEASE,
+    ScriptCall,
+    run_pipelined,
+)
 from ._tracing import mark
 from .connection import AnyRedis, is_cluster
 from .errors import DuplicateConsumerError
@@ -108,6 +119,7 @@ class Membership:
         self._view: GroupView | None = None
         self._beats = 0
         self.renewed: dict[int, int] = {}  # lease states of what the last beat() renewed
+        self.lease_error: BaseException | None = None  # of the last leases(): see check_leases()
         self._members: tuple[tuple[str, ...], int] | None = None  # names, members version
         self._members_told: tuple[tuple[str, ...], int] | None = None  # as moved() last told
 
@@ -227,21 +239,60 @@ class Membership:
         """Take or renew the leases of ``partitions``; map each to a :class:`LeaseState`.
 
         ``held``: those this member holds by its own reckoning (renewed with one GETEX).
+        A partition whose call failed (an error reply, its node unreachable or too slow) is
+        left out: whether its lease was renewed is not known, so it may have lapsed, and
+        its local deadline must stay as it was. The first such error is kept for
+        :meth:`check_leases`; the other partitions' states stand. On a cluster each node's
+        calls go in their own pipeline, and a node that has not answered within
+        ``(1 - LEASE_VALIDITY) * ttl`` is given up on, so that a node down or failing over
+        holds up no other node's renewals.
         """
+        self.lease_error = None
         if not partitions:
             return {}
         args = [self.token, self.ttl_ms, self.previous_token]
-        results = await run_pipelined(
-            self.redis,
-            [
-                (LEASE, [self.keys.lease(p, self.group)], [*args, "renew" if p in held else ""])
-                for p in partitions
-            ],
-        )
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return {p: int(r) for p, r in zip(partitions, results, strict=True)}
+        calls: dict[int, ScriptCall] = {
+            p: (LEASE, [self.keys.lease(p, self.group)], [*args, "renew" if p in held else ""])
+            for p in partitions
+        }
+        groups = _by_node(self.redis, {p: call[1][0] for p, call in calls.items()})
+        tasks = {
+            asyncio.ensure_future(run_pipelined(self.redis, [calls[p] for p in group])): group
+            for group in groups
+        }
+        limit = self.ttl * (1 - LEASE_VALIDITY) if len(tasks) > 1 else None
+        try:
+            await asyncio.wait(tasks, timeout=limit)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        states: dict[int, int] = {}
+        errors: list[BaseException] = []
+        for task, group in tasks.items():
+            if task.cancelled():
+                errors.append(
+                    RedisTimeoutError(
+                        f"no reply within {limit:.3g}s to the lease calls of partitions {group}"
+                    )
+                )
+                continue
+            if (exc := task.exception()) is not None:
+                errors.append(exc)
+                continue
+            for p, reply in zip(group, task.result(), strict=True):
+                if isinstance(reply, Exception):
+                    errors.append(reply)
+                else:
+                    states[p] = int(reply)
+        self.lease_error = errors[0] if errors else None
+        return states
+
+    def check_leases(self) -> None:
+        """Raise the first error of the last :meth:`leases` call, if one of its calls failed."""
+        if self.lease_error is not None:
+            error, self.lease_error = self.lease_error, None
+            raise error
 
     async def release(self, partitions: list[int]) -> None:
         """Give up the leases of ``partitions`` (those still ours)."""
@@ -261,6 +312,24 @@ class Membership:
         await LEAVE(
             self.redis, [k.members(g), k.tokens(g), k.members_version(g)], [self.name, self.token]
         )
+
+
+def _by_node(redis: AnyRedis, keys: Mapping[int, str]) -> list[list[int]]:
+    """The partitions of ``keys`` grouped by the cluster node serving each key.
+
+    One group on one server; on a cluster, keys whose node is not known yet go together
+    (redis-py routes them).
+    """
+    if not isinstance(redis, RedisCluster):
+        return [list(keys)]
+    groups: dict[str, list[int]] = {}
+    for p, key in keys.items():
+        try:
+            node = redis.get_node_from_key(key)
+        except (RedisClusterException, KeyError, IndexError):
+            node = None
+        groups.setdefault("" if node is None else node.name, []).append(p)
+    return list(groups.values())
 
 
 def _text(value: bytes | str) -> str | None:

@@ -602,8 +602,7 @@ class Consumer(RedisComponent):
         states = dict(renewed)
         rebuild = {p for p, s in self._owned.items() if len(s.streams) != self._priorities}
         rest = sorted(((mine - set(self._owned)) | set(due) | rebuild) - set(renewed))
-        if rest:
-            states.update(await self._membership.leases(rest, set(held)))
+        states.update(await self._membership.leases(rest, set(held)))  # leaves out failures
         gained: list[int] = []
         fresh: list[int] = []
         for p, state in states.items():
@@ -660,6 +659,7 @@ class Consumer(RedisComponent):
         if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)
+        self._membership.check_leases()  # the heartbeat fails, after what did succeed
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")

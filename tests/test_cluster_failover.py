@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from redisaq_core import Consumer, Message, Producer
+from redisaq_core._assignment import partition_for_key
 from redisaq_core.embedded import EmbeddedCluster
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, eventually
@@ -240,3 +241,65 @@ async def test_a_consumer_rides_out_a_whole_cluster_unreachable_for_seconds() ->
                 await eventually(lambda: handled == {0, 1, 2}, timeout=30)
                 assert consumer.running
             await asyncio.wait_for(consumer.close(), 10)
+
+
+def _topic_beside(cluster: EmbeddedCluster, partitions: int) -> tuple[str, int]:
+    """A topic with partitions on two primaries, whose group keys are on neither the first
+    primary nor a third one that holds partitions too; returns it and that third primary."""
+    for _ in range(1000):
+        topic = f"lr-{uuid.uuid4().hex[:8]}"
+        keys = TopicKeys(topic)
+        group_home = cluster.master_of_slot(key_slot(keys.members("default").encode()))
+        group = cluster.masters.index(group_home)
+        homes = {_home(cluster, topic, p) for p in range(partitions)}
+        victims = [i for i in homes if i not in (0, group)]
+        if victims and len(homes) > 1:
+            return topic, victims[0]
+    raise AssertionError("no suitable topic name found")
+
+
+async def test_leases_renewed_on_live_nodes_stay_readable_while_a_primary_is_down() -> None:
+    """A primary with no replica dies; the partitions of the other nodes are read on.
+
+    Their leases are renewed in the same heartbeat as those of the dead node's partitions,
+    whose calls fail (connection refused). Before, one failed renewal failed them all: no
+    partition's local deadline moved on, so the live nodes' partitions were read no more
+    until the dead node came back.
+    """
+    partial = ["--cluster-require-full-coverage", "no"]  # the live nodes serve their slots
+    with EmbeddedCluster(masters=3, node_timeout_ms=1000, extra_args=partial) as cluster:
+        partitions = 6
+        topic, victim = _topic_beside(cluster, partitions)
+        on_victim = [p for p in range(partitions) if _home(cluster, topic, p) == victim]
+        live = next(p for p in range(partitions) if p not in on_victim)
+        key = next(k for k in map(str, range(10_000)) if partition_for_key(k, partitions) == live)
+        handled: set[int] = set()
+
+        async def handle(m: Message) -> None:
+            handled.add(m.payload["n"])
+
+        options: dict[str, Any] = {"heartbeat_interval": 0.3, "poll_interval": 0.2}
+        consumer = Consumer(topic, consumer_name="c", redis_url=cluster.url, **options)
+        clock = asyncio.get_running_loop().time
+        async with (
+            Producer(topic, redis_url=cluster.url, init_partitions=partitions) as producer,
+            Running(consumer, handle),
+        ):
+            await eventually(lambda: len(consumer.assigned_partitions) == partitions)
+            await producer.enqueue({"n": 0, "k": key}, partition_key="k")
+            await eventually(lambda: handled == {0}, timeout=10)
+            cluster.kill_master(victim)
+            killed = clock()
+            await eventually(
+                lambda: all(consumer._owned[p].valid_until <= clock() for p in on_victim),
+                message="the dead node's partitions past their local deadline",
+            )
+            # A lease call sent after the kill succeeded for the live node's partition.
+            renewed = killed + 0.8 * consumer.heartbeat_ttl
+            await eventually(
+                lambda: consumer._owned[live].valid_until > max(clock(), renewed),
+                message="the live node's partition renewed since the kill",
+            )
+            await producer.enqueue({"n": 1, "k": key}, partition_key="k")
+            await eventually(lambda: handled == {0, 1}, timeout=10)
+            assert all(consumer._owned[p].valid_until <= clock() for p in on_victim)

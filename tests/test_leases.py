@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from redisaq_core import (
     Consumer,
@@ -42,6 +44,7 @@ from redisaq_core._scripts import (
     RELEASE,
 )
 from redisaq_core._settlement import Settler
+from redisaq_core.connection import AnyRedis, create_client, is_cluster
 from redisaq_core.keys import MAX_PRIORITIES, TopicKeys, partition_count, priority_levels
 from redisaq_core.message import received
 from redisaq_core.monitor import Monitor
@@ -859,3 +862,44 @@ async def test_a_refusal_for_an_earlier_hold_leaves_the_one_taken_back(
         )
         assert consumer.stats.fenced == 1
         assert consumer._owned.get(0) is now
+
+
+@asynccontextmanager
+async def _limited_to(
+    redis: Redis, redis_url: str, keys: list[str]
+) -> AsyncIterator[tuple[AnyRedis, str]]:
+    """A client of a user with a password who may touch ``keys`` only (on every node)."""
+    user, password = f"lease-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    nodes: dict[str, Any] = {"target_nodes": "all"} if is_cluster(redis) else {}
+    rules = ["on", ">" + password, "resetkeys", *("~" + k for k in keys), "&*", "+@all"]
+    await redis.execute_command("ACL", "SETUSER", user, *rules, **nodes)
+    scheme, _, rest = redis_url.partition("://")
+    client = create_client(f"{scheme}://{user}:{password}@{rest}")
+    try:
+        yield client, password
+    finally:
+        await client.aclose()
+        await redis.execute_command("ACL", "DELUSER", user, **nodes)
+
+
+async def test_a_lease_call_that_failed_leaves_the_other_partitions_states(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # One partition's lease call answers an error (NOPERM here: the member's user may not
+    # touch that key; on a cluster, a node down does the same); the others' leases were
+    # taken. Before, leases() raised, and the heartbeat dropped the taken ones with it:
+    # their local deadlines did not move, so they were read no more.
+    keys = TopicKeys(topic)
+    async with _limited_to(redis, redis_url, [keys.lease(0, "g"), keys.lease(2, "g")]) as (
+        client,
+        password,
+    ):
+        member = _membership.Membership(client, keys, "g", "m", "tok", 30.0)
+        assert await member.leases([0, 1, 2]) == {0: 2, 2: 2}
+        with pytest.raises(NoPermissionError) as failed:
+            member.check_leases()
+        assert password not in str(failed.value)
+        member.check_leases()  # raised once
+        assert await member.leases([0, 2], held=[0, 2]) == {0: 1, 2: 1}
+        member.check_leases()
+    assert [await redis.get(keys.lease(p, "g")) for p in range(3)] == [b"tok", None, b"tok"]
