@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._assignment import assign
 from ._codec import as_str
+from ._failures import REDIS_FAILURES
 from ._scripts import (
     COMMIT_ASSIGNMENT,
     HEARTBEAT,
@@ -295,23 +296,46 @@ class Membership:
             raise error
 
     async def release(self, partitions: list[int]) -> None:
-        """Give up the leases of ``partitions`` (those still ours)."""
+        """Give up the leases of ``partitions`` (those still ours).
+
+        Every release is sent; if one failed, the first error is raised once all replies
+        are in. Such a lease lapses on its own within the TTL.
+        """
         if not partitions:
             return
-        await run_pipelined(
+        results = await run_pipelined(
             self.redis,
             [(RELEASE, [self.keys.lease(p, self.group)], [self.token]) for p in partitions],
         )
-        mark(
-            "release", self.keys.topic, self.group, self.name, **{"redisaq.partitions": partitions}
-        )
+        errors = [r for r in results if isinstance(r, Exception)]
+        released = [
+            p for p, r in zip(partitions, results, strict=True) if not isinstance(r, Exception)
+        ]
+        if released:
+            mark(
+                "release", self.keys.topic, self.group, self.name,
+                **{"redisaq.partitions": released},
+            )  # fmt: skip
+        if errors:
+            raise errors[0]
 
-    async def leave(self) -> None:
-        """Leave the group at once, so that peers rebalance on their next heartbeat."""
+    async def leave(self, owned: list[int] | None = None) -> None:
+        """Give up the leases of ``owned``, then leave the group at once.
+
+        Peers rebalance on their next heartbeat. The member leaves even if a release
+        failed; that error is raised afterwards.
+        """
+        failed: BaseException | None = None
+        try:
+            await self.release(owned or [])
+        except REDIS_FAILURES as exc:
+            failed = exc
         k, g = self.keys, self.group
         await LEAVE(
             self.redis, [k.members(g), k.tokens(g), k.members_version(g)], [self.name, self.token]
         )
+        if failed is not None:
+            raise failed
 
 
 def _by_node(redis: AnyRedis, keys: Mapping[int, str]) -> list[list[int]]:

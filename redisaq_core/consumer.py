@@ -529,8 +529,7 @@ class Consumer(RedisComponent):
         self._owned.clear()
         self._settler.runs.clear()
         try:
-            await membership.release(owned)
-            await membership.leave()
+            await membership.leave(owned)  # leaves even if a release failed, then raises
             # Our consumer entries where nothing of ours is pending (Redis never removes them).
             streams, self._touched = sorted(self._touched), set()
             calls = [(FORGET_CONSUMER, [s], [self.group, self.name]) for s in streams]

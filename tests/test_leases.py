@@ -903,3 +903,27 @@ async def test_a_lease_call_that_failed_leaves_the_other_partitions_states(
         assert await member.leases([0, 2], held=[0, 2]) == {0: 1, 2: 1}
         member.check_leases()
     assert [await redis.get(keys.lease(p, "g")) for p in range(3)] == [b"tok", None, b"tok"]
+
+
+async def test_a_release_that_failed_is_raised_after_the_others_are_released(
+    redis: Redis, redis_url: str, topic: str
+) -> None:
+    # A release answered with an error is raised, once the other partitions' releases are
+    # done; a member leaving still leaves. Before, the error was ignored: the consumer took
+    # the lease for released and said so, while it kept its partition from the new owner.
+    keys = TopicKeys(topic)
+    owner = _membership.Membership(redis, keys, "g", "m", "tok", 30.0)
+    await owner.beat()
+    assert await owner.leases([0, 1, 2]) == {0: 2, 1: 2, 2: 2}
+    group = [keys.members("g"), keys.tokens("g"), keys.members_version("g")]
+    allowed = [keys.lease(0, "g"), keys.lease(2, "g"), *group]
+    async with _limited_to(redis, redis_url, allowed) as (client, password):
+        member = _membership.Membership(client, keys, "g", "m", "tok", 30.0)
+        with pytest.raises(NoPermissionError) as failed:
+            await member.release([0, 1, 2])
+        assert password not in str(failed.value)
+        assert [await redis.get(keys.lease(p, "g")) for p in range(3)] == [None, b"tok", None]
+        with pytest.raises(NoPermissionError):
+            await member.leave([1])
+        assert await redis.zscore(keys.members("g"), "m") is None
+    assert await redis.get(keys.lease(1, "g")) == b"tok"
