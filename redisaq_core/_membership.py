@@ -274,7 +274,8 @@ class Membership:
             if task.cancelled():
                 errors.append(
                     RedisTimeoutError(
-                        f"no reply within {limit:.3g}s to the lease calls of partitions {group}"
+                        f"no reply within {limit or 0:.3g}s to the lease calls of partitions "
+                        f"{group}"
                     )
                 )
                 continue

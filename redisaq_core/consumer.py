@@ -627,9 +627,7 @@ class Consumer(RedisComponent):
                 self._reader.widen(current, self._priorities, valid_until)
                 fresh.append(p)
                 continue
-            # Newly ours, or ours again after the lease lapsed: start from the pending entries,
-            # giving back first what it held behind a failure that never ran.
-            if current is not None:
+            if current is not None:  # ours again after the lease lapsed: what it held goes back
                 self._settler.give_back.owe_held([current])
             (fresh if current is not None else gained).append(p)
             self._owned[p] = self._reader.partition(p, self._priorities, valid_until)
@@ -686,14 +684,20 @@ class Consumer(RedisComponent):
         # Before the leases go: what a read ahead brings is given back, the acks are sent.
         await self._ahead.give_back(self.redis, going)
         await self._settler.flush(self.redis, self._owned, self._fenced)
+        failed: BaseException | None = None
         async with self._ownership:  # revoked meanwhile: released on the next round
             revoked = [s.number for s in going if self._owned.get(s.number) is s and s.revoking]
             for p in revoked:
                 del self._owned[p]
-            await self._membership.release(revoked)
+            try:
+                await self._membership.release(revoked)
+            except REDIS_FAILURES as exc:  # gone all the same: a lease not released lapses
+                failed = exc
         if revoked:
             self.logger.info("consumer %s: released partitions %s", self.name, revoked)
             await self._call_hook(self.on_revoke, revoked)
+        if failed is not None:
+            raise failed
 
     async def _call_hook(self, hook: PartitionsHook | None, partitions: list[int]) -> None:
         if hook is None or not partitions:
