@@ -183,8 +183,9 @@ class _CancelNotices(JobEvents):
 class RunningJobs:
     """A consumer's job handlers under way: cancelled on request, and their progress."""
 
-    def __init__(self, keys: TopicKeys) -> None:
+    def __init__(self, keys: TopicKeys, group: str = "", token: str = "") -> None:
         self.keys = keys
+        self.group, self.token = group, token  # the member's: its progress is fenced by its lease
         self.redis: AnyRedis | None = None
         self._running: dict[str, _Running] = {}
         self._waiting: dict[str, str] = {}  # marked active, handler not called yet: job -> key
@@ -305,7 +306,8 @@ class RunningJobs:
         """Store and announce ``value`` as the progress of ``message``'s job.
 
         Returns whether the record took it: ``False`` for a message that is no
-        job, or a job that is not running any more (nothing is written).
+        job, a job that is not running any more, or one whose partition's lease
+        moved on to another member (nothing is written).
         """
         text = progress_text(value)
         if not message.job_id:
@@ -315,7 +317,9 @@ class RunningJobs:
         topic, partition = parse_job_id(message.job_id)
         tk = TopicKeys(topic)
         keys = [tk.job(partition, message.job_id), tk.jobs(partition)]
-        done = await JOB_PROGRESS(self.redis, keys, [message.job_id, tk.job_channel, text])
+        keys.append(tk.lease(partition, self.group))
+        args = [message.job_id, tk.job_channel, text, self.token]
+        done = await JOB_PROGRESS(self.redis, keys, args)
         return bool(done)
 
 

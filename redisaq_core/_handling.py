@@ -104,7 +104,7 @@ class Dispatcher:
         self.max_deliveries = max_deliveries
         self.max_processing_time = max_processing_time
         self._calls: set[_Call] = set()
-        self.jobs = RunningJobs(keys)
+        self.jobs = RunningJobs(keys, group, settler.token)
         """Job handlers under way: cancelled on request (each heartbeat), their progress."""
 
     def in_handler(self) -> bool:

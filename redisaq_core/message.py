@@ -70,8 +70,9 @@ class Message:
         The value is stored in the job's record (``progress``) and announced
         to the job's followers (``/ws/jobs`` gets a ``job_status`` frame with
         it). Returns ``True`` once stored; ``False``, writing nothing, when the
-        message is not a job (it was not sent with ``Producer.submit``) or its
-        job is no longer running. ``InvalidProgressError`` for a value that is
+        message is not a job (it was not sent with ``Producer.submit``), its
+        job is no longer running, or its partition's lease moved on to another
+        member (the job is that member's now). ``InvalidProgressError`` for a value that is
         not a finite number or a JSON object of at most 4096 bytes (NaN, a set,
         an object too large); ``NotConnectedError`` outside a consumer's handler.
         """

@@ -508,6 +508,32 @@ async def test_progress_on_a_record_another_client_replaced_is_a_no_op(
     assert consumer.stats.handled == 1 and consumer.stats.dead_lettered == 0
 
 
+async def test_progress_from_a_handler_whose_lease_moved_on_writes_nothing(
+    redis: Any, redis_url: str, topic: str
+) -> None:
+    # A handler that runs on after its partition's lease went to another member reports to
+    # a job that is that member's now. Before, its progress was stored and announced.
+    results: list[bool] = []
+    keys = TopicKeys(topic)
+
+    async def handler(m: Received) -> None:
+        lease = keys.lease(m.partition, "default")
+        token = await redis.get(lease)
+        await redis.set(lease, "another member")
+        results.append(await m.progress(1))
+        await redis.set(lease, token)  # back before the next heartbeat looks
+        results.append(await m.progress(2))
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        handle = await producer.submit({"n": 0})
+        consumer = Consumer(topic, redis_url=redis_url, heartbeat_interval=5, poll_interval=0.1)
+        async with Running(consumer, handler):
+            await eventually(lambda: consumer.stats.handled == 1, message="handled")
+    assert results == [False, True]
+    record = await redis.hget(keys.job(0, handle.id), "progress")
+    assert record == b"2"
+
+
 # ---- a real worker process, cancelled from the CLI --------------------------------------
 
 HANDLER = """
