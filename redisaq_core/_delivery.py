@@ -135,6 +135,8 @@ class OwnedPartition:
     isolate: bool = False  # retry held[0] alone (it failed as part of a batch)
     alone: tuple[int, str] | None = None  # (level, id) of that retry: a batch of its own
     unrun: set[tuple[int, str]] = field(default_factory=set)  # held, never handed on (level, id)
+    retry_sent: tuple[int, str, int, int] | None = None
+    """A retry gone out without its reply: (level, id, delivery count, runs) before it."""
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)
@@ -530,7 +532,7 @@ class Reader:
         retry is counted in the partition's ``runs`` hash, and its runs (this
         one included) noted in ``runs``. The claim is fenced by the lease
         (``lua/retry.lua``): a partition whose lease is found gone keeps what it
-        holds and is not read or retried until a heartbeat renews it. A retry made
+        holds and is not read or retried until a heartbeat renews it. A retry sent
         again after its reply was lost is not claimed or counted twice.
         """
         retried = [p for p in parts if p.head_failed and p.held]
@@ -540,13 +542,16 @@ class Reader:
             for part in retried:
                 head = part.held[0]
                 counted = runs.get(run_key(head)) if runs is not None else None
+                before = counted[1] - 1 if counted and counted[0] is part else 0
+                sent = part.retry_sent
+                part.retry_sent = (head.priority, head.msg_id, head.deliveries, before)
                 calls.append((
                     RETRY,
                     [part.streams[head.priority], self.keys.lease(part.number, self.group),
                      self.keys.runs(part.number, self.group)],
                     [self.group, self.token, self.name, head.msg_id or "0",
-                     b"0" if runs is None else b"1", RUNS_TTL, head.deliveries,
-                     counted[1] - 1 if counted and counted[0] is part else 0],
+                     b"0" if runs is None else b"1", RUNS_TTL,
+                     *(part.retry_sent[2:] if sent == part.retry_sent else ["", ""])],
                 ))  # fmt: skip
             replies = await run_pipelined(redis, calls)
             for reply in replies:
@@ -554,9 +559,10 @@ class Reader:
                     raise reply
             kept = []
             for part, reply in zip(retried, replies, strict=True):
-                if reply == -1:  # the lease moved on: left to the heartbeat
+                if reply == -1:  # the lease moved on: left to the heartbeat (retry_sent kept)
                     part.valid_until = 0.0
                 else:
+                    part.retry_sent = None
                     kept.append((part, reply))
             retried, replies = [p for p, _ in kept], [r for _, r in kept]
             if runs is not None:

@@ -11,7 +11,10 @@ without a result. Some deliveries never reach a handler:
 - a batch is cut off at the lease's local deadline, and the rest of it is left
   pending (``_handling.py``);
 - a read of a cluster is cancelled (a stop, a rebalance) after some nodes
-  answered it (``Reader.cut_off``).
+  answered it (``Reader.cut_off``);
+- a retry's reply was lost, and the partition is given up before the retry is
+  sent again (``OwnedPartition.retry_sent``): its claim and its count of runs
+  are given back should it have been made.
 
 :class:`GiveBack` keeps those entries owed and gives them back
 (``lua/give_back.lua``): each entry still pending with this member gets back the
@@ -32,6 +35,7 @@ read do.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -107,6 +111,7 @@ class GiveBack:
         back once its failure is settled, as it does any entries given back.
         """
         for part in parts:
+            self._owe_retry(part)
             if not part.unrun:
                 continue
             unrun = [m for m in part.held if (m.priority, m.msg_id) in part.unrun]
@@ -116,6 +121,23 @@ class GiveBack:
                 part.head_failed = part.isolate = False
             part.reclaim()
             self.owe(part.number, unrun)
+
+    def _owe_retry(self, part: OwnedPartition) -> None:
+        """Owe a give-back of the retry of ``part`` whose reply was lost, should it be made.
+
+        Its claim and its count of runs go back (no handler ran after them); if it was not
+        made, the counts are those already there, and nothing changes.
+        """
+        sent, part.retry_sent = part.retry_sent, None
+        if (
+            sent is None
+            or not part.held
+            or (part.held[0].priority, part.held[0].msg_id) != sent[:2]
+        ):
+            return
+        claimed = copy.copy(part.held[0])
+        claimed.deliveries = sent[2] + 1
+        self.owe_run(claimed, sent[3])
 
     def drop(self) -> None:
         """Forget what is owed (the consumer leaves; those entries stay counted)."""

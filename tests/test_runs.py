@@ -364,6 +364,91 @@ async def test_a_retry_whose_reply_was_lost_is_claimed_and_counted_once(
     assert consumer.stats.dead_lettered == 1
 
 
+async def test_a_retry_whose_reply_was_lost_as_the_lease_lapsed_is_given_back(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry (its claim and its count of runs) is made, its reply lost, and the lease goes
+    # to another member for a while: the partition is given up before the retry is sent
+    # again. The run it counted never happened; it used to stay counted, and the message was
+    # dead-lettered after two real runs with max_deliveries=3.
+    await _one(redis_url, topic)
+    consumer = _member(topic, redis_url, max_deliveries=3, retry_backoff=0.01)
+    run_pipelined = _delivery.run_pipelined
+    lost: list[int] = []
+
+    async def reply_lost_once(r: Any, calls: Any) -> Any:
+        replies = await run_pipelined(r, calls)
+        if not lost and calls[0][0] is RETRY:
+            lost.append(len(calls))
+            await redis.set(TopicKeys(topic).lease(0, "default"), "another member", px=1500)
+            raise RedisConnectionError("connection lost with the reply (injected)")
+        return replies
+
+    monkeypatch.setattr(_delivery, "run_pipelined", reply_lost_once)
+    ran: list[int] = []
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        raise RuntimeError(f"run {len(ran)} fails")
+
+    await _settled(consumer, fails)
+    assert lost == [1]
+    assert len(ran) == 3
+    assert consumer.stats.dead_lettered == 1
+
+
+async def test_a_retry_after_an_earlier_static_instance_ran_the_entry_is_counted(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instance 2 ("second") of static member "w" holds E, failed once, for its retry.
+    # Instance 1 ("first"), not yet aware it was replaced, claims E under the same name
+    # (delivery count 1 -> 2), counts its run (runs 0 -> 1) and runs it. Instance 2's retry,
+    # sent once, must claim and count: a retry sent again after a lost reply would take
+    # those counts for its own, and E ran 4 times with max_deliveries=3.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    options: dict[str, Any] = {
+        "consumer_name": "w", "static": True, "redis_url": redis_url, "max_deliveries": 3,
+    }  # fmt: skip
+    first = Consumer(topic, heartbeat_interval=5.0, heartbeat_ttl=15.0, **options)
+    second = Consumer(topic, retry_backoff=0.01, **options, **FAST)
+    gate, at_gate = asyncio.Event(), asyncio.Event()
+    claim = Reader.claim
+
+    async def stalls(self: Reader, r: Any, parts: Any) -> Any:
+        if self is first._reader and not at_gate.is_set():
+            at_gate.set()
+            await gate.wait()
+        return await claim(self, r, parts)
+
+    monkeypatch.setattr(Reader, "claim", stalls)
+    runs: list[str] = []
+
+    async def handler(m: Message) -> None:
+        if first._dispatcher.in_handler():
+            runs.append("first")
+            await asyncio.Event().wait()  # instance 1 hangs in its run
+        runs.append("second")
+        if len(runs) == 1:  # instance 1 wakes up while instance 2 waits for its retry
+            gate.set()
+            await eventually(lambda: len(runs) == 2, message="instance 1 ran E")
+        raise RuntimeError("fails")
+
+    first_task = asyncio.create_task(first.process(handler))
+    second_task = None
+    try:
+        await asyncio.wait_for(at_gate.wait(), 10)
+        second_task = asyncio.create_task(second.process(handler))
+        await eventually(lambda: second.stats.dead_lettered == 1, timeout=15)
+        assert runs == ["second", "first", "second"]
+    finally:
+        for consumer in (second, first):
+            await consumer.stop(timeout=0.3)
+        await asyncio.gather(first_task, *[t for t in (second_task,) if t], return_exceptions=True)
+        for consumer in (second, first):
+            await consumer.close()
+
+
 async def test_an_earlier_instance_of_a_static_member_takes_back_no_run_its_successor_made(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,19 +3,25 @@
 -- only while the caller holds the partition's lease: XCLAIM looks at no owner, so a member
 -- whose lease moved on would take the entry from its new owner. With counting, the retry
 -- is counted as a handler run in the partition's runs hash (count_run).
--- A retry made already, whose reply was lost, is not made again: when the entry's counts
--- are those it left (its delivery count one past the member's, and its runs one past the
--- member's count), nothing is claimed or counted, and the reply is the one that was lost.
+-- Sent again after its reply was lost, a retry already made is not made again: when the
+-- entry's counts are those it left (its delivery count one past the member's, and its runs
+-- one past the member's count), nothing is claimed or counted, and the reply is the one
+-- that was lost. Only then: another instance of a static member name, claiming under the
+-- same name, can raise both counts as well.
 -- KEYS: stream, lease, the partition's runs hash
 -- ARGV: group, token, consumer, id, "1" to count the run or "0", the runs hash's TTL (s),
---       the entry's delivery count as the member knows it, its runs counted so far (0: none)
+--       when sent again: the entry's delivery count as the member knows it and its runs
+--       counted so far (0: none); else "" and ""
 -- Returns -1 when the lease is not ours (nothing is changed); else {alive, runs}: alive 0
 -- when the entry's data is gone (trimmed, or no longer pending), runs the count with this
 -- run (0 when not counted).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
-local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1, ARGV[3])
+local mine = {}
+if ARGV[7] ~= '' then
+  mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1, ARGV[3])
+end
 if #mine > 0 and tonumber(mine[1][4]) == tonumber(ARGV[7]) + 1 then
   local runs = 0
   if ARGV[5] == '1' then
