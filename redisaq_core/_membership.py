@@ -263,6 +263,7 @@ class Membership:
         }
         limit = self.ttl * (1 - LEASE_VALIDITY) if len(tasks) > 1 else None
         try:
+            await asyncio.sleep(0)  # sent before the time starts: a busy loop is no slow node
             await asyncio.wait(tasks, timeout=limit)
         finally:
             for task in tasks:

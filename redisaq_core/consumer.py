@@ -549,6 +549,8 @@ class Consumer(RedisComponent):
                 await self._sync()
                 await self._report_partitions()
                 await self._dispatcher.jobs.check(self.redis)  # cancelled jobs' handlers
+                if self._membership is not None:  # a lease call that failed: after the rest
+                    self._membership.check_leases()
                 if failing:
                     self.logger.info("consumer %s: heartbeat restored", self.name)
                 failing = False
@@ -637,8 +639,7 @@ class Consumer(RedisComponent):
             for part in parts:  # not from _owned: a refused settlement may drop one meanwhile
                 self._touched.update(part.streams)
             self._interrupt_read()
-        # Strays come at a hand-over: look on the next heartbeat, then about once a minute.
-        self._beats += 1
+        self._beats += 1  # strays come at a hand-over: look next beat, then about each minute
         every = self._beats % sweep_period(self.heartbeat_interval) == 0
         settled = [
             s for s in self._owned.values()
@@ -656,7 +657,6 @@ class Consumer(RedisComponent):
         if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)
-        self._membership.check_leases()  # the heartbeat fails, after what did succeed
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")

@@ -281,10 +281,8 @@ async def test_leases_renewed_on_live_nodes_stay_readable_while_a_primary_is_dow
         options: dict[str, Any] = {"heartbeat_interval": 0.3, "poll_interval": 0.2}
         consumer = Consumer(topic, consumer_name="c", redis_url=cluster.url, **options)
         clock = asyncio.get_running_loop().time
-        async with (
-            Producer(topic, redis_url=cluster.url, init_partitions=partitions) as producer,
-            Running(consumer, handle),
-        ):
+        producer = Producer(topic, redis_url=cluster.url, init_partitions=partitions)
+        async with producer, Running(consumer, handle):
             await eventually(lambda: len(consumer.assigned_partitions) == partitions)
             await producer.enqueue({"n": 0, "k": key}, partition_key="k")
             await eventually(lambda: handled == {0}, timeout=10)
@@ -303,3 +301,11 @@ async def test_leases_renewed_on_live_nodes_stay_readable_while_a_primary_is_dow
             await producer.enqueue({"n": 1, "k": key}, partition_key="k")
             await eventually(lambda: handled == {0, 1}, timeout=10)
             assert all(consumer._owned[p].valid_until <= clock() for p in on_victim)
+            # A member that joins while the node is still down reads the live partitions
+            # too (its join used to wait for every lease: for the dead node to come back).
+            await consumer.stop()
+            late = Consumer(topic, consumer_name="late", redis_url=cluster.url, **options)
+            async with Running(late, handle):
+                await eventually(lambda: live in late.assigned_partitions, timeout=10)
+                await producer.enqueue({"n": 2, "k": key}, partition_key="k")
+                await eventually(lambda: handled == {0, 1, 2}, timeout=10)
