@@ -215,6 +215,12 @@ class Dispatcher:
         give_back, runs = self.settler.give_back, self.settler.runs
         for number, msgs in _by_partition(messages).items():
             if (part := self.owned.get(number)) is not None:
+                if part.held and not part.head_failed:
+                    # Held to go after them (the rest of a batch whose first message was
+                    # retried alone): handed out first, they would pass them. The claim
+                    # brings them all again, in stream order.
+                    give_back.owe_held([part])
+                    part.held = []
                 part.reclaim()
             give_back.owe(number, msgs)
             for m in msgs if runs else ():

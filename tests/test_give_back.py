@@ -19,12 +19,20 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead, _settlement
+from redisaq_core import (
+    Consumer,
+    Message,
+    Producer,
+    _delivery,
+    _give_back,
+    _read_ahead,
+    _settlement,
+)
 from redisaq_core._delivery import ConsumerStats
 from redisaq_core._give_back import GiveBack
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import ACK, DEAD_LETTER
+from redisaq_core._scripts import ACK, DEAD_LETTER, RETRY
 from redisaq_core._settlement import Settler
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
@@ -822,3 +830,37 @@ async def test_a_failure_settled_after_its_lease_was_taken_again_counts_its_runs
     async with Running(consumer, fails):
         await eventually(lambda: consumer.stats.dead_lettered == 1)
     assert len(runs) == 2
+
+
+async def test_a_retry_alone_cut_at_the_deadline_keeps_the_rest_of_its_batch_behind_it(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch [0, 1, 2] fails: 0 is retried alone, 1 and 2 wait behind it. The retry's round
+    # trip ends past the lease's local deadline (set to 0 as it returns), so 0 is given back
+    # unrun. 1 and 2 used to be handed out next, before 0 was claimed back.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(3)])
+    consumer = Consumer(topic, redis_url=redis_url, retry_backoff=0.01, batch_size=10, **FAST)
+    run_pipelined = _delivery.run_pipelined
+    cut: list[int] = []
+
+    async def deadline_passes_once(r: Any, calls: Any) -> Any:
+        replies = await run_pipelined(r, calls)
+        if not cut and calls[0][0] is RETRY:
+            cut.append(len(calls))
+            for part in consumer._owned.values():
+                part.valid_until = 0.0
+        return replies
+
+    monkeypatch.setattr(_delivery, "run_pipelined", deadline_passes_once)
+    batches: list[list[int]] = []
+
+    async def handler(ms: list[Message]) -> None:
+        batches.append([m.payload["n"] for m in ms])
+        if len(batches) == 1:
+            raise RuntimeError("the batch fails")
+
+    async with Running(consumer, handler, batch=True):
+        await eventually(lambda: consumer.stats.handled == 3, timeout=20)
+    assert cut == [1]
+    assert [n for batch in batches[1:] for n in batch] == [0, 1, 2]
