@@ -103,10 +103,24 @@ def xreadgroup_args(
 
 
 def _pairs(response: Any) -> _Pairs:
-    """The ``(stream, entries)`` pairs of an XREADGROUP reply (RESP2 list or RESP3 map)."""
+    """The ``(stream, entries)`` pairs of an XREADGROUP reply (RESP2 list or RESP3 map).
+
+    redis-py's RESP3 conversion wraps each stream's entries in one more list; unwrapped.
+    """
     if not response:
         return []
-    return list(response.items()) if isinstance(response, dict) else list(response)
+    if not isinstance(response, dict):
+        return list(response)
+    return [(name, _unwrapped(entries)) for name, entries in response.items()]
+
+
+def _unwrapped(entries: list[Any]) -> list[Any]:
+    """``entries``, or the one list of entries it holds (an entry starts with its id)."""
+    if len(entries) == 1 and isinstance(entries[0], list):
+        inner = entries[0]
+        if not inner or isinstance(inner[0], (list, tuple)):
+            return inner
+    return entries
 
 
 async def _read_slot(

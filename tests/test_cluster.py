@@ -344,6 +344,25 @@ async def test_a_stop_while_a_cut_read_waits_on_a_paused_node_gives_back_what_ot
         assert await dl.count() == 0
 
 
+async def test_a_consumer_speaking_resp3_reads_every_node(cluster_url: str, topic: str) -> None:
+    """``protocol=3``: redis-py wraps each stream's entries of a cluster read in one more
+    list; the consumer used to end on a ValueError at its first read."""
+    url = cluster_url + ("&" if "?" in cluster_url else "?") + "protocol=3"
+    handled: list[int] = []
+
+    async def handle(m: Message) -> None:
+        if m.payload["flaky"] and m.deliveries == 1:
+            raise RuntimeError("fails once")
+        handled.append(m.payload["n"])
+
+    async with Producer(topic, redis_url=url, init_partitions=6) as producer:
+        await producer.batch_enqueue([{"n": i, "flaky": i % 5 == 0} for i in range(30)])
+        consumer = Consumer(topic, redis_url=url, **FAST)
+        async with Running(consumer, handle):
+            await eventually(lambda: len(handled) == 30, timeout=20)
+    assert sorted(handled) == list(range(30))
+
+
 async def test_dead_letters_and_replay(cluster_url: str, topic: str) -> None:
     partitions = 4
     async with Producer(topic, redis_url=cluster_url, init_partitions=partitions) as producer:
