@@ -125,3 +125,26 @@ async def foreign_topic_index(redis: Any) -> AsyncIterator[str]:
         await redis.delete(index)
         if had:
             await redis.rename(saved, index)
+
+
+def after_first_retry(monkeypatch: Any, action: Callable[[], Awaitable[None]]) -> list[int]:
+    """Run ``action`` once, as the replies of the first retry call come back.
+
+    It may raise (the reply lost with the connection). Returns a list that gets the
+    number of calls in that round trip.
+    """
+    from redisaq_core import _delivery
+    from redisaq_core._scripts import RETRY
+
+    run_pipelined = _delivery.run_pipelined
+    seen: list[int] = []
+
+    async def then_act(redis: Any, calls: Any) -> Any:
+        replies = await run_pipelined(redis, calls)
+        if not seen and calls[0][0] is RETRY:
+            seen.append(len(calls))
+            await action()
+        return replies
+
+    monkeypatch.setattr(_delivery, "run_pipelined", then_act)
+    return seen

@@ -19,25 +19,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from redisaq_core import (
-    Consumer,
-    Message,
-    Producer,
-    _delivery,
-    _give_back,
-    _read_ahead,
-    _settlement,
-)
+from redisaq_core import Consumer, Message, Producer, _give_back, _read_ahead, _settlement
 from redisaq_core._delivery import ConsumerStats
 from redisaq_core._give_back import GiveBack
 from redisaq_core._handling import Dispatcher
 from redisaq_core._read_ahead import ReadAhead
-from redisaq_core._scripts import ACK, DEAD_LETTER, RETRY
+from redisaq_core._scripts import ACK, DEAD_LETTER
 from redisaq_core._settlement import Settler
 from redisaq_core.embedded import EmbeddedRedis
 from redisaq_core.keys import TopicKeys
 from redisaq_core.message import received
-from tests.helpers import Running, died_with, eventually, stopped_when
+from tests.helpers import Running, after_first_retry, died_with, eventually, stopped_when
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
 
@@ -841,18 +833,12 @@ async def test_a_retry_alone_cut_at_the_deadline_keeps_the_rest_of_its_batch_beh
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.batch_enqueue([{"n": i} for i in range(3)])
     consumer = Consumer(topic, redis_url=redis_url, retry_backoff=0.01, batch_size=10, **FAST)
-    run_pipelined = _delivery.run_pipelined
-    cut: list[int] = []
 
-    async def deadline_passes_once(r: Any, calls: Any) -> Any:
-        replies = await run_pipelined(r, calls)
-        if not cut and calls[0][0] is RETRY:
-            cut.append(len(calls))
-            for part in consumer._owned.values():
-                part.valid_until = 0.0
-        return replies
+    async def deadline_passes() -> None:
+        for part in consumer._owned.values():
+            part.valid_until = 0.0
 
-    monkeypatch.setattr(_delivery, "run_pipelined", deadline_passes_once)
+    cut = after_first_retry(monkeypatch, deadline_passes)
     batches: list[list[int]] = []
 
     async def handler(ms: list[Message]) -> None:
