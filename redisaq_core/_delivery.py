@@ -177,14 +177,19 @@ def run_key(m: Received) -> tuple[int, int, str]:
     return (m.partition, m.priority, m.msg_id)
 
 
-async def count_run(redis: AnyRedis, keys: TopicKeys, group: str, m: Received) -> int:
+async def count_run(redis: AnyRedis, keys: TopicKeys, group: str, token: str, m: Received) -> int:
     """Count a handler run of ``m`` (delivered again) in its partition's ``runs`` hash.
 
-    Returns the count with this run. A count another client spoilt is written over
-    with 1 (``lua/_count_run.lua``).
+    Returns the count with this run, or -1 (nothing counted) when the partition's lease
+    is not ``token``'s. A count another client spoilt is written over with 1
+    (``lua/_count_run.lua``).
     """
-    runs = keys.runs(m.partition, group)
-    return int(await COUNT_RUN(redis, [runs], [m.msg_id, RUNS_TTL]))
+    args = [m.msg_id, RUNS_TTL, token]
+    return int(
+        await COUNT_RUN(
+            redis, [keys.runs(m.partition, group), keys.lease(m.partition, group)], args
+        )
+    )
 
 
 class Undecodable(Received):

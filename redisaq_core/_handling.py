@@ -195,11 +195,17 @@ class Dispatcher:
             await self._dispatch_now(redis, handler, [m], batch)
             return
         try:
-            count = await count_run(redis, self.keys, self.group, m)
+            count = await count_run(redis, self.keys, self.group, self.settler.token, m)
         except BaseException:  # it never ran
             self._never_ran([m])
             raise
-        if (part := self.owned.get(m.partition)) is None:  # lost meanwhile: it never runs
+        part = self.owned.get(m.partition)
+        if count < 0:  # the lease moved on: nothing counted, it never runs; left to the heartbeat
+            if part is not None:
+                part.valid_until = 0.0
+            self._never_ran([m])
+            return
+        if part is None:  # lost meanwhile: it never runs
             self.settler.give_back.owe_run(m, count - 1)
             return
         self.settler.runs[run_key(m)] = (part, count + 1, m)

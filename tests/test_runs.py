@@ -291,8 +291,8 @@ async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_give
     take = _lease_taken_once(redis, topic, consumer, cut)
     count_run = _handling.count_run
 
-    async def lease_gone_once(r: Any, keys: Any, group: str, m: Any) -> int:
-        count = await count_run(r, keys, group, m)
+    async def lease_gone_once(r: Any, keys: Any, group: str, token: str, m: Any) -> int:
+        count = await count_run(r, keys, group, token, m)
         await take(count)
         return count
 
@@ -302,6 +302,32 @@ async def test_a_run_counted_for_a_redelivery_as_its_lease_is_found_gone_is_give
     assert cut == [1]  # the run counted
     assert ran == [2]
     assert consumer.stats.dead_lettered == 0
+
+
+async def test_a_redelivery_counted_after_the_lease_moved_on_counts_nothing(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease goes to another member just before a redelivery's run is counted, and the
+    # heartbeat has not seen it yet. The count used to be made all the same (and the
+    # handler ran under a lease no longer held): its next owner then found a run too many
+    # and dead-lettered it with max_deliveries=2.
+    await _one(redis_url, topic)
+    await died_with(redis, topic)
+    consumer = _member(topic, redis_url)
+    cut: list[int] = []
+    take = _lease_taken_once(redis, topic, consumer, cut, dropped=False)
+    count_run = _handling.count_run
+
+    async def lease_moved_first(r: Any, keys: Any, group: str, token: str, m: Any) -> int:
+        await take(m.deliveries)
+        return await count_run(r, keys, group, token, m)
+
+    monkeypatch.setattr(_handling, "count_run", lease_moved_first)
+    ran: list[int] = []
+    await _settled(consumer, _recording(ran))
+    assert cut == [2]
+    assert ran == [2]  # once the lease came back, as its first counted run
+    assert consumer.stats.dead_lettered == 0 and consumer.stats.fenced == 0
 
 
 async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
@@ -362,14 +388,14 @@ async def test_a_retry_whose_reply_was_lost_counts_one_run(
     assert consumer.stats.dead_lettered == 1
 
 
-async def test_a_retry_after_an_earlier_static_instance_ran_the_entry_is_counted(
+async def test_an_earlier_static_instance_neither_counts_nor_runs_what_its_successor_holds(
     redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Instance 2 ("second") of static member "w" holds E, failed once, for its retry.
     # Instance 1 ("first"), not yet aware it was replaced, claims E under the same name
-    # (delivery count 1 -> 2), counts its run (runs 0 -> 1) and runs it. Instance 2's retry,
-    # sent once, must claim and count: a retry sent again after a lost reply would take
-    # those counts for its own, and E ran 4 times with max_deliveries=3.
+    # (delivery count 1 -> 2). Its count of the run is refused (the lease is instance 2's),
+    # so it does not run E. It used to count and run it; with both counts raised, a retry
+    # sent again after a lost reply would have taken them for its own.
     async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
         await producer.enqueue({"n": 0})
     options: dict[str, Any] = {
@@ -378,7 +404,7 @@ async def test_a_retry_after_an_earlier_static_instance_ran_the_entry_is_counted
     first = Consumer(topic, heartbeat_interval=5.0, heartbeat_ttl=15.0, **options)
     second = Consumer(topic, retry_backoff=0.01, **options, **FAST)
     gate, at_gate = asyncio.Event(), asyncio.Event()
-    claim = Reader.claim
+    claim, count_run = Reader.claim, _handling.count_run
 
     async def stalls(self: Reader, r: Any, parts: Any) -> Any:
         if self is first._reader and not at_gate.is_set():
@@ -386,17 +412,23 @@ async def test_a_retry_after_an_earlier_static_instance_ran_the_entry_is_counted
             await gate.wait()
         return await claim(self, r, parts)
 
+    counted: list[int] = []
+
+    async def noted(r: Any, keys: Any, group: str, token: str, m: Any) -> int:
+        count = await count_run(r, keys, group, token, m)
+        if token == first.token:
+            counted.append(count)
+        return count
+
     monkeypatch.setattr(Reader, "claim", stalls)
+    monkeypatch.setattr(_handling, "count_run", noted)
     runs: list[str] = []
 
     async def handler(m: Message) -> None:
-        if first._dispatcher.in_handler():
-            runs.append("first")
-            await asyncio.Event().wait()  # instance 1 hangs in its run
-        runs.append("second")
+        runs.append("first" if first._dispatcher.in_handler() else "second")
         if len(runs) == 1:  # instance 1 wakes up while instance 2 waits for its retry
             gate.set()
-            await eventually(lambda: len(runs) == 2, message="instance 1 ran E")
+            await eventually(lambda: counted, message="instance 1 counting its run")
         raise RuntimeError("fails")
 
     first_task = asyncio.create_task(first.process(handler))
@@ -405,7 +437,8 @@ async def test_a_retry_after_an_earlier_static_instance_ran_the_entry_is_counted
         await asyncio.wait_for(at_gate.wait(), 10)
         second_task = asyncio.create_task(second.process(handler))
         await eventually(lambda: second.stats.dead_lettered == 1, timeout=15)
-        assert runs == ["second", "first", "second"]
+        assert counted == [-1]
+        assert runs == ["second", "second", "second"]
     finally:
         for consumer in (second, first):
             await consumer.stop(timeout=0.3)
