@@ -567,6 +567,15 @@ async def _stored_partitions(redis: Redis, meta: str, want: bytes) -> bool:
     return bool(await redis.hget(meta, "partitions") == want)
 
 
+async def _replace(redis: Redis, key: str, command: str, *args: Any) -> None:
+    """Delete ``key`` and write it anew with ``command`` in one step (MULTI/EXEC), so that
+    no heartbeat can write it in between."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        getattr(pipe, command)(key, *args)
+        await pipe.execute()
+
+
 @pytest.mark.parametrize(
     "spoilt",
     [
@@ -601,11 +610,9 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
             score = await redis.zscore(keys.members(group), consumer.name)
             await redis.zadd(keys.members(group), {b"\xff\xfe": score or 0})
         elif spoilt == "lease":
-            await redis.delete(keys.lease(0, group))
-            await redis.hset(keys.lease(0, group), "x", "y")
+            await _replace(redis, keys.lease(0, group), "hset", "x", "y")
         elif spoilt == "topic meta":
-            await redis.delete(keys.meta)
-            await redis.set(keys.meta, "another client's")
+            await _replace(redis, keys.meta, "set", "another client's")
         elif spoilt.endswith("of another type"):
             key = {
                 "members version": keys.members_version(group),
@@ -613,8 +620,7 @@ async def test_a_group_record_another_client_spoilt_stops_nothing(
                 "members": keys.members(group),
                 "tokens": keys.tokens(group),
             }[spoilt.removesuffix(" of another type")]
-            await redis.delete(key)
-            await redis.rpush(key, "another client's")
+            await _replace(redis, key, "rpush", "another client's")
             if key == keys.tokens(group):
                 await redis.zadd(keys.members(group), {"gone": 1})  # expires: HDEL of its token
             return  # the member's view no longer matches what the script reads: it looks again
