@@ -136,7 +136,8 @@ class OwnedPartition:
     alone: tuple[int, str] | None = None  # (level, id) of that retry: a batch of its own
     unrun: set[tuple[int, str]] = field(default_factory=set)  # held, never handed on (level, id)
     retry_sent: tuple[int, str, int, int] | None = None
-    """A retry gone out without its reply: (level, id, delivery count, runs) before it."""
+    """A retry gone out without its reply: (level, id, delivery count, runs; -1: not known)
+    before it."""
     retry_at: float = 0.0
     valid_until: float = 0.0
     sweeps: int = 1  # heartbeats left that look for strays (see Reader.strays)
@@ -544,26 +545,34 @@ class Reader:
         replies: list[Any] = []
         if retried:  # nothing changes before the claim is made: a failed one leaves them held
             calls: list[ScriptCall] = []
+            attempts = []
             for part in retried:
                 head = part.held[0]
                 counted = runs.get(run_key(head)) if runs is not None else None
-                before = counted[1] - 1 if counted and counted[0] is part else 0
+                # The runs counted before: none for a first delivery; unknown (-1) for one
+                # counted under an earlier hold, which no lost reply is then checked against.
+                before = counted[1] - 1 if counted and counted[0] is part else -1
+                before = 0 if head.deliveries == 1 and before < 0 else before
                 sent = part.retry_sent
                 part.retry_sent = (head.priority, head.msg_id, head.deliveries, before)
+                attempts.append(part.retry_sent)
+                again = sent == part.retry_sent and before >= 0
                 calls.append((
                     RETRY,
                     [part.streams[head.priority], self.keys.lease(part.number, self.group),
                      self.keys.runs(part.number, self.group)],
                     [self.group, self.token, self.name, head.msg_id or "0",
                      b"0" if runs is None else b"1", RUNS_TTL,
-                     *(part.retry_sent[2:] if sent == part.retry_sent else ["", ""])],
+                     *(part.retry_sent[2:] if again else ["", ""])],
                 ))  # fmt: skip
             replies = await run_pipelined(redis, calls)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
             kept = []
-            for part, reply in zip(retried, replies, strict=True):
+            for part, reply, attempt in zip(retried, replies, attempts, strict=True):
+                if part.retry_sent is not attempt:  # given up meanwhile: its give-back is owed
+                    continue
                 if reply == -1:  # the lease moved on: left to the heartbeat (retry_sent kept)
                     part.valid_until = 0.0
                 else:

@@ -131,6 +131,7 @@ class GiveBack:
         sent, part.retry_sent = part.retry_sent, None
         if (
             sent is None
+            or sent[3] < 0  # its runs before are not known: left counted
             or not part.held
             or (part.held[0].priority, part.held[0].msg_id) != sent[:2]
         ):

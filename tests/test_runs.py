@@ -388,6 +388,35 @@ async def test_a_retry_whose_reply_was_lost_counts_one_run(
     assert consumer.stats.dead_lettered == 1
 
 
+async def test_a_retry_under_way_as_the_lease_is_taken_afresh_keeps_its_count(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry's round trip is under way when the lease lapses and the heartbeat takes it
+    # again (a new hold). The retry is made; its hold is gone, so it is given back, and the
+    # message is claimed afresh. It used to run under the new hold all the same, while the
+    # give-back erased its count: 4 runs with max_deliveries=3.
+    await _one(redis_url, topic)
+    consumer = _member(topic, redis_url, max_deliveries=3, retry_backoff=0.01)
+
+    async def taken_afresh() -> None:
+        old = consumer._owned[0]
+        await redis.delete(TopicKeys(topic).lease(0, "default"))
+        await eventually(
+            lambda: consumer._owned.get(0) not in (None, old), message="the lease taken again"
+        )
+
+    done = after_first_retry(monkeypatch, taken_afresh)
+    ran: list[int] = []
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        raise RuntimeError(f"run {len(ran)} fails")
+
+    await _settled(consumer, fails)
+    assert done == [1]
+    assert len(ran) == 3
+
+
 async def test_an_earlier_static_instance_neither_counts_nor_runs_what_its_successor_holds(
     redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
