@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._assignment import assign
@@ -38,6 +38,7 @@ from ._scripts import (
     LEAVE,
     RELEASE,
     ScriptCall,
+    node_of,
     run_pipelined,
 )
 from ._tracing import mark
@@ -350,10 +351,7 @@ def _by_node(redis: AnyRedis, keys: Mapping[int, str]) -> list[list[int]]:
         return [list(keys)]
     groups: dict[str, list[int]] = {}
     for p, key in keys.items():
-        try:
-            node = redis.get_node_from_key(key)
-        except (RedisClusterException, KeyError, IndexError):
-            node = None
+        node = node_of(redis, key)
         groups.setdefault("" if node is None else node.name, []).append(p)
     return list(groups.values())
 

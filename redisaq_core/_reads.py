@@ -51,9 +51,9 @@ from weakref import WeakKeyDictionary
 
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import ResponseError
 
-from ._scripts import READ_BACK
+from ._scripts import READ_BACK, node_of
 from .connection import AnyRedis
 
 __all__ = [
@@ -139,12 +139,8 @@ async def _read_slot(
     brings is added to ``served`` too, as soon as it comes.
     """
     args = ["XREADGROUP", *xreadgroup_args(group, consumer, streams, count, block_ms)]
-    first = next(iter(streams))
-    try:
-        node = redis.get_node_from_key(first)
-    except (RedisClusterException, KeyError, IndexError):
-        node = None  # no slot table yet: let redis-py find the node
-    if node is None:
+    node = node_of(redis, next(iter(streams)))
+    if node is None:  # no slot table yet: let redis-py find the node
         pairs = _pairs(await redis.execute_command(*args))
     else:
         pairs = _pairs(await redis.execute_command(*args, target_nodes=node))

@@ -69,6 +69,7 @@ __all__ = [
     "ScriptCall",
     "ack_call",
     "ack_count",
+    "node_of",
     "run_pipelined",
 ]
 
@@ -133,17 +134,23 @@ class Script:
                 continue
 
 
+def node_of(client: RedisCluster, key: Any) -> ClusterNode | None:
+    """The primary serving ``key``, or ``None`` while the slot table does not know it."""
+    try:
+        node: ClusterNode | None = client.get_node_from_key(key)
+    except (RedisClusterException, KeyError, IndexError):
+        return None
+    return node
+
+
 def _nodes_of(client: RedisCluster, keys: Iterable[Any]) -> list[ClusterNode]:
     """The distinct primaries serving ``keys`` ([] if one of them is not known)."""
     nodes: dict[str, ClusterNode] = {}
-    try:
-        for key in keys:
-            node = client.get_node_from_key(key)
-            if node is None:
-                return []
-            nodes[node.name] = node
-    except (RedisClusterException, KeyError, IndexError):
-        return []
+    for key in keys:
+        node = node_of(client, key)
+        if node is None:
+            return []
+        nodes[node.name] = node
     return list(nodes.values())
 
 
