@@ -241,6 +241,16 @@ def _recording(ran: list[int]) -> Any:
     return record
 
 
+def _failing(ran: list[int]) -> Any:
+    """A handler that notes each message's delivery count, then fails."""
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        raise RuntimeError(f"run {len(ran)} fails")
+
+    return fails
+
+
 def _lease_taken_once(
     redis: Redis, topic: str, consumer: Consumer, cut: list[int], *, dropped: bool = True
 ) -> Any:
@@ -361,12 +371,7 @@ async def test_a_retry_whose_reply_was_lost_counts_one_run(
 
     lost = after_first_retry(monkeypatch, reply_lost)
     ran: list[int] = []
-
-    async def fails(m: Message) -> None:
-        ran.append(m.deliveries)
-        raise RuntimeError(f"run {len(ran)} fails")
-
-    await _settled(consumer, fails)
+    await _settled(consumer, _failing(ran))
     assert lost == [1]
     assert len(ran) == 3
     assert consumer.stats.dead_lettered == 1
@@ -391,12 +396,7 @@ async def test_a_retry_under_way_as_the_lease_is_taken_afresh_keeps_its_count(
 
     done = after_first_retry(monkeypatch, taken_afresh)
     ran: list[int] = []
-
-    async def fails(m: Message) -> None:
-        ran.append(m.deliveries)
-        raise RuntimeError(f"run {len(ran)} fails")
-
-    await _settled(consumer, fails)
+    await _settled(consumer, _failing(ran))
     assert done == [1]
     assert len(ran) == 3
 
