@@ -22,7 +22,7 @@ from ._scripts import CLEAR_FOREIGN, ENSURE_PARTITIONS
 from .connection import AnyRedis
 from .keys import TopicKeys, partition_count, priority_levels
 
-__all__ = ["add_group", "add_member", "grow"]
+__all__ = ["add_group", "add_member", "grow", "start_at_end"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,21 @@ async def add_group(client: AnyRedis, keys: TopicKeys, group: str) -> bool:
     A groups key another client made of another type names none: it is replaced.
     """
     return await add_member(client, keys.groups, group)
+
+
+async def start_at_end(client: AnyRedis, keys: TopicKeys, group: str) -> None:
+    """Create ``group`` at the end (``$``) of every stream the topic has now.
+
+    For a group new to the topic that starts at its latest entries: made on every
+    stream at once, so that a partition gained later (its lease call failed as the
+    member joined, or another member of the group took it first) starts there too,
+    not at the stream's start. A group a stream has already is kept.
+    """
+    stored = await unless_foreign(client.hmget(keys.meta, "partitions", "priorities"))
+    had, levels = (partition_count(stored[0]), priority_levels(stored[1])) if stored else (0, 1)
+    streams = [keys.stream(p, level) for p in range(had) for level in range(levels)]
+    if streams:
+        await create_groups(client, streams, [group], "$")
 
 
 async def add_member(client: AnyRedis, key: str, *members: str) -> bool:

@@ -292,10 +292,14 @@ class Membership:
         self.lease_error = errors[0] if errors else None
         return states
 
+    def lease_failure(self) -> BaseException | None:
+        """The first error of the last :meth:`leases` call, taken: it is reported once."""
+        error, self.lease_error = self.lease_error, None
+        return error
+
     def check_leases(self) -> None:
         """Raise the first error of the last :meth:`leases` call, if one of its calls failed."""
-        if self.lease_error is not None:
-            error, self.lease_error = self.lease_error, None
+        if (error := self.lease_failure()) is not None:
             raise error
 
     async def release(self, partitions: list[int]) -> None:

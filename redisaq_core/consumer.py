@@ -27,7 +27,7 @@ from ._compat import legacy_logger, stored_partitions
 from ._delayed import DelayedMover
 from ._delivery import POLL_INTERVAL, ConsumerStats, OwnedPartition, Reader, sweep_period
 from ._failures import REDIS_FAILURES, Recovery, recovery_for
-from ._growth import add_group, grow
+from ._growth import add_group, grow, start_at_end
 from ._handling import Dispatcher
 from ._membership import LEASE_VALIDITY, LeaseState, Membership
 from ._read_ahead import ReadAhead
@@ -252,7 +252,6 @@ class Consumer(RedisComponent):
         self._groups_gone: BaseException | None = None
         self._reclaimed = False
         self._forced = False
-        self._from_latest = False
         self._touched: set[str] = set()
         self._stop_task: asyncio.Task[None] | None = None  # a stop a handler asked for
 
@@ -389,7 +388,7 @@ class Consumer(RedisComponent):
                 self._metrics = MetricsRecorder(redis, self.topic, self.group, consumer=self.name)
                 self.stats.recorder = self._metrics
                 await self._metrics.start()
-            await self._join(redis)
+            await self._join(redis, self._membership)
             heart = asyncio.create_task(
                 self._heartbeat_loop(), name=f"redisaq-heartbeat-{self.name}"
             )
@@ -447,18 +446,21 @@ class Consumer(RedisComponent):
             self._stopped.set()
             reset_log_context(logged)
 
-    async def _join(self, redis: AnyRedis) -> None:
+    async def _join(self, redis: AnyRedis, membership: Membership) -> None:
         """Join the group; while Redis can't serve it (down, out of memory), wait and retry."""
-        delay, told = 0.1, False
+        delay, told, new_group = 0.1, False, False
         while True:
             try:
                 # start="latest" only for a group new to the topic: one created again (Redis
                 # flushed, the group deleted) or on a later partition reads from the start.
-                new_group = await add_group(redis, self.keys, self.group)
-                self._from_latest = self.start == "latest" and new_group
+                new_group = await add_group(redis, self.keys, self.group) or new_group
+                if new_group and self.start == "latest":
+                    await start_at_end(redis, self.keys, self.group)
                 await server_features(redis)  # once per client: warns about an evicting server
                 await self._sync()  # reads the topic's retention with the partitions it gains
-                self._from_latest = False
+                if (failed := membership.lease_failure()) is not None:  # a later beat retries
+                    self.logger.warning("consumer %s: a lease call failed as it joined: %r",
+                                        self.name, failed)  # fmt: skip
                 await self._register()
                 return
             except REDIS_FAILURES as exc:
@@ -659,8 +661,7 @@ class Consumer(RedisComponent):
             await self._call_hook(self.on_assign, gained)
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
-        await self._reader.create_groups(self.redis, parts, "$" if self._from_latest else "0")
-        self._from_latest = False
+        await self._reader.create_groups(self.redis, parts, "0")
 
     async def _recreate_groups(self, exc: BaseException) -> None:
         """A stream or the group was deleted (or Redis flushed): create the groups again."""

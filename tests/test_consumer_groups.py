@@ -283,6 +283,40 @@ async def test_a_latest_group_created_again_loses_nothing_written_meanwhile(topi
         await consumer.close()
 
 
+async def test_a_latest_group_starts_at_the_end_of_a_partition_whose_lease_failed_at_join(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """start="latest": a partition taken at a later heartbeat still starts at its end."""
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.batch_enqueue([{"n": i} for i in range(10)])  # skipped by "latest"
+    real, failed = Membership.leases, []
+
+    async def leases(self: Membership, partitions: list[int], held: Any = ()) -> dict[int, int]:
+        if failed or 1 not in partitions:
+            return await real(self, partitions, held)
+        failed.append(1)  # left out, as a call that failed is
+        states = await real(self, [p for p in partitions if p != 1], held)
+        self.lease_error = ConnectionError("the lease call of partition 1 failed")
+        return states
+
+    monkeypatch.setattr(Membership, "leases", leases)
+    seen: list[int] = []
+
+    async def handle(m: Message) -> None:
+        seen.append(m.payload["n"])
+
+    consumer = Consumer(topic, redis_url=redis_url, start="latest", **FAST)
+    async with Running(consumer, handle):
+        await eventually(lambda: consumer.assigned_partitions == [0, 1])
+        async with Producer(topic, redis_url=redis_url) as producer:
+            await producer.batch_enqueue([{"n": 100 + i} for i in range(10)])
+        await eventually(lambda: len(seen) >= 10, message=f"{seen}")
+    await consumer.close()
+    assert failed == [1]
+    assert sorted(seen) == list(range(100, 110))
+    assert "a lease call failed as it joined" in caplog.text
+
+
 async def test_a_member_that_leaves_clean_is_removed_from_the_stream_groups(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
