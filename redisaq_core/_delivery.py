@@ -183,9 +183,9 @@ async def count_run(redis: AnyRedis, keys: TopicKeys, group: str, token: str, m:
 
     Returns the count with this run, or -1 (nothing counted) when the partition's lease
     is not ``token``'s. A count another client spoilt is written over with 1
-    (``lua/_count_run.lua``).
+    (``lua/_count_run.lua``). The delivery it is counted for is noted beside it.
     """
-    args = [m.msg_id, RUNS_TTL, token]
+    args = [m.msg_id, RUNS_TTL, token, m.deliveries]
     return int(
         await COUNT_RUN(
             redis, [keys.runs(m.partition, group), keys.lease(m.partition, group)], args

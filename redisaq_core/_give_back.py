@@ -66,7 +66,8 @@ class GiveBack:
         self._token = token
         self._stats = stats
         self._owed: dict[int, list[Received]] = {}
-        self._runs: dict[int, dict[tuple[int, str], int]] = {}  # (level, id) -> runs before
+        # (level, id) -> (runs before, runs now) as give_back.lua takes them
+        self._runs: dict[int, dict[tuple[int, str], tuple[bytes, bytes]]] = {}
 
     @property
     def owed(self) -> bool:
@@ -89,13 +90,17 @@ class GiveBack:
         for number, msgs in by_partition.items():
             self.owe(number, msgs)
 
-    def owe_run(self, m: Received, before: int) -> None:
+    def owe_run(self, m: Received, before: int | None) -> None:
         """Owe ``m`` (never run) a give-back of the run counted for it in the ``runs`` hash.
 
-        ``before``: the runs counted there before that one.
+        ``before``: the runs counted there before that one; None when the count's reply
+        was lost (taken back if it was made for this delivery, see ``count_run.lua``).
         """
         self.owe(m.partition, [m])
-        self._runs.setdefault(m.partition, {})[(m.priority, m.msg_id)] = max(before, 0)
+        runs = (b"?", b"%d" % m.deliveries) if before is None else (
+            b"%d" % max(before, 0), b"%d" % (max(before, 0) + 1)
+        )  # fmt: skip
+        self._runs.setdefault(m.partition, {})[(m.priority, m.msg_id)] = runs
 
     def owes(self, m: Received) -> bool:
         """Whether ``m`` is owed a give-back."""
@@ -163,9 +168,7 @@ class GiveBack:
                     (m.msg_id, b"%d" % m.deliveries, b"%d" % max(m.deliveries - 1, 0))
                 )
             for level, triples in by_level.items():
-                taken = [
-                    x for (lv, i), n in runs.items() if lv == level for x in (i, n, n + 1)
-                ]  # fmt: skip
+                taken = [x for (lv, i), n in runs.items() if lv == level for x in (i, *n)]
                 calls.append((
                     GIVE_BACK,
                     [keys.stream(number, level), keys.lease(number, group),
@@ -200,7 +203,7 @@ class GiveBack:
         self,
         number: int,
         owed: dict[int, list[Received]],
-        runs: dict[int, dict[tuple[int, str], int]],
+        runs: dict[int, dict[tuple[int, str], tuple[bytes, bytes]]],
     ) -> None:
         self.owe(number, owed[number])
         if number in runs:

@@ -196,7 +196,8 @@ class Dispatcher:
             return
         try:
             count = await count_run(redis, self.keys, self.group, self.settler.token, m)
-        except BaseException:  # it never ran
+        except BaseException:  # it never ran; its count, if made, is taken back with it
+            self.settler.give_back.owe_run(m, None)
             self._never_ran([m])
             raise
         part = self.owned.get(m.partition)
@@ -265,7 +266,7 @@ class Dispatcher:
         if settled:
             pipe = redis.pipeline(transaction=False)
             for number, ids in settled.items():
-                pipe.hdel(self.keys.runs(number, self.group), *ids)
+                pipe.hdel(self.keys.runs(number, self.group), *ids, *("@" + i for i in ids))
             await pipe.execute(raise_on_error=False)  # a key another client spoilt: it expires
 
     async def _dispatch_now(

@@ -704,6 +704,22 @@ async def test_a_give_back_leaves_the_runs_of_an_entry_another_member_claimed(
     assert await redis.hget(runs, h) == b"2"
 
 
+@pytest.mark.parametrize("counted_for", [1, 2], ids=["this-delivery", "an-earlier-one"])
+async def test_a_count_whose_reply_was_lost_is_taken_back_only_if_made_for_this_delivery(
+    redis: Redis, topic: str, counted_for: int
+) -> None:
+    # H's run was counted for delivery 1 (the count's reply lost), or its last count was
+    # made for an earlier delivery that ran (this delivery's count never reached Redis).
+    stream, runs, h = await _delivered_to_me(redis, topic)
+    await redis.hset(runs, mapping={h: 3, f"@{h}": counted_for})
+    give_back = GiveBack(TopicKeys(topic), "default", "me", "tok", ConsumerStats())
+    give_back.owe_run(received(topic, {"n": 1}, h, 0, "default", 0.0, 1, 0), None)
+    await give_back.make(redis)
+    assert await redis.hget(runs, h) == (b"2" if counted_for == 1 else b"3")
+    pending: Any = await redis.xpending_range(stream, "default", "-", "+", 1)
+    assert pending[0]["times_delivered"] == 0
+
+
 async def test_a_give_back_goes_on_over_a_runs_key_another_client_spoilt(
     redis: Redis, topic: str
 ) -> None:
@@ -737,7 +753,7 @@ async def test_a_count_of_runs_for_an_earlier_delivery_is_not_given_back(
     assert give_back._runs == {}
     consumer._settler.runs[(0, 0, "5-0")] = (earlier, 3, h)  # counted for this delivery
     consumer._dispatcher._never_ran([h])
-    assert give_back._runs == {0: {(0, "5-0"): 1}}
+    assert give_back._runs == {0: {(0, "5-0"): (b"1", b"2")}}
 
 
 async def test_a_forced_stop_during_a_flush_keeps_it_for_the_leave(

@@ -324,6 +324,33 @@ async def test_a_redelivery_whose_lease_goes_as_its_run_is_counted_keeps_its_run
     assert consumer.stats.fenced == 0 or not moved_first
 
 
+async def test_a_redelivery_whose_count_of_runs_lost_its_reply_keeps_its_runs(
+    redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A message a member died with is claimed, and its run counted; the reply is lost with
+    # the connection, so it never runs and is given back. The count used to stay, and
+    # max_deliveries=2 dead-lettered it at its next claim without a run.
+    await _one(redis_url, topic)
+    await died_with(redis, topic)
+    count_run, lost = _handling.count_run, []
+
+    async def reply_lost(r: Any, keys: Any, group: str, token: str, m: Any) -> int:
+        count = await count_run(r, keys, group, token, m)
+        if not lost:
+            lost.append(count)
+            raise RedisConnectionError("connection lost with the reply (injected)")
+        return count
+
+    monkeypatch.setattr(_handling, "count_run", reply_lost)
+    ran: list[int] = []
+    consumer = _member(topic, redis_url)
+    await _settled(consumer, _recording(ran))
+    assert lost == [1]
+    assert ran == [2]
+    assert consumer.stats.dead_lettered == 0
+    assert await redis.hgetall(TopicKeys(topic).runs(0, "default")) == {}
+
+
 async def test_a_retry_counted_as_its_lease_is_found_gone_is_given_back(
     redis_url: str, redis: Redis, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

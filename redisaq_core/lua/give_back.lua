@@ -6,15 +6,18 @@
 -- count set back to what it was before that delivery, so that whoever claims them next
 -- counts that claim as the delivery that never ran.
 -- A run counted in the partition's runs hash for an entry whose handler then never ran is
--- taken back: the entry's field set back to the runs it had before (none: removed).
+-- taken back: the entry's field set back to the runs it had before (none: removed). One
+-- whose count's reply was lost (runs before "?") is taken back if the count noted there
+-- was made for this delivery (field "@" .. id, see count_run.lua).
 -- While the caller holds the partition's lease, every entry still pending with it is given
 -- back. Without the lease (found gone), an entry is given back only if its counts are still
 -- the ones this member's delivery left (its delivery count, and its runs if one was
 -- counted): another instance of the same member name (a static restart) may have claimed
 -- it since, and that claim leaves it pending with the same name.
 -- KEYS: stream, lease, the partition's runs hash
--- ARGV: group, token, consumer, k, then k triples (id, runs before, runs now), then per
---       entry: its id, its delivery count now, the delivery count to set
+-- ARGV: group, token, consumer, k, then k triples (id, runs before, runs now; "?" and the
+--       delivery count for a count whose reply was lost), then per entry: its id, its
+--       delivery count now, the delivery count to set
 -- Returns {given back, gone} (gone: trimmed while pending; Redis 7+ drops them from the
 -- pending list here); {0, 0} when the stream or its group is gone.
 local summary = redis.pcall('XPENDING', KEYS[1], ARGV[1])
@@ -42,15 +45,23 @@ for i = first, #ARGV, 3 do
   local ok = #pending > 0
   if ok and not leased then
     ok = tonumber(pending[1][4]) == tonumber(ARGV[i + 1])
-    if ok and run then
+    if ok and run and run[1] ~= '?' then
       local now = redis.pcall('HGET', KEYS[3], id)
       ok = type(now) == 'string' and tonumber(now) == tonumber(run[2])
     end
   end
-  if ok then
-    if run and run[1] == '0' then
+  if ok and run and run[1] == '?' then
+    if redis.pcall('HGET', KEYS[3], '@' .. id) == run[2] then  -- counted for this delivery
+      local now = redis.pcall('HINCRBY', KEYS[3], id, -1)  -- pcall: spoilt, it stays so
+      redis.pcall('HDEL', KEYS[3], '@' .. id)
+      if type(now) == 'number' and now <= 0 then
+        redis.pcall('HDEL', KEYS[3], id)
+      end
+    end
+  elseif ok and run then
+    if run[1] == '0' then
       redis.pcall('HDEL', KEYS[3], id)  -- pcall: another client's key may be no hash
-    elseif run then
+    else
       local set = redis.pcall('HSET', KEYS[3], id, run[1])
       if type(set) == 'table' and not foreign(set) then
         -- The server's own error (out of memory, before anything was written): raised, so
@@ -58,6 +69,9 @@ for i = first, #ARGV, 3 do
         redis.call('HSET', KEYS[3], id, run[1])
       end
     end
+    redis.pcall('HDEL', KEYS[3], '@' .. id)  -- the count of this delivery, taken back
+  end
+  if ok then
     local ids = by_count[ARGV[i + 2]]
     if not ids then
       ids = {}
