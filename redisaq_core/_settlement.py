@@ -505,6 +505,14 @@ class Settler:
                     self.name, optional_text(call_args[4]),
                 )  # fmt: skip
                 continue
+            if script is DEAD_LETTER and not isinstance(result, bytes) and int(result) == -3:
+                log.error(
+                    "consumer %s: message %s of %s stays pending, not dead-lettered: %s takes "
+                    "no more entries (another client added one of the largest id)",
+                    self.name, optional_text(call_args[2]), optional_text(call_keys[0]),
+                    optional_text(call_keys[2]),
+                )  # fmt: skip
+                continue
             if script is DEAD_LETTER:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)
                 log.warning(

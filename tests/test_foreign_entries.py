@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from redisaq_core import ConfigurationError, Consumer, FanOut, Message, Producer
 from redisaq_core._scripts import DEAD_LETTER
@@ -25,6 +24,7 @@ from redisaq_core.results import ResultStore
 from tests.helpers import Running, eventually, foreign_topic_index
 
 FAST = {"heartbeat_interval": 0.2, "poll_interval": 0.1}
+_MAX_ID = "18446744073709551615-18446744073709551615"
 
 BAD_METADATA = [
     {b"p": b'{"n": 1}', b"c": b"yesterday"},
@@ -225,8 +225,9 @@ async def test_job_records_another_client_overwrote_never_stop_the_consumer(
 async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
     redis: Redis, topic: str
 ) -> None:
-    # The dead-letter key holds a string another client wrote: the dead-letter script fails,
-    # and the entry stays pending (it is acknowledged only once its dead letter is written).
+    # The dead-letter key holds a string another client wrote: it holds no dead letter of
+    # ours, so it is replaced by the stream the letter goes to. The script used to fail with
+    # WRONGTYPE, and that stopped the consumer at every start.
     keys, group, token = TopicKeys(topic), "default", "tok"
     stream = keys.stream(0)
     await redis.xgroup_create(stream, group, "0", mkstream=True)
@@ -236,15 +237,49 @@ async def test_a_dead_letter_stream_another_client_replaced_loses_no_entry(
     await redis.set(keys.dead_letters(0), "not a stream")
     call = [stream, keys.lease(0, group), keys.dead_letters(0)]
     args = [group, token, msg_id, 0, "", keys.job_channel, "me", "boom", "RuntimeError", "", 2]
-    with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await DEAD_LETTER(redis, call, [*args, "error", "boom"])
-    pending: Any = await redis.xpending(stream, group)
-    assert pending["pending"] == 1
-    await redis.delete(keys.dead_letters(0))
     assert await DEAD_LETTER(redis, call, [*args, "error", "boom"])
     assert await DEAD_LETTER(redis, call, [*args, "error", "boom"]) == 0  # sent again: not twice
     records: Any = await redis.xrange(keys.dead_letters(0))
     assert len(records) == 1 and records[0][1][b"f:p"] == b'{"n": 1}'
+
+
+@pytest.mark.parametrize("spoilt", ["string", "exhausted"])
+async def test_a_dead_letter_stream_another_client_spoilt_stops_no_consumer(
+    redis_url: str, redis: Redis, topic: str, spoilt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A string in the dead-letter stream's place is replaced; a stream that can take no
+    # more entries (one of the largest id) leaves the message pending, not lost, with an
+    # error logged. Either used to stop the consumer with a ConsumerError.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.submit({"n": 0})
+        if spoilt == "string":
+            await redis.set(keys.dead_letters(0), "another client's")
+        else:
+            await redis.xadd(keys.dead_letters(0), {"x": "1"}, id=_MAX_ID)
+        seen: list[int] = []
+
+        async def handle(m: Message) -> None:
+            seen.append(m.payload["n"])
+            if m.payload["n"] == 0:
+                raise RuntimeError("fails")
+
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handle):
+            await eventually(lambda: seen == [0])
+            await producer.enqueue({"n": 1})
+            await eventually(lambda: seen == [0, 1])
+            assert consumer.running
+        await consumer.close()
+    letters: Any = await redis.xrange(keys.dead_letters(0))
+    pending: Any = await redis.xpending(keys.stream(0), "default")
+    if spoilt == "string":
+        assert [r[1][b"error_type"] for r in letters] == [b"RuntimeError"]
+        assert pending["pending"] == 0
+    else:
+        assert len(letters) == 1
+        assert pending["pending"] == 1
+        assert "takes no more entries" in caplog.text
 
 
 async def test_an_entry_of_thousands_of_fields_is_dead_lettered_without_them(

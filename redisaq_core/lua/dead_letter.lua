@@ -1,3 +1,4 @@
+-- uses: foreign, exhausted
 -- Move one pending entry to the dead-letter stream and acknowledge it, atomically,
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
@@ -10,10 +11,12 @@
 --       "omitted_fields", instead, and is never deleted: it is all that is left of them.
 -- A job cancelled meanwhile ("cancelled", or "cancelling" when its worker stopped before
 -- settling it) is settled cancelled instead, as jobs_cancelled.lua does: no dead letter.
+-- A dead-letter key another client made of another type holds no letter: it is replaced.
 -- Returns the dead-letter entry id, 0 when the entry is no longer pending (settled already:
 -- a call sent again after its reply was lost writes nothing twice), -1 when the lease is
--- not ours, or -2 for a job settled cancelled. Nothing is acknowledged unless the dead
--- letter was written (or the job settled cancelled).
+-- not ours, -2 for a job settled cancelled, or -3 when the dead-letter stream takes no
+-- more entries (another client added one of the largest id). Nothing is acknowledged
+-- unless the dead letter was written (or the job settled cancelled).
 if redis.pcall('GET', KEYS[2]) ~= ARGV[2] then  -- pcall: a key of another type is no lease
   return -1
 end
@@ -75,7 +78,16 @@ if #fields > 0 then
     kept = false
   end
 end
-local dl = redis.call('XADD', unpack(args))
+local dl = redis.pcall('XADD', unpack(args))
+if foreign(dl) then
+  redis.call('DEL', KEYS[3])
+  dl = redis.call('XADD', unpack(args))
+elseif type(dl) == 'table' then
+  if exhausted(KEYS[3]) then
+    return -3
+  end
+  redis.call('XADD', unpack(args))  -- the server's own error: raised as it is
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if status == 'completed' then  -- by another group: its record stays as that group left it
 elseif type(status) == 'string' then  -- a job record (not a key of another type)
