@@ -303,17 +303,18 @@ class Dispatcher:
         if self.settler.runs and any(run_key(m) in self.settler.runs for m in messages):
             defer = False  # acknowledged before their runs are forgotten
         if messages and self._has_jobs(messages):
+            if not batch:  # a cancellation noticed from here on keeps a handler from running
+                self.jobs.wait(messages)
             try:
                 cancelled, lost = await self.settler.started(redis, messages)
             except BaseException:  # a forced stop, Redis gone: none of them ran
+                self.jobs.stop_waiting()
                 self._never_ran(messages)
                 raise
             if lost:  # their new owners claim them
                 messages = self._not_ours(messages, lost)
             if cancelled:
                 messages = skip_cancelled(messages, cancelled, done)
-            if not batch:
-                self.jobs.wait(messages)
         token = _IN_HANDLER.set(self)  # copied into the partitions' tasks
         groups = _by_partition(messages)
         flight = self._in_flight({p: len(msgs) for p, msgs in groups.items()}, +1)

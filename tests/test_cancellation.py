@@ -38,6 +38,7 @@ from redisaq_core import (
 from redisaq_core._cancellation import JOBS_CANCELLED, RunningJobs, _CancelNotices
 from redisaq_core._retention import server_features
 from redisaq_core._scripts import JOBS_STARTED
+from redisaq_core._settlement import Settler
 from redisaq_core.keys import TopicKeys
 from tests.helpers import Running, died_with, eventually, redisaq
 from tests.proxy import FaultProxy
@@ -183,6 +184,42 @@ async def test_a_job_cancelled_while_it_waits_its_turn_is_not_run(
             assert (await j2.wait(timeout=10)).status is JobStatus.CANCELLED
             await eventually(lambda: acked(redis, topic), message="all acknowledged")
     assert ran == [1]
+
+
+async def test_a_job_cancelled_as_it_is_marked_active_is_not_run(
+    redis_url: str, redis: Any, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # J is cancelled (CANCELLING) just after its worker marked it active, and the notice
+    # reaches the worker before that round trip's reply is taken. The notice used to be
+    # dropped (J was neither running nor waiting yet): J's handler ran and J ended completed.
+    started, notified = Settler.started, []
+    notice = RunningJobs._notified
+    monkeypatch.setattr(
+        RunningJobs, "_notified", lambda self, job: (notified.append(job), notice(self, job))
+    )
+    ran: list[Any] = []
+
+    async def handler(m: Received) -> None:
+        ran.append(m.payload)
+
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        first = await producer.submit("first")  # its handler call subscribes to the notices
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            assert (await first.wait(timeout=10)).status is JobStatus.COMPLETED
+            job = await producer.submit("cancelled")
+
+            async def cancelled_meanwhile(self: Settler, r: Any, messages: Any) -> Any:
+                out = await started(self, r, messages)
+                if any(m.job_id == job.id for m in messages):
+                    assert await job.cancel() is JobStatus.CANCELLING
+                    await eventually(lambda: job.id in notified, message="the notice came")
+                return out
+
+            monkeypatch.setattr(Settler, "started", cancelled_meanwhile)
+            assert (await job.wait(timeout=10)).status is JobStatus.CANCELLED
+            await eventually(lambda: acked(redis, topic), message="all acknowledged")
+    assert ran == ["first"]
 
 
 async def _beaten_since(redis: Any, members: str, name: str, since: float) -> bool:
