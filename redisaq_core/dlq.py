@@ -34,6 +34,9 @@ _ENTRY_ID = re.compile(r"^(\d+:)?\d+-\d+$")
 _MAX_REPLAY_FIELDS = 3499
 """The most original fields a replay's XADD carries: 7,000 values with its key and id, the
 count dead_letter.lua writes at most (replay.lua leaves wider entries in place too)."""
+_RESULT_TTL = 3600
+"""Seconds a replayed job's record made again (it had expired) keeps its result, as
+``Producer``'s default ``result_ttl`` does."""
 _ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
 
 
@@ -241,7 +244,7 @@ class DeadLetters(RedisComponent):
         wanted = None if ids is None else _wanted(ids)
         levels = await self._levels()
         refused: list[str] = []
-        plan: dict[int, dict[int, list[str]]] = {}
+        plan: dict[int, dict[int, list[tuple[str, bytes | None]]]] = {}  # (letter, job id)
         found: dict[str, list[int]] = {}
         for p in range(await self._partitions()):
             for entry_id, raw in await self._read(p):
@@ -253,7 +256,7 @@ class DeadLetters(RedisComponent):
                 if problem is not None:
                     refused.append(f"{p}:{letter} ({problem})")
                     continue
-                plan.setdefault(p, {}).setdefault(level, []).append(letter)
+                plan.setdefault(p, {}).setdefault(level, []).append((letter, raw.get(b"f:j")))
         ambiguous = [
             f"{letter} (partitions {', '.join(map(str, parts))})"
             for letter, parts in found.items()
@@ -267,8 +270,13 @@ class DeadLetters(RedisComponent):
         total = 0
         for p, by_level in plan.items():
             for level, letters in by_level.items():
-                stream = self.keys.stream(p, level)
-                total += int(await REPLAY(redis, [self.keys.dead_letters(p), stream], letters))
+                keys = [self.keys.dead_letters(p), self.keys.stream(p, level), self.keys.jobs(p)]
+                args: list[Any] = [self.keys.job_channel, self.topic, p, level, _RESULT_TTL]
+                for letter, job in letters:
+                    if job:
+                        keys.append(self.keys.job(p, job.decode(errors="replace")))
+                    args += [letter, "1" if job else "0"]
+                total += int(await REPLAY(redis, keys, args))
         if refused:
             shown = ", ".join(refused[:5]) + (
                 f" and {len(refused) - 5} more" if len(refused) > 5 else ""

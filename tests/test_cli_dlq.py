@@ -147,7 +147,9 @@ async def test_a_dead_letter_of_more_fields_than_a_command_carries_stays_in_plac
     first = await _dead_letter(redis, topic, {b"s": b'"first"'})
     wide = await _dead_letter(redis, topic, _WIDE)
     last = await _dead_letter(redis, topic, {b"s": b'"last"'})
-    assert await REPLAY(redis, [keys.dead_letters(0), keys.stream(0)], [first, wide, last]) == 2
+    plain = [x for letter in (first, wide, last) for x in (letter, "0")]
+    calls = [keys.dead_letters(0), keys.stream(0), keys.jobs(0)]
+    assert await REPLAY(redis, calls, [keys.job_channel, topic, 0, 0, 3600, *plain]) == 2
     assert [i.decode() for i, _ in await redis.xrange(keys.dead_letters(0))] == [wide]
     async with DeadLetters(topic, redis=redis) as dl:
         with pytest.raises(ConfigurationError, match=f"{wide} .*5001 original fields"):

@@ -356,3 +356,37 @@ async def test_a_wait_in_a_task_that_caught_an_earlier_cancellation_waits(
         async with Running(Consumer(topic, redis_url=redis_url, **FAST), work):
             record = await asyncio.wait_for(task, 15)
     assert record.status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("record", ["kept", "expired"])
+async def test_a_replayed_job_is_queued_again_and_keeps_its_result(
+    redis_url: str, redis: Any, topic: str, record: str
+) -> None:
+    # A dead job is replayed. Its record used to stay "dead" (a waiter got the old failure
+    # at once) with the expiry its death set: once that ran out during the run again, the
+    # result was dropped as "gone". A record expired before the replay never came back.
+    from redisaq_core import DeadLetters
+
+    fail = [True]
+
+    async def handler(m: Message) -> str:
+        if fail[0]:
+            raise RuntimeError("fails first")
+        return "done"
+
+    async with Producer(topic, redis_url=redis_url, result_ttl=2) as producer:
+        job = await producer.submit({"n": 1})
+        key = TopicKeys(topic).job(parse_job_id(job.id)[1], job.id)
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=1, **FAST)
+        async with Running(consumer, handler):
+            assert (await job.wait(timeout=10)).status is JobStatus.DEAD
+            fail[0] = False
+            if record == "expired":
+                await redis.delete(key)
+            async with DeadLetters(topic, redis_url=redis_url) as dead:
+                assert await dead.replay() == 1
+            finished = await job.wait(timeout=10)
+            assert finished.status is JobStatus.COMPLETED
+            assert finished.error is None and await job.result() == "done"
+        await consumer.close()
+    assert await redis.ttl(key) > 0
