@@ -557,14 +557,15 @@ class Reader:
                 part.retry_sent = (head.priority, head.msg_id, head.deliveries, before)
                 attempts.append(part.retry_sent)
                 again = sent == part.retry_sent and before >= 0
-                calls.append((
-                    RETRY,
-                    [part.streams[head.priority], self.keys.lease(part.number, self.group),
-                     self.keys.runs(part.number, self.group)],
-                    [self.group, self.token, self.name, head.msg_id or "0",
-                     b"0" if runs is None else b"1", RUNS_TTL,
-                     *(part.retry_sent[2:] if again else ["", ""])],
-                ))  # fmt: skip
+                keys = [part.streams[head.priority], self.keys.lease(part.number, self.group),
+                        self.keys.runs(part.number, self.group)]  # fmt: skip
+                args = [self.group, self.token, self.name, head.msg_id or "0",
+                        b"0" if runs is None else b"1", RUNS_TTL,
+                        *(part.retry_sent[2:] if again else ["", ""])]  # fmt: skip
+                if head.job_id:  # settled "dead" should its entry be gone
+                    keys += [self.keys.job(part.number, head.job_id), self.keys.jobs(part.number)]
+                    args += [self.keys.job_channel, head.job_id]
+                calls.append((RETRY, keys, args))
             replies = await run_pipelined(redis, calls)
             for reply in replies:
                 if isinstance(reply, Exception):

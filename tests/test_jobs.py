@@ -390,3 +390,25 @@ async def test_a_replayed_job_is_queued_again_and_keeps_its_result(
             assert finished.error is None and await job.result() == "done"
         await consumer.close()
     assert await redis.ttl(key) > 0
+
+
+async def test_a_job_trimmed_while_it_waits_for_its_retry_ends_dead(
+    redis_url: str, redis: Any, topic: str
+) -> None:
+    # The entry of a failed job is trimmed before its retry: the retry finds it gone and
+    # acknowledges it. Its record used to stay "failed" for good (no expiry, no
+    # announcement), and a waiter without a timeout waited for ever.
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        job = await producer.submit({"n": 1})
+
+        async def handler(m: Message) -> None:
+            await redis.xtrim(TopicKeys(topic).stream(0), maxlen=0)
+            raise RuntimeError("fails")
+
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+        async with Running(consumer, handler):
+            finished = await job.wait(timeout=10)
+        await consumer.close()
+    assert finished.status is JobStatus.DEAD and finished.error_type == "EntryTrimmed"
+    key = TopicKeys(topic).job(0, job.id)
+    assert 0 < await redis.ttl(key) <= 3600

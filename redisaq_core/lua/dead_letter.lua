@@ -1,4 +1,4 @@
--- uses: foreign, exhausted
+-- uses: foreign, exhausted, settle_job
 -- Move one pending entry to the dead-letter stream and acknowledge it, atomically,
 -- only while the caller holds the partition's lease. For a job, its record becomes "dead".
 -- KEYS: stream, lease, dlq, and for a job: job (hash), jobs index (zset)
@@ -23,14 +23,6 @@ end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
   return 0
 end
-local function settle_job(status, field, at)
-  redis.call('HSET', KEYS[4], 'status', status, field, at, 'updated_at', at)
-  local ttl = math.floor(tonumber(redis.call('HGET', KEYS[4], 'result_ttl') or '0') or 0)
-  if ttl >= 1 and ttl < 2^40 then  -- a result_ttl EXPIRE can take (another client's may not)
-    redis.call('EXPIRE', KEYS[4], ttl)
-  end
-  redis.pcall('ZADD', KEYS[5], at, ARGV[5])
-end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,7 +31,7 @@ local status = ARGV[5] ~= '' and redis.pcall('HGET', KEYS[4], 'status')
 if status == 'cancelled' or status == 'cancelling' then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
   if status == 'cancelling' then  -- one "cancelled" already has its time and expiry
-    settle_job('cancelled', 'cancelled_at', now_ms())
+    settle_job(KEYS[4], KEYS[5], ARGV[5], 'cancelled', 'cancelled_at', now_ms())
     redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' cancelled')
   end
   if ARGV[10] == '1' then
@@ -92,7 +84,7 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if status == 'completed' then  -- by another group: its record stays as that group left it
 elseif type(status) == 'string' then  -- a job record (not a key of another type)
   redis.call('HSET', KEYS[4], 'worker', ARGV[7], 'error', ARGV[8], 'error_type', ARGV[9])
-  settle_job('dead', 'dead_at', now_ms())
+  settle_job(KEYS[4], KEYS[5], ARGV[5], 'dead', 'dead_at', now_ms())
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' dead')
 elseif ARGV[5] ~= '' then  -- no record (deleted, or replaced by another client)
   redis.call('PUBLISH', ARGV[6], ARGV[5] .. ' gone')
