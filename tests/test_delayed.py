@@ -183,6 +183,25 @@ async def test_a_delayed_message_goes_behind_what_was_due_before_it(
     assert seen == ["waiting", "due-now"]
 
 
+async def test_a_message_at_a_past_time_goes_behind_what_was_due_before_it(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    """``at=`` in the past, with due entries waiting: behind them, as ``delay=0`` is."""
+    async with Producer(topic, redis_url=redis_url) as producer:
+        await producer.enqueue({"name": "waiting"}, delay=0.05)
+        await _server_sleep(redis, 100)  # the first one is overdue, and nobody moved it
+        await producer.enqueue({"name": "past"}, at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+        seen: list[str] = []
+
+        async def handler(m: Message) -> None:
+            seen.append(m.payload["name"])
+
+        consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
+        async with Running(consumer, handler):
+            await eventually(lambda: len(seen) == 2, timeout=10, message="both delivered")
+    assert seen == ["waiting", "past"]  # it used to go first, scored in 2020
+
+
 async def test_priority_levels_and_groups_each_get_a_delayed_message_once(
     redis_url: str, redis: Redis, topic: str
 ) -> None:
@@ -563,6 +582,20 @@ async def test_a_delayed_counter_another_client_spoilt_is_written_over(
     assert ids[0] != ids[1] and all(i.split(":")[-1].isdigit() for i in ids)  # not 1.79e+15
     assert int(await redis.get(keys.delayed_sequence(0)) or 0) > 10**15
     assert job.id
+
+
+async def test_a_delayed_counter_set_back_overwrites_no_waiting_message(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The counter is deleted (or evicted) while a message waits: the same payload made the
+    # same member again, and ZADD only moved the waiting one's due time; one was lost.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        first = await producer.enqueue({"n": 0}, delay=600)
+        await redis.delete(keys.delayed_sequence(0))
+        second = await producer.enqueue({"n": 0}, delay=60)
+    assert first != second
+    assert await redis.zcard(keys.delayed(0)) == 2
 
 
 async def test_out_of_memory_writes_over_nothing_of_the_delayed_keys(

@@ -58,23 +58,36 @@ if due <= now and #redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0,
   end
   status = 'queued'
 else
+  -- Due already, behind due entries that wait: scored now, it goes after them (a member
+  -- of the same score sorts by its count, which only grows).
+  due = math.max(due, now)
+  local function past_any_count()
+    -- One past any count the sequence made (server microseconds), so no member made from
+    -- it can equal one already in the set.
+    local n = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('DEL', seq)
+    redis.call('SET', seq, string.format('%d', n))
+    return n
+  end
   local n = redis.pcall('INCR', seq)
   if type(n) == 'table' and not foreign(n) then
     n = redis.call('INCR', seq)  -- the server's own error (out of memory): raised as it is
   elseif type(n) == 'table' then
-    -- Another client's value: written over with one past any count (server microseconds), so
-    -- no member made from it can equal one already in the set.
-    n = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('DEL', seq)
-    redis.call('SET', seq, string.format('%d', n))
+    n = past_any_count()  -- another client's value: written over
   end
-  local number = string.format('%d', n)  -- not tostring: a large count would print as 1.8e+15
   local parts = {string.format('%016x', n)}
   for i = 13, #ARGV do
     parts[#parts + 1] = string.format('%08x', #ARGV[i]) .. ARGV[i]
   end
   local member = table.concat(parts)
-  redis.call('ZADD', delayed, due, member)
+  if redis.call('ZADD', delayed, 'NX', due, member) == 0 then
+    -- The same member waits already: the sequence was set back (deleted, evicted) since.
+    n = past_any_count()
+    parts[1] = string.format('%016x', n)
+    member = table.concat(parts)
+    redis.call('ZADD', delayed, due, member)
+  end
+  local number = string.format('%d', n)  -- not tostring: a large count would print as 1.8e+15
   id = 'delayed:' .. ARGV[4] .. ':' .. number
   status = 'scheduled'
   if redis.call('ZRANGE', delayed, 0, 0)[1] == member then
