@@ -467,9 +467,8 @@ class Consumer(RedisComponent):
                 if recovery_for(exc) is not Recovery.RETRY:
                     raise
                 if not told:
-                    self.logger.warning(
-                        "consumer %s: cannot join yet (%s); retrying", self.name, exc
-                    )
+                    self.logger.warning("consumer %s: cannot join yet (%s); retrying",
+                                        self.name, exc)  # fmt: skip
                     told = True
                 await wait_event(self._stopping, delay)
                 if self._stopping.is_set():

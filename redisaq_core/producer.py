@@ -743,6 +743,7 @@ class Producer(RedisComponent):
                 f"schedule {schedule.name!r} is for topic {schedule.topic!r}, "
                 f"not this producer's {self.topic!r}"
             )
+        encode_payload(self.serializer, schedule.payload)  # else every tick would be dropped
         self._ticker.add(schedule)
 
     async def _self_for(self, schedule: Schedule) -> Producer:

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from ._assignment import key_value
 from ._checks import integer, number
 from ._failures import REDIS_FAILURES
 from ._tasks import wait_event
@@ -129,10 +130,8 @@ class Schedule:
             self._every_ms = round(seconds * 1000)
             self.every = self._every_ms / 1000  # whole milliseconds
         self.payload = payload
-        if partition_key is not None and (not isinstance(partition_key, str) or not partition_key):
-            raise ConfigurationError(
-                f"partition_key must be a non-empty field name, got {partition_key!r}"
-            )
+        if partition_key is not None:  # a tick it can't place would be dropped at every tick
+            key_value(payload, partition_key)
         self.partition_key = partition_key
         if priority is not None:
             integer(priority, "priority", minimum=0, maximum=MAX_PRIORITIES - 1)

@@ -23,7 +23,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from redisaq_core import ConfigurationError, Consumer, Message, Producer, Schedule, Scheduler
+from redisaq_core import (
+    ConfigurationError,
+    Consumer,
+    Message,
+    Producer,
+    Schedule,
+    Scheduler,
+    SerializationError,
+)
 from redisaq_core import _ticks as ticks_module
 from redisaq_core._scripts import CLEAR_FOREIGN
 from redisaq_core._ticks import Ticker
@@ -77,6 +85,12 @@ async def _server_ms(redis: Redis) -> int:
         ({"every": 1, "max_catch_up": 0}, "max_catch_up must be an integer >= 1"),
         ({"every": 1, "priority": 16}, "priority must be an integer >= 0 and <= 15"),
         ({"every": 1, "partition_key": ""}, "partition_key must be a non-empty field name"),
+        # A key the payload lacks: every tick used to be dropped (logged, marked handled).
+        (
+            {"every": 1, "payload": {"user": 1}, "partition_key": "tenant"},
+            "partition_key 'tenant' is not a field of the payload",
+        ),
+        ({"every": 1, "payload": [1], "partition_key": "k"}, "needs a mapping payload"),
         ({"every": 1, "topic": "a b"}, "topic must not contain braces or whitespace"),
         ({"every": 1, "grace": -1}, "grace must be >= 0"),
     ],
@@ -85,6 +99,15 @@ def test_bad_schedules_name_what_is_wrong(kwargs: dict[str, Any], needle: str) -
     with pytest.raises(ConfigurationError) as caught:
         Schedule("reports", **kwargs)
     assert needle in str(caught.value)
+
+
+async def test_a_schedule_whose_payload_the_producer_cannot_serialize_is_refused(
+    redis_url: str, topic: str
+) -> None:
+    # Every tick used to fail to serialize, be logged and be recorded as handled.
+    async with Producer(topic, redis_url=redis_url) as producer:
+        with pytest.raises(SerializationError, match="cannot serialize payload of type object"):
+            producer.add_schedule(Schedule("reports", every=1, payload=object()))
 
 
 def test_a_bad_name_is_refused() -> None:
