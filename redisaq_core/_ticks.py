@@ -64,9 +64,13 @@ class Ticker:
         logger: logging.Logger,
         *,
         stored: bool = False,
+        topic: str | None = None,
     ) -> None:
         self._redis = redis
         self._stored = stored  # the schedules are Scheduler's: a removed one's record stays gone
+        # A producer's (its topic): a schedule's tick record is that topic's, so that the same
+        # name on two topics is two schedules. A stored schedule's name is unique.
+        self._topic = topic
         self._producer_for = producer_for
         self.logger = logger
         self._schedules: dict[str, Schedule] = {}
@@ -152,12 +156,13 @@ class Ticker:
         seconds, micros = await redis.time()
         now = int(seconds) * 1000 + int(micros) // 1000
         keys = [schedule_ticks(), *([schedule_definitions()] if self._stored else [])]
+        member = self._member(schedule)
         raw = await self._last_tick(redis, schedule)
         handled = self._handled.get(schedule.name)
         if raw is None and handled is not None and handled <= now:
             # The record is gone, not the schedule (Redis restarted without its data): the
             # ticks since the last one handled here are missed ones, not a new schedule's.
-            await SCHEDULE_START(redis, keys, [schedule.name, handled])
+            await SCHEDULE_START(redis, keys, [member, handled])
             raw = await self._last_tick(redis, schedule)
         last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
@@ -166,10 +171,10 @@ class Ticker:
                 "schedule %s: its last tick in Redis (%r) is not a time up to now; "
                 "starting again from the next tick", schedule.name, raw,
             )  # fmt: skip
-            await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True)
+            await redis.zadd(schedule_ticks(), {member: record}, xx=True)
             self._handled[schedule.name] = record
         elif last is None:
-            if await SCHEDULE_START(redis, keys, [schedule.name, record]):
+            if await SCHEDULE_START(redis, keys, [member, record]):
                 self._handled[schedule.name] = record
         else:
             # Each tick is recorded once enqueued: a round cut off between the two leaves
@@ -178,19 +183,27 @@ class Ticker:
                 await (await self._producer_for(schedule)).refresh_partitions()
             for tick in ticks:
                 await self._fire(schedule, tick)
-                await redis.zadd(schedule_ticks(), {schedule.name: tick}, xx=True, gt=True)
+                await redis.zadd(schedule_ticks(), {member: tick}, xx=True, gt=True)
                 self._handled[schedule.name] = tick
             if record > last:
-                await redis.zadd(schedule_ticks(), {schedule.name: record}, xx=True, gt=True)
+                await redis.zadd(schedule_ticks(), {member: record}, xx=True, gt=True)
             self._handled[schedule.name] = record
             if len(ticks) >= TICKS_PER_ROUND:
                 return 0.0
         return min(MAX_SLEEP, (schedule.after(now) - now) / 1000 + LATE)
 
+    def _member(self, schedule: Schedule) -> str:
+        """The member of ``schedule`` in the ticks set: ``"<topic> <name>"``, or the name alone.
+
+        A space is in no topic and no name; a stored schedule's name is unique.
+        """
+        return schedule.name if self._topic is None else f"{self._topic} {schedule.name}"
+
     async def _last_tick(self, redis: AnyRedis, schedule: Schedule) -> float | None:
         """The last tick of ``schedule`` recorded in Redis (``None``: none)."""
+        member = self._member(schedule)
         try:
-            raw: float | None = await redis.zscore(schedule_ticks(), schedule.name)
+            raw: float | None = await redis.zscore(schedule_ticks(), member)
         except ResponseError as exc:
             if not foreign_type(exc):
                 raise
@@ -198,7 +211,7 @@ class Ticker:
             # schedule's round did so already and recorded its tick there).
             self.logger.warning("schedule ticks: %s is no sorted set; replaced", schedule_ticks())
             await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"])
-            raw = await redis.zscore(schedule_ticks(), schedule.name)
+            raw = await redis.zscore(schedule_ticks(), member)
         return raw
 
     async def _fire(self, schedule: Schedule, tick: int) -> None:

@@ -164,7 +164,7 @@ class Producer(RedisComponent):
         self._round_robin = itertools.count()
         self._batcher: CommandBatcher | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self._ticker = Ticker(None, self._self_for, self.logger)
+        self._ticker = Ticker(None, self._self_for, self.logger, topic=self.topic)
 
     @property
     def partitions(self) -> int:

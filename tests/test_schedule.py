@@ -230,7 +230,7 @@ async def test_producers_share_a_schedule_and_enqueue_each_tick_once(
     ticks = await _ticks(redis, topic, 3)
     assert len(ticks) == len(set(ticks)), "a tick was enqueued twice"
     assert all(b - a == 100 for a, b in itertools.pairwise(ticks)), "a tick was missed"
-    assert await redis.zscore(schedule_ticks(), name) == ticks[-1]
+    assert await redis.zscore(schedule_ticks(), _member(topic, name)) == ticks[-1]
 
 
 async def _count(redis: Redis, topic: str, partitions: int, at_least: int) -> bool:
@@ -264,7 +264,8 @@ async def test_missed_ticks_are_skipped_or_caught_up_up_to_the_bound(
         # ones before it were missed: the scheduler "was down" for the 10 ticks before it.
         now = await eventually(lambda: _just_after_a_tick(redis, 2000), timeout=5)
         due = grid.before(now + 1)
-        await redis.zadd(schedule_ticks(), {skip: due - 20_000, catch_up: due - 20_000})
+        members = [_member(keys[skip], skip), _member(keys[catch_up], catch_up)]
+        await redis.zadd(schedule_ticks(), dict.fromkeys(members, due - 20_000))
         p1.add_schedule(Schedule(skip, every=every, grace=1))
         p2.add_schedule(Schedule(catch_up, every=every, grace=1, missed="catch_up", max_catch_up=3))
         await eventually(lambda: _count(redis, keys[catch_up], 1, 4), timeout=5)
@@ -272,7 +273,7 @@ async def test_missed_ticks_are_skipped_or_caught_up_up_to_the_bound(
     assert [t for t in await _ticks(redis, keys[skip]) if t <= due] == [due]
     caught = [t for t in await _ticks(redis, keys[catch_up]) if t <= due]
     assert caught == [due - 6000, due - 4000, due - 2000, due]
-    await redis.zrem(schedule_ticks(), skip, catch_up)
+    await redis.zrem(schedule_ticks(), *members)
 
 
 @pytest.mark.parametrize("garbage", [math.inf, 1e15, -5.0])
@@ -280,13 +281,30 @@ async def test_a_last_tick_another_client_wrote_does_not_stop_the_schedule(
     redis_url: str, redis: Redis, topic: str, garbage: float
 ) -> None:
     name = _name()
-    await redis.zadd(schedule_ticks(), {name: garbage})
+    await redis.zadd(schedule_ticks(), {_member(topic, name): garbage})
     async with Producer(topic, redis_url=redis_url) as producer:
         producer.add_schedule(Schedule(name, every=0.1))
         await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
     now = await _server_ms(redis)
-    assert now - 5000 < (await redis.zscore(schedule_ticks(), name) or 0) <= now
-    await redis.zrem(schedule_ticks(), name)
+    assert now - 5000 < (await redis.zscore(schedule_ticks(), _member(topic, name)) or 0) <= now
+    await redis.zrem(schedule_ticks(), _member(topic, name))
+
+
+async def test_a_schedule_of_the_same_name_on_another_topic_ticks_on_its_own(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Another topic's schedule of the same name (here a stored one) recorded a tick ahead of
+    # this one's. The record was the name's alone: this schedule took that tick for its own
+    # and enqueued nothing until then (with two producers' schedules, the slower one never
+    # ticked).
+    name = _name()
+    await redis.zadd(schedule_ticks(), {name: await _server_ms(redis) + 30_000})
+    try:
+        async with Producer(topic, redis_url=redis_url) as producer:
+            producer.add_schedule(Schedule(name, every=0.1))
+            await eventually(lambda: _count(redis, topic, 1, 3), timeout=5, message="3 ticks")
+    finally:
+        await redis.zrem(schedule_ticks(), name, _member(topic, name))
 
 
 async def test_producers_of_different_partition_views_still_enqueue_each_tick_once(
@@ -307,7 +325,7 @@ async def test_producers_of_different_partition_views_still_enqueue_each_tick_on
         await eventually(lambda: _count(redis, topic, 8, 6), timeout=10, message="6 ticks")
     ticks = await _ticks(redis, topic, 8)
     assert len(ticks) == len(set(ticks))
-    await redis.zrem(schedule_ticks(), name)
+    await redis.zrem(schedule_ticks(), _member(topic, name))
 
 
 async def test_a_ticks_key_another_client_made_of_another_type_stops_no_schedule(
@@ -322,11 +340,11 @@ async def test_a_ticks_key_another_client_made_of_another_type_stops_no_schedule
         async with Producer(topic, redis_url=redis_url) as producer:
             producer.add_schedule(Schedule(name, every=0.1))
             await eventually(lambda: _count(redis, topic, 1, 3), timeout=10, message="3 ticks")
-        assert await redis.zscore(schedule_ticks(), name) is not None
+        assert await redis.zscore(schedule_ticks(), _member(topic, name)) is not None
         # A second schedule's round that also found the key spoilt replaces it only if it
         # still is: it used to delete the first one's record, which then lost a tick.
         assert await CLEAR_FOREIGN(redis, [schedule_ticks()], ["zset"]) == 0
-        assert await redis.zscore(schedule_ticks(), name) is not None
+        assert await redis.zscore(schedule_ticks(), _member(topic, name)) is not None
     finally:
         await redis.delete(schedule_ticks())
         if kept:
@@ -678,12 +696,19 @@ async def test_a_tick_due_after_the_record_was_lost_is_still_enqueued(
     async with Producer(topic, redis_url=redis_url, metrics=False) as producer:
         producer.add_schedule(Schedule(name, every=1.0, payload="tick"))
         first = (await eventually(lambda: _ticks(redis, topic), message="a first tick"))[0]
-        await eventually(lambda: _recorded(redis, name, first), message="the first tick recorded")
-        assert await redis.zrem(schedule_ticks(), name) == 1  # the record is lost
+        await eventually(
+            lambda: _recorded(redis, _member(topic, name), first), message="the first tick recorded"
+        )
+        assert await redis.zrem(schedule_ticks(), _member(topic, name)) == 1  # the record is lost
         assert await _ticks(redis, topic) == [first]  # the next tick was not handled yet
         await eventually(lambda: _ticked_after(redis, topic, first + 1000), message="2 more")
     assert await _ticks(redis, topic) == [first, first + 1000, first + 2000]
 
 
-async def _recorded(redis: Redis, name: str, tick: int) -> bool:
-    return await redis.zscore(schedule_ticks(), name) == tick
+async def _recorded(redis: Redis, member: str, tick: int) -> bool:
+    return await redis.zscore(schedule_ticks(), member) == tick
+
+
+def _member(topic: str, name: str) -> str:
+    """A producer's schedule's member in the ticks set: its topic's, then its name."""
+    return f"{topic} {name}"
