@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,6 +295,26 @@ async def test_a_signal_drains_every_process(
     log = workers.log()
     assert f"received {sig.name}: stopping 2 worker(s) gracefully" in log
     assert "restarting it in" not in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_repeated_once_the_processes_stopped_leaves_the_exit_status_0(
+    redis_url: str, topic: str, workers: Workers, sig: signal.Signals
+) -> None:
+    # A process manager sending its signal again, or a second Ctrl-C: once the last child
+    # was reaped, the supervisor gave the signals back to their default action while it
+    # finished, and a repeat killed it (exit status -15 or -2, though every child drained).
+    await create_topic(redis_url, topic)
+    proc = workers.start(redis_url, topic, "--processes", "2")
+    pids = workers.children(proc, 2)
+    await workers.settled(2)
+    proc.send_signal(sig)
+    wait_sync(lambda: not any(alive(p) for p in pids), timeout=15, message="children gone")
+    while proc.poll() is None:  # again and again until it is gone
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        time.sleep(0.002)
+    assert wait_exit(proc, 5, workers) == 0, workers.log()[-3000:]
 
 
 async def test_a_second_signal_stops_the_processes_at_once(

@@ -151,6 +151,8 @@ class Supervisor:
         finally:
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+                if self._stopping.is_set():  # stopping already: a repeat must not kill it now
+                    signal.signal(sig, signal.SIG_IGN)
             for task in slots:
                 task.cancel()
             for proc in self._procs:
