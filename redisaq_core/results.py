@@ -219,6 +219,15 @@ async def _within(call: Awaitable[_T], seconds: float | None) -> _T:
     return await (call if seconds is None else asyncio.wait_for(call, seconds))
 
 
+_ONE_LOOK = 0.5
+"""Seconds the one look of a wait with ``timeout=0`` may take (Redis stalled: it times out)."""
+
+
+def _first_look(seconds: float | None) -> float | None:
+    """The bound of a wait's first look at the records: its timeout, one look's for 0."""
+    return None if seconds is None else seconds or _ONE_LOOK
+
+
 def _resolved(record: JobRecord) -> asyncio.Future[JobRecord]:
     future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
     future.set_result(record)
@@ -375,7 +384,8 @@ class ResultStore(RedisComponent):
 
         A dead job is returned like a completed one (look at ``status``;
         :meth:`JobHandle.result` raises ``JobFailedError`` for it). Raises
-        ``JobTimeoutError`` after ``timeout`` seconds (``None``: no limit) and
+        ``JobTimeoutError`` after ``timeout`` seconds (``None``: no limit; ``0``:
+        one look at the record, itself given up after half a second) and
         ``JobNotFoundError`` when the job has no record.
         """
         seconds = None if timeout is None else number(timeout, "timeout", minimum=0, seconds=True)
@@ -383,7 +393,7 @@ class ResultStore(RedisComponent):
         deadline = _deadline(seconds)
         try:
             # A job finished before the call is returned whatever the timeout, 0 included.
-            record = await _within(self._finished(job_id, key), seconds or None)
+            record = await _within(self._finished(job_id, key), _first_look(seconds))
             if record is not None:
                 return record
             return await _within(self._wait(job_id, key, deadline), _left(deadline))
@@ -434,7 +444,7 @@ class ResultStore(RedisComponent):
         deadline = _deadline(seconds)
         reads = asyncio.gather(*(self._finished(job_id, key) for job_id, key in pairs))
         try:
-            finished = await _within(reads, seconds or None)  # 0: one look, as wait()
+            finished = await _within(reads, _first_look(seconds))  # 0: one look, as wait()
         except asyncio.TimeoutError:
             raise JobTimeoutError(
                 f"{len(pairs)} of {len(pairs)} jobs did not finish within {timeout} s"
