@@ -29,6 +29,7 @@ from ._codec import (
     F_JOB,
     F_KEY,
     F_TIMEOUT,
+    Deserializer,
     Serializer,
     default_serializer,
     encode_payload,
@@ -97,7 +98,9 @@ class Producer(RedisComponent):
     has: one at or above the highest level goes to the highest, so on a topic with
     one level every priority is accepted and all messages are level 0.
     ``result_ttl``: how long (seconds) :meth:`submit` keeps a job's record and
-    result once it has finished. ``metrics``: count produced messages
+    result once it has finished. ``result_deserializer``: how the handles
+    :meth:`submit` returns decode a job's result (orjson by default; give the
+    counterpart of the consumers' ``serializer``). ``metrics``: count produced messages
     per partition in the topic's metrics (flushed once a second).
     ``max_payload_bytes``: a serialized payload larger than this (1 MiB by
     default; ``None``: no limit) is refused with ``SerializationError`` before
@@ -122,6 +125,7 @@ class Producer(RedisComponent):
         refresh_interval: float = 3.0,
         priorities: int = 1,
         result_ttl: float = 3600.0,
+        result_deserializer: Deserializer | None = None,
         metrics: bool = True,
         max_payload_bytes: int | None = 1_048_576,
         idempotency_window: float = 86_400.0,
@@ -138,8 +142,12 @@ class Producer(RedisComponent):
         integer(priorities, "priorities", maximum=MAX_PRIORITIES)
         number(result_ttl, "result_ttl", minimum=1, seconds=True)
         number(refresh_interval, "refresh_interval", above=0, seconds=True)
-        if serializer is not None and not callable(serializer):
-            raise ConfigurationError(f"serializer must be callable, got {serializer!r}")
+        for name, given in [
+            ("serializer", serializer),
+            ("result_deserializer", result_deserializer),
+        ]:
+            if given is not None and not callable(given):
+                raise ConfigurationError(f"{name} must be callable, got {given!r}")
         if max_payload_bytes is not None:
             integer(max_payload_bytes, "max_payload_bytes")
         number(idempotency_window, "idempotency_window", minimum=1, maximum=2**31, seconds=True)
@@ -154,6 +162,7 @@ class Producer(RedisComponent):
         self.refresh_interval = float(refresh_interval)
         self.priorities = priorities
         self.result_ttl = result_ttl
+        self.result_deserializer = result_deserializer
         self.metrics = metrics
         self._metrics: MetricsRecorder | None = None
         self._levels = 1
@@ -673,8 +682,6 @@ class Producer(RedisComponent):
         ``delay`` or ``at``: as for :meth:`enqueue`; the job is ``scheduled`` until due,
         then ``queued``.
         """
-        from .results import JobHandle, ResultStore
-
         due = due_time(delay, at)
         redis = self._redis or await self._ensure()
         ttl = self.result_ttl if result_ttl is None else result_ttl
@@ -697,9 +704,7 @@ class Producer(RedisComponent):
                     raise self._out_of_memory("the job was not submitted") from exc
                 raise
             job = first_job(self._delayed(redis, partition, stream, reply)[1], once)
-            if self._results is None:
-                self._results = ResultStore(redis=redis, deserializer=None)
-            return JobHandle(job, self._results)
+            return self._handle(redis, job)
         partition, level, fields = self._fields(item, partition_key, priority, once)
         job = job_id(self.topic, partition, uuid.uuid4().hex)
         maxlen, op = self._trim_args()
@@ -725,8 +730,13 @@ class Producer(RedisComponent):
             self._retention.wrote(redis, (stream,))
             if self._metrics is not None:
                 self._metrics.produced(partition)
+        return self._handle(redis, job)
+
+    def _handle(self, redis: AnyRedis, job: str) -> JobHandle:
+        from .results import JobHandle, ResultStore  # results.py imports this module
+
         if self._results is None:
-            self._results = ResultStore(redis=redis, deserializer=None)
+            self._results = ResultStore(redis=redis, deserializer=self.result_deserializer)
         return JobHandle(job, self._results)
 
     def add_schedule(self, schedule: Schedule) -> None:

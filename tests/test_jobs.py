@@ -414,3 +414,31 @@ async def test_a_job_trimmed_while_it_waits_for_its_retry_ends_dead(
     assert finished.status is JobStatus.DEAD and finished.error_type == "EntryTrimmed"
     key = TopicKeys(topic).job(0, job.id)
     assert 0 < await redis.ttl(key) <= 3600
+
+
+async def test_a_handle_from_submit_decodes_results_with_the_producers_result_deserializer(
+    redis_url: str, topic: str
+) -> None:
+    # A consumer writes results with its own serializer. The handles submit returns read
+    # them with orjson whatever the producer was given, and raised SerializationError.
+    def serialize(value: Any) -> bytes:
+        return b"~" + repr(value).encode()
+
+    def deserialize(data: bytes | str) -> Any:
+        text = data.decode() if isinstance(data, bytes) else data
+        return ("decoded", text.removeprefix("~"))
+
+    async with Producer(topic, redis_url=redis_url, result_deserializer=deserialize) as producer:
+        job = await producer.submit({"n": 1})
+        delayed = await producer.submit({"n": 2}, delay=0.01)
+        consumer = Consumer(topic, redis_url=redis_url, serializer=serialize, **FAST)
+
+        async def handler(m: Message) -> int:
+            return int(m.payload["n"]) * 10
+
+        async with Running(consumer, handler):
+            assert await job.result(timeout=10) == ("decoded", "10")
+            assert await delayed.result(timeout=10) == ("decoded", "20")
+        await consumer.close()
+    with pytest.raises(ConfigurationError, match="result_deserializer must be callable"):
+        Producer(topic, redis_url=redis_url, result_deserializer="orjson")  # type: ignore[arg-type]
