@@ -255,11 +255,14 @@ class Dispatcher:
         """Forget the runs counted for those of ``messages`` settled for good (not retried)."""
         runs, owned = self.settler.runs, self.owned
         settled: dict[int, list[str]] = {}
+        refused = self.settler.refused
         for m in messages:
             entry = runs.get(key := run_key(m))
             if entry is not None and not self._retrying(m):
                 del runs[key]
-                if owned.get(m.partition) is entry[0]:  # else not settled here: for its owner
+                if (m.partition, m.msg_id) in refused:  # still pending: its runs stay counted
+                    refused.discard((m.partition, m.msg_id))
+                elif owned.get(m.partition) is entry[0]:  # else not settled here: its owner's
                     settled.setdefault(m.partition, []).append(m.msg_id)
         for key in [k for k, (hold, _, _) in runs.items() if owned.get(k[0]) is not hold]:
             del runs[key]

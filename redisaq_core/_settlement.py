@@ -118,6 +118,9 @@ class Settler:
         """What this consumer was delivered and never handed to a handler (to give back)."""
         self.runs: Runs = {}
         """The handler runs of the messages delivered again that are under way or retried."""
+        self.refused: set[tuple[int, str]] = set()
+        """(partition, id) of messages whose dead letter could not be written: still pending,
+        their runs stay counted (the next claim dead-letters them without a run)."""
         self._channel = self.keys.job_channel.encode()
         self._name = name.encode()
 
@@ -512,6 +515,8 @@ class Settler:
                     self.name, optional_text(call_args[2]), optional_text(call_keys[0]),
                     optional_text(call_keys[2]),
                 )  # fmt: skip
+                if part is not None:
+                    self.refused.add((part.number, optional_text(call_args[2]) or ""))
                 continue
             if script is DEAD_LETTER:
                 self.stats.add_dead_lettered(part.number if part is not None else 0)

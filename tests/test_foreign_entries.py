@@ -282,6 +282,33 @@ async def test_a_dead_letter_stream_another_client_spoilt_stops_no_consumer(
         assert "takes no more entries" in caplog.text
 
 
+async def test_a_message_whose_dead_letter_was_refused_runs_no_more_when_claimed_again(
+    redis_url: str, redis: Redis, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its dead letter refused (the stream takes no more entries), the message stays
+    # pending. Its count of runs was forgotten as if it were settled, so each later claim
+    # ran it again, past max_deliveries.
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1) as producer:
+        await producer.enqueue({"n": 0})
+    await redis.xadd(keys.dead_letters(0), {"x": "1"}, id=_MAX_ID)
+    ran: list[int] = []
+
+    async def fails(m: Message) -> None:
+        ran.append(m.deliveries)
+        raise RuntimeError("fails")
+
+    for refusals in (1, 2):  # a second member claims it after the first stopped
+        consumer = Consumer(topic, redis_url=redis_url, max_deliveries=2, retry_backoff=0.01,
+                            **FAST)  # fmt: skip
+        async with Running(consumer, fails):
+            await eventually(lambda n=refusals: caplog.text.count("takes no more entries") == n)
+        await consumer.close()
+    assert ran == [1, 2]
+    pending: Any = await redis.xpending(keys.stream(0), "default")
+    assert pending["pending"] == 1
+
+
 async def test_an_entry_of_thousands_of_fields_is_dead_lettered_without_them(
     redis_url: str, redis: Redis, topic: str
 ) -> None:

@@ -130,7 +130,11 @@ class Supervisor:
         return [proc.pid for proc in self._procs if proc is not None]
 
     async def run(self) -> int:
-        """Start the children and keep them running until a signal; return the exit code."""
+        """Start the children and keep them running until a signal; return the exit code.
+
+        Once stopping, the stop signals stay ignored in this process: a repeat must not
+        kill it as it finishes.
+        """
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         for sig in _STOP_SIGNALS:
