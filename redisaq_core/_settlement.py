@@ -30,6 +30,7 @@ from ._delivery import (
 )
 from ._failures import REDIS_FAILURES
 from ._give_back import GiveBack
+from ._job_index import IndexSweep
 from ._retry import backoff_delay
 from ._scripts import (
     ACK,
@@ -118,6 +119,8 @@ class Settler:
         """What this consumer was delivered and never handed to a handler (to give back)."""
         self.runs: Runs = {}
         """The handler runs of the messages delivered again that are under way or retried."""
+        self.index = IndexSweep(keys)
+        """Where this consumer settled jobs: their index entries are swept (``_job_index.py``)."""
         self.refused: set[tuple[int, str]] = set()
         """(partition, id) of messages whose dead letter could not be written: still pending,
         their runs stay counted (the next claim dead-letters them without a run)."""
@@ -264,6 +267,7 @@ class Settler:
                 keys.append(f"{prefix}{message.job_id}".encode())
                 args += [message.msg_id.encode(), result]
             calls.append((JOBS_COMPLETE, keys, args))
+            self.index.note(p, len(done_jobs))
         if cancelled:
             calls += cancelled_calls(self.keys, owned, self.group, self.token, cancelled)
         return calls, {p for p, _ in (*acks, *jobs) if p in owned}
@@ -626,6 +630,7 @@ class Settler:
             keys = [stream, part.lease, self.keys.dead_letters(part.number)]
             if m.job_id:
                 keys += self._job_keys(m)
+                self.index.note(part.number, 1)
             args = [self.group, self.token, m.msg_id, self.dead_letter_maxlen, m.job_id or "",
                     self.keys.job_channel, self.name, error, error_type,
                     "1" if self.delete_acked else "", len(fields), *fields,

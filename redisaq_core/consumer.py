@@ -439,10 +439,8 @@ class Consumer(RedisComponent):
             if self._metrics is not None:
                 await self._clean_up(self._metrics.stop())
                 self._metrics = self.stats.recorder = None
-            self._forced = False
-            self._running = False
-            self._reading = None
-            self._runner = None
+            self._forced = self._running = False
+            self._reading = self._runner = None
             self._stopped.set()
             reset_log_context(logged)
 
@@ -655,6 +653,8 @@ class Consumer(RedisComponent):
             streams = [s for part in self._owned.values() for s in part.streams]
             deleting = await read_mode(self.redis, self.keys, streams, self.deletes_acked)
             self._settler.delete_acked = deleting
+        if every:  # index entries of expired job records (_job_index.py)
+            await self._settler.index.sweep(self.redis, list(self._owned))
         if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -62,7 +61,8 @@ from ._checks import number
 from ._codec import Deserializer, default_deserializer, optional_text
 from ._failures import REDIS_FAILURES, foreign_type, unless_foreign
 from ._job_events import JobEvents
-from ._scripts import Script, run_pipelined
+from ._job_index import clean_calls
+from ._scripts import run_pipelined
 from .connection import AnyRedis, RedisComponent
 from .errors import (
     ConfigurationError,
@@ -77,8 +77,6 @@ from .keys import TopicKeys, is_name, parse_job_id, partition_count
 __all__ = ["JobHandle", "JobRecord", "JobStatus", "ResultStore"]
 
 log = logging.getLogger(__name__)
-
-JOB_INDEX_CLEAN = Script("job_index_clean")
 
 
 class JobStatus(str, Enum):
@@ -616,14 +614,7 @@ class _IndexMerge:
         calls = []
         for i, gone in self.missing.items():
             keys, p = self.sources[i]
-            for start in range(0, len(gone), 100):
-                chunk = gone[start : start + 100]
-                args: list[Any] = []
-                for job_id, score in chunk:
-                    args += [job_id, int(score) if math.isfinite(score) else repr(score)]
-                calls.append(
-                    (JOB_INDEX_CLEAN, [keys.jobs(p), *(keys.job(p, j) for j, _ in chunk)], args)
-                )
+            calls += clean_calls(keys, p, gone)
         if not calls:
             return
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from redisaq_core import Consumer, Message, Producer
+from redisaq_core import Consumer, Message, Producer, _delivery
 from redisaq_core.errors import (
     ConfigurationError,
     JobFailedError,
@@ -442,3 +442,29 @@ async def test_a_handle_from_submit_decodes_results_with_the_producers_result_de
         await consumer.close()
     with pytest.raises(ConfigurationError, match="result_deserializer must be callable"):
         Producer(topic, redis_url=redis_url, result_deserializer="orjson")  # type: ignore[arg-type]
+
+
+async def test_the_index_entries_of_expired_job_records_are_swept(
+    redis_url: str, redis: Any, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With jobs flowing and no listing reading that far, the jobs index kept an entry for
+    # every job ever run: only a listing dropped those whose records had expired.
+    monkeypatch.setattr(_delivery, "SWEEP_SECONDS", 0)  # a sweep every 10 heartbeats
+    index = TopicKeys(topic).jobs(0)
+    async with Producer(topic, redis_url=redis_url, init_partitions=1, result_ttl=1) as producer:
+        for n in range(150):
+            await producer.submit({"n": n})
+        live = await producer.submit({"n": -1}, delay=3600)  # scheduled: its record stays
+        consumer = Consumer(topic, redis_url=redis_url, **FAST)
+
+        async def handler(m: Message) -> int:
+            return 1
+
+        async with Running(consumer, handler):
+            await eventually(lambda: consumer.stats.handled == 150)
+            await eventually(lambda: _members(redis, index, [live.id]), timeout=15)
+        await consumer.close()
+
+
+async def _members(redis: Any, key: str, expected: list[str]) -> bool:
+    return [m.decode() for m in await redis.zrange(key, 0, -1)] == expected
