@@ -653,11 +653,11 @@ class Consumer(RedisComponent):
             streams = [s for part in self._owned.values() for s in part.streams]
             deleting = await read_mode(self.redis, self.keys, streams, self.deletes_acked)
             self._settler.delete_acked = deleting
-        if every:  # index entries of expired job records (_job_index.py)
-            await self._settler.index.sweep(self.redis, list(self._owned))
         if gained:
             self.logger.info("consumer %s: assigned partitions %s", self.name, gained)
             await self._call_hook(self.on_assign, gained)
+        if every:  # index entries of expired job records (_job_index.py); last: it may raise
+            await self._settler.index.sweep(self.redis, list(self._owned))
 
     async def _create_groups(self, parts: list[OwnedPartition]) -> None:
         await self._reader.create_groups(self.redis, parts, "0")
