@@ -163,14 +163,20 @@ async def test_order_per_key_follows_due_time_and_ties_keep_enqueue_order(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("when", ["delay=0", "a past at="])
 async def test_a_delayed_message_goes_behind_what_was_due_before_it(
-    redis_url: str, redis: Redis, topic: str
+    redis_url: str, redis: Redis, topic: str, when: str
 ) -> None:
-    """A message already due lands behind due entries still waiting to be moved."""
+    """A message already due lands behind due entries still waiting to be moved.
+
+    One given a past ``at=`` used to go first, scored at that time.
+    """
     async with Producer(topic, redis_url=redis_url) as producer:
         await producer.enqueue({"name": "waiting"}, delay=0.05)
         await _server_sleep(redis, 100)  # the first one is overdue, and nobody moved it
-        second = await producer.enqueue({"name": "due-now"}, delay=0)
+        past = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        due: dict[str, Any] = {"delay": 0} if when == "delay=0" else {"at": past}
+        second = await producer.enqueue({"name": "due"}, **due)
         assert second.startswith("delayed:")  # not ahead of the overdue one
         seen: list[str] = []
 
@@ -180,26 +186,7 @@ async def test_a_delayed_message_goes_behind_what_was_due_before_it(
         consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
         async with Running(consumer, handler):
             await eventually(lambda: len(seen) == 2, timeout=10, message="both delivered")
-    assert seen == ["waiting", "due-now"]
-
-
-async def test_a_message_at_a_past_time_goes_behind_what_was_due_before_it(
-    redis_url: str, redis: Redis, topic: str
-) -> None:
-    """``at=`` in the past, with due entries waiting: behind them, as ``delay=0`` is."""
-    async with Producer(topic, redis_url=redis_url) as producer:
-        await producer.enqueue({"name": "waiting"}, delay=0.05)
-        await _server_sleep(redis, 100)  # the first one is overdue, and nobody moved it
-        await producer.enqueue({"name": "past"}, at=datetime(2020, 1, 1, tzinfo=timezone.utc))
-        seen: list[str] = []
-
-        async def handler(m: Message) -> None:
-            seen.append(m.payload["name"])
-
-        consumer = Consumer(topic, redis_url=redis_url, **SLOW_POLL)
-        async with Running(consumer, handler):
-            await eventually(lambda: len(seen) == 2, timeout=10, message="both delivered")
-    assert seen == ["waiting", "past"]  # it used to go first, scored in 2020
+    assert seen == ["waiting", "due"]
 
 
 async def test_priority_levels_and_groups_each_get_a_delayed_message_once(
