@@ -246,8 +246,11 @@ async def test_not_found_and_bad_usage(scene: Scene) -> None:
             assert len(result.err.strip().splitlines()) == 1, result.err
 
 
-async def _watch(scene: Scene, fmt: str, count: int) -> tuple[int, list[str]]:
-    argv = _argv(scene.url, scene.prefix, ["topic", scene.topic, "--watch", "0.1", "--format", fmt])
+async def _watch(
+    scene: Scene, fmt: str, count: int, url: str | None = None
+) -> tuple[int, list[str]]:
+    args = ["topic", scene.topic, "--watch", "0.1", "--format", fmt]
+    argv = _argv(url or scene.url, scene.prefix, args)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env()
     )
@@ -283,6 +286,21 @@ async def test_watch_redraws_until_interrupted(scene: Scene) -> None:
     assert frames[0].startswith("Every 0.1s: redisaq")
     docs = [json.loads(line) for line in lines.splitlines() if line.strip()]
     assert len(docs) >= 3 and all(d["topic"] == scene.topic for d in docs)
+
+
+@pytest.mark.single_node
+async def test_a_watch_shows_no_password_of_its_command_line(scene: Scene, redis: Redis) -> None:
+    # The header of each redraw echoed the whole command line, --redis-url and its password.
+    user, password = f"mon-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await redis.execute_command("ACL", "SETUSER", user, "on", ">" + password, "~*", "&*", "+@all")
+    try:
+        url = scene.url.replace("redis://", f"redis://{user}:{password}@", 1)
+        rc, (table,) = await _watch(scene, "table", 2, url=url)
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)
+    assert rc == 0
+    assert "Every 0.1s: redisaq monitor topic" in table
+    assert password not in table
 
 
 class _Frames:

@@ -168,7 +168,7 @@ def _stop_event() -> tuple[asyncio.Event, Callable[[], None]]:
 
 async def _watch(args: argparse.Namespace, monitor: Monitor, action: Action) -> int:
     stop, remove = _stop_event()
-    command = " ".join(sys.argv[1:]) or args.action
+    command = f"monitor {args.action}"  # not the command line: it may carry a password
     try:
         while not stop.is_set():
             try:
