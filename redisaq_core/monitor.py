@@ -258,12 +258,14 @@ class Monitor(RedisComponent):
         pipe = redis.pipeline(transaction=False)
         for name in names:
             pipe.hget(TopicKeys(name).meta, "partitions")
-        counts = [partition_count(c) for c in await pipe.execute()]
+        # A key another client made of another type holds none (its error reply counts 0).
+        replies = await pipe.execute(raise_on_error=False)
+        counts = [0 if isinstance(c, Exception) else partition_count(c) for c in replies]
         pipe = redis.pipeline(transaction=False)
         for name, n in zip(names, counts, strict=True):
             for p in range(n):
                 pipe.zcard(TopicKeys(name).jobs(p))
-        return sum(int(x) for x in await pipe.execute())
+        return sum(int(x) for x in await pipe.execute(raise_on_error=False) if isinstance(x, int))
 
     # ---- everything --------------------------------------------------------------------
 
@@ -326,7 +328,10 @@ def _registered_only(sid: str, info: ServiceInfo, now: float, stale: float) -> d
         "last_heartbeat": info.last_seen,
         "age": age,
         "alive": age is not None and age <= stale,
-        "partitions": sorted(int(p) for p in partitions) if isinstance(partitions, list) else [],
+        # Another client's metadata may hold anything there: only whole numbers are partitions.
+        "partitions": sorted(p for p in partitions if type(p) is int)
+        if isinstance(partitions, list)
+        else [],
         "pending": 0,
         "in_flight": 0,
         "owned": [],

@@ -356,3 +356,35 @@ async def test_a_topic_index_of_another_type_stops_no_listing_and_no_fan_out(
             await bridge.stop(timeout=10)
             await task
         assert await redis.smembers(index) == {f"{topic}-copy".encode()}
+
+
+async def test_what_other_clients_wrote_stops_no_monitor_view(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # Each of these failed the whole view: a registration's partitions that are no whole
+    # numbers (ValueError: workers, summary), a jobs index of another type (WRONGTYPE:
+    # summary), and a member heartbeat scored inf (a worker alive for good, and JSON that
+    # no parser reads).
+    from redisaq_core.registry import ServiceRegistry, consumer_service_info
+
+    keys = TopicKeys(topic)
+    async with Producer(topic, redis_url=redis_url, init_partitions=2) as producer:
+        await producer.submit({"n": 1})
+    await redis.delete(keys.jobs(1))
+    await redis.set(keys.jobs(1), "another client's")
+    await redis.sadd(keys.groups, "g")
+    await redis.zadd(keys.members("g"), {"ghost": float("inf"), "live": 1.0})
+    prefix = f"mon-{uuid.uuid4().hex[:6]}:"
+    async with ServiceRegistry(redis_url=redis_url, key_prefix=prefix) as registry:
+        info = consumer_service_info(topic=topic, group="g", consumer_name="odd")
+        info.metadata["partitions"] = ["a", None, 1]
+        await registry.register_service(info)
+        try:
+            async with Monitor(redis_url=redis_url, key_prefix=prefix) as monitor:
+                summary = await monitor.summary()
+                workers = await monitor.workers(include_stale=True)
+        finally:
+            await registry.clear_all()
+    assert summary["jobs"]["tracked"] == 1
+    assert [w["partitions"] for w in workers if w["name"] == "odd"] == [[1]]
+    assert "ghost" not in [w["name"] for w in workers]

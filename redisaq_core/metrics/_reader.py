@@ -355,6 +355,8 @@ class _TopicReader:
             self.stored.partition(group, p)["owner"] = assignment.get(p)
         members: list[dict[str, Any]] = []
         for name, score in members_raw if isinstance(members_raw, list) else ():
+            if not math.isfinite(score):  # another client's score: no heartbeat time
+                continue
             member = {
                 "name": shown_text(name),
                 "last_heartbeat": score / 1000.0,
