@@ -512,8 +512,8 @@ class Consumer(RedisComponent):
     async def _report_partitions(self) -> None:
         if self._registration is None or self.assigned_partitions == self._reported:
             return
-        self._reported = self.assigned_partitions
-        await self._registration.set_partitions(self._reported)
+        await self._registration.set_partitions(partitions := self.assigned_partitions)
+        self._reported = partitions  # only once the call went through
 
     async def _leave(self) -> None:
         membership, owned = self._membership, list(self._owned)

@@ -146,6 +146,36 @@ async def test_consumer_registers_itself_and_remote_deregister_stops_it(
         await consumer.close()
 
 
+async def test_partitions_whose_report_failed_are_reported_again(
+    redis_url: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One failed report of a rebalance left the registry with the partitions of before for
+    # good: they were taken as reported before the call went through.
+    async with Producer(topic, redis_url=redis_url, init_partitions=2):
+        pass
+    async with ServiceRegistry(redis_url=redis_url, key_prefix=f"{topic}:") as registry:
+        first = Consumer(topic, consumer_name="w1", registry=registry, redis_url=redis_url,
+                         **FAST)  # fmt: skip
+        service_id = f"{topic}/default/w1"
+        async with Running(first, _noop):
+            await eventually(lambda: _partitions_reported(registry, service_id, [0, 1]))
+            update, failed = registry.update_health, []
+
+            async def fails_once(*args: Any, **kwargs: Any) -> Any:
+                if not failed:
+                    failed.append(True)
+                    raise ConnectionError("the report is lost (injected)")
+                return await update(*args, **kwargs)
+
+            monkeypatch.setattr(registry, "update_health", fails_once)
+            second = Consumer(topic, consumer_name="w2", redis_url=redis_url, **FAST)
+            async with Running(second, _noop):
+                await eventually(lambda: len(first.assigned_partitions) == 1)
+                mine = first.assigned_partitions
+                await eventually(lambda: _partitions_reported(registry, service_id, mine))
+            assert failed
+
+
 async def _partitions_reported(registry: ServiceRegistry, sid: str, want: list[int]) -> bool:
     info = await registry.get_service(sid)
     return info is not None and list(info.metadata.get("partitions", [])) == want
