@@ -228,6 +228,44 @@ async def test_transforms_and_skips(redis_url: str, redis: Redis, topic: str) ->
     assert bridge.stats.written == {plain: 600, doubled: 600, odd: 300}
 
 
+async def test_a_transform_that_changes_its_payload_changes_no_other_targets(
+    redis_url: str, redis: Redis, topic: str
+) -> None:
+    # The transforms shared one payload object: one that popped a field took it from the
+    # targets after it too.
+    audit, billing = f"{topic}-audit", f"{topic}-billing"
+
+    def without_k(m: Message) -> Any:
+        m.payload.pop("k")
+        return m.payload
+
+    await produce(redis_url, topic, _payloads(10), partitions=1, key="k")
+    bridge = _bridge(redis_url, topic, {audit: without_k, billing: lambda m: m.payload})
+    async with running(bridge):
+        await eventually(lambda: bridge.stats.fanned_out == 10, timeout=20)
+    assert all("k" not in row[2] for row in await rows(redis, audit))
+    assert all("k" in row[2] for row in await rows(redis, billing))
+
+
+async def test_a_bridge_runs_again_after_a_stop(redis_url: str, redis: Redis, topic: str) -> None:
+    # A second run() of a stopped bridge returned at once, moving nothing.
+    target = f"{topic}-copy"
+
+    async def copied(n: int) -> bool:
+        return len(await rows(redis, target)) == n
+
+    await produce(redis_url, topic, _payloads(5), partitions=1, key="k")
+    async with _bridge(redis_url, topic, [target]) as bridge:
+        for total in (5, 10):
+            task = asyncio.create_task(bridge.run())
+            await eventually(lambda n=total: copied(n), timeout=10)
+            await bridge.stop(timeout=10)
+            await asyncio.wait_for(task, 15)
+            if total == 5:
+                await produce(redis_url, topic, _payloads(5, start=5), partitions=1, key="k")
+    assert_exactly_once(await rows(redis, target), set(range(10)))
+
+
 async def test_a_failing_transform_is_retried_and_the_rest_is_not_held_back(
     redis_url: str, redis: Redis, topic: str
 ) -> None:

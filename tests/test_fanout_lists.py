@@ -218,3 +218,22 @@ async def test_a_list_made_of_another_type_while_running_loses_no_item_and_stops
     for out in names["out"]:
         assert await redis.lrange(out, 0, -1) == ([b"b"] if key == out else [b"b", b"a"])
     assert await redis.llen(names["pending"]) == 0
+
+
+async def test_a_list_bridge_runs_again_after_a_stop(
+    redis_url: str, redis: Redis, names: dict[str, Any]
+) -> None:
+    # A second run() of a stopped bridge returned at once, moving nothing.
+    out = names["out"][0]
+
+    async def moved(n: int) -> bool:
+        return int(await redis.llen(out)) == n
+
+    bridge = FanOut.from_lists(names["in"], names["out"], redis_url=redis_url, pop_timeout=0.2)
+    async with bridge:
+        for n, item in enumerate(("a", "b"), 1):
+            await redis.lpush(names["in"], item)
+            task = asyncio.create_task(bridge.run())
+            await eventually(lambda n=n: moved(n), timeout=10)
+            await bridge.stop(timeout=10)
+            await asyncio.wait_for(task, 15)

@@ -223,6 +223,7 @@ class ListFanOut(RedisComponent):
                 await asyncio.shield(self._registration.stop())
                 self._registration = None
             self._running = False
+            self._stopping.clear()  # that stop() is spent: run() again runs
             self._task = self._loop_task = None
             self._finished.set()
 

@@ -367,7 +367,7 @@ class FanOut(RedisComponent):
                 if self._registration is not None:
                     await asyncio.shield(self._registration.stop())
                     self._registration = None
-                self._running = False
+                self._running = self._stopping = False  # that stop() is spent: run() again runs
                 self._task = None
                 self._finished.set()
 
@@ -468,10 +468,9 @@ class FanOut(RedisComponent):
         if self._plain:
             outputs.append((fields, self._plain))
         for target in self._transformed:
-            if decoded is None:
-                decoded = self._decoded(m)
             assert target.transform is not None
-            result = target.transform(replace(decoded))
+            # Decoded for each: a transform that changes its payload changes no other's.
+            result = target.transform(self._decoded(m))
             if inspect.isawaitable(result):
                 result = await result
             if result is None:
