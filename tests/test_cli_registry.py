@@ -493,3 +493,22 @@ async def test_monitor_once_text(reg_cli: Any, registry: ServiceRegistry) -> Non
     assert r.rc == 0
     assert r.out.splitlines()[0].split() == ["SERVICE_ID", "WORKER_STATUS", "STATUS", "AGE"]
     assert r.out.splitlines()[1].split()[:3] == ["t1", "registered", "healthy"]
+
+
+async def test_a_last_seen_no_date_can_hold_is_shown_as_stored(
+    reg_cli: Any, registry: ServiceRegistry, redis_url: str
+) -> None:
+    # Another client wrote a last_seen past any date: list and get ended in a traceback
+    # (OverflowError: timestamp out of range).
+    from redis.asyncio import Redis
+
+    await registry.register_service(ServiceInfo("svc-far", "h", 1, "w"))
+    client = Redis.from_url(redis_url)
+    try:
+        await client.hset(registry.keys.service("svc-far"), "last_seen", "1e20")
+    finally:
+        await client.aclose()
+    for args in (("list",), ("get", "svc-far")):
+        result = await reg_cli(*args)
+        assert result.rc == 0 and "Traceback" not in result.err, (args, result.err)
+        assert "1e+20" in result.out, (args, result.out)

@@ -613,3 +613,17 @@ async def test_used_before_connect_connects_and_close_is_idempotent(
     await reg.aclose()
     with pytest.raises(Exception, match="closed"):
         await reg.get_service_count()
+
+
+async def test_a_record_another_client_replaced_is_gone_for_updates_and_reads(
+    registry: ServiceRegistry, redis: Redis
+) -> None:
+    # An update with metadata and get_service raised WRONGTYPE on it, where a heartbeat and
+    # an update without metadata found the service gone, as documented.
+    await registry.register_service(_info("svc-1"))
+    key = registry.keys.service("svc-1")
+    await redis.delete(key)
+    await redis.set(key, "another client's")
+    assert await registry.update_health("svc-1", ServiceStatus.HEALTHY, {"a": 1}) is False
+    assert await registry.get_service("svc-1") is None
+    assert await registry.heartbeat("svc-1") is False

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ __all__ = [
     "read_secret_file",
     "redis_password",
     "redis_url",
+    "utc_time",
     "warn_once",
 ]
 
@@ -298,3 +300,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
+
+
+def utc_time(ts: float | None) -> str:
+    """``ts`` (Unix seconds) as ISO 8601 UTC to the millisecond; one no date can hold as given."""
+    if ts is None:
+        return ""
+    try:
+        stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):  # another client's value, out of any range
+        return repr(ts)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"

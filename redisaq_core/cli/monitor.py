@@ -48,6 +48,7 @@ from .common import (
     print_table,
     redis_url,
     seconds,
+    utc_time,
 )
 
 __all__ = ["add_commands"]
@@ -203,13 +204,6 @@ def _table(rows: list[tuple[Any, ...]], headers: list[str]) -> str:
     return out.getvalue()
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
 def _age(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds:.1f}s"
 
@@ -246,7 +240,7 @@ async def _summary(args: argparse.Namespace, monitor: Monitor) -> Output:
 def _job_rows(records: list[JobRecord]) -> str:
     rows = [
         (r.id, r.status.value, r.topic, r.partition, r.priority, r.attempts, r.worker or "",
-         _when(r.updated_at), f"{r.error_type}: {r.error}"[:60] if r.error else "")
+         utc_time(r.updated_at), f"{r.error_type}: {r.error}"[:60] if r.error else "")
         for r in records
     ]  # fmt: skip
     headers = ["ID", "STATUS", "TOPIC", "PARTITION", "PRIORITY", "ATTEMPTS", "WORKER", "UPDATED"]
@@ -266,7 +260,7 @@ async def _job(args: argparse.Namespace, monitor: Monitor) -> Output:
     rows: list[tuple[Any, ...]] = []
     for key, value in data.items():
         if key.endswith("_at") or key == "updated_at":
-            value = _when(value)
+            value = utc_time(value)
         elif (key == "result" and record.has_result) or (key == "progress" and value is not None):
             value = _compact(value)
         rows.append((key, "" if value is None else value))
@@ -299,7 +293,7 @@ async def _worker(args: argparse.Namespace, monitor: Monitor) -> Output:
         ("topic", w["topic"]),
         ("group", w["group"]),
         ("alive", "yes" if w["alive"] else "no"),
-        ("last_heartbeat", f"{_when(w['last_heartbeat'])} ({_age(w['age'])} ago)"),
+        ("last_heartbeat", f"{utc_time(w['last_heartbeat'])} ({_age(w['age'])} ago)"),
         ("partitions", _parts(w["partitions"])),
         ("pending", w["pending"]),
         ("in_flight", w["in_flight"]),

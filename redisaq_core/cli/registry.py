@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from .._failures import CALL_FAILURES
@@ -38,6 +37,7 @@ from .common import (
     print_json,
     print_table,
     redis_url,
+    utc_time,
 )
 
 __all__ = ["add_commands"]
@@ -217,13 +217,6 @@ def _say(args: argparse.Namespace, text: str, value: Any) -> None:
         print(text)
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    stamp = datetime.fromtimestamp(ts, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
 def _age(now: float, ts: float | None) -> str:
     return "" if ts is None else f"{max(0.0, now - ts):.1f}s"
 
@@ -239,7 +232,7 @@ def _print_services(args: argparse.Namespace, services: Sequence[ServiceInfo], n
         print_json([s.as_dict() for s in services])
         return
     rows = [
-        (s.service_id, s.host, s.port, s.service_type, s.status, _when(s.last_seen),
+        (s.service_id, s.host, s.port, s.service_type, s.status, utc_time(s.last_seen),
          _age(now, s.last_seen), _compact(s.metadata))
         for s in services
     ]  # fmt: skip
@@ -295,7 +288,7 @@ async def _get(args: argparse.Namespace, registry: ServiceRegistry) -> int:
         ("port", info.port),
         ("service_type", info.service_type),
         ("status", info.status),
-        ("last_seen", f"{_when(info.last_seen)} ({_age(now, info.last_seen)} ago)"),
+        ("last_seen", f"{utc_time(info.last_seen)} ({_age(now, info.last_seen)} ago)"),
         ("metadata", _compact(info.metadata)),
     ]
     print_table(rows, ["FIELD", "VALUE"])

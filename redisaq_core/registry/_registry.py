@@ -154,7 +154,10 @@ class ServiceRegistry(RedisComponent):
             return _seen(result) is not None
         _encode_metadata(metadata)
         for _ in range(_MERGE_ATTEMPTS):
-            current: bytes | str | None = await redis.hget(k.service(service_id), "metadata")
+            # A record another client replaced by another type reads as gone (the script too).
+            current: bytes | str | None = await unless_foreign(
+                redis.hget(k.service(service_id), "metadata")
+            )
             merged = self._stored_metadata(service_id, current)
             merged.update(metadata)
             result = await REGISTRY_UPDATE(
@@ -232,7 +235,9 @@ class ServiceRegistry(RedisComponent):
         """
         _check_token(service_id, "service_id")
         redis = await self._ensure()
-        raw: dict[Any, Any] = await redis.hgetall(self.keys.service(service_id))
+        raw: dict[Any, Any] | None = await unless_foreign(
+            redis.hgetall(self.keys.service(service_id))
+        )  # a record another client replaced by another type reads as gone
         if not raw:
             return None
         return _parse_record(service_id, raw)[0]
