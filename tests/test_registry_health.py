@@ -102,6 +102,28 @@ async def test_remote_shutdown_is_noticed_within_one_interval(
     assert await redis.exists(k.alive("svc-1")) == 0
 
 
+async def test_a_newer_instance_of_the_same_id_is_left_alone_by_the_one_it_replaced(
+    registry: ServiceRegistry,
+) -> None:
+    # A restart that overlaps: the new instance registers the same id, then the old one
+    # stops. The old one's stop deregistered the new one's record, and the new one took
+    # that for a remote shutdown (a consumer stopped).
+    old_calls: list[str] = []
+    old = registry.keepalive(_info(), interval=0.05, on_shutdown=lambda: old_calls.append("old"))
+    await old.start()
+    new_calls: list[str] = []
+    async with registry.keepalive(
+        _info(), interval=0.05, on_shutdown=lambda: new_calls.append("new")
+    ) as new:
+        await asyncio.wait_for(old.wait_shutdown(), timeout=5)  # replaced: the old one stops
+        await old.stop()
+        seen = await eventually(lambda: _seen_or_none(registry, "svc-1"), timeout=5)
+        await eventually(lambda: _advanced(registry, "svc-1", seen), timeout=5)
+        assert new.running and not new.shutdown_requested
+    assert old_calls == ["old"] and new_calls == []
+    assert await registry.get_service("svc-1") is None  # the new one deregistered its own
+
+
 async def test_async_on_shutdown_runs_as_a_task_and_may_stop_the_keepalive(
     registry: ServiceRegistry,
 ) -> None:

@@ -1,17 +1,22 @@
 -- uses: foreign
 -- Record a heartbeat (last_seen := server time) of a registered service.
 -- KEYS: active (zset), types (set); either of another type (another client's) is replaced
--- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone)
+-- ARGV: base, service_id, alive_ttl_ms (0: leave the liveness key alone), and optionally
+--       the registered_at of the registration the caller made
 -- Returns the last_seen written ("seconds.micros"), or nil when the service has no record
 -- (or a key of another type in its place);
 -- its liveness key is then deleted, so a keepalive whose record was removed stops counting
--- as connected.
+-- as connected. Also nil, touching nothing, when the record is another registration than
+-- the caller's (a newer instance of the same service id replaced it).
 local active, types = KEYS[1], KEYS[2]
 local base, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local skey = base .. ':service:' .. id
 local akey = base .. ':alive:' .. id
 if redis.call('TYPE', skey).ok ~= 'hash' then  -- none, or another client's key
   redis.call('DEL', akey)
+  return false
+end
+if ARGV[4] and ARGV[4] ~= '' and redis.call('HGET', skey, 'registered_at') ~= ARGV[4] then
   return false
 end
 local t = redis.call('TIME')

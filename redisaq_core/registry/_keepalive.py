@@ -78,6 +78,9 @@ class Keepalive:
     ``on_shutdown`` is called (a coroutine function runs as a task), and
     renewing stops, so the owner can shut down gracefully within one interval.
     A Redis that restarted without its data looks the same: the record is gone.
+    A newer registration of the same id (an instance that restarted while this
+    one still ran) counts as a removal for this one, and this one's stop leaves
+    the newer record alone.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Keepalive:
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._stopped = False
+        self._registered_at = ""  # of this one's registration, as stored
 
     @property
     def service_id(self) -> str:
@@ -130,7 +134,9 @@ class Keepalive:
             raise RegistryError(f"keepalive of {self.service_id!r} was stopped; make a new one")
         if self._started:
             return
-        await self.registry.register_service(self.info, liveness_ttl=self.ttl)
+        # Renewed and removed only as this registration: a newer instance of the same id
+        # (a restart that overlaps this one) replaces it, and this one then stops.
+        self._registered_at = await self.registry._register(self.info, self.ttl)
         self._started = True
         self._task = asyncio.create_task(
             self._renew_loop(), name=f"redisaq-keepalive-{self.service_id}"
@@ -142,7 +148,9 @@ class Keepalive:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                found = await self.registry.heartbeat(self.service_id, liveness_ttl=self.ttl)
+                found = await self.registry.heartbeat(
+                    self.service_id, liveness_ttl=self.ttl, registered_at=self._registered_at
+                )
             except NotConnectedError:
                 return
             except CALL_FAILURES as exc:
@@ -222,7 +230,9 @@ class Keepalive:
         if not (self._started and deregister):
             return
         try:
-            await asyncio.shield(self.registry.deregister_service(self.service_id))
+            await asyncio.shield(
+                self.registry.deregister_service(self.service_id, registered_at=self._registered_at)
+            )
             log.info("keepalive of %s stopped; deregistered", self.service_id)
         except CALL_FAILURES as exc:
             log.warning("keepalive of %s: could not deregister: %s", self.service_id, exc)

@@ -104,7 +104,11 @@ class ServiceRegistry(RedisComponent):
         which expires unless renewed by ``heartbeat(..., liveness_ttl=...)``;
         :class:`~redisaq_core.registry.Keepalive` does both.
         """
-        info = service_info
+        await self._register(service_info, liveness_ttl)
+        return True
+
+    async def _register(self, info: ServiceInfo, liveness_ttl: float | None) -> str:
+        """Register ``info``; return its ``registered_at`` as stored (``seconds.micros``)."""
         if not isinstance(info, ServiceInfo):
             raise ConfigurationError(f"service_info must be a ServiceInfo, got {info!r}")
         info.validate()  # fields may have been changed since construction
@@ -117,15 +121,19 @@ class ServiceRegistry(RedisComponent):
              info.status, _encode_metadata(info.metadata), _ttl_ms(liveness_ttl)],
         )  # fmt: skip
         log.debug("registered service %s (%s) at %s", info.service_id, info.service_type, seen)
-        return True
+        return as_str(seen)
 
-    async def deregister_service(self, service_id: str) -> bool:
-        """Remove a service and its index entries; ``False`` if it was not registered."""
+    async def deregister_service(self, service_id: str, *, registered_at: str = "") -> bool:
+        """Remove a service and its index entries; ``False`` if it was not registered.
+
+        ``registered_at`` (a :class:`~redisaq_core.registry.Keepalive`'s own): only that
+        registration is removed, not a newer one of the same id.
+        """
         _check_token(service_id, "service_id")
         redis = await self._ensure()
         k = self.keys
         found = await REGISTRY_DEREGISTER(
-            redis, [k.active, k.types, k.worker_status], [k.base, service_id]
+            redis, [k.active, k.types, k.worker_status], [k.base, service_id, registered_at]
         )
         if found:
             log.debug("deregistered service %s", service_id)
@@ -184,17 +192,21 @@ class ServiceRegistry(RedisComponent):
         log.warning("service %s: stored metadata is not a JSON object; replacing it", service_id)
         return {}
 
-    async def heartbeat(self, service_id: str, *, liveness_ttl: float | None = None) -> bool:
+    async def heartbeat(
+        self, service_id: str, *, liveness_ttl: float | None = None, registered_at: str = ""
+    ) -> bool:
         """Set ``last_seen`` to the server time; ``False`` if the service is not registered.
 
         ``liveness_ttl`` (seconds) also renews the service's liveness key. A
-        service without a record loses its liveness key.
+        service without a record loses its liveness key. ``registered_at`` (a
+        :class:`~redisaq_core.registry.Keepalive`'s own): ``False``, and nothing
+        changed, when the record is a newer registration of the same id.
         """
         _check_token(service_id, "service_id")
         redis = await self._ensure()
         k = self.keys
         seen = await REGISTRY_HEARTBEAT(
-            redis, [k.active, k.types], [k.base, service_id, _ttl_ms(liveness_ttl)]
+            redis, [k.active, k.types], [k.base, service_id, _ttl_ms(liveness_ttl), registered_at]
         )
         return _seen(seen) is not None
 
