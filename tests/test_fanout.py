@@ -496,6 +496,10 @@ async def test_a_target_partition_increase_is_picked_up(
         (["a"], {"target_partitions": 0}, "target_partitions"),
         (["a"], {"target_partitions": 70_000}, "target_partitions must be .* <= 65536"),
         (["a"], {"dedupe_ttl": 0}, "dedupe_ttl"),
+        # Below a millisecond (PX 0) or past what PX takes: every cluster write failed.
+        (["a"], {"dedupe_ttl": 0.0004, "dedupe_grace": 0.0001}, "dedupe_ttl must be >= 0.001"),
+        (["a"], {"dedupe_ttl": 1e17}, "dedupe_ttl must be .* <= 1e"),
+        (["a"], {"dedupe_grace": 0.0004}, "dedupe_grace must be >= 0.001"),
         (["a"], {"dedupe_ttl": 10, "dedupe_grace": 20}, "dedupe_grace"),
         (["a"], {"group_name": "g h"}, "group_name"),
         (["a"], {"registry": object()}, "registry"),

@@ -169,6 +169,8 @@ async def test_an_output_key_of_another_type_is_refused(
         (("in", ["a"]), {"pending": "a"}, "pending"),
         (("in", ["a"]), {"pop_timeout": 0}, "pop_timeout"),
         (("in", ["a"]), {"batch_size": 0}, "batch_size"),
+        # One script moves a batch: ten million items held Redis for seconds.
+        (("in", ["a"]), {"batch_size": 10**7}, "batch_size must be .* <= 5000"),
         (("in", ["a"]), {"name": "x y"}, "name"),
     ],
 )

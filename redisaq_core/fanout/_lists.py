@@ -137,7 +137,7 @@ class ListFanOut(RedisComponent):
                 f"pending must differ from in_list and out_lists, got {self.pending!r}"
             )
         number(pop_timeout, "pop_timeout", above=0, seconds=True)
-        integer(batch_size, "batch_size")
+        integer(batch_size, "batch_size", maximum=5000)  # one script moves a batch: bounded
         number(heartbeat_interval, "heartbeat_interval", above=0, seconds=True)
         if registry is not None:
             from ..registry import ServiceRegistry

@@ -201,8 +201,11 @@ class FanOut(RedisComponent):
         for argument, hook in (("serializer", serializer), ("deserializer", deserializer)):
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{argument} must be callable, got {hook!r}")
-        self.dedupe_ttl = number(dedupe_ttl, "dedupe_ttl", above=0, seconds=True)
-        self.dedupe_grace = number(dedupe_grace, "dedupe_grace", above=0, seconds=True)
+        # Whole milliseconds, as PX and PEXPIRE take them (0 or past 2**53 ms: refused there).
+        self.dedupe_ttl = number(dedupe_ttl, "dedupe_ttl", minimum=0.001, maximum=1e9, seconds=True)
+        self.dedupe_grace = number(
+            dedupe_grace, "dedupe_grace", minimum=0.001, maximum=1e9, seconds=True
+        )
         if self.dedupe_grace > self.dedupe_ttl:
             raise ConfigurationError(
                 f"dedupe_grace must not exceed dedupe_ttl ({self.dedupe_ttl}), got {dedupe_grace!r}"
