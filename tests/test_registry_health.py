@@ -455,6 +455,28 @@ async def test_keepalive_and_monitor_ride_out_a_redis_restart() -> None:
         await asyncio.to_thread(server.stop)
 
 
+async def test_a_keepalive_registers_again_what_redis_lost_or_a_cleanup_removed() -> None:
+    # A Redis restarted without its data (here FLUSHALL), or a cleanup that took the service
+    # for stale: no trace of a removal is left, and the keepalive took it for a remote
+    # shutdown (a consumer given registry= stopped for good). A deregistration still stops it.
+    async with (
+        EmbeddedRedis() as server,
+        ServiceRegistry(redis_url=server.url) as reg,
+        reg.keepalive(_info("lost"), interval=0.05) as ka,
+    ):
+        client = Redis.from_url(server.url)
+        try:
+            await client.flushall()
+            await eventually(lambda: reg.get_service("lost"), timeout=5)
+            assert await reg.cleanup_stale_services(0) == 1
+            await eventually(lambda: reg.get_service("lost"), timeout=5)
+            assert not ka.shutdown_requested and ka.running
+            assert await reg.deregister_service("lost")
+            await asyncio.wait_for(ka.wait_shutdown(), timeout=5)
+        finally:
+            await client.aclose()
+
+
 async def _seen_or_none(registry: ServiceRegistry, sid: str) -> float | None:
     try:
         got = await registry.get_service(sid)

@@ -4,6 +4,8 @@
 --       client's) holds none of ours: the worker status is deleted, the others left alone
 -- ARGV: base, service_id, and optionally the registered_at of the registration to remove:
 --       a record of another registration (a newer instance of the same id) is left alone
+-- A mark that the service was removed on purpose stays a day (see registry_heartbeat.lua):
+-- its keepalive stops rather than registering it again.
 -- Returns 1 when the service had a record or an index entry, else 0.
 local active, types, wstatus = KEYS[1], KEYS[2], KEYS[3]
 local base, id = ARGV[1], ARGV[2]
@@ -15,6 +17,7 @@ if ARGV[3] and ARGV[3] ~= '' then
 end
 local found = redis.call('DEL', base .. ':service:' .. id) + (read_foreign('ZREM', active, id) or 0)
 redis.call('DEL', base .. ':alive:' .. id)
+redis.call('SET', base .. ':removed:' .. id, '1', 'EX', 86400)
 over_foreign('HDEL', wstatus, id)
 for _, ty in ipairs(read_foreign('SMEMBERS', types) or {}) do
   local tkey = base .. ':type:' .. ty

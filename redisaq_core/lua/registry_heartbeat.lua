@@ -7,13 +7,19 @@
 -- (or a key of another type in its place);
 -- its liveness key is then deleted, so a keepalive whose record was removed stops counting
 -- as connected. Also nil, touching nothing, when the record is another registration than
--- the caller's (a newer instance of the same service id replaced it).
+-- the caller's (a newer instance of the same service id replaced it). 0 in place of nil
+-- when nothing says the record was removed on purpose (no mark of a deregistration, no
+-- index entry left behind by a DEL of the record alone): Redis lost its data, or a cleanup
+-- took the service for stale; its keepalive registers it again.
 local active, types = KEYS[1], KEYS[2]
 local base, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local skey = base .. ':service:' .. id
 local akey = base .. ':alive:' .. id
 if redis.call('TYPE', skey).ok ~= 'hash' then  -- none, or another client's key
   redis.call('DEL', akey)
+  if redis.call('EXISTS', base .. ':removed:' .. id) == 0 and not read_foreign('ZSCORE', active, id) then
+    return 0
+  end
   return false
 end
 if ARGV[4] and ARGV[4] ~= '' and redis.call('HGET', skey, 'registered_at') ~= ARGV[4] then

@@ -24,7 +24,7 @@ for _, other in ipairs(read_foreign('SMEMBERS', types) or {}) do
   end
 end
 
-redis.call('DEL', skey)
+redis.call('DEL', skey, base .. ':removed:' .. id)  -- registered again: no longer removed
 redis.call('HSET', skey,
   'service_id', id, 'host', ARGV[4], 'port', ARGV[5], 'service_type', stype,
   'status', ARGV[6], 'last_seen', seen, 'metadata', ARGV[7], 'registered_at', seen)

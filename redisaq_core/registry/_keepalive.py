@@ -77,7 +77,9 @@ class Keepalive:
     or ``DEL`` of its key), the next renewal notices: :attr:`shutdown` is set,
     ``on_shutdown`` is called (a coroutine function runs as a task), and
     renewing stops, so the owner can shut down gracefully within one interval.
-    A Redis that restarted without its data looks the same: the record is gone.
+    Removed by a deregistration or such a ``DEL``, that is; a record lost with
+    no trace of a removal (Redis restarted without its data, or a cleanup took
+    the service for stale while it was cut off) is registered again.
     A newer registration of the same id (an instance that restarted while this
     one still ran) counts as a removal for this one, and this one's stop leaves
     the newer record alone.
@@ -148,9 +150,15 @@ class Keepalive:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                found = await self.registry.heartbeat(
-                    self.service_id, liveness_ttl=self.ttl, registered_at=self._registered_at
-                )
+                found = await self.registry._beat(self.service_id, self.ttl, self._registered_at)
+                if found == 0:  # no trace left of a removal: the data was lost
+                    log.warning(
+                        "keepalive of %s: its record is gone (Redis lost its data, or a "
+                        "cleanup took it for stale); registering again",
+                        self.service_id,
+                    )
+                    self._registered_at = await self.registry._register(self.info, self.ttl)
+                    found = self._registered_at
             except NotConnectedError:
                 return
             except CALL_FAILURES as exc:

@@ -202,13 +202,16 @@ class ServiceRegistry(RedisComponent):
         :class:`~redisaq_core.registry.Keepalive`'s own): ``False``, and nothing
         changed, when the record is a newer registration of the same id.
         """
+        return _seen(await self._beat(service_id, liveness_ttl, registered_at)) is not None
+
+    async def _beat(self, service_id: str, liveness_ttl: float | None, registered_at: str) -> Any:
+        """The heartbeat script's reply: ``last_seen``; nil, the record removed; 0, lost."""
         _check_token(service_id, "service_id")
         redis = await self._ensure()
         k = self.keys
-        seen = await REGISTRY_HEARTBEAT(
+        return await REGISTRY_HEARTBEAT(
             redis, [k.active, k.types], [k.base, service_id, _ttl_ms(liveness_ttl), registered_at]
         )
-        return _seen(seen) is not None
 
     async def cleanup_stale_services(self, timeout_seconds: float = 300) -> int:
         """Remove services without a heartbeat for over ``timeout_seconds``; return how many.
