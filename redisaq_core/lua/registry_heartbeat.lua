@@ -17,7 +17,8 @@ local skey = base .. ':service:' .. id
 local akey = base .. ':alive:' .. id
 if redis.call('TYPE', skey).ok ~= 'hash' then  -- none, or another client's key
   redis.call('DEL', akey)
-  if redis.call('EXISTS', base .. ':removed:' .. id) == 0 and not read_foreign('ZSCORE', active, id) then
+  local removed = redis.call('EXISTS', base .. ':removed:' .. id) == 1
+  if not removed and not read_foreign('ZSCORE', active, id) then
     return 0
   end
   return false
