@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ._codec import shown_text
 from ._scripts import Script, ScriptCall, run_pipelined
 from .connection import AnyRedis
 from .keys import TopicKeys
@@ -72,9 +73,8 @@ class IndexSweep:
             return 0
         pipe: Any = redis.pipeline(transaction=False)
         sizes = {p: min(_MAX_SLICE, 2 * self._settled[p] + _CHUNK) for p in wanted}
-        for p in wanted:  # looked at again at every sweep: its records expire later
-            self._settled[p] = 0
         for p in wanted:
+            self._settled[p] = 0  # looked at again at every sweep: its records expire later
             after = self._after.get(p, -math.inf)
             start = "-inf" if after == -math.inf else f"({after!r}"
             pipe.zrangebyscore(self.keys.jobs(p), start, "+inf", 0, sizes[p], withscores=True)
@@ -83,13 +83,9 @@ class IndexSweep:
         for p, reply in zip(wanted, replies, strict=True):
             if isinstance(reply, Exception):  # another client's key of another type
                 continue
-            entries = [(_text(member), float(score)) for member, score in reply]
+            entries = [(shown_text(member), float(score)) for member, score in reply]
             self._after[p] = entries[-1][1] if len(entries) >= sizes[p] else -math.inf
             calls += clean_calls(self.keys, p, entries)
         if not calls:
             return 0
         return sum(int(r) for r in await run_pipelined(redis, calls) if isinstance(r, int))
-
-
-def _text(member: bytes | str) -> str:
-    return member.decode(errors="replace") if isinstance(member, bytes) else member

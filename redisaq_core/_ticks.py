@@ -157,13 +157,13 @@ class Ticker:
         now = int(seconds) * 1000 + int(micros) // 1000
         keys = [schedule_ticks(), *([schedule_definitions()] if self._stored else [])]
         member = self._member(schedule)
-        raw = await self._last_tick(redis, schedule)
+        raw = await self._last_tick(redis, member)
         handled = self._handled.get(schedule.name)
         if raw is None and handled is not None and handled <= now:
             # The record is gone, not the schedule (Redis restarted without its data): the
             # ticks since the last one handled here are missed ones, not a new schedule's.
             await SCHEDULE_START(redis, keys, [member, handled])
-            raw = await self._last_tick(redis, schedule)
+            raw = await self._last_tick(redis, member)
         last = None if raw is None else _checked(raw, now)
         ticks, record = schedule.plan(last, now)
         if last is None and raw is not None:
@@ -199,9 +199,8 @@ class Ticker:
         """
         return schedule.name if self._topic is None else f"{self._topic} {schedule.name}"
 
-    async def _last_tick(self, redis: AnyRedis, schedule: Schedule) -> float | None:
-        """The last tick of ``schedule`` recorded in Redis (``None``: none)."""
-        member = self._member(schedule)
+    async def _last_tick(self, redis: AnyRedis, member: str) -> float | None:
+        """The last tick recorded in Redis for a schedule's ``member`` (``None``: none)."""
         try:
             raw: float | None = await redis.zscore(schedule_ticks(), member)
         except ResponseError as exc:

@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._codec import Deserializer, decode_payload, default_deserializer
+from ._codec import Deserializer, decode_payload, default_deserializer, shown_text
 from ._failures import foreign_type, unless_foreign
 from ._scripts import REPLAY
 from .connection import AnyRedis, RedisComponent
 from .errors import ConfigurationError, SerializationError
-from .keys import TopicKeys, partition_count, priority_levels
+from .keys import RESULT_TTL, TopicKeys, partition_count, priority_levels
 
 __all__ = ["DeadLetter", "DeadLetters", "dead_letter_fields", "parse_dead_letter"]
 
@@ -34,9 +34,6 @@ _ENTRY_ID = re.compile(r"^(\d+:)?\d+-\d+$")
 _MAX_REPLAY_FIELDS = 3499
 """The most original fields a replay's XADD carries: 7,000 values with its key and id, the
 count dead_letter.lua writes at most (replay.lua leaves wider entries in place too)."""
-_RESULT_TTL = 3600
-"""Seconds a replayed job's record made again (it had expired) keeps its result, as
-``Producer``'s default ``result_ttl`` does."""
 _ORIGIN = ("topic", "group", "msg_id", "error", "error_type", "consumer")
 
 
@@ -271,10 +268,11 @@ class DeadLetters(RedisComponent):
         for p, by_level in plan.items():
             for level, letters in by_level.items():
                 keys = [self.keys.dead_letters(p), self.keys.stream(p, level), self.keys.jobs(p)]
-                args: list[Any] = [self.keys.job_channel, self.topic, p, level, _RESULT_TTL]
+                # A record made again (it had expired) keeps its result the default time.
+                args: list[Any] = [self.keys.job_channel, self.topic, p, level, int(RESULT_TTL)]
                 for letter, job in letters:
                     if job:
-                        keys.append(self.keys.job(p, job.decode(errors="replace")))
+                        keys.append(self.keys.job(p, shown_text(job)))
                     args += [letter, "1" if job else "0"]
                 total += int(await REPLAY(redis, keys, args))
         if refused:

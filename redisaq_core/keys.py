@@ -93,6 +93,9 @@ MAX_PRIORITIES = 16
 MAX_PARTITIONS = 65_536
 """The most partitions a topic can have."""
 
+RESULT_TTL = 3600.0
+"""Seconds a finished job's record (and result) is kept unless ``result_ttl`` says otherwise."""
+
 
 def partition_count(stored: object) -> int:
     """A topic's partition count from the one stored in its metadata (``partitions``).

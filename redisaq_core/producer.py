@@ -60,6 +60,7 @@ from .errors import (
 from .keys import (
     MAX_PARTITIONS,
     MAX_PRIORITIES,
+    RESULT_TTL,
     TopicKeys,
     job_id,
     partition_count,
@@ -124,7 +125,7 @@ class Producer(RedisComponent):
         serializer: Serializer | None = None,
         refresh_interval: float = 3.0,
         priorities: int = 1,
-        result_ttl: float = 3600.0,
+        result_ttl: float = RESULT_TTL,
         result_deserializer: Deserializer | None = None,
         metrics: bool = True,
         max_payload_bytes: int | None = 1_048_576,
