@@ -23,10 +23,6 @@ end
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1) == 0 then
   return 0
 end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local status = ARGV[5] ~= '' and redis.pcall('HGET', KEYS[4], 'status')
 if status == 'cancelled' or status == 'cancelling' then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])

@@ -25,8 +25,7 @@ local function gone(alive)
     return
   end
   local status = redis.pcall('HGET', KEYS[4], 'status')
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = now_ms()
   if status == 'failed' or status == 'active' or status == 'queued' then
     redis.call('HSET', KEYS[4], 'worker', ARGV[3], 'error_type', 'EntryTrimmed',
       'error', 'its entry was trimmed from the stream before its retry')
