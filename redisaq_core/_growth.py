@@ -43,8 +43,7 @@ async def start_at_end(client: AnyRedis, keys: TopicKeys, group: str) -> None:
     member joined, or another member of the group took it first) starts there too,
     not at the stream's start. A group a stream has already is kept.
     """
-    stored = await unless_foreign(client.hmget(keys.meta, "partitions", "priorities"))
-    had, levels = (partition_count(stored[0]), priority_levels(stored[1])) if stored else (0, 1)
+    had, levels = await _stored_counts(client, keys)
     streams = [keys.stream(p, level) for p in range(had) for level in range(levels)]
     if streams:
         await create_groups(client, streams, [group], "$")
@@ -73,8 +72,7 @@ async def grow(
     ``exact``: a stored partition count above ``partitions`` is an error (see
     ``ensure_partitions.lua``). Counts are never lowered.
     """
-    stored = await unless_foreign(client.hmget(keys.meta, "partitions", "priorities"))
-    had, levels = (partition_count(stored[0]), priority_levels(stored[1])) if stored else (0, 1)
+    had, levels = await _stored_counts(client, keys)
     added = [
         keys.stream(p, level)
         for p in range(max(partitions, had))
@@ -88,3 +86,9 @@ async def grow(
         client, [keys.meta], [partitions, 1 if exact else 0, priorities]
     )
     return int(count), int(raised)
+
+
+async def _stored_counts(client: AnyRedis, keys: TopicKeys) -> tuple[int, int]:
+    """The topic's partition count and priority levels as stored (none: 0 and 1)."""
+    stored = await unless_foreign(client.hmget(keys.meta, "partitions", "priorities"))
+    return (partition_count(stored[0]), priority_levels(stored[1])) if stored else (0, 1)
