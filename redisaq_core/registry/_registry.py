@@ -192,20 +192,20 @@ class ServiceRegistry(RedisComponent):
         log.warning("service %s: stored metadata is not a JSON object; replacing it", service_id)
         return {}
 
-    async def heartbeat(
-        self, service_id: str, *, liveness_ttl: float | None = None, registered_at: str = ""
-    ) -> bool:
+    async def heartbeat(self, service_id: str, *, liveness_ttl: float | None = None) -> bool:
         """Set ``last_seen`` to the server time; ``False`` if the service is not registered.
 
         ``liveness_ttl`` (seconds) also renews the service's liveness key. A
-        service without a record loses its liveness key. ``registered_at`` (a
-        :class:`~redisaq_core.registry.Keepalive`'s own): ``False``, and nothing
-        changed, when the record is a newer registration of the same id.
+        service without a record loses its liveness key.
         """
-        return _seen(await self._beat(service_id, liveness_ttl, registered_at)) is not None
+        return _seen(await self._beat(service_id, liveness_ttl, "")) is not None
 
     async def _beat(self, service_id: str, liveness_ttl: float | None, registered_at: str) -> Any:
-        """The heartbeat script's reply: ``last_seen``; nil, the record removed; 0, lost."""
+        """The heartbeat script's reply: ``last_seen``; nil, the record removed; 0, lost.
+
+        ``registered_at`` (a keepalive's own, or ""): nil, and nothing changed, when the
+        record is a newer registration of the same id.
+        """
         _check_token(service_id, "service_id")
         redis = await self._ensure()
         k = self.keys
